@@ -1,0 +1,217 @@
+"""The ``templ`` command line: pose selection, the bundled demo, and ``doctor``.
+
+Exit codes: 0 done, 2 bad input (one line naming the file or argument), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rdkit import Chem
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from templ_pipeline.core.batch import BatchResult
+from templ_pipeline.core.conformers import generate_conformers
+from templ_pipeline.core.scoring import METRICS, Selection, select_best_with_report
+from templ_pipeline.io import InputError, check_output_path, examples, read_conformers, read_template, write_poses
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+
+app = typer.Typer(
+    name="templ",
+    help="Template-based pose selection: score ligand conformers against a template ligand.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+class ConformerRate(ProgressColumn):
+    """Conformers per second so far."""
+
+    def render(self, task) -> Text:  # type: ignore[override]
+        rate = task.fields.get("conformers", 0) / task.elapsed if task.elapsed else 0.0
+        return Text(f"{rate:,.0f} conformers/s", style="progress.data.speed")
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _run_selection(confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str) -> Selection:
+    """Score with a progress bar over batches (on stderr, only on a terminal)."""
+    progress = Progress(
+        TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), ConformerRate(), TimeElapsedColumn(),
+        console=stderr, transient=True, disable=not stderr.is_terminal,
+    )
+    with progress:
+        task = progress.add_task("scoring", total=confs.GetNumConformers(), conformers=0)
+
+        def advance(result: BatchResult) -> None:
+            done = len(result.scored) + len(result.failed)
+            conformers = progress.tasks[0].fields["conformers"] + done
+            progress.update(task, advance=done, conformers=conformers)
+
+        return select_best_with_report(confs, template, n_workers=workers, align_metric=metric, on_batch=advance)
+
+
+def _poses(selection: Selection, metric: str, all_ranked: bool) -> list[tuple[Chem.Mol, dict]]:
+    if all_ranked:
+        return [
+            (mol, {**scores, "conformer_id": conf_id, "rank": rank, "metric": metric})
+            for rank, (conf_id, scores, mol) in enumerate(selection.ranked, start=1)
+        ]
+    mol, scores = selection.best[metric]
+    if mol is None:
+        return []
+    return [(mol, {**scores, "conformer_id": mol.GetConformer().GetId(), "rank": 1, "metric": metric})]
+
+
+def _summary(selection: Selection, output: Path, written: int) -> None:
+    report = selection.report
+    table = Table(title="Best pose per metric", title_justify="left")
+    for column in ("metric", "conformer", "shape", "color", "combo"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    for metric in METRICS:
+        mol, scores = selection.best[metric]
+        conformer = str(mol.GetConformer().GetId()) if mol is not None else "-"
+        table.add_row(metric, conformer, *(f"{scores[m]:.4f}" for m in METRICS))
+    stdout.print(table)
+    failed = ", ".join(f"{reason} {count}" for reason, count in sorted(report.failed_by_reason.items())) or "none"
+    stdout.print(
+        f"conformers {report.n_conformers}: scored {report.n_scored}, failed {report.n_failed} ({failed}); "
+        f"workers {report.workers_granted} of {report.workers_requested} requested, "
+        f"executor {' -> '.join(report.executor_kinds)}; "
+        f"{report.conformers_per_second:,.0f} conformers/s; wrote {written} pose(s) to {output}",
+        highlight=False, soft_wrap=True,
+    )
+    for fallback in report.fallbacks:
+        stdout.print(
+            f"fallback {fallback['from_kind']} -> {fallback['to_kind']}: {fallback['reason']} "
+            f"(cause {fallback['cause']})", style="yellow", highlight=False,
+        )
+
+
+def _select_and_write(
+    confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str, all_ranked: bool, output: Path
+) -> None:
+    selection = _run_selection(confs, template, workers, metric)
+    written = write_poses(output, _poses(selection, metric, all_ranked))
+    _summary(selection, output, written)
+    if selection.report.n_scored == 0:
+        raise _fail("no conformer could be scored; see the failure reasons above", EXIT_ERROR)
+
+
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", "-w", min=1, help="Worker count (default: the CPUs available).")
+]
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise typer.BadParameter(f"{metric!r} is not one of {', '.join(METRICS)}", param_hint="'--metric'")
+    return metric
+
+
+@app.command("select-best")
+def select_best_command(
+    template: Annotated[Path, typer.Option("--template", "-t", help="SDF with the template ligand's 3D pose.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="SDF to write the chosen pose(s) to.")],
+    query: Annotated[str | None, typer.Option("--query", "-q", help="Query ligand as SMILES.")] = None,
+    conformers: Annotated[
+        Path | None, typer.Option("--conformers", "-c", help="SDF: one record per conformer of one molecule.")
+    ] = None,
+    num_conformers: Annotated[int, typer.Option("--num-conformers", "-n", min=1, help="Conformers for --query.")] = 200,
+    workers: WorkersOption = None,
+    metric: Annotated[str, typer.Option("--metric", callback=_check_metric, help="shape, color or combo.")] = "combo",
+    all_ranked: Annotated[bool, typer.Option("--all-ranked", help="Write every pose, best first.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed for conformer generation.")] = 42,
+) -> None:
+    """Score conformers of a query ligand against a template and write the best pose(s)."""
+    if (query is None) == (conformers is None):
+        raise typer.BadParameter("give exactly one of --query SMILES or --conformers FILE", param_hint="'--query'")
+    workers = workers or _default_workers()
+    try:
+        check_output_path(output)
+        tpl = read_template(template)
+        if conformers is not None:
+            confs = read_conformers(conformers)
+        else:
+            try:
+                confs = generate_conformers(query, num_conformers, seed=seed, n_workers=workers)
+            except ValueError as exc:
+                raise InputError(f"--query: {exc}") from exc
+        _select_and_write(confs, tpl, workers, metric, all_ranked, output)
+    except InputError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="SDF to write the best pose to.")] = Path(
+        "templ_demo_poses.sdf"
+    ),
+    example: Annotated[str, typer.Option("--example", help="Bundled pair to run.")] = "mpro",
+    num_conformers: Annotated[int, typer.Option("--num-conformers", "-n", min=1)] = 100,
+    workers: WorkersOption = None,
+    metric: Annotated[str, typer.Option("--metric", callback=_check_metric)] = "combo",
+) -> None:
+    """Run pose selection on a bundled template/query pair."""
+    pairs = {pair.name: pair for pair in examples()}
+    if example not in pairs:
+        raise typer.BadParameter(f"{example!r}: choose one of {', '.join(pairs)}", param_hint="'--example'")
+    pair = pairs[example]
+    workers = workers or _default_workers()
+    stdout.print(f"demo {pair.name}: query {pair.query_smiles}, {num_conformers} conformers", highlight=False)
+    try:
+        check_output_path(output)
+        confs = generate_conformers(pair.query_smiles, num_conformers, n_workers=workers)
+        _select_and_write(confs, pair.template, workers, metric, False, output)
+    except InputError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+
+
+@app.command()
+def doctor(json_output: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False) -> None:
+    """Show the kernel limits on threads and processes, and the workers they allow."""
+    from templ_pipeline import doctor as doctor_module
+
+    raise typer.Exit(doctor_module.run(json_output))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit code."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except typer.Abort:
+        stderr.print("aborted")
+        return EXIT_ERROR
+    except typer.TyperException as exc:  # usage errors: one line, exit 2
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        return int(getattr(exc, "exit_code", EXIT_BAD_INPUT))
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        return 130
+    except Exception as exc:  # the last line of defence: one line, exit 1
+        stderr.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        return EXIT_ERROR
+    return code if isinstance(code, int) else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

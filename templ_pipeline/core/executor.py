@@ -1,0 +1,235 @@
+"""The monitored executor factory: pools sized from headroom, and a fallback ladder.
+
+``get_executor(n, task_type)`` asks the thread resource manager how many workers
+the kernel's limits allow, plans a ladder of executors (process pool, thread pool
+where threads help, fewer workers, sequential) and runs batches down that ladder:
+a pool that cannot start, refuses a submit or breaks mid-run hands its unfinished
+batches to the next rung. Finished batches are yielded exactly once, so nothing is
+lost and nothing is counted twice, whichever rung ran them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
+from dataclasses import dataclass
+from typing import Any
+
+from templ_pipeline.core.batch import BatchResult, BatchTask, score_batch
+from templ_pipeline.core.pools import POOLS, PoolRegistry, worker_environment
+
+
+@dataclass(frozen=True)
+class TaskProfile:
+    """How a task type uses workers."""
+
+    # AlignMol holds the GIL: measured here, two threads score 395 conformers/s
+    # against 407/s for one thread alone (benchmarks/bench_select_best.py reports
+    # it on every run). A thread pool would cost threads and buy nothing, so for
+    # scoring the rung below the process pool is "fewer processes", then sequential.
+    threads_help: bool = False
+
+
+TASK_PROFILES: dict[str, TaskProfile] = {
+    "scoring": TaskProfile(threads_help=False),
+}
+
+# Caps used when the thread manager cannot be asked, as the earlier fix did.
+CAP_MANAGER_UNAVAILABLE = 4
+CAP_MANAGER_FAILED = 2
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One step of the ladder: an executor kind and its worker count."""
+
+    kind: str  # "process" | "thread" | "sequential"
+    workers: int
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Workers granted for a request, and why fewer when fewer."""
+
+    requested: int
+    granted: int
+    reason: str | None = None
+    detail: str = ""
+
+
+class PoolFailure(Exception):
+    """A rung failed: carries the fallback reason and the original error."""
+
+    def __init__(self, reason: str, error: BaseException) -> None:
+        super().__init__(f"{reason}: {error}")
+        self.reason = reason
+        self.error = error
+
+
+def plan_ladder(workers: int, profile: TaskProfile, in_daemon: bool) -> list[Rung]:
+    """The rungs to try, best first; the last one is always sequential."""
+    rungs: list[Rung] = []
+    if workers >= 2:
+        kinds = ([] if in_daemon else ["process"]) + (["thread"] if profile.threads_help else [])
+        for kind in kinds:
+            rungs.append(Rung(kind, workers))
+        if kinds:
+            count = workers // 2
+            while count >= 2:
+                rungs.append(Rung(kinds[-1], count))
+                count //= 2
+    rungs.append(Rung("sequential", 1))
+    return rungs
+
+
+def grant_workers(requested: int, task_type: str, executor_kind: str) -> Grant:
+    """Ask the thread resource manager; cap at 4, then 2, when it cannot answer."""
+    try:
+        from templ_pipeline.core.thread_manager import get_thread_manager
+    except Exception as exc:  # the manager is optional: never let it stop the run
+        granted = min(requested, CAP_MANAGER_UNAVAILABLE)
+        return Grant(requested, granted, "manager_unavailable", f"thread manager not importable: {exc}")
+    try:
+        answer = get_thread_manager().get_safe_worker_count(requested, task_type, executor_kind=executor_kind)
+    except Exception as exc:
+        granted = min(requested, CAP_MANAGER_FAILED)
+        return Grant(requested, granted, "manager_failed", f"thread manager failed: {exc}")
+    return Grant(requested, answer.granted, answer.reason, answer.detail)
+
+
+def classify_failure(error: BaseException) -> str:
+    """The limit (or seccomp) that refused a thread or process start, per the manager."""
+    try:
+        from templ_pipeline.core.thread_manager import classify_start_failure
+
+        return classify_start_failure(error).cause
+    except Exception:
+        return "unknown"
+
+
+def _start_failure_reason(kind: str, error: BaseException) -> str:
+    if isinstance(error, BrokenExecutor):
+        return "broken_pool"
+    if "can't start new thread" in str(error) or kind == "thread":
+        return "thread_start_failed"
+    return "process_start_failed"
+
+
+class MonitoredExecutor:
+    """Runs batches for one call down the fallback ladder; a context manager."""
+
+    def __init__(
+        self,
+        requested: int,
+        task_type: str = "scoring",
+        *,
+        registry: PoolRegistry = POOLS,
+        fn: Callable[[BatchTask], BatchResult] = score_batch,
+    ) -> None:
+        self.requested = requested
+        self.task_type = task_type
+        self._registry = registry
+        self._fn = fn
+        profile = TASK_PROFILES.get(task_type, TaskProfile())
+        in_daemon = bool(multiprocessing.current_process().daemon)
+        self.grant = (
+            grant_workers(requested, task_type, "process" if not in_daemon else "thread")
+            if requested > 1 else Grant(requested, requested)
+        )
+        self._rungs = plan_ladder(self.grant.granted, profile, in_daemon)
+        self._position = 0
+        self.kinds_used: list[str] = []
+        self.fallbacks: list[dict[str, str]] = []
+        self.reductions: list[dict[str, Any]] = []
+        if self.grant.granted < requested:
+            self._record_reduction(self.grant)
+        if requested > 1 and self._rungs[0].kind == "sequential":
+            reason = "daemon_process" if in_daemon and self.grant.granted >= 2 else "no_headroom"
+            self._record_fallback("process", "sequential", reason, "none", self.grant.detail)
+
+    @property
+    def rung(self) -> Rung:
+        return self._rungs[self._position]
+
+    @property
+    def workers(self) -> int:
+        return self.rung.workers
+
+    def __enter__(self) -> MonitoredExecutor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Pools stay alive for the next call; ``PoolRegistry`` shuts them down at exit."""
+
+    def run(self, tasks: Iterable[BatchTask]) -> Iterator[BatchResult]:
+        """Yield each batch's result once, walking down the ladder on failure."""
+        pending = {task.index: task for task in tasks}
+        while pending:
+            rung = self.rung
+            self._note_kind(rung.kind)
+            if rung.kind == "sequential":
+                for index in sorted(pending):
+                    yield self._fn(pending.pop(index))
+                return
+            try:
+                yield from self._run_on_pool(rung, pending)
+            except PoolFailure as failure:
+                self._step_down(rung, failure)
+
+    def _run_on_pool(self, rung: Rung, pending: dict[int, BatchTask]) -> Iterator[BatchResult]:
+        """Run ``pending`` on a pool; finished batches leave ``pending`` as they are yielded."""
+        futures: dict[Future, int] = {}
+        try:
+            pool, _reused = self._registry.acquire(rung.kind, rung.workers)
+        except (OSError, RuntimeError) as error:
+            raise PoolFailure(_start_failure_reason(rung.kind, error), error) from error
+        try:
+            with worker_environment():
+                for index in sorted(pending):
+                    futures[pool.submit(self._fn, pending[index])] = index
+            while futures:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index = futures.pop(future)
+                    result = future.result()
+                    del pending[index]
+                    yield result
+        except (BrokenExecutor, OSError, RuntimeError) as error:
+            self._registry.discard(rung.kind, pool)
+            # Batches that finished before the failure are kept, not re-run.
+            for future, index in list(futures.items()):
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    del pending[index]
+                    yield future.result()
+            raise PoolFailure(_start_failure_reason(rung.kind, error), error) from error
+
+    def _step_down(self, rung: Rung, failure: PoolFailure) -> None:
+        self._position += 1
+        cause = "none" if failure.reason == "broken_pool" else classify_failure(failure.error)
+        self._record_fallback(rung.kind, self.rung.kind, failure.reason, cause, str(failure.error))
+
+    def _note_kind(self, kind: str) -> None:
+        if not self.kinds_used or self.kinds_used[-1] != kind:
+            self.kinds_used.append(kind)
+
+    def _record_reduction(self, grant: Grant) -> None:
+        self.reductions.append(
+            {"task_type": self.task_type, "requested": grant.requested, "granted": grant.granted,
+             "reason": grant.reason or "unknown", "detail": grant.detail}
+        )
+
+    def _record_fallback(self, from_kind: str, to_kind: str, reason: str, cause: str, detail: str) -> None:
+        self.fallbacks.append(
+            {"from_kind": from_kind, "to_kind": to_kind, "reason": reason, "cause": cause, "detail": detail}
+        )
+
+
+def get_executor(n_workers: int, task_type: str = "scoring") -> MonitoredExecutor:
+    """A monitored executor for one call: sized from headroom, with its fallback ladder."""
+    return MonitoredExecutor(n_workers, task_type)
+
+
+def shutdown_pools() -> None:
+    """Shut down every pool this process started (also done at exit)."""
+    POOLS.shutdown_all()

@@ -1,0 +1,128 @@
+"""Worker pools kept alive across calls, and shut down cleanly at exit.
+
+A pool is keyed by its kind and size. Asking again for the same kind and size
+returns the same healthy pool (process start-up costs a few hundred milliseconds,
+so reuse is what makes many small ``select_best`` calls fast); asking for another
+size replaces it. Broken pools are discarded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
+
+# Native thread pools that numeric libraries start at import, one thread per CPU
+# by default: on a 64-core node every process worker would cost 64 tasks more.
+# Workers are single-threaded by design, so they get one thread each.
+_WORKER_THREAD_ENV = {
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+_ENV_LOCK = threading.Lock()
+
+
+@contextmanager
+def worker_environment() -> Iterator[None]:
+    """Environment for starting process workers: one native thread per library.
+
+    Workers are started by ``submit`` (the pool spawns them lazily), so callers
+    hold this around submission. Values the user set are kept; the parent's
+    environment is restored afterwards.
+    """
+    with _ENV_LOCK:
+        added = [name for name in _WORKER_THREAD_ENV if name not in os.environ]
+        for name in added:
+            os.environ[name] = _WORKER_THREAD_ENV[name]
+        try:
+            yield
+        finally:
+            for name in added:
+                os.environ.pop(name, None)
+
+
+def start_method() -> str:
+    """How process workers start: ``TEMPL_MP_START_METHOD`` or fork where available.
+
+    fork starts a worker in milliseconds and needs no ``if __name__ == "__main__"``
+    guard in the user's script (spawn and forkserver re-import the main module,
+    so an unguarded script re-runs itself in every worker). The workers only run
+    RDKit alignments, which take none of the locks the parent's telemetry threads
+    hold; OpenTelemetry and logging re-initialise their locks after a fork.
+    Set spawn or forkserver where the parent runs code that is not fork-safe.
+    """
+    requested = os.environ.get("TEMPL_MP_START_METHOD", "").strip()
+    available = multiprocessing.get_all_start_methods()
+    if requested in available:
+        return requested
+    return "fork" if "fork" in available else available[0]
+
+
+def _new_pool(kind: str, workers: int) -> Executor:
+    if kind == "process":
+        context = multiprocessing.get_context(start_method())
+        return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    if kind == "thread":
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="templ-worker")
+    raise ValueError(f"no pool for executor kind {kind!r}")
+
+
+def is_broken(pool: Executor) -> bool:
+    """True when the pool can take no more work (a worker died, or it was shut down)."""
+    return bool(getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread", False)
+                or getattr(pool, "_shutdown", False))
+
+
+class PoolRegistry:
+    """The live pools of this process, one per executor kind."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pools: dict[str, tuple[int, Executor]] = {}
+        self._pid = os.getpid()
+
+    def acquire(self, kind: str, workers: int) -> tuple[Executor, bool]:
+        """A pool of ``kind`` with ``workers`` workers, and whether it was reused."""
+        with self._lock:
+            self._forget_if_forked()
+            current = self._pools.get(kind)
+            if current is not None:
+                size, pool = current
+                if size == workers and not is_broken(pool):
+                    return pool, True
+                pool.shutdown(wait=True, cancel_futures=True)
+                del self._pools[kind]
+            pool = _new_pool(kind, workers)
+            self._pools[kind] = (workers, pool)
+            return pool, False
+
+    def discard(self, kind: str, pool: Executor) -> None:
+        """Shut ``pool`` down and forget it; results already finished stay readable."""
+        with self._lock:
+            current = self._pools.get(kind)
+            if current is not None and current[1] is pool:
+                del self._pools[kind]
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def shutdown_all(self) -> None:
+        """Shut every pool down, waiting for its workers to exit."""
+        with self._lock:
+            pools = [pool for _, pool in self._pools.values()]
+            self._pools.clear()
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _forget_if_forked(self) -> None:
+        # A forked child inherits the parent's pool objects but not their workers.
+        if os.getpid() != self._pid:
+            self._pools.clear()
+            self._pid = os.getpid()
+
+
+POOLS = PoolRegistry()
+atexit.register(POOLS.shutdown_all)

@@ -1,0 +1,249 @@
+"""Shape and colour scoring of ligand conformers against a template ligand.
+
+``score_and_align`` and ``select_best`` keep the upstream TEMPL API. The work runs
+in batches (``templ_pipeline.core.batch``) on an executor chosen by the monitored
+executor factory (``templ_pipeline.core.executor``), entered through
+``_get_executor_for_context``. Results never depend on the executor: every score
+is computed from double-precision coordinates and ranking breaks ties by conformer id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from rdkit import Chem
+from rdkit.Chem import rdShapeAlign
+
+from templ_pipeline.core.batch import (
+    BatchResult,
+    BatchTask,
+    ConformerFailure,
+    ConformerScore,
+    has_coordinates,
+    mol_to_bytes,
+)
+
+METRICS: tuple[str, ...] = ("shape", "color", "combo")
+
+Scores = dict[str, float]
+BestPoses = dict[str, tuple[Chem.Mol | None, Scores]]
+RankedPoses = list[tuple[int, Scores, Chem.Mol]]
+
+# Batch sizing. A batch is the unit of work sent to a worker and the unit that is
+# traced, timed and (after a broken pool) re-run. One alignment of a drug-like
+# ligand takes 2-8 ms here, while sending a batch to a process worker and back
+# costs about a millisecond whatever its size. So:
+# - at least MIN_BATCH conformers, so the round trip stays a small share of the work;
+# - about BATCHES_PER_WORKER batches per worker, so a slow batch or a worker that
+#   dies late costs little and the progress bar moves;
+# - at most MAX_BATCH conformers, so a batch lasts well under a second.
+MIN_BATCH = 4
+MAX_BATCH = 50
+BATCHES_PER_WORKER = 4
+
+
+def choose_batch_size(n_conformers: int, n_workers: int) -> int:
+    """Conformers per batch for ``n_conformers`` spread over ``n_workers`` workers."""
+    if n_conformers <= 0:
+        return MIN_BATCH
+    per_batch = math.ceil(n_conformers / (max(1, n_workers) * BATCHES_PER_WORKER))
+    return max(MIN_BATCH, min(MAX_BATCH, per_batch))
+
+
+@dataclass
+class SelectionReport:
+    """Accounting of one ``select_best`` call: every conformer is scored or failed."""
+
+    n_conformers: int
+    n_scored: int = 0
+    failures: list[ConformerFailure] = field(default_factory=list)
+    n_batches: int = 0
+    batch_size: int = 0
+    workers_requested: int = 1
+    workers_granted: int = 1
+    executor_kinds: list[str] = field(default_factory=list)
+    fallbacks: list[dict[str, str]] = field(default_factory=list)
+    duration_seconds: float = 0.0
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def failed_by_reason(self) -> dict[str, int]:
+        return dict(Counter(f.reason for f in self.failures))
+
+    @property
+    def conformers_per_second(self) -> float:
+        return self.n_conformers / self.duration_seconds if self.duration_seconds > 0 else 0.0
+
+
+@dataclass
+class Selection:
+    """What one call produced: the scored conformers, best first, and the report.
+
+    Poses (molecule copies) are built only for what is asked: three for ``best``,
+    all of them for ``ranked``.
+    """
+
+    ordered: list[ConformerScore]
+    report: SelectionReport
+    query: Chem.Mol
+    no_realign: bool = False
+
+    @cached_property
+    def best(self) -> BestPoses:
+        """Upstream shape: the best pose per metric; (None, -1 scores) when nothing scored."""
+        best: BestPoses = {m: (None, {"shape": -1.0, "color": -1.0, "combo": -1.0}) for m in METRICS}
+        for metric in METRICS:
+            if self.ordered:
+                top = min(self.ordered, key=lambda item: (-getattr(item, metric), item.conf_id))
+                best[metric] = (self._pose(top), top.scores())
+        return best
+
+    @cached_property
+    def ranked(self) -> RankedPoses:
+        """All scored poses as ``(conf_id, scores, mol)``, best first."""
+        return [(item.conf_id, item.scores(), self._pose(item)) for item in self.ordered]
+
+    def _pose(self, item: ConformerScore) -> Chem.Mol:
+        """A single-conformer copy of the query holding the input or the aligned pose."""
+        pose = Chem.Mol(self.query, confId=item.conf_id)
+        if not self.no_realign:
+            pose.GetConformer(item.conf_id).SetPositions(item.positions)
+        return pose
+
+
+def score_and_align(conf: Chem.Mol, tpl: Chem.Mol) -> tuple[Scores, Chem.Mol]:
+    """Align a copy of ``conf`` onto ``tpl``; return its scores and the aligned copy.
+
+    ``combo`` is the mean of the shape and colour Tanimoto scores.
+    """
+    if conf is None or tpl is None:
+        raise ValueError("score_and_align needs a conformer and a template, got None")
+    aligned = Chem.Mol(conf)
+    shape, color = rdShapeAlign.AlignMol(tpl, aligned, useColors=True)
+    return {"shape": shape, "color": color, "combo": 0.5 * (shape + color)}, aligned
+
+
+def select_best(
+    confs: Chem.Mol,
+    tpl: Chem.Mol,
+    no_realign: bool = False,
+    n_workers: int = 1,
+    return_all_ranked: bool = False,
+    align_metric: str = "combo",
+) -> BestPoses | RankedPoses:
+    """Best pose per metric (default) or all poses ranked by ``align_metric``.
+
+    Returns ``{"shape"|"color"|"combo": (mol, scores)}``, or with
+    ``return_all_ranked=True`` a list of ``(conf_id, scores, mol)``, best first.
+    With ``no_realign=True`` the poses are the input coordinates, not the aligned
+    ones. Use ``select_best_with_report`` to also get the per-conformer accounting.
+    """
+    selection = select_best_with_report(
+        confs, tpl, no_realign=no_realign, n_workers=n_workers, align_metric=align_metric
+    )
+    return selection.ranked if return_all_ranked else selection.best
+
+
+def select_best_with_report(
+    confs: Chem.Mol,
+    tpl: Chem.Mol,
+    *,
+    no_realign: bool = False,
+    n_workers: int = 1,
+    align_metric: str = "combo",
+    on_batch: Callable[[BatchResult], Any] | None = None,
+) -> Selection:
+    """``select_best`` with a ``SelectionReport``; ``on_batch`` sees each finished batch."""
+    _validate(confs, tpl, align_metric, n_workers)
+    started = time.perf_counter()
+    conf_ids = [conf.GetId() for conf in confs.GetConformers()]
+    report = SelectionReport(n_conformers=len(conf_ids), workers_requested=n_workers)
+    scored: dict[int, ConformerScore] = {}
+
+    base = _sanitized_copy_without_conformers(confs)
+    if base is None:
+        report.failures = [ConformerFailure(cid, "sanitization_failed", "query molecule failed sanitization")
+                           for cid in conf_ids]
+    else:
+        template = Chem.Mol(tpl, confId=tpl.GetConformer().GetId())
+        template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
+        with _get_executor_for_context(n_workers, task_type="scoring") as executor:
+            batch_size = choose_batch_size(len(conf_ids), executor.workers)
+            tasks = [
+                BatchTask(index, template, template_key, _batch_query(base, confs, chunk), tuple(chunk))
+                for index, chunk in enumerate(_chunks(conf_ids, batch_size))
+            ]
+            report.batch_size = batch_size
+            report.n_batches = len(tasks)
+            for result in executor.run(tasks):
+                for item in result.scored:
+                    scored[item.conf_id] = item
+                report.failures.extend(result.failed)
+                if on_batch is not None:
+                    on_batch(result)
+            report.workers_granted = executor.workers
+            report.executor_kinds = executor.kinds_used
+            report.fallbacks = executor.fallbacks
+
+    report.n_scored = len(scored)
+    report.failures.sort(key=lambda failure: failure.conf_id)
+    ordered = sorted(scored.values(), key=lambda item: (-getattr(item, align_metric), item.conf_id))
+    report.duration_seconds = time.perf_counter() - started
+    return Selection(ordered=ordered, report=report, query=confs, no_realign=no_realign)
+
+
+def _get_executor_for_context(n_workers: int, task_type: str = "scoring"):
+    """Entry point kept from upstream: a monitored executor for ``n_workers`` workers."""
+    from templ_pipeline.core.executor import get_executor
+
+    return get_executor(n_workers, task_type=task_type)
+
+
+def _validate(confs: Any, tpl: Any, align_metric: str, n_workers: int) -> None:
+    if align_metric not in METRICS:
+        raise ValueError(f"unknown align_metric {align_metric!r}: choose one of {', '.join(METRICS)}")
+    if not isinstance(n_workers, int) or n_workers < 1:
+        raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
+    if not isinstance(confs, Chem.Mol):
+        raise ValueError(f"confs must be an RDKit molecule with conformers, got {type(confs).__name__}")
+    if confs.GetNumConformers() == 0:
+        raise ValueError("confs has no conformers to score")
+    if not isinstance(tpl, Chem.Mol):
+        raise ValueError(f"template must be an RDKit molecule, got {type(tpl).__name__}")
+    if tpl.GetNumConformers() == 0 or not has_coordinates(tpl.GetConformer().GetPositions()):
+        raise ValueError("template has no 3D coordinates")
+    if not tpl.GetConformer().Is3D():
+        raise ValueError("template has 2D coordinates only; it needs a 3D pose")
+
+
+def _sanitized_copy_without_conformers(confs: Chem.Mol) -> Chem.Mol | None:
+    """The query topology, sanitized once per call; None when it cannot be sanitized."""
+    base = Chem.Mol(confs)
+    base.RemoveAllConformers()
+    try:
+        flags = Chem.SanitizeMol(base, catchErrors=True)
+    except Exception:  # RDKit raises assorted types for broken valences and kekulisation
+        return None
+    return base if flags == Chem.SanitizeFlags.SANITIZE_NONE else None
+
+
+def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
+    return [list(items[start:start + size]) for start in range(0, len(items), size)]
+
+
+def _batch_query(base: Chem.Mol, confs: Chem.Mol, conf_ids: Sequence[int]) -> Chem.Mol:
+    """The batch's own molecule: the query topology plus copies of its conformers."""
+    query = Chem.Mol(base)
+    for conf_id in conf_ids:
+        query.AddConformer(confs.GetConformer(conf_id), assignId=False)
+    return query
