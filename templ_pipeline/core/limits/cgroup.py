@@ -1,0 +1,187 @@
+"""Find this process's cgroup directories and read the pids and memory controllers.
+
+Works for cgroup v1 (one hierarchy per controller) and v2 (the unified hierarchy),
+from the contents of ``/proc/self/cgroup`` and ``/proc/self/mountinfo``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from templ_pipeline.core.limits.procfs import UNLIMITED, parse_int, parse_max, read_bytes
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+_MEMORY_UNLIMITED = 1 << 62  # v1 reports "no limit" as PAGE_COUNTER_MAX pages (~2**63)
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupEntry:
+    """One line of ``/proc/self/cgroup``: ``hierarchy-id:controllers:path``."""
+
+    hierarchy_id: int
+    controllers: tuple[str, ...]  # empty for the v2 line ``0::/path``
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A cgroup mount from ``/proc/self/mountinfo``."""
+
+    root: str  # the cgroup shown at the mount point
+    mount_point: str
+    fstype: str  # "cgroup" (v1) or "cgroup2"
+    super_options: tuple[str, ...]  # v1: the controllers, e.g. ("rw", "pids")
+
+
+def parse_proc_cgroup(text: str | None) -> list[CgroupEntry]:
+    """Parse ``/proc/self/cgroup``; malformed lines are skipped."""
+    entries = []
+    for line in (text or "").splitlines():
+        hid, sep1, rest = line.partition(":")
+        controllers, sep2, path = rest.partition(":")
+        if not (sep1 and sep2 and hid.isdigit() and path.startswith("/")):
+            continue
+        names = tuple(c for c in controllers.split(",") if c)
+        entries.append(CgroupEntry(int(hid), names, path))
+    return entries
+
+
+def _unescape(text: str) -> str:
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), text)
+
+
+def parse_mountinfo(text: str | None) -> list[Mount]:
+    """Parse the cgroup and cgroup2 mounts of ``/proc/self/mountinfo``."""
+    mounts = []
+    for line in (text or "").splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        mounts.append(
+            Mount(
+                root=_unescape(fields[3]),
+                mount_point=_unescape(fields[4]),
+                fstype=tail[0],
+                super_options=tuple(tail[2].split(",")),
+            )
+        )
+    return mounts
+
+
+def _relative(path: str, root: str) -> str | None:
+    """``path`` below the mount's ``root``, or None when the mount does not show it."""
+    if root == "/":
+        return path
+    if path == root or path.startswith(root + "/"):
+        return path[len(root):] or "/"
+    return None
+
+
+def controller_dirs(
+    controller: str, entries: list[CgroupEntry], mounts: list[Mount], sys_root: str = ""
+) -> list[str]:
+    """Directories of this process's cgroup for ``controller``, leaf first, up to the mount point.
+
+    ``controller`` is a v1 controller name (``pids``, ``memory``) or ``""`` for the v2
+    unified hierarchy. ``sys_root`` is prefixed to mount points (tests point it at a tree).
+    """
+    v2 = controller == ""
+    for entry in entries:
+        is_v2_line = entry.hierarchy_id == 0 and not entry.controllers
+        if not (is_v2_line if v2 else controller in entry.controllers):
+            continue
+        for mount in mounts:
+            if v2:
+                fits = mount.fstype == "cgroup2"
+            else:
+                fits = mount.fstype == "cgroup" and controller in mount.super_options
+            if not fits:
+                continue
+            rel = _relative(entry.path, mount.root)
+            if rel is None:
+                continue
+            parts = [p for p in rel.split("/") if p]
+            base = sys_root + mount.mount_point.rstrip("/")
+            dirs = [base + "".join(f"/{p}" for p in parts[:n]) for n in range(len(parts), -1, -1)]
+            return [d or "/" for d in dirs]
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """Files of one cgroup level: the limit and the current use."""
+
+    limit_path: str
+    current_path: str
+
+
+def pids_levels(dirs: list[str]) -> list[Level]:
+    """The levels of ``dirs`` that have a pids controller (the root cgroup has no ``pids.max``)."""
+    return [
+        Level(f"{d}/pids.max", f"{d}/pids.current") for d in dirs if os.path.exists(f"{d}/pids.max")
+    ]
+
+
+def memory_levels(dirs: list[str], v2: bool) -> list[Level]:
+    """The levels of ``dirs`` with a finite memory limit now. Unlimited levels are skipped
+    (limits are set when a job starts): snapshots do not read files that say "max"."""
+    limit_name, current_name = ("memory.max", "memory.current") if v2 else (
+        "memory.limit_in_bytes", "memory.usage_in_bytes")
+    levels = []
+    for d in dirs:
+        level = Level(f"{d}/{limit_name}", f"{d}/{current_name}")
+        if read_memory_limit(level.limit_path) is not None:
+            levels.append(level)
+    return levels
+
+
+def read_memory_limit(path: str) -> int | None:
+    """A memory limit in bytes, None when unlimited or unreadable."""
+    value = parse_max(read_bytes(path))
+    if value is None or value == UNLIMITED or value >= _MEMORY_UNLIMITED:
+        return None
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PidsReading:
+    """The tightest pids level. ``limit`` None with ``used`` set means every level is ``max``."""
+
+    limit: int | None
+    used: int | None
+    source: str
+
+
+def read_pids(levels: list[Level]) -> PidsReading | None:
+    """Read every level and keep the one with the least headroom; None when nothing is readable."""
+    best: PidsReading | None = None
+    best_headroom = None
+    unlimited: PidsReading | None = None
+    for level in levels:
+        limit = parse_max(read_bytes(level.limit_path))
+        used = parse_int(read_bytes(level.current_path))
+        if limit is None or used is None:
+            continue
+        if limit == UNLIMITED:
+            unlimited = unlimited or PidsReading(None, used, level.limit_path)
+            continue
+        if best_headroom is None or limit - used < best_headroom:
+            best, best_headroom = PidsReading(limit, used, level.limit_path), limit - used
+    return best or unlimited
+
+
+def memory_headroom(levels: list[Level]) -> tuple[int, str] | None:
+    """The least ``limit - current`` in bytes over ``levels`` and its source, None if unknown."""
+    best: tuple[int, str] | None = None
+    for level in levels:
+        limit = read_memory_limit(level.limit_path)
+        used = parse_int(read_bytes(level.current_path))
+        if limit is None or used is None:
+            continue
+        room = max(0, limit - used)
+        if best is None or room < best[0]:
+            best = (room, level.limit_path)
+    return best

@@ -1,0 +1,88 @@
+"""What one pool worker costs in kernel tasks.
+
+Measured on the 2-CPU development machine (Python 3.11, fork start method): a
+``ProcessPoolExecutor`` worker that imports ``rdkit.Chem.AllChem`` runs 2 tasks: its
+main thread and one OpenBLAS thread, because AllChem imports numpy and OpenBLAS
+starts a pool of (CPUs - 1) threads (CPUs from the affinity mask, or from
+``OPENBLAS_NUM_THREADS``/``GOTO_NUM_THREADS``/``OMP_NUM_THREADS``: with
+``OPENBLAS_NUM_THREADS=1`` or ``taskset -c 0`` the worker runs 1 task). Hence the
+model ``1 + (blas threads - 1)``, checked against :func:`measure_process_worker_tasks`
+by the tests. The model is not capped at OpenBLAS's build-time ``MAX_THREADS``
+(64 for numpy's wheels), so it errs on the safe side on very large machines.
+
+A ``ProcessPoolExecutor`` also adds threads in the parent: the executor-manager
+thread and the call queue's feeder thread; the spawn start method adds a
+resource-tracker process and forkserver adds the fork server as well. A thread-pool
+worker, or a native RDKit thread, is one task and no helpers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.context import BaseContext
+
+from templ_pipeline.core.limits.procfs import parse_status, read_bytes
+
+EXECUTOR_KINDS = ("process", "thread")
+POOL_HELPER_THREADS = 2  # executor-manager thread + queue feeder thread
+START_METHOD_HELPER_TASKS = {"fork": 0, "spawn": 1, "forkserver": 2}
+_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCost:
+    """Tasks per worker and tasks the pool adds once, in the parent."""
+
+    kind: str  # "process" | "thread"
+    per_worker: int
+    pool_helpers: int
+
+
+def blas_threads() -> int:
+    """Threads OpenBLAS starts in a fresh process (its pool, the calling thread included)."""
+    for var in _BLAS_THREAD_VARS:
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def default_start_method() -> str:
+    """The start method of a ``ProcessPoolExecutor`` without ``mp_context`` (not fixing it)."""
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    return chosen or multiprocessing.get_all_start_methods()[0]
+
+
+def worker_cost(kind: str, start_method: str | None = None) -> WorkerCost:
+    """The cost model for ``kind`` ("process" or "thread") workers."""
+    if kind == "thread":
+        return WorkerCost("thread", 1, 0)
+    if kind != "process":
+        raise ValueError(f"executor_kind must be one of {EXECUTOR_KINDS}, not {kind!r}")
+    method = start_method or default_start_method()
+    method_tasks = START_METHOD_HELPER_TASKS.get(method, max(START_METHOD_HELPER_TASKS.values()))
+    helpers = POOL_HELPER_THREADS + method_tasks
+    return WorkerCost("process", blas_threads(), helpers)
+
+
+def _worker_tasks() -> int:
+    """Run in a worker: import what a scoring worker imports, touch BLAS, count own threads."""
+    try:
+        import numpy
+        from rdkit import Chem
+        from rdkit.Chem import AllChem
+
+        AllChem.Compute2DCoords(Chem.MolFromSmiles("c1ccccc1O"))
+        numpy.ones((256, 256)) @ numpy.ones((256, 256))
+    except ImportError:
+        pass
+    return parse_status(read_bytes("/proc/self/status")).threads or 1
+
+
+def measure_process_worker_tasks(mp_context: BaseContext | None = None) -> int:
+    """Start a one-worker ``ProcessPoolExecutor`` and return the tasks its worker runs."""
+    with ProcessPoolExecutor(1, mp_context=mp_context) as pool:
+        return pool.submit(_worker_tasks).result(timeout=120)

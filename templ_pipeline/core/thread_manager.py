@@ -1,0 +1,256 @@
+"""Know which kernel limit would refuse the next thread or process, and size pools by it.
+
+``RuntimeError: can't start new thread`` means the kernel refused a task. The limits
+that can do it are the pids cgroup, ``RLIMIT_NPROC``, ``kernel.threads-max``,
+``kernel.pid_max`` and memory for the thread's stack (``RLIMIT_AS`` and available
+memory); :class:`ThreadResourceManager` reads all of them (see
+``templ_pipeline.core.limits``), caches the snapshot briefly, grants worker counts
+from their headroom and classifies a failed start. One manager per process: use
+:func:`get_thread_manager`; a forked child gets a fresh one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+
+from templ_pipeline.core.limits.classify import (
+    classify_errno,
+    describe,
+    errno_of,
+    exhausted_limit,
+)
+from templ_pipeline.core.limits.collect import Collector
+from templ_pipeline.core.limits.grant import RESERVE_TASKS, compute_grant, max_workers
+from templ_pipeline.core.limits.model import (
+    LIMIT_NAMES,
+    Classification,
+    Limit,
+    Snapshot,
+    WorkerGrant,
+)
+from templ_pipeline.core.limits.probe import probe_native_thread
+from templ_pipeline.core.limits.worker_cost import worker_cost
+
+try:  # optional: everything here reads /proc and resource directly; doctor reports the flag
+    import psutil  # noqa: F401
+
+    HAS_PSUTIL = True
+except ImportError:
+    HAS_PSUTIL = False
+
+__all__ = [
+    "HAS_PSUTIL",
+    "LIMIT_NAMES",
+    "Classification",
+    "Limit",
+    "Snapshot",
+    "ThreadResourceManager",
+    "WorkerGrant",
+    "check_thread_health",
+    "check_thread_pressure",
+    "classify_start_failure",
+    "get_safe_worker_count",
+    "get_thread_manager",
+    "is_safe_to_create_threads",
+    "log_thread_status",
+    "pressure",
+    "probe_native_thread",
+    "thread_status",
+]
+
+logger = logging.getLogger("templ_pipeline.thread_manager")
+
+DEFAULT_CACHE_TTL = 0.5
+"""Seconds a snapshot is reused; a fresh one costs well under 200 µs."""
+
+TASK_EXECUTOR_KINDS = {"conformers": "thread"}
+"""Task types whose workers are threads (RDKit's native embedding threads); others: processes."""
+
+WARNING_PRESSURE = 0.80
+CRITICAL_PRESSURE = 0.95
+
+
+_manager: ThreadResourceManager | None = None
+_manager_lock = threading.Lock()
+_instances: weakref.WeakSet[ThreadResourceManager] = weakref.WeakSet()  # reset after fork
+
+
+class ThreadResourceManager:
+    """Snapshots of every limit (cached for ``cache_ttl`` s), worker grants, failure classification.
+
+    Thread-safe: a cached snapshot is read without locking; refreshes are serialized.
+    """
+
+    def __init__(
+        self,
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        collector: Collector | None = None,
+        reserve: int = RESERVE_TASKS,
+    ) -> None:
+        self.pid = os.getpid()
+        self.cache_ttl = cache_ttl
+        self.reserve = reserve
+        self._collector = collector or Collector()
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        _instances.add(self)
+
+    def _reset_after_fork(self) -> None:
+        """Drop the parent's snapshot and a lock another parent thread may have held."""
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._snapshot = None
+
+    def snapshot(self, fresh: bool = False) -> Snapshot:
+        """The limits now; reuses a snapshot younger than ``cache_ttl`` unless ``fresh``."""
+        snap = self._snapshot
+        if not fresh and snap is not None and time.monotonic() - snap.taken_at < self.cache_ttl:
+            return snap
+        with self._lock:
+            snap = self._snapshot
+            if fresh or snap is None or time.monotonic() - snap.taken_at >= self.cache_ttl:
+                snap = self._snapshot = self._collector.collect()
+        return snap
+
+    def get_safe_worker_count(
+        self,
+        requested: int,
+        task_type: str,
+        *,
+        executor_kind: str | None = None,
+        snapshot: Snapshot | None = None,
+    ) -> WorkerGrant:
+        """How many of ``requested`` workers can start now, after a reserve of headroom.
+
+        ``executor_kind`` is "process" or "thread"; None picks it from the task type
+        ("conformers" -> thread, anything else -> process).
+        """
+        kind = executor_kind or TASK_EXECUTOR_KINDS.get(task_type, "process")
+        snap = snapshot or self.snapshot()
+        grant = compute_grant(snap, requested, worker_cost(kind), self.reserve)
+        logger.debug("worker grant for %s (%s): %s", task_type, kind, grant.detail)
+        return grant
+
+    def max_workers(
+        self, task_type: str, *, executor_kind: str | None = None, snapshot: Snapshot | None = None
+    ) -> int | None:
+        """The most workers of this kind the limits allow, None when none constrains them."""
+        kind = executor_kind or TASK_EXECUTOR_KINDS.get(task_type, "process")
+        return max_workers(snapshot or self.snapshot(), worker_cost(kind), self.reserve)
+
+    def classify_start_failure(self, exc: BaseException | None = None) -> Classification:
+        """Why a thread or process failed to start.
+
+        Uses ``exc``'s errno when it has one; otherwise a fresh snapshot names an exhausted
+        limit, and when every limit shows headroom a native probe thread gets the errno.
+        """
+        snap = self.snapshot(fresh=True)
+        exhausted = exhausted_limit(snap)
+        err = errno_of(exc)
+        if err is None:
+            if exhausted is not None:
+                return Classification(exhausted.name, None, describe(exhausted))
+            err = probe_native_thread()
+            if err == 0:
+                return Classification("unknown", 0, "every limit shows headroom and a probe thread "
+                                      "started: the failure was transient")
+        return classify_errno(err, exhausted)
+
+    def health(self) -> dict:
+        """Summary of the binding limit: see :func:`check_thread_health`."""
+        snap = self.snapshot()
+        binding = snap.binding
+        return {
+            "threads": snap.threads,
+            "python_threads": threading.active_count(),
+            "binding_limit": binding.name if binding else None,
+            "limit": binding.limit if binding else None,
+            "used": binding.used if binding else None,
+            "headroom": binding.headroom if binding else None,
+            "pressure": pressure(binding),
+            "status": thread_status(snap, self.reserve),
+        }
+
+
+def pressure(lim: Limit | None) -> float:
+    """``used / limit`` of a limit, clamped to 0..1 (0 when unknown)."""
+    if lim is None or lim.used is None or not lim.limit:
+        return 0.0
+    return min(1.0, max(0.0, lim.used / lim.limit))
+
+
+def thread_status(snapshot: Snapshot, reserve: int = RESERVE_TASKS) -> str:
+    """"critical" when the binding headroom is within the reserve or pressure >= 0.95,
+    "warning" from pressure 0.80, else "ok"."""
+    binding = snapshot.binding
+    ratio = pressure(binding)
+    if binding is not None and (binding.headroom <= reserve or ratio >= CRITICAL_PRESSURE):
+        return "critical"
+    return "warning" if ratio >= WARNING_PRESSURE else "ok"
+
+
+def get_thread_manager() -> ThreadResourceManager:
+    """The manager of this process (created on first use, again in a forked child)."""
+    global _manager
+    manager = _manager
+    if manager is None:
+        with _manager_lock:
+            if _manager is None:
+                _manager = ThreadResourceManager()
+            manager = _manager
+    return manager
+
+
+def _forget_manager_in_child() -> None:
+    """A forked child has its own tasks and limits: it gets a fresh singleton, and managers
+    the parent handed out by reference forget their snapshot."""
+    global _manager, _manager_lock
+    _manager = None
+    _manager_lock = threading.Lock()
+    for manager in list(_instances):
+        manager._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_manager_in_child)
+
+
+def get_safe_worker_count(
+    requested: int, task_type: str, *, executor_kind: str | None = None
+) -> WorkerGrant:
+    """:meth:`ThreadResourceManager.get_safe_worker_count` of the process manager."""
+    return get_thread_manager().get_safe_worker_count(
+        requested, task_type, executor_kind=executor_kind)
+
+
+def classify_start_failure(exc: BaseException | None = None) -> Classification:
+    """:meth:`ThreadResourceManager.classify_start_failure` of the process manager."""
+    return get_thread_manager().classify_start_failure(exc)
+
+
+def check_thread_health() -> dict:
+    """Threads of this process, the binding limit with its headroom and pressure, and a status
+    ("ok" | "warning" | "critical", see :func:`thread_status`)."""
+    return get_thread_manager().health()
+
+
+def is_safe_to_create_threads(n: int) -> bool:
+    """Whether ``n`` more threads fit under every limit with the reserve left over."""
+    return n <= 0 or get_safe_worker_count(n, "threads", executor_kind="thread").granted >= n
+
+
+def check_thread_pressure() -> float:
+    """Usage ratio (0..1) of the binding limit; 0.0 when no limit is known."""
+    return pressure(get_thread_manager().snapshot().binding)
+
+
+def log_thread_status(context: str) -> None:
+    """Log the thread health at debug level on ``templ_pipeline.thread_manager``."""
+    if logger.isEnabledFor(logging.DEBUG):
+        health = check_thread_health()
+        logger.debug("%s: %s OS threads, binding limit %s with headroom %s, status %s",
+                     context, health["threads"], health["binding_limit"], health["headroom"],
+                     health["status"])

@@ -1,0 +1,213 @@
+"""``templ doctor``: which limits can refuse a new thread here, and how many workers fit.
+
+Run as ``templ doctor [--json]`` or ``python -m templ_pipeline.doctor [--json]``.
+Exit code 1 when the native-thread probe fails or the binding limit is critical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+from dataclasses import asdict
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from templ_pipeline.core.limits.classify import classify_errno, exhausted_limit
+from templ_pipeline.core.limits.collect import fmt_bytes
+from templ_pipeline.core.limits.model import (
+    PID_MAX,
+    PIDS_CGROUP,
+    RLIMIT_NPROC,
+    STACK_MEMORY,
+    TASK_LIMITS,
+    THREADS_MAX,
+    Snapshot,
+    WorkerGrant,
+)
+from templ_pipeline.core.limits.worker_cost import blas_threads, worker_cost
+from templ_pipeline.core.thread_manager import (
+    HAS_PSUTIL,
+    ThreadResourceManager,
+    get_thread_manager,
+    probe_native_thread,
+    thread_status,
+)
+
+RECOMMENDATIONS = (("scoring", "process"), ("conformers", "thread"))
+LARGE_STACK = 64 << 20
+"""Thread stacks from this size up get a warning (glibc's usual default is 8 MiB)."""
+
+_FIXES = {
+    PIDS_CGROUP: "ask for a larger pids limit (docker --pids-limit, systemd TasksMax, "
+                 "Kubernetes podPidsLimit)",
+    RLIMIT_NPROC: "raise `ulimit -u` (limits.conf nproc)",
+    THREADS_MAX: "raise sysctl kernel.threads-max",
+    PID_MAX: "raise sysctl kernel.pid_max",
+    STACK_MEMORY: "lower `ulimit -s` or raise `ulimit -v`/the memory limit",
+}
+
+
+def _finite(value: int) -> int | None:
+    return None if value == resource.RLIM_INFINITY else value
+
+
+def _privilege_warnings(snap: Snapshot) -> list[str]:
+    nproc = snap.limit(RLIMIT_NPROC)
+    if nproc.enforced is not False or nproc.limit is None:
+        return []
+    who = "running as root (uid 0)" if snap.uid == 0 else "CAP_SYS_RESOURCE/CAP_SYS_ADMIN"
+    return [f"{who}, so RLIMIT_NPROC ({nproc.limit}) is not enforced here; "
+            "the same job under a normal user would be limited by it"]
+
+
+def _cut_warnings(snap: Snapshot, grants: dict[str, WorkerGrant]) -> list[str]:
+    """One warning per limit that cut a recommendation below the CPU count."""
+    cuts: dict[str, list[str]] = {}
+    for task_type, grant in grants.items():
+        if grant.reason is not None:
+            cuts.setdefault(grant.reason, []).append(
+                f"{task_type} {grant.granted}/{grant.requested}")
+    warnings = []
+    for name, tasks in cuts.items():
+        lim = snap.limit(name)
+        if name == PIDS_CGROUP:
+            what = f"pids cgroup is set to {lim.limit} tasks ({lim.used} in use)"
+        else:
+            what = f"{name} leaves {lim.headroom} of headroom"
+        warnings.append(f"{what}: workers cut to {', '.join(tasks)}; {_FIXES[name]}")
+    if any(name in TASK_LIMITS for name in cuts) and blas_threads() > 1:
+        warnings.append(f"each process worker also runs {blas_threads() - 1} OpenBLAS threads; "
+                        "OPENBLAS_NUM_THREADS=1 makes a worker cost 1 task")
+    return warnings
+
+
+def _stack_warnings(snap: Snapshot) -> list[str]:
+    """Very large stacks, or an unlimited/large stack limit under an RLIMIT_AS cap."""
+    stack = snap.stack
+    rlimit_as, rlimit_stack = _finite(stack.rlimit_as), _finite(stack.rlimit_stack)
+    few_fit = stack.as_fit is not None and stack.as_fit < (os.cpu_count() or 1)
+    capped = rlimit_as is not None and (rlimit_stack is None or few_fit)
+    if stack.stack_bytes < LARGE_STACK and not capped:
+        return []
+    limit = "unlimited" if rlimit_stack is None else fmt_bytes(rlimit_stack)
+    cap = f"under an RLIMIT_AS cap of {fmt_bytes(rlimit_as)}" if rlimit_as else "without RLIMIT_AS"
+    return [f"stack limit {limit} {cap}: each thread reserves {fmt_bytes(stack.stack_bytes)}, "
+            f"so {snap.limit(STACK_MEMORY).headroom} more threads fit; "
+            "`ulimit -s 8192` is the usual setting"]
+
+
+def _warnings(snap: Snapshot, grants: dict[str, WorkerGrant], probe_errno: int,
+              reserve: int) -> list[str]:
+    warnings = _privilege_warnings(snap)
+    warnings += [f"{lim.name} is unknown: {lim.note} ({lim.source})"
+                 for lim in snap.limits if lim.enforced is None]
+    warnings += _cut_warnings(snap, grants) + _stack_warnings(snap)
+    binding = snap.binding
+    if binding is not None and binding.headroom <= reserve:
+        warnings.append(f"only {binding.headroom} headroom left under {binding.name}: "
+                        "new threads and processes will fail")
+    if probe_errno:
+        found = classify_errno(probe_errno, exhausted_limit(snap))
+        warnings.append(f"a native test thread could not start ({os.strerror(probe_errno)}): "
+                        f"{found.cause}: {found.detail}")
+    return warnings
+
+
+def build_report(manager: ThreadResourceManager | None = None) -> dict:
+    """The doctor report as JSON-ready data (unknown values are None)."""
+    manager = manager or get_thread_manager()
+    snap = manager.snapshot(fresh=True)
+    requested = os.cpu_count() or 1
+    grants = {
+        task: manager.get_safe_worker_count(requested, task, executor_kind=kind, snapshot=snap)
+        for task, kind in RECOMMENDATIONS
+    }
+    probe_errno = probe_native_thread()  # after the snapshot: the probe thread is transient
+    binding = snap.binding
+    process_cost = worker_cost("process")
+    return {
+        "binding_limit": binding.name if binding else None,
+        "status": thread_status(snap, manager.reserve),
+        "limits": [lim.as_dict(lim is binding) for lim in snap.limits],
+        "threads": snap.threads,
+        "requested_workers": requested,
+        "recommended_workers": {task: grant.granted for task, grant in grants.items()},
+        "max_workers": {
+            task: manager.max_workers(task, executor_kind=kind, snapshot=snap)
+            for task, kind in RECOMMENDATIONS
+        },
+        "grants": {
+            task: {"executor_kind": kind, **asdict(grants[task])} for task, kind in RECOMMENDATIONS
+        },
+        "worker_cost": {"process_worker_tasks": process_cost.per_worker,
+                        "process_pool_helper_tasks": process_cost.pool_helpers,
+                        "thread_worker_tasks": 1, "reserve": manager.reserve},
+        "stack": {"thread_stack_bytes": snap.stack.stack_bytes,
+                  "rlimit_stack": _finite(snap.stack.rlimit_stack),
+                  "rlimit_as": _finite(snap.stack.rlimit_as)},
+        "probe": {"ok": probe_errno == 0, "errno": probe_errno or None,
+                  "error": os.strerror(probe_errno) if probe_errno else None},
+        "warnings": _warnings(snap, grants, probe_errno, manager.reserve),
+        "has_psutil": HAS_PSUTIL,
+    }
+
+
+def _cell(value: int | None, entry: dict) -> str:
+    if value is not None:
+        return str(value)
+    return "?" if entry["enforced"] is None else "-"
+
+
+def render_table(report: dict, console: Console) -> None:
+    """Print the report as rich tables."""
+    title = f"Limits that can refuse a new thread ({report['threads']} OS threads here)"
+    limits = Table(title=title)
+    sources = Table("limit", "source / note", title="Where the numbers come from")
+    for column in ("limit", "max", "used", "headroom", "binding", "enforced"):
+        limits.add_column(column, no_wrap=True,
+                          justify="right" if column in ("max", "used", "headroom") else "left")
+    for entry in report["limits"]:
+        enforced = {True: "yes", False: "no", None: "?"}[entry["enforced"]]
+        limits.add_row(entry["name"], _cell(entry["limit"], entry), _cell(entry["used"], entry),
+                       _cell(entry["headroom"], entry), "<- binding" if entry["binding"] else "",
+                       enforced)
+        note = f" ({entry['note']})" if entry["note"] else ""
+        sources.add_row(entry["name"], escape(entry["source"] + note))
+    console.print(limits)
+    console.print(sources)
+    workers = Table(title=f"Recommended workers (requested: {report['requested_workers']} = CPUs)")
+    for column in ("task", "executor", "recommended", "limits allow at most"):
+        workers.add_column(column, no_wrap=True)
+    for task, grant in report["grants"].items():
+        at_most = report["max_workers"][task]
+        workers.add_row(task, grant["executor_kind"], str(grant["granted"]),
+                        "no limit" if at_most is None else str(at_most))
+    console.print(workers)
+    for task, grant in report["grants"].items():
+        console.print(f"  {task}: {escape(grant['detail'])}", highlight=False)
+    probe = report["probe"]
+    console.print("native thread probe: " + ("[green]ok[/green]" if probe["ok"]
+                  else f"[red]failed: errno {probe['errno']} ({probe['error']})[/red]"))
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+
+
+def run(json_output: bool) -> int:
+    """Print the report (JSON or tables); 1 when the probe failed or the status is critical."""
+    report = build_report()
+    if json_output:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        render_table(report, Console())
+    return 0 if report["probe"]["ok"] and report["status"] != "critical" else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="templ doctor", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    sys.exit(run(parser.parse_args().json))
