@@ -29,7 +29,7 @@ from templ_pipeline.core.limits.model import (
     Snapshot,
     WorkerGrant,
 )
-from templ_pipeline.core.limits.worker_cost import blas_threads, worker_cost
+from templ_pipeline.core.limits.worker_cost import worker_blas_threads, worker_cost
 from templ_pipeline.core.thread_manager import (
     HAS_PSUTIL,
     ThreadResourceManager,
@@ -80,9 +80,9 @@ def _cut_warnings(snap: Snapshot, grants: dict[str, WorkerGrant]) -> list[str]:
         else:
             what = f"{name} leaves {lim.headroom} of headroom"
         warnings.append(f"{what}: workers cut to {', '.join(tasks)}; {_FIXES[name]}")
-    if any(name in TASK_LIMITS for name in cuts) and blas_threads() > 1:
-        warnings.append(f"each process worker also runs {blas_threads() - 1} OpenBLAS threads; "
-                        "OPENBLAS_NUM_THREADS=1 makes a worker cost 1 task")
+    if any(name in TASK_LIMITS for name in cuts) and worker_blas_threads() > 1:
+        warnings.append(f"each process worker also runs {worker_blas_threads() - 1} OpenBLAS threads "
+                        "(OPENBLAS_NUM_THREADS is set above 1); with 1 a worker costs 1 task")
     return warnings
 
 
@@ -145,7 +145,7 @@ def build_report(manager: ThreadResourceManager | None = None) -> dict:
             task: {"executor_kind": kind, **asdict(grants[task])} for task, kind in RECOMMENDATIONS
         },
         "worker_cost": {"process_worker_tasks": process_cost.per_worker,
-                        "process_pool_helper_tasks": process_cost.pool_helpers,
+                        "process_pool_helper_tasks": process_cost.fixed_tasks,
                         "thread_worker_tasks": 1, "reserve": manager.reserve},
         "stack": {"thread_stack_bytes": snap.stack.stack_bytes,
                   "rlimit_stack": _finite(snap.stack.rlimit_stack),

@@ -21,3 +21,22 @@ def template() -> Chem.Mol:
 def query_confs() -> Chem.Mol:
     """24 ETKDG conformers of a drug-like query ligand."""
     return generate_conformers(QUERY_SMILES, 24, seed=11)
+
+
+@pytest.fixture
+def tel():
+    """Telemetry on real libraries: in-memory spans (synchronous export), fresh metrics, captured logs."""
+    from types import SimpleNamespace
+
+    import structlog
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import telemetry
+
+    exporter = InMemorySpanExporter()
+    telemetry.reset_for_tests()
+    telemetry.configure(span_exporter=exporter, synchronous=True, log_format="json", run_id="test")
+    metrics = telemetry.reset_metrics_for_tests()
+    with structlog.testing.capture_logs() as logs:
+        yield SimpleNamespace(exporter=exporter, registry=metrics.registry, logs=logs)
+    telemetry.reset_for_tests()

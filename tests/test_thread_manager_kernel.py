@@ -144,7 +144,7 @@ out = dict(limit=pids.limit, used=pids.used, headroom=pids.headroom,
            binding=snap.binding.name, cost=worker_cost("process").__repr__(),
            process=process.__repr__(), thread=thread.__repr__(),
            process_granted=process.granted, thread_granted=thread.granted,
-           per_worker=worker_cost("process").per_worker, helpers=worker_cost("process").pool_helpers)
+           per_worker=worker_cost("process").per_worker, helpers=worker_cost("process").fixed_tasks)
 if process.granted:
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(process.granted)

@@ -384,7 +384,7 @@ def test_grant_detail_names_costs():
     grant = compute_grant(snapshot_with({"pids_cgroup": 9}), 8, WorkerCost("process", 2, 3), 2)
     assert grant.granted == 2 and grant.reason == "pids_cgroup"
     assert grant.detail.startswith("pids_cgroup: 9 tasks of headroom, each process worker costs 2 "
-                                   "(+3 pool helper threads in the parent), reserve 2 -> 2 worker(s)")
+                                   "(+3 pool helper tasks), reserve 2 -> 2 worker(s)")
 
 
 def test_stack_memory_limits_threads_but_not_processes_with_own_address_space():

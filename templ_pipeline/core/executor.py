@@ -16,6 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
+import telemetry
 from templ_pipeline.core.batch import BatchResult, BatchTask, score_batch
 from templ_pipeline.core.pools import POOLS, PoolRegistry, worker_environment
 
@@ -56,6 +57,7 @@ class Grant:
     granted: int
     reason: str | None = None
     detail: str = ""
+    headroom: int | None = None
 
 
 class PoolFailure(Exception):
@@ -95,7 +97,18 @@ def grant_workers(requested: int, task_type: str, executor_kind: str) -> Grant:
     except Exception as exc:
         granted = min(requested, CAP_MANAGER_FAILED)
         return Grant(requested, granted, "manager_failed", f"thread manager failed: {exc}")
-    return Grant(requested, answer.granted, answer.reason, answer.detail)
+    return Grant(requested, answer.granted, answer.reason, answer.detail, answer.headroom)
+
+
+def observe_thread_limits(context: str) -> None:
+    """Thread gauges from the manager's (cached) snapshot, and a debug line of thread status."""
+    try:
+        from templ_pipeline.core.thread_manager import get_thread_manager, log_thread_status
+
+        telemetry.update_thread_gauges(get_thread_manager().snapshot())
+        log_thread_status(context)
+    except Exception:  # the gauges are best effort; grant_workers already reported a broken manager
+        pass
 
 
 def classify_failure(error: BaseException) -> str:
@@ -144,6 +157,8 @@ class MonitoredExecutor:
         self.reductions: list[dict[str, Any]] = []
         if self.grant.granted < requested:
             self._record_reduction(self.grant)
+        else:
+            telemetry.record_workers(task_type, requested, self.grant.granted)
         if requested > 1 and self._rungs[0].kind == "sequential":
             reason = "daemon_process" if in_daemon and self.grant.granted >= 2 else "no_headroom"
             self._record_fallback("process", "sequential", reason, "none", self.grant.detail)
@@ -170,21 +185,41 @@ class MonitoredExecutor:
             self._note_kind(rung.kind)
             if rung.kind == "sequential":
                 for index in sorted(pending):
-                    yield self._fn(pending.pop(index))
+                    yield self._run_here(pending.pop(index))
                 return
             try:
                 yield from self._run_on_pool(rung, pending)
             except PoolFailure as failure:
                 self._step_down(rung, failure)
 
+    def _run_here(self, task: BatchTask) -> BatchResult:
+        """One batch in this thread, inside its own ``select_best.batch`` span."""
+        observe_thread_limits(f"before batch {task.index}")
+        with telemetry.batch_span(task.index, len(task.conf_ids), "sequential") as batch:
+            result = self._fn(task)
+            batch.scored, batch.failed = len(result.scored), len(result.failed)
+        observe_thread_limits(f"after batch {task.index}")
+        return result
+
+    def _arrived(self, kind: str, task: BatchTask, result: BatchResult) -> BatchResult:
+        """Account a batch that a pool worker finished: its span, metrics and log line."""
+        telemetry.record_batch(
+            task.index, len(task.conf_ids), kind, len(result.scored), len(result.failed),
+            result.duration_seconds, pid=result.pid,
+        )
+        observe_thread_limits(f"after batch {task.index}")
+        return result
+
     def _run_on_pool(self, rung: Rung, pending: dict[int, BatchTask]) -> Iterator[BatchResult]:
         """Run ``pending`` on a pool; finished batches leave ``pending`` as they are yielded."""
         futures: dict[Future, int] = {}
         try:
-            pool, _reused = self._registry.acquire(rung.kind, rung.workers)
+            pool, reused = self._registry.acquire(rung.kind, rung.workers)
         except (OSError, RuntimeError) as error:
             raise PoolFailure(_start_failure_reason(rung.kind, error), error) from error
+        telemetry.record_executor_created(rung.kind, rung.workers, self.task_type, reused=reused)
         try:
+            observe_thread_limits(f"before {len(pending)} batches on {rung.workers} {rung.kind} workers")
             with worker_environment():
                 for index in sorted(pending):
                     futures[pool.submit(self._fn, pending[index])] = index
@@ -193,36 +228,43 @@ class MonitoredExecutor:
                 for future in done:
                     index = futures.pop(future)
                     result = future.result()
-                    del pending[index]
-                    yield result
+                    yield self._arrived(rung.kind, pending.pop(index), result)
         except (BrokenExecutor, OSError, RuntimeError) as error:
             self._registry.discard(rung.kind, pool)
+            if isinstance(error, BrokenExecutor):
+                telemetry.record_pool_restart(rung.kind, "broken_pool", str(error), error=error)
             # Batches that finished before the failure are kept, not re-run.
             for future, index in list(futures.items()):
                 if future.done() and not future.cancelled() and future.exception() is None:
-                    del pending[index]
-                    yield future.result()
+                    yield self._arrived(rung.kind, pending.pop(index), future.result())
             raise PoolFailure(_start_failure_reason(rung.kind, error), error) from error
 
     def _step_down(self, rung: Rung, failure: PoolFailure) -> None:
         self._position += 1
         cause = "none" if failure.reason == "broken_pool" else classify_failure(failure.error)
-        self._record_fallback(rung.kind, self.rung.kind, failure.reason, cause, str(failure.error))
+        self._record_fallback(rung.kind, self.rung.kind, failure.reason, cause, str(failure.error), failure.error)
 
     def _note_kind(self, kind: str) -> None:
         if not self.kinds_used or self.kinds_used[-1] != kind:
             self.kinds_used.append(kind)
 
     def _record_reduction(self, grant: Grant) -> None:
+        reason = grant.reason or "unknown"
         self.reductions.append(
             {"task_type": self.task_type, "requested": grant.requested, "granted": grant.granted,
-             "reason": grant.reason or "unknown", "detail": grant.detail}
+             "reason": reason, "detail": grant.detail}
+        )
+        telemetry.record_worker_reduction(
+            self.task_type, grant.requested, grant.granted, reason, grant.detail, headroom=grant.headroom
         )
 
-    def _record_fallback(self, from_kind: str, to_kind: str, reason: str, cause: str, detail: str) -> None:
+    def _record_fallback(
+        self, from_kind: str, to_kind: str, reason: str, cause: str, detail: str, error: BaseException | None = None
+    ) -> None:
         self.fallbacks.append(
             {"from_kind": from_kind, "to_kind": to_kind, "reason": reason, "cause": cause, "detail": detail}
         )
+        telemetry.record_fallback(from_kind, to_kind, reason, cause, detail, error=error)
 
 
 def get_executor(n_workers: int, task_type: str = "scoring") -> MonitoredExecutor:

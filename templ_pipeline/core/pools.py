@@ -29,11 +29,10 @@ _ENV_LOCK = threading.Lock()
 
 @contextmanager
 def worker_environment() -> Iterator[None]:
-    """Environment for starting process workers: one native thread per library.
+    """Environment for starting process workers (and the fork server): one native thread per library.
 
-    Workers are started by ``submit`` (the pool spawns them lazily), so callers
-    hold this around submission. Values the user set are kept; the parent's
-    environment is restored afterwards.
+    Workers are started by ``submit``, so callers hold this around submission.
+    Values the user set are kept; the parent's environment is restored afterwards.
     """
     with _ENV_LOCK:
         added = [name for name in _WORKER_THREAD_ENV if name not in os.environ]
@@ -47,26 +46,42 @@ def worker_environment() -> Iterator[None]:
 
 
 def start_method() -> str:
-    """How process workers start: ``TEMPL_MP_START_METHOD`` or fork where available.
+    """How process workers start: ``TEMPL_MP_START_METHOD``, else forkserver where available.
 
-    fork starts a worker in milliseconds and needs no ``if __name__ == "__main__"``
-    guard in the user's script (spawn and forkserver re-import the main module,
-    so an unguarded script re-runs itself in every worker). The workers only run
-    RDKit alignments, which take none of the locks the parent's telemetry threads
-    hold; OpenTelemetry and logging re-initialise their locks after a fork.
-    Set spawn or forkserver where the parent runs code that is not fork-safe.
+    Not fork: the parent runs threads (OpenTelemetry's span export, the metrics
+    server, the pool's own helpers), and a child forked while one of them holds
+    a lock deadlocks; OpenTelemetry's own after-fork hook was seen to hang that
+    way here. The fork server is a clean single-threaded process that has
+    imported RDKit once, so a worker still starts in milliseconds. Like spawn, it
+    imports the caller's main module in each worker: scripts that call
+    ``select_best`` with several workers need the usual ``if __name__ == "__main__":``
+    guard (without it the pool breaks and the run falls back to sequential).
     """
     requested = os.environ.get("TEMPL_MP_START_METHOD", "").strip()
     available = multiprocessing.get_all_start_methods()
     if requested in available:
         return requested
-    return "fork" if "fork" in available else available[0]
+    return "forkserver" if "forkserver" in available else "spawn"
+
+
+def worker_env() -> dict[str, str]:
+    """The thread-count variables a process worker starts with (the user's values win)."""
+    return {name: os.environ.get(name, value) for name, value in _WORKER_THREAD_ENV.items()}
+
+
+def pool_context(method: str | None = None) -> multiprocessing.context.BaseContext:
+    """The multiprocessing context process pools are made with."""
+    method = method or start_method()
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        # imported once in the fork server, so forked workers start with RDKit loaded
+        context.set_forkserver_preload(["templ_pipeline.core.batch"])
+    return context
 
 
 def _new_pool(kind: str, workers: int) -> Executor:
     if kind == "process":
-        context = multiprocessing.get_context(start_method())
-        return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        return ProcessPoolExecutor(max_workers=workers, mp_context=pool_context())
     if kind == "thread":
         return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="templ-worker")
     raise ValueError(f"no pool for executor kind {kind!r}")
@@ -102,12 +117,21 @@ class PoolRegistry:
             return pool, False
 
     def discard(self, kind: str, pool: Executor) -> None:
-        """Shut ``pool`` down and forget it; results already finished stay readable."""
+        """Shut ``pool`` down and forget it; results already finished stay readable.
+
+        A process pool whose start failed half-way (one worker forked, the next
+        refused) has no manager thread to stop its workers: they are ended here.
+        """
         with self._lock:
             current = self._pools.get(kind)
             if current is not None and current[1] is pool:
                 del self._pools[kind]
+        started = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=True, cancel_futures=True)
+        for process in started:
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=5)
 
     def shutdown_all(self) -> None:
         """Shut every pool down, waiting for its workers to exit."""

@@ -21,6 +21,7 @@ from typing import Any
 from rdkit import Chem
 from rdkit.Chem import rdShapeAlign
 
+import telemetry
 from templ_pipeline.core.batch import (
     BatchResult,
     BatchTask,
@@ -70,6 +71,7 @@ class SelectionReport:
     workers_granted: int = 1
     executor_kinds: list[str] = field(default_factory=list)
     fallbacks: list[dict[str, str]] = field(default_factory=list)
+    reductions: list[dict[str, Any]] = field(default_factory=list)
     duration_seconds: float = 0.0
 
     @property
@@ -170,30 +172,36 @@ def select_best_with_report(
     report = SelectionReport(n_conformers=len(conf_ids), workers_requested=n_workers)
     scored: dict[int, ConformerScore] = {}
 
-    base = _sanitized_copy_without_conformers(confs)
-    if base is None:
-        report.failures = [ConformerFailure(cid, "sanitization_failed", "query molecule failed sanitization")
-                           for cid in conf_ids]
-    else:
-        template = Chem.Mol(tpl, confId=tpl.GetConformer().GetId())
-        template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
-        with _get_executor_for_context(n_workers, task_type="scoring") as executor:
-            batch_size = choose_batch_size(len(conf_ids), executor.workers)
-            tasks = [
-                BatchTask(index, template, template_key, _batch_query(base, confs, chunk), tuple(chunk))
-                for index, chunk in enumerate(_chunks(conf_ids, batch_size))
-            ]
-            report.batch_size = batch_size
-            report.n_batches = len(tasks)
-            for result in executor.run(tasks):
-                for item in result.scored:
-                    scored[item.conf_id] = item
-                report.failures.extend(result.failed)
-                if on_batch is not None:
-                    on_batch(result)
-            report.workers_granted = executor.workers
-            report.executor_kinds = executor.kinds_used
-            report.fallbacks = executor.fallbacks
+    with telemetry.select_best_span(len(conf_ids), n_workers) as call:
+        base = _sanitized_copy_without_conformers(confs)
+        if base is None:
+            report.failures = [ConformerFailure(cid, "sanitization_failed", "query molecule failed sanitization")
+                               for cid in conf_ids]
+        else:
+            template = Chem.Mol(tpl, confId=tpl.GetConformer().GetId())
+            template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
+            with _get_executor_for_context(n_workers, task_type="scoring") as executor:
+                batch_size = choose_batch_size(len(conf_ids), executor.workers)
+                tasks = [
+                    BatchTask(index, template, template_key, _batch_query(base, confs, chunk), tuple(chunk))
+                    for index, chunk in enumerate(_chunks(conf_ids, batch_size))
+                ]
+                report.batch_size = batch_size
+                report.n_batches = len(tasks)
+                report.workers_granted = executor.workers
+                for result in executor.run(tasks):
+                    for item in result.scored:
+                        scored[item.conf_id] = item
+                    report.failures.extend(result.failed)
+                    if on_batch is not None:
+                        on_batch(result)
+                report.executor_kinds = executor.kinds_used
+                report.fallbacks = executor.fallbacks
+                report.reductions = executor.reductions
+        call.workers_granted = report.workers_granted
+        call.executor_kind = report.executor_kinds[-1] if report.executor_kinds else None
+        call.scored = len(scored)
+        call.failed_by_reason = report.failed_by_reason
 
     report.n_scored = len(scored)
     report.failures.sort(key=lambda failure: failure.conf_id)

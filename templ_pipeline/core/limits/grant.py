@@ -29,13 +29,14 @@ def _allowance(
     """(workers allowed by ``lim``, fixed cost, cost per worker) in the limit's own unit.
 
     Thread workers cost one task and one stack each. Process workers cost their tasks
-    under every task limit; under ``stack_memory`` the parent needs stacks for the pool
-    helpers, each worker has its own address space (inherited ``RLIMIT_AS`` and VmSize)
+    under every task limit, plus the pool's helper threads and processes once; under
+    ``stack_memory`` the parent needs stacks for the pool's helper threads, each worker has its own address space (inherited ``RLIMIT_AS`` and VmSize)
     for its extra native threads, and only those extra stacks draw on shared memory.
     """
-    fixed = cost.pool_helpers
     if cost.kind == "thread" or lim.name in TASK_LIMITS:
+        fixed = cost.fixed_tasks
         return _fit(lim.headroom - reserve, fixed, cost.per_worker), fixed, cost.per_worker
+    fixed = cost.pool_helpers  # helper processes have their own address space
     extra = cost.per_worker - 1
     as_fit, memory_fit = snapshot.stack.as_fit, snapshot.stack.memory_fit
     if lim.headroom - reserve < fixed or (as_fit is not None and as_fit < extra):
@@ -77,7 +78,7 @@ def compute_grant(
     allowed, lim, fixed, per_worker = best
     granted = min(requested, allowed)
     unit = "thread stacks" if lim.name == STACK_MEMORY else "tasks"
-    helpers = f" (+{fixed} pool helper threads in the parent)" if fixed else ""
+    helpers = f" (+{fixed} pool helper tasks)" if fixed else ""
     detail = (f"{lim.name}: {lim.headroom} {unit} of headroom, each {cost.kind} worker costs "
               f"{per_worker}{helpers}, reserve {reserve} -> {allowed} worker(s); "
               f"granted {granted} of {requested}")

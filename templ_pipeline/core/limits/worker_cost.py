@@ -18,12 +18,12 @@ worker, or a native RDKit thread, is one task and no helpers.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 
+from templ_pipeline.core import pools
 from templ_pipeline.core.limits.procfs import parse_status, read_bytes
 
 EXECUTOR_KINDS = ("process", "thread")
@@ -38,22 +38,33 @@ class WorkerCost:
 
     kind: str  # "process" | "thread"
     per_worker: int
-    pool_helpers: int
+    pool_helpers: int  # threads the pool adds in the parent
+    helper_processes: int = 0  # processes the start method adds (fork server, resource tracker)
+
+    @property
+    def fixed_tasks(self) -> int:
+        """Tasks the pool adds once, whatever its size."""
+        return self.pool_helpers + self.helper_processes
 
 
-def blas_threads() -> int:
-    """Threads OpenBLAS starts in a fresh process (its pool, the calling thread included)."""
+def worker_blas_threads() -> int:
+    """OpenBLAS threads of a process worker, which starts with :func:`pools.worker_env`."""
+    return blas_threads({**os.environ, **pools.worker_env()})
+
+
+def blas_threads(env: dict[str, str] | None = None) -> int:
+    """Threads OpenBLAS starts in a fresh process with ``env`` (default: this process's environment)."""
+    env = os.environ if env is None else env
     for var in _BLAS_THREAD_VARS:
-        value = os.environ.get(var, "").strip()
+        value = env.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
             return int(value)
     return len(os.sched_getaffinity(0)) or 1
 
 
 def default_start_method() -> str:
-    """The start method of a ``ProcessPoolExecutor`` without ``mp_context`` (not fixing it)."""
-    chosen = multiprocessing.get_start_method(allow_none=True)
-    return chosen or multiprocessing.get_all_start_methods()[0]
+    """The start method the project's process pools use."""
+    return pools.start_method()
 
 
 def worker_cost(kind: str, start_method: str | None = None) -> WorkerCost:
@@ -64,8 +75,7 @@ def worker_cost(kind: str, start_method: str | None = None) -> WorkerCost:
         raise ValueError(f"executor_kind must be one of {EXECUTOR_KINDS}, not {kind!r}")
     method = start_method or default_start_method()
     method_tasks = START_METHOD_HELPER_TASKS.get(method, max(START_METHOD_HELPER_TASKS.values()))
-    helpers = POOL_HELPER_THREADS + method_tasks
-    return WorkerCost("process", blas_threads(), helpers)
+    return WorkerCost("process", worker_blas_threads(), POOL_HELPER_THREADS, method_tasks)
 
 
 def _worker_tasks() -> int:
@@ -83,6 +93,6 @@ def _worker_tasks() -> int:
 
 
 def measure_process_worker_tasks(mp_context: BaseContext | None = None) -> int:
-    """Start a one-worker ``ProcessPoolExecutor`` and return the tasks its worker runs."""
-    with ProcessPoolExecutor(1, mp_context=mp_context) as pool:
+    """Start a one-worker pool as the project starts them and return the tasks its worker runs."""
+    with pools.worker_environment(), ProcessPoolExecutor(1, mp_context=mp_context or pools.pool_context()) as pool:
         return pool.submit(_worker_tasks).result(timeout=120)

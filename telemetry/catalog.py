@@ -1,0 +1,356 @@
+"""Single source of truth for TEMPL telemetry: metrics, spans, log events.
+
+Every metric, span, span attribute and log event the pipeline emits is declared
+here. ``telemetry.metrics`` builds the Prometheus collectors by looping over
+:data:`METRICS`; ``telemetry.events`` uses the attribute/event constants below.
+
+Label values are bounded: each labelled metric declares, per label, the tuple of
+values it may take (:attr:`MetricSpec.label_values`). Values outside the tuple
+are folded into a catch-all (see :func:`normalize_label`) so a typo or an
+unexpected exception type can never create an unbounded number of series.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+
+MetricKind = Literal["counter", "gauge", "histogram"]
+
+# ---------------------------------------------------------------------------
+# Bounded label value sets (contract)
+# ---------------------------------------------------------------------------
+FALLBACK_REASONS: tuple[str, ...] = (
+    "thread_start_failed",
+    "process_start_failed",
+    "broken_pool",
+    "manager_unavailable",
+    "daemon_process",
+    "no_headroom",
+    "submit_failed",
+)
+#: Which kernel limit caused a failed start; "none" when the fallback is not about a start.
+FALLBACK_CAUSES: tuple[str, ...] = (
+    "pids_cgroup",
+    "rlimit_nproc",
+    "threads_max",
+    "pid_max",
+    "stack_memory",
+    "seccomp",
+    "unknown",
+    "none",
+)
+EXECUTOR_KINDS: tuple[str, ...] = ("process", "thread", "sequential")
+FAILURE_REASONS: tuple[str, ...] = (
+    "no_coordinates",
+    "sanitization_failed",
+    "alignment_failed",
+    "invalid_molecule",
+)
+LIMIT_NAMES: tuple[str, ...] = ("pids_cgroup", "rlimit_nproc", "threads_max", "pid_max", "stack_memory")
+REDUCTION_REASONS: tuple[str, ...] = LIMIT_NAMES + ("manager_unavailable", "manager_failed")
+
+# Additional bounded sets (not part of the original contract; extend as needed).
+OUTCOMES: tuple[str, ...] = ("ok", "error")
+#: Task types the executor factory sizes pools for. Unknown values map to "other".
+TASK_TYPES: tuple[str, ...] = ("scoring", "conformers")
+DEGRADED_COMPONENTS: tuple[str, ...] = ("span_processor", "metrics_server", "log_handler")
+DEGRADED_REASONS: tuple[str, ...] = (
+    "thread_start_failed",
+    "no_headroom",
+    "resource_unavailable",  # OSError EAGAIN
+    "out_of_memory",  # OSError ENOMEM
+    "permission_denied",  # OSError EPERM
+)
+
+#: Catch-all value for a label whose bounded set has no "unknown" member.
+OTHER = "other"
+#: Catch-all value used when the bounded set already contains "unknown".
+UNKNOWN = "unknown"
+
+#: Labels whose value is not bounded by a tuple (one constant value per process).
+FREE_LABELS: tuple[str, ...] = ("version",)
+
+
+def _open(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``values`` plus the catch-all (``other``) unless it already has ``unknown``."""
+    return values if UNKNOWN in values else values + (OTHER,)
+
+
+def normalize_label(value: object, allowed: tuple[str, ...]) -> str:
+    """Return ``value`` if it is in ``allowed``; otherwise the set's catch-all.
+
+    The catch-all is ``"unknown"`` when the set contains it (fallback causes),
+    else ``"other"``. Callers log the raw value next to the normalized one.
+    """
+    if value in allowed:
+        return value  # type: ignore[return-value]
+    return UNKNOWN if UNKNOWN in allowed else OTHER
+
+
+# ---------------------------------------------------------------------------
+# Specs
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MetricSpec:
+    """One Prometheus metric. ``name`` is the exposition name (counters end ``_total``)."""
+
+    name: str
+    kind: MetricKind
+    help: str
+    labels: tuple[str, ...]
+    unit: str
+    buckets: tuple[float, ...] | None = None
+    #: attribute name on :class:`telemetry.metrics.TemplMetrics`
+    short: str = ""
+    #: label -> allowed values (labels in FREE_LABELS are absent)
+    label_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: pre-create every label combination at 0 (only for small sets)
+    initialize: bool = False
+
+    @property
+    def client_name(self) -> str:
+        """Name to pass to prometheus-client (which appends ``_total`` to counters itself)."""
+        if self.kind == "counter" and self.name.endswith("_total"):
+            return self.name[: -len("_total")]
+        return self.name
+
+
+@dataclass(frozen=True)
+class SpanSpec:
+    """One span: name, attributes it may carry, span events it may contain."""
+
+    name: str
+    help: str
+    attributes: tuple[str, ...]
+    events: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LogEventSpec:
+    """One structured log event (the ``event`` key) with its level and fields."""
+
+    name: str
+    level: str
+    help: str
+    fields: tuple[str, ...]
+
+
+# Histogram buckets (seconds). A batch is 5..50 conformers at 2-10 ms each.
+BATCH_DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CALL_DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "templ_threads_active", "gauge",
+        "OS threads of this process (/proc/self/status Threads:, else threading.active_count()), read at scrape time.",
+        (), "", short="threads_active",
+    ),
+    MetricSpec(
+        "templ_thread_limit", "gauge",
+        "Kernel limit on threads/tasks that applies to this process, per limit; NaN when unknown, +Inf when unlimited.",
+        ("limit",), "", short="thread_limit", label_values={"limit": _open(LIMIT_NAMES)},
+    ),
+    MetricSpec(
+        "templ_thread_headroom", "gauge",
+        "Threads/tasks that can still be started before hitting each kernel limit; NaN when unknown.",
+        ("limit",), "", short="thread_headroom", label_values={"limit": _open(LIMIT_NAMES)},
+    ),
+    MetricSpec(
+        "templ_executor_workers_requested", "gauge",
+        "Workers requested for the most recent executor of this task type.",
+        ("task_type",), "", short="workers_requested", label_values={"task_type": _open(TASK_TYPES)},
+    ),
+    MetricSpec(
+        "templ_executor_workers_granted", "gauge",
+        "Workers granted (after limit-aware sizing) for the most recent executor of this task type.",
+        ("task_type",), "", short="workers_granted", label_values={"task_type": _open(TASK_TYPES)},
+    ),
+    MetricSpec(
+        "templ_executor_worker_reductions_total", "counter",
+        "Times the executor factory granted fewer workers than requested, by reason.",
+        ("task_type", "reason"), "", short="worker_reductions",
+        label_values={"task_type": _open(TASK_TYPES), "reason": _open(REDUCTION_REASONS)},
+    ),
+    MetricSpec(
+        "templ_executor_fallbacks_total", "counter",
+        "Executor fallbacks down the ladder (process -> thread -> fewer workers -> sequential).",
+        ("from_kind", "to_kind", "reason", "cause"), "", short="fallbacks",
+        label_values={
+            "from_kind": _open(EXECUTOR_KINDS),
+            "to_kind": _open(EXECUTOR_KINDS),
+            "reason": _open(FALLBACK_REASONS),
+            "cause": _open(FALLBACK_CAUSES),
+        },
+    ),
+    MetricSpec(
+        "templ_select_best_batches_total", "counter",
+        "Conformer batches scored by select_best, by the executor kind that finished the batch.",
+        ("executor_kind",), "", short="batches",
+        label_values={"executor_kind": _open(EXECUTOR_KINDS)}, initialize=True,
+    ),
+    MetricSpec(
+        "templ_select_best_batch_duration_seconds", "histogram",
+        "Wall time to score one conformer batch (exemplar: trace_id/span_id of the batch span).",
+        ("executor_kind",), "seconds", buckets=BATCH_DURATION_BUCKETS, short="batch_duration",
+        label_values={"executor_kind": _open(EXECUTOR_KINDS)},
+    ),
+    MetricSpec(
+        "templ_conformers_scored_total", "counter",
+        "Conformers scored successfully.",
+        (), "", short="conformers_scored",
+    ),
+    MetricSpec(
+        "templ_conformers_failed_total", "counter",
+        "Conformers that could not be scored, by reason.",
+        ("reason",), "", short="conformers_failed",
+        label_values={"reason": _open(FAILURE_REASONS)}, initialize=True,
+    ),
+    MetricSpec(
+        "templ_select_best_calls_total", "counter",
+        "select_best calls by outcome (ok|error).",
+        ("outcome",), "", short="select_best_calls",
+        label_values={"outcome": _open(OUTCOMES)}, initialize=True,
+    ),
+    MetricSpec(
+        "templ_select_best_duration_seconds", "histogram",
+        "Wall time of one select_best call (exemplar: trace_id/span_id of the select_best span).",
+        (), "seconds", buckets=CALL_DURATION_BUCKETS, short="select_best_duration",
+    ),
+    MetricSpec(
+        "templ_executor_pool_restarts_total", "counter",
+        "Worker pools found broken and replaced, by executor kind.",
+        ("executor_kind",), "", short="pool_restarts",
+        label_values={"executor_kind": _open(EXECUTOR_KINDS)},
+    ),
+    MetricSpec(
+        "templ_telemetry_degraded_total", "counter",
+        "Telemetry components that could not start normally and run degraded (e.g. synchronous span export).",
+        ("component", "reason"), "", short="telemetry_degraded",
+        label_values={"component": _open(DEGRADED_COMPONENTS), "reason": _open(DEGRADED_REASONS)},
+    ),
+    MetricSpec(
+        "templ_build_info", "gauge",
+        "Build information; always 1, the version is in the label.",
+        ("version",), "", short="build_info",
+    ),
+)
+
+METRICS_BY_SHORT: Mapping[str, MetricSpec] = {m.short: m for m in METRICS}
+METRICS_BY_NAME: Mapping[str, MetricSpec] = {m.name: m for m in METRICS}
+
+# ---------------------------------------------------------------------------
+# Span names, span event names, attribute keys (OpenTelemetry style, templ.* namespace)
+# ---------------------------------------------------------------------------
+SPAN_SELECT_BEST = "select_best"
+SPAN_BATCH = "select_best.batch"
+
+EVENT_WORKERS_REDUCED = "executor.workers_reduced"
+EVENT_FALLBACK = "executor.fallback"
+EVENT_EXECUTOR_CREATED = "executor.created"
+EVENT_POOL_RESTARTED = "executor.pool_restarted"
+
+ATTR_TASK_TYPE = "templ.executor.task_type"
+ATTR_EXECUTOR_KIND = "templ.executor.kind"
+ATTR_WORKERS = "templ.executor.workers"
+ATTR_WORKERS_REQUESTED = "templ.executor.workers_requested"
+ATTR_WORKERS_GRANTED = "templ.executor.workers_granted"
+ATTR_REUSED = "templ.executor.reused"
+ATTR_REASON = "templ.executor.reason"
+ATTR_CAUSE = "templ.executor.cause"
+ATTR_DETAIL = "templ.executor.detail"
+ATTR_FROM_KIND = "templ.executor.from_kind"
+ATTR_TO_KIND = "templ.executor.to_kind"
+ATTR_HEADROOM = "templ.thread.headroom"
+ATTR_BATCH_INDEX = "templ.batch.index"
+ATTR_BATCH_SIZE = "templ.batch.size"
+ATTR_BATCH_SCORED = "templ.batch.scored"
+ATTR_BATCH_FAILED = "templ.batch.failed"
+ATTR_N_CONFORMERS = "templ.select_best.n_conformers"
+ATTR_SCORED = "templ.select_best.scored"
+ATTR_FAILED = "templ.select_best.failed"
+ATTR_OUTCOME = "templ.select_best.outcome"
+
+_EXECUTOR_EVENTS = (EVENT_WORKERS_REDUCED, EVENT_FALLBACK, EVENT_EXECUTOR_CREATED, EVENT_POOL_RESTARTED, "exception")
+
+SPANS: tuple[SpanSpec, ...] = (
+    SpanSpec(
+        SPAN_SELECT_BEST,
+        "One select_best call: scores all conformers against the template, parent of the batch spans.",
+        (ATTR_N_CONFORMERS, ATTR_WORKERS_REQUESTED, ATTR_WORKERS_GRANTED, ATTR_EXECUTOR_KIND, ATTR_SCORED, ATTR_FAILED,
+         ATTR_OUTCOME),
+        _EXECUTOR_EVENTS,
+    ),
+    SpanSpec(
+        SPAN_BATCH,
+        "One conformer batch scored on the worker pool (child of select_best).",
+        (ATTR_BATCH_INDEX, ATTR_BATCH_SIZE, ATTR_EXECUTOR_KIND, ATTR_BATCH_SCORED, ATTR_BATCH_FAILED),
+        _EXECUTOR_EVENTS,
+    ),
+)
+
+#: Attributes carried by each span event.
+SPAN_EVENT_ATTRIBUTES: Mapping[str, tuple[str, ...]] = {
+    EVENT_WORKERS_REDUCED: (ATTR_TASK_TYPE, ATTR_WORKERS_REQUESTED, ATTR_WORKERS_GRANTED, ATTR_REASON, ATTR_DETAIL,
+                            ATTR_HEADROOM),
+    EVENT_FALLBACK: (ATTR_FROM_KIND, ATTR_TO_KIND, ATTR_REASON, ATTR_CAUSE, ATTR_DETAIL),
+    EVENT_EXECUTOR_CREATED: (ATTR_EXECUTOR_KIND, ATTR_WORKERS, ATTR_TASK_TYPE, ATTR_REUSED),
+    EVENT_POOL_RESTARTED: (ATTR_EXECUTOR_KIND, ATTR_REASON, ATTR_DETAIL),
+}
+
+# ---------------------------------------------------------------------------
+# Log events
+# ---------------------------------------------------------------------------
+_TRACE_FIELDS = ("trace_id", "span_id")
+
+LOG_EVENTS: tuple[LogEventSpec, ...] = (
+    LogEventSpec(
+        "executor.workers_reduced", "warning",
+        "The executor factory granted fewer workers than requested.",
+        ("task_type", "requested", "granted", "reason", "detail", "headroom") + _TRACE_FIELDS,
+    ),
+    LogEventSpec(
+        "executor.fallback", "warning",
+        "The executor fell back one step down the ladder.",
+        ("from_kind", "to_kind", "reason", "cause", "detail", "error_type", "error") + _TRACE_FIELDS,
+    ),
+    LogEventSpec(
+        "executor.created", "info",
+        "An executor was created or reused.",
+        ("kind", "workers", "task_type", "reused") + _TRACE_FIELDS,
+    ),
+    LogEventSpec(
+        "executor.pool_restarted", "warning",
+        "A broken worker pool was replaced.",
+        ("executor_kind", "reason", "detail", "error_type", "error") + _TRACE_FIELDS,
+    ),
+    LogEventSpec(
+        "select_best.batch_done", "info",
+        "One conformer batch finished.",
+        ("index", "size", "scored", "failed", "duration_seconds", "executor_kind") + _TRACE_FIELDS,
+    ),
+    LogEventSpec(
+        "select_best.batch_failed", "error",
+        "An exception escaped a conformer batch.",
+        ("index", "size", "duration_seconds", "executor_kind", "error_type", "error") + _TRACE_FIELDS,
+    ),
+    LogEventSpec(
+        "select_best.done", "info",
+        "A select_best call finished.",
+        ("n_conformers", "workers_requested", "workers_granted", "executor_kind", "scored", "failed",
+         "failed_by_reason", "duration_seconds", "outcome") + _TRACE_FIELDS,
+    ),
+    LogEventSpec(
+        "select_best.failed", "error",
+        "An exception escaped select_best.",
+        ("n_conformers", "workers_requested", "workers_granted", "executor_kind", "scored", "duration_seconds",
+         "outcome", "error_type", "error") + _TRACE_FIELDS,
+    ),
+    LogEventSpec(
+        "telemetry.degraded", "warning",
+        "A telemetry component could not start normally and runs degraded (logged once per component).",
+        ("component", "reason", "error_type", "error"),
+    ),
+)
+
+LOG_EVENTS_BY_NAME: Mapping[str, LogEventSpec] = {e.name: e for e in LOG_EVENTS}

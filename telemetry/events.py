@@ -1,0 +1,443 @@
+"""One call = metric + span event + structured log, so callers never forget one.
+
+Label values are normalized against the bounded sets in :mod:`telemetry.catalog`:
+an unknown value becomes ``"other"`` (``"unknown"`` for fallback causes) in
+metrics and span attributes, and the log line keeps the raw value in
+``<field>_raw``. Log events carry ``trace_id``/``span_id`` explicitly (bound by
+these helpers, not only by the logging processor) so they are visible under
+``structlog.testing.capture_logs()``.
+
+When telemetry is disabled (:mod:`telemetry.state`), the per-call/per-batch
+helpers (:func:`batch_span`, :func:`select_best_span`, :func:`record_workers`,
+:func:`record_executor_created`) return immediately; the rare safety events
+(:func:`record_worker_reduction`, :func:`record_fallback`,
+:func:`record_pool_restart`) are still counted and logged.
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from telemetry import catalog as c
+from telemetry import state
+from telemetry.logs import get_logger
+from telemetry.metrics import get_metrics
+from telemetry.tracing import get_tracer
+
+__all__ = [
+    "BatchStats",
+    "SelectBestStats",
+    "batch_span",
+    "record_batch",
+    "record_executor_created",
+    "record_fallback",
+    "record_pool_restart",
+    "record_worker_reduction",
+    "record_workers",
+    "select_best_span",
+]
+
+_executor_log = get_logger("templ.executor")
+_select_log = get_logger("templ.select_best")
+
+_TASK_TYPES = c.METRICS_BY_SHORT["worker_reductions"].label_values["task_type"]
+_REDUCTION_REASONS = c.METRICS_BY_SHORT["worker_reductions"].label_values["reason"]
+_KINDS = c.METRICS_BY_SHORT["fallbacks"].label_values["from_kind"]
+_FALLBACK_REASONS = c.METRICS_BY_SHORT["fallbacks"].label_values["reason"]
+_FALLBACK_CAUSES = c.METRICS_BY_SHORT["fallbacks"].label_values["cause"]
+_FAILURE_REASONS = c.METRICS_BY_SHORT["conformers_failed"].label_values["reason"]
+
+
+def _norm(value: str, allowed: tuple[str, ...], field: str, fields: dict[str, Any]) -> str:
+    """Normalized label value; records the raw value in ``fields[field + '_raw']`` if it changed."""
+    if value in allowed:
+        return value
+    fields[field + "_raw"] = value
+    return c.normalize_label(value, allowed)
+
+
+def _ids(span: Span) -> tuple[str, str] | None:
+    if not span.is_recording():
+        return None
+    ctx = span.get_span_context()
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+def _add_ids(fields: dict[str, Any], ids: tuple[str, str] | None) -> dict[str, Any]:
+    if ids is not None:
+        fields["trace_id"], fields["span_id"] = ids
+    return fields
+
+
+def _exemplar(ids: tuple[str, str] | None) -> dict[str, str] | None:
+    return None if ids is None else {"trace_id": ids[0], "span_id": ids[1]}
+
+
+# ---------------------------------------------------------------------------
+# Executor events
+# ---------------------------------------------------------------------------
+def record_workers(task_type: str, requested: int, granted: int) -> None:
+    """Set ``templ_executor_workers_requested/granted{task_type}`` (no reduction event)."""
+    if not state.enabled:
+        return
+    m = get_metrics()
+    tt = c.normalize_label(task_type, _TASK_TYPES)
+    m.workers_requested.labels(task_type=tt).set(requested)
+    m.workers_granted.labels(task_type=tt).set(granted)
+
+
+def record_worker_reduction(
+    task_type: str,
+    requested: int,
+    granted: int,
+    reason: str,
+    detail: str = "",
+    headroom: int | None = None,
+) -> None:
+    """Workers granted < requested: gauges, counter, span event and warning log ``executor.workers_reduced``."""
+    fields: dict[str, Any] = {}
+    tt = _norm(task_type, _TASK_TYPES, "task_type", fields)
+    rs = _norm(reason, _REDUCTION_REASONS, "reason", fields)
+    m = get_metrics()
+    m.workers_requested.labels(task_type=tt).set(requested)
+    m.workers_granted.labels(task_type=tt).set(granted)
+    m.worker_reductions.labels(task_type=tt, reason=rs).inc()
+    span = trace.get_current_span()
+    ids = _ids(span)
+    if ids is not None:
+        attrs: dict[str, Any] = {
+            c.ATTR_TASK_TYPE: tt,
+            c.ATTR_WORKERS_REQUESTED: requested,
+            c.ATTR_WORKERS_GRANTED: granted,
+            c.ATTR_REASON: rs,
+            c.ATTR_DETAIL: detail,
+        }
+        if headroom is not None:
+            attrs[c.ATTR_HEADROOM] = headroom
+        span.add_event(c.EVENT_WORKERS_REDUCED, attrs)
+    _executor_log.warning(
+        c.EVENT_WORKERS_REDUCED,
+        **_add_ids(
+            {"task_type": tt, "requested": requested, "granted": granted, "reason": rs, "detail": detail,
+             "headroom": headroom, **fields},
+            ids,
+        ),
+    )
+
+
+def record_fallback(
+    from_kind: str,
+    to_kind: str,
+    reason: str,
+    cause: str = "none",
+    detail: str = "",
+    error: BaseException | None = None,
+) -> None:
+    """One step down the executor ladder: counter, span event (+ exception), warning log ``executor.fallback``."""
+    fields: dict[str, Any] = {}
+    fk = _norm(from_kind, _KINDS, "from_kind", fields)
+    tk = _norm(to_kind, _KINDS, "to_kind", fields)
+    rs = _norm(reason, _FALLBACK_REASONS, "reason", fields)
+    cs = _norm(cause, _FALLBACK_CAUSES, "cause", fields)
+    span = trace.get_current_span()
+    ids = _ids(span)
+    get_metrics().fallbacks.labels(from_kind=fk, to_kind=tk, reason=rs, cause=cs).inc(exemplar=_exemplar(ids))
+    if ids is not None:
+        span.add_event(
+            c.EVENT_FALLBACK,
+            {c.ATTR_FROM_KIND: fk, c.ATTR_TO_KIND: tk, c.ATTR_REASON: rs, c.ATTR_CAUSE: cs, c.ATTR_DETAIL: detail},
+        )
+        if error is not None:
+            span.record_exception(error, attributes={c.ATTR_REASON: rs, c.ATTR_CAUSE: cs})
+    if error is not None:
+        fields["error_type"] = type(error).__name__
+        fields["error"] = str(error)
+    _executor_log.warning(
+        c.EVENT_FALLBACK,
+        **_add_ids({"from_kind": fk, "to_kind": tk, "reason": rs, "cause": cs, "detail": detail, **fields}, ids),
+    )
+
+
+def record_pool_restart(
+    executor_kind: str,
+    reason: str = "broken_pool",
+    detail: str = "",
+    error: BaseException | None = None,
+) -> None:
+    """A broken pool was replaced: ``templ_executor_pool_restarts_total``, span event, warning log."""
+    fields: dict[str, Any] = {}
+    kind = _norm(executor_kind, _KINDS, "executor_kind", fields)
+    rs = _norm(reason, _FALLBACK_REASONS, "reason", fields)
+    span = trace.get_current_span()
+    ids = _ids(span)
+    get_metrics().pool_restarts.labels(executor_kind=kind).inc(exemplar=_exemplar(ids))
+    if ids is not None:
+        span.add_event(c.EVENT_POOL_RESTARTED, {c.ATTR_EXECUTOR_KIND: kind, c.ATTR_REASON: rs, c.ATTR_DETAIL: detail})
+        if error is not None:
+            span.record_exception(error)
+    if error is not None:
+        fields["error_type"] = type(error).__name__
+        fields["error"] = str(error)
+    _executor_log.warning(
+        c.EVENT_POOL_RESTARTED,
+        **_add_ids({"executor_kind": kind, "reason": rs, "detail": detail, **fields}, ids),
+    )
+
+
+def record_executor_created(kind: str, workers: int, task_type: str, reused: bool) -> None:
+    """An executor was created or reused: span event and info log ``executor.created``."""
+    if not state.enabled:
+        return
+    fields: dict[str, Any] = {}
+    k = _norm(kind, _KINDS, "kind", fields)
+    tt = _norm(task_type, _TASK_TYPES, "task_type", fields)
+    span = trace.get_current_span()
+    ids = _ids(span)
+    if ids is not None:
+        span.add_event(
+            c.EVENT_EXECUTOR_CREATED,
+            {c.ATTR_EXECUTOR_KIND: k, c.ATTR_WORKERS: workers, c.ATTR_TASK_TYPE: tt, c.ATTR_REUSED: reused},
+        )
+    _executor_log.info(
+        c.EVENT_EXECUTOR_CREATED,
+        **_add_ids({"kind": k, "workers": workers, "task_type": tt, "reused": reused, **fields}, ids),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Span context managers
+# ---------------------------------------------------------------------------
+def _record_error(span: Span, exc: BaseException) -> None:
+    if span.is_recording():
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+class BatchStats:
+    """Yielded by :func:`batch_span`; set ``scored``, ``failed`` and (after a fallback) ``executor_kind``."""
+
+    __slots__ = ("index", "size", "executor_kind", "scored", "failed", "duration_seconds", "_span", "_token", "_t0")
+
+    def __init__(self, index: int, size: int, executor_kind: str) -> None:
+        self.index = index
+        self.size = size
+        self.executor_kind = executor_kind
+        self.scored = 0
+        self.failed = 0
+        self.duration_seconds = 0.0
+
+    def __enter__(self) -> BatchStats:
+        span = get_tracer().start_span(
+            c.SPAN_BATCH,
+            attributes={
+                c.ATTR_BATCH_INDEX: self.index,
+                c.ATTR_BATCH_SIZE: self.size,
+                c.ATTR_EXECUTOR_KIND: self.executor_kind,
+            },
+        )
+        self._span = span
+        self._token = otel_context.attach(trace.set_span_in_context(span))
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.duration_seconds = time.perf_counter() - self._t0
+        try:
+            _finish_batch(self._span, self.index, self.size, self.executor_kind, self.scored, self.failed,
+                          self.duration_seconds, exc)
+        finally:
+            otel_context.detach(self._token)
+            self._span.end()
+
+
+def _finish_batch(
+    span: Span, index: int, size: int, executor_kind: str, scored: int, failed: int, duration: float,
+    exc: BaseException | None = None,
+) -> None:
+    """Metrics, span attributes and the log line of one finished (or failed) batch."""
+    fields: dict[str, Any] = {}
+    kind = _norm(executor_kind, _KINDS, "executor_kind", fields)
+    ids = _ids(span)
+    if ids is not None:
+        span.set_attributes({c.ATTR_EXECUTOR_KIND: kind, c.ATTR_BATCH_SCORED: scored, c.ATTR_BATCH_FAILED: failed})
+    m = get_metrics()
+    m.batches.labels(executor_kind=kind).inc()
+    m.batch_duration.labels(executor_kind=kind).observe(duration, exemplar=_exemplar(ids))
+    if exc is None:
+        _select_log.info(
+            "select_best.batch_done",
+            **_add_ids({"index": index, "size": size, "scored": scored, "failed": failed,
+                        "duration_seconds": duration, "executor_kind": kind, **fields}, ids),
+        )
+    else:
+        _record_error(span, exc)
+        _select_log.error(
+            "select_best.batch_failed",
+            **_add_ids({"index": index, "size": size, "duration_seconds": duration, "executor_kind": kind,
+                        "error_type": type(exc).__name__, "error": str(exc), **fields}, ids),
+        )
+
+
+def record_batch(
+    index: int, size: int, executor_kind: str, scored: int, failed: int, duration_seconds: float,
+    *, pid: int | None = None,
+) -> None:
+    """A batch that ran elsewhere (a pool worker) and just came back.
+
+    The ``select_best.batch`` span is made here, in the parent, ending now and
+    starting ``duration_seconds`` earlier (the worker's own measure of the batch),
+    so batches that ran side by side show as overlapping spans.
+    """
+    if not state.enabled:
+        return
+    end_ns = time.time_ns()
+    attributes: dict[str, Any] = {c.ATTR_BATCH_INDEX: index, c.ATTR_BATCH_SIZE: size}
+    if pid is not None:
+        attributes["process.pid"] = pid
+    span = get_tracer().start_span(c.SPAN_BATCH, attributes=attributes,
+                                   start_time=end_ns - int(duration_seconds * 1e9))
+    try:
+        with trace.use_span(span, end_on_exit=False):
+            _finish_batch(span, index, size, executor_kind, scored, failed, duration_seconds)
+    finally:
+        span.end(end_time=end_ns)
+
+
+class _NoopStats:
+    """Disabled-telemetry stand-in: accepts the same attribute writes, does nothing."""
+
+    __slots__ = ("index", "size", "executor_kind", "scored", "failed", "duration_seconds",
+                 "n_conformers", "workers_requested", "workers_granted", "failed_by_reason")
+
+    def __enter__(self) -> _NoopStats:
+        return self
+
+    def fail(self, reason: str, n: int = 1) -> None:
+        """Ignored when telemetry is disabled."""
+
+    def __exit__(self, *exc_info: Any) -> None:
+        return None
+
+
+def batch_span(index: int, size: int, executor_kind: str) -> BatchStats:
+    """Context manager for one conformer batch (child span ``select_best.batch``).
+
+    On exit: ``templ_select_best_batches_total{executor_kind}`` +1, batch duration
+    observed with a trace exemplar, info log ``select_best.batch_done``; an escaping
+    exception sets span status ERROR, logs ``select_best.batch_failed`` and re-raises.
+    The final ``executor_kind`` on the yielded object labels the metrics.
+    """
+    if not state.enabled:
+        stats = _NoopStats()
+        stats.index, stats.size, stats.executor_kind, stats.scored, stats.failed = index, size, executor_kind, 0, 0
+        return stats  # type: ignore[return-value]
+    return BatchStats(index, size, executor_kind)
+
+
+class SelectBestStats:
+    """Yielded by :func:`select_best_span`; set ``workers_granted``, ``executor_kind``, ``scored``,
+    ``failed_by_reason`` (``reason -> count``; or call :meth:`fail`)."""
+
+    __slots__ = ("n_conformers", "workers_requested", "workers_granted", "executor_kind", "scored",
+                 "failed_by_reason", "duration_seconds", "_span", "_token", "_t0")
+
+    def __init__(self, n_conformers: int, workers_requested: int) -> None:
+        self.n_conformers = n_conformers
+        self.workers_requested = workers_requested
+        self.workers_granted: int | None = None
+        self.executor_kind: str | None = None
+        self.scored = 0
+        self.failed_by_reason: dict[str, int] = {}
+        self.duration_seconds = 0.0
+
+    def fail(self, reason: str, n: int = 1) -> None:
+        """Add ``n`` failed conformers for ``reason``."""
+        self.failed_by_reason[reason] = self.failed_by_reason.get(reason, 0) + n
+
+    @property
+    def failed(self) -> int:
+        """Total failed conformers."""
+        return sum(self.failed_by_reason.values())
+
+    def __enter__(self) -> SelectBestStats:
+        span = get_tracer().start_span(
+            c.SPAN_SELECT_BEST,
+            attributes={c.ATTR_N_CONFORMERS: self.n_conformers, c.ATTR_WORKERS_REQUESTED: self.workers_requested},
+        )
+        self._span = span
+        self._token = otel_context.attach(trace.set_span_in_context(span))
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.duration_seconds = duration = time.perf_counter() - self._t0
+        span = self._span
+        try:
+            fields: dict[str, Any] = {}
+            kind = None if self.executor_kind is None else _norm(self.executor_kind, _KINDS, "executor_kind", fields)
+            failed: dict[str, int] = {}
+            for reason, n in self.failed_by_reason.items():
+                label = c.normalize_label(reason, _FAILURE_REASONS)
+                failed[label] = failed.get(label, 0) + n
+            n_failed = sum(failed.values())
+            outcome = "ok" if exc is None else "error"
+            ids = _ids(span)
+            if ids is not None:
+                attrs: dict[str, Any] = {c.ATTR_SCORED: self.scored, c.ATTR_FAILED: n_failed, c.ATTR_OUTCOME: outcome}
+                if self.workers_granted is not None:
+                    attrs[c.ATTR_WORKERS_GRANTED] = self.workers_granted
+                if kind is not None:
+                    attrs[c.ATTR_EXECUTOR_KIND] = kind
+                span.set_attributes(attrs)
+            m = get_metrics()
+            if self.scored:
+                m.conformers_scored.inc(self.scored)
+            for label, n in failed.items():
+                if n:
+                    m.conformers_failed.labels(reason=label).inc(n)
+            m.select_best_calls.labels(outcome=outcome).inc()
+            m.select_best_duration.observe(duration, exemplar=_exemplar(ids))
+            common = {
+                "n_conformers": self.n_conformers, "workers_requested": self.workers_requested,
+                "workers_granted": self.workers_granted, "executor_kind": kind, "scored": self.scored,
+                "duration_seconds": duration, "outcome": outcome, **fields,
+            }
+            if exc is None:
+                _select_log.info(
+                    "select_best.done", **_add_ids({**common, "failed": n_failed, "failed_by_reason": failed}, ids)
+                )
+            else:
+                _record_error(span, exc)
+                _select_log.error(
+                    "select_best.failed",
+                    **_add_ids({**common, "error_type": type(exc).__name__, "error": str(exc)}, ids),
+                )
+        finally:
+            otel_context.detach(self._token)
+            span.end()
+
+
+def select_best_span(n_conformers: int, workers_requested: int) -> SelectBestStats:
+    """Context manager for the parent span ``select_best``.
+
+    On exit: ``templ_conformers_scored_total`` += scored, ``templ_conformers_failed_total{reason}``
+    per reason, ``templ_select_best_calls_total{outcome}``, duration histogram (with exemplar),
+    info log ``select_best.done``; an escaping exception sets status ERROR, logs
+    ``select_best.failed`` and re-raises.
+    """
+    if not state.enabled:
+        stats = _NoopStats()
+        stats.n_conformers, stats.workers_requested, stats.workers_granted = n_conformers, workers_requested, None
+        stats.executor_kind, stats.scored, stats.failed_by_reason = None, 0, {}
+        return stats  # type: ignore[return-value]
+    return SelectBestStats(n_conformers, workers_requested)

@@ -1,0 +1,165 @@
+"""Structured logging: structlog and stdlib ``logging`` through one processor pipeline.
+
+Every line carries ``timestamp`` (ISO 8601 UTC), ``level``, ``logger``,
+``event``, ``run_id`` and, inside a recording span, ``trace_id``/``span_id``.
+Output is JSON lines unless the stream is a TTY (or ``fmt="console"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+from typing import IO, Any, Literal, MutableMapping
+
+import structlog
+from opentelemetry import trace
+
+__all__ = ["add_run_id", "add_trace_ids", "configure_logging", "get_logger", "get_run_id", "unconfigure_logging"]
+
+_run_id: str | None = None
+_handler: logging.Handler | None = None
+
+
+def get_run_id() -> str | None:
+    """The run id stamped on every log line (set by :func:`configure_logging`)."""
+    return _run_id
+
+
+def add_run_id(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: add ``run_id``."""
+    if _run_id is not None:
+        event_dict.setdefault("run_id", _run_id)
+    return event_dict
+
+
+def add_trace_ids(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: add ``trace_id``/``span_id`` (32/16 hex) of the current recording span."""
+    if "trace_id" not in event_dict:
+        span = trace.get_current_span()
+        if span.is_recording():
+            ctx = span.get_span_context()
+            event_dict["trace_id"] = format(ctx.trace_id, "032x")
+            event_dict["span_id"] = format(ctx.span_id, "016x")
+    return event_dict
+
+
+_FIRST_KEYS = ("timestamp", "level", "logger", "event")
+
+
+def _order_keys(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
+    """Put timestamp, level, logger, event first so JSON lines read well."""
+    ordered = {k: event_dict.pop(k) for k in _FIRST_KEYS if k in event_dict}
+    ordered.update(event_dict)
+    return ordered
+
+
+def _shared_processors() -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        add_run_id,
+        add_trace_ids,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.stdlib.ExtraAdder(),
+    ]
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def configure_logging(
+    *,
+    level: str | int = "INFO",
+    fmt: Literal["json", "console", "auto"] = "auto",
+    stream: IO[str] | None = None,
+    run_id: str | None = None,
+) -> None:
+    """Configure structlog and the stdlib root logger (idempotent; safe to call again).
+
+    ``stream`` defaults to ``sys.stderr``. ``run_id`` defaults to a fresh
+    12-hex id so all lines of one run can be grouped. Only the handler
+    installed by a previous call is replaced; other root handlers are kept.
+    """
+    global _run_id, _handler
+    _run_id = run_id if run_id is not None else uuid.uuid4().hex[:12]
+    out = stream if stream is not None else sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not _is_tty(out))
+    if use_json:
+        renderer: Any = structlog.processors.JSONRenderer()
+        final = [structlog.processors.dict_tracebacks, _order_keys, renderer]
+    else:
+        final = [structlog.dev.ConsoleRenderer(colors=_is_tty(out))]
+
+    shared = _shared_processors()
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        # Not cached: lets configure_logging() run twice and capture_logs() work everywhere.
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+        _handler.close()  # StreamHandler.close() never closes the stream itself
+    root.addHandler(handler)
+    root.setLevel(level if isinstance(level, int) else level.upper())
+    _handler = handler
+
+
+def unconfigure_logging() -> None:
+    """Remove the handler installed by :func:`configure_logging` and restore the default
+    structlog setup (events routed to stdlib logging as JSON strings). For tests."""
+    global _handler
+    if _handler is not None:
+        logging.getLogger().removeHandler(_handler)
+        _handler.close()
+        _handler = None
+    structlog.reset_defaults()
+    _configure_default()
+
+
+def _configure_default() -> None:
+    """Before :func:`configure_logging`: route structlog through stdlib logging (no stdout output).
+
+    With no handlers installed, stdlib's last-resort handler prints WARNING+ to stderr.
+    """
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_shared_processors(),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+_configure_default()
+
+
+def get_logger(name: str | None = None) -> Any:
+    """A structlog ``BoundLogger`` wrapping the stdlib logger ``name``."""
+    return structlog.stdlib.get_logger(name)

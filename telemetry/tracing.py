@@ -1,0 +1,131 @@
+"""OpenTelemetry tracing: a module-owned SDK TracerProvider with a guarded batch processor.
+
+The global ``trace.set_tracer_provider`` works only once per process, so this
+module keeps its own provider and hands out tracers with :func:`get_tracer`;
+:func:`configure_tracing` may be called any number of times (tests do).
+Context propagation (current span) is global and independent of the provider.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from typing import Any, Mapping
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import (
+    TELEMETRY_SDK_LANGUAGE,
+    TELEMETRY_SDK_NAME,
+    TELEMETRY_SDK_VERSION,
+    OTELResourceDetector,
+    Resource,
+)
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.version import __version__ as _SDK_VERSION
+
+from telemetry import state
+from telemetry.guard import start_guarded
+
+__all__ = ["configure_tracing", "current_trace_ids", "get_provider", "get_tracer", "shutdown_tracing"]
+
+TRACER_NAME = "templ"
+
+_NOOP_TRACER: trace.Tracer = trace.NoOpTracer()
+_lock = threading.RLock()
+_provider: TracerProvider | None = None
+_tracer: trace.Tracer = _NOOP_TRACER
+_atexit_registered = False
+
+
+def configure_tracing(
+    exporter: SpanExporter | None = None,
+    *,
+    enabled: bool = True,
+    service_name: str = "templ",
+    synchronous: bool = False,
+    headroom: int | None = None,
+    resource_attributes: Mapping[str, Any] | None = None,
+    set_global: bool = False,
+) -> TracerProvider | None:
+    """(Re)configure tracing and return the new provider (``None`` when disabled).
+
+    - ``exporter``: where finished spans go; ``None`` records spans (so trace ids
+      reach logs and exemplars) without exporting them.
+    - ``synchronous=True`` uses ``SimpleSpanProcessor`` (export on span end; tests).
+      Otherwise a ``BatchSpanProcessor`` is started through
+      :func:`telemetry.guard.start_guarded`; if its thread cannot start (or
+      ``headroom`` < 1) it falls back to ``SimpleSpanProcessor``, counted in
+      ``templ_telemetry_degraded_total{component="span_processor"}`` and logged once.
+    - ``enabled=False``: no provider; :func:`get_tracer` returns a ``NoOpTracer``.
+    - ``set_global=True`` also installs the provider globally (only effective once per process).
+    Any previous provider is flushed and shut down first.
+    """
+    global _provider, _tracer, _atexit_registered
+    with _lock:
+        shutdown_tracing()
+        if not enabled:
+            return None
+        provider = TracerProvider(resource=_resource(service_name, resource_attributes), shutdown_on_exit=False)
+        if exporter is not None:
+            processor: Any = None
+            if not synchronous:
+                processor = start_guarded("span_processor", lambda: BatchSpanProcessor(exporter), headroom=headroom)
+            if processor is None:
+                processor = SimpleSpanProcessor(exporter)
+            provider.add_span_processor(processor)
+        _provider = provider
+        _tracer = provider.get_tracer(TRACER_NAME)
+        if set_global:
+            trace.set_tracer_provider(provider)
+        if not _atexit_registered:
+            atexit.register(shutdown_tracing)
+            _atexit_registered = True
+        return provider
+
+
+def _resource(service_name: str, extra: Mapping[str, Any] | None) -> Resource:
+    """Resource built without ``Resource.create``, which runs detectors on a ThreadPoolExecutor
+    (and so raises "can't start new thread" exactly when thread headroom is gone).
+
+    Precedence: SDK defaults < ``OTEL_RESOURCE_ATTRIBUTES``/``OTEL_SERVICE_NAME`` < arguments.
+    """
+    attrs: dict[str, Any] = {"service.name": service_name}
+    if extra:
+        attrs.update(extra)
+    base = Resource(
+        {TELEMETRY_SDK_LANGUAGE: "python", TELEMETRY_SDK_NAME: "opentelemetry", TELEMETRY_SDK_VERSION: _SDK_VERSION}
+    )
+    return base.merge(OTELResourceDetector().detect()).merge(Resource(attrs))
+
+
+def shutdown_tracing() -> None:
+    """Flush and shut down the current provider; tracing becomes no-op until reconfigured."""
+    global _provider, _tracer
+    with _lock:
+        provider, _provider = _provider, None
+        _tracer = _NOOP_TRACER
+        if provider is not None:
+            try:
+                provider.force_flush()
+            finally:
+                provider.shutdown()
+
+
+def get_provider() -> TracerProvider | None:
+    """The current SDK provider, or None when tracing is off."""
+    return _provider
+
+
+def get_tracer() -> trace.Tracer:
+    """Tracer from the module provider; a ``NoOpTracer`` when unconfigured or telemetry is disabled."""
+    return _tracer if state.enabled else _NOOP_TRACER
+
+
+def current_trace_ids() -> tuple[str, str] | None:
+    """``(trace_id, span_id)`` as 32/16 lowercase hex of the current recording span, else None."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return None
+    ctx = span.get_span_context()
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")

@@ -1,0 +1,143 @@
+"""Structured logs: capture_logs, JSON lines with timestamp/level/run_id/trace ids, stdlib routing."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from datetime import datetime, timedelta
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from structlog.testing import capture_logs
+
+import telemetry
+from telemetry.logs import get_logger
+
+
+@pytest.fixture
+def exporter():
+    exp = InMemorySpanExporter()
+    telemetry.reset_for_tests()
+    telemetry.configure_tracing(exp, synchronous=True)
+    yield exp
+    telemetry.reset_for_tests()
+
+
+def _json_lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_capture_logs_sees_fallback_with_trace_id(exporter):
+    telemetry.configure_logging(fmt="json", stream=io.StringIO(), run_id="cap")
+    with capture_logs() as logs:
+        with telemetry.batch_span(3, 10, "process"):
+            telemetry.record_fallback("process", "thread", "process_start_failed", "rlimit_nproc", detail="EAGAIN")
+    (fb,) = [e for e in logs if e["event"] == "executor.fallback"]
+    assert fb["log_level"] == "warning"
+    assert fb["reason"] == "process_start_failed" and fb["cause"] == "rlimit_nproc" and fb["detail"] == "EAGAIN"
+    (span,) = exporter.get_finished_spans()
+    assert fb["trace_id"] == format(span.context.trace_id, "032x")
+    assert fb["span_id"] == format(span.context.span_id, "016x")
+    (done,) = [e for e in logs if e["event"] == "select_best.batch_done"]
+    assert done["index"] == 3 and done["size"] == 10 and done["executor_kind"] == "process"
+    assert done["trace_id"] == fb["trace_id"] and done["duration_seconds"] >= 0
+
+
+def test_capture_logs_sees_reduction_and_select_best_done(exporter):
+    telemetry.configure_logging(fmt="json", stream=io.StringIO())
+    with capture_logs() as logs:
+        with telemetry.select_best_span(8, 4) as call:
+            telemetry.record_worker_reduction("scoring", 4, 1, "threads_max", "threads-max 500", headroom=1)
+            call.scored = 6
+            call.fail("invalid_molecule", 2)
+    red = next(e for e in logs if e["event"] == "executor.workers_reduced")
+    assert (red["requested"], red["granted"], red["reason"], red["headroom"]) == (4, 1, "threads_max", 1)
+    assert red["log_level"] == "warning" and len(red["trace_id"]) == 32
+    done = next(e for e in logs if e["event"] == "select_best.done")
+    assert done["scored"] == 6 and done["failed"] == 2 and done["failed_by_reason"] == {"invalid_molecule": 2}
+    assert done["outcome"] == "ok" and done["span_id"] == red["span_id"]
+
+
+def test_fallback_outside_span_has_no_trace_id(exporter):
+    telemetry.configure_logging(fmt="json", stream=io.StringIO())
+    with capture_logs() as logs:
+        telemetry.record_fallback("thread", "sequential", "thread_start_failed", "stack_memory")
+    assert logs[0]["event"] == "executor.fallback" and "trace_id" not in logs[0]
+
+
+def _assert_utc_iso(ts: str) -> None:
+    assert ts.endswith("Z") or ts.endswith("+00:00"), ts
+    parsed = datetime.fromisoformat(ts)
+    assert parsed.utcoffset() == timedelta(0)
+
+
+def test_json_output_fields(exporter):
+    stream = io.StringIO()
+    telemetry.configure_logging(level="INFO", fmt="json", stream=stream, run_id="run-42")
+    log = get_logger("templ_pipeline.scoring")
+    log.info("outside", k=1)
+    with telemetry.get_tracer().start_as_current_span("work") as span:
+        log.warning("inside", conformers=5)
+        logging.getLogger("templ_pipeline.core.executor").info("stdlib inside %d", 7)
+    logging.getLogger("some.dep").warning("x")
+    lines = _json_lines(stream)
+    by_event = {line["event"]: line for line in lines}
+    assert set(by_event) == {"outside", "inside", "stdlib inside 7", "x"}
+    for line in lines:
+        _assert_utc_iso(line["timestamp"])
+        assert line["run_id"] == "run-42"
+        assert {"timestamp", "level", "event", "logger"} <= set(line)
+    assert list(lines[0])[:4] == ["timestamp", "level", "logger", "event"]
+    tid, sid = format(span.get_span_context().trace_id, "032x"), format(span.get_span_context().span_id, "016x")
+    inside = by_event["inside"]
+    assert inside["level"] == "warning" and inside["logger"] == "templ_pipeline.scoring" and inside["conformers"] == 5
+    assert (inside["trace_id"], inside["span_id"]) == (tid, sid)
+    std = by_event["stdlib inside 7"]
+    assert std["logger"] == "templ_pipeline.core.executor" and std["level"] == "info"
+    assert (std["trace_id"], std["span_id"]) == (tid, sid)
+    dep = by_event["x"]
+    assert dep["logger"] == "some.dep" and dep["level"] == "warning" and "trace_id" not in dep
+    assert "trace_id" not in by_event["outside"]
+
+
+def test_level_filter_and_exceptions(exporter):
+    stream = io.StringIO()
+    telemetry.configure_logging(level="WARNING", fmt="json", stream=stream, run_id="r")
+    with telemetry.batch_span(0, 5, "thread"):
+        pass  # batch_done is info: filtered
+    try:
+        raise ValueError("bad mol")
+    except ValueError:
+        get_logger("templ_pipeline.io").exception("load.failed")
+    lines = _json_lines(stream)
+    assert [line["event"] for line in lines] == ["load.failed"]
+    assert lines[0]["level"] == "error"
+    assert "ValueError" in json.dumps(lines[0]["exception"])
+
+
+def test_configure_twice_replaces_handler(exporter):
+    first, second = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    n_handlers = len(root.handlers)
+    telemetry.configure_logging(fmt="json", stream=first, run_id="a")
+    telemetry.configure_logging(fmt="json", stream=second, run_id="b")
+    assert len(root.handlers) == n_handlers + 1
+    logging.getLogger("dep").warning("once")
+    get_logger("t").warning("twice")
+    assert first.getvalue() == ""
+    lines = _json_lines(second)
+    assert [line["event"] for line in lines] == ["once", "twice"] and all(line["run_id"] == "b" for line in lines)
+
+
+def test_auto_format_and_console(exporter):
+    stream = io.StringIO()  # not a TTY -> JSON
+    telemetry.configure_logging(fmt="auto", stream=stream)
+    get_logger("t").warning("auto.json")
+    assert json.loads(stream.getvalue())["event"] == "auto.json"
+    assert len(telemetry.get_run_id()) == 12  # generated when not given
+    console = io.StringIO()
+    telemetry.configure_logging(fmt="console", stream=console, run_id="c1")
+    get_logger("t").warning("console.event", a=1)
+    out = console.getvalue()
+    assert "console.event" in out and "run_id" in out and not out.lstrip().startswith("{")

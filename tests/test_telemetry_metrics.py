@@ -1,0 +1,236 @@
+"""Prometheus metrics: exposition, values after events, thread gauges, exemplars."""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import urllib.request
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+import telemetry
+from telemetry import catalog
+from telemetry.metrics import count_threads
+
+
+@pytest.fixture
+def tel():
+    exporter = InMemorySpanExporter()
+    stream = io.StringIO()
+    telemetry.configure(span_exporter=exporter, synchronous=True, log_format="json", log_stream=stream,
+                        run_id="metrics-test", log_level="DEBUG")
+    metrics = telemetry.reset_metrics_for_tests()
+    yield SimpleNamespace(exporter=exporter, stream=stream, metrics=metrics, registry=metrics.registry)
+    telemetry.reset_for_tests()
+
+
+def test_exposition_contains_every_catalog_metric(tel):
+    text = generate_latest(tel.registry).decode()
+    for spec in catalog.METRICS:
+        assert f"# TYPE {spec.name} {spec.kind}" in text, spec.name
+    # process and platform collectors live on the same registry
+    assert "process_cpu_seconds_total" in text
+    assert "python_info" in text
+    build = [s for fam in tel.registry.collect() for s in fam.samples if s.name == "templ_build_info"]
+    assert len(build) == 1 and build[0].value == 1.0 and build[0].labels["version"]
+
+
+def test_short_names_resolve_to_catalog_collectors(tel):
+    for spec in catalog.METRICS:
+        assert getattr(tel.metrics, spec.short) is tel.metrics.by_name(spec.name)
+
+
+def test_singleton_and_reset():
+    a = telemetry.get_metrics()
+    assert telemetry.get_metrics() is a
+    b = telemetry.reset_metrics_for_tests()
+    assert b is not a and telemetry.get_metrics() is b and b.registry is not a.registry
+
+
+def test_small_label_sets_initialized_to_zero(tel):
+    r = tel.registry
+    for kind in catalog.EXECUTOR_KINDS:
+        assert r.get_sample_value("templ_select_best_batches_total", {"executor_kind": kind}) == 0.0
+    for reason in catalog.FAILURE_REASONS:
+        assert r.get_sample_value("templ_conformers_failed_total", {"reason": reason}) == 0.0
+    assert r.get_sample_value("templ_select_best_calls_total", {"outcome": "error"}) == 0.0
+    # the catch-all only appears once used
+    assert r.get_sample_value("templ_select_best_batches_total", {"executor_kind": "other"}) is None
+
+
+def test_sample_values_after_events(tel):
+    r = tel.registry
+    telemetry.record_workers("scoring", 8, 8)
+    with telemetry.select_best_span(n_conformers=30, workers_requested=8) as call:
+        telemetry.record_worker_reduction("conformers", 8, 3, "pids_cgroup", "pids.max=40", headroom=3)
+        call.workers_granted = 3
+        for i in range(3):
+            with telemetry.batch_span(i, 10, "process") as batch:
+                if i == 1:
+                    telemetry.record_fallback("process", "thread", "process_start_failed", "rlimit_nproc")
+                    batch.executor_kind = "thread"
+                batch.scored, batch.failed = 9, 1
+        call.executor_kind = "thread"
+        call.scored = 27
+        call.failed_by_reason = {"no_coordinates": 2}
+        call.fail("alignment_failed")
+    telemetry.record_pool_restart("process", "broken_pool", "worker died")
+
+    assert r.get_sample_value("templ_executor_workers_requested", {"task_type": "scoring"}) == 8
+    assert r.get_sample_value("templ_executor_workers_requested", {"task_type": "conformers"}) == 8
+    assert r.get_sample_value("templ_executor_workers_granted", {"task_type": "conformers"}) == 3
+    assert r.get_sample_value("templ_executor_worker_reductions_total",
+                              {"task_type": "conformers", "reason": "pids_cgroup"}) == 1
+    assert r.get_sample_value("templ_executor_fallbacks_total", {
+        "from_kind": "process", "to_kind": "thread", "reason": "process_start_failed", "cause": "rlimit_nproc"}) == 1
+    # the final executor kind labels the batch
+    assert r.get_sample_value("templ_select_best_batches_total", {"executor_kind": "process"}) == 2
+    assert r.get_sample_value("templ_select_best_batches_total", {"executor_kind": "thread"}) == 1
+    assert r.get_sample_value("templ_select_best_batch_duration_seconds_count", {"executor_kind": "process"}) == 2
+    assert r.get_sample_value("templ_conformers_scored_total") == 27
+    assert r.get_sample_value("templ_conformers_failed_total", {"reason": "no_coordinates"}) == 2
+    assert r.get_sample_value("templ_conformers_failed_total", {"reason": "alignment_failed"}) == 1
+    assert r.get_sample_value("templ_select_best_calls_total", {"outcome": "ok"}) == 1
+    assert r.get_sample_value("templ_select_best_duration_seconds_count") == 1
+    assert r.get_sample_value("templ_executor_pool_restarts_total", {"executor_kind": "process"}) == 1
+
+
+def test_error_outcome_counted(tel):
+    with pytest.raises(ValueError):
+        with telemetry.select_best_span(5, 1):
+            with telemetry.batch_span(0, 5, "sequential"):
+                raise ValueError("boom")
+    r = tel.registry
+    assert r.get_sample_value("templ_select_best_calls_total", {"outcome": "error"}) == 1
+    assert r.get_sample_value("templ_select_best_calls_total", {"outcome": "ok"}) == 0
+    assert r.get_sample_value("templ_select_best_batches_total", {"executor_kind": "sequential"}) == 1
+
+
+def test_unknown_label_values_are_folded(tel):
+    r = tel.registry
+    telemetry.record_fallback("gpu", "thread", "cosmic_ray", "solar_flare")
+    telemetry.record_worker_reduction("mystery_task", 4, 1, "moon_phase")
+    with telemetry.select_best_span(3, 1) as call:
+        call.fail("not_a_reason", 3)
+    assert r.get_sample_value("templ_executor_fallbacks_total", {
+        "from_kind": "other", "to_kind": "thread", "reason": "other", "cause": "unknown"}) == 1
+    assert r.get_sample_value("templ_executor_worker_reductions_total",
+                              {"task_type": "other", "reason": "other"}) == 1
+    assert r.get_sample_value("templ_conformers_failed_total", {"reason": "other"}) == 3
+    # the raw value survives in the log line
+    assert '"reason_raw": "cosmic_ray"' in tel.stream.getvalue()
+    assert '"cause_raw": "solar_flare"' in tel.stream.getvalue()
+
+
+@dataclass
+class _Limit:
+    name: str
+    limit: int | float | None
+    headroom: int | float | None
+
+
+@dataclass
+class _EnforcedLimit(_Limit):
+    enforced: bool | None = None
+
+
+@dataclass
+class _Snapshot:
+    threads: int
+    limits: list[_Limit]
+
+
+def test_update_thread_gauges_and_live_thread_count(tel):
+    snap = _Snapshot(threads=5, limits=[
+        _Limit("pids_cgroup", 64, 10),
+        _Limit("rlimit_nproc", math.inf, math.inf),
+        _Limit("threads_max", None, None),
+        _Limit("bogus_limit", 1, 1),
+        _EnforcedLimit("pid_max", 4194304, None, enforced=False),
+        _EnforcedLimit("stack_memory", None, None, enforced=None),
+    ])
+    telemetry.update_thread_gauges(snap)
+    r = tel.registry
+    assert r.get_sample_value("templ_thread_limit", {"limit": "pids_cgroup"}) == 64
+    assert r.get_sample_value("templ_thread_headroom", {"limit": "pids_cgroup"}) == 10
+    assert r.get_sample_value("templ_thread_limit", {"limit": "rlimit_nproc"}) == math.inf
+    assert math.isnan(r.get_sample_value("templ_thread_limit", {"limit": "threads_max"}))
+    assert math.isnan(r.get_sample_value("templ_thread_headroom", {"limit": "threads_max"}))
+    assert r.get_sample_value("templ_thread_limit", {"limit": "other"}) == 1
+    assert r.get_sample_value("templ_thread_limit", {"limit": "pid_max"}) == 4194304
+    assert r.get_sample_value("templ_thread_headroom", {"limit": "pid_max"}) == math.inf  # not enforced
+    assert math.isnan(r.get_sample_value("templ_thread_headroom", {"limit": "stack_memory"}))  # unknown
+
+    before = r.get_sample_value("templ_threads_active")
+    assert before == count_threads() >= 1
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert r.get_sample_value("templ_threads_active") == before + 1
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_openmetrics_exemplar_carries_batch_trace_id(tel):
+    with telemetry.select_best_span(10, 2):
+        with telemetry.batch_span(0, 10, "thread") as batch:
+            batch.scored = 10
+    spans = {s.name: s for s in tel.exporter.get_finished_spans()}
+    batch_ctx = spans["select_best.batch"].context
+    trace_id, span_id = format(batch_ctx.trace_id, "032x"), format(batch_ctx.span_id, "016x")
+
+    text = generate_openmetrics(tel.registry).decode()
+    assert trace_id in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    hist = families["templ_select_best_batch_duration_seconds"]
+    exemplars = [s.exemplar for s in hist.samples if s.exemplar is not None]
+    assert exemplars, "no exemplar on the batch histogram"
+    assert exemplars[0].labels == {"trace_id": trace_id, "span_id": span_id}
+    assert 0 <= exemplars[0].value < 10
+    call = families["templ_select_best_duration_seconds"]
+    call_ex = [s.exemplar for s in call.samples if s.exemplar is not None]
+    assert call_ex[0].labels["trace_id"] == trace_id
+    assert call_ex[0].labels["span_id"] == format(spans["select_best"].context.span_id, "016x")
+
+
+def test_disabled_skips_per_batch_work_but_keeps_safety_events(tel):
+    r = tel.registry
+    with telemetry.disabled():
+        assert not telemetry.is_enabled()
+        with telemetry.select_best_span(10, 2) as call:
+            with telemetry.batch_span(0, 10, "process") as batch:
+                batch.scored = 10
+                telemetry.record_fallback("process", "sequential", "broken_pool", "none")
+            call.scored = 10
+            call.fail("no_coordinates")
+    assert telemetry.is_enabled()
+    assert r.get_sample_value("templ_select_best_batches_total", {"executor_kind": "process"}) == 0
+    assert r.get_sample_value("templ_conformers_scored_total") == 0
+    assert r.get_sample_value("templ_executor_fallbacks_total", {
+        "from_kind": "process", "to_kind": "sequential", "reason": "broken_pool", "cause": "none"}) == 1
+    assert tel.exporter.get_finished_spans() == ()
+    assert "select_best.batch_done" not in tel.stream.getvalue()
+    assert "executor.fallback" in tel.stream.getvalue()
+
+
+def test_metrics_server_serves_registry(tel):
+    telemetry.record_fallback("thread", "sequential", "thread_start_failed", "pids_cgroup")
+    started = telemetry.start_metrics_server(0, addr="127.0.0.1")
+    assert started is not None
+    server, thread = started
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5).read().decode()
+        assert 'templ_executor_fallbacks_total{cause="pids_cgroup"' in body
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
