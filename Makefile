@@ -5,12 +5,20 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench install clean
+# Debian packages the tests use: promtool and a real Prometheus server, a real Pushgateway.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test bench install system-deps dashboards docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -19,10 +27,21 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/templ demo --output demo_poses.sdf
 
-test: $(STAMP)
+system-deps:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null \
+	    || ! command -v prometheus-pushgateway >/dev/null; then \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-pushgateway >/dev/null; \
+	fi
+
+test: $(TEST_STAMP) system-deps
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+docs: $(TEST_STAMP)
+	$(BIN)/python -m telemetry.docs
+
+bench: $(TEST_STAMP)
 	$(BIN)/python -m benchmarks.run --output bench_report.json
 
 clean:

@@ -266,6 +266,9 @@ ATTR_BATCH_INDEX = "templ.batch.index"
 ATTR_BATCH_SIZE = "templ.batch.size"
 ATTR_BATCH_SCORED = "templ.batch.scored"
 ATTR_BATCH_FAILED = "templ.batch.failed"
+ATTR_PROCESS_PID = "process.pid"  # OpenTelemetry semantic convention: the worker that ran the batch
+#: Span attributes taken from the OpenTelemetry semantic conventions rather than the templ.* namespace.
+SEMCONV_ATTRIBUTES: tuple[str, ...] = (ATTR_PROCESS_PID,)
 ATTR_N_CONFORMERS = "templ.select_best.n_conformers"
 ATTR_SCORED = "templ.select_best.scored"
 ATTR_FAILED = "templ.select_best.failed"
@@ -284,7 +287,8 @@ SPANS: tuple[SpanSpec, ...] = (
     SpanSpec(
         SPAN_BATCH,
         "One conformer batch scored on the worker pool (child of select_best).",
-        (ATTR_BATCH_INDEX, ATTR_BATCH_SIZE, ATTR_EXECUTOR_KIND, ATTR_BATCH_SCORED, ATTR_BATCH_FAILED),
+        (ATTR_BATCH_INDEX, ATTR_BATCH_SIZE, ATTR_EXECUTOR_KIND, ATTR_BATCH_SCORED, ATTR_BATCH_FAILED,
+         ATTR_PROCESS_PID),
         _EXECUTOR_EVENTS,
     ),
 )
@@ -350,6 +354,36 @@ LOG_EVENTS: tuple[LogEventSpec, ...] = (
         "telemetry.degraded", "warning",
         "A telemetry component could not start normally and runs degraded (logged once per component).",
         ("component", "reason", "error_type", "error"),
+    ),
+    LogEventSpec(
+        "telemetry.metrics_serving", "info",
+        "The /metrics and /healthz endpoint is up.",
+        ("url",),
+    ),
+    LogEventSpec(
+        "telemetry.metrics_server_unavailable", "warning",
+        "The default metrics address could not be bound; the run goes on without /metrics.",
+        ("error", "note"),
+    ),
+    LogEventSpec(
+        "telemetry.metrics_exposed", "warning",
+        "/metrics listens on a non-loopback address, as the user asked.",
+        ("address", "note"),
+    ),
+    LogEventSpec(
+        "telemetry.holding_metrics", "info",
+        "The run is done; /metrics stays up for --hold-metrics seconds.",
+        ("url", "seconds"),
+    ),
+    LogEventSpec(
+        "telemetry.export_failed", "warning",
+        "A span exporter failed (for example an unreachable OTLP endpoint); logged once, spans are dropped.",
+        ("exporter", "target", "error", "note"),
+    ),
+    LogEventSpec(
+        "telemetry.push_failed", "warning",
+        "Pushing the final metrics to the Pushgateway failed; the run's result stands.",
+        ("url", "error"),
     ),
 )
 

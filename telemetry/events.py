@@ -28,7 +28,8 @@ from telemetry import catalog as c
 from telemetry import state
 from telemetry.logs import get_logger
 from telemetry.metrics import get_metrics
-from telemetry.tracing import get_tracer
+from telemetry.tracing import export_worker_span, get_tracer
+from telemetry.worker_spans import WorkerSpan
 
 __all__ = [
     "BatchStats",
@@ -262,12 +263,21 @@ def _finish_batch(
     span: Span, index: int, size: int, executor_kind: str, scored: int, failed: int, duration: float,
     exc: BaseException | None = None,
 ) -> None:
-    """Metrics, span attributes and the log line of one finished (or failed) batch."""
+    """Span attributes, metrics and the log line of one finished (or failed) batch on a live span."""
     fields: dict[str, Any] = {}
     kind = _norm(executor_kind, _KINDS, "executor_kind", fields)
     ids = _ids(span)
     if ids is not None:
         span.set_attributes({c.ATTR_EXECUTOR_KIND: kind, c.ATTR_BATCH_SCORED: scored, c.ATTR_BATCH_FAILED: failed})
+    if exc is not None:
+        _record_error(span, exc)
+    _batch_metrics_and_log(index, size, kind, scored, failed, duration, ids, fields, exc)
+
+
+def _batch_metrics_and_log(
+    index: int, size: int, kind: str, scored: int, failed: int, duration: float,
+    ids: tuple[str, str] | None, fields: dict[str, Any], exc: BaseException | None = None,
+) -> None:
     m = get_metrics()
     m.batches.labels(executor_kind=kind).inc()
     m.batch_duration.labels(executor_kind=kind).observe(duration, exemplar=_exemplar(ids))
@@ -278,7 +288,6 @@ def _finish_batch(
                         "duration_seconds": duration, "executor_kind": kind, **fields}, ids),
         )
     else:
-        _record_error(span, exc)
         _select_log.error(
             "select_best.batch_failed",
             **_add_ids({"index": index, "size": size, "duration_seconds": duration, "executor_kind": kind,
@@ -288,27 +297,36 @@ def _finish_batch(
 
 def record_batch(
     index: int, size: int, executor_kind: str, scored: int, failed: int, duration_seconds: float,
-    *, pid: int | None = None,
+    *, pid: int | None = None, span: WorkerSpan | None = None,
 ) -> None:
-    """A batch that ran elsewhere (a pool worker) and just came back.
+    """A batch that ran in a pool worker and just came back.
 
-    The ``select_best.batch`` span is made here, in the parent, ending now and
-    starting ``duration_seconds`` earlier (the worker's own measure of the batch),
-    so batches that ran side by side show as overlapping spans.
+    With ``span`` (the worker timed the batch under the parent's trace) that is
+    the ``select_best.batch`` span, exported from here. Without it (the task
+    carried no trace context) the span is made here, ending now and starting
+    ``duration_seconds`` earlier.
     """
     if not state.enabled:
         return
-    end_ns = time.time_ns()
     attributes: dict[str, Any] = {c.ATTR_BATCH_INDEX: index, c.ATTR_BATCH_SIZE: size}
     if pid is not None:
-        attributes["process.pid"] = pid
-    span = get_tracer().start_span(c.SPAN_BATCH, attributes=attributes,
-                                   start_time=end_ns - int(duration_seconds * 1e9))
-    try:
-        with trace.use_span(span, end_on_exit=False):
-            _finish_batch(span, index, size, executor_kind, scored, failed, duration_seconds)
-    finally:
-        span.end(end_time=end_ns)
+        attributes[c.ATTR_PROCESS_PID] = pid
+    if span is None:
+        end_ns = time.time_ns()
+        live = get_tracer().start_span(c.SPAN_BATCH, attributes=attributes,
+                                       start_time=end_ns - int(duration_seconds * 1e9))
+        try:
+            with trace.use_span(live, end_on_exit=False):
+                _finish_batch(live, index, size, executor_kind, scored, failed, duration_seconds)
+        finally:
+            live.end(end_time=end_ns)
+        return
+    fields: dict[str, Any] = {}
+    kind = _norm(executor_kind, _KINDS, "executor_kind", fields)
+    attributes.update({c.ATTR_EXECUTOR_KIND: kind, c.ATTR_BATCH_SCORED: scored, c.ATTR_BATCH_FAILED: failed})
+    export_worker_span(c.SPAN_BATCH, span, attributes)
+    ids = (format(span.trace_id, "032x"), format(span.span_id, "016x"))
+    _batch_metrics_and_log(index, size, kind, scored, failed, duration_seconds, ids, fields)
 
 
 class _NoopStats:

@@ -168,16 +168,8 @@ def update_thread_gauges(snapshot: _Snapshot, metrics: TemplMetrics | None = Non
         m.thread_headroom.labels(limit=name).set(_gauge_value(item.headroom, enforced))
 
 
-def start_metrics_server(port: int, addr: str = "127.0.0.1", *, headroom: int | None = None) -> Any | None:
-    """Serve ``/metrics`` for the singleton registry on a background thread, guarded.
+def start_metrics_server(port: int, addr: str = "127.0.0.1") -> Any | None:
+    """Serve ``/metrics`` for the singleton registry (see :mod:`telemetry.server`); None if degraded."""
+    from telemetry.server import Address, serve_metrics
 
-    Returns prometheus-client's ``(server, thread)`` or ``None`` if the thread
-    could not be started (counted as ``telemetry_degraded{component="metrics_server"}``).
-    """
-    from prometheus_client import start_http_server
-
-    from telemetry.guard import start_guarded
-
-    registry = get_metrics().registry
-    return start_guarded("metrics_server", lambda: start_http_server(port, addr=addr, registry=registry),
-                         headroom=headroom)
+    return serve_metrics(Address(addr, port), get_metrics().registry)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import atexit
 import threading
+from collections.abc import Sequence
 from typing import Any, Mapping
 
 from opentelemetry import trace
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, TraceFlags
 from opentelemetry.sdk.resources import (
     TELEMETRY_SDK_LANGUAGE,
     TELEMETRY_SDK_NAME,
@@ -20,26 +23,50 @@ from opentelemetry.sdk.resources import (
     OTELResourceDetector,
     Resource,
 )
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.version import __version__ as _SDK_VERSION
 
 from telemetry import state
 from telemetry.guard import start_guarded
+from telemetry.worker_spans import WorkerSpan
 
-__all__ = ["configure_tracing", "current_trace_ids", "get_provider", "get_tracer", "shutdown_tracing"]
+__all__ = [
+    "FanOutExporter", "configure_tracing", "current_trace_ids", "export_worker_span", "get_provider", "get_tracer",
+    "shutdown_tracing",
+]
 
 TRACER_NAME = "templ"
 
 _NOOP_TRACER: trace.Tracer = trace.NoOpTracer()
 _lock = threading.RLock()
 _provider: TracerProvider | None = None
+_processor: SpanProcessor | None = None
 _tracer: trace.Tracer = _NOOP_TRACER
 _atexit_registered = False
 
 
+class FanOutExporter(SpanExporter):
+    """Hands each batch of spans to several exporters, so one processor (one thread) serves them all."""
+
+    def __init__(self, exporters: Sequence[SpanExporter]) -> None:
+        self._exporters = list(exporters)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        results = [exporter.export(spans) for exporter in self._exporters]
+        ok = all(result is SpanExportResult.SUCCESS for result in results)
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        for exporter in self._exporters:
+            exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return all(exporter.force_flush(timeout_millis) for exporter in self._exporters)
+
+
 def configure_tracing(
-    exporter: SpanExporter | None = None,
+    exporter: SpanExporter | Sequence[SpanExporter] | None = None,
     *,
     enabled: bool = True,
     service_name: str = "templ",
@@ -50,8 +77,9 @@ def configure_tracing(
 ) -> TracerProvider | None:
     """(Re)configure tracing and return the new provider (``None`` when disabled).
 
-    - ``exporter``: where finished spans go; ``None`` records spans (so trace ids
-      reach logs and exemplars) without exporting them.
+    - ``exporter``: where finished spans go (one, or several behind one processor);
+      ``None`` or empty records spans (so trace ids reach logs and exemplars)
+      without exporting them.
     - ``synchronous=True`` uses ``SimpleSpanProcessor`` (export on span end; tests).
       Otherwise a ``BatchSpanProcessor`` is started through
       :func:`telemetry.guard.start_guarded`; if its thread cannot start (or
@@ -61,12 +89,14 @@ def configure_tracing(
     - ``set_global=True`` also installs the provider globally (only effective once per process).
     Any previous provider is flushed and shut down first.
     """
-    global _provider, _tracer, _atexit_registered
+    global _provider, _processor, _tracer, _atexit_registered
     with _lock:
         shutdown_tracing()
         if not enabled:
             return None
         provider = TracerProvider(resource=_resource(service_name, resource_attributes), shutdown_on_exit=False)
+        if isinstance(exporter, Sequence):
+            exporter = (None if not exporter else exporter[0] if len(exporter) == 1 else FanOutExporter(exporter))
         if exporter is not None:
             processor: Any = None
             if not synchronous:
@@ -74,6 +104,7 @@ def configure_tracing(
             if processor is None:
                 processor = SimpleSpanProcessor(exporter)
             provider.add_span_processor(processor)
+            _processor = processor
         _provider = provider
         _tracer = provider.get_tracer(TRACER_NAME)
         if set_global:
@@ -101,15 +132,34 @@ def _resource(service_name: str, extra: Mapping[str, Any] | None) -> Resource:
 
 def shutdown_tracing() -> None:
     """Flush and shut down the current provider; tracing becomes no-op until reconfigured."""
-    global _provider, _tracer
+    global _provider, _processor, _tracer
     with _lock:
         provider, _provider = _provider, None
+        _processor = None
         _tracer = _NOOP_TRACER
         if provider is not None:
             try:
                 provider.force_flush()
             finally:
                 provider.shutdown()
+
+
+def export_worker_span(name: str, record: WorkerSpan, attributes: Mapping[str, Any]) -> None:
+    """Export a span a worker timed under this process's trace, through this process's pipeline."""
+    provider, processor = _provider, _processor
+    if provider is None or processor is None or not state.enabled:
+        return
+    flags = TraceFlags(record.trace_flags)
+    processor.on_end(ReadableSpan(
+        name=name,
+        context=SpanContext(record.trace_id, record.span_id, is_remote=False, trace_flags=flags),
+        parent=SpanContext(record.trace_id, record.parent_span_id, is_remote=False, trace_flags=flags),
+        resource=provider.resource,
+        attributes=attributes,
+        start_time=record.start_ns,
+        end_time=record.end_ns,
+        instrumentation_scope=InstrumentationScope(TRACER_NAME),
+    ))
 
 
 def get_provider() -> TracerProvider | None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -18,8 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from templ_pipeline.core.batch import BatchResult
-from templ_pipeline.core.conformers import generate_conformers
+from templ_pipeline.core.conformers import generate_conformers, molecule_from_smiles
 from templ_pipeline.core.scoring import METRICS, Selection, select_best_with_report
+from telemetry.logs import get_logger, get_run_id
+from telemetry.session import TelemetryOptions, TelemetrySession, TelemetrySetupError
 from templ_pipeline.io import InputError, check_output_path, examples, read_conformers, read_template, write_poses
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
@@ -33,6 +37,7 @@ app = typer.Typer(
 )
 stdout = Console()
 stderr = Console(stderr=True)
+_log = get_logger("templ.cli")
 
 
 class ConformerRate(ProgressColumn):
@@ -116,6 +121,71 @@ def _select_and_write(
         raise _fail("no conformer could be scored; see the failure reasons above", EXIT_ERROR)
 
 
+MetricsAddr = Annotated[str | None, typer.Option(
+    "--metrics-addr", help="Serve /metrics and /healthz here (default 127.0.0.1:9464; a taken default port only warns).",
+    rich_help_panel="Telemetry")]
+NoMetricsServer = Annotated[bool, typer.Option(
+    "--no-metrics-server", help="Do not serve /metrics.", rich_help_panel="Telemetry")]
+MetricsTextfile = Annotated[Path | None, typer.Option(
+    "--metrics-textfile", help="Write the final metrics here (*.prom) for node_exporter's textfile collector.",
+    rich_help_panel="Telemetry")]
+Pushgateway = Annotated[str | None, typer.Option(
+    "--pushgateway", help="Push the final metrics to this Pushgateway URL.", rich_help_panel="Telemetry")]
+HoldMetrics = Annotated[float, typer.Option(
+    "--hold-metrics", min=0, help="Keep /metrics up this many seconds after the run.", rich_help_panel="Telemetry")]
+TracesFile = Annotated[Path | None, typer.Option(
+    "--traces-file", help="Append spans as OTLP/JSON lines (the Collector's otlpjsonfile format).",
+    rich_help_panel="Telemetry")]
+LogFormat = Annotated[str, typer.Option(
+    "--log-format", help="json, console, or auto (console on a terminal).", rich_help_panel="Telemetry")]
+LogFile = Annotated[Path | None, typer.Option(
+    "--log-file", help="Append log lines (JSON) here instead of stderr.", rich_help_panel="Telemetry")]
+LogLevel = Annotated[str | None, typer.Option(
+    "--log-level", help="debug, info, warning or error (default: info, warning on a terminal).",
+    rich_help_panel="Telemetry")]
+
+
+def _telemetry(
+    metrics_addr: str | None, no_metrics_server: bool, metrics_textfile: Path | None, pushgateway: str | None,
+    hold_metrics: float, traces_file: Path | None, log_format: str, log_file: Path | None, log_level: str | None,
+) -> TelemetrySession:
+    """The telemetry session of a run; bad telemetry options are bad input (exit 2)."""
+    if log_format not in ("auto", "json", "console"):
+        raise typer.BadParameter(f"{log_format!r} is not one of auto, json, console", param_hint="'--log-format'")
+    if log_level is not None and log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise typer.BadParameter(f"{log_level!r} is not a log level", param_hint="'--log-level'")
+    options = TelemetryOptions(
+        metrics_addr=metrics_addr, metrics_server=not no_metrics_server, metrics_textfile=metrics_textfile,
+        pushgateway=pushgateway, hold_metrics=hold_metrics, traces_file=traces_file, log_format=log_format,
+        log_file=log_file, log_level=log_level,
+    )
+    try:
+        return TelemetrySession(options)
+    except TelemetrySetupError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+
+
+@contextmanager
+def _observed(session: TelemetrySession) -> Iterator[TelemetrySession]:
+    """Run inside ``session``; say where the metrics are."""
+    try:
+        with session:
+            if session.server is not None:
+                _log.info("telemetry.metrics_serving", url=session.server.url)
+                if stderr.is_terminal:
+                    stderr.print(f"metrics: {session.server.url} (run {get_run_id()})", highlight=False)
+            yield session
+    except TelemetrySetupError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+
+
+def _parse_query(smiles: str) -> Chem.Mol:
+    try:
+        return molecule_from_smiles(smiles)
+    except ValueError as exc:
+        raise InputError(f"--query: {exc}") from None
+
+
 WorkersOption = Annotated[
     int | None, typer.Option("--workers", "-w", min=1, help="Worker count (default: the CPUs available).")
 ]
@@ -140,22 +210,30 @@ def select_best_command(
     metric: Annotated[str, typer.Option("--metric", callback=_check_metric, help="shape, color or combo.")] = "combo",
     all_ranked: Annotated[bool, typer.Option("--all-ranked", help="Write every pose, best first.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Random seed for conformer generation.")] = 42,
+    metrics_addr: MetricsAddr = None,
+    no_metrics_server: NoMetricsServer = False,
+    metrics_textfile: MetricsTextfile = None,
+    pushgateway: Pushgateway = None,
+    hold_metrics: HoldMetrics = 0.0,
+    traces_file: TracesFile = None,
+    log_format: LogFormat = "auto",
+    log_file: LogFile = None,
+    log_level: LogLevel = None,
 ) -> None:
     """Score conformers of a query ligand against a template and write the best pose(s)."""
     if (query is None) == (conformers is None):
         raise typer.BadParameter("give exactly one of --query SMILES or --conformers FILE", param_hint="'--query'")
     workers = workers or _default_workers()
+    session = _telemetry(metrics_addr, no_metrics_server, metrics_textfile, pushgateway, hold_metrics, traces_file, log_format, log_file, log_level)
     try:
         check_output_path(output)
         tpl = read_template(template)
-        if conformers is not None:
-            confs = read_conformers(conformers)
-        else:
-            try:
-                confs = generate_conformers(query, num_conformers, seed=seed, n_workers=workers)
-            except ValueError as exc:
-                raise InputError(f"--query: {exc}") from exc
-        _select_and_write(confs, tpl, workers, metric, all_ranked, output)
+        confs = read_conformers(conformers) if conformers is not None else None
+        query_mol = _parse_query(query) if query is not None else None
+        with _observed(session):
+            if confs is None:
+                confs = generate_conformers(query_mol, num_conformers, seed=seed, n_workers=workers)
+            _select_and_write(confs, tpl, workers, metric, all_ranked, output)
     except InputError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
 
@@ -169,6 +247,15 @@ def demo(
     num_conformers: Annotated[int, typer.Option("--num-conformers", "-n", min=1)] = 100,
     workers: WorkersOption = None,
     metric: Annotated[str, typer.Option("--metric", callback=_check_metric)] = "combo",
+    metrics_addr: MetricsAddr = None,
+    no_metrics_server: NoMetricsServer = False,
+    metrics_textfile: MetricsTextfile = None,
+    pushgateway: Pushgateway = None,
+    hold_metrics: HoldMetrics = 0.0,
+    traces_file: TracesFile = None,
+    log_format: LogFormat = "auto",
+    log_file: LogFile = None,
+    log_level: LogLevel = None,
 ) -> None:
     """Run pose selection on a bundled template/query pair."""
     pairs = {pair.name: pair for pair in examples()}
@@ -176,11 +263,13 @@ def demo(
         raise typer.BadParameter(f"{example!r}: choose one of {', '.join(pairs)}", param_hint="'--example'")
     pair = pairs[example]
     workers = workers or _default_workers()
+    session = _telemetry(metrics_addr, no_metrics_server, metrics_textfile, pushgateway, hold_metrics, traces_file, log_format, log_file, log_level)
     stdout.print(f"demo {pair.name}: query {pair.query_smiles}, {num_conformers} conformers", highlight=False)
     try:
         check_output_path(output)
-        confs = generate_conformers(pair.query_smiles, num_conformers, n_workers=workers)
-        _select_and_write(confs, pair.template, workers, metric, False, output)
+        with _observed(session):
+            confs = generate_conformers(pair.query_smiles, num_conformers, n_workers=workers)
+            _select_and_write(confs, pair.template, workers, metric, False, output)
     except InputError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
 

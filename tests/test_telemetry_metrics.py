@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import math
 import threading
-import urllib.request
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -220,17 +219,3 @@ def test_disabled_skips_per_batch_work_but_keeps_safety_events(tel):
     assert tel.exporter.get_finished_spans() == ()
     assert "select_best.batch_done" not in tel.stream.getvalue()
     assert "executor.fallback" in tel.stream.getvalue()
-
-
-def test_metrics_server_serves_registry(tel):
-    telemetry.record_fallback("thread", "sequential", "thread_start_failed", "pids_cgroup")
-    started = telemetry.start_metrics_server(0, addr="127.0.0.1")
-    assert started is not None
-    server, thread = started
-    try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5).read().decode()
-        assert 'templ_executor_fallbacks_total{cause="pids_cgroup"' in body
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

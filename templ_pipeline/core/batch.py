@@ -17,6 +17,8 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdShapeAlign
 
+from telemetry.worker_spans import WorkerSpan, start_worker_span
+
 # Full-precision pickles: RDKit stores coordinates as 32-bit floats in a pickle by
 # default, which moved scores by up to 4e-4 between process-pool and in-process runs.
 _PICKLE_FLAGS = Chem.PropertyPickleOptions.AllProps | Chem.PropertyPickleOptions.CoordsAsDouble
@@ -69,6 +71,7 @@ class BatchResult:
     failed: list[ConformerFailure] = field(default_factory=list)
     duration_seconds: float = 0.0
     pid: int = 0
+    span: WorkerSpan | None = None  # the batch span, when the task carried a trace context
 
 
 class BatchTask:
@@ -152,6 +155,7 @@ def score_batch(task: BatchTask) -> BatchResult:
     """
     started = time.perf_counter()
     result = BatchResult(index=task.index, pid=os.getpid())
+    clock = start_worker_span(task.carrier, result.pid)
     shape = _SHAPES.get(task.template_key, task.template)
     query = task.query
     for conf_id in task.conf_ids:
@@ -173,4 +177,6 @@ def score_batch(task: BatchTask) -> BatchResult:
             ConformerScore(conf_id, shape_score, color_score, query.GetConformer(conf_id).GetPositions())
         )
     result.duration_seconds = time.perf_counter() - started
+    if clock is not None:
+        result.span = clock.finish()
     return result

@@ -205,7 +205,7 @@ class MonitoredExecutor:
         """Account a batch that a pool worker finished: its span, metrics and log line."""
         telemetry.record_batch(
             task.index, len(task.conf_ids), kind, len(result.scored), len(result.failed),
-            result.duration_seconds, pid=result.pid,
+            result.duration_seconds, pid=result.pid, span=result.span,
         )
         observe_thread_limits(f"after batch {task.index}")
         return result

@@ -22,6 +22,7 @@ from rdkit import Chem
 from rdkit.Chem import rdShapeAlign
 
 import telemetry
+from telemetry.worker_spans import current_carrier
 from templ_pipeline.core.batch import (
     BatchResult,
     BatchTask,
@@ -182,8 +183,9 @@ def select_best_with_report(
             template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
             with _get_executor_for_context(n_workers, task_type="scoring") as executor:
                 batch_size = choose_batch_size(len(conf_ids), executor.workers)
+                carrier = current_carrier()  # workers time their batch spans under this call's trace
                 tasks = [
-                    BatchTask(index, template, template_key, _batch_query(base, confs, chunk), tuple(chunk))
+                    BatchTask(index, template, template_key, _batch_query(base, confs, chunk), tuple(chunk), carrier)
                     for index, chunk in enumerate(_chunks(conf_ids, batch_size))
                 ]
                 report.batch_size = batch_size

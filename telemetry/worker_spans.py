@@ -1,0 +1,76 @@
+"""Batch spans made in process workers, carried back with the batch result.
+
+The parent puts the W3C ``traceparent`` of its ``select_best`` span in each task.
+A worker times its batch under that trace (its own span id, its own clock) and
+returns the span's ids and times with the result; the parent turns them into a
+``select_best.batch`` span of the same trace and exports it through its own
+pipeline. Workers so need no exporter, no export thread and no network, and a
+span is never exported twice or lost with a worker that dies (its batch is
+re-run and timed again).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def current_carrier() -> dict[str, str]:
+    """``{"traceparent": ...}`` for the current recording span; empty when not tracing."""
+    carrier: dict[str, str] = {}
+    if trace.get_current_span().is_recording():
+        _PROPAGATOR.inject(carrier)
+    return carrier
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpan:
+    """Ids and times of a span made in a worker process."""
+
+    trace_id: int
+    span_id: int
+    parent_span_id: int
+    trace_flags: int
+    start_ns: int
+    end_ns: int
+    pid: int
+
+
+class WorkerSpanClock:
+    """Started in the worker when a batch begins; ``finish`` gives the span record."""
+
+    def __init__(self, carrier: Mapping[str, str], pid: int) -> None:
+        parent = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+        self._parent = parent
+        self._pid = pid
+        self._start = time.time_ns()
+
+    @property
+    def valid(self) -> bool:
+        return self._parent.is_valid
+
+    def finish(self) -> WorkerSpan:
+        return WorkerSpan(
+            trace_id=self._parent.trace_id,
+            span_id=random.getrandbits(64) or 1,
+            parent_span_id=self._parent.span_id,
+            trace_flags=int(self._parent.trace_flags),
+            start_ns=self._start,
+            end_ns=time.time_ns(),
+            pid=self._pid,
+        )
+
+
+def start_worker_span(carrier: Mapping[str, str], pid: int) -> WorkerSpanClock | None:
+    """A clock for the batch span when the parent is tracing, else None."""
+    if not carrier:
+        return None
+    clock = WorkerSpanClock(carrier, pid)
+    return clock if clock.valid else None

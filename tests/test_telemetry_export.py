@@ -1,0 +1,240 @@
+"""Final-metrics delivery: node_exporter textfile and a real Pushgateway; promtool lint."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import telemetry
+from telemetry.export import PushError, push_metrics, write_textfile
+
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
+
+
+def _run_events() -> None:
+    """A realistic run: limits, a reduction, a fallback, batches in and out of process, a pool restart."""
+    limits = [
+        SimpleNamespace(name="pids_cgroup", limit=40, headroom=3, enforced=True),
+        SimpleNamespace(name="rlimit_nproc", limit=None, headroom=None, enforced=False),  # +Inf
+        SimpleNamespace(name="stack_memory", limit=None, headroom=None, enforced=None),  # NaN
+    ]
+    telemetry.update_thread_gauges(SimpleNamespace(threads=5, limits=limits))
+    telemetry.record_workers("scoring", 8, 8)
+    with telemetry.select_best_span(n_conformers=35, workers_requested=8) as call:
+        telemetry.record_worker_reduction("conformers", 8, 3, "pids_cgroup", "pids.max=40", headroom=3)
+        call.workers_granted = 3
+        for i in range(3):
+            with telemetry.batch_span(i, 10, "process") as batch:
+                if i == 1:
+                    telemetry.record_fallback("process", "thread", "process_start_failed", "rlimit_nproc",
+                                              error=OSError(11, "Resource temporarily unavailable"))
+                    batch.executor_kind = "thread"
+                batch.scored, batch.failed = 9, 1
+        telemetry.record_batch(3, 5, "process", 5, 0, 0.02, pid=4242)
+        telemetry.record_pool_restart("process")
+        telemetry.record_fallback("thread", "sequential", "no_headroom")
+        call.executor_kind = "sequential"
+        call.scored = 32
+        call.fail("no_coordinates", 3)
+
+
+def _key(name: str, labels: dict[str, str], drop=()) -> tuple[str, frozenset]:
+    """Sample identity; ``le`` compared as a number (Go writes ``1``, Python ``1.0``)."""
+    return name, frozenset((k, str(float(v)) if k == "le" else v) for k, v in labels.items() if k not in drop)
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset], float]:
+    return {_key(s.name, s.labels): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def _promtool_check_metrics(exposition: bytes) -> subprocess.CompletedProcess:
+    if not os.access(PROMTOOL, os.X_OK):
+        pytest.skip(f"promtool not found ({PROMTOOL}); install Debian package 'prometheus'")
+    return subprocess.run([PROMTOOL, "check", "metrics"], input=exposition, capture_output=True, timeout=30)
+
+
+# ---------------------------------------------------------------------------
+# promtool on the full exposition
+# ---------------------------------------------------------------------------
+def test_promtool_finds_no_problems_in_exposition(tel):
+    _run_events()
+    exposition = generate_latest(tel.registry)
+    assert b"templ_executor_fallbacks_total{" in exposition
+    result = _promtool_check_metrics(exposition)
+    assert result.returncode == 0 and not result.stdout and not result.stderr, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------
+# Textfile
+# ---------------------------------------------------------------------------
+def test_textfile_written_and_parses(tel, tmp_path):
+    _run_events()
+    path = tmp_path / "templ.prom"
+    write_textfile(path)  # default registry: the telemetry singleton
+    assert os.listdir(tmp_path) == ["templ.prom"]  # no temporary file left behind
+    text = path.read_text()
+    samples = _samples(text)
+    assert samples[("templ_conformers_scored_total", frozenset())] == 32
+    key = frozenset({"from_kind": "thread", "to_kind": "sequential", "reason": "no_headroom", "cause": "none"}.items())
+    assert samples[("templ_executor_fallbacks_total", key)] == 1
+    assert math.isnan(samples[("templ_thread_headroom", frozenset({("limit", "stack_memory")}))])
+    assert samples[("templ_thread_limit", frozenset({("limit", "rlimit_nproc")}))] == math.inf
+    result = _promtool_check_metrics(path.read_bytes())
+    assert result.returncode == 0 and not result.stdout and not result.stderr, result.stdout + result.stderr
+
+
+def test_textfile_replaces_by_rename(tel, tmp_path):
+    path = tmp_path / "templ.prom"
+    path.write_text("old\n")
+    old_inode = path.stat().st_ino
+    write_textfile(path, tel.registry)
+    assert path.stat().st_ino != old_inode  # a new file renamed over the old one, not rewritten in place
+    assert "templ_build_info" in path.read_text()
+
+
+def test_textfile_failure_keeps_old_file_and_no_temp(tmp_path):
+    class Broken:
+        def collect(self):
+            raise RuntimeError("collector exploded")
+
+    registry = CollectorRegistry()
+    registry.register(Broken())
+    path = tmp_path / "templ.prom"
+    path.write_text("previous run\n")
+    with pytest.raises(RuntimeError, match="exploded"):
+        write_textfile(path, registry)
+    assert path.read_text() == "previous run\n"
+    assert os.listdir(tmp_path) == ["templ.prom"]
+
+
+@pytest.mark.parametrize("name", ["templ.txt", "templ.prom.tmp", "templ"])
+def test_textfile_rejects_other_suffixes(tmp_path, name):
+    path = tmp_path / name
+    with pytest.raises(ValueError, match=name):
+        write_textfile(path, CollectorRegistry())
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# Pushgateway (real binary)
+# ---------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def pushgateway(tmp_path):
+    """A real Pushgateway on a free loopback port; always stopped."""
+    if not os.access(PUSHGATEWAY, os.X_OK):
+        pytest.skip(f"{PUSHGATEWAY} not found; install Debian package 'prometheus-pushgateway'")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "pushgateway.log").open("wb")
+    proc = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"pushgateway did not start: {(tmp_path / 'pushgateway.log').read_text()}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
+
+
+def _gateway_samples(url: str, **group: str) -> dict[tuple[str, frozenset], float]:
+    """Samples of one group on the gateway, without the grouping labels."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    group_items = set(group.items())
+    return {
+        _key(s.name, s.labels, drop=tuple(group)): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if group_items <= set(s.labels.items())
+    }
+
+
+def test_push_to_real_pushgateway(tel, pushgateway):
+    _run_events()
+    push_metrics(pushgateway, registry=tel.registry)
+    pushed = _gateway_samples(pushgateway, job="templ", instance=socket.gethostname())
+    local = _samples(generate_latest(tel.registry).decode())
+
+    templ = {k: v for k, v in local.items() if k[0].startswith("templ_") and k[0] != "templ_threads_active"}
+    assert templ, "no templ_* samples in the registry"
+    for key, value in templ.items():
+        assert key in pushed, key
+        assert _same(pushed[key], value), (key, pushed[key], value)
+    assert ("templ_threads_active", frozenset()) in pushed  # live gauge: present, value read at push time
+    assert pushed[("templ_conformers_scored_total", frozenset())] == 32
+    fallback = frozenset({"from_kind": "process", "to_kind": "thread", "reason": "process_start_failed",
+                          "cause": "rlimit_nproc"}.items())
+    assert pushed[("templ_executor_fallbacks_total", fallback)] == 1
+    assert ("process_cpu_seconds_total", frozenset()) in pushed
+    assert ("push_time_seconds", frozenset()) in pushed
+
+
+def test_push_replaces_the_group(tel, pushgateway):
+    _run_events()
+    push_metrics(pushgateway, registry=tel.registry, grouping_key={"instance": "node1"})
+    fresh = telemetry.reset_metrics_for_tests()  # next run: no fallbacks yet
+    push_metrics(pushgateway, registry=fresh.registry, grouping_key={"instance": "node1"})
+    pushed = _gateway_samples(pushgateway, job="templ", instance="node1")
+    assert pushed[("templ_conformers_scored_total", frozenset())] == 0
+    assert not [k for k in pushed if k[0] == "templ_executor_fallbacks_total"]
+
+
+def test_push_http_error_is_push_error(tel, pushgateway):
+    with pytest.raises(PushError, match="HTTP 400") as info:
+        push_metrics(pushgateway, registry=tel.registry, grouping_key={"bad-label": "x"})
+    assert info.value.url == pushgateway and "bad-label" in info.value.reason
+
+
+def test_push_unreachable_fails_fast(tel):
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(PushError) as info:
+        push_metrics(url, registry=tel.registry, timeout=5)
+    assert time.monotonic() - t0 < 2
+    assert info.value.url == url and "refused" in info.value.reason.lower()
+
+
+def test_push_silent_gateway_times_out(tel):
+    with socket.socket() as silent:  # accepts connections (kernel backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        t0 = time.monotonic()
+        with pytest.raises(PushError, match="0.5 s"):
+            push_metrics(url, registry=tel.registry, timeout=0.5)
+        assert time.monotonic() - t0 < 3
