@@ -275,6 +275,32 @@ def demo(
 
 
 @app.command()
+def stress(
+    duration: Annotated[float, typer.Option("--duration", min=1, max=3600,
+                                            help="Seconds of load; the command stops by itself.")] = 60.0,
+    workers: WorkersOption = None,
+    metrics_addr: MetricsAddr = None,
+    no_metrics_server: NoMetricsServer = False,
+    metrics_textfile: MetricsTextfile = None,
+    pushgateway: Pushgateway = None,
+    hold_metrics: HoldMetrics = 0.0,
+    traces_file: TracesFile = None,
+    log_format: LogFormat = "auto",
+    log_file: LogFile = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Drive the executor into worker reductions and fallbacks for a while, so dashboards light up."""
+    from templ_pipeline import stress as stress_module
+
+    workers = workers or max(4, _default_workers())
+    session = _telemetry(metrics_addr, no_metrics_server, metrics_textfile, pushgateway, hold_metrics, traces_file,
+                         log_format, log_file, log_level)
+    with _observed(session):
+        summary = stress_module.run(duration, workers, log=lambda message: stderr.print(message, highlight=False))
+    stdout.print_json(data=summary)
+
+
+@app.command()
 def doctor(json_output: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False) -> None:
     """Show the kernel limits on threads and processes, and the workers they allow."""
     from templ_pipeline import doctor as doctor_module
