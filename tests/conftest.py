@@ -24,6 +24,26 @@ def query_confs() -> Chem.Mol:
 
 
 @pytest.fixture
+def tel_json():
+    """Telemetry on real libraries with logs rendered: in-memory spans, fresh metrics, JSON log lines in ``stream``."""
+    import io
+    from types import SimpleNamespace
+
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import telemetry
+
+    exporter = InMemorySpanExporter()
+    stream = io.StringIO()
+    telemetry.reset_for_tests()
+    telemetry.configure(span_exporter=exporter, synchronous=True, log_format="json", log_stream=stream,
+                        run_id="test-run", log_level="DEBUG")
+    metrics = telemetry.reset_metrics_for_tests()
+    yield SimpleNamespace(exporter=exporter, stream=stream, metrics=metrics, registry=metrics.registry)
+    telemetry.reset_for_tests()
+
+
+@pytest.fixture
 def tel():
     """Telemetry on real libraries: in-memory spans (synchronous export), fresh metrics, captured logs."""
     from types import SimpleNamespace

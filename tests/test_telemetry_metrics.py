@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import math
 import threading
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pytest
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -20,14 +17,8 @@ from telemetry.metrics import count_threads
 
 
 @pytest.fixture
-def tel():
-    exporter = InMemorySpanExporter()
-    stream = io.StringIO()
-    telemetry.configure(span_exporter=exporter, synchronous=True, log_format="json", log_stream=stream,
-                        run_id="metrics-test", log_level="DEBUG")
-    metrics = telemetry.reset_metrics_for_tests()
-    yield SimpleNamespace(exporter=exporter, stream=stream, metrics=metrics, registry=metrics.registry)
-    telemetry.reset_for_tests()
+def tel(tel_json):
+    return tel_json
 
 
 def test_exposition_contains_every_catalog_metric(tel):

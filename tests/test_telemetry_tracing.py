@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-from types import SimpleNamespace
 
 import pytest
 from opentelemetry import trace
@@ -16,15 +14,8 @@ from telemetry import catalog as c
 
 
 @pytest.fixture
-def tel():
-    exporter = InMemorySpanExporter()
-    stream = io.StringIO()
-    telemetry.reset_for_tests()
-    telemetry.configure(span_exporter=exporter, synchronous=True, log_format="json", log_stream=stream,
-                        run_id="trace-test", log_level="DEBUG")
-    metrics = telemetry.reset_metrics_for_tests()
-    yield SimpleNamespace(exporter=exporter, stream=stream, metrics=metrics, registry=metrics.registry)
-    telemetry.reset_for_tests()
+def tel(tel_json):
+    return tel_json
 
 
 def _processors(provider):
@@ -71,7 +62,7 @@ def test_parent_and_child_spans_with_attributes(tel):
     assert pa[c.ATTR_OUTCOME] == "ok"
     assert parent.status.status_code is not StatusCode.ERROR
     assert parent.resource.attributes["service.name"] == "templ"
-    assert parent.resource.attributes["templ.run_id"] == "trace-test"
+    assert parent.resource.attributes["templ.run_id"] == "test-run"
 
 
 def test_executor_span_events(tel):
