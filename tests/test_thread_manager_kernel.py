@@ -121,20 +121,11 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from rdkit.Chem import AllChem  # what a scoring worker imports (numpy: OpenBLAS threads)
 from templ_pipeline.core.thread_manager import get_safe_worker_count, get_thread_manager
 from templ_pipeline.core.limits.worker_cost import worker_cost
+from templ_pipeline.core.pools import pool_context, worker_environment
+import sys; sys.path.insert(0, "{tests}")
+import grant_probe
 
 PIDS = "{pids}"
-
-def init(barrier):
-    global BARRIER
-    BARRIER = barrier
-
-def work(_):
-    import numpy
-    numpy.ones((256, 256)) @ numpy.ones((256, 256))  # the worker's OpenBLAS pool starts
-    BARRIER.wait(30)
-    peak = int(open(PIDS + "/pids.current").read())
-    BARRIER.wait(30)
-    return os.getpid(), peak
 
 snap = get_thread_manager().snapshot(fresh=True)
 pids = snap.limit("pids_cgroup")
@@ -146,11 +137,11 @@ out = dict(limit=pids.limit, used=pids.used, headroom=pids.headroom,
            process_granted=process.granted, thread_granted=thread.granted,
            per_worker=worker_cost("process").per_worker, helpers=worker_cost("process").fixed_tasks)
 if process.granted:
-    ctx = multiprocessing.get_context("fork")
+    ctx = pool_context()  # started the way the project starts its pools
     barrier = ctx.Barrier(process.granted)
-    with ProcessPoolExecutor(process.granted, mp_context=ctx, initializer=init,
-                             initargs=(barrier,)) as pool:
-        results = list(pool.map(work, range(process.granted)))
+    with worker_environment(), ProcessPoolExecutor(process.granted, mp_context=ctx, initializer=grant_probe.init,
+                                                   initargs=(barrier,)) as pool:
+        results = list(pool.map(grant_probe.work, [PIDS] * process.granted))
     out["process_workers"] = len({{pid for pid, _ in results}})
     out["process_peak"] = max(peak for _, peak in results)
 if thread.granted:
@@ -167,7 +158,7 @@ print(json.dumps(out))
 def test_grants_fit_a_small_pids_cgroup_and_start(child_pids_cgroup: PidsCgroup):
     base = fresh_tasks("from rdkit.Chem import AllChem")
     child_pids_cgroup.set_max(base + 8)
-    out = run_python(GRANT_SCRIPT.format(pids=child_pids_cgroup.path), child_pids_cgroup.wrap)
+    out = run_python(GRANT_SCRIPT.format(pids=child_pids_cgroup.path, tests=Path(__file__).parent), child_pids_cgroup.wrap)
     assert out["binding"] == "pids_cgroup"
     assert out["limit"] == base + 8 and out["headroom"] == out["limit"] - out["used"]
     room = out["headroom"] - RESERVE_TASKS

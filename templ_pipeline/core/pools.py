@@ -29,7 +29,7 @@ _ENV_LOCK = threading.Lock()
 
 @contextmanager
 def worker_environment() -> Iterator[None]:
-    """Environment for starting process workers (and the fork server): one native thread per library.
+    """Environment for starting process workers: one native thread per library.
 
     Workers are started by ``submit``, so callers hold this around submission.
     Values the user set are kept; the parent's environment is restored afterwards.
@@ -46,22 +46,25 @@ def worker_environment() -> Iterator[None]:
 
 
 def start_method() -> str:
-    """How process workers start: ``TEMPL_MP_START_METHOD``, else forkserver where available.
+    """How process workers start: ``TEMPL_MP_START_METHOD``, else spawn.
 
     Not fork: the parent runs threads (OpenTelemetry's span export, the metrics
     server, the pool's own helpers), and a child forked while one of them holds
     a lock deadlocks; OpenTelemetry's own after-fork hook was seen to hang that
-    way here. The fork server is a clean single-threaded process that has
-    imported RDKit once, so a worker still starts in milliseconds. Like spawn, it
-    imports the caller's main module in each worker: scripts that call
-    ``select_best`` with several workers need the usual ``if __name__ == "__main__":``
-    guard (without it the pool breaks and the run falls back to sequential).
+    way here. Not forkserver either: under a full pids cgroup the fork server's
+    own fork fails and the server exits, which the pool reports as a bare EOF or,
+    seen here, not at all. With spawn the parent starts each worker itself, so a
+    refused start is an ``OSError`` (EAGAIN) raised right where the pool is
+    started, and the fallback ladder takes over. Pools are reused across calls,
+    so the start-up cost (a few hundred milliseconds) is paid once.
+
+    Like forkserver, spawn imports the caller's main module in each worker:
+    scripts that call ``select_best`` with several workers need the usual
+    ``if __name__ == "__main__":`` guard (without it the pool cannot start and the
+    run falls back to sequential, with a fallback event).
     """
     requested = os.environ.get("TEMPL_MP_START_METHOD", "").strip()
-    available = multiprocessing.get_all_start_methods()
-    if requested in available:
-        return requested
-    return "forkserver" if "forkserver" in available else "spawn"
+    return requested if requested in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def worker_env() -> dict[str, str]:
@@ -71,12 +74,7 @@ def worker_env() -> dict[str, str]:
 
 def pool_context(method: str | None = None) -> multiprocessing.context.BaseContext:
     """The multiprocessing context process pools are made with."""
-    method = method or start_method()
-    context = multiprocessing.get_context(method)
-    if method == "forkserver":
-        # imported once in the fork server, so forked workers start with RDKit loaded
-        context.set_forkserver_preload(["templ_pipeline.core.batch"])
-    return context
+    return multiprocessing.get_context(method or start_method())
 
 
 def _new_pool(kind: str, workers: int) -> Executor:
@@ -127,7 +125,10 @@ class PoolRegistry:
             if current is not None and current[1] is pool:
                 del self._pools[kind]
         started = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except RuntimeError:  # its manager thread was never started: nothing to wait for
+            pool.shutdown(wait=False, cancel_futures=True)
         for process in started:
             if process.is_alive():
                 process.kill()

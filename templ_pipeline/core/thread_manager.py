@@ -205,6 +205,17 @@ def get_thread_manager() -> ThreadResourceManager:
     return manager
 
 
+def reset_thread_manager() -> None:
+    """Drop the process manager: the next one re-reads which cgroup this process is in.
+
+    Call it after moving the process into another cgroup (the cgroup paths are
+    resolved once per manager).
+    """
+    global _manager
+    with _manager_lock:
+        _manager = None
+
+
 def _forget_manager_in_child() -> None:
     """A forked child has its own tasks and limits: it gets a fresh singleton, and managers
     the parent handed out by reference forget their snapshot."""
