@@ -41,6 +41,9 @@ test: $(TEST_STAMP) system-deps
 docs: $(TEST_STAMP)
 	$(BIN)/python -m telemetry.docs
 
+dashboards: $(TEST_STAMP)
+	$(BIN)/python -m dashboards.generate
+
 bench: $(TEST_STAMP)
 	$(BIN)/python -m benchmarks.run --output bench_report.json
 

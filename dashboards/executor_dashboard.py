@@ -1,0 +1,336 @@
+"""The "TEMPL executor: thread exhaustion" dashboard.
+
+Read top to bottom when paged: how close each instance is to its thread limit and
+which limit binds (Headroom), what the executor gave up (Decisions, Fallbacks), what
+it cost (Work), and the process itself (Process). Links open the job's logs (Loki)
+and traces (Tempo) for the same time range; exemplars on the batch latency open the
+trace of one batch.
+"""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders.dashboard import Dashboard, DatasourceVariable, QueryVariable, Row
+from grafana_foundation_sdk.models import dashboard
+
+from dashboards import dask_metrics, links
+from dashboards.annotations import PrometheusAnnotation
+from dashboards.panels import GAUGE_CALCS, PROMETHEUS, Query, stat_panel, time_series
+from dashboards.promql import finite, quantile, series, sum_rate
+
+UID = "templ-executor"
+TITLE = "TEMPL executor: thread exhaustion"
+
+#: Headroom (tasks) below which the alerts fire: critical when a 2-worker process pool
+#: (2 workers + 4 pool helper tasks + a reserve of 2) no longer fits, warning below 32.
+CRITICAL_HEADROOM = 8
+WARNING_HEADROOM = 32
+HEADROOM_STEPS = (("red", None), ("orange", CRITICAL_HEADROOM), ("green", WARNING_HEADROOM))
+PERCENT_STEPS = (("red", None), ("orange", 5), ("green", 20))
+
+HEADROOM = finite(series("templ_thread_headroom"))
+FALLBACKS = series("templ_executor_fallbacks_total")
+
+
+def _variables() -> list:
+    job = dashboard.VariableOption(text="templ", value="templ")
+    every_instance = dashboard.VariableOption(text="All", value="$__all")
+    return [
+        DatasourceVariable("datasource").label("Prometheus").type("prometheus"),
+        DatasourceVariable("loki").label("Loki").type("loki"),
+        DatasourceVariable("tempo").label("Tempo").type("tempo"),
+        QueryVariable("job").label("Job").datasource(PROMETHEUS).query("label_values(templ_build_info, job)")
+        .refresh(dashboard.VariableRefresh.ON_TIME_RANGE_CHANGED).current(job),
+        QueryVariable("instance").label("Instance").datasource(PROMETHEUS)
+        .query('label_values(templ_build_info{job="$job"}, instance)')
+        .refresh(dashboard.VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True).all_value(".*")
+        .current(every_instance),
+    ]
+
+
+def _headroom_panels() -> list:
+    return [
+        stat_panel(
+            "Binding limit",
+            "Per instance, the kernel limit that refuses the next thread first (the least headroom among "
+            "the limits that are known and enforced) and its headroom in tasks (thread stacks for "
+            "stack_memory). Red: below 8, a 2-worker process pool no longer fits and the executor runs "
+            "sequentially; orange: below 32. Unknown (NaN) and unlimited (+Inf) limits are left out; "
+            "`templ doctor` on the host lists them all.",
+            "short",
+            [Query(f"bottomk by (instance) (1, {HEADROOM})", "{{instance}}: {{limit}}")],
+            threshold_steps=HEADROOM_STEPS,
+        ),
+        time_series(
+            "Headroom (tasks)",
+            "Threads or processes that can still start before each limit refuses one, per instance and "
+            "limit. Pools are sized from this: N process workers need N tasks, 4 pool helper tasks and a "
+            "reserve of 2. Dashed lines: 32 (warning alert) and 8 (critical alert). Symlog axis, so a "
+            "pids cgroup with 10 left and pid_max with millions left share it.",
+            "short",
+            [Query(HEADROOM, "{{instance}} {{limit}}")],
+            width=9, calcs=GAUGE_CALCS, threshold_steps=HEADROOM_STEPS, symlog=True,
+        ),
+        time_series(
+            "Headroom (% of limit)",
+            "Headroom as a share of each limit, per instance. The alerts also fire below 20% (warning) and "
+            "5% (critical). A steady decline means the job, or its neighbours in the same cgroup or user, "
+            "keeps more threads alive than before.",
+            "percent",
+            [Query(f"100 * ({HEADROOM}) / ({series('templ_thread_limit')} > 0 < +Inf)", "{{instance}} {{limit}}")],
+            width=9, calcs=GAUGE_CALCS, threshold_steps=PERCENT_STEPS, min_value=0, max_value=100,
+        ),
+        time_series(
+            "Tasks in use against each limit",
+            "For each limit, what counts against it (limit minus headroom) next to the limit itself, and "
+            "the OS threads of the TEMPL process. Scopes differ: the pids cgroup counts every task in the "
+            "cgroup, RLIMIT_NPROC (`ulimit -u`) every task of the user, threads-max and pid_max every task "
+            "on the host, stack_memory thread stacks. A 'used' line meeting its 'limit' line is that "
+            "limit binding.",
+            "short",
+            [
+                Query(finite(f"{series('templ_thread_limit')} - {series('templ_thread_headroom')}"),
+                      "{{instance}} used ({{limit}})"),
+                Query(f"{series('templ_thread_limit')} < +Inf", "{{instance}} limit ({{limit}})"),
+                Query(series("templ_threads_active"), "{{instance}} threads of this process"),
+            ],
+            width=24, calcs=GAUGE_CALCS, symlog=True,
+        ),
+    ]
+
+
+def _decision_panels() -> list:
+    reduction_logs = links.logs_url(links.event_logs(
+        "executor.workers_reduced", 'task_type="${__field.labels.task_type}"', 'reason="${__field.labels.reason}"'))
+    return [
+        time_series(
+            "Workers requested vs granted",
+            "Workers asked for and workers granted by the limit-aware sizing, for the most recent executor "
+            "of each task type. A gap is a grant cut to fit the headroom; the next panel says why.",
+            "short",
+            [
+                Query(series("templ_executor_workers_requested"), "{{instance}} {{task_type}} requested"),
+                Query(series("templ_executor_workers_granted"), "{{instance}} {{task_type}} granted"),
+            ],
+            calcs=GAUGE_CALCS, step_lines=True,
+        ),
+        time_series(
+            "Worker reductions/s by task type and reason",
+            "How often the executor granted fewer workers than requested, per task type and reason: the "
+            "limit that bound (pids_cgroup, rlimit_nproc, threads_max, pid_max, stack_memory), or "
+            "manager_unavailable / manager_failed when the thread manager could not answer (capped at 4, "
+            "then 2 workers). A sustained rate costs throughput. Click a series for its log lines.",
+            "eps",
+            [Query(sum_rate("templ_executor_worker_reductions_total", "instance, task_type, reason"),
+                   "{{instance}} {{task_type}}: {{reason}}")],
+            data_links=[links.link("Logs of these reductions", reduction_logs,
+                                   "executor.workers_reduced lines for this task type and reason")],
+        ),
+    ]
+
+
+def _fallback_panels() -> list:
+    fallback_logs = links.logs_url(links.event_logs(
+        "executor.fallback", 'reason="${__field.labels.reason}"', 'cause="${__field.labels.cause}"'))
+    return [
+        time_series(
+            "Fallbacks/s by from, to, reason and cause",
+            "Steps down the executor ladder (process pool, fewer processes, sequential). reason: what "
+            "failed (thread_start_failed, process_start_failed, broken_pool, no_headroom, daemon_process, "
+            "...); cause: the kernel limit that refused the start (none when the step is not about a "
+            "start). Each fallback is also an annotation on every graph. Click a series for its log lines; "
+            "their trace_id opens the trace.",
+            "eps",
+            [Query(sum_rate("templ_executor_fallbacks_total", "instance, from_kind, to_kind, reason, cause"),
+                   "{{instance}} {{from_kind}} -> {{to_kind}}: {{reason}} (cause {{cause}})")],
+            width=16,
+            data_links=[links.link("Logs of these fallbacks", fallback_logs,
+                                   "executor.fallback lines for this reason and cause")],
+        ),
+        time_series(
+            "Broken pools replaced/s",
+            "Worker pools found broken (a worker died: OOM killer, SIGKILL) and replaced, per executor "
+            "kind. Each also shows as a broken_pool fallback; the unfinished batches were re-run on the "
+            "next rung, not lost.",
+            "eps",
+            [Query(sum_rate("templ_executor_pool_restarts_total", "instance, executor_kind"),
+                   "{{instance}} {{executor_kind}}")],
+            width=8,
+        ),
+    ]
+
+
+def _work_panels() -> list:
+    return [
+        time_series(
+            "Conformers scored/s",
+            "Throughput: conformers scored per second, per instance. A drop together with sequential "
+            "batches (next panel) is the cost of the fallbacks above.",
+            "cps",
+            [Query(sum_rate("templ_conformers_scored_total", "instance"), "{{instance}}")],
+            width=8,
+        ),
+        time_series(
+            "Batches/s by executor kind",
+            "Conformer batches finished per second by the executor kind that ran them: process (pool "
+            "workers), thread, or sequential (in the calling thread, after a fallback: one CPU).",
+            "ops",
+            [Query(sum_rate("templ_select_best_batches_total", "instance, executor_kind"),
+                   "{{instance}} {{executor_kind}}")],
+            width=8,
+        ),
+        time_series(
+            "Conformer failures/s by reason",
+            "Conformers that could not be scored, per reason (no_coordinates, sanitization_failed, "
+            "alignment_failed, invalid_molecule). These are input problems: a fallback never loses a "
+            "conformer. The failure-ratio alert fires above 10% for 10 minutes.",
+            "cps",
+            [Query(sum_rate("templ_conformers_failed_total", "instance, reason"), "{{instance}} {{reason}}")],
+            width=8,
+        ),
+        time_series(
+            "Batch duration p50 / p95 / p99",
+            "Wall time of one conformer batch, quantiles per instance from the histogram buckets. Dots "
+            "are exemplars, single batches with their trace_id: click one to open its trace in Tempo. A "
+            "rise together with sequential batches is the latency cost of a fallback.",
+            "s",
+            [
+                Query(quantile(0.5, "templ_select_best_batch_duration_seconds"), "{{instance}} p50",
+                      exemplar=True),
+                Query(quantile(0.95, "templ_select_best_batch_duration_seconds"), "{{instance}} p95"),
+                Query(quantile(0.99, "templ_select_best_batch_duration_seconds"), "{{instance}} p99"),
+            ],
+            width=24,
+        ),
+    ]
+
+
+def _process_panels() -> list:
+    return [
+        time_series(
+            "CPU",
+            "CPU time of the TEMPL parent process, 100% = one core. Pool workers are separate processes "
+            "and not included: with a healthy pool the parent stays low; after a fallback to sequential "
+            "it scores in its own thread and climbs toward one core.",
+            "percentunit",
+            [Query(f"rate({series('process_cpu_seconds_total')}[$__rate_interval])", "{{instance}}")],
+            width=8,
+        ),
+        time_series(
+            "Resident memory",
+            "Resident set size of the TEMPL parent process. Thread stacks count against stack_memory "
+            "headroom, not here, until they are touched.",
+            "bytes",
+            [Query(series("process_resident_memory_bytes"), "{{instance}}")],
+            width=8, calcs=GAUGE_CALCS,
+        ),
+        time_series(
+            "Open file descriptors",
+            "Open file descriptors of the TEMPL parent process and its limit (RLIMIT_NOFILE). Every "
+            "process worker holds pipes in the parent, so a large pool can run out of descriptors too.",
+            "short",
+            [
+                Query(series("process_open_fds"), "{{instance}} open"),
+                Query(series("process_max_fds"), "{{instance}} limit"),
+            ],
+            width=8, calcs=GAUGE_CALCS,
+        ),
+    ]
+
+
+def _dask_panels() -> list:
+    scheduler = f'job="{dask_metrics.SCHEDULER_JOB}"'
+    workers = f'job="{dask_metrics.WORKERS_JOB}"'
+    return [
+        time_series(
+            "Dask tasks by state",
+            "Tasks on the Dask scheduler (--executor dask), from the scheduler's own /metrics: processing "
+            "(on a worker now), queued (waiting for a free worker thread) and no-worker (no worker can "
+            "take them: a cluster that lost every worker). TEMPL submits one task per batch.",
+            "short",
+            [Query(f'sum by (state) (dask_scheduler_tasks{{{scheduler}, state=~"processing|queued|no-worker"}})',
+                   "{{state}}")],
+            width=6, calcs=GAUGE_CALCS,
+        ),
+        time_series(
+            "Dask workers",
+            "Workers known to the scheduler by state (idle, partially_saturated, saturated, paused, retiring), "
+            "and workers removed per second: a removed worker means its batches were resubmitted.",
+            "short",
+            [
+                Query(f"sum by (state) (dask_scheduler_workers{{{scheduler}}})", "{{state}}"),
+                Query(f"rate(dask_scheduler_workers_removed_total{{{scheduler}}}[$__rate_interval])",
+                      "removed/s"),
+            ],
+            width=6, calcs=GAUGE_CALCS,
+        ),
+        time_series(
+            "Dask worker threads",
+            "Threads all Dask workers run tasks on, from the workers' /metrics. AlignMol holds the GIL, so "
+            "one thread per worker process is right; more threads cost tasks and buy nothing.",
+            "short",
+            [Query(f"sum(dask_worker_threads{{{workers}}})", "threads")],
+            width=6, calcs=GAUGE_CALCS,
+        ),
+        time_series(
+            "Batch resubmissions",
+            "Batches sent again because the Dask worker running them (worker_lost) or holding their result "
+            "(result_lost) left the cluster, per second. Results are still counted once.",
+            "ops",
+            [Query(sum_rate("templ_executor_batch_resubmissions_total", "reason"), "{{reason}}")],
+            width=6,
+        ),
+    ]
+
+
+def _fallback_annotation() -> PrometheusAnnotation:
+    new_or_increased = f"increase({FALLBACKS}[1m]) > 0 or ({FALLBACKS} unless {FALLBACKS} offset 1m)"
+    return PrometheusAnnotation(
+        "Executor fallbacks",
+        f"sum by (instance, from_kind, to_kind, reason, cause) ({new_or_increased})",
+        title="Fallback {{from_kind}} -> {{to_kind}}",
+        text="{{instance}}: {{reason}} (cause {{cause}})",
+        tags="reason,cause",
+        color="orange",
+    )
+
+
+def _dashboard_links() -> list:
+    return [
+        links.link("Executor logs", links.logs_url(f'{links.JOB_LOGS} | event=~"executor[.].+"'),
+                   "Loki: every executor event of the job (reductions, fallbacks, pool restarts), this time range"),
+        links.link("Fallback logs", links.logs_url(links.event_logs("executor.fallback")),
+                   "Loki: executor.fallback lines with reason, cause and trace_id, this time range"),
+        links.link("select_best traces", links.traces_url(f'{{{links.JOB_SPANS} && name="select_best"}}'),
+                   "Tempo: select_best calls of the job, this time range"),
+        links.link("Sequential traces",
+                   links.traces_url(f'{{{links.JOB_SPANS} && name="select_best" '
+                                    f'&& span.templ.executor.kind="sequential"}}'),
+                   "Tempo: select_best calls that ended on the sequential rung"),
+    ]
+
+
+def build() -> dashboard.Dashboard:
+    """The dashboard model, panels numbered top to bottom."""
+    builder = (
+        Dashboard(TITLE).uid(UID).tags(["templ", "executor", "threads"])
+        .description("Thread headroom per kernel limit, what the TEMPL executor gave up (worker reductions, "
+                     "fallbacks) and what it cost (throughput, batch latency). Metrics from "
+                     "telemetry/catalog.py; alerts in dashboards/prometheus/alerts.yml.")
+        .time("now-30m", "now").refresh("30s").tooltip(dashboard.DashboardCursorSync.CROSSHAIR).readonly()
+        .variables(_variables()).annotation(_fallback_annotation()).links(_dashboard_links())
+    )
+    for title, panels in (
+        ("Headroom", _headroom_panels()),
+        ("Decisions", _decision_panels()),
+        ("Fallbacks", _fallback_panels()),
+        ("Work", _work_panels()),
+        ("Process", _process_panels()),
+        ("Dask", _dask_panels()),
+    ):
+        builder = builder.with_row(Row(title))
+        for panel in panels:
+            builder = builder.with_panel(panel)
+    model = builder.build()
+    for number, panel in enumerate(model.panels or [], start=1):
+        panel.id_val = number
+    return model
