@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("bench_select_best", "bench_telemetry_overhead", "bench_snapshot", "bench_scrape")
+BENCHMARKS = ("bench_select_best", "bench_telemetry_overhead", "bench_snapshot", "bench_scrape", "bench_dask")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ FALLBACK_REASONS: tuple[str, ...] = (
     "daemon_process",
     "no_headroom",
     "submit_failed",
+    "scheduler_unreachable",  # the Dask scheduler could not be reached (or was lost): the run goes on locally
 )
 #: Which kernel limit caused a failed start; "none" when the fallback is not about a start.
 FALLBACK_CAUSES: tuple[str, ...] = (
@@ -40,7 +41,7 @@ FALLBACK_CAUSES: tuple[str, ...] = (
     "unknown",
     "none",
 )
-EXECUTOR_KINDS: tuple[str, ...] = ("process", "thread", "sequential")
+EXECUTOR_KINDS: tuple[str, ...] = ("process", "thread", "sequential", "dask")
 FAILURE_REASONS: tuple[str, ...] = (
     "no_coordinates",
     "sanitization_failed",
@@ -49,6 +50,8 @@ FAILURE_REASONS: tuple[str, ...] = (
 )
 LIMIT_NAMES: tuple[str, ...] = ("pids_cgroup", "rlimit_nproc", "threads_max", "pid_max", "stack_memory")
 REDUCTION_REASONS: tuple[str, ...] = LIMIT_NAMES + ("manager_unavailable", "manager_failed")
+#: Why a batch was run again: its worker died while running it, or died holding its result.
+RESUBMISSION_REASONS: tuple[str, ...] = ("worker_lost", "result_lost")
 
 # Additional bounded sets (not part of the original contract; extend as needed).
 OUTCOMES: tuple[str, ...] = ("ok", "error")
@@ -174,7 +177,7 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec(
         "templ_executor_fallbacks_total", "counter",
-        "Executor fallbacks down the ladder (process -> thread -> fewer workers -> sequential).",
+        "Executor fallbacks down the ladder (dask -> process -> thread -> fewer workers -> sequential).",
         ("from_kind", "to_kind", "reason", "cause"), "", short="fallbacks",
         label_values={
             "from_kind": _open(EXECUTOR_KINDS),
@@ -224,6 +227,13 @@ METRICS: tuple[MetricSpec, ...] = (
         label_values={"executor_kind": _open(EXECUTOR_KINDS)},
     ),
     MetricSpec(
+        "templ_executor_batch_resubmissions_total", "counter",
+        "Batches run again because the worker running them (or holding their result) was lost; "
+        "each batch is still counted once, when its result arrives.",
+        ("executor_kind", "reason"), "", short="batch_resubmissions",
+        label_values={"executor_kind": _open(EXECUTOR_KINDS), "reason": _open(RESUBMISSION_REASONS)},
+    ),
+    MetricSpec(
         "templ_telemetry_degraded_total", "counter",
         "Telemetry components that could not start normally and run degraded (e.g. synchronous span export).",
         ("component", "reason"), "", short="telemetry_degraded",
@@ -249,6 +259,7 @@ EVENT_WORKERS_REDUCED = "executor.workers_reduced"
 EVENT_FALLBACK = "executor.fallback"
 EVENT_EXECUTOR_CREATED = "executor.created"
 EVENT_POOL_RESTARTED = "executor.pool_restarted"
+EVENT_BATCH_RESUBMITTED = "executor.batch_resubmitted"
 
 ATTR_TASK_TYPE = "templ.executor.task_type"
 ATTR_EXECUTOR_KIND = "templ.executor.kind"
@@ -261,6 +272,7 @@ ATTR_CAUSE = "templ.executor.cause"
 ATTR_DETAIL = "templ.executor.detail"
 ATTR_FROM_KIND = "templ.executor.from_kind"
 ATTR_TO_KIND = "templ.executor.to_kind"
+ATTR_WORKER = "templ.executor.worker"  # address of a lost Dask worker
 ATTR_HEADROOM = "templ.thread.headroom"
 ATTR_BATCH_INDEX = "templ.batch.index"
 ATTR_BATCH_SIZE = "templ.batch.size"
@@ -274,7 +286,8 @@ ATTR_SCORED = "templ.select_best.scored"
 ATTR_FAILED = "templ.select_best.failed"
 ATTR_OUTCOME = "templ.select_best.outcome"
 
-_EXECUTOR_EVENTS = (EVENT_WORKERS_REDUCED, EVENT_FALLBACK, EVENT_EXECUTOR_CREATED, EVENT_POOL_RESTARTED, "exception")
+_EXECUTOR_EVENTS = (EVENT_WORKERS_REDUCED, EVENT_FALLBACK, EVENT_EXECUTOR_CREATED, EVENT_POOL_RESTARTED,
+                    EVENT_BATCH_RESUBMITTED, "exception")
 
 SPANS: tuple[SpanSpec, ...] = (
     SpanSpec(
@@ -300,6 +313,7 @@ SPAN_EVENT_ATTRIBUTES: Mapping[str, tuple[str, ...]] = {
     EVENT_FALLBACK: (ATTR_FROM_KIND, ATTR_TO_KIND, ATTR_REASON, ATTR_CAUSE, ATTR_DETAIL),
     EVENT_EXECUTOR_CREATED: (ATTR_EXECUTOR_KIND, ATTR_WORKERS, ATTR_TASK_TYPE, ATTR_REUSED),
     EVENT_POOL_RESTARTED: (ATTR_EXECUTOR_KIND, ATTR_REASON, ATTR_DETAIL),
+    EVENT_BATCH_RESUBMITTED: (ATTR_EXECUTOR_KIND, ATTR_BATCH_INDEX, ATTR_REASON, ATTR_WORKER),
 }
 
 # ---------------------------------------------------------------------------
@@ -327,6 +341,11 @@ LOG_EVENTS: tuple[LogEventSpec, ...] = (
         "executor.pool_restarted", "warning",
         "A broken worker pool was replaced.",
         ("executor_kind", "reason", "detail", "error_type", "error") + _TRACE_FIELDS,
+    ),
+    LogEventSpec(
+        "executor.batch_resubmitted", "warning",
+        "A batch is run again because its worker was lost (Dask reschedules it; the driver counts it once).",
+        ("executor_kind", "index", "reason", "worker") + _TRACE_FIELDS,
     ),
     LogEventSpec(
         "select_best.batch_done", "info",

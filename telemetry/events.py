@@ -11,7 +11,7 @@ When telemetry is disabled (:mod:`telemetry.state`), the per-call/per-batch
 helpers (:func:`batch_span`, :func:`select_best_span`, :func:`record_workers`,
 :func:`record_executor_created`) return immediately; the rare safety events
 (:func:`record_worker_reduction`, :func:`record_fallback`,
-:func:`record_pool_restart`) are still counted and logged.
+:func:`record_pool_restart`, :func:`record_batch_resubmission`) are still counted and logged.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ __all__ = [
     "SelectBestStats",
     "batch_span",
     "record_batch",
+    "record_batch_resubmission",
     "record_executor_created",
     "record_fallback",
     "record_pool_restart",
@@ -53,6 +54,7 @@ _KINDS = c.METRICS_BY_SHORT["fallbacks"].label_values["from_kind"]
 _FALLBACK_REASONS = c.METRICS_BY_SHORT["fallbacks"].label_values["reason"]
 _FALLBACK_CAUSES = c.METRICS_BY_SHORT["fallbacks"].label_values["cause"]
 _FAILURE_REASONS = c.METRICS_BY_SHORT["conformers_failed"].label_values["reason"]
+_RESUBMISSION_REASONS = c.METRICS_BY_SHORT["batch_resubmissions"].label_values["reason"]
 
 
 def _norm(value: str, allowed: tuple[str, ...], field: str, fields: dict[str, Any]) -> str:
@@ -188,6 +190,28 @@ def record_pool_restart(
     _executor_log.warning(
         c.EVENT_POOL_RESTARTED,
         **_add_ids({"executor_kind": kind, "reason": rs, "detail": detail, **fields}, ids),
+    )
+
+
+def record_batch_resubmission(executor_kind: str, index: int, reason: str, worker: str = "") -> None:
+    """A batch runs again after its worker was lost: counter, span event, warning log ``executor.batch_resubmitted``.
+
+    Only the resubmission is counted here; the batch itself is counted once, when its result arrives.
+    """
+    fields: dict[str, Any] = {}
+    kind = _norm(executor_kind, _KINDS, "executor_kind", fields)
+    rs = _norm(reason, _RESUBMISSION_REASONS, "reason", fields)
+    span = trace.get_current_span()
+    ids = _ids(span)
+    get_metrics().batch_resubmissions.labels(executor_kind=kind, reason=rs).inc(exemplar=_exemplar(ids))
+    if ids is not None:
+        span.add_event(
+            c.EVENT_BATCH_RESUBMITTED,
+            {c.ATTR_EXECUTOR_KIND: kind, c.ATTR_BATCH_INDEX: index, c.ATTR_REASON: rs, c.ATTR_WORKER: worker},
+        )
+    _executor_log.warning(
+        c.EVENT_BATCH_RESUBMITTED,
+        **_add_ids({"executor_kind": kind, "index": index, "reason": rs, "worker": worker, **fields}, ids),
     )
 
 

@@ -73,6 +73,7 @@ class TemplMetrics:
     select_best_calls: Counter
     select_best_duration: Histogram
     pool_restarts: Counter
+    batch_resubmissions: Counter
     telemetry_degraded: Counter
     build_info: Gauge
 

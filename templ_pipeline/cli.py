@@ -21,6 +21,7 @@ from rich.text import Text
 
 from templ_pipeline.core.batch import BatchResult
 from templ_pipeline.core.conformers import generate_conformers, molecule_from_smiles
+from templ_pipeline.core.executor import EXECUTOR_CHOICES
 from templ_pipeline.core.scoring import METRICS, Selection, select_best_with_report
 from telemetry.logs import get_logger, get_run_id
 from telemetry.session import TelemetryOptions, TelemetrySession, TelemetrySetupError
@@ -57,7 +58,9 @@ def _default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def _run_selection(confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str) -> Selection:
+def _run_selection(
+    confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str, executor: str, scheduler: str | None
+) -> Selection:
     """Score with a progress bar over batches (on stderr, only on a terminal)."""
     progress = Progress(
         TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), ConformerRate(), TimeElapsedColumn(),
@@ -71,7 +74,8 @@ def _run_selection(confs: Chem.Mol, template: Chem.Mol, workers: int, metric: st
             conformers = progress.tasks[0].fields["conformers"] + done
             progress.update(task, advance=done, conformers=conformers)
 
-        return select_best_with_report(confs, template, n_workers=workers, align_metric=metric, on_batch=advance)
+        return select_best_with_report(confs, template, n_workers=workers, align_metric=metric, on_batch=advance,
+                                       executor=executor, scheduler=scheduler)
 
 
 def _poses(selection: Selection, metric: str, all_ranked: bool) -> list[tuple[Chem.Mol, dict]]:
@@ -112,9 +116,10 @@ def _summary(selection: Selection, output: Path, written: int) -> None:
 
 
 def _select_and_write(
-    confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str, all_ranked: bool, output: Path
+    confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str, all_ranked: bool, output: Path,
+    executor: str = "auto", scheduler: str | None = None,
 ) -> None:
-    selection = _run_selection(confs, template, workers, metric)
+    selection = _run_selection(confs, template, workers, metric, executor, scheduler)
     written = write_poses(output, _poses(selection, metric, all_ranked))
     _summary(selection, output, written)
     if selection.report.n_scored == 0:
@@ -197,6 +202,21 @@ def _check_metric(metric: str) -> str:
     return metric
 
 
+def _check_executor(executor: str) -> str:
+    if executor not in EXECUTOR_CHOICES:
+        raise typer.BadParameter(f"{executor!r} is not one of {', '.join(EXECUTOR_CHOICES)}", param_hint="'--executor'")
+    return executor
+
+
+ExecutorOption = Annotated[str, typer.Option(
+    "--executor", callback=_check_executor,
+    help="auto (the local ladder: process pool, fewer processes, sequential), process (the same), or dask "
+         "(a Dask cluster; without --scheduler or DASK_SCHEDULER_ADDRESS a LocalCluster sized from headroom).")]
+SchedulerOption = Annotated[str | None, typer.Option(
+    "--scheduler", help="Dask scheduler address (tcp://HOST:PORT) for --executor dask "
+                        "(default: $DASK_SCHEDULER_ADDRESS). Unreachable: the run goes on locally.")]
+
+
 @app.command("select-best")
 def select_best_command(
     template: Annotated[Path, typer.Option("--template", "-t", help="SDF with the template ligand's 3D pose.")],
@@ -210,6 +230,8 @@ def select_best_command(
     metric: Annotated[str, typer.Option("--metric", callback=_check_metric, help="shape, color or combo.")] = "combo",
     all_ranked: Annotated[bool, typer.Option("--all-ranked", help="Write every pose, best first.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Random seed for conformer generation.")] = 42,
+    executor: ExecutorOption = "auto",
+    scheduler: SchedulerOption = None,
     metrics_addr: MetricsAddr = None,
     no_metrics_server: NoMetricsServer = False,
     metrics_textfile: MetricsTextfile = None,
@@ -223,6 +245,8 @@ def select_best_command(
     """Score conformers of a query ligand against a template and write the best pose(s)."""
     if (query is None) == (conformers is None):
         raise typer.BadParameter("give exactly one of --query SMILES or --conformers FILE", param_hint="'--query'")
+    if scheduler is not None and executor != "dask":
+        raise typer.BadParameter("--scheduler needs --executor dask", param_hint="'--scheduler'")
     workers = workers or _default_workers()
     session = _telemetry(metrics_addr, no_metrics_server, metrics_textfile, pushgateway, hold_metrics, traces_file, log_format, log_file, log_level)
     try:
@@ -233,7 +257,7 @@ def select_best_command(
         with _observed(session):
             if confs is None:
                 confs = generate_conformers(query_mol, num_conformers, seed=seed, n_workers=workers)
-            _select_and_write(confs, tpl, workers, metric, all_ranked, output)
+            _select_and_write(confs, tpl, workers, metric, all_ranked, output, executor, scheduler)
     except InputError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
 
@@ -293,6 +317,8 @@ def stress(
     from templ_pipeline import stress as stress_module
 
     workers = workers or max(4, _default_workers())
+    if workers < 2:
+        raise typer.BadParameter("stress needs at least 2 workers to have something to reduce", param_hint="'--workers'")
     session = _telemetry(metrics_addr, no_metrics_server, metrics_textfile, pushgateway, hold_metrics, traces_file,
                          log_format, log_file, log_level)
     with _observed(session):
@@ -301,11 +327,16 @@ def stress(
 
 
 @app.command()
-def doctor(json_output: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False) -> None:
+def doctor(
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", help="Also report each worker of this Dask scheduler: its machine's binding limit "
+                            "and headroom (JSON key dask_workers).")] = None,
+) -> None:
     """Show the kernel limits on threads and processes, and the workers they allow."""
     from templ_pipeline import doctor as doctor_module
 
-    raise typer.Exit(doctor_module.run(json_output))
+    raise typer.Exit(doctor_module.run(json_output, scheduler))
 
 
 def main(argv: list[str] | None = None) -> int:

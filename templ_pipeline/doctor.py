@@ -1,7 +1,9 @@
 """``templ doctor``: which limits can refuse a new thread here, and how many workers fit.
 
-Run as ``templ doctor [--json]`` or ``python -m templ_pipeline.doctor [--json]``.
-Exit code 1 when the native-thread probe fails or the binding limit is critical.
+Run as ``templ doctor [--json] [--scheduler ADDRESS]`` or ``python -m templ_pipeline.doctor``.
+With a Dask scheduler, each worker reports its own machine's binding limit and headroom.
+Exit code 1 when the native-thread probe fails, the binding limit (here or on a Dask
+worker) is critical, or the scheduler cannot be reached.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import json
 import os
 import resource
+import socket
 import sys
 from dataclasses import asdict
 
@@ -157,6 +160,50 @@ def build_report(manager: ThreadResourceManager | None = None) -> dict:
     }
 
 
+def worker_limits() -> dict:
+    """Run on a Dask worker: its machine's binding limit and headroom, and the scoring workers they allow."""
+    manager = get_thread_manager()
+    snap = manager.snapshot(fresh=True)
+    binding = snap.binding
+    cpus = os.cpu_count() or 1
+    grant = manager.get_safe_worker_count(cpus, "scoring", executor_kind="process", snapshot=snap)
+    return {
+        "host": socket.gethostname(), "pid": os.getpid(), "cpus": cpus, "threads": snap.threads,
+        "binding_limit": binding.name if binding else None,
+        "limit": binding.limit if binding else None,
+        "headroom": binding.headroom if binding else None,
+        "status": thread_status(snap, manager.reserve),
+        "recommended_scoring_workers": grant.granted,
+    }
+
+
+def _dask_warnings(workers: list[dict]) -> list[str]:
+    warnings = [] if workers else ["the dask scheduler has no workers"]
+    for worker in workers:
+        name = f"dask worker {worker['address']} ({worker['host']})"
+        if (worker["nthreads"] or 1) > 1:
+            warnings.append(f"{name} runs {worker['nthreads']} threads, but AlignMol holds the GIL so one "
+                            "scores at a time: start workers with --nthreads 1 and more --nworkers")
+        if worker["status"] == "critical":
+            warnings.append(f"{name}: only {worker['headroom']} headroom left under {worker['binding_limit']}")
+    return warnings
+
+
+def add_dask_workers(report: dict, address: str) -> None:
+    """Add ``dask_scheduler`` and ``dask_workers`` (None when the scheduler cannot be reached) to ``report``."""
+    from templ_pipeline.core.dask_backend import DaskFailure, run_on_workers
+
+    report["dask_scheduler"] = address
+    try:
+        workers = run_on_workers(address, worker_limits)
+    except DaskFailure as failure:
+        report["dask_workers"] = None
+        report["warnings"].append(f"dask scheduler {address} unreachable: {failure.error}")
+        return
+    report["dask_workers"] = workers
+    report["warnings"] += _dask_warnings(workers)
+
+
 def _cell(value: int | None, entry: dict) -> str:
     if value is not None:
         return str(value)
@@ -190,6 +237,8 @@ def render_table(report: dict, console: Console) -> None:
     console.print(workers)
     for task, grant in report["grants"].items():
         console.print(f"  {task}: {escape(grant['detail'])}", highlight=False)
+    if report.get("dask_workers"):
+        render_dask_workers(report, console)
     probe = report["probe"]
     console.print("native thread probe: " + ("[green]ok[/green]" if probe["ok"]
                   else f"[red]failed: errno {probe['errno']} ({probe['error']})[/red]"))
@@ -197,17 +246,40 @@ def render_table(report: dict, console: Console) -> None:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 
 
-def run(json_output: bool) -> int:
-    """Print the report (JSON or tables); 1 when the probe failed or the status is critical."""
+def render_dask_workers(report: dict, console: Console) -> None:
+    """The Dask workers' own limits, one row per worker."""
+    table = Table(title=f"Dask workers of {report['dask_scheduler']} (limits on each worker's machine)")
+    for column in ("worker (host, pid)", "threads", "binding limit", "headroom", "status", "scoring workers"):
+        table.add_column(column, justify="right" if column in ("threads", "headroom") else "left", overflow="fold")
+    for worker in report["dask_workers"]:
+        table.add_row(f"{worker['address']}\n{worker['host']}, pid {worker['pid']}", str(worker["nthreads"]),
+                      worker["binding_limit"] or "-", "-" if worker["headroom"] is None else str(worker["headroom"]),
+                      worker["status"], f"{worker['recommended_scoring_workers']} of {worker['cpus']} CPUs")
+    console.print(table)
+
+
+def _healthy(report: dict) -> bool:
+    workers = report.get("dask_workers", [])
+    return (report["probe"]["ok"] and report["status"] != "critical" and workers is not None
+            and all(worker["status"] != "critical" for worker in workers))
+
+
+def run(json_output: bool, scheduler: str | None = None) -> int:
+    """Print the report (JSON or tables); 1 when the probe failed, a status is critical
+    or the scheduler cannot be reached."""
     report = build_report()
+    if scheduler:
+        add_dask_workers(report, scheduler)
     if json_output:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         render_table(report, Console())
-    return 0 if report["probe"]["ok"] and report["status"] != "critical" else 1
+    return 0 if _healthy(report) else 1
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="templ doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    sys.exit(run(parser.parse_args().json))
+    parser.add_argument("--scheduler", help="also report the limits of every worker of this Dask scheduler")
+    arguments = parser.parse_args()
+    sys.exit(run(arguments.json, arguments.scheduler))

@@ -25,13 +25,15 @@ CONTRACT_METRICS = {
     "templ_select_best_calls_total": "counter",
     "templ_select_best_duration_seconds": "histogram",
     "templ_executor_pool_restarts_total": "counter",
+    "templ_executor_batch_resubmissions_total": "counter",
     "templ_telemetry_degraded_total": "counter",
     "templ_build_info": "gauge",
 }
 CONTRACT_SHORTS = {
     "threads_active", "thread_limit", "thread_headroom", "workers_requested", "workers_granted",
     "worker_reductions", "fallbacks", "batches", "batch_duration", "conformers_scored", "conformers_failed",
-    "select_best_calls", "select_best_duration", "pool_restarts", "telemetry_degraded", "build_info",
+    "select_best_calls", "select_best_duration", "pool_restarts", "batch_resubmissions", "telemetry_degraded",
+    "build_info",
 }
 
 
@@ -86,10 +88,10 @@ def test_labels_are_snake_case_and_bounded():
 
 def test_contract_label_sets():
     assert c.FALLBACK_REASONS == ("thread_start_failed", "process_start_failed", "broken_pool", "manager_unavailable",
-                                  "daemon_process", "no_headroom", "submit_failed")
+                                  "daemon_process", "no_headroom", "submit_failed", "scheduler_unreachable")
     assert c.FALLBACK_CAUSES == ("pids_cgroup", "rlimit_nproc", "threads_max", "pid_max", "stack_memory", "seccomp",
                                  "unknown", "none")
-    assert c.EXECUTOR_KINDS == ("process", "thread", "sequential")
+    assert c.EXECUTOR_KINDS == ("process", "thread", "sequential", "dask")
     assert c.FAILURE_REASONS == ("no_coordinates", "sanitization_failed", "alignment_failed", "invalid_molecule")
     assert c.LIMIT_NAMES == ("pids_cgroup", "rlimit_nproc", "threads_max", "pid_max", "stack_memory")
     assert c.REDUCTION_REASONS == c.LIMIT_NAMES + ("manager_unavailable", "manager_failed")

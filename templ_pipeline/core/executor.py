@@ -6,11 +6,16 @@ where threads help, fewer workers, sequential) and runs batches down that ladder
 a pool that cannot start, refuses a submit or breaks mid-run hands its unfinished
 batches to the next rung. Finished batches are yielded exactly once, so nothing is
 lost and nothing is counted twice, whichever rung ran them.
+
+``executor="dask"`` puts a Dask rung on top (``templ_pipeline.core.dask_backend``):
+a scheduler you name, or a LocalCluster sized by the same grant. An unreachable
+scheduler is a fallback to the local ladder.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
 from dataclasses import dataclass
@@ -40,12 +45,15 @@ TASK_PROFILES: dict[str, TaskProfile] = {
 CAP_MANAGER_UNAVAILABLE = 4
 CAP_MANAGER_FAILED = 2
 
+#: Values of ``executor=`` (``--executor``): the local ladder (auto, process), or Dask on top of it.
+EXECUTOR_CHOICES: tuple[str, ...] = ("auto", "process", "dask")
+
 
 @dataclass(frozen=True)
 class Rung:
     """One step of the ladder: an executor kind and its worker count."""
 
-    kind: str  # "process" | "thread" | "sequential"
+    kind: str  # "dask" | "process" | "thread" | "sequential"
     workers: int
 
 
@@ -139,6 +147,8 @@ class MonitoredExecutor:
         *,
         registry: PoolRegistry = POOLS,
         fn: Callable[[BatchTask], BatchResult] = score_batch,
+        executor: str = "auto",
+        scheduler: str | None = None,
     ) -> None:
         self.requested = requested
         self.task_type = task_type
@@ -155,13 +165,18 @@ class MonitoredExecutor:
         self.kinds_used: list[str] = []
         self.fallbacks: list[dict[str, str]] = []
         self.reductions: list[dict[str, Any]] = []
+        self.resubmissions: list[dict[str, Any]] = []
+        self._dask: Any = None  # the DaskSession of the dask rung
         if self.grant.granted < requested:
             self._record_reduction(self.grant)
         else:
             telemetry.record_workers(task_type, requested, self.grant.granted)
-        if requested > 1 and self._rungs[0].kind == "sequential":
-            reason = "daemon_process" if in_daemon and self.grant.granted >= 2 else "no_headroom"
-            self._record_fallback("process", "sequential", reason, "none", self.grant.detail)
+        dask = executor == "dask"
+        if dask:
+            self._add_dask_rung(scheduler, in_daemon)
+        if (requested > 1 or dask) and self._rungs[0].kind == "sequential" and not self.fallbacks:
+            reason = "daemon_process" if in_daemon and (self.grant.granted >= 2 or dask) else "no_headroom"
+            self._record_fallback("dask" if dask else "process", "sequential", reason, "none", self.grant.detail)
 
     @property
     def rung(self) -> Rung:
@@ -188,9 +203,49 @@ class MonitoredExecutor:
                     yield self._run_here(pending.pop(index))
                 return
             try:
-                yield from self._run_on_pool(rung, pending)
+                if rung.kind == "dask":
+                    yield from self._run_on_dask(pending)
+                else:
+                    yield from self._run_on_pool(rung, pending)
             except PoolFailure as failure:
                 self._step_down(rung, failure)
+
+    def _add_dask_rung(self, scheduler: str | None, in_daemon: bool) -> None:
+        """Connect (or start a LocalCluster sized by the grant) and put the dask rung first.
+
+        An unreachable scheduler, or a LocalCluster that cannot start, is a fallback to the local ladder.
+        """
+        from templ_pipeline.core.dask_backend import SESSIONS, DaskFailure, scheduler_address
+
+        address = scheduler_address(scheduler)
+        if address is None and (in_daemon or self.grant.granted < 1):
+            return  # no LocalCluster here: the daemon/no-headroom fallback names the reason
+        try:
+            self._dask, reused = SESSIONS.acquire(address, self.grant.granted)
+        except DaskFailure as failure:
+            cause = "none" if failure.reason == "scheduler_unreachable" else classify_failure(failure.error)
+            self._record_fallback("dask", self.rung.kind, failure.reason, cause, str(failure.error), failure.error)
+            return
+        workers = max(1, self._dask.nthreads())
+        self._rungs.insert(0, Rung("dask", workers))
+        telemetry.record_executor_created("dask", workers, self.task_type, reused=reused)
+
+    def _run_on_dask(self, pending: dict[int, BatchTask]) -> Iterator[BatchResult]:
+        """Run ``pending`` on the Dask cluster; finished batches leave ``pending`` as they are yielded."""
+        from templ_pipeline.core.dask_backend import SESSIONS, DaskFailure
+
+        observe_thread_limits(f"before {len(pending)} batches on dask")
+        try:
+            for result in self._dask.run([pending[index] for index in sorted(pending)], self._fn, self._resubmitted):
+                yield self._arrived("dask", pending.pop(result.index), result)
+        except DaskFailure as failure:
+            if failure.reason == "scheduler_unreachable":
+                SESSIONS.discard(self._dask)
+            raise PoolFailure(failure.reason, failure.error) from failure.error
+
+    def _resubmitted(self, index: int, reason: str, worker: str) -> None:
+        self.resubmissions.append({"index": index, "reason": reason, "worker": worker})
+        telemetry.record_batch_resubmission("dask", index, reason, worker)
 
     def _run_here(self, task: BatchTask) -> BatchResult:
         """One batch in this thread, inside its own ``select_best.batch`` span."""
@@ -229,7 +284,8 @@ class MonitoredExecutor:
                     index = futures.pop(future)
                     result = future.result()
                     yield self._arrived(rung.kind, pending.pop(index), result)
-        except (BrokenExecutor, OSError, RuntimeError) as error:
+        except (BrokenExecutor, OSError, RuntimeError, EOFError) as error:
+            # EOFError: with TEMPL_MP_START_METHOD=forkserver, a fork server that could not fork exits
             self._registry.discard(rung.kind, pool)
             if isinstance(error, BrokenExecutor):
                 telemetry.record_pool_restart(rung.kind, "broken_pool", str(error), error=error)
@@ -241,7 +297,8 @@ class MonitoredExecutor:
 
     def _step_down(self, rung: Rung, failure: PoolFailure) -> None:
         self._position += 1
-        cause = "none" if failure.reason == "broken_pool" else classify_failure(failure.error)
+        no_cause = failure.reason in ("broken_pool", "scheduler_unreachable")
+        cause = "none" if no_cause else classify_failure(failure.error)
         self._record_fallback(rung.kind, self.rung.kind, failure.reason, cause, str(failure.error), failure.error)
 
     def _note_kind(self, kind: str) -> None:
@@ -267,11 +324,26 @@ class MonitoredExecutor:
         telemetry.record_fallback(from_kind, to_kind, reason, cause, detail, error=error)
 
 
-def get_executor(n_workers: int, task_type: str = "scoring") -> MonitoredExecutor:
-    """A monitored executor for one call: sized from headroom, with its fallback ladder."""
-    return MonitoredExecutor(n_workers, task_type)
+def get_executor(
+    n_workers: int, task_type: str = "scoring", *, executor: str = "auto", scheduler: str | None = None
+) -> MonitoredExecutor:
+    """A monitored executor for one call: sized from headroom, with its fallback ladder.
+
+    ``executor="dask"`` runs on the Dask scheduler at ``scheduler`` (default
+    ``$DASK_SCHEDULER_ADDRESS``), else on a LocalCluster of the granted size.
+    """
+    if executor not in EXECUTOR_CHOICES:
+        raise ValueError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTOR_CHOICES)}")
+    return MonitoredExecutor(n_workers, task_type, executor=executor, scheduler=scheduler)
 
 
 def shutdown_pools() -> None:
     """Shut down every pool this process started (also done at exit)."""
     POOLS.shutdown_all()
+
+
+def shutdown_dask() -> None:
+    """Close every Dask client and LocalCluster this process opened (also done at exit)."""
+    backend = sys.modules.get("templ_pipeline.core.dask_backend")
+    if backend is not None:
+        backend.SESSIONS.shutdown_all()

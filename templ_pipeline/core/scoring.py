@@ -10,6 +10,7 @@ is computed from double-precision coordinates and ranking breaks ties by conform
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import time
 from collections import Counter
@@ -73,6 +74,7 @@ class SelectionReport:
     executor_kinds: list[str] = field(default_factory=list)
     fallbacks: list[dict[str, str]] = field(default_factory=list)
     reductions: list[dict[str, Any]] = field(default_factory=list)
+    resubmissions: list[dict[str, Any]] = field(default_factory=list)
     duration_seconds: float = 0.0
 
     @property
@@ -143,16 +145,22 @@ def select_best(
     n_workers: int = 1,
     return_all_ranked: bool = False,
     align_metric: str = "combo",
+    *,
+    executor: str = "auto",
+    scheduler: str | None = None,
 ) -> BestPoses | RankedPoses:
     """Best pose per metric (default) or all poses ranked by ``align_metric``.
 
     Returns ``{"shape"|"color"|"combo": (mol, scores)}``, or with
     ``return_all_ranked=True`` a list of ``(conf_id, scores, mol)``, best first.
     With ``no_realign=True`` the poses are the input coordinates, not the aligned
-    ones. Use ``select_best_with_report`` to also get the per-conformer accounting.
+    ones. ``executor="dask"`` scores on the Dask scheduler at ``scheduler`` (default
+    ``$DASK_SCHEDULER_ADDRESS``, else a LocalCluster of ``n_workers``); the results are
+    the same. Use ``select_best_with_report`` to also get the per-conformer accounting.
     """
     selection = select_best_with_report(
-        confs, tpl, no_realign=no_realign, n_workers=n_workers, align_metric=align_metric
+        confs, tpl, no_realign=no_realign, n_workers=n_workers, align_metric=align_metric,
+        executor=executor, scheduler=scheduler,
     )
     return selection.ranked if return_all_ranked else selection.best
 
@@ -165,9 +173,12 @@ def select_best_with_report(
     n_workers: int = 1,
     align_metric: str = "combo",
     on_batch: Callable[[BatchResult], Any] | None = None,
+    executor: str = "auto",
+    scheduler: str | None = None,
 ) -> Selection:
     """``select_best`` with a ``SelectionReport``; ``on_batch`` sees each finished batch."""
     _validate(confs, tpl, align_metric, n_workers)
+    _validate_executor(executor, scheduler)
     started = time.perf_counter()
     conf_ids = [conf.GetId() for conf in confs.GetConformers()]
     report = SelectionReport(n_conformers=len(conf_ids), workers_requested=n_workers)
@@ -181,8 +192,10 @@ def select_best_with_report(
         else:
             template = Chem.Mol(tpl, confId=tpl.GetConformer().GetId())
             template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
-            with _get_executor_for_context(n_workers, task_type="scoring") as executor:
-                batch_size = choose_batch_size(len(conf_ids), executor.workers)
+            # the local ladder is entered as upstream did, so a replaced entry point keeps working
+            dask = {"executor": executor, "scheduler": scheduler} if executor == "dask" else {}
+            with _get_executor_for_context(n_workers, task_type="scoring", **dask) as runner:
+                batch_size = choose_batch_size(len(conf_ids), runner.workers)
                 carrier = current_carrier()  # workers time their batch spans under this call's trace
                 tasks = [
                     BatchTask(index, template, template_key, _batch_query(base, confs, chunk), tuple(chunk), carrier)
@@ -190,16 +203,17 @@ def select_best_with_report(
                 ]
                 report.batch_size = batch_size
                 report.n_batches = len(tasks)
-                report.workers_granted = executor.workers
-                for result in executor.run(tasks):
+                report.workers_granted = runner.workers
+                for result in runner.run(tasks):
                     for item in result.scored:
                         scored[item.conf_id] = item
                     report.failures.extend(result.failed)
                     if on_batch is not None:
                         on_batch(result)
-                report.executor_kinds = executor.kinds_used
-                report.fallbacks = executor.fallbacks
-                report.reductions = executor.reductions
+                report.executor_kinds = runner.kinds_used
+                report.fallbacks = runner.fallbacks
+                report.reductions = runner.reductions
+                report.resubmissions = runner.resubmissions
         call.workers_granted = report.workers_granted
         call.executor_kind = report.executor_kinds[-1] if report.executor_kinds else None
         call.scored = len(scored)
@@ -212,11 +226,24 @@ def select_best_with_report(
     return Selection(ordered=ordered, report=report, query=confs, no_realign=no_realign)
 
 
-def _get_executor_for_context(n_workers: int, task_type: str = "scoring"):
+def _get_executor_for_context(
+    n_workers: int, task_type: str = "scoring", executor: str = "auto", scheduler: str | None = None
+):
     """Entry point kept from upstream: a monitored executor for ``n_workers`` workers."""
     from templ_pipeline.core.executor import get_executor
 
-    return get_executor(n_workers, task_type=task_type)
+    return get_executor(n_workers, task_type=task_type, executor=executor, scheduler=scheduler)
+
+
+def _validate_executor(executor: str, scheduler: str | None) -> None:
+    from templ_pipeline.core.executor import EXECUTOR_CHOICES
+
+    if executor not in EXECUTOR_CHOICES:
+        raise ValueError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTOR_CHOICES)}")
+    if scheduler is not None and executor != "dask":
+        raise ValueError(f"a scheduler ({scheduler!r}) needs executor='dask', not {executor!r}")
+    if executor == "dask" and importlib.util.find_spec("distributed") is None:
+        raise ValueError("executor='dask' needs Dask: pip install 'templ-pipeline[dask]'")
 
 
 def _validate(confs: Any, tpl: Any, align_metric: str, n_workers: int) -> None:
