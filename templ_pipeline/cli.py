@@ -5,12 +5,14 @@ Exit codes: 0 done, 2 bad input (one line naming the file or argument), 1 anythi
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rdkit import Chem
@@ -170,6 +172,40 @@ def _telemetry(
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
 
 
+_TELEMETRY_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "metrics_addr": (MetricsAddr, None),
+    "no_metrics_server": (NoMetricsServer, False),
+    "metrics_textfile": (MetricsTextfile, None),
+    "pushgateway": (Pushgateway, None),
+    "hold_metrics": (HoldMetrics, 0.0),
+    "traces_file": (TracesFile, None),
+    "log_format": (LogFormat, "auto"),
+    "log_file": (LogFile, None),
+    "log_level": (LogLevel, None),
+}
+
+
+def with_telemetry(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the telemetry options; it receives the run's ``TelemetrySession`` as ``session``.
+
+    The options are declared once (``_TELEMETRY_OPTIONS``) and appended to the
+    command's signature, which is what typer reads to build the CLI.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [param for name, param in signature.parameters.items() if name != "session"]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+             for name, (annotation, default) in _TELEMETRY_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        options = {name: kwargs.pop(name) for name in _TELEMETRY_OPTIONS}
+        command(session=_telemetry(**options), **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own + extra)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {param.name: param.annotation for param in own + extra}
+    return wrapper
+
+
 @contextmanager
 def _observed(session: TelemetrySession) -> Iterator[TelemetrySession]:
     """Run inside ``session``; say where the metrics are."""
@@ -218,6 +254,7 @@ SchedulerOption = Annotated[str | None, typer.Option(
 
 
 @app.command("select-best")
+@with_telemetry
 def select_best_command(
     template: Annotated[Path, typer.Option("--template", "-t", help="SDF with the template ligand's 3D pose.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="SDF to write the chosen pose(s) to.")],
@@ -232,15 +269,7 @@ def select_best_command(
     seed: Annotated[int, typer.Option("--seed", help="Random seed for conformer generation.")] = 42,
     executor: ExecutorOption = "auto",
     scheduler: SchedulerOption = None,
-    metrics_addr: MetricsAddr = None,
-    no_metrics_server: NoMetricsServer = False,
-    metrics_textfile: MetricsTextfile = None,
-    pushgateway: Pushgateway = None,
-    hold_metrics: HoldMetrics = 0.0,
-    traces_file: TracesFile = None,
-    log_format: LogFormat = "auto",
-    log_file: LogFile = None,
-    log_level: LogLevel = None,
+    session: TelemetrySession | None = None,
 ) -> None:
     """Score conformers of a query ligand against a template and write the best pose(s)."""
     if (query is None) == (conformers is None):
@@ -248,7 +277,6 @@ def select_best_command(
     if scheduler is not None and executor != "dask":
         raise typer.BadParameter("--scheduler needs --executor dask", param_hint="'--scheduler'")
     workers = workers or _default_workers()
-    session = _telemetry(metrics_addr, no_metrics_server, metrics_textfile, pushgateway, hold_metrics, traces_file, log_format, log_file, log_level)
     try:
         check_output_path(output)
         tpl = read_template(template)
@@ -263,6 +291,7 @@ def select_best_command(
 
 
 @app.command()
+@with_telemetry
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="SDF to write the best pose to.")] = Path(
         "templ_demo_poses.sdf"
@@ -271,15 +300,7 @@ def demo(
     num_conformers: Annotated[int, typer.Option("--num-conformers", "-n", min=1)] = 100,
     workers: WorkersOption = None,
     metric: Annotated[str, typer.Option("--metric", callback=_check_metric)] = "combo",
-    metrics_addr: MetricsAddr = None,
-    no_metrics_server: NoMetricsServer = False,
-    metrics_textfile: MetricsTextfile = None,
-    pushgateway: Pushgateway = None,
-    hold_metrics: HoldMetrics = 0.0,
-    traces_file: TracesFile = None,
-    log_format: LogFormat = "auto",
-    log_file: LogFile = None,
-    log_level: LogLevel = None,
+    session: TelemetrySession | None = None,
 ) -> None:
     """Run pose selection on a bundled template/query pair."""
     pairs = {pair.name: pair for pair in examples()}
@@ -287,7 +308,6 @@ def demo(
         raise typer.BadParameter(f"{example!r}: choose one of {', '.join(pairs)}", param_hint="'--example'")
     pair = pairs[example]
     workers = workers or _default_workers()
-    session = _telemetry(metrics_addr, no_metrics_server, metrics_textfile, pushgateway, hold_metrics, traces_file, log_format, log_file, log_level)
     stdout.print(f"demo {pair.name}: query {pair.query_smiles}, {num_conformers} conformers", highlight=False)
     try:
         check_output_path(output)
@@ -299,19 +319,12 @@ def demo(
 
 
 @app.command()
+@with_telemetry
 def stress(
     duration: Annotated[float, typer.Option("--duration", min=1, max=3600,
                                             help="Seconds of load; the command stops by itself.")] = 60.0,
     workers: WorkersOption = None,
-    metrics_addr: MetricsAddr = None,
-    no_metrics_server: NoMetricsServer = False,
-    metrics_textfile: MetricsTextfile = None,
-    pushgateway: Pushgateway = None,
-    hold_metrics: HoldMetrics = 0.0,
-    traces_file: TracesFile = None,
-    log_format: LogFormat = "auto",
-    log_file: LogFile = None,
-    log_level: LogLevel = None,
+    session: TelemetrySession | None = None,
 ) -> None:
     """Drive the executor into worker reductions and fallbacks for a while, so dashboards light up."""
     from templ_pipeline import stress as stress_module
@@ -319,8 +332,6 @@ def stress(
     workers = workers or max(4, _default_workers())
     if workers < 2:
         raise typer.BadParameter("stress needs at least 2 workers to have something to reduce", param_hint="'--workers'")
-    session = _telemetry(metrics_addr, no_metrics_server, metrics_textfile, pushgateway, hold_metrics, traces_file,
-                         log_format, log_file, log_level)
     with _observed(session):
         summary = stress_module.run(duration, workers, log=lambda message: stderr.print(message, highlight=False))
     stdout.print_json(data=summary)
