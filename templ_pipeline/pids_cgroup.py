@@ -53,7 +53,7 @@ def find_hierarchy() -> Hierarchy:
     raise CgroupUnavailable("no pids cgroup hierarchy is mounted (cgroup v1 pids, or v2 with pids)")
 
 
-def _enable_pids(hierarchy: Hierarchy) -> None:
+def enable_pids(hierarchy: Hierarchy) -> None:
     """cgroup v2: children of the mount get the pids controller only when it is in subtree_control."""
     control = hierarchy.mount / "cgroup.subtree_control"
     if hierarchy.version == 2 and "pids" not in control.read_text().split():
@@ -91,7 +91,7 @@ def tight_pids_cgroup(hierarchy: Hierarchy, headroom: int) -> Iterator[Path]:
 
     Always moves the process back to its own cgroup and removes the child, even on error.
     """
-    _enable_pids(hierarchy)
+    enable_pids(hierarchy)
     child = hierarchy.mount / f"{PREFIX}{os.getpid()}-{uuid4().hex[:8]}"
     try:
         child.mkdir()

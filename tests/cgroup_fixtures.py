@@ -16,6 +16,8 @@ from uuid import uuid4
 
 import pytest
 
+from templ_pipeline.pids_cgroup import CgroupUnavailable, enable_pids, find_hierarchy
+
 
 @dataclass
 class PidsCgroup:
@@ -42,27 +44,6 @@ class PidsCgroup:
         return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.procs_file), *argv]
 
 
-def find_pids_hierarchy() -> tuple[Path, int] | str:
-    """(mount point, cgroup version) of a writable pids hierarchy, or why there is none."""
-    if os.geteuid() != 0:
-        return "creating a pids cgroup needs root"
-    with open("/proc/self/mountinfo") as f:
-        lines = f.read().splitlines()
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        mount_point, tail = Path(left.split()[4]), right.split()
-        if tail[0] == "cgroup" and "pids" in tail[2].split(","):
-            version = 1
-        elif tail[0] == "cgroup2" and "pids" in (mount_point / "cgroup.controllers").read_text():
-            version = 2
-        else:
-            continue
-        if os.access(mount_point, os.W_OK):
-            return mount_point, version
-        return f"pids hierarchy at {mount_point} is not writable (read-only cgroupfs)"
-    return "no pids cgroup hierarchy is mounted (cgroup v1 pids or cgroup v2 with pids)"
-
-
 def _destroy(path: Path, timeout: float = 10.0) -> None:
     """Kill whatever is left in the cgroup, then remove it (only it: nothing else is moved)."""
     deadline = time.monotonic() + timeout
@@ -84,20 +65,14 @@ def _destroy(path: Path, timeout: float = 10.0) -> None:
 @pytest.fixture
 def child_pids_cgroup() -> Iterator[PidsCgroup]:
     """A fresh child pids cgroup with ``pids.max`` = max; skipped where the machine has none."""
-    found = find_pids_hierarchy()
-    if isinstance(found, str):
-        pytest.skip(found)
-    mount, version = found
-    if version == 2:
-        control = mount / "cgroup.subtree_control"
-        if "pids" not in control.read_text().split():
-            try:
-                control.write_text("+pids\n")
-            except OSError as exc:  # e.g. the "no internal processes" rule of a non-root cgroup
-                pytest.skip(f"cannot enable the pids controller in {control}: {exc}")
-    path = mount / f"templ-test-{os.getpid()}-{uuid4().hex[:8]}"
+    try:
+        hierarchy = find_hierarchy()
+        enable_pids(hierarchy)
+    except CgroupUnavailable as exc:
+        pytest.skip(str(exc))
+    path = hierarchy.mount / f"templ-test-{os.getpid()}-{uuid4().hex[:8]}"
     path.mkdir()
     try:
-        yield PidsCgroup(path, version)
+        yield PidsCgroup(path, hierarchy.version)
     finally:
         _destroy(path)
