@@ -169,3 +169,31 @@ def test_daemon_process_runs_sequentially_with_reason(query_confs, template):
     assert [(f["from_kind"], f["to_kind"], f["reason"]) for f in fallbacks] == [
         ("process", "sequential", "daemon_process")
     ]
+
+
+def test_concurrent_calls_with_different_worker_counts_share_pools_safely(query_confs, template):
+    """A call that needs another pool size must not shut down the pool another call is using."""
+    import threading
+
+    reference = _signature(select_best_with_report(query_confs, template, n_workers=1))
+    results, errors = [], []
+
+    def call(workers: int) -> None:
+        try:
+            for _ in range(6):
+                results.append((_signature(select_best_with_report(query_confs, template, n_workers=workers)),
+                                workers))
+        except Exception as exc:  # collected: the assertion below names it
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=call, args=(workers,)) for workers in (2, 3, 2, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    assert len(results) == 24
+    assert all(signature == reference for signature, _ in results)
+    threads_before = _os_threads()
+    select_best_with_report(query_confs, template, n_workers=2)  # retired pools are gone once released
+    assert _os_threads() <= threads_before

@@ -17,7 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, CancelledError, Executor, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +130,7 @@ def classify_failure(error: BaseException) -> str:
 
 
 def _start_failure_reason(kind: str, error: BaseException) -> str:
-    if isinstance(error, BrokenExecutor):
+    if isinstance(error, (BrokenExecutor, CancelledError)):
         return "broken_pool"
     if "can't start new thread" in str(error) or kind == "thread":
         return "thread_start_failed"
@@ -266,13 +266,20 @@ class MonitoredExecutor:
         return result
 
     def _run_on_pool(self, rung: Rung, pending: dict[int, BatchTask]) -> Iterator[BatchResult]:
-        """Run ``pending`` on a pool; finished batches leave ``pending`` as they are yielded."""
-        futures: dict[Future, int] = {}
+        """Run ``pending`` on a leased pool; finished batches leave ``pending`` as they are yielded."""
         try:
             pool, reused = self._registry.acquire(rung.kind, rung.workers)
         except (OSError, RuntimeError) as error:
             raise PoolFailure(_start_failure_reason(rung.kind, error), error) from error
         telemetry.record_executor_created(rung.kind, rung.workers, self.task_type, reused=reused)
+        try:
+            yield from self._submit_and_collect(rung, pool, pending)
+        finally:
+            self._registry.release(pool)
+
+    def _submit_and_collect(self, rung: Rung, pool: Executor, pending: dict[int, BatchTask]) -> Iterator[BatchResult]:
+        """Submit every pending batch, yield results as they come; on failure keep the finished ones."""
+        futures: dict[Future, int] = {}
         try:
             observe_thread_limits(f"before {len(pending)} batches on {rung.workers} {rung.kind} workers")
             with worker_environment():
@@ -284,8 +291,9 @@ class MonitoredExecutor:
                     index = futures.pop(future)
                     result = future.result()
                     yield self._arrived(rung.kind, pending.pop(index), result)
-        except (BrokenExecutor, OSError, RuntimeError, EOFError) as error:
-            # EOFError: with TEMPL_MP_START_METHOD=forkserver, a fork server that could not fork exits
+        except (BrokenExecutor, CancelledError, OSError, RuntimeError, EOFError) as error:
+            # EOFError: with TEMPL_MP_START_METHOD=forkserver, a fork server that could not fork exits;
+            # CancelledError: a concurrent call found this shared pool broken and discarded it
             self._registry.discard(rung.kind, pool)
             if isinstance(error, BrokenExecutor):
                 telemetry.record_pool_restart(rung.kind, "broken_pool", str(error), error=error)

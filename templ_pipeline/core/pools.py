@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 # Native thread pools that numeric libraries start at import, one thread per CPU
 # by default: on a 64-core node every process worker would cost 64 tasks more.
@@ -91,62 +92,108 @@ def is_broken(pool: Executor) -> bool:
                 or getattr(pool, "_shutdown", False))
 
 
+@dataclass(eq=False)
+class _Entry:
+    """A pool, its size, and how many calls are using it right now."""
+
+    kind: str
+    workers: int
+    pool: Executor
+    users: int = 0
+    retired: bool = False  # replaced by a pool of another size; shut down when its last user leaves
+
+
 class PoolRegistry:
-    """The live pools of this process, one per executor kind."""
+    """The live pools of this process, one current pool per executor kind.
+
+    Calls lease a pool (``acquire``) and give it back (``release``). A call that
+    needs another size gets a new pool; the old one keeps serving the calls that
+    still use it and is shut down when the last of them releases it, so concurrent
+    calls with different worker counts never pull a pool from under each other.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pools: dict[str, tuple[int, Executor]] = {}
+        self._current: dict[str, _Entry] = {}
+        self._leased: dict[int, _Entry] = {}  # id(pool) -> entry, for pools with users
         self._pid = os.getpid()
 
     def acquire(self, kind: str, workers: int) -> tuple[Executor, bool]:
-        """A pool of ``kind`` with ``workers`` workers, and whether it was reused."""
+        """Lease a pool of ``kind`` with ``workers`` workers; say whether it was reused."""
+        idle: _Entry | None = None
         with self._lock:
             self._forget_if_forked()
-            current = self._pools.get(kind)
-            if current is not None:
-                size, pool = current
-                if size == workers and not is_broken(pool):
-                    return pool, True
-                pool.shutdown(wait=True, cancel_futures=True)
-                del self._pools[kind]
-            pool = _new_pool(kind, workers)
-            self._pools[kind] = (workers, pool)
-            return pool, False
+            entry = self._current.get(kind)
+            reused = entry is not None and entry.workers == workers and not is_broken(entry.pool)
+            if not reused:
+                if entry is not None:
+                    entry.retired = True
+                    idle = entry if entry.users == 0 else None
+                entry = _Entry(kind, workers, _new_pool(kind, workers))
+                self._current[kind] = entry
+            entry.users += 1
+            self._leased[id(entry.pool)] = entry
+        if idle is not None:
+            _shutdown(idle.pool)
+        return entry.pool, reused
+
+    def release(self, pool: Executor) -> None:
+        """Give a leased pool back; a retired pool is shut down with its last user."""
+        with self._lock:
+            entry = self._leased.get(id(pool))
+            if entry is None:
+                return
+            entry.users -= 1
+            if entry.users > 0:
+                return
+            del self._leased[id(pool)]
+            if not entry.retired:
+                return
+        _shutdown(pool)
 
     def discard(self, kind: str, pool: Executor) -> None:
-        """Shut ``pool`` down and forget it; results already finished stay readable.
-
-        A process pool whose start failed half-way (one worker forked, the next
-        refused) has no manager thread to stop its workers: they are ended here.
-        """
+        """Shut a failed ``pool`` down now and forget it; results already finished stay readable."""
         with self._lock:
-            current = self._pools.get(kind)
-            if current is not None and current[1] is pool:
-                del self._pools[kind]
-        started = list((getattr(pool, "_processes", None) or {}).values())
-        try:
-            pool.shutdown(wait=True, cancel_futures=True)
-        except RuntimeError:  # its manager thread was never started: nothing to wait for
-            pool.shutdown(wait=False, cancel_futures=True)
-        for process in started:
-            if process.is_alive():
-                process.kill()
-            process.join(timeout=5)
+            entry = self._current.get(kind)
+            if entry is not None and entry.pool is pool:
+                del self._current[kind]
+            leased = self._leased.get(id(pool))
+            if leased is not None:
+                leased.retired = True
+        _shutdown(pool)
 
     def shutdown_all(self) -> None:
         """Shut every pool down, waiting for its workers to exit."""
         with self._lock:
-            pools = [pool for _, pool in self._pools.values()]
-            self._pools.clear()
-        for pool in pools:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pools = {id(e.pool): e.pool for e in (*self._current.values(), *self._leased.values())}
+            self._current.clear()
+            self._leased.clear()
+        for pool in pools.values():
+            _shutdown(pool)
 
     def _forget_if_forked(self) -> None:
         # A forked child inherits the parent's pool objects but not their workers.
         if os.getpid() != self._pid:
-            self._pools.clear()
+            self._current.clear()
+            self._leased.clear()
             self._pid = os.getpid()
+
+
+def _shutdown(pool: Executor) -> None:
+    """Shut ``pool`` down, waiting for its workers.
+
+    A process pool whose start failed half-way (one worker started, the next
+    refused) may have no manager thread to stop its workers: they are ended here.
+    """
+    started = list((getattr(pool, "_processes", None) or {}).values())
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    except RuntimeError:  # its manager thread was never started: nothing to wait for
+        pool.shutdown(wait=False, cancel_futures=True)
+    for process in started:
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=5)
 
 
 POOLS = PoolRegistry()
