@@ -85,6 +85,24 @@ def _exemplar(ids: tuple[str, str] | None) -> dict[str, str] | None:
 # ---------------------------------------------------------------------------
 # Executor events
 # ---------------------------------------------------------------------------
+def _announce(
+    event: str, attributes: dict[str, Any], fields: dict[str, Any], *, level: str = "warning",
+    error: BaseException | None = None, exception_attributes: dict[str, Any] | None = None,
+) -> tuple[str, str] | None:
+    """Span event ``event`` (and ``error``) on the current span, and the log line; returns the span's ids."""
+    span = trace.get_current_span()
+    ids = _ids(span)
+    if ids is not None:
+        span.add_event(event, attributes)
+        if error is not None:
+            span.record_exception(error, attributes=exception_attributes)
+    if error is not None:
+        fields["error_type"] = type(error).__name__
+        fields["error"] = str(error)
+    getattr(_executor_log, level)(event, **_add_ids(fields, ids))
+    return ids
+
+
 def record_workers(task_type: str, requested: int, granted: int) -> None:
     """Set ``templ_executor_workers_requested/granted{task_type}`` (no reduction event)."""
     if not state.enabled:
@@ -110,28 +128,19 @@ def record_worker_reduction(
     m = get_metrics()
     m.workers_requested.labels(task_type=tt).set(requested)
     m.workers_granted.labels(task_type=tt).set(granted)
+    attrs: dict[str, Any] = {
+        c.ATTR_TASK_TYPE: tt,
+        c.ATTR_WORKERS_REQUESTED: requested,
+        c.ATTR_WORKERS_GRANTED: granted,
+        c.ATTR_REASON: rs,
+        c.ATTR_DETAIL: detail,
+    }
+    if headroom is not None:
+        attrs[c.ATTR_HEADROOM] = headroom
+    _announce(c.EVENT_WORKERS_REDUCED, attrs, {
+        "task_type": tt, "requested": requested, "granted": granted, "reason": rs, "detail": detail,
+        "headroom": headroom, **fields})
     m.worker_reductions.labels(task_type=tt, reason=rs).inc()
-    span = trace.get_current_span()
-    ids = _ids(span)
-    if ids is not None:
-        attrs: dict[str, Any] = {
-            c.ATTR_TASK_TYPE: tt,
-            c.ATTR_WORKERS_REQUESTED: requested,
-            c.ATTR_WORKERS_GRANTED: granted,
-            c.ATTR_REASON: rs,
-            c.ATTR_DETAIL: detail,
-        }
-        if headroom is not None:
-            attrs[c.ATTR_HEADROOM] = headroom
-        span.add_event(c.EVENT_WORKERS_REDUCED, attrs)
-    _executor_log.warning(
-        c.EVENT_WORKERS_REDUCED,
-        **_add_ids(
-            {"task_type": tt, "requested": requested, "granted": granted, "reason": rs, "detail": detail,
-             "headroom": headroom, **fields},
-            ids,
-        ),
-    )
 
 
 def record_fallback(
@@ -148,23 +157,13 @@ def record_fallback(
     tk = _norm(to_kind, _KINDS, "to_kind", fields)
     rs = _norm(reason, _FALLBACK_REASONS, "reason", fields)
     cs = _norm(cause, _FALLBACK_CAUSES, "cause", fields)
-    span = trace.get_current_span()
-    ids = _ids(span)
-    get_metrics().fallbacks.labels(from_kind=fk, to_kind=tk, reason=rs, cause=cs).inc(exemplar=_exemplar(ids))
-    if ids is not None:
-        span.add_event(
-            c.EVENT_FALLBACK,
-            {c.ATTR_FROM_KIND: fk, c.ATTR_TO_KIND: tk, c.ATTR_REASON: rs, c.ATTR_CAUSE: cs, c.ATTR_DETAIL: detail},
-        )
-        if error is not None:
-            span.record_exception(error, attributes={c.ATTR_REASON: rs, c.ATTR_CAUSE: cs})
-    if error is not None:
-        fields["error_type"] = type(error).__name__
-        fields["error"] = str(error)
-    _executor_log.warning(
+    ids = _announce(
         c.EVENT_FALLBACK,
-        **_add_ids({"from_kind": fk, "to_kind": tk, "reason": rs, "cause": cs, "detail": detail, **fields}, ids),
+        {c.ATTR_FROM_KIND: fk, c.ATTR_TO_KIND: tk, c.ATTR_REASON: rs, c.ATTR_CAUSE: cs, c.ATTR_DETAIL: detail},
+        {"from_kind": fk, "to_kind": tk, "reason": rs, "cause": cs, "detail": detail, **fields},
+        error=error, exception_attributes={c.ATTR_REASON: rs, c.ATTR_CAUSE: cs},
     )
+    get_metrics().fallbacks.labels(from_kind=fk, to_kind=tk, reason=rs, cause=cs).inc(exemplar=_exemplar(ids))
 
 
 def record_pool_restart(
@@ -177,20 +176,13 @@ def record_pool_restart(
     fields: dict[str, Any] = {}
     kind = _norm(executor_kind, _KINDS, "executor_kind", fields)
     rs = _norm(reason, _FALLBACK_REASONS, "reason", fields)
-    span = trace.get_current_span()
-    ids = _ids(span)
-    get_metrics().pool_restarts.labels(executor_kind=kind).inc(exemplar=_exemplar(ids))
-    if ids is not None:
-        span.add_event(c.EVENT_POOL_RESTARTED, {c.ATTR_EXECUTOR_KIND: kind, c.ATTR_REASON: rs, c.ATTR_DETAIL: detail})
-        if error is not None:
-            span.record_exception(error)
-    if error is not None:
-        fields["error_type"] = type(error).__name__
-        fields["error"] = str(error)
-    _executor_log.warning(
+    ids = _announce(
         c.EVENT_POOL_RESTARTED,
-        **_add_ids({"executor_kind": kind, "reason": rs, "detail": detail, **fields}, ids),
+        {c.ATTR_EXECUTOR_KIND: kind, c.ATTR_REASON: rs, c.ATTR_DETAIL: detail},
+        {"executor_kind": kind, "reason": rs, "detail": detail, **fields},
+        error=error,
     )
+    get_metrics().pool_restarts.labels(executor_kind=kind).inc(exemplar=_exemplar(ids))
 
 
 def record_batch_resubmission(executor_kind: str, index: int, reason: str, worker: str = "") -> None:
@@ -201,18 +193,12 @@ def record_batch_resubmission(executor_kind: str, index: int, reason: str, worke
     fields: dict[str, Any] = {}
     kind = _norm(executor_kind, _KINDS, "executor_kind", fields)
     rs = _norm(reason, _RESUBMISSION_REASONS, "reason", fields)
-    span = trace.get_current_span()
-    ids = _ids(span)
-    get_metrics().batch_resubmissions.labels(executor_kind=kind, reason=rs).inc(exemplar=_exemplar(ids))
-    if ids is not None:
-        span.add_event(
-            c.EVENT_BATCH_RESUBMITTED,
-            {c.ATTR_EXECUTOR_KIND: kind, c.ATTR_BATCH_INDEX: index, c.ATTR_REASON: rs, c.ATTR_WORKER: worker},
-        )
-    _executor_log.warning(
+    ids = _announce(
         c.EVENT_BATCH_RESUBMITTED,
-        **_add_ids({"executor_kind": kind, "index": index, "reason": rs, "worker": worker, **fields}, ids),
+        {c.ATTR_EXECUTOR_KIND: kind, c.ATTR_BATCH_INDEX: index, c.ATTR_REASON: rs, c.ATTR_WORKER: worker},
+        {"executor_kind": kind, "index": index, "reason": rs, "worker": worker, **fields},
     )
+    get_metrics().batch_resubmissions.labels(executor_kind=kind, reason=rs).inc(exemplar=_exemplar(ids))
 
 
 def record_executor_created(kind: str, workers: int, task_type: str, reused: bool) -> None:
@@ -222,16 +208,11 @@ def record_executor_created(kind: str, workers: int, task_type: str, reused: boo
     fields: dict[str, Any] = {}
     k = _norm(kind, _KINDS, "kind", fields)
     tt = _norm(task_type, _TASK_TYPES, "task_type", fields)
-    span = trace.get_current_span()
-    ids = _ids(span)
-    if ids is not None:
-        span.add_event(
-            c.EVENT_EXECUTOR_CREATED,
-            {c.ATTR_EXECUTOR_KIND: k, c.ATTR_WORKERS: workers, c.ATTR_TASK_TYPE: tt, c.ATTR_REUSED: reused},
-        )
-    _executor_log.info(
+    _announce(
         c.EVENT_EXECUTOR_CREATED,
-        **_add_ids({"kind": k, "workers": workers, "task_type": tt, "reused": reused, **fields}, ids),
+        {c.ATTR_EXECUTOR_KIND: k, c.ATTR_WORKERS: workers, c.ATTR_TASK_TYPE: tt, c.ATTR_REUSED: reused},
+        {"kind": k, "workers": workers, "task_type": tt, "reused": reused, **fields},
+        level="info",
     )
 
 
