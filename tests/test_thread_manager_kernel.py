@@ -35,8 +35,10 @@ _THREADS = "import re; print(re.search(r'Threads:\\s+(\\d+)', open('/proc/self/s
 def run_python(code: str, argv_prefix: list[str] | None = None, **kwargs) -> dict:
     """Run ``python -c code`` (optionally behind ``argv_prefix``) and parse its last stdout line."""
     argv = [sys.executable, "-c", code]
+    env = dict(kwargs.pop("env", os.environ))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path(__file__).parent), env.get("PYTHONPATH"))))
     proc = subprocess.run(argv if argv_prefix is None else argv_prefix(argv), cwd=REPO, text=True,
-                          capture_output=True, timeout=60, **kwargs)
+                          capture_output=True, timeout=60, env=env, **kwargs)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.splitlines()[-1])
 
@@ -122,7 +124,6 @@ from rdkit.Chem import AllChem  # what a scoring worker imports (numpy: OpenBLAS
 from templ_pipeline.core.thread_manager import get_safe_worker_count, get_thread_manager
 from templ_pipeline.core.limits.worker_cost import worker_cost
 from templ_pipeline.core.pools import pool_context, worker_environment
-import sys; sys.path.insert(0, "{tests}")
 import grant_probe
 
 PIDS = "{pids}"
@@ -158,7 +159,7 @@ print(json.dumps(out))
 def test_grants_fit_a_small_pids_cgroup_and_start(child_pids_cgroup: PidsCgroup):
     base = fresh_tasks("from rdkit.Chem import AllChem")
     child_pids_cgroup.set_max(base + 8)
-    out = run_python(GRANT_SCRIPT.format(pids=child_pids_cgroup.path, tests=Path(__file__).parent), child_pids_cgroup.wrap)
+    out = run_python(GRANT_SCRIPT.format(pids=child_pids_cgroup.path), child_pids_cgroup.wrap)
     assert out["binding"] == "pids_cgroup"
     assert out["limit"] == base + 8 and out["headroom"] == out["limit"] - out["used"]
     room = out["headroom"] - RESERVE_TASKS
@@ -172,35 +173,24 @@ def test_grants_fit_a_small_pids_cgroup_and_start(child_pids_cgroup: PidsCgroup)
 
 
 EXHAUST_SCRIPT = r"""
-import json, os, threading
+import json, os
+import grant_probe
 from templ_pipeline.core.thread_manager import (
     classify_start_failure, get_thread_manager, probe_native_thread)
 
 get_thread_manager().snapshot()  # set up before the cgroup is full
-stop = threading.Event()
-started, error = [], None
-while len(started) < 200:
-    thread = threading.Thread(target=stop.wait)
+with grant_probe.idle_threads_until_refused(200) as (started, error):
+    found = classify_start_failure(error)
+    probe = probe_native_thread()
     try:
-        thread.start()
-    except RuntimeError as exc:
-        error = exc
-        break
-    started.append(thread)
-found = classify_start_failure(error)
-probe = probe_native_thread()
-try:
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-    fork = None
-except OSError as exc:
-    fork = classify_start_failure(exc)
-stop.set()
-for thread in started:
-    thread.join()
-print(json.dumps(dict(error=str(error), started=len(started), cause=found.cause,
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        fork = None
+    except OSError as exc:
+        fork = classify_start_failure(exc)
+print(json.dumps(dict(error=str(error), started=started, cause=found.cause,
                       errno=found.errno, detail=found.detail, probe=probe,
                       fork_cause=fork and fork.cause, fork_errno=fork and fork.errno)))
 """
@@ -216,8 +206,9 @@ def test_exhausted_pids_cgroup_is_classified(child_pids_cgroup: PidsCgroup):
 
 
 NPROC_SCRIPT = r"""
-import json, os, resource, threading
+import json, os, resource
 # import everything first: the interpreter lives under /root, which nobody cannot read
+import grant_probe
 import templ_pipeline.doctor as doctor
 from templ_pipeline.core.limits.procfs import count_user_tasks
 from templ_pipeline.core.thread_manager import (
@@ -230,25 +221,9 @@ os.setgid({uid})
 os.setuid({uid})
 report = doctor.build_report()
 grant = get_safe_worker_count(64, "conformers")
-barrier = threading.Barrier(grant.granted + 1)
-workers = [threading.Thread(target=barrier.wait, args=(30,)) for _ in range(grant.granted)]
-for worker in workers:
-    worker.start()
-barrier.wait(30)
-for worker in workers:
-    worker.join()
-stop, started, found = threading.Event(), [], None
-while len(started) < 100:
-    thread = threading.Thread(target=stop.wait)
-    try:
-        thread.start()
-    except RuntimeError as exc:
-        found = classify_start_failure(exc)
-        break
-    started.append(thread)
-stop.set()
-for thread in started:
-    thread.join()
+grant_probe.run_threads_together(grant.granted)
+with grant_probe.idle_threads_until_refused(100) as (started, error):
+    found = error and classify_start_failure(error)
 print(json.dumps(dict(report=report, limit=limit, granted=grant.granted,
                       cause=found and found.cause)))
 """
@@ -271,6 +246,7 @@ def test_rlimit_nproc_binds_for_a_non_root_user():
 
 STACK_SCRIPT = r"""
 import json, resource, threading
+import grant_probe
 from templ_pipeline.core.limits.procfs import parse_status, read_bytes
 from templ_pipeline.core.limits.stack import ARENA_HEAP_RESERVE
 from templ_pipeline.core.thread_manager import (
@@ -289,28 +265,12 @@ def body(barrier):
     locks = [threading.Lock() for _ in range(10)]  # malloc in this thread: maybe a new arena
     barrier.wait(30)
 
-barrier = threading.Barrier(grant.granted + 1)
-workers = [threading.Thread(target=body, args=(barrier,)) for _ in range(grant.granted)]
-for worker in workers:
-    worker.start()
-barrier.wait(30)
-for worker in workers:
-    worker.join()
-stop, started, found = threading.Event(), [], None
-while len(started) < 100:
-    thread = threading.Thread(target=stop.wait)
-    try:
-        thread.start()
-    except RuntimeError as exc:
-        found = classify_start_failure(exc)
-        break
-    started.append(thread)
-stop.set()
-for thread in started:
-    thread.join()
+grant_probe.run_threads_together(grant.granted, body)
+with grant_probe.idle_threads_until_refused(100) as (started, error):
+    found = error and classify_start_failure(error)
 print(json.dumps(dict(binding=snap.binding.name, headroom=snap.binding.headroom,
                       as_fit=snap.stack.as_fit, granted=grant.granted, reason=grant.reason,
-                      scoring=scoring.granted, started=len(started),
+                      scoring=scoring.granted, started=started,
                       cause=found and found.cause, errno=found and found.errno)))
 """
 
