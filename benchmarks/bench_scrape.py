@@ -61,7 +61,7 @@ def run(n_conformers: int = 600, workers: int = 2) -> dict:
                     time.sleep(0.01)  # not up yet, or already gone
         finally:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=30)
     report: dict = {"conformers": n_conformers, "workers": workers, "goal": "p99_ms < 20"}
     for kind, values in samples.items():
         values.sort()

@@ -21,6 +21,8 @@ from typing import Any, Literal
 from telemetry import catalog
 from telemetry.events import (
     BatchStats,
+    ConformerStats,
+    conformers_span,
     SelectBestStats,
     batch_span,
     record_batch,
@@ -46,6 +48,8 @@ from telemetry.tracing import configure_tracing, current_trace_ids, get_tracer, 
 
 __all__ = [
     "BatchStats",
+    "ConformerStats",
+    "conformers_span",
     "SelectBestStats",
     "TemplMetrics",
     "batch_span",

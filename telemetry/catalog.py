@@ -254,6 +254,7 @@ METRICS_BY_NAME: Mapping[str, MetricSpec] = {m.name: m for m in METRICS}
 # ---------------------------------------------------------------------------
 SPAN_SELECT_BEST = "select_best"
 SPAN_BATCH = "select_best.batch"
+SPAN_CONFORMERS = "conformers.generate"
 
 EVENT_WORKERS_REDUCED = "executor.workers_reduced"
 EVENT_FALLBACK = "executor.fallback"
@@ -285,6 +286,8 @@ ATTR_N_CONFORMERS = "templ.select_best.n_conformers"
 ATTR_SCORED = "templ.select_best.scored"
 ATTR_FAILED = "templ.select_best.failed"
 ATTR_OUTCOME = "templ.select_best.outcome"
+ATTR_CONFORMERS_REQUESTED = "templ.conformers.requested"
+ATTR_CONFORMERS_GENERATED = "templ.conformers.generated"
 
 _EXECUTOR_EVENTS = (EVENT_WORKERS_REDUCED, EVENT_FALLBACK, EVENT_EXECUTOR_CREATED, EVENT_POOL_RESTARTED,
                     EVENT_BATCH_RESUBMITTED, "exception")
@@ -302,6 +305,13 @@ SPANS: tuple[SpanSpec, ...] = (
         "One conformer batch scored on the worker pool (child of select_best).",
         (ATTR_BATCH_INDEX, ATTR_BATCH_SIZE, ATTR_EXECUTOR_KIND, ATTR_BATCH_SCORED, ATTR_BATCH_FAILED,
          ATTR_PROCESS_PID),
+        _EXECUTOR_EVENTS,
+    ),
+    SpanSpec(
+        SPAN_CONFORMERS,
+        "Conformer generation for one query (ETKDG on RDKit's native threads, sized by the thread grant).",
+        (ATTR_CONFORMERS_REQUESTED, ATTR_CONFORMERS_GENERATED, ATTR_WORKERS_REQUESTED, ATTR_WORKERS_GRANTED,
+         ATTR_OUTCOME),
         _EXECUTOR_EVENTS,
     ),
 )
@@ -368,6 +378,22 @@ LOG_EVENTS: tuple[LogEventSpec, ...] = (
         "An exception escaped select_best.",
         ("n_conformers", "workers_requested", "workers_granted", "executor_kind", "scored", "duration_seconds",
          "outcome", "error_type", "error") + _TRACE_FIELDS,
+    ),
+    LogEventSpec(
+        "conformers.done", "info",
+        "Conformer generation for one query finished (threads: the RDKit threads of the attempt that worked).",
+        ("requested", "generated", "threads_requested", "threads", "duration_seconds", "outcome") + _TRACE_FIELDS,
+    ),
+    LogEventSpec(
+        "conformers.embedding_inline", "warning",
+        "No thread could start to run the embedding off the main thread; it runs there, and a signal "
+        "takes effect when it returns (logged once per process).",
+        ("error", "note"),
+    ),
+    LogEventSpec(
+        "conformers.failed", "error",
+        "An exception escaped conformer generation.",
+        ("requested", "threads_requested", "duration_seconds", "outcome", "error_type", "error") + _TRACE_FIELDS,
     ),
     LogEventSpec(
         "telemetry.degraded", "warning",

@@ -33,6 +33,8 @@ from telemetry.worker_spans import WorkerSpan
 
 __all__ = [
     "BatchStats",
+    "ConformerStats",
+    "conformers_span",
     "SelectBestStats",
     "batch_span",
     "record_batch",
@@ -47,6 +49,7 @@ __all__ = [
 
 _executor_log = get_logger("templ.executor")
 _select_log = get_logger("templ.select_best")
+_conformers_log = get_logger("templ.conformers")
 
 _TASK_TYPES = c.METRICS_BY_SHORT["worker_reductions"].label_values["task_type"]
 _REDUCTION_REASONS = c.METRICS_BY_SHORT["worker_reductions"].label_values["reason"]
@@ -219,6 +222,17 @@ def record_executor_created(kind: str, workers: int, task_type: str, reused: boo
 # ---------------------------------------------------------------------------
 # Span context managers
 # ---------------------------------------------------------------------------
+def _start_span(name: str, attributes: dict[str, Any]) -> tuple[Span, object, float]:
+    """Start span ``name`` as the current span: (span, context token, perf_counter start)."""
+    span = get_tracer().start_span(name, attributes=attributes)
+    return span, otel_context.attach(trace.set_span_in_context(span)), time.perf_counter()
+
+
+def _end_span(span: Span, token: object) -> None:
+    otel_context.detach(token)
+    span.end()
+
+
 def _record_error(span: Span, exc: BaseException) -> None:
     if span.is_recording():
         span.record_exception(exc)
@@ -239,17 +253,8 @@ class BatchStats:
         self.duration_seconds = 0.0
 
     def __enter__(self) -> BatchStats:
-        span = get_tracer().start_span(
-            c.SPAN_BATCH,
-            attributes={
-                c.ATTR_BATCH_INDEX: self.index,
-                c.ATTR_BATCH_SIZE: self.size,
-                c.ATTR_EXECUTOR_KIND: self.executor_kind,
-            },
-        )
-        self._span = span
-        self._token = otel_context.attach(trace.set_span_in_context(span))
-        self._t0 = time.perf_counter()
+        self._span, self._token, self._t0 = _start_span(c.SPAN_BATCH, {
+            c.ATTR_BATCH_INDEX: self.index, c.ATTR_BATCH_SIZE: self.size, c.ATTR_EXECUTOR_KIND: self.executor_kind})
         return self
 
     def __exit__(
@@ -260,8 +265,7 @@ class BatchStats:
             _finish_batch(self._span, self.index, self.size, self.executor_kind, self.scored, self.failed,
                           self.duration_seconds, exc)
         finally:
-            otel_context.detach(self._token)
-            self._span.end()
+            _end_span(self._span, self._token)
 
 
 def _finish_batch(
@@ -391,13 +395,8 @@ class SelectBestStats:
         return sum(self.failed_by_reason.values())
 
     def __enter__(self) -> SelectBestStats:
-        span = get_tracer().start_span(
-            c.SPAN_SELECT_BEST,
-            attributes={c.ATTR_N_CONFORMERS: self.n_conformers, c.ATTR_WORKERS_REQUESTED: self.workers_requested},
-        )
-        self._span = span
-        self._token = otel_context.attach(trace.set_span_in_context(span))
-        self._t0 = time.perf_counter()
+        self._span, self._token, self._t0 = _start_span(c.SPAN_SELECT_BEST, {
+            c.ATTR_N_CONFORMERS: self.n_conformers, c.ATTR_WORKERS_REQUESTED: self.workers_requested})
         return self
 
     def __exit__(
@@ -446,8 +445,7 @@ class SelectBestStats:
                     **_add_ids({**common, "error_type": type(exc).__name__, "error": str(exc)}, ids),
                 )
         finally:
-            otel_context.detach(self._token)
-            span.end()
+            _end_span(span, self._token)
 
 
 def select_best_span(n_conformers: int, workers_requested: int) -> SelectBestStats:
@@ -464,3 +462,52 @@ def select_best_span(n_conformers: int, workers_requested: int) -> SelectBestSta
         stats.executor_kind, stats.scored, stats.failed_by_reason = None, 0, {}
         return stats  # type: ignore[return-value]
     return SelectBestStats(n_conformers, workers_requested)
+
+
+class ConformerStats:
+    """Yielded by :func:`conformers_span`; set ``generated`` and ``threads`` (the RDKit threads that worked)."""
+
+    __slots__ = ("requested", "threads_requested", "generated", "threads", "_span", "_token", "_t0")
+
+    def __init__(self, requested: int, threads_requested: int) -> None:
+        self.requested = requested
+        self.threads_requested = threads_requested
+        self.generated = 0
+        self.threads = threads_requested
+
+    def __enter__(self) -> ConformerStats:
+        self._span, self._token, self._t0 = _start_span(c.SPAN_CONFORMERS, {
+            c.ATTR_CONFORMERS_REQUESTED: self.requested, c.ATTR_WORKERS_REQUESTED: self.threads_requested})
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        duration = time.perf_counter() - self._t0
+        span = self._span
+        try:
+            outcome = "ok" if exc is None else "error"
+            ids = _ids(span)
+            if ids is not None:
+                span.set_attributes({c.ATTR_CONFORMERS_GENERATED: self.generated,
+                                     c.ATTR_WORKERS_GRANTED: self.threads, c.ATTR_OUTCOME: outcome})
+            common = {"requested": self.requested, "threads_requested": self.threads_requested,
+                      "duration_seconds": duration, "outcome": outcome}
+            if exc is None:
+                _conformers_log.info("conformers.done", **_add_ids(
+                    {**common, "generated": self.generated, "threads": self.threads}, ids))
+            else:
+                _record_error(span, exc)
+                _conformers_log.error("conformers.failed", **_add_ids(
+                    {**common, "error_type": type(exc).__name__, "error": str(exc)}, ids))
+        finally:
+            _end_span(span, self._token)
+
+
+def conformers_span(requested: int, threads_requested: int) -> ConformerStats:
+    """Context manager for the span ``conformers.generate`` of one query; logs ``conformers.done``.
+
+    Its reductions and fallbacks (RDKit threads the grant or the kernel refused) are
+    span events of this span. Kept when telemetry is disabled: one span per query costs nothing.
+    """
+    return ConformerStats(requested, threads_requested)

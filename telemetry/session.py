@@ -121,15 +121,16 @@ class TelemetrySession:
             _log.warning("telemetry.metrics_exposed", address=str(self._address),
                          note="/metrics is reachable from other hosts")
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close(delivered=True)
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        # A signal or Ctrl-C (a BaseException, not an Exception) means leave now: no holding.
+        self.close(delivered=True, hold=exc is None or isinstance(exc, Exception))
 
-    def close(self, delivered: bool) -> None:
+    def close(self, delivered: bool, hold: bool = True) -> None:
         """Flush spans, deliver the final metrics, hold the endpoint if asked, stop it."""
         shutdown_tracing()
         if delivered:
             self._deliver()
-            if self.server is not None and self.options.hold_metrics > 0:
+            if hold and self.server is not None and self.options.hold_metrics > 0:
                 _log.info("telemetry.holding_metrics", url=self.server.url, seconds=self.options.hold_metrics)
                 time.sleep(self.options.hold_metrics)
         if self.server is not None:

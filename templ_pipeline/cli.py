@@ -5,29 +5,51 @@ Exit codes: 0 done, 2 bad input (one line naming the file or argument), 1 anythi
 
 from __future__ import annotations
 
-import functools
-import inspect
-import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated, Any
+from templ_pipeline.parent_threads import limit_parent_pools
 
-import typer
-from rdkit import Chem
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
+limit_parent_pools()  # before numpy is imported (by RDKit below): see templ_pipeline.parent_threads
 
-from templ_pipeline.core.batch import BatchResult
-from templ_pipeline.core.conformers import generate_conformers, molecule_from_smiles
-from templ_pipeline.core.executor import EXECUTOR_CHOICES
-from templ_pipeline.core.scoring import METRICS, Selection, select_best_with_report
-from telemetry.logs import get_logger, get_run_id
-from telemetry.session import TelemetryOptions, TelemetrySession, TelemetrySetupError
-from templ_pipeline.io import InputError, check_output_path, examples, read_conformers, read_template, write_poses
+import functools  # noqa: E402
+import inspect  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Any  # noqa: E402
+
+import typer  # noqa: E402
+from rdkit import Chem  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table  # noqa: E402
+from rich.text import Text  # noqa: E402
+
+from telemetry.logs import get_logger, get_run_id  # noqa: E402
+from telemetry.session import TelemetryOptions, TelemetrySession, TelemetrySetupError  # noqa: E402
+from templ_pipeline.core import native_call  # noqa: E402
+from templ_pipeline.core.batch import BatchResult  # noqa: E402
+from templ_pipeline.core.conformers import generate_conformers, molecule_from_smiles  # noqa: E402
+from templ_pipeline.core.executor import EXECUTOR_CHOICES, shutdown_dask, shutdown_pools  # noqa: E402
+from templ_pipeline.core.scoring import METRICS, Selection, select_best_with_report  # noqa: E402
+from templ_pipeline.interrupts import Interrupted, signals_raise  # noqa: E402
+from templ_pipeline.io import (  # noqa: E402
+    InputError,
+    check_output_path,
+    examples,
+    read_conformers,
+    read_template,
+    write_poses,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -51,6 +73,31 @@ class ConformerRate(ProgressColumn):
         return Text(f"{rate:,.0f} conformers/s", style="progress.data.speed")
 
 
+@dataclass
+class RunProgress:
+    """What the running command has done so far, for the line printed when a signal stops it."""
+
+    stage: str = "starting"
+    conformers_total: int = 0
+    conformers_done: int = 0
+    started: float = 0.0
+
+    def describe(self) -> str:
+        elapsed = time.monotonic() - self.started if self.started else 0.0
+        if self.stage == "scoring":
+            done = f"scored {self.conformers_done} of {self.conformers_total} conformers"
+        else:
+            done = f"stopped while {self.stage}"
+        return f"{done} in {elapsed:.1f} s"
+
+
+PROGRESS = RunProgress()
+
+
+def _stage(stage: str, total: int = 0) -> None:
+    PROGRESS.stage, PROGRESS.conformers_total, PROGRESS.conformers_done = stage, total, 0
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
@@ -58,6 +105,23 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 def _default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _start_progress(progress: Progress) -> None:
+    """Start the display; without a thread for its refresh it is redrawn after each batch instead.
+
+    rich refreshes from a thread of its own. Where the user's other processes have
+    used up the thread budget (a login node) that thread cannot start, and a run
+    that itself needs no thread must not die of it.
+    """
+    try:
+        progress.start()
+    except RuntimeError as error:
+        if "can't start new thread" not in str(error):
+            raise
+        progress.live.auto_refresh = False  # the display is up; only its refresh thread is missing
+        stderr.print(f"warning: no thread for the progress display ({error}); it is redrawn after each batch",
+                     style="yellow", highlight=False)
 
 
 def _run_selection(
@@ -68,16 +132,22 @@ def _run_selection(
         TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), ConformerRate(), TimeElapsedColumn(),
         console=stderr, transient=True, disable=not stderr.is_terminal,
     )
-    with progress:
+    _stage("scoring", confs.GetNumConformers())
+    _start_progress(progress)
+    try:
         task = progress.add_task("scoring", total=confs.GetNumConformers(), conformers=0)
 
         def advance(result: BatchResult) -> None:
             done = len(result.scored) + len(result.failed)
-            conformers = progress.tasks[0].fields["conformers"] + done
-            progress.update(task, advance=done, conformers=conformers)
+            PROGRESS.conformers_done += done
+            progress.update(task, advance=done, conformers=PROGRESS.conformers_done)
+            if not progress.live.auto_refresh:
+                progress.refresh()
 
         return select_best_with_report(confs, template, n_workers=workers, align_metric=metric, on_batch=advance,
                                        executor=executor, scheduler=scheduler)
+    finally:
+        progress.stop()
 
 
 def _poses(selection: Selection, metric: str, all_ranked: bool) -> list[tuple[Chem.Mol, dict]]:
@@ -122,6 +192,7 @@ def _select_and_write(
     executor: str = "auto", scheduler: str | None = None,
 ) -> None:
     selection = _run_selection(confs, template, workers, metric, executor, scheduler)
+    _stage("writing the poses")
     written = write_poses(output, _poses(selection, metric, all_ranked))
     _summary(selection, output, written)
     if selection.report.n_scored == 0:
@@ -284,6 +355,7 @@ def select_best_command(
         query_mol = _parse_query(query) if query is not None else None
         with _observed(session):
             if confs is None:
+                _stage(f"generating {num_conformers} conformers")
                 confs = generate_conformers(query_mol, num_conformers, seed=seed, n_workers=workers)
             _select_and_write(confs, tpl, workers, metric, all_ranked, output, executor, scheduler)
     except InputError as exc:
@@ -312,6 +384,7 @@ def demo(
     try:
         check_output_path(output)
         with _observed(session):
+            _stage(f"generating {num_conformers} conformers")
             confs = generate_conformers(pair.query_smiles, num_conformers, n_workers=workers)
             _select_and_write(confs, pair.template, workers, metric, False, output)
     except InputError as exc:
@@ -351,7 +424,36 @@ def doctor(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns the exit code."""
+    """Console entry point; returns the exit code.
+
+    SIGTERM and SIGINT stop the run cleanly: no new batches, the workers are ended
+    and reaped, nothing half-written, one line saying what was done, and the
+    shell's exit status for the signal (143, 130).
+    """
+    PROGRESS.started = time.monotonic()
+    with signals_raise():
+        try:
+            return _run(argv)
+        except Interrupted as stop:
+            return _stopped(stop)
+
+
+def _stopped(stop: Interrupted) -> int:
+    """End every worker, say what was done, and leave with the signal's exit status."""
+    shutdown_pools(terminate=True)
+    shutdown_dask()
+    stderr.print(f"interrupted by {stop.name}: {PROGRESS.describe()}; no output written", highlight=False,
+                 soft_wrap=True)
+    if native_call.busy():
+        # RDKit is still embedding in a helper thread that cannot be stopped: leave without
+        # running interpreter finalization underneath it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(stop.exit_code)
+    return stop.exit_code
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)
     except typer.Abort:

@@ -169,7 +169,7 @@ def idle_threads() -> Iterator[list[threading.Thread]]:
     finally:
         release.set()
         for thread in threads:
-            thread.join()
+            thread.join(timeout=5)  # each returns as soon as it sees the event
 
 
 def hold(seconds: float) -> None:

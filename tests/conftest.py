@@ -7,6 +7,7 @@ from rdkit import Chem
 
 from templ_pipeline.core.conformers import generate_conformers
 from templ_pipeline.io import examples
+from sdf_files import write_sdf  # isort: skip
 
 QUERY_SMILES = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 
@@ -15,6 +16,12 @@ QUERY_SMILES = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 def template() -> Chem.Mol:
     """A template ligand with one 3D pose (bundled example)."""
     return next(example.template for example in examples() if example.name == "mpro")
+
+
+@pytest.fixture(scope="session")
+def template_sdf(tmp_path_factory, template):
+    """The template ligand written to an SDF file, for runs of the ``templ`` command."""
+    return write_sdf(tmp_path_factory.mktemp("template") / "template.sdf", template)
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,7 @@ def run_threads_together(count: int, body=None) -> None:
         worker.start()
     barrier.wait(30)
     for worker in workers:
-        worker.join()
+        worker.join(60)
 
 
 @contextmanager
@@ -67,4 +67,4 @@ def idle_threads_until_refused(limit: int) -> Iterator[tuple[int, RuntimeError |
     finally:
         stop.set()
         for thread in started:
-            thread.join()
+            thread.join(30)

@@ -113,7 +113,7 @@ def prometheus() -> Iterator[Prometheus]:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-                process.wait()
+                process.wait(timeout=30)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -136,7 +136,7 @@ def _run_stress(prometheus: Prometheus, workdir: Path) -> dict[str, set[str]]:
         finally:
             if job.poll() is None:
                 job.kill()
-            job.wait()
+            job.wait(timeout=60)
     assert job.returncode == 0, _tail(output)
     return seen
 

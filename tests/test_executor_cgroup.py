@@ -98,7 +98,7 @@ def _run_in(cgroup, mode: str, headroom: int) -> dict:
     finally:
         if result.poll() is None:
             result.kill()
-            result.wait()
+            result.wait(timeout=30)
     assert result.returncode == 0, err[-3000:]
     return json.loads(out.strip().splitlines()[-1])
 

@@ -111,7 +111,7 @@ def test_normalize_label_is_always_bounded(value):
 
 
 def test_spans_and_log_events_documented():
-    assert {s.name for s in c.SPANS} == {"select_best", "select_best.batch"}
+    assert {s.name for s in c.SPANS} == {"select_best", "select_best.batch", "conformers.generate"}
     for s in c.SPANS:
         assert s.help.strip()
         # our own attributes are namespaced; the rest are OpenTelemetry semantic conventions

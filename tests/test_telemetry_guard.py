@@ -119,7 +119,7 @@ def test_success_returns_value_and_counts_nothing(fresh):
         assert isinstance(t, threading.Thread) and t.is_alive()
     finally:
         stop.set()
-        t.join()
+        t.join(60)
     assert registry.get_sample_value(
         "templ_telemetry_degraded_total", {"component": "metrics_server", "reason": "thread_start_failed"}) is None
 

@@ -167,7 +167,7 @@ def test_update_thread_gauges_and_live_thread_count(tel):
         assert r.get_sample_value("templ_threads_active") == before + 1
     finally:
         stop.set()
-        t.join()
+        t.join(60)
 
 
 def test_openmetrics_exemplar_carries_batch_trace_id(tel):

@@ -64,7 +64,7 @@ class Run:
     def wait_up(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.proc.communicate()
+            assert self.proc.poll() is None, self.proc.communicate(timeout=30)
             try:
                 if get(self.base + "/healthz", timeout=1)[0] == 200:
                     return
@@ -90,7 +90,7 @@ class Run:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.communicate(timeout=30)
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ def test_default_endpoint_listens_on_loopback_only(tmp_path, template_file):
         pytest.skip(f"port {DEFAULT_PORT} is in use on this machine")
     job = Run(tmp_path, template_file, n=40, hold=3)
     job.proc.kill()
-    job.proc.communicate()
+    job.proc.communicate(timeout=60)
     args = ["demo", "-n", "40", "-o", str(tmp_path / "demo.sdf"), "--hold-metrics", "3"]
     proc = subprocess.Popen([*TEMPL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -245,7 +245,7 @@ def test_default_endpoint_listens_on_loopback_only(tmp_path, template_file):
         assert _listening_addresses(DEFAULT_PORT) == {"0100007F"}  # 127.0.0.1, nothing else
     finally:
         proc.kill()
-        proc.communicate()
+        proc.communicate(timeout=60)
 
 
 def test_port_in_use(tmp_path, template_file):

@@ -58,9 +58,9 @@ def test_snapshot_reads_this_process():
     manager = ThreadResourceManager()
     started = threading.Event()
     stop = threading.Event()
-    thread = threading.Thread(target=lambda: (started.set(), stop.wait()))
+    thread = threading.Thread(target=lambda: (started.set(), stop.wait(60)))
     thread.start()
-    started.wait()
+    started.wait(30)
     try:
         snap = manager.snapshot(fresh=True)
         threads = int(re.search(r"Threads:\s+(\d+)", Path("/proc/self/status").read_text())[1])
@@ -76,7 +76,7 @@ def test_snapshot_reads_this_process():
         assert manager.snapshot(fresh=True) is not snap
     finally:
         stop.set()
-        thread.join()
+        thread.join(30)
 
 
 def test_module_helpers_on_this_machine(caplog):
@@ -131,7 +131,7 @@ PIDS = "{pids}"
 snap = get_thread_manager().snapshot(fresh=True)
 pids = snap.limit("pids_cgroup")
 process = get_safe_worker_count(64, "scoring")
-thread = get_safe_worker_count(64, "conformers")
+thread = get_safe_worker_count(64, "threads", executor_kind="thread")
 out = dict(limit=pids.limit, used=pids.used, headroom=pids.headroom,
            binding=snap.binding.name, cost=worker_cost("process").__repr__(),
            process=process.__repr__(), thread=thread.__repr__(),
@@ -220,7 +220,7 @@ os.setgroups([])
 os.setgid({uid})
 os.setuid({uid})
 report = doctor.build_report()
-grant = get_safe_worker_count(64, "conformers")
+grant = get_safe_worker_count(64, "threads", executor_kind="thread")
 grant_probe.run_threads_together(grant.granted)
 with grant_probe.idle_threads_until_refused(100) as (started, error):
     found = error and classify_start_failure(error)
@@ -258,7 +258,7 @@ vm_size = parse_status(read_bytes("/proc/self/status")).vm_size
 room = {stacks} * per_thread + {heaps} * ARENA_HEAP_RESERVE
 resource.setrlimit(resource.RLIMIT_AS, (vm_size + room, resource.RLIM_INFINITY))
 snap = manager.snapshot(fresh=True)
-grant = get_safe_worker_count(64, "conformers")
+grant = get_safe_worker_count(64, "threads", executor_kind="thread")
 scoring = get_safe_worker_count(2, "scoring")
 
 def body(barrier):

@@ -331,7 +331,9 @@ def test_manager_grants_from_a_small_pids_cgroup(tmp_path):
     leaf = "sys/fs/cgroup/pids/jobs/job42"
     root = make_tree(tmp_path, **{f"{leaf}/pids.max": "12\n", f"{leaf}/pids.current": "4\n"})
     manager = ThreadResourceManager(collector=collector(root))
-    assert manager.get_safe_worker_count(64, "conformers").granted == 12 - 4 - 2
+    assert manager.get_safe_worker_count(64, "threads", executor_kind="thread").granted == 12 - 4 - 2
+    # conformer generation also runs the thread that waits for RDKit's threads
+    assert manager.get_safe_worker_count(64, "conformers").granted == 12 - 4 - 2 - 1
     grant = manager.get_safe_worker_count(64, "scoring", executor_kind="thread")
     assert grant.granted == 6 and grant.reason == "pids_cgroup" and grant.headroom == 8
     assert manager.get_safe_worker_count(3, "conformers").reason is None

@@ -1,11 +1,29 @@
-"""Conformer generation for a query ligand given as SMILES (ETKDGv3)."""
+"""Conformer generation for a query ligand given as SMILES (ETKDGv3), on the threads the limits allow.
+
+RDKit embeds on ``numThreads`` native threads. They count against the same kernel
+limits as any pool, so the thread manager grants them (task type ``conformers``),
+and when RDKit still cannot start its threads (it raises ``RuntimeError('Resource
+temporarily unavailable')``) the embedding is retried with fewer, down to one,
+which starts none. Each step is a reduction or fallback event like the pool's.
+Retrying changes nothing in the result: ETKDG with a fixed seed gives the same
+conformers whatever ``numThreads`` is (checked: 50 conformers at 1 and 2 threads,
+bit-identical coordinates), and every attempt starts from a fresh copy of the molecule.
+"""
 
 from __future__ import annotations
 
 from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 
+import telemetry
+from templ_pipeline.core.executor import Grant, classify_failure, grant_workers, limit_cause, pids_refusals
+from templ_pipeline.core.limits.classify import is_start_refusal
+from templ_pipeline.core.native_call import call_interruptibly
+
 DEFAULT_SEED = 42
+TASK_TYPE = "conformers"
+
+_log = telemetry.get_logger("templ.conformers")
 
 
 def molecule_from_smiles(smiles: str) -> Chem.Mol:
@@ -26,21 +44,74 @@ def generate_conformers(
 ) -> Chem.Mol:
     """Embed ``num_conformers`` conformers with ETKDGv3 and a fixed seed.
 
-    Hydrogens are added for embedding and removed afterwards. RDKit embeds on
-    ``n_workers`` native threads: those count against the same thread limits as
-    any pool, so the caller passes the worker count it was granted.
+    Hydrogens are added for embedding and removed afterwards. ``n_workers`` is the
+    number of RDKit threads asked for; the thread manager may grant fewer, and a
+    refused thread start is retried with fewer. The conformers are the same either way.
     """
     if num_conformers < 1:
         raise ValueError(f"num_conformers must be at least 1, got {num_conformers}")
     mol = molecule_from_smiles(query) if isinstance(query, str) else Chem.Mol(query)
     with_hs = Chem.AddHs(mol)
-    params = AllChem.ETKDGv3()
-    params.randomSeed = seed
-    params.numThreads = max(1, n_workers)
-    conf_ids = list(AllChem.EmbedMultipleConfs(with_hs, numConfs=num_conformers, params=params))
-    if not conf_ids:
-        params.useRandomCoords = True  # large or strained rings: random starts embed where ETKDG alone fails
-        conf_ids = list(AllChem.EmbedMultipleConfs(with_hs, numConfs=num_conformers, params=params))
-    if not conf_ids:
-        raise ValueError(f"could not embed any conformer for {Chem.MolToSmiles(mol)!r}")
-    return Chem.RemoveHs(with_hs)
+    with telemetry.conformers_span(num_conformers, n_workers) as stats:
+        threads = EmbeddingThreads(n_workers)
+        embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=False)
+        if embedded.GetNumConformers() == 0:
+            # large or strained rings: random starts embed where ETKDG alone fails
+            embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=True)
+        stats.generated, stats.threads = embedded.GetNumConformers(), threads.count
+        if embedded.GetNumConformers() == 0:
+            raise ValueError(f"could not embed any conformer for {Chem.MolToSmiles(mol)!r}")
+    return Chem.RemoveHs(embedded)
+
+
+class EmbeddingThreads:
+    """How many RDKit threads the next embedding uses: the grant, then fewer after each refusal."""
+
+    def __init__(self, requested: int) -> None:
+        self.requested = max(1, requested)
+        grant = grant_workers(self.requested, TASK_TYPE, "thread") if self.requested > 1 else Grant(1, 1)
+        self.count = max(1, grant.granted)
+        if grant.granted < self.requested:
+            reason = grant.reason or "unknown"
+            telemetry.record_worker_reduction(TASK_TYPE, self.requested, grant.granted, reason, grant.detail,
+                                              headroom=grant.headroom)
+            if self.count == 1:
+                telemetry.record_fallback("thread", "sequential", "no_headroom", limit_cause(grant.reason),
+                                          grant.detail)
+        else:
+            telemetry.record_workers(TASK_TYPE, self.requested, self.count)
+
+    def step_down(self, error: BaseException, refusals_before: int | None) -> None:
+        """RDKit could not start ``count`` threads: halve them (one starts none), with a fallback event."""
+        fewer = self.count // 2 if self.count >= 4 else 1
+        cause = classify_failure(error, refusals_before)
+        detail = f"RDKit could not start {self.count} embedding threads ({error}); retrying with {fewer}"
+        telemetry.record_fallback("thread", "thread" if fewer > 1 else "sequential", "thread_start_failed",
+                                  cause, detail, error=error)
+        self.count = fewer
+
+
+def embed_conformers(with_hs: Chem.Mol, num_conformers: int, seed: int, threads: EmbeddingThreads,
+           *, random_coords: bool) -> Chem.Mol:
+    """A copy of ``with_hs`` holding the conformers ETKDG embeds, on as many threads as can start."""
+    while True:
+        attempt = Chem.Mol(with_hs)
+        params = AllChem.ETKDGv3()
+        params.randomSeed = seed
+        params.numThreads = threads.count
+        params.useRandomCoords = random_coords
+        before = pids_refusals() if threads.count > 1 else None
+        try:
+            call_interruptibly(lambda: AllChem.EmbedMultipleConfs(attempt, numConfs=num_conformers, params=params),
+                               name="templ-embed", on_inline=_warn_inline)
+            return attempt
+        except (RuntimeError, OSError) as error:
+            if threads.count == 1 or not is_start_refusal(error):
+                raise
+            threads.step_down(error, before)
+
+
+def _warn_inline(error: BaseException) -> None:
+    _log.warning("conformers.embedding_inline", error=str(error),
+                 note="no thread for the embedding: it runs in the main thread, and SIGTERM or Ctrl-C "
+                      "take effect when it returns")

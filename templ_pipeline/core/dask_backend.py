@@ -176,7 +176,7 @@ class DaskSession:
     @staticmethod
     def _result(future) -> BatchResult:
         try:
-            return future.result()
+            return future.result(timeout=CLOSE_TIMEOUT)  # as_completed yielded it: it is done
         except KilledWorker as error:
             raise DaskFailure("broken_pool", error) from error
         except (CancelledError, OSError, TimeoutError) as error:
@@ -187,7 +187,7 @@ class DaskSession:
     @staticmethod
     def _report_losses(listener: queue.SimpleQueue, waiting: dict[str, BatchTask], on_resubmit: OnResubmit) -> None:
         while not listener.empty():
-            message = listener.get()
+            message = listener.get_nowait()
             for field, reason in RESUBMIT_REASONS.items():
                 for key in sorted(map(str, message.get(field, ()))):
                     if key in waiting:

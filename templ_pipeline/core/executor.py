@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, CancelledError, Executor, Future, wait
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 
 import telemetry
 from templ_pipeline.core.batch import BatchResult, BatchTask, score_batch
-from templ_pipeline.core.pools import POOLS, PoolRegistry, worker_environment
+from templ_pipeline.core.pools import POOLS, PoolRegistry, manager_died
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,16 @@ TASK_PROFILES: dict[str, TaskProfile] = {
     "scoring": TaskProfile(threads_help=False),
 }
 
-# Caps used when the thread manager cannot be asked, as the earlier fix did.
+# Caps used when the thread manager cannot be asked: a few workers start almost anywhere.
 CAP_MANAGER_UNAVAILABLE = 4
 CAP_MANAGER_FAILED = 2
+
+HEALTH_CHECK_SECONDS = 0.5
+"""How often the executor looks at a pool's manager thread while it waits for results."""
+
+STALL_SECONDS = 300.0
+"""A pool that finishes no batch for this long is taken as broken (a scoring batch takes
+well under a second; a worker stuck this long is deadlocked, not slow)."""
 
 #: Values of ``executor=`` (``--executor``): the local ladder (auto, process), or Dask on top of it.
 EXECUTOR_CHOICES: tuple[str, ...] = ("auto", "process", "dask")
@@ -119,14 +127,35 @@ def observe_thread_limits(context: str) -> None:
         pass
 
 
-def classify_failure(error: BaseException) -> str:
-    """The limit (or seccomp) that refused a thread or process start, per the manager."""
+def classify_failure(error: BaseException, refusals_before: int | None = None) -> str:
+    """The limit (or seccomp) that refused a thread or process start, per the manager.
+
+    ``refusals_before`` is the pids controller's refusal count read before the attempt
+    (:func:`pids_refusals`): a rise since then names the pids cgroup.
+    """
     try:
         from templ_pipeline.core.thread_manager import classify_start_failure
 
-        return classify_start_failure(error).cause
+        return classify_start_failure(error, refusals_before=refusals_before).cause
     except Exception:
         return "unknown"
+
+
+def pids_refusals() -> int | None:
+    """The pids controller's count of refused forks in this cgroup now (None when unknown)."""
+    try:
+        from templ_pipeline.core.thread_manager import get_thread_manager
+
+        return get_thread_manager().pids_refusals()
+    except Exception:
+        return None
+
+
+def limit_cause(reason: str | None) -> str:
+    """A grant's reason as a fallback cause: the limit that left no room, else "none"."""
+    from templ_pipeline.core.limits.model import LIMIT_NAMES
+
+    return reason if reason in LIMIT_NAMES else "none"
 
 
 def _start_failure_reason(kind: str, error: BaseException) -> str:
@@ -149,11 +178,14 @@ class MonitoredExecutor:
         fn: Callable[[BatchTask], BatchResult] = score_batch,
         executor: str = "auto",
         scheduler: str | None = None,
+        stall_timeout: float = STALL_SECONDS,
     ) -> None:
         self.requested = requested
         self.task_type = task_type
         self._registry = registry
         self._fn = fn
+        self._stall_timeout = stall_timeout
+        self._refusals_before: int | None = None
         profile = TASK_PROFILES.get(task_type, TaskProfile())
         in_daemon = bool(multiprocessing.current_process().daemon)
         self.grant = (
@@ -175,8 +207,10 @@ class MonitoredExecutor:
         if dask:
             self._add_dask_rung(scheduler, in_daemon)
         if (requested > 1 or dask) and self._rungs[0].kind == "sequential" and not self.fallbacks:
-            reason = "daemon_process" if in_daemon and (self.grant.granted >= 2 or dask) else "no_headroom"
-            self._record_fallback("dask" if dask else "process", "sequential", reason, "none", self.grant.detail)
+            daemon_bound = in_daemon and (self.grant.granted >= 2 or dask)
+            reason = "daemon_process" if daemon_bound else "no_headroom"
+            cause = "none" if daemon_bound else limit_cause(self.grant.reason)
+            self._record_fallback("dask" if dask else "process", "sequential", reason, cause, self.grant.detail)
 
     @property
     def rung(self) -> Rung:
@@ -267,6 +301,7 @@ class MonitoredExecutor:
 
     def _run_on_pool(self, rung: Rung, pending: dict[int, BatchTask]) -> Iterator[BatchResult]:
         """Run ``pending`` on a leased pool; finished batches leave ``pending`` as they are yielded."""
+        self._refusals_before = pids_refusals()
         try:
             pool, reused = self._registry.acquire(rung.kind, rung.workers)
         except (OSError, RuntimeError) as error:
@@ -278,18 +313,29 @@ class MonitoredExecutor:
             self._registry.release(pool)
 
     def _submit_and_collect(self, rung: Rung, pool: Executor, pending: dict[int, BatchTask]) -> Iterator[BatchResult]:
-        """Submit every pending batch, yield results as they come; on failure keep the finished ones."""
+        """Submit every pending batch, yield results as they come; on failure keep the finished ones.
+
+        Every wait is bounded: between results the pool's manager thread is checked
+        (a dead one is a broken pool), and a pool that finishes nothing for
+        ``stall_timeout`` seconds is taken as broken too. If the caller abandons the
+        call (an interrupt, or the generator is closed early), the pool holding its
+        queued batches is ended at once.
+        """
         futures: dict[Future, int] = {}
         try:
             observe_thread_limits(f"before {len(pending)} batches on {rung.workers} {rung.kind} workers")
-            with worker_environment():
-                for index in sorted(pending):
-                    futures[pool.submit(self._fn, pending[index])] = index
+            for index in sorted(pending):
+                futures[pool.submit(self._fn, pending[index])] = index
+            last_result = time.monotonic()
             while futures:
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                done, _ = wait(futures, timeout=HEALTH_CHECK_SECONDS, return_when=FIRST_COMPLETED)
+                if not done:
+                    self._check_pool(pool, last_result)
+                    continue
+                last_result = time.monotonic()
                 for future in done:
                     index = futures.pop(future)
-                    result = future.result()
+                    result = future.result(timeout=0)
                     yield self._arrived(rung.kind, pending.pop(index), result)
         except (BrokenExecutor, CancelledError, OSError, RuntimeError, EOFError) as error:
             # EOFError: with TEMPL_MP_START_METHOD=forkserver, a fork server that could not fork exits;
@@ -299,14 +345,27 @@ class MonitoredExecutor:
                 telemetry.record_pool_restart(rung.kind, "broken_pool", str(error), error=error)
             # Batches that finished before the failure are kept, not re-run.
             for future, index in list(futures.items()):
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    yield self._arrived(rung.kind, pending.pop(index), future.result())
+                if future.done() and not future.cancelled() and future.exception(timeout=0) is None:
+                    yield self._arrived(rung.kind, pending.pop(index), future.result(timeout=0))
             raise PoolFailure(_start_failure_reason(rung.kind, error), error) from error
+        except BaseException:
+            if futures:  # abandoned with batches queued: the pool's work is nobody's any more
+                self._registry.discard(rung.kind, pool, terminate=True)
+            raise
+
+    def _check_pool(self, pool: Executor, last_result: float) -> None:
+        """Raise ``BrokenExecutor`` when the pool cannot deliver: its manager died, or it stalled."""
+        if manager_died(pool):
+            raise BrokenExecutor("the pool's executor-manager thread died; its pending batches "
+                                 "would never finish")
+        stalled = time.monotonic() - last_result
+        if stalled > self._stall_timeout:
+            raise BrokenExecutor(f"no batch finished in {stalled:.0f} s (limit {self._stall_timeout:.0f} s)")
 
     def _step_down(self, rung: Rung, failure: PoolFailure) -> None:
         self._position += 1
         no_cause = failure.reason in ("broken_pool", "scheduler_unreachable")
-        cause = "none" if no_cause else classify_failure(failure.error)
+        cause = "none" if no_cause else classify_failure(failure.error, self._refusals_before)
         self._record_fallback(rung.kind, self.rung.kind, failure.reason, cause, str(failure.error), failure.error)
 
     def _note_kind(self, kind: str) -> None:
@@ -345,9 +404,9 @@ def get_executor(
     return MonitoredExecutor(n_workers, task_type, executor=executor, scheduler=scheduler)
 
 
-def shutdown_pools() -> None:
-    """Shut down every pool this process started (also done at exit)."""
-    POOLS.shutdown_all()
+def shutdown_pools(*, terminate: bool = False) -> None:
+    """Shut down every pool this process started (also done at exit); ``terminate`` ends workers at once."""
+    POOLS.shutdown_all(terminate=terminate)
 
 
 def shutdown_dask() -> None:

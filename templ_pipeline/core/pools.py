@@ -1,9 +1,11 @@
-"""Worker pools kept alive across calls, and shut down cleanly at exit.
+"""Worker pools kept alive across calls, started whole, and shut down within a bounded time.
 
 A pool is keyed by its kind and size. Asking again for the same kind and size
 returns the same healthy pool (process start-up costs a few hundred milliseconds,
 so reuse is what makes many small ``select_best`` calls fast); asking for another
-size replaces it. Broken pools are discarded.
+size replaces it. Broken pools are discarded. A process pool is started with all
+its threads and processes (:func:`start_process_pool`), so that thread exhaustion
+shows as a start failure and never as a pool that silently stops moving.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import atexit
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from templ_pipeline.core.worker_init import init_worker
 
 # Native thread pools that numeric libraries start at import, one thread per CPU
 # by default: on a 64-core node every process worker would cost 64 tasks more.
@@ -78,11 +83,50 @@ def pool_context(method: str | None = None) -> multiprocessing.context.BaseConte
     return multiprocessing.get_context(method or start_method())
 
 
-def _new_pool(kind: str, workers: int) -> Executor:
+def start_process_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool whose every helper thread and worker process is already running.
+
+    ``ProcessPoolExecutor`` starts what it needs lazily: spawn workers at submit, the
+    executor-manager thread at the first submit, and the call queue's feeder thread
+    inside the manager thread at its first put. A refused feeder kills the manager
+    thread and leaves every future pending forever; a refused manager thread fails
+    a submit half-way. Started here, in the caller's thread, each refusal is an
+    exception (``RuntimeError`` for a thread, ``OSError`` for a process) raised where
+    the fallback ladder handles start failures, and a pool that is returned needs no
+    new task until it is shut down.
+
+    The public API cannot start a pool eagerly, so this calls three members that
+    ``concurrent.futures.process`` and ``multiprocessing.queues`` have kept from
+    Python 3.9 to 3.13: ``_launch_processes``, ``_call_queue._start_thread`` and
+    ``_start_executor_manager_thread``. Workers run :func:`init_worker` first.
+    """
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(),
+                               initializer=init_worker, initargs=(os.getpid(),))
+    try:
+        with worker_environment():
+            pool._launch_processes()  # type: ignore[attr-defined]  # first: fork must not copy a live feeder
+            pool._call_queue._start_thread()  # type: ignore[attr-defined]
+            pool._start_executor_manager_thread()  # type: ignore[attr-defined]
+    except BaseException:
+        _shutdown(pool, terminate=True)
+        raise
+    return pool
+
+
+def start_thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool (its threads start at submit; a refusal there is a failed submit)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="templ-worker")
+
+
+PoolFactory = Callable[[str, int], Executor]
+
+
+def new_pool(kind: str, workers: int) -> Executor:
+    """The pool of ``kind`` ("process" or "thread") the registry starts by default."""
     if kind == "process":
-        return ProcessPoolExecutor(max_workers=workers, mp_context=pool_context())
+        return start_process_pool(workers)
     if kind == "thread":
-        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="templ-worker")
+        return start_thread_pool(workers)
     raise ValueError(f"no pool for executor kind {kind!r}")
 
 
@@ -90,6 +134,16 @@ def is_broken(pool: Executor) -> bool:
     """True when the pool can take no more work (a worker died, or it was shut down)."""
     return bool(getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread", False)
                 or getattr(pool, "_shutdown", False))
+
+
+def manager_died(pool: Executor) -> bool:
+    """True when a process pool's executor-manager thread has exited while the pool is open.
+
+    That thread moves work to the workers and results back; without it every
+    pending future waits forever, so the caller treats the pool as broken.
+    """
+    manager = getattr(pool, "_executor_manager_thread", None)
+    return manager is not None and not manager.is_alive() and not is_broken(pool)
 
 
 @dataclass(eq=False)
@@ -112,7 +166,8 @@ class PoolRegistry:
     calls with different worker counts never pull a pool from under each other.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, factory: PoolFactory = new_pool) -> None:
+        self._factory = factory
         self._lock = threading.Lock()
         self._current: dict[str, _Entry] = {}
         self._leased: dict[int, _Entry] = {}  # id(pool) -> entry, for pools with users
@@ -129,7 +184,7 @@ class PoolRegistry:
                 if entry is not None:
                     entry.retired = True
                     idle = entry if entry.users == 0 else None
-                entry = _Entry(kind, workers, _new_pool(kind, workers))
+                entry = _Entry(kind, workers, self._factory(kind, workers))
                 self._current[kind] = entry
             entry.users += 1
             self._leased[id(entry.pool)] = entry
@@ -151,8 +206,11 @@ class PoolRegistry:
                 return
         _shutdown(pool)
 
-    def discard(self, kind: str, pool: Executor) -> None:
-        """Shut a failed ``pool`` down now and forget it; results already finished stay readable."""
+    def discard(self, kind: str, pool: Executor, *, terminate: bool = False) -> None:
+        """Shut a failed ``pool`` down now and forget it; results already finished stay readable.
+
+        ``terminate`` ends its workers at once instead of letting them finish their batch.
+        """
         with self._lock:
             entry = self._current.get(kind)
             if entry is not None and entry.pool is pool:
@@ -160,16 +218,20 @@ class PoolRegistry:
             leased = self._leased.get(id(pool))
             if leased is not None:
                 leased.retired = True
-        _shutdown(pool)
+        _shutdown(pool, terminate=terminate)
 
-    def shutdown_all(self) -> None:
-        """Shut every pool down, waiting for its workers to exit."""
+    def shutdown_all(self, *, terminate: bool = False) -> None:
+        """Shut every pool down and wait (a bounded time) for its workers to exit.
+
+        ``terminate=True`` ends the workers at once instead of letting them finish
+        their batches: for a run that was interrupted.
+        """
         with self._lock:
             pools = {id(e.pool): e.pool for e in (*self._current.values(), *self._leased.values())}
             self._current.clear()
             self._leased.clear()
         for pool in pools.values():
-            _shutdown(pool)
+            _shutdown(pool, terminate=terminate)
 
     def _forget_if_forked(self) -> None:
         # A forked child inherits the parent's pool objects but not their workers.
@@ -179,21 +241,68 @@ class PoolRegistry:
             self._pid = os.getpid()
 
 
-def _shutdown(pool: Executor) -> None:
-    """Shut ``pool`` down, waiting for its workers.
+SHUTDOWN_GRACE_SECONDS = 10.0
+"""How long a shut-down pool's workers may take to finish their batch before they are ended."""
 
-    A process pool whose start failed half-way (one worker started, the next
-    refused) may have no manager thread to stop its workers: they are ended here.
+
+def _shutdown(pool: Executor, *, terminate: bool = False, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+    """Shut ``pool`` down within a bounded time; ``terminate`` ends its workers at once.
+
+    ``Executor.shutdown(wait=True)`` joins the manager thread without a timeout, and
+    a pool whose manager thread died or never started has nobody to stop its
+    workers: they would wait on the call queue forever. So the wait here is
+    bounded, workers still alive after it are terminated (then killed), and the
+    call queue's feeder thread is stopped by hand when the manager cannot do it.
     """
-    started = list((getattr(pool, "_processes", None) or {}).values())
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
+    call_queue = getattr(pool, "_call_queue", None)
+    # Queued work is cancelled by the pool's own manager thread: a future cancelled from
+    # outside and then failed by the manager when a worker dies raises InvalidStateError there.
+    pool.shutdown(wait=False, cancel_futures=True)
+    if not isinstance(pool, ProcessPoolExecutor):
+        return  # threads cannot be ended; they finish their task
+    if terminate:
+        for process in processes:
+            _end(process, 0)
+    deadline = time.monotonic() + grace
+    manager_ran = manager is not None and manager.ident is not None
+    if manager_ran:
+        manager.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        _end(process, max(0.0, deadline - time.monotonic()))
+    if manager_ran:
+        manager.join(1.0)  # with its workers gone it returns at once
+    if call_queue is not None and not (manager_ran and not manager.is_alive()):
+        _stop_feeder(call_queue)
+
+
+def _end(process: multiprocessing.process.BaseProcess, grace: float) -> None:
+    """Wait up to ``grace`` seconds for ``process`` to exit, then terminate it, then kill it."""
+    if process.pid is None:  # never started
+        return
+    process.join(grace)
+    for stop in (process.terminate, process.kill):
+        if not process.is_alive():
+            break
+        stop()
+        process.join(1.0)
+
+
+def _stop_feeder(call_queue: multiprocessing.queues.Queue) -> None:
+    """Stop a call queue's feeder thread when the manager thread that would have is gone.
+
+    Its workers are gone, so closing the reader first makes a feeder blocked on a
+    full pipe fail with EPIPE (which the pool's queue ignores) instead of waiting.
+    """
+    feeder = getattr(call_queue, "_thread", None)
     try:
-        pool.shutdown(wait=True, cancel_futures=True)
-    except RuntimeError:  # its manager thread was never started: nothing to wait for
-        pool.shutdown(wait=False, cancel_futures=True)
-    for process in started:
-        if process.is_alive():
-            process.kill()
-        process.join(timeout=5)
+        call_queue._reader.close()  # type: ignore[attr-defined]
+        call_queue.close()
+    except OSError:
+        pass
+    if feeder is not None and feeder.ident is not None:
+        feeder.join(1.0)
 
 
 POOLS = PoolRegistry()

@@ -11,17 +11,20 @@ from their headroom and classifies a failed start. One manager per process: use
 
 from __future__ import annotations
 
+import errno as errnos
 import logging
 import os
 import threading
 import time
 import weakref
+from dataclasses import replace
 
 from templ_pipeline.core.limits.classify import (
     classify_errno,
     describe,
     errno_of,
     exhausted_limit,
+    refusal_evidence,
 )
 from templ_pipeline.core.limits.collect import Collector
 from templ_pipeline.core.limits.grant import RESERVE_TASKS, compute_grant, max_workers
@@ -33,7 +36,7 @@ from templ_pipeline.core.limits.model import (
     WorkerGrant,
 )
 from templ_pipeline.core.limits.probe import probe_native_thread
-from templ_pipeline.core.limits.worker_cost import worker_cost
+from templ_pipeline.core.limits.worker_cost import WorkerCost, worker_cost
 
 try:  # optional: everything here reads /proc and resource directly; doctor reports the flag
     import psutil  # noqa: F401
@@ -69,6 +72,10 @@ DEFAULT_CACHE_TTL = 0.5
 
 TASK_EXECUTOR_KINDS = {"conformers": "thread"}
 """Task types whose workers are threads (RDKit's native embedding threads); others: processes."""
+
+TASK_HELPER_THREADS = {"conformers": 1}
+"""Threads a task type adds once besides its workers: conformer generation runs RDKit in a
+thread of its own so that the main thread stays free to handle SIGTERM and SIGINT."""
 
 WARNING_PRESSURE = 0.80
 CRITICAL_PRESSURE = 0.95
@@ -131,7 +138,7 @@ class ThreadResourceManager:
         """
         kind = executor_kind or TASK_EXECUTOR_KINDS.get(task_type, "process")
         snap = snapshot or self.snapshot()
-        grant = compute_grant(snap, requested, worker_cost(kind), self.reserve)
+        grant = compute_grant(snap, requested, _task_cost(task_type, kind), self.reserve)
         logger.debug("worker grant for %s (%s): %s", task_type, kind, grant.detail)
         return grant
 
@@ -140,17 +147,33 @@ class ThreadResourceManager:
     ) -> int | None:
         """The most workers of this kind the limits allow, None when none constrains them."""
         kind = executor_kind or TASK_EXECUTOR_KINDS.get(task_type, "process")
-        return max_workers(snapshot or self.snapshot(), worker_cost(kind), self.reserve)
+        return max_workers(snapshot or self.snapshot(), _task_cost(task_type, kind), self.reserve)
 
-    def classify_start_failure(self, exc: BaseException | None = None) -> Classification:
+    def pids_refusals(self) -> int | None:
+        """Forks the pids controller has refused in this cgroup so far (read now, not cached).
+
+        Read it before an attempt to start threads or processes and pass it to
+        :meth:`classify_start_failure` afterwards.
+        """
+        return self._collector.pids_refusals()
+
+    def classify_start_failure(
+        self, exc: BaseException | None = None, *, refusals_before: int | None = None
+    ) -> Classification:
         """Why a thread or process failed to start.
 
-        Uses ``exc``'s errno when it has one; otherwise a fresh snapshot names an exhausted
-        limit, and when every limit shows headroom a native probe thread gets the errno.
+        A rise of the pids controller's refusal count since ``refusals_before`` names
+        the pids cgroup (that evidence lasts; the pressure itself is often gone by
+        now). Otherwise ``exc``'s errno when it has one; otherwise a fresh snapshot names
+        an exhausted limit, and when every limit shows headroom a native probe thread
+        gets the errno.
         """
         snap = self.snapshot(fresh=True)
         exhausted = exhausted_limit(snap)
         err = errno_of(exc)
+        evidence = refusal_evidence(refusals_before, snap.pids_refusals)
+        if evidence is not None and err in (None, errnos.EAGAIN):
+            return evidence
         if err is None:
             if exhausted is not None:
                 return Classification(exhausted.name, None, describe(exhausted))
@@ -174,6 +197,13 @@ class ThreadResourceManager:
             "pressure": pressure(binding),
             "status": thread_status(snap, self.reserve),
         }
+
+
+def _task_cost(task_type: str, kind: str) -> WorkerCost:
+    """The cost model of ``kind`` workers plus the helper threads of ``task_type``."""
+    cost = worker_cost(kind)
+    helpers = TASK_HELPER_THREADS.get(task_type, 0)
+    return replace(cost, pool_helpers=cost.pool_helpers + helpers) if helpers else cost
 
 
 def pressure(lim: Limit | None) -> float:
@@ -237,9 +267,9 @@ def get_safe_worker_count(
         requested, task_type, executor_kind=executor_kind)
 
 
-def classify_start_failure(exc: BaseException | None = None) -> Classification:
+def classify_start_failure(exc: BaseException | None = None, *, refusals_before: int | None = None) -> Classification:
     """:meth:`ThreadResourceManager.classify_start_failure` of the process manager."""
-    return get_thread_manager().classify_start_failure(exc)
+    return get_thread_manager().classify_start_failure(exc, refusals_before=refusals_before)
 
 
 def check_thread_health() -> dict:

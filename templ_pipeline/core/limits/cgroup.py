@@ -185,3 +185,36 @@ def memory_headroom(levels: list[Level]) -> tuple[int, str] | None:
         if best is None or room < best[0]:
             best = (room, level.limit_path)
     return best
+
+
+def parse_pids_events(data: bytes | str | None) -> int | None:
+    """The ``max`` count of a ``pids.events`` file: forks the pids controller refused.
+
+    The file reads ``max 3`` (cgroup v1 and v2). Measured here (Linux 6.18, cgroup v1):
+    a thread refused by an ancestor's ``pids.max`` counts in the leaf's ``pids.events``,
+    not the ancestor's; v2 kernels from 6.13 may also count it at the level that
+    refused (``pids.events.local`` keeps the leaf's count). Either way the sum over
+    this process's levels rises whenever a fork of this cgroup is refused: the
+    kernel's own, lasting evidence, which outlives the moment of pressure (a refused
+    pool start frees its tasks at once, so headroom read afterwards looks fine).
+    """
+    if data is None:
+        return None
+    text = data.decode("ascii", "replace") if isinstance(data, bytes) else data
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "max":
+            return parse_int(value)
+    return None
+
+
+def events_path(level: Level) -> str:
+    """The ``pids.events`` file next to a level's ``pids.max``."""
+    return level.limit_path[: -len("pids.max")] + "pids.events"
+
+
+def read_pids_refusals(levels: list[Level]) -> int | None:
+    """Refused forks summed over ``levels`` (see :func:`parse_pids_events`); None if none is readable."""
+    counts = [parse_pids_events(read_bytes(events_path(level))) for level in levels]
+    known = [count for count in counts if count is not None]
+    return sum(known) if known else None

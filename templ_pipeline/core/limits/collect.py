@@ -1,8 +1,8 @@
 """Read every limit into a :class:`Snapshot`.
 
 A snapshot reads a handful of small files (``/proc/self/status``, ``/proc/loadavg``,
-``/proc/meminfo``, the two sysctls and ``pids.max``/``pids.current`` of each pids
-cgroup level) plus three ``getrlimit`` calls. Where a process sits in the cgroup
+``/proc/meminfo``, the two sysctls and ``pids.max``/``pids.current``/``pids.events``
+of each pids cgroup level) plus three ``getrlimit`` calls. Where a process sits in the cgroup
 trees, its user namespace and the overcommit policy are resolved once, at
 construction. The ``RLIMIT_NPROC`` user-task count lists /proc, so it is only done
 when that limit is finite and enforced (otherwise the count cannot matter).
@@ -108,7 +108,11 @@ class Collector:
             self._sysctl(PID_MAX, tasks),
             self._stack_limit(stack, status.threads, memory_source),
         )
-        return Snapshot(taken_at, status.threads, uid, limits, stack)
+        return Snapshot(taken_at, status.threads, uid, limits, stack, self.pids_refusals())
+
+    def pids_refusals(self) -> int | None:
+        """Forks the pids controller has refused in this cgroup so far (``pids.events``), None if unknown."""
+        return cgroup.read_pids_refusals(self.pids_levels)
 
     def _pids(self) -> Limit:
         if not self.cgroup_visible:

@@ -73,6 +73,7 @@ class Snapshot:
     uid: int | None
     limits: tuple[Limit, ...]  # in LIMIT_NAMES order
     stack: StackInfo
+    pids_refusals: int | None = None  # forks refused by the pids controller so far (pids.events)
 
     def limit(self, name: str) -> Limit:
         """The limit called ``name`` (one of LIMIT_NAMES)."""

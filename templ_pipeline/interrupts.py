@@ -1,0 +1,62 @@
+"""SIGTERM and SIGINT as an exception, so that a run stops cleanly where it is.
+
+Batch schedulers end a job with SIGTERM (Slurm at its time limit or on
+preemption, Kubernetes on eviction), a user with Ctrl-C. Python's default for
+SIGTERM ends the process at once, leaving its pool workers behind; its default
+for SIGINT is a ``KeyboardInterrupt``, which click turns into a bare "Abort".
+Within :func:`signals_raise` both raise :class:`Interrupted` in the main thread
+instead: a ``BaseException``, so no ``except Exception`` on the way swallows it,
+and every ``finally`` and context manager on the way runs.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+HANDLED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(BaseException):
+    """A signal asked the run to stop; ``exit_code`` is the shell's 128 + signal number."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(self.name)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextmanager
+def signals_raise(signals: tuple[signal.Signals, ...] = HANDLED_SIGNALS) -> Iterator[None]:
+    """Within the block, the first of ``signals`` raises :class:`Interrupted`; later ones are ignored.
+
+    Ignoring the later ones keeps the clean-up that the first one started from being
+    cut short half-way. Outside the main thread (where Python cannot set handlers)
+    the block runs with the handlers as they are.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
