@@ -53,7 +53,7 @@ def run(n_pairs: int = 5, n_conformers: int = 200, repeats: int = 9, workers: in
         on.append(timed())
         with telemetry.disabled():
             off.append(timed())
-    telemetry.shutdown_tracing()
+    telemetry.tracing.shutdown_tracing()
     devnull.close()
     on_s, off_s = statistics.median(w for w, _ in on), statistics.median(w for w, _ in off)
     cpu_on, cpu_off = statistics.median(c for _, c in on), statistics.median(c for _, c in off)

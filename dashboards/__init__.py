@@ -1,5 +1,6 @@
-"""Grafana dashboards as code (grafana-foundation-sdk), Prometheus alert rules and a local stack.
+"""Grafana dashboards and Prometheus alert rules as code (grafana-foundation-sdk), and a local stack.
 
-``python -m dashboards.generate`` writes the dashboard JSON under ``dashboards/grafana/dashboards``;
-every metric a query names comes from :mod:`telemetry.catalog` (the tests check it).
+``python -m dashboards.generate`` writes the dashboard JSON under ``dashboards/grafana/dashboards``
+and the rules in ``dashboards/prometheus/alerts.yml``; every metric a query names comes from
+:mod:`telemetry.catalog`, every threshold from :mod:`dashboards.thresholds`.
 """

@@ -14,25 +14,53 @@ from grafana_foundation_sdk.models import dashboard
 
 from dashboards import dask_metrics, links
 from dashboards.annotations import PrometheusAnnotation
+from dashboards.names import JOB, MANAGER_REASONS, NO_CAUSE, SEQUENTIAL, listing, metric, value
 from dashboards.panels import GAUGE_CALCS, PROMETHEUS, Query, stat_panel, time_series
 from dashboards.promql import finite, quantile, series, sum_rate
+from dashboards.thresholds import (
+    FAILURE_MINUTES,
+    FAILURE_RATIO,
+    MANAGER_CAPS,
+    Thresholds,
+    as_percent,
+    percent,
+    thresholds,
+)
+from telemetry.catalog import (
+    ATTR_EXECUTOR_KIND,
+    EVENT_FALLBACK,
+    EVENT_WORKERS_REDUCED,
+    EXECUTOR_KINDS,
+    FAILURE_REASONS,
+    FALLBACK_CAUSES,
+    FALLBACK_REASONS,
+    LIMIT_NAMES,
+    RESUBMISSION_REASONS,
+    SPAN_SELECT_BEST,
+)
+from templ_pipeline.core.limits.model import STACK_MEMORY
 
 UID = "templ-executor"
 TITLE = "TEMPL executor: thread exhaustion"
 
-#: Headroom (tasks) below which the alerts fire: critical when a 2-worker process pool
-#: (2 workers + 4 pool helper tasks + a reserve of 2) no longer fits, warning below 32.
-CRITICAL_HEADROOM = 8
-WARNING_HEADROOM = 32
-HEADROOM_STEPS = (("red", None), ("orange", CRITICAL_HEADROOM), ("green", WARNING_HEADROOM))
-PERCENT_STEPS = (("red", None), ("orange", 5), ("green", 20))
+HEADROOM = finite(series(metric("thread_headroom")))
+LIMIT = series(metric("thread_limit"))
+FALLBACKS = series(metric("fallbacks"))
+BROKEN_POOL = value("broken_pool", FALLBACK_REASONS)
 
-HEADROOM = finite(series("templ_thread_headroom"))
-FALLBACKS = series("templ_executor_fallbacks_total")
+
+def headroom_steps(t: Thresholds) -> tuple[tuple[str, float | None], ...]:
+    """Red below the critical alert's headroom, orange below the warning's, green above."""
+    return (("red", None), ("orange", t.critical_tasks), ("green", t.warning_tasks))
+
+
+def percent_steps(t: Thresholds) -> tuple[tuple[str, float | None], ...]:
+    """The same colours for headroom as a percentage of the limit."""
+    return (("red", None), ("orange", as_percent(t.critical_share)), ("green", as_percent(t.warning_share)))
 
 
 def _variables() -> list:
-    job = dashboard.VariableOption(text="templ", value="templ")
+    job = dashboard.VariableOption(text=JOB, value=JOB)
     every_instance = dashboard.VariableOption(text="All", value="$__all")
     return [
         DatasourceVariable("datasource").label("Prometheus").type("prometheus"),
@@ -47,51 +75,52 @@ def _variables() -> list:
     ]
 
 
-def _headroom_panels() -> list:
+def _headroom_panels(t: Thresholds) -> list:
     return [
         stat_panel(
             "Binding limit",
             "Per instance, the kernel limit that refuses the next thread first (the least headroom among "
             "the limits that are known and enforced) and its headroom in tasks (thread stacks for "
-            "stack_memory). Red: below 8, a 2-worker process pool no longer fits and the executor runs "
-            "sequentially; orange: below 32. Unknown (NaN) and unlimited (+Inf) limits are left out; "
-            "`templ doctor` on the host lists them all.",
+            f"{STACK_MEMORY}). Red: below {t.critical_tasks}, a {t.smallest_pool}-worker process pool no longer "
+            f"fits and the executor runs sequentially; orange: below {t.warning_tasks}. Unknown (NaN) and "
+            "unlimited (+Inf) limits are left out; `templ doctor` on the host lists them all.",
             "short",
             [Query(f"bottomk by (instance) (1, {HEADROOM})", "{{instance}}: {{limit}}")],
-            threshold_steps=HEADROOM_STEPS,
+            threshold_steps=headroom_steps(t),
         ),
         time_series(
             "Headroom (tasks)",
             "Threads or processes that can still start before each limit refuses one, per instance and "
-            "limit. Pools are sized from this: N process workers need N tasks, 4 pool helper tasks and a "
-            "reserve of 2. Dashed lines: 32 (warning alert) and 8 (critical alert). Symlog axis, so a "
-            "pids cgroup with 10 left and pid_max with millions left share it.",
+            f"limit. Pools are sized from this: {t.cost_text()}. Dashed lines: {t.warning_tasks} (warning "
+            f"alert) and {t.critical_tasks} (critical alert). Symlog axis, so a pids cgroup with 10 left and "
+            "pid_max with millions left share it.",
             "short",
             [Query(HEADROOM, "{{instance}} {{limit}}")],
-            width=9, calcs=GAUGE_CALCS, threshold_steps=HEADROOM_STEPS, symlog=True,
+            width=9, calcs=GAUGE_CALCS, threshold_steps=headroom_steps(t), symlog=True,
         ),
         time_series(
             "Headroom (% of limit)",
-            "Headroom as a share of each limit, per instance. The alerts also fire below 20% (warning) and "
-            "5% (critical). A steady decline means the job, or its neighbours in the same cgroup or user, "
+            f"Headroom as a share of each limit, per instance. The alerts also fire below "
+            f"{percent(t.warning_share)} (warning) and {percent(t.critical_share)} (critical), the pressures "
+            f"({t.warning_pressure:.2f}, {t.critical_pressure:.2f}) at which the thread manager reports warning "
+            "and critical. A steady decline means the job, or its neighbours in the same cgroup or user, "
             "keeps more threads alive than before.",
             "percent",
-            [Query(f"100 * ({HEADROOM}) / ({series('templ_thread_limit')} > 0 < +Inf)", "{{instance}} {{limit}}")],
-            width=9, calcs=GAUGE_CALCS, threshold_steps=PERCENT_STEPS, min_value=0, max_value=100,
+            [Query(f"100 * ({HEADROOM}) / ({LIMIT} > 0 < +Inf)", "{{instance}} {{limit}}")],
+            width=9, calcs=GAUGE_CALCS, threshold_steps=percent_steps(t), min_value=0, max_value=100,
         ),
         time_series(
             "Tasks in use against each limit",
             "For each limit, what counts against it (limit minus headroom) next to the limit itself, and "
             "the OS threads of the TEMPL process. Scopes differ: the pids cgroup counts every task in the "
             "cgroup, RLIMIT_NPROC (`ulimit -u`) every task of the user, threads-max and pid_max every task "
-            "on the host, stack_memory thread stacks. A 'used' line meeting its 'limit' line is that "
+            f"on the host, {STACK_MEMORY} thread stacks. A 'used' line meeting its 'limit' line is that "
             "limit binding.",
             "short",
             [
-                Query(finite(f"{series('templ_thread_limit')} - {series('templ_thread_headroom')}"),
-                      "{{instance}} used ({{limit}})"),
-                Query(f"{series('templ_thread_limit')} < +Inf", "{{instance}} limit ({{limit}})"),
-                Query(series("templ_threads_active"), "{{instance}} threads of this process"),
+                Query(finite(f"{LIMIT} - {series(metric('thread_headroom'))}"), "{{instance}} used ({{limit}})"),
+                Query(f"{LIMIT} < +Inf", "{{instance}} limit ({{limit}})"),
+                Query(series(metric("threads_active")), "{{instance}} threads of this process"),
             ],
             width=24, calcs=GAUGE_CALCS, symlog=True,
         ),
@@ -100,7 +129,8 @@ def _headroom_panels() -> list:
 
 def _decision_panels() -> list:
     reduction_logs = links.logs_url(links.event_logs(
-        "executor.workers_reduced", 'task_type="${__field.labels.task_type}"', 'reason="${__field.labels.reason}"'))
+        EVENT_WORKERS_REDUCED, 'task_type="${__field.labels.task_type}"', 'reason="${__field.labels.reason}"'))
+    caps = listing((f"{reason} (capped at {MANAGER_CAPS[reason]} workers)" for reason in MANAGER_REASONS), " / ")
     return [
         time_series(
             "Workers requested vs granted",
@@ -108,51 +138,50 @@ def _decision_panels() -> list:
             "of each task type. A gap is a grant cut to fit the headroom; the next panel says why.",
             "short",
             [
-                Query(series("templ_executor_workers_requested"), "{{instance}} {{task_type}} requested"),
-                Query(series("templ_executor_workers_granted"), "{{instance}} {{task_type}} granted"),
+                Query(series(metric("workers_requested")), "{{instance}} {{task_type}} requested"),
+                Query(series(metric("workers_granted")), "{{instance}} {{task_type}} granted"),
             ],
             calcs=GAUGE_CALCS, step_lines=True,
         ),
         time_series(
             "Worker reductions/s by task type and reason",
             "How often the executor granted fewer workers than requested, per task type and reason: the "
-            "limit that bound (pids_cgroup, rlimit_nproc, threads_max, pid_max, stack_memory), or "
-            "manager_unavailable / manager_failed when the thread manager could not answer (capped at 4, "
-            "then 2 workers). A sustained rate costs throughput. Click a series for its log lines.",
+            f"limit that bound ({listing(LIMIT_NAMES)}), or {caps} when the thread manager could not answer. "
+            "A sustained rate costs throughput. Click a series for its log lines.",
             "eps",
-            [Query(sum_rate("templ_executor_worker_reductions_total", "instance, task_type, reason"),
+            [Query(sum_rate(metric("worker_reductions"), "instance, task_type, reason"),
                    "{{instance}} {{task_type}}: {{reason}}")],
             data_links=[links.link("Logs of these reductions", reduction_logs,
-                                   "executor.workers_reduced lines for this task type and reason")],
+                                   f"{EVENT_WORKERS_REDUCED} lines for this task type and reason")],
         ),
     ]
 
 
 def _fallback_panels() -> list:
     fallback_logs = links.logs_url(links.event_logs(
-        "executor.fallback", 'reason="${__field.labels.reason}"', 'cause="${__field.labels.cause}"'))
+        EVENT_FALLBACK, 'reason="${__field.labels.reason}"', 'cause="${__field.labels.cause}"'))
+    causes = listing(cause for cause in FALLBACK_CAUSES if cause != NO_CAUSE)
     return [
         time_series(
             "Fallbacks/s by from, to, reason and cause",
-            "Steps down the executor ladder (process pool, fewer processes, sequential). reason: what "
-            "failed (thread_start_failed, process_start_failed, broken_pool, no_headroom, daemon_process, "
-            "...); cause: the kernel limit that refused the start (none when the step is not about a "
-            "start). Each fallback is also an annotation on every graph. Click a series for its log lines; "
-            "their trace_id opens the trace.",
+            f"Steps down the executor ladder (process pool, fewer processes, {SEQUENTIAL}). reason: what "
+            f"failed ({listing(FALLBACK_REASONS)}); cause: what refused the start ({causes}; {NO_CAUSE} when "
+            "the step is not about a start). Each fallback is also an annotation on every graph. Click a "
+            "series for its log lines; their trace_id opens the trace.",
             "eps",
-            [Query(sum_rate("templ_executor_fallbacks_total", "instance, from_kind, to_kind, reason, cause"),
+            [Query(sum_rate(metric("fallbacks"), "instance, from_kind, to_kind, reason, cause"),
                    "{{instance}} {{from_kind}} -> {{to_kind}}: {{reason}} (cause {{cause}})")],
             width=16,
             data_links=[links.link("Logs of these fallbacks", fallback_logs,
-                                   "executor.fallback lines for this reason and cause")],
+                                   f"{EVENT_FALLBACK} lines for this reason and cause")],
         ),
         time_series(
             "Broken pools replaced/s",
             "Worker pools found broken (a worker died: OOM killer, SIGKILL) and replaced, per executor "
-            "kind. Each also shows as a broken_pool fallback; the unfinished batches were re-run on the "
+            f"kind. Each also shows as a {BROKEN_POOL} fallback; the unfinished batches were re-run on the "
             "next rung, not lost.",
             "eps",
-            [Query(sum_rate("templ_executor_pool_restarts_total", "instance, executor_kind"),
+            [Query(sum_rate(metric("pool_restarts"), "instance, executor_kind"),
                    "{{instance}} {{executor_kind}}")],
             width=8,
         ),
@@ -160,44 +189,45 @@ def _fallback_panels() -> list:
 
 
 def _work_panels() -> list:
+    process, thread, dask = (value(kind, EXECUTOR_KINDS) for kind in ("process", "thread", "dask"))
     return [
         time_series(
             "Conformers scored/s",
-            "Throughput: conformers scored per second, per instance. A drop together with sequential "
+            f"Throughput: conformers scored per second, per instance. A drop together with {SEQUENTIAL} "
             "batches (next panel) is the cost of the fallbacks above.",
             "cps",
-            [Query(sum_rate("templ_conformers_scored_total", "instance"), "{{instance}}")],
+            [Query(sum_rate(metric("conformers_scored"), "instance"), "{{instance}}")],
             width=8,
         ),
         time_series(
             "Batches/s by executor kind",
-            "Conformer batches finished per second by the executor kind that ran them: process (pool "
-            "workers), thread, or sequential (in the calling thread, after a fallback: one CPU).",
+            f"Conformer batches finished per second by the executor kind that ran them: {process} (pool "
+            f"workers), {thread}, {dask} (a Dask cluster's workers) or {SEQUENTIAL} (in the calling thread, "
+            "after a fallback: one CPU).",
             "ops",
-            [Query(sum_rate("templ_select_best_batches_total", "instance, executor_kind"),
+            [Query(sum_rate(metric("batches"), "instance, executor_kind"),
                    "{{instance}} {{executor_kind}}")],
             width=8,
         ),
         time_series(
             "Conformer failures/s by reason",
-            "Conformers that could not be scored, per reason (no_coordinates, sanitization_failed, "
-            "alignment_failed, invalid_molecule). These are input problems: a fallback never loses a "
-            "conformer. The failure-ratio alert fires above 10% for 10 minutes.",
+            f"Conformers that could not be scored, per reason ({listing(FAILURE_REASONS)}). These are input "
+            "problems: a fallback never loses a conformer. The failure-ratio alert fires above "
+            f"{percent(FAILURE_RATIO)} for {FAILURE_MINUTES} minutes.",
             "cps",
-            [Query(sum_rate("templ_conformers_failed_total", "instance, reason"), "{{instance}} {{reason}}")],
+            [Query(sum_rate(metric("conformers_failed"), "instance, reason"), "{{instance}} {{reason}}")],
             width=8,
         ),
         time_series(
             "Batch duration p50 / p95 / p99",
             "Wall time of one conformer batch, quantiles per instance from the histogram buckets. Dots "
             "are exemplars, single batches with their trace_id: click one to open its trace in Tempo. A "
-            "rise together with sequential batches is the latency cost of a fallback.",
+            f"rise together with {SEQUENTIAL} batches is the latency cost of a fallback.",
             "s",
             [
-                Query(quantile(0.5, "templ_select_best_batch_duration_seconds"), "{{instance}} p50",
-                      exemplar=True),
-                Query(quantile(0.95, "templ_select_best_batch_duration_seconds"), "{{instance}} p95"),
-                Query(quantile(0.99, "templ_select_best_batch_duration_seconds"), "{{instance}} p99"),
+                Query(quantile(0.5, metric("batch_duration")), "{{instance}} p50", exemplar=True),
+                Query(quantile(0.95, metric("batch_duration")), "{{instance}} p95"),
+                Query(quantile(0.99, metric("batch_duration")), "{{instance}} p99"),
             ],
             width=24,
         ),
@@ -217,7 +247,7 @@ def _process_panels() -> list:
         ),
         time_series(
             "Resident memory",
-            "Resident set size of the TEMPL parent process. Thread stacks count against stack_memory "
+            f"Resident set size of the TEMPL parent process. Thread stacks count against {STACK_MEMORY} "
             "headroom, not here, until they are touched.",
             "bytes",
             [Query(series("process_resident_memory_bytes"), "{{instance}}")],
@@ -238,6 +268,7 @@ def _process_panels() -> list:
 
 
 def _dask_panels() -> list:
+    worker_lost, result_lost = (value(reason, RESUBMISSION_REASONS) for reason in ("worker_lost", "result_lost"))
     scheduler = f'job="{dask_metrics.SCHEDULER_JOB}"'
     workers = f'job="{dask_metrics.WORKERS_JOB}"'
     return [
@@ -273,10 +304,10 @@ def _dask_panels() -> list:
         ),
         time_series(
             "Batch resubmissions",
-            "Batches sent again because the Dask worker running them (worker_lost) or holding their result "
-            "(result_lost) left the cluster, per second. Results are still counted once.",
+            f"Batches sent again because the Dask worker running them ({worker_lost}) or holding their result "
+            f"({result_lost}) left the cluster, per second. Results are still counted once.",
             "ops",
-            [Query(sum_rate("templ_executor_batch_resubmissions_total", "reason"), "{{reason}}")],
+            [Query(sum_rate(metric("batch_resubmissions"), "reason"), "{{reason}}")],
             width=6,
         ),
     ]
@@ -298,19 +329,21 @@ def _dashboard_links() -> list:
     return [
         links.link("Executor logs", links.logs_url(f'{links.JOB_LOGS} | event=~"executor[.].+"'),
                    "Loki: every executor event of the job (reductions, fallbacks, pool restarts), this time range"),
-        links.link("Fallback logs", links.logs_url(links.event_logs("executor.fallback")),
-                   "Loki: executor.fallback lines with reason, cause and trace_id, this time range"),
-        links.link("select_best traces", links.traces_url(f'{{{links.JOB_SPANS} && name="select_best"}}'),
-                   "Tempo: select_best calls of the job, this time range"),
+        links.link("Fallback logs", links.logs_url(links.event_logs(EVENT_FALLBACK)),
+                   f"Loki: {EVENT_FALLBACK} lines with reason, cause and trace_id, this time range"),
+        links.link(f"{SPAN_SELECT_BEST} traces",
+                   links.traces_url(f'{{{links.JOB_SPANS} && name="{SPAN_SELECT_BEST}"}}'),
+                   f"Tempo: {SPAN_SELECT_BEST} calls of the job, this time range"),
         links.link("Sequential traces",
-                   links.traces_url(f'{{{links.JOB_SPANS} && name="select_best" '
-                                    f'&& span.templ.executor.kind="sequential"}}'),
-                   "Tempo: select_best calls that ended on the sequential rung"),
+                   links.traces_url(f'{{{links.JOB_SPANS} && name="{SPAN_SELECT_BEST}" '
+                                    f'&& span.{ATTR_EXECUTOR_KIND}="{SEQUENTIAL}"}}'),
+                   f"Tempo: {SPAN_SELECT_BEST} calls that ended on the {SEQUENTIAL} rung"),
     ]
 
 
 def build() -> dashboard.Dashboard:
     """The dashboard model, panels numbered top to bottom."""
+    t = thresholds()
     builder = (
         Dashboard(TITLE).uid(UID).tags(["templ", "executor", "threads"])
         .description("Thread headroom per kernel limit, what the TEMPL executor gave up (worker reductions, "
@@ -320,7 +353,7 @@ def build() -> dashboard.Dashboard:
         .variables(_variables()).annotation(_fallback_annotation()).links(_dashboard_links())
     )
     for title, panels in (
-        ("Headroom", _headroom_panels()),
+        ("Headroom", _headroom_panels(t)),
         ("Decisions", _decision_panels()),
         ("Fallbacks", _fallback_panels()),
         ("Work", _work_panels()),

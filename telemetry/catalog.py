@@ -5,7 +5,8 @@ here. ``telemetry.metrics`` builds the Prometheus collectors by looping over
 :data:`METRICS`; ``telemetry.events`` uses the attribute/event constants below.
 
 Label values are bounded: each labelled metric declares, per label, the tuple of
-values it may take (:attr:`MetricSpec.label_values`). Values outside the tuple
+values it may take (:attr:`MetricSpec.label_values`), taken from the executor's
+vocabularies (``templ_pipeline.core.events``). Values outside the tuple
 are folded into a catch-all (see :func:`normalize_label`) so a typo or an
 unexpected exception type can never create an unbounded number of series.
 """
@@ -15,48 +16,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
+from templ_pipeline.core.events import (
+    ExecutorKind,
+    FailureReason,
+    FallbackCause,
+    FallbackReason,
+    LimitName,
+    ReductionReason,
+    ResubmissionReason,
+    TaskType,
+    values,
+)
+
 MetricKind = Literal["counter", "gauge", "histogram"]
 
 # ---------------------------------------------------------------------------
 # Bounded label value sets (contract)
 # ---------------------------------------------------------------------------
-FALLBACK_REASONS: tuple[str, ...] = (
-    "thread_start_failed",
-    "process_start_failed",
-    "broken_pool",
-    "manager_unavailable",
-    "daemon_process",
-    "no_headroom",
-    "submit_failed",
-    "scheduler_unreachable",  # the Dask scheduler could not be reached (or was lost): the run goes on locally
-)
+FALLBACK_REASONS: tuple[str, ...] = values(FallbackReason)
 #: Which kernel limit caused a failed start; "none" when the fallback is not about a start.
-FALLBACK_CAUSES: tuple[str, ...] = (
-    "pids_cgroup",
-    "rlimit_nproc",
-    "threads_max",
-    "pid_max",
-    "stack_memory",
-    "seccomp",
-    "unknown",
-    "none",
-)
-EXECUTOR_KINDS: tuple[str, ...] = ("process", "thread", "sequential", "dask")
-FAILURE_REASONS: tuple[str, ...] = (
-    "no_coordinates",
-    "sanitization_failed",
-    "alignment_failed",
-    "invalid_molecule",
-)
-LIMIT_NAMES: tuple[str, ...] = ("pids_cgroup", "rlimit_nproc", "threads_max", "pid_max", "stack_memory")
-REDUCTION_REASONS: tuple[str, ...] = LIMIT_NAMES + ("manager_unavailable", "manager_failed")
+FALLBACK_CAUSES: tuple[str, ...] = values(FallbackCause)
+EXECUTOR_KINDS: tuple[str, ...] = values(ExecutorKind)
+FAILURE_REASONS: tuple[str, ...] = values(FailureReason)
+LIMIT_NAMES: tuple[str, ...] = values(LimitName)
+REDUCTION_REASONS: tuple[str, ...] = values(ReductionReason)
 #: Why a batch was run again: its worker died while running it, or died holding its result.
-RESUBMISSION_REASONS: tuple[str, ...] = ("worker_lost", "result_lost")
+RESUBMISSION_REASONS: tuple[str, ...] = values(ResubmissionReason)
 
 # Additional bounded sets (not part of the original contract; extend as needed).
 OUTCOMES: tuple[str, ...] = ("ok", "error")
 #: Task types the executor factory sizes pools for. Unknown values map to "other".
-TASK_TYPES: tuple[str, ...] = ("scoring", "conformers")
+TASK_TYPES: tuple[str, ...] = values(TaskType)
 DEGRADED_COMPONENTS: tuple[str, ...] = ("span_processor", "metrics_server", "log_handler")
 DEGRADED_REASONS: tuple[str, ...] = (
     "thread_start_failed",
@@ -316,47 +306,129 @@ SPANS: tuple[SpanSpec, ...] = (
     ),
 )
 
-#: Attributes carried by each span event.
+@dataclass(frozen=True)
+class EventField:
+    """One field of an executor event: its log key, its span attribute, and its bounded values if any.
+
+    A field with ``values`` is normalised against them (see :func:`normalize_label`);
+    with ``label`` it is also a label of the event's counter.
+    """
+
+    name: str
+    attribute: str
+    values: tuple[str, ...] | None = None
+    label: bool = False
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One executor event, declared once: its span event and log event (one name), fields and counter."""
+
+    name: str
+    level: str
+    help: str
+    fields: tuple[EventField, ...]
+    #: short name (:attr:`MetricSpec.short`) of the counter incremented once per event, if any
+    counter: str | None = None
+    #: whether the event carries the exception that caused it (recorded on the span, logged by type)
+    has_error: bool = False
+
+
+def _field(name: str, attribute: str, vocabulary: tuple[str, ...] | None = None, label: bool = False) -> EventField:
+    return EventField(name, attribute, None if vocabulary is None else _open(vocabulary), label)
+
+
+_TASK_TYPE = _field("task_type", ATTR_TASK_TYPE, TASK_TYPES, label=True)
+_DETAIL = _field("detail", ATTR_DETAIL)
+_KIND = _field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS, label=True)
+
+EVENT_SPECS: tuple[EventSpec, ...] = (
+    EventSpec(
+        EVENT_WORKERS_REDUCED, "warning", "The executor factory granted fewer workers than requested.",
+        (_TASK_TYPE, _field("workers_requested", ATTR_WORKERS_REQUESTED),
+         _field("workers_granted", ATTR_WORKERS_GRANTED),
+         _field("reason", ATTR_REASON, REDUCTION_REASONS, label=True), _DETAIL, _field("headroom", ATTR_HEADROOM)),
+        counter="worker_reductions",
+    ),
+    EventSpec(
+        EVENT_FALLBACK, "warning", "The executor fell back one step down the ladder.",
+        (_field("from_kind", ATTR_FROM_KIND, EXECUTOR_KINDS, label=True),
+         _field("to_kind", ATTR_TO_KIND, EXECUTOR_KINDS, label=True),
+         _field("reason", ATTR_REASON, FALLBACK_REASONS, label=True),
+         _field("cause", ATTR_CAUSE, FALLBACK_CAUSES, label=True), _DETAIL),
+        counter="fallbacks", has_error=True,
+    ),
+    EventSpec(
+        EVENT_EXECUTOR_CREATED, "info", "An executor was created or reused.",
+        (_KIND, _field("workers", ATTR_WORKERS), _TASK_TYPE, _field("reused", ATTR_REUSED)),
+    ),
+    EventSpec(
+        EVENT_POOL_RESTARTED, "warning", "A broken worker pool was replaced.",
+        (_KIND, _field("reason", ATTR_REASON, FALLBACK_REASONS), _DETAIL),
+        counter="pool_restarts", has_error=True,
+    ),
+    EventSpec(
+        EVENT_BATCH_RESUBMITTED, "warning",
+        "A batch is run again because its worker was lost (Dask reschedules it; the driver counts it once).",
+        (_KIND, _field("index", ATTR_BATCH_INDEX), _field("reason", ATTR_REASON, RESUBMISSION_REASONS, label=True),
+         _field("worker", ATTR_WORKER)),
+        counter="batch_resubmissions",
+    ),
+)
+EVENT_SPECS_BY_NAME: Mapping[str, EventSpec] = {e.name: e for e in EVENT_SPECS}
+
+#: Attributes carried by each span event (derived from EVENT_SPECS).
 SPAN_EVENT_ATTRIBUTES: Mapping[str, tuple[str, ...]] = {
-    EVENT_WORKERS_REDUCED: (ATTR_TASK_TYPE, ATTR_WORKERS_REQUESTED, ATTR_WORKERS_GRANTED, ATTR_REASON, ATTR_DETAIL,
-                            ATTR_HEADROOM),
-    EVENT_FALLBACK: (ATTR_FROM_KIND, ATTR_TO_KIND, ATTR_REASON, ATTR_CAUSE, ATTR_DETAIL),
-    EVENT_EXECUTOR_CREATED: (ATTR_EXECUTOR_KIND, ATTR_WORKERS, ATTR_TASK_TYPE, ATTR_REUSED),
-    EVENT_POOL_RESTARTED: (ATTR_EXECUTOR_KIND, ATTR_REASON, ATTR_DETAIL),
-    EVENT_BATCH_RESUBMITTED: (ATTR_EXECUTOR_KIND, ATTR_BATCH_INDEX, ATTR_REASON, ATTR_WORKER),
+    e.name: tuple(f.attribute for f in e.fields) for e in EVENT_SPECS
 }
+
+
+@dataclass(frozen=True)
+class RenderedEvent:
+    """An event's values as its counter's labels, its span attributes and its log fields."""
+
+    labels: dict[str, str]
+    attributes: dict[str, object]
+    log_fields: dict[str, object]
+
+
+def render(spec: EventSpec, values: Mapping[str, object]) -> RenderedEvent:
+    """Labels, span attributes and log fields of one event, from its spec.
+
+    Bounded values are normalised (an unknown one becomes the catch-all, and the log
+    line keeps the raw value as ``<field>_raw``); ``None`` values are left out of the
+    span attributes (OpenTelemetry attributes cannot be null) but kept in the log.
+    """
+    labels: dict[str, str] = {}
+    attributes: dict[str, object] = {}
+    log_fields: dict[str, object] = {}
+    for f in spec.fields:
+        value = values.get(f.name)
+        if f.values is not None:
+            raw = str(value)
+            value = normalize_label(raw, f.values)
+            if value != raw:
+                log_fields[f.name + "_raw"] = raw
+            if f.label:
+                labels[f.name] = value
+        if value is not None:
+            attributes[f.attribute] = value
+        log_fields[f.name] = value
+    return RenderedEvent(labels, attributes, log_fields)
+
 
 # ---------------------------------------------------------------------------
 # Log events
 # ---------------------------------------------------------------------------
 _TRACE_FIELDS = ("trace_id", "span_id")
 
-LOG_EVENTS: tuple[LogEventSpec, ...] = (
-    LogEventSpec(
-        "executor.workers_reduced", "warning",
-        "The executor factory granted fewer workers than requested.",
-        ("task_type", "requested", "granted", "reason", "detail", "headroom") + _TRACE_FIELDS,
-    ),
-    LogEventSpec(
-        "executor.fallback", "warning",
-        "The executor fell back one step down the ladder.",
-        ("from_kind", "to_kind", "reason", "cause", "detail", "error_type", "error") + _TRACE_FIELDS,
-    ),
-    LogEventSpec(
-        "executor.created", "info",
-        "An executor was created or reused.",
-        ("kind", "workers", "task_type", "reused") + _TRACE_FIELDS,
-    ),
-    LogEventSpec(
-        "executor.pool_restarted", "warning",
-        "A broken worker pool was replaced.",
-        ("executor_kind", "reason", "detail", "error_type", "error") + _TRACE_FIELDS,
-    ),
-    LogEventSpec(
-        "executor.batch_resubmitted", "warning",
-        "A batch is run again because its worker was lost (Dask reschedules it; the driver counts it once).",
-        ("executor_kind", "index", "reason", "worker") + _TRACE_FIELDS,
-    ),
+def _log_spec(event: EventSpec) -> LogEventSpec:
+    errors = ("error_type", "error") if event.has_error else ()
+    return LogEventSpec(event.name, event.level, event.help, tuple(f.name for f in event.fields) + errors
+                        + _TRACE_FIELDS)
+
+
+LOG_EVENTS: tuple[LogEventSpec, ...] = tuple(_log_spec(event) for event in EVENT_SPECS) + (
     LogEventSpec(
         "select_best.batch_done", "info",
         "One conformer batch finished.",

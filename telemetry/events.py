@@ -1,5 +1,9 @@
 """One call = metric + span event + structured log, so callers never forget one.
 
+The executor's events are declared once each in the catalog (``EventSpec``): the
+``record_*`` functions here pass their values to ``catalog.render``, which gives
+the counter's labels, the span attributes and the log fields from that one spec.
+
 Label values are normalized against the bounded sets in :mod:`telemetry.catalog`:
 an unknown value becomes ``"other"`` (``"unknown"`` for fallback causes) in
 metrics and span attributes, and the log line keeps the raw value in
@@ -52,16 +56,13 @@ _select_log = get_logger("templ.select_best")
 _conformers_log = get_logger("templ.conformers")
 
 _TASK_TYPES = c.METRICS_BY_SHORT["worker_reductions"].label_values["task_type"]
-_REDUCTION_REASONS = c.METRICS_BY_SHORT["worker_reductions"].label_values["reason"]
 _KINDS = c.METRICS_BY_SHORT["fallbacks"].label_values["from_kind"]
-_FALLBACK_REASONS = c.METRICS_BY_SHORT["fallbacks"].label_values["reason"]
-_FALLBACK_CAUSES = c.METRICS_BY_SHORT["fallbacks"].label_values["cause"]
 _FAILURE_REASONS = c.METRICS_BY_SHORT["conformers_failed"].label_values["reason"]
-_RESUBMISSION_REASONS = c.METRICS_BY_SHORT["batch_resubmissions"].label_values["reason"]
 
 
 def _norm(value: str, allowed: tuple[str, ...], field: str, fields: dict[str, Any]) -> str:
     """Normalized label value; records the raw value in ``fields[field + '_raw']`` if it changed."""
+    value = str(value)  # a StrEnum member is logged as its plain value
     if value in allowed:
         return value
     fields[field + "_raw"] = value
@@ -86,34 +87,42 @@ def _exemplar(ids: tuple[str, str] | None) -> dict[str, str] | None:
 
 
 # ---------------------------------------------------------------------------
-# Executor events
+# Executor events: one spec each in the catalog (c.EVENT_SPECS), rendered by c.render
 # ---------------------------------------------------------------------------
-def _announce(
-    event: str, attributes: dict[str, Any], fields: dict[str, Any], *, level: str = "warning",
-    error: BaseException | None = None, exception_attributes: dict[str, Any] | None = None,
-) -> tuple[str, str] | None:
-    """Span event ``event`` (and ``error``) on the current span, and the log line; returns the span's ids."""
+def _announce(spec: c.EventSpec, values: dict[str, Any], error: BaseException | None = None) -> c.RenderedEvent:
+    """The span event (and ``error``) on the current span, the log line, and the counter of ``spec``."""
+    rendered = c.render(spec, values)
     span = trace.get_current_span()
     ids = _ids(span)
     if ids is not None:
-        span.add_event(event, attributes)
+        span.add_event(spec.name, rendered.attributes)
         if error is not None:
-            span.record_exception(error, attributes=exception_attributes)
+            span.record_exception(error, attributes={
+                key: rendered.attributes[key] for key in (c.ATTR_REASON, c.ATTR_CAUSE) if key in rendered.attributes})
+    fields = rendered.log_fields
     if error is not None:
         fields["error_type"] = type(error).__name__
         fields["error"] = str(error)
-    getattr(_executor_log, level)(event, **_add_ids(fields, ids))
-    return ids
+    getattr(_executor_log, spec.level)(spec.name, **_add_ids(fields, ids))
+    if spec.counter is not None:
+        getattr(get_metrics(), spec.counter).labels(**rendered.labels).inc(exemplar=_exemplar(ids))
+    return rendered
+
+
+_SPEC = c.EVENT_SPECS_BY_NAME
 
 
 def record_workers(task_type: str, requested: int, granted: int) -> None:
     """Set ``templ_executor_workers_requested/granted{task_type}`` (no reduction event)."""
     if not state.enabled:
         return
+    _set_worker_gauges(c.normalize_label(str(task_type), _TASK_TYPES), requested, granted)
+
+
+def _set_worker_gauges(task_type: str, requested: int, granted: int) -> None:
     m = get_metrics()
-    tt = c.normalize_label(task_type, _TASK_TYPES)
-    m.workers_requested.labels(task_type=tt).set(requested)
-    m.workers_granted.labels(task_type=tt).set(granted)
+    m.workers_requested.labels(task_type=task_type).set(requested)
+    m.workers_granted.labels(task_type=task_type).set(granted)
 
 
 def record_worker_reduction(
@@ -125,25 +134,10 @@ def record_worker_reduction(
     headroom: int | None = None,
 ) -> None:
     """Workers granted < requested: gauges, counter, span event and warning log ``executor.workers_reduced``."""
-    fields: dict[str, Any] = {}
-    tt = _norm(task_type, _TASK_TYPES, "task_type", fields)
-    rs = _norm(reason, _REDUCTION_REASONS, "reason", fields)
-    m = get_metrics()
-    m.workers_requested.labels(task_type=tt).set(requested)
-    m.workers_granted.labels(task_type=tt).set(granted)
-    attrs: dict[str, Any] = {
-        c.ATTR_TASK_TYPE: tt,
-        c.ATTR_WORKERS_REQUESTED: requested,
-        c.ATTR_WORKERS_GRANTED: granted,
-        c.ATTR_REASON: rs,
-        c.ATTR_DETAIL: detail,
-    }
-    if headroom is not None:
-        attrs[c.ATTR_HEADROOM] = headroom
-    _announce(c.EVENT_WORKERS_REDUCED, attrs, {
-        "task_type": tt, "requested": requested, "granted": granted, "reason": rs, "detail": detail,
-        "headroom": headroom, **fields})
-    m.worker_reductions.labels(task_type=tt, reason=rs).inc()
+    rendered = _announce(_SPEC[c.EVENT_WORKERS_REDUCED], {
+        "task_type": task_type, "workers_requested": requested, "workers_granted": granted, "reason": reason,
+        "detail": detail, "headroom": headroom})
+    _set_worker_gauges(rendered.labels["task_type"], requested, granted)
 
 
 def record_fallback(
@@ -155,18 +149,8 @@ def record_fallback(
     error: BaseException | None = None,
 ) -> None:
     """One step down the executor ladder: counter, span event (+ exception), warning log ``executor.fallback``."""
-    fields: dict[str, Any] = {}
-    fk = _norm(from_kind, _KINDS, "from_kind", fields)
-    tk = _norm(to_kind, _KINDS, "to_kind", fields)
-    rs = _norm(reason, _FALLBACK_REASONS, "reason", fields)
-    cs = _norm(cause, _FALLBACK_CAUSES, "cause", fields)
-    ids = _announce(
-        c.EVENT_FALLBACK,
-        {c.ATTR_FROM_KIND: fk, c.ATTR_TO_KIND: tk, c.ATTR_REASON: rs, c.ATTR_CAUSE: cs, c.ATTR_DETAIL: detail},
-        {"from_kind": fk, "to_kind": tk, "reason": rs, "cause": cs, "detail": detail, **fields},
-        error=error, exception_attributes={c.ATTR_REASON: rs, c.ATTR_CAUSE: cs},
-    )
-    get_metrics().fallbacks.labels(from_kind=fk, to_kind=tk, reason=rs, cause=cs).inc(exemplar=_exemplar(ids))
+    _announce(_SPEC[c.EVENT_FALLBACK], {"from_kind": from_kind, "to_kind": to_kind, "reason": reason,
+                                        "cause": cause, "detail": detail}, error)
 
 
 def record_pool_restart(
@@ -176,16 +160,8 @@ def record_pool_restart(
     error: BaseException | None = None,
 ) -> None:
     """A broken pool was replaced: ``templ_executor_pool_restarts_total``, span event, warning log."""
-    fields: dict[str, Any] = {}
-    kind = _norm(executor_kind, _KINDS, "executor_kind", fields)
-    rs = _norm(reason, _FALLBACK_REASONS, "reason", fields)
-    ids = _announce(
-        c.EVENT_POOL_RESTARTED,
-        {c.ATTR_EXECUTOR_KIND: kind, c.ATTR_REASON: rs, c.ATTR_DETAIL: detail},
-        {"executor_kind": kind, "reason": rs, "detail": detail, **fields},
-        error=error,
-    )
-    get_metrics().pool_restarts.labels(executor_kind=kind).inc(exemplar=_exemplar(ids))
+    _announce(_SPEC[c.EVENT_POOL_RESTARTED], {"executor_kind": executor_kind, "reason": reason, "detail": detail},
+              error)
 
 
 def record_batch_resubmission(executor_kind: str, index: int, reason: str, worker: str = "") -> None:
@@ -193,30 +169,16 @@ def record_batch_resubmission(executor_kind: str, index: int, reason: str, worke
 
     Only the resubmission is counted here; the batch itself is counted once, when its result arrives.
     """
-    fields: dict[str, Any] = {}
-    kind = _norm(executor_kind, _KINDS, "executor_kind", fields)
-    rs = _norm(reason, _RESUBMISSION_REASONS, "reason", fields)
-    ids = _announce(
-        c.EVENT_BATCH_RESUBMITTED,
-        {c.ATTR_EXECUTOR_KIND: kind, c.ATTR_BATCH_INDEX: index, c.ATTR_REASON: rs, c.ATTR_WORKER: worker},
-        {"executor_kind": kind, "index": index, "reason": rs, "worker": worker, **fields},
-    )
-    get_metrics().batch_resubmissions.labels(executor_kind=kind, reason=rs).inc(exemplar=_exemplar(ids))
+    _announce(_SPEC[c.EVENT_BATCH_RESUBMITTED],
+              {"executor_kind": executor_kind, "index": index, "reason": reason, "worker": worker})
 
 
 def record_executor_created(kind: str, workers: int, task_type: str, reused: bool) -> None:
     """An executor was created or reused: span event and info log ``executor.created``."""
     if not state.enabled:
         return
-    fields: dict[str, Any] = {}
-    k = _norm(kind, _KINDS, "kind", fields)
-    tt = _norm(task_type, _TASK_TYPES, "task_type", fields)
-    _announce(
-        c.EVENT_EXECUTOR_CREATED,
-        {c.ATTR_EXECUTOR_KIND: k, c.ATTR_WORKERS: workers, c.ATTR_TASK_TYPE: tt, c.ATTR_REUSED: reused},
-        {"kind": k, "workers": workers, "task_type": tt, "reused": reused, **fields},
-        level="info",
-    )
+    _announce(_SPEC[c.EVENT_EXECUTOR_CREATED],
+              {"executor_kind": kind, "workers": workers, "task_type": task_type, "reused": reused})
 
 
 # ---------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import threading
 from typing import Callable, TypeVar
 
 from telemetry.catalog import DEGRADED_COMPONENTS, DEGRADED_REASONS, normalize_label
+from telemetry.logs import get_logger
+from telemetry.metrics import get_metrics
 
 T = TypeVar("T")
 
@@ -32,9 +34,6 @@ def classify_start_error(exc: BaseException) -> str | None:
 
 
 def _degrade(component: str, reason: str, exc: BaseException | None) -> None:
-    from telemetry.logs import get_logger
-    from telemetry.metrics import get_metrics
-
     comp_label = normalize_label(component, DEGRADED_COMPONENTS + ("other",))
     reason_label = normalize_label(reason, DEGRADED_REASONS + ("other",))
     get_metrics().telemetry_degraded.labels(component=comp_label, reason=reason_label).inc()

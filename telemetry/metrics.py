@@ -24,7 +24,6 @@ __all__ = [
     "count_threads",
     "get_metrics",
     "reset_metrics_for_tests",
-    "start_metrics_server",
     "update_thread_gauges",
 ]
 
@@ -168,9 +167,3 @@ def update_thread_gauges(snapshot: _Snapshot, metrics: TemplMetrics | None = Non
         m.thread_limit.labels(limit=name).set(_gauge_value(item.limit, enforced))
         m.thread_headroom.labels(limit=name).set(_gauge_value(item.headroom, enforced))
 
-
-def start_metrics_server(port: int, addr: str = "127.0.0.1") -> Any | None:
-    """Serve ``/metrics`` for the singleton registry (see :mod:`telemetry.server`); None if degraded."""
-    from telemetry.server import Address, serve_metrics
-
-    return serve_metrics(Address(addr, port), get_metrics().registry)

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from telemetry.guard import start_guarded
+from telemetry.metrics import get_metrics
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9464
@@ -145,3 +146,8 @@ def serve_metrics(address: Address, registry: CollectorRegistry) -> MetricsServe
         httpd.server_close()
         return None
     return MetricsServer(httpd, thread, address)
+
+
+def start_metrics_server(port: int, addr: str = DEFAULT_HOST) -> MetricsServer | None:
+    """Serve ``/metrics`` for the process-wide registry (:func:`telemetry.metrics.get_metrics`); None if degraded."""
+    return serve_metrics(Address(addr, port), get_metrics().registry)

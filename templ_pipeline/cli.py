@@ -38,7 +38,8 @@ from telemetry.logs import get_logger, get_run_id  # noqa: E402
 from telemetry.session import TelemetryOptions, TelemetrySession, TelemetrySetupError  # noqa: E402
 from templ_pipeline.core import native_call  # noqa: E402
 from templ_pipeline.core.batch import BatchResult  # noqa: E402
-from templ_pipeline.core.conformers import generate_conformers, molecule_from_smiles  # noqa: E402
+from templ_pipeline.core.conformers import DEFAULT_SEED, generate_conformers, molecule_from_smiles  # noqa: E402
+from templ_pipeline.core.events import Fallback  # noqa: E402
 from templ_pipeline.core.executor import EXECUTOR_CHOICES, shutdown_dask, shutdown_pools  # noqa: E402
 from templ_pipeline.core.scoring import METRICS, Selection, select_best_with_report  # noqa: E402
 from templ_pipeline.interrupts import Interrupted, signals_raise  # noqa: E402
@@ -92,6 +93,18 @@ class RunProgress:
 
 
 PROGRESS = RunProgress()
+CONFORMER_FALLBACKS: list[Fallback] = []  # the run's conformer-thread fallbacks, for the summary
+
+
+def _generate(query: str | Chem.Mol, num_conformers: int, seed: int, workers: int) -> Chem.Mol:
+    """Conformers for the query, remembering their fallbacks for the summary."""
+    _stage(f"generating {num_conformers} conformers")
+
+    def keep(event: object) -> None:
+        if isinstance(event, Fallback):
+            CONFORMER_FALLBACKS.append(event)
+
+    return generate_conformers(query, num_conformers, seed=seed, n_workers=workers, observers=(keep,))
 
 
 def _stage(stage: str, total: int = 0) -> None:
@@ -180,10 +193,10 @@ def _summary(selection: Selection, output: Path, written: int) -> None:
         f"{report.conformers_per_second:,.0f} conformers/s; wrote {written} pose(s) to {output}",
         highlight=False, soft_wrap=True,
     )
-    for fallback in report.fallbacks:
+    for fallback in [*CONFORMER_FALLBACKS, *report.fallbacks]:
         stdout.print(
-            f"fallback {fallback['from_kind']} -> {fallback['to_kind']}: {fallback['reason']} "
-            f"(cause {fallback['cause']})", style="yellow", highlight=False,
+            f"fallback {fallback.from_kind} -> {fallback.to_kind}: {fallback.reason} (cause {fallback.cause})",
+            style="yellow", highlight=False,
         )
 
 
@@ -355,8 +368,7 @@ def select_best_command(
         query_mol = _parse_query(query) if query is not None else None
         with _observed(session):
             if confs is None:
-                _stage(f"generating {num_conformers} conformers")
-                confs = generate_conformers(query_mol, num_conformers, seed=seed, n_workers=workers)
+                confs = _generate(query_mol, num_conformers, seed, workers)
             _select_and_write(confs, tpl, workers, metric, all_ranked, output, executor, scheduler)
     except InputError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
@@ -384,8 +396,7 @@ def demo(
     try:
         check_output_path(output)
         with _observed(session):
-            _stage(f"generating {num_conformers} conformers")
-            confs = generate_conformers(pair.query_smiles, num_conformers, n_workers=workers)
+            confs = _generate(pair.query_smiles, num_conformers, DEFAULT_SEED, workers)
             _select_and_write(confs, pair.template, workers, metric, False, output)
     except InputError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None

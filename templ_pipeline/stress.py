@@ -88,8 +88,8 @@ class Tally:
 
     def add(self, selection: Selection) -> Selection:
         report = selection.report
-        self.reductions.update(r["reason"] for r in report.reductions)
-        self.fallbacks.update(f["reason"] for f in report.fallbacks)
+        self.reductions.update(str(r.reason) for r in report.reductions)
+        self.fallbacks.update(str(f.reason) for f in report.fallbacks)
         self.conformers_scored += report.n_scored
         return selection
 
@@ -109,16 +109,15 @@ class Tally:
 def describe(selection: Selection) -> str:
     """One line: conformers, workers, executor path and fallbacks of a call."""
     report = selection.report
-    steps = "; ".join(f"{f['from_kind']}->{f['to_kind']} {f['reason']} (cause {f['cause']})"
-                      for f in report.fallbacks)
-    cut = "".join(f", cut by {r['reason']}" for r in report.reductions)
+    steps = "; ".join(f"{f.from_kind}->{f.to_kind} {f.reason} (cause {f.cause})" for f in report.fallbacks)
+    cut = "".join(f", cut by {r.reason}" for r in report.reductions)
     return (f"{report.n_scored} scored, workers {report.workers_granted} of {report.workers_requested}{cut}, "
             f"executor {' -> '.join(report.executor_kinds)}" + (f"; fallbacks: {steps}" if steps else ""))
 
 
 def refresh_thread_gauges() -> None:
     """Export the limits as they are now (the executor only refreshes them around its own calls)."""
-    telemetry.update_thread_gauges(get_thread_manager().snapshot(fresh=True))
+    telemetry.metrics.update_thread_gauges(get_thread_manager().snapshot(fresh=True))
 
 
 def normal(workers: int, tally: Tally) -> str:

@@ -42,12 +42,12 @@ def tel_json():
 
     exporter = InMemorySpanExporter()
     stream = io.StringIO()
-    telemetry.reset_for_tests()
+    telemetry.testing.reset()
     telemetry.configure(span_exporter=exporter, synchronous=True, log_format="json", log_stream=stream,
                         run_id="test-run", log_level="DEBUG")
-    metrics = telemetry.reset_metrics_for_tests()
+    metrics = telemetry.testing.reset_metrics()
     yield SimpleNamespace(exporter=exporter, stream=stream, metrics=metrics, registry=metrics.registry)
-    telemetry.reset_for_tests()
+    telemetry.testing.reset()
 
 
 @pytest.fixture
@@ -61,9 +61,9 @@ def tel():
     import telemetry
 
     exporter = InMemorySpanExporter()
-    telemetry.reset_for_tests()
+    telemetry.testing.reset()
     telemetry.configure(span_exporter=exporter, synchronous=True, log_format="json", run_id="test")
-    metrics = telemetry.reset_metrics_for_tests()
+    metrics = telemetry.testing.reset_metrics()
     with structlog.testing.capture_logs() as logs:
         yield SimpleNamespace(exporter=exporter, registry=metrics.registry, logs=logs)
-    telemetry.reset_for_tests()
+    telemetry.testing.reset()

@@ -15,13 +15,12 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from dashboards import dask_metrics
 from dashboards.executor_dashboard import UID
-from dashboards.generate import OUTPUT_DIR
+from dashboards.generate import ALERTS, OUTPUT_DIR
 from telemetry.catalog import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_JSON = OUTPUT_DIR / f"{UID}.json"
-PROMETHEUS_DIR = ROOT / "dashboards" / "prometheus"
-ALERTS = PROMETHEUS_DIR / "alerts.yml"
+PROMETHEUS_DIR = ALERTS.parent
 ROWS = ("Headroom", "Decisions", "Fallbacks", "Work", "Process", "Dask")
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')

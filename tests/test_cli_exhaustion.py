@@ -94,7 +94,7 @@ def _log_events(path: Path) -> list[dict]:
 
 
 def _executor_events(events: list[dict]) -> list[dict]:
-    keys = ("event", "task_type", "requested", "granted", "from_kind", "to_kind", "reason", "cause", "detail")
+    keys = ("event", "task_type", "workers_requested", "workers_granted", "from_kind", "to_kind", "reason", "cause", "detail")
     return [{k: e[k] for k in keys if k in e} for e in events if str(e.get("event", "")).startswith("executor.")]
 
 
@@ -176,7 +176,7 @@ def test_eight_workers_in_a_tiny_cgroup_give_the_same_best_pose(child_pids_cgrou
     assert _best(out) == _best(reference_out), context
     reductions = {e["task_type"]: e for e in events if e.get("event") == "executor.workers_reduced"}
     assert set(reductions) == {"conformers", "scoring"}, context
-    assert all(e["reason"] == "pids_cgroup" and e["granted"] < 8 for e in reductions.values()), context
+    assert all(e["reason"] == "pids_cgroup" and e["workers_granted"] < 8 for e in reductions.values()), context
     fallbacks = [e for e in events if e.get("event") == "executor.fallback"]
     assert all(e["cause"] == "pids_cgroup" for e in fallbacks), context
     if refused_after > refused_before:  # the kernel refused a start: it must show as a fallback

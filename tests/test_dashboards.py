@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
@@ -11,6 +12,7 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from dashboard_queries import (
     ROWS,
+    alert_rules,
     annotation_queries,
     allowed_label_names,
     allowed_metric_names,
@@ -20,9 +22,16 @@ from dashboard_queries import (
     panel_queries,
     variable_queries,
 )
-from dashboards import generate
+from dashboards import generate, names
 from dashboards.annotations import EXTRA_KEYS
 from dashboards.executor_dashboard import TITLE
+from telemetry.catalog import FAILURE_REASONS, FALLBACK_CAUSES, FALLBACK_REASONS, REDUCTION_REASONS
+from templ_pipeline.core.executor import CAP_MANAGER_FAILED, CAP_MANAGER_UNAVAILABLE
+from templ_pipeline.core.limits.grant import RESERVE_TASKS
+from templ_pipeline.core.limits.worker_cost import worker_cost
+
+CRITICAL_EXPR = re.compile(r"< (\d+)\n")
+SHARE_EXPR = re.compile(r"< ([0-9.]+) \*")
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +39,63 @@ def dashboard() -> dict:
     return load_dashboard()
 
 
-def test_committed_json_is_the_generator_output():
+@pytest.fixture
+def default_environment(monkeypatch):
+    """The project's default start method, and process workers with one BLAS thread (as pools start them)."""
+    monkeypatch.delenv("TEMPL_MP_START_METHOD", raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+
+
+def test_committed_files_are_the_generator_output(default_environment):
     assert generate.stale() == [], "run `make dashboards` and commit the result"
+    assert generate.main(["--check"]) == 0
+
+
+def _panel(dashboard: dict, title: str) -> dict:
+    return next(p for p in dashboard["panels"] if p["title"] == title)
+
+
+def _steps(panel: dict) -> list[float]:
+    return [step["value"] for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"][1:]]
+
+
+def test_cost_model_numbers_are_the_codes(dashboard, default_environment):
+    cost = worker_cost("process", "spawn")
+    text = _panel(dashboard, "Headroom (tasks)")["description"]
+    assert f"need N tasks + {cost.fixed_tasks} pool helper tasks + a reserve of {RESERVE_TASKS}" in text
+    assert f"{cost.pool_helpers} threads of the pool" in text
+    assert f"{cost.helper_processes} helper process of the spawn start method" in text
+
+
+def test_thresholds_are_the_alerts(dashboard):
+    rules = alert_rules()
+    (critical,) = CRITICAL_EXPR.findall(rules["TemplThreadHeadroomCritical"]["expr"])
+    (warning,) = CRITICAL_EXPR.findall(rules["TemplThreadHeadroomLow"]["expr"])
+    for title in ("Binding limit", "Headroom (tasks)"):
+        panel = _panel(dashboard, title)
+        assert _steps(panel) == [int(critical), int(warning)], title
+        assert f"{critical}" in panel["description"] and f"{warning}" in panel["description"], title
+    shares = [float(SHARE_EXPR.findall(rules[name]["expr"])[0])
+              for name in ("TemplThreadHeadroomCritical", "TemplThreadHeadroomLow")]
+    assert _steps(_panel(dashboard, "Headroom (% of limit)")) == pytest.approx([100 * s for s in shares])
+
+
+def test_descriptions_list_the_catalogs_values(dashboard):
+    fallbacks = _panel(dashboard, "Fallbacks/s by from, to, reason and cause")["description"]
+    assert all(value in fallbacks for value in FALLBACK_REASONS + FALLBACK_CAUSES)
+    reductions = _panel(dashboard, "Worker reductions/s by task type and reason")["description"]
+    assert all(reason in reductions for reason in REDUCTION_REASONS)
+    assert f"manager_unavailable (capped at {CAP_MANAGER_UNAVAILABLE} workers)" in reductions
+    assert f"manager_failed (capped at {CAP_MANAGER_FAILED} workers)" in reductions
+    failures = _panel(dashboard, "Conformer failures/s by reason")["description"]
+    assert all(reason in failures for reason in FAILURE_REASONS)
+
+
+def test_a_value_the_catalog_lacks_stops_the_generator():
+    with pytest.raises(ValueError, match="no_such_reason"):
+        names.value("no_such_reason", FALLBACK_REASONS)
+    with pytest.raises(KeyError):
+        names.metric("no_such_metric")
 
 
 def test_json_reads_back_through_the_sdk_model(dashboard):

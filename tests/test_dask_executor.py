@@ -62,7 +62,7 @@ def test_scheduler_from_environment_and_client_reused(dask_cluster, confs, templ
     selection = select_best_with_report(confs, template, n_workers=2, executor="dask")
     assert _signature(selection) == _signature(local)
     assert selection.report.executor_kinds == ["dask"]
-    created = [e for e in tel.logs if e["event"] == "executor.created" and e["kind"] == "dask"]
+    created = [e for e in tel.logs if e["event"] == "executor.created" and e["executor_kind"] == "dask"]
     assert [e["reused"] for e in created] == [True]  # the client of the previous test
 
 
@@ -74,7 +74,7 @@ def test_unreachable_scheduler_falls_back_to_local_run(confs, template, local, t
     assert _signature(selection) == _signature(local)
     report = selection.report
     assert report.executor_kinds == ["process"]
-    assert [(f["from_kind"], f["to_kind"], f["reason"]) for f in report.fallbacks] == [
+    assert [(f.from_kind, f.to_kind, f.reason) for f in report.fallbacks] == [
         ("dask", "process", "scheduler_unreachable")
     ]
     labels = {"from_kind": "dask", "to_kind": "process", "reason": "scheduler_unreachable", "cause": "none"}
@@ -101,7 +101,7 @@ def test_local_cluster_sized_from_grant_reused_and_closed(confs, template, local
     second = select_best_with_report(confs, template, n_workers=2, executor="dask")
     assert _signature(first) == _signature(second) == _signature(local)
     assert first.report.executor_kinds == second.report.executor_kinds == ["dask"]
-    created = [e for e in tel.logs if e["event"] == "executor.created" and e["kind"] == "dask"]
+    created = [e for e in tel.logs if e["event"] == "executor.created" and e["executor_kind"] == "dask"]
     assert [(e["workers"], e["reused"]) for e in created] == [(2, False), (2, True)]
     session, reused = dask_backend.SESSIONS.acquire(None, 2)
     assert reused and session.cluster is not None
@@ -127,7 +127,7 @@ def test_scheduler_lost_mid_run_hands_unfinished_batches_to_local_run(confs, tem
     assert _signature(selection) == _signature(local)
     report = selection.report
     assert report.executor_kinds == ["dask", "process"]
-    assert [(f["from_kind"], f["to_kind"], f["reason"]) for f in report.fallbacks] == [
+    assert [(f.from_kind, f.to_kind, f.reason) for f in report.fallbacks] == [
         ("dask", "process", "scheduler_unreachable")
     ]
     assert tel.registry.get_sample_value("templ_conformers_scored_total") == local.report.n_scored
@@ -155,7 +155,7 @@ def test_worker_killed_mid_run_is_resubmitted_and_counted_once(dask_cluster, con
     report = selection.report
     assert report.n_scored + report.n_failed == N_CONFORMERS
     assert report.executor_kinds == ["dask"] and not report.fallbacks
-    assert report.resubmissions and {r["worker"] for r in report.resubmissions} == set(killed)
+    assert report.resubmissions and {r.worker for r in report.resubmissions} == set(killed)
     registry = tel.registry
     resubmitted = sum(
         registry.get_sample_value("templ_executor_batch_resubmissions_total",
@@ -170,6 +170,6 @@ def test_worker_killed_mid_run_is_resubmitted_and_counted_once(dask_cluster, con
     assert len(events) == len(report.resubmissions)
     assert events[0].attributes["templ.executor.worker"] == killed[0]
     logged = [e for e in tel.logs if e["event"] == "executor.batch_resubmitted"]
-    assert [e["index"] for e in logged] == [r["index"] for r in report.resubmissions]
+    assert [e["index"] for e in logged] == [r.index for r in report.resubmissions]
     batches = [s for s in tel.exporter.get_finished_spans() if s.name == "select_best.batch"]
     assert sorted(s.attributes["templ.batch.index"] for s in batches) == list(range(report.n_batches))

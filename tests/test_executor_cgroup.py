@@ -22,6 +22,7 @@ SCENARIO = textwrap.dedent(
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     import telemetry
     from templ_pipeline.core.conformers import generate_conformers
+    from templ_pipeline.core.events import as_fields
     from templ_pipeline.core.executor import get_executor
     from templ_pipeline.core.scoring import select_best_with_report
     from templ_pipeline.io import examples
@@ -64,8 +65,8 @@ SCENARIO = textwrap.dedent(
     print(json.dumps({
         "signature": [[i.conf_id, i.shape, i.color] for i in selection.ordered],
         "fallbacks": fallbacks,
-        "report_fallbacks": selection.report.fallbacks,
-        "reductions": selection.report.reductions,
+        "report_fallbacks": [as_fields(f) for f in selection.report.fallbacks],
+        "reductions": [as_fields(r) for r in selection.report.reductions],
         "span_events": events,
         "batch_spans": sum(1 for s in spans if s.name == "select_best.batch"),
         "log_events": [{k: v for k, v in e.items() if k in ("event", "reason", "cause", "from_kind", "to_kind",

@@ -58,7 +58,7 @@ def test_worker_killed_mid_batch_gives_identical_results(big_query, template, te
     report = selection.report
     assert report.n_scored + report.n_failed == big_query.GetNumConformers()
     assert report.n_scored == reference.report.n_scored
-    assert any(f["reason"] == "broken_pool" and f["from_kind"] == "process" for f in report.fallbacks), report.fallbacks
+    assert any(f.reason == "broken_pool" and f.from_kind == "process" for f in report.fallbacks), report.fallbacks
     broken = {"from_kind": "process", "to_kind": report.executor_kinds[-1], "reason": "broken_pool", "cause": "none"}
     assert tel.registry.get_sample_value("templ_executor_fallbacks_total", broken) == 1
     assert tel.registry.get_sample_value("templ_executor_pool_restarts_total", {"executor_kind": "process"}) == 1
@@ -113,20 +113,23 @@ def test_thread_manager_import_failure_caps_at_four_workers():
     code = SCENARIO_PRELUDE.format(
         block="sys.modules['templ_pipeline.core.thread_manager'] = None  # the manager cannot be imported"
     ) + """
+from templ_pipeline.core.events import as_fields
 from templ_pipeline.core.executor import get_executor
 ex = get_executor(8)
 sel = select_best_with_report(confs, template, n_workers=8)
 import telemetry
 counted = telemetry.get_metrics().registry.get_sample_value(
     "templ_executor_worker_reductions_total", {"task_type": "scoring", "reason": "manager_unavailable"})
-print(json.dumps({"granted": ex.workers, "reductions": ex.reductions, "report_granted": sel.report.workers_granted,
+print(json.dumps({"granted": ex.workers, "grant_reason": ex.grant.reason, "reductions": [as_fields(r) for r in sel.report.reductions],
+                  "report_granted": sel.report.workers_granted,
                   "scored": sel.report.n_scored, "counted": counted}))
 """
     out = _run_python(code)
     assert out["granted"] == 4 and out["report_granted"] == 4
     assert out["scored"] == 40
     assert [r["reason"] for r in out["reductions"]] == ["manager_unavailable"]
-    assert out["counted"] == 2  # one reduction per executor asked for 8
+    assert out["grant_reason"] == "manager_unavailable"
+    assert out["counted"] == 1  # reported by the executor that ran; the one only built reports nothing
 
 
 def _os_threads() -> int:
@@ -166,7 +169,7 @@ def test_daemon_process_runs_sequentially_with_reason(query_confs, template):
     reference = select_best_with_report(query_confs, template, n_workers=1)
     assert signature == _signature(reference)
     assert kinds == ["sequential"]
-    assert [(f["from_kind"], f["to_kind"], f["reason"]) for f in fallbacks] == [
+    assert [(f.from_kind, f.to_kind, f.reason) for f in fallbacks] == [
         ("process", "sequential", "daemon_process")
     ]
 

@@ -88,6 +88,7 @@ SCENARIO = textwrap.dedent("""
     import json, sys
     from concurrent.futures import ProcessPoolExecutor
     import templ_pipeline.core.scoring as scoring
+    from templ_pipeline.core.events import as_fields
     from templ_pipeline.core.executor import MonitoredExecutor
     from templ_pipeline.core.pools import PoolRegistry, new_pool, pool_context
     from templ_pipeline.core.conformers import generate_conformers
@@ -112,7 +113,7 @@ SCENARIO = textwrap.dedent("""
     print(json.dumps({
         "signature": [[i.conf_id, i.shape, i.color] for i in selection.ordered],
         "kinds": selection.report.executor_kinds,
-        "fallbacks": selection.report.fallbacks,
+        "fallbacks": [as_fields(f) for f in selection.report.fallbacks],
     }))
     registry.shutdown_all()
 """) % {"query": QUERY}
@@ -186,13 +187,14 @@ CONFORMERS = textwrap.dedent("""
     from rdkit import Chem
     import telemetry
     from templ_pipeline.core.conformers import EmbeddingThreads, embed_conformers
+    from telemetry.observer import observe
 
     telemetry.configure(synchronous=True, log_format="json", log_stream=sys.stderr)
     with_hs = Chem.AddHs(Chem.MolFromSmiles(%(query)r))
     print("READY", flush=True)
     sys.stdin.readline()  # the test sets pids.max now: room for the grant
     with structlog.testing.capture_logs() as logs:
-        threads = EmbeddingThreads(4)
+        threads = EmbeddingThreads(4, observe)
         granted = threads.count
         release, blockers = threading.Event(), []
         while True:  # then the headroom is used up before RDKit starts its threads

@@ -29,21 +29,21 @@ def _run_events() -> None:
         SimpleNamespace(name="rlimit_nproc", limit=None, headroom=None, enforced=False),  # +Inf
         SimpleNamespace(name="stack_memory", limit=None, headroom=None, enforced=None),  # NaN
     ]
-    telemetry.update_thread_gauges(SimpleNamespace(threads=5, limits=limits))
-    telemetry.record_workers("scoring", 8, 8)
+    telemetry.metrics.update_thread_gauges(SimpleNamespace(threads=5, limits=limits))
+    telemetry.events.record_workers("scoring", 8, 8)
     with telemetry.select_best_span(n_conformers=35, workers_requested=8) as call:
-        telemetry.record_worker_reduction("conformers", 8, 3, "pids_cgroup", "pids.max=40", headroom=3)
+        telemetry.events.record_worker_reduction("conformers", 8, 3, "pids_cgroup", "pids.max=40", headroom=3)
         call.workers_granted = 3
         for i in range(3):
             with telemetry.batch_span(i, 10, "process") as batch:
                 if i == 1:
-                    telemetry.record_fallback("process", "thread", "process_start_failed", "rlimit_nproc",
+                    telemetry.events.record_fallback("process", "thread", "process_start_failed", "rlimit_nproc",
                                               error=OSError(11, "Resource temporarily unavailable"))
                     batch.executor_kind = "thread"
                 batch.scored, batch.failed = 9, 1
-        telemetry.record_batch(3, 5, "process", 5, 0, 0.02, pid=4242)
-        telemetry.record_pool_restart("process")
-        telemetry.record_fallback("thread", "sequential", "no_headroom")
+        telemetry.events.record_batch(3, 5, "process", 5, 0, 0.02, pid=4242)
+        telemetry.events.record_pool_restart("process")
+        telemetry.events.record_fallback("thread", "sequential", "no_headroom")
         call.executor_kind = "sequential"
         call.scored = 32
         call.fail("no_coordinates", 3)
@@ -207,7 +207,7 @@ def test_push_to_real_pushgateway(tel, pushgateway):
 def test_push_replaces_the_group(tel, pushgateway):
     _run_events()
     push_metrics(pushgateway, registry=tel.registry, grouping_key={"instance": "node1"})
-    fresh = telemetry.reset_metrics_for_tests()  # next run: no fallbacks yet
+    fresh = telemetry.testing.reset_metrics()  # next run: no fallbacks yet
     push_metrics(pushgateway, registry=fresh.registry, grouping_key={"instance": "node1"})
     pushed = _gateway_samples(pushgateway, job="templ", instance="node1")
     assert pushed[("templ_conformers_scored_total", frozenset())] == 0

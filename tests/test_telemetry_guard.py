@@ -33,7 +33,7 @@ CHILD = textwrap.dedent(
                 if line.startswith("VmSize:"):
                     return int(line.split()[1]) * 1024
 
-    telemetry.configure_logging(fmt="json", stream=sys.stderr, run_id="guard")
+    telemetry.logs.configure_logging(fmt="json", stream=sys.stderr, run_id="guard")
     metrics = telemetry.get_metrics()
     threading.stack_size(512 * 1024 * 1024)
     resource.setrlimit(resource.RLIMIT_AS, (vmsize() + 256 * 1024 * 1024, resource.RLIM_INFINITY))
@@ -44,14 +44,14 @@ CHILD = textwrap.dedent(
         plain_thread_failed = True
 
     exporter = InMemorySpanExporter()
-    provider = telemetry.configure_tracing(exporter)  # asks for a BatchSpanProcessor
+    provider = telemetry.tracing.configure_tracing(exporter)  # asks for a BatchSpanProcessor
     processors = provider._active_span_processor._span_processors
     with telemetry.select_best_span(10, 2) as call:
         with telemetry.batch_span(0, 10, "sequential") as b:
             b.scored = 10
         call.scored = 10
     exported = len(exporter.get_finished_spans())  # synchronous export: visible immediately
-    server = telemetry.start_metrics_server(0, addr="127.0.0.1")  # another thread: also degraded
+    server = telemetry.server.start_metrics_server(0, addr="127.0.0.1")  # another thread: also degraded
     reg = metrics.registry
     print(json.dumps({
         "plain_thread_failed": plain_thread_failed,
@@ -63,7 +63,7 @@ CHILD = textwrap.dedent(
             "templ_telemetry_degraded_total", {"component": "metrics_server", "reason": "thread_start_failed"}),
         "server": server,
     }))
-    telemetry.shutdown_tracing()
+    telemetry.tracing.shutdown_tracing()
     """
 )
 
@@ -91,10 +91,10 @@ def test_thread_start_failure_falls_back_to_synchronous_export():
 @pytest.fixture
 def fresh():
     stream = io.StringIO()
-    metrics = telemetry.reset_for_tests()
-    telemetry.configure_logging(fmt="json", stream=stream, run_id="g")
+    metrics = telemetry.testing.reset()
+    telemetry.logs.configure_logging(fmt="json", stream=stream, run_id="g")
     yield stream, metrics.registry
-    telemetry.reset_for_tests()
+    telemetry.testing.reset()
 
 
 def _start_thread_with_huge_stack_in_tiny_address_space():

@@ -18,10 +18,10 @@ from telemetry.logs import get_logger
 @pytest.fixture
 def exporter():
     exp = InMemorySpanExporter()
-    telemetry.reset_for_tests()
-    telemetry.configure_tracing(exp, synchronous=True)
+    telemetry.testing.reset()
+    telemetry.tracing.configure_tracing(exp, synchronous=True)
     yield exp
-    telemetry.reset_for_tests()
+    telemetry.testing.reset()
 
 
 def _json_lines(stream: io.StringIO) -> list[dict]:
@@ -29,10 +29,10 @@ def _json_lines(stream: io.StringIO) -> list[dict]:
 
 
 def test_capture_logs_sees_fallback_with_trace_id(exporter):
-    telemetry.configure_logging(fmt="json", stream=io.StringIO(), run_id="cap")
+    telemetry.logs.configure_logging(fmt="json", stream=io.StringIO(), run_id="cap")
     with capture_logs() as logs:
         with telemetry.batch_span(3, 10, "process"):
-            telemetry.record_fallback("process", "thread", "process_start_failed", "rlimit_nproc", detail="EAGAIN")
+            telemetry.events.record_fallback("process", "thread", "process_start_failed", "rlimit_nproc", detail="EAGAIN")
     (fb,) = [e for e in logs if e["event"] == "executor.fallback"]
     assert fb["log_level"] == "warning"
     assert fb["reason"] == "process_start_failed" and fb["cause"] == "rlimit_nproc" and fb["detail"] == "EAGAIN"
@@ -45,14 +45,14 @@ def test_capture_logs_sees_fallback_with_trace_id(exporter):
 
 
 def test_capture_logs_sees_reduction_and_select_best_done(exporter):
-    telemetry.configure_logging(fmt="json", stream=io.StringIO())
+    telemetry.logs.configure_logging(fmt="json", stream=io.StringIO())
     with capture_logs() as logs:
         with telemetry.select_best_span(8, 4) as call:
-            telemetry.record_worker_reduction("scoring", 4, 1, "threads_max", "threads-max 500", headroom=1)
+            telemetry.events.record_worker_reduction("scoring", 4, 1, "threads_max", "threads-max 500", headroom=1)
             call.scored = 6
             call.fail("invalid_molecule", 2)
     red = next(e for e in logs if e["event"] == "executor.workers_reduced")
-    assert (red["requested"], red["granted"], red["reason"], red["headroom"]) == (4, 1, "threads_max", 1)
+    assert (red["workers_requested"], red["workers_granted"], red["reason"], red["headroom"]) == (4, 1, "threads_max", 1)
     assert red["log_level"] == "warning" and len(red["trace_id"]) == 32
     done = next(e for e in logs if e["event"] == "select_best.done")
     assert done["scored"] == 6 and done["failed"] == 2 and done["failed_by_reason"] == {"invalid_molecule": 2}
@@ -60,9 +60,9 @@ def test_capture_logs_sees_reduction_and_select_best_done(exporter):
 
 
 def test_fallback_outside_span_has_no_trace_id(exporter):
-    telemetry.configure_logging(fmt="json", stream=io.StringIO())
+    telemetry.logs.configure_logging(fmt="json", stream=io.StringIO())
     with capture_logs() as logs:
-        telemetry.record_fallback("thread", "sequential", "thread_start_failed", "stack_memory")
+        telemetry.events.record_fallback("thread", "sequential", "thread_start_failed", "stack_memory")
     assert logs[0]["event"] == "executor.fallback" and "trace_id" not in logs[0]
 
 
@@ -74,10 +74,10 @@ def _assert_utc_iso(ts: str) -> None:
 
 def test_json_output_fields(exporter):
     stream = io.StringIO()
-    telemetry.configure_logging(level="INFO", fmt="json", stream=stream, run_id="run-42")
+    telemetry.logs.configure_logging(level="INFO", fmt="json", stream=stream, run_id="run-42")
     log = get_logger("templ_pipeline.scoring")
     log.info("outside", k=1)
-    with telemetry.get_tracer().start_as_current_span("work") as span:
+    with telemetry.tracing.get_tracer().start_as_current_span("work") as span:
         log.warning("inside", conformers=5)
         logging.getLogger("templ_pipeline.core.executor").info("stdlib inside %d", 7)
     logging.getLogger("some.dep").warning("x")
@@ -103,7 +103,7 @@ def test_json_output_fields(exporter):
 
 def test_level_filter_and_exceptions(exporter):
     stream = io.StringIO()
-    telemetry.configure_logging(level="WARNING", fmt="json", stream=stream, run_id="r")
+    telemetry.logs.configure_logging(level="WARNING", fmt="json", stream=stream, run_id="r")
     with telemetry.batch_span(0, 5, "thread"):
         pass  # batch_done is info: filtered
     try:
@@ -120,8 +120,8 @@ def test_configure_twice_replaces_handler(exporter):
     first, second = io.StringIO(), io.StringIO()
     root = logging.getLogger()
     n_handlers = len(root.handlers)
-    telemetry.configure_logging(fmt="json", stream=first, run_id="a")
-    telemetry.configure_logging(fmt="json", stream=second, run_id="b")
+    telemetry.logs.configure_logging(fmt="json", stream=first, run_id="a")
+    telemetry.logs.configure_logging(fmt="json", stream=second, run_id="b")
     assert len(root.handlers) == n_handlers + 1
     logging.getLogger("dep").warning("once")
     get_logger("t").warning("twice")
@@ -132,12 +132,12 @@ def test_configure_twice_replaces_handler(exporter):
 
 def test_auto_format_and_console(exporter):
     stream = io.StringIO()  # not a TTY -> JSON
-    telemetry.configure_logging(fmt="auto", stream=stream)
+    telemetry.logs.configure_logging(fmt="auto", stream=stream)
     get_logger("t").warning("auto.json")
     assert json.loads(stream.getvalue())["event"] == "auto.json"
     assert len(telemetry.get_run_id()) == 12  # generated when not given
     console = io.StringIO()
-    telemetry.configure_logging(fmt="console", stream=console, run_id="c1")
+    telemetry.logs.configure_logging(fmt="console", stream=console, run_id="c1")
     get_logger("t").warning("console.event", a=1)
     out = console.getvalue()
     assert "console.event" in out and "run_id" in out and not out.lstrip().startswith("{")

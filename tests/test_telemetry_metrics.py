@@ -40,7 +40,7 @@ def test_short_names_resolve_to_catalog_collectors(tel):
 def test_singleton_and_reset():
     a = telemetry.get_metrics()
     assert telemetry.get_metrics() is a
-    b = telemetry.reset_metrics_for_tests()
+    b = telemetry.testing.reset_metrics()
     assert b is not a and telemetry.get_metrics() is b and b.registry is not a.registry
 
 
@@ -57,21 +57,21 @@ def test_small_label_sets_initialized_to_zero(tel):
 
 def test_sample_values_after_events(tel):
     r = tel.registry
-    telemetry.record_workers("scoring", 8, 8)
+    telemetry.events.record_workers("scoring", 8, 8)
     with telemetry.select_best_span(n_conformers=30, workers_requested=8) as call:
-        telemetry.record_worker_reduction("conformers", 8, 3, "pids_cgroup", "pids.max=40", headroom=3)
+        telemetry.events.record_worker_reduction("conformers", 8, 3, "pids_cgroup", "pids.max=40", headroom=3)
         call.workers_granted = 3
         for i in range(3):
             with telemetry.batch_span(i, 10, "process") as batch:
                 if i == 1:
-                    telemetry.record_fallback("process", "thread", "process_start_failed", "rlimit_nproc")
+                    telemetry.events.record_fallback("process", "thread", "process_start_failed", "rlimit_nproc")
                     batch.executor_kind = "thread"
                 batch.scored, batch.failed = 9, 1
         call.executor_kind = "thread"
         call.scored = 27
         call.failed_by_reason = {"no_coordinates": 2}
         call.fail("alignment_failed")
-    telemetry.record_pool_restart("process", "broken_pool", "worker died")
+    telemetry.events.record_pool_restart("process", "broken_pool", "worker died")
 
     assert r.get_sample_value("templ_executor_workers_requested", {"task_type": "scoring"}) == 8
     assert r.get_sample_value("templ_executor_workers_requested", {"task_type": "conformers"}) == 8
@@ -105,8 +105,8 @@ def test_error_outcome_counted(tel):
 
 def test_unknown_label_values_are_folded(tel):
     r = tel.registry
-    telemetry.record_fallback("gpu", "thread", "cosmic_ray", "solar_flare")
-    telemetry.record_worker_reduction("mystery_task", 4, 1, "moon_phase")
+    telemetry.events.record_fallback("gpu", "thread", "cosmic_ray", "solar_flare")
+    telemetry.events.record_worker_reduction("mystery_task", 4, 1, "moon_phase")
     with telemetry.select_best_span(3, 1) as call:
         call.fail("not_a_reason", 3)
     assert r.get_sample_value("templ_executor_fallbacks_total", {
@@ -146,7 +146,7 @@ def test_update_thread_gauges_and_live_thread_count(tel):
         _EnforcedLimit("pid_max", 4194304, None, enforced=False),
         _EnforcedLimit("stack_memory", None, None, enforced=None),
     ])
-    telemetry.update_thread_gauges(snap)
+    telemetry.metrics.update_thread_gauges(snap)
     r = tel.registry
     assert r.get_sample_value("templ_thread_limit", {"limit": "pids_cgroup"}) == 64
     assert r.get_sample_value("templ_thread_headroom", {"limit": "pids_cgroup"}) == 10
@@ -195,14 +195,14 @@ def test_openmetrics_exemplar_carries_batch_trace_id(tel):
 def test_disabled_skips_per_batch_work_but_keeps_safety_events(tel):
     r = tel.registry
     with telemetry.disabled():
-        assert not telemetry.is_enabled()
+        assert not telemetry.state.is_enabled()
         with telemetry.select_best_span(10, 2) as call:
             with telemetry.batch_span(0, 10, "process") as batch:
                 batch.scored = 10
-                telemetry.record_fallback("process", "sequential", "broken_pool", "none")
+                telemetry.events.record_fallback("process", "sequential", "broken_pool", "none")
             call.scored = 10
             call.fail("no_coordinates")
-    assert telemetry.is_enabled()
+    assert telemetry.state.is_enabled()
     assert r.get_sample_value("templ_select_best_batches_total", {"executor_kind": "process"}) == 0
     assert r.get_sample_value("templ_conformers_scored_total") == 0
     assert r.get_sample_value("templ_executor_fallbacks_total", {

@@ -24,14 +24,14 @@ def _processors(provider):
 
 def _run_select_best():
     with telemetry.select_best_span(n_conformers=20, workers_requested=4) as call:
-        telemetry.record_executor_created("process", 4, "scoring", reused=False)
-        telemetry.record_worker_reduction("scoring", 4, 2, "rlimit_nproc", "nproc 30/32", headroom=2)
+        telemetry.events.record_executor_created("process", 4, "scoring", reused=False)
+        telemetry.events.record_worker_reduction("scoring", 4, 2, "rlimit_nproc", "nproc 30/32", headroom=2)
         call.workers_granted = 2
         with telemetry.batch_span(0, 10, "process") as b:
             b.scored = 10
         with telemetry.batch_span(1, 10, "process") as b:
             err = RuntimeError("can't start new thread")
-            telemetry.record_fallback("process", "sequential", "process_start_failed", "pids_cgroup",
+            telemetry.events.record_fallback("process", "sequential", "process_start_failed", "pids_cgroup",
                                       detail="pids.current=64/64", error=err)
             b.executor_kind = "sequential"
             b.scored, b.failed = 8, 2
@@ -126,33 +126,33 @@ def test_current_trace_ids(tel):
 def test_disabled_tracing_is_noop():
     exporter = InMemorySpanExporter()
     try:
-        assert telemetry.configure_tracing(exporter, enabled=False) is None
-        assert isinstance(telemetry.get_tracer(), trace.NoOpTracer)
-        with telemetry.get_tracer().start_as_current_span("x") as span:
+        assert telemetry.tracing.configure_tracing(exporter, enabled=False) is None
+        assert isinstance(telemetry.tracing.get_tracer(), trace.NoOpTracer)
+        with telemetry.tracing.get_tracer().start_as_current_span("x") as span:
             assert not span.is_recording()
             assert telemetry.current_trace_ids() is None
         assert exporter.get_finished_spans() == ()
     finally:
-        telemetry.reset_for_tests()
+        telemetry.testing.reset()
 
 
 def test_disabled_context_gives_noop_tracer(tel):
     with telemetry.disabled():
-        assert isinstance(telemetry.get_tracer(), trace.NoOpTracer)
-    assert not isinstance(telemetry.get_tracer(), trace.NoOpTracer)
+        assert isinstance(telemetry.tracing.get_tracer(), trace.NoOpTracer)
+    assert not isinstance(telemetry.tracing.get_tracer(), trace.NoOpTracer)
 
 
 def test_reconfigure_and_batch_processor(tel):
     first = InMemorySpanExporter()
     second = InMemorySpanExporter()
-    p1 = telemetry.configure_tracing(first)  # default: BatchSpanProcessor
+    p1 = telemetry.tracing.configure_tracing(first)  # default: BatchSpanProcessor
     assert isinstance(_processors(p1)[0], BatchSpanProcessor)
-    with telemetry.get_tracer().start_as_current_span("one"):
+    with telemetry.tracing.get_tracer().start_as_current_span("one"):
         pass
-    p2 = telemetry.configure_tracing(second, synchronous=True)  # shuts p1 down, flushing "one"
+    p2 = telemetry.tracing.configure_tracing(second, synchronous=True)  # shuts p1 down, flushing "one"
     assert isinstance(_processors(p2)[0], SimpleSpanProcessor)
     assert [s.name for s in first.get_finished_spans()] == ["one"]
-    with telemetry.get_tracer().start_as_current_span("two"):
+    with telemetry.tracing.get_tracer().start_as_current_span("two"):
         pass
     assert [s.name for s in second.get_finished_spans()] == ["two"]
     assert tel.registry.get_sample_value(
@@ -161,9 +161,9 @@ def test_reconfigure_and_batch_processor(tel):
 
 def test_no_headroom_uses_synchronous_export(tel):
     exporter = InMemorySpanExporter()
-    provider = telemetry.configure_tracing(exporter, headroom=0)
+    provider = telemetry.tracing.configure_tracing(exporter, headroom=0)
     assert isinstance(_processors(provider)[0], SimpleSpanProcessor)
-    with telemetry.get_tracer().start_as_current_span("sync"):
+    with telemetry.tracing.get_tracer().start_as_current_span("sync"):
         pass
     assert len(exporter.get_finished_spans()) == 1  # exported immediately
     assert tel.registry.get_sample_value(

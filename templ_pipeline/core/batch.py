@@ -1,8 +1,10 @@
 """One batch of conformers scored against a template: the unit of work a pool runs.
 
-This module is what worker processes import, so it stays small: RDKit, numpy and
-the standard library only. Telemetry lives in the parent, which counts what the
-workers send back (each batch result is counted exactly once, where it arrives).
+This module is what worker processes import, so it stays small: RDKit, numpy, the
+standard library and OpenTelemetry's API (:mod:`telemetry.worker_spans` times the
+batch span; importing it loads no other part of ``telemetry``). Metrics, logs and
+span export live in the parent, which counts what the workers send back (each
+batch result is counted exactly once, where it arrives).
 """
 
 from __future__ import annotations
@@ -18,17 +20,13 @@ from rdkit import Chem
 from rdkit.Chem import rdShapeAlign
 
 from telemetry.worker_spans import WorkerSpan, start_worker_span
+from templ_pipeline.core.events import FailureReason, values
 
 # Full-precision pickles: RDKit stores coordinates as 32-bit floats in a pickle by
 # default, which moved scores by up to 4e-4 between process-pool and in-process runs.
 _PICKLE_FLAGS = Chem.PropertyPickleOptions.AllProps | Chem.PropertyPickleOptions.CoordsAsDouble
 
-FAILURE_REASONS: tuple[str, ...] = (
-    "no_coordinates",
-    "sanitization_failed",
-    "alignment_failed",
-    "invalid_molecule",
-)
+FAILURE_REASONS: tuple[str, ...] = values(FailureReason)
 
 
 def mol_to_bytes(mol: Chem.Mol) -> bytes:
@@ -58,7 +56,7 @@ class ConformerFailure:
     """A conformer that could not be scored, with a reason from ``FAILURE_REASONS``."""
 
     conf_id: int
-    reason: str
+    reason: FailureReason
     detail: str = ""
 
 
@@ -161,17 +159,19 @@ def score_batch(task: BatchTask) -> BatchResult:
     for conf_id in task.conf_ids:
         positions = query.GetConformer(conf_id).GetPositions()
         if not has_coordinates(positions):
-            result.failed.append(ConformerFailure(conf_id, "no_coordinates", "coordinates missing or not finite"))
+            result.failed.append(
+                ConformerFailure(conf_id, FailureReason.NO_COORDINATES, "coordinates missing or not finite"))
             continue
         try:
             shape_score, color_score = rdShapeAlign.AlignMol(
                 shape, query, probeConfId=conf_id, useColors=True, applyRefShift=True
             )
         except (RuntimeError, ValueError) as exc:
-            result.failed.append(ConformerFailure(conf_id, "alignment_failed", f"{type(exc).__name__}: {exc}"))
+            result.failed.append(
+                ConformerFailure(conf_id, FailureReason.ALIGNMENT_FAILED, f"{type(exc).__name__}: {exc}"))
             continue
         if not (math.isfinite(shape_score) and math.isfinite(color_score)):
-            result.failed.append(ConformerFailure(conf_id, "alignment_failed", "non-finite score"))
+            result.failed.append(ConformerFailure(conf_id, FailureReason.ALIGNMENT_FAILED, "non-finite score"))
             continue
         result.scored.append(
             ConformerScore(conf_id, shape_score, color_score, query.GetConformer(conf_id).GetPositions())

@@ -16,12 +16,22 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 
 import telemetry
-from templ_pipeline.core.executor import Grant, classify_failure, grant_workers, limit_cause, pids_refusals
+from telemetry.observer import observe as observe_telemetry
+from templ_pipeline.core.events import (
+    Emitter,
+    ExecutorKind,
+    Fallback,
+    FallbackReason,
+    Observer,
+    TaskType,
+    cause_of,
+)
+from templ_pipeline.core.executor import Grant, classify_failure, grant_workers, pids_refusals
 from templ_pipeline.core.limits.classify import is_start_refusal
 from templ_pipeline.core.native_call import call_interruptibly
 
 DEFAULT_SEED = 42
-TASK_TYPE = "conformers"
+TASK_TYPE = TaskType.CONFORMERS
 
 _log = telemetry.get_logger("templ.conformers")
 
@@ -41,19 +51,21 @@ def generate_conformers(
     *,
     seed: int = DEFAULT_SEED,
     n_workers: int = 1,
+    observers: tuple[Observer, ...] = (),
 ) -> Chem.Mol:
     """Embed ``num_conformers`` conformers with ETKDGv3 and a fixed seed.
 
     Hydrogens are added for embedding and removed afterwards. ``n_workers`` is the
     number of RDKit threads asked for; the thread manager may grant fewer, and a
     refused thread start is retried with fewer. The conformers are the same either way.
+    Reductions and fallbacks go to telemetry and to ``observers``.
     """
     if num_conformers < 1:
         raise ValueError(f"num_conformers must be at least 1, got {num_conformers}")
     mol = molecule_from_smiles(query) if isinstance(query, str) else Chem.Mol(query)
     with_hs = Chem.AddHs(mol)
     with telemetry.conformers_span(num_conformers, n_workers) as stats:
-        threads = EmbeddingThreads(n_workers)
+        threads = EmbeddingThreads(n_workers, Emitter((observe_telemetry, *observers)))
         embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=False)
         if embedded.GetNumConformers() == 0:
             # large or strained rings: random starts embed where ETKDG alone fails
@@ -65,29 +77,28 @@ def generate_conformers(
 
 
 class EmbeddingThreads:
-    """How many RDKit threads the next embedding uses: the grant, then fewer after each refusal."""
+    """How many RDKit threads the next embedding uses: the grant, then fewer after each refusal.
 
-    def __init__(self, requested: int) -> None:
+    The grant and every step down are events for ``emit`` (reductions and fallbacks, as the pool's).
+    """
+
+    def __init__(self, requested: int, emit: Observer) -> None:
         self.requested = max(1, requested)
+        self._emit = emit
         grant = grant_workers(self.requested, TASK_TYPE, "thread") if self.requested > 1 else Grant(1, 1)
         self.count = max(1, grant.granted)
-        if grant.granted < self.requested:
-            reason = grant.reason or "unknown"
-            telemetry.record_worker_reduction(TASK_TYPE, self.requested, grant.granted, reason, grant.detail,
-                                              headroom=grant.headroom)
-            if self.count == 1:
-                telemetry.record_fallback("thread", "sequential", "no_headroom", limit_cause(grant.reason),
-                                          grant.detail)
-        else:
-            telemetry.record_workers(TASK_TYPE, self.requested, self.count)
+        emit(grant.event(TASK_TYPE))
+        if self.requested > 1 and self.count == 1:
+            emit(Fallback(ExecutorKind.THREAD, ExecutorKind.SEQUENTIAL, FallbackReason.NO_HEADROOM,
+                          cause_of(grant.reason), grant.detail))
 
     def step_down(self, error: BaseException, refusals_before: int | None) -> None:
         """RDKit could not start ``count`` threads: halve them (one starts none), with a fallback event."""
         fewer = self.count // 2 if self.count >= 4 else 1
         cause = classify_failure(error, refusals_before)
         detail = f"RDKit could not start {self.count} embedding threads ({error}); retrying with {fewer}"
-        telemetry.record_fallback("thread", "thread" if fewer > 1 else "sequential", "thread_start_failed",
-                                  cause, detail, error=error)
+        to_kind = ExecutorKind.THREAD if fewer > 1 else ExecutorKind.SEQUENTIAL
+        self._emit(Fallback(ExecutorKind.THREAD, to_kind, FallbackReason.THREAD_START_FAILED, cause, detail, error))
         self.count = fewer
 
 

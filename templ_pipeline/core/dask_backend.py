@@ -25,7 +25,9 @@ from distributed.comm import connect
 from distributed.core import Status
 from distributed.security import Security
 
+from templ_pipeline.core.backend import BatchFn, RungFailure
 from templ_pipeline.core.batch import BatchResult, BatchTask
+from templ_pipeline.core.events import BatchResubmitted, ExecutorKind, FallbackReason, Observer, ResubmissionReason
 from templ_pipeline.core.pools import worker_env
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
@@ -34,19 +36,15 @@ CONNECT_TIMEOUT = 3.0
 CLOSE_TIMEOUT = 5.0
 LOCAL = "local"
 TASK_PREFIX = "templ-batch"
-RESUBMIT_REASONS = {"processing-tasks": "worker_lost", "lost-computed-tasks": "result_lost"}
+RESUBMIT_REASONS = {"processing-tasks": ResubmissionReason.WORKER_LOST,
+                    "lost-computed-tasks": ResubmissionReason.RESULT_LOST}
 """Keys of the scheduler's ``remove-worker`` event, and the resubmission reason each stands for."""
 
-OnResubmit = Callable[[int, str, str], None]  # (batch index, reason, worker address)
+OnResubmit = Callable[[int, ResubmissionReason, str], None]  # (batch index, reason, worker address)
 
 
-class DaskFailure(Exception):
+class DaskFailure(RungFailure):
     """The cluster cannot run (the rest of) the batches: a fallback reason and the error."""
-
-    def __init__(self, reason: str, error: BaseException) -> None:
-        super().__init__(f"{reason}: {error}")
-        self.reason = reason
-        self.error = error
 
 
 def scheduler_address(explicit: str | None) -> str | None:
@@ -70,7 +68,7 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
     try:
         asyncio.run(probe())
     except Exception as error:  # refused, timed out, unresolvable, or not a Dask scheduler
-        raise DaskFailure("scheduler_unreachable", error) from error
+        raise DaskFailure(FallbackReason.SCHEDULER_UNREACHABLE, error) from error
 
 
 def _in_event_loop() -> bool:
@@ -125,7 +123,7 @@ class DaskSession:
             try:
                 client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
             except Exception as error:
-                raise DaskFailure("scheduler_unreachable", error) from error
+                raise DaskFailure(FallbackReason.SCHEDULER_UNREACHABLE, error) from error
             return cls(client, None, 0)
         try:
             cluster = LocalCluster(
@@ -134,7 +132,7 @@ class DaskSession:
                 env=worker_env(),
             )
         except Exception as error:  # a worker process could not start
-            raise DaskFailure("process_start_failed", error) from error
+            raise DaskFailure(FallbackReason.PROCESS_START_FAILED, error) from error
         return cls(Client(cluster, set_as_default=False), cluster, workers)
 
     @property
@@ -178,11 +176,11 @@ class DaskSession:
         try:
             return future.result(timeout=CLOSE_TIMEOUT)  # as_completed yielded it: it is done
         except KilledWorker as error:
-            raise DaskFailure("broken_pool", error) from error
+            raise DaskFailure(FallbackReason.BROKEN_POOL, error) from error
         except (CancelledError, OSError, TimeoutError) as error:
             if future.status == "error":
                 raise  # the batch itself raised on its worker
-            raise DaskFailure("scheduler_unreachable", error) from error
+            raise DaskFailure(FallbackReason.SCHEDULER_UNREACHABLE, error) from error
 
     @staticmethod
     def _report_losses(listener: queue.SimpleQueue, waiting: dict[str, BatchTask], on_resubmit: OnResubmit) -> None:
@@ -255,6 +253,44 @@ def _close_quietly(session: DaskSession) -> None:
 
 SESSIONS = DaskSessions()
 atexit.register(SESSIONS.shutdown_all)  # registered after distributed's own hooks, so it runs before them
+
+
+class DaskBackend:
+    """The dask rung: connects (or starts its LocalCluster) when it first runs, not when it is planned."""
+
+    kind = ExecutorKind.DASK
+
+    def __init__(self, address: str | None, emit: Observer) -> None:
+        self.address = address
+        self._emit = emit
+
+    def lease(self, workers: int) -> DaskLease:
+        session, reused = SESSIONS.acquire(self.address, workers)
+        return DaskLease(session, reused, self._emit)
+
+
+class DaskLease:
+    """A Dask session running one call's batches; a lost scheduler's session is discarded."""
+
+    def __init__(self, session: DaskSession, reused: bool, emit: Observer) -> None:
+        self._session = session
+        self._emit = emit
+        self.reused = reused
+        self.workers = max(1, session.nthreads())
+
+    def run(self, tasks: list[BatchTask], fn: BatchFn) -> Iterator[BatchResult]:
+        def resubmitted(index: int, reason: ResubmissionReason, worker: str) -> None:
+            self._emit(BatchResubmitted(ExecutorKind.DASK, index, reason, worker))
+
+        try:
+            yield from self._session.run(tasks, fn, resubmitted)
+        except DaskFailure as failure:
+            if failure.reason == FallbackReason.SCHEDULER_UNREACHABLE:
+                SESSIONS.discard(self._session)
+            raise
+
+    def release(self) -> None:
+        """Sessions stay open for the next call; ``DaskSessions`` closes them at exit."""
 
 
 def run_on_workers(address: str, fn: Callable[[], dict]) -> list[dict]:

@@ -1,30 +1,49 @@
 """The monitored executor factory: pools sized from headroom, and a fallback ladder.
 
 ``get_executor(n, task_type)`` asks the thread resource manager how many workers
-the kernel's limits allow, plans a ladder of executors (process pool, thread pool
+the kernel's limits allow, plans a ladder of rungs (process pool, thread pool
 where threads help, fewer workers, sequential) and runs batches down that ladder:
-a pool that cannot start, refuses a submit or breaks mid-run hands its unfinished
-batches to the next rung. Finished batches are yielded exactly once, so nothing is
-lost and nothing is counted twice, whichever rung ran them.
+a rung whose backend cannot start, refuses work or breaks mid-run hands its
+unfinished batches to the next rung. Finished batches are yielded exactly once,
+so nothing is lost and nothing is counted twice, whichever rung ran them.
 
 ``executor="dask"`` puts a Dask rung on top (``templ_pipeline.core.dask_backend``):
-a scheduler you name, or a LocalCluster sized by the same grant. An unreachable
-scheduler is a fallback to the local ladder.
+a scheduler you name, or a LocalCluster sized by the same grant, connected when
+the rung first runs. An unreachable scheduler is a fallback to the local ladder.
+
+The executor reports what it decides and what happens as typed events
+(``templ_pipeline.core.events``) to the observers it is given; it knows nothing
+of metrics, spans or logs. Building one does no process or network I/O.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, CancelledError, Executor, Future, wait
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import telemetry
+from templ_pipeline.core.backend import STALL_SECONDS, Backend, PoolBackend, RungFailure
 from templ_pipeline.core.batch import BatchResult, BatchTask, score_batch
-from templ_pipeline.core.pools import POOLS, PoolRegistry, manager_died
+from templ_pipeline.core.events import (
+    BatchDone,
+    CallDone,
+    Emitter,
+    ExecutorCreated,
+    ExecutorEvent,
+    ExecutorKind,
+    Fallback,
+    FallbackCause,
+    FallbackReason,
+    LimitsObserved,
+    Observer,
+    ReductionReason,
+    TaskType,
+    WorkersGranted,
+    WorkersReduced,
+    cause_of,
+)
+from templ_pipeline.core.pools import POOLS, PoolRegistry
 
 
 @dataclass(frozen=True)
@@ -39,19 +58,12 @@ class TaskProfile:
 
 
 TASK_PROFILES: dict[str, TaskProfile] = {
-    "scoring": TaskProfile(threads_help=False),
+    TaskType.SCORING: TaskProfile(threads_help=False),
 }
 
 # Caps used when the thread manager cannot be asked: a few workers start almost anywhere.
 CAP_MANAGER_UNAVAILABLE = 4
 CAP_MANAGER_FAILED = 2
-
-HEALTH_CHECK_SECONDS = 0.5
-"""How often the executor looks at a pool's manager thread while it waits for results."""
-
-STALL_SECONDS = 300.0
-"""A pool that finishes no batch for this long is taken as broken (a scoring batch takes
-well under a second; a worker stuck this long is deadlocked, not slow)."""
 
 #: Values of ``executor=`` (``--executor``): the local ladder (auto, process), or Dask on top of it.
 EXECUTOR_CHOICES: tuple[str, ...] = ("auto", "process", "dask")
@@ -61,7 +73,7 @@ EXECUTOR_CHOICES: tuple[str, ...] = ("auto", "process", "dask")
 class Rung:
     """One step of the ladder: an executor kind and its worker count."""
 
-    kind: str  # "dask" | "process" | "thread" | "sequential"
+    kind: ExecutorKind
     workers: int
 
 
@@ -75,21 +87,20 @@ class Grant:
     detail: str = ""
     headroom: int | None = None
 
-
-class PoolFailure(Exception):
-    """A rung failed: carries the fallback reason and the original error."""
-
-    def __init__(self, reason: str, error: BaseException) -> None:
-        super().__init__(f"{reason}: {error}")
-        self.reason = reason
-        self.error = error
+    def event(self, task_type: TaskType) -> WorkersGranted | WorkersReduced:
+        """The grant as an event: a reduction when fewer were granted than requested."""
+        if self.granted >= self.requested:
+            return WorkersGranted(task_type, self.requested, self.granted)
+        reason = ReductionReason(self.reason) if self.reason in ReductionReason._value2member_map_ else (
+            ReductionReason.MANAGER_FAILED)
+        return WorkersReduced(task_type, self.requested, self.granted, reason, self.detail, self.headroom)
 
 
 def plan_ladder(workers: int, profile: TaskProfile, in_daemon: bool) -> list[Rung]:
     """The rungs to try, best first; the last one is always sequential."""
     rungs: list[Rung] = []
     if workers >= 2:
-        kinds = ([] if in_daemon else ["process"]) + (["thread"] if profile.threads_help else [])
+        kinds = ([] if in_daemon else [ExecutorKind.PROCESS]) + ([ExecutorKind.THREAD] if profile.threads_help else [])
         for kind in kinds:
             rungs.append(Rung(kind, workers))
         if kinds:
@@ -97,7 +108,7 @@ def plan_ladder(workers: int, profile: TaskProfile, in_daemon: bool) -> list[Run
             while count >= 2:
                 rungs.append(Rung(kinds[-1], count))
                 count //= 2
-    rungs.append(Rung("sequential", 1))
+    rungs.append(Rung(ExecutorKind.SEQUENTIAL, 1))
     return rungs
 
 
@@ -107,27 +118,27 @@ def grant_workers(requested: int, task_type: str, executor_kind: str) -> Grant:
         from templ_pipeline.core.thread_manager import get_thread_manager
     except Exception as exc:  # the manager is optional: never let it stop the run
         granted = min(requested, CAP_MANAGER_UNAVAILABLE)
-        return Grant(requested, granted, "manager_unavailable", f"thread manager not importable: {exc}")
+        return Grant(requested, granted, ReductionReason.MANAGER_UNAVAILABLE, f"thread manager not importable: {exc}")
     try:
         answer = get_thread_manager().get_safe_worker_count(requested, task_type, executor_kind=executor_kind)
     except Exception as exc:
         granted = min(requested, CAP_MANAGER_FAILED)
-        return Grant(requested, granted, "manager_failed", f"thread manager failed: {exc}")
+        return Grant(requested, granted, ReductionReason.MANAGER_FAILED, f"thread manager failed: {exc}")
     return Grant(requested, answer.granted, answer.reason, answer.detail, answer.headroom)
 
 
-def observe_thread_limits(context: str) -> None:
-    """Thread gauges from the manager's (cached) snapshot, and a debug line of thread status."""
+def observe_limits(emit: Observer, context: str) -> None:
+    """Emit the manager's (cached) snapshot of the limits, and log thread status at debug level."""
     try:
         from templ_pipeline.core.thread_manager import get_thread_manager, log_thread_status
 
-        telemetry.update_thread_gauges(get_thread_manager().snapshot())
+        emit(LimitsObserved(get_thread_manager().snapshot(), context))
         log_thread_status(context)
-    except Exception:  # the gauges are best effort; grant_workers already reported a broken manager
+    except Exception:  # best effort; grant_workers already reported a broken manager
         pass
 
 
-def classify_failure(error: BaseException, refusals_before: int | None = None) -> str:
+def classify_failure(error: BaseException, refusals_before: int | None = None) -> FallbackCause:
     """The limit (or seccomp) that refused a thread or process start, per the manager.
 
     ``refusals_before`` is the pids controller's refusal count read before the attempt
@@ -136,9 +147,9 @@ def classify_failure(error: BaseException, refusals_before: int | None = None) -
     try:
         from templ_pipeline.core.thread_manager import classify_start_failure
 
-        return classify_start_failure(error, refusals_before=refusals_before).cause
+        return FallbackCause(classify_start_failure(error, refusals_before=refusals_before).cause)
     except Exception:
-        return "unknown"
+        return FallbackCause.UNKNOWN
 
 
 def pids_refusals() -> int | None:
@@ -151,66 +162,61 @@ def pids_refusals() -> int | None:
         return None
 
 
-def limit_cause(reason: str | None) -> str:
-    """A grant's reason as a fallback cause: the limit that left no room, else "none"."""
-    from templ_pipeline.core.limits.model import LIMIT_NAMES
-
-    return reason if reason in LIMIT_NAMES else "none"
-
-
-def _start_failure_reason(kind: str, error: BaseException) -> str:
-    if isinstance(error, (BrokenExecutor, CancelledError)):
-        return "broken_pool"
-    if "can't start new thread" in str(error) or kind == "thread":
-        return "thread_start_failed"
-    return "process_start_failed"
-
-
 class MonitoredExecutor:
-    """Runs batches for one call down the fallback ladder; a context manager."""
+    """Runs batches for one call down the fallback ladder, reporting to ``observers``; a context manager.
+
+    Construction asks for the grant and plans the ladder (``workers`` is known at
+    once); nothing is started, connected or reported until :meth:`run`, so
+    observers subscribed before it (:meth:`subscribe`) hear every event.
+    """
 
     def __init__(
         self,
         requested: int,
-        task_type: str = "scoring",
+        task_type: str = TaskType.SCORING,
         *,
         registry: PoolRegistry = POOLS,
         fn: Callable[[BatchTask], BatchResult] = score_batch,
         executor: str = "auto",
         scheduler: str | None = None,
         stall_timeout: float = STALL_SECONDS,
+        observers: Iterable[Observer] = (),
     ) -> None:
         self.requested = requested
-        self.task_type = task_type
-        self._registry = registry
+        self.task_type = TaskType(task_type)
         self._fn = fn
-        self._stall_timeout = stall_timeout
+        self._emit = Emitter(observers)
         self._refusals_before: int | None = None
-        profile = TASK_PROFILES.get(task_type, TaskProfile())
+        profile = TASK_PROFILES.get(self.task_type, TaskProfile())
         in_daemon = bool(multiprocessing.current_process().daemon)
         self.grant = (
             grant_workers(requested, task_type, "process" if not in_daemon else "thread")
             if requested > 1 else Grant(requested, requested)
         )
         self._rungs = plan_ladder(self.grant.granted, profile, in_daemon)
-        self._position = 0
-        self.kinds_used: list[str] = []
-        self.fallbacks: list[dict[str, str]] = []
-        self.reductions: list[dict[str, Any]] = []
-        self.resubmissions: list[dict[str, Any]] = []
-        self._dask: Any = None  # the DaskSession of the dask rung
-        if self.grant.granted < requested:
-            self._record_reduction(self.grant)
-        else:
-            telemetry.record_workers(task_type, requested, self.grant.granted)
+        self._backends: dict[ExecutorKind, Backend] = {
+            kind: PoolBackend(kind, registry, self._emit, stall_timeout)
+            for kind in (ExecutorKind.PROCESS, ExecutorKind.THREAD)
+        }
+        self._planned: list[ExecutorEvent] = [self.grant.event(self.task_type)]
         dask = executor == "dask"
         if dask:
-            self._add_dask_rung(scheduler, in_daemon)
-        if (requested > 1 or dask) and self._rungs[0].kind == "sequential" and not self.fallbacks:
+            self._plan_dask(scheduler, in_daemon)
+        if (requested > 1 or dask) and self._rungs[0].kind == ExecutorKind.SEQUENTIAL:
             daemon_bound = in_daemon and (self.grant.granted >= 2 or dask)
-            reason = "daemon_process" if daemon_bound else "no_headroom"
-            cause = "none" if daemon_bound else limit_cause(self.grant.reason)
-            self._record_fallback("dask" if dask else "process", "sequential", reason, cause, self.grant.detail)
+            reason = FallbackReason.DAEMON_PROCESS if daemon_bound else FallbackReason.NO_HEADROOM
+            cause = FallbackCause.NONE if daemon_bound else cause_of(self.grant.reason)
+            from_kind = ExecutorKind.DASK if dask else ExecutorKind.PROCESS
+            self._planned.append(Fallback(from_kind, ExecutorKind.SEQUENTIAL, reason, cause, self.grant.detail))
+        self._position = 0
+        self.kinds_used: list[ExecutorKind] = []
+
+    def subscribe(self, observer: Observer) -> None:
+        """Add an observer; it hears every event from the next :meth:`run` on."""
+        self._emit.subscribe(observer)
+
+    def unsubscribe(self, observer: Observer) -> None:
+        self._emit.unsubscribe(observer)
 
     @property
     def rung(self) -> Rung:
@@ -228,180 +234,96 @@ class MonitoredExecutor:
 
     def run(self, tasks: Iterable[BatchTask]) -> Iterator[BatchResult]:
         """Yield each batch's result once, walking down the ladder on failure."""
+        for event in self._planned:
+            self._emit(event)
+        self._planned = []
         pending = {task.index: task for task in tasks}
+        batches = len(pending)
         while pending:
             rung = self.rung
-            self._note_kind(rung.kind)
-            if rung.kind == "sequential":
+            if rung.kind == ExecutorKind.SEQUENTIAL:
+                self._note_kind(rung.kind)
                 for index in sorted(pending):
                     yield self._run_here(pending.pop(index))
-                return
+                break
             try:
-                if rung.kind == "dask":
-                    yield from self._run_on_dask(pending)
-                else:
-                    yield from self._run_on_pool(rung, pending)
-            except PoolFailure as failure:
+                yield from self._run_on(rung, pending)
+            except RungFailure as failure:
                 self._step_down(rung, failure)
+        self._emit(CallDone(self.task_type, self.requested, self.grant.granted, tuple(self.kinds_used), batches))
 
-    def _add_dask_rung(self, scheduler: str | None, in_daemon: bool) -> None:
-        """Connect (or start a LocalCluster sized by the grant) and put the dask rung first.
+    def _plan_dask(self, scheduler: str | None, in_daemon: bool) -> None:
+        """Put the dask rung first: a named scheduler, or a LocalCluster sized by the grant.
 
-        An unreachable scheduler, or a LocalCluster that cannot start, is a fallback to the local ladder.
+        Nothing connects here: the rung's backend connects when it first runs.
         """
-        from templ_pipeline.core.dask_backend import SESSIONS, DaskFailure, scheduler_address
+        from templ_pipeline.core.dask_backend import DaskBackend, scheduler_address
 
         address = scheduler_address(scheduler)
         if address is None and (in_daemon or self.grant.granted < 1):
             return  # no LocalCluster here: the daemon/no-headroom fallback names the reason
+        self._backends[ExecutorKind.DASK] = DaskBackend(address, self._emit)
+        self._rungs.insert(0, Rung(ExecutorKind.DASK, max(1, self.grant.granted)))
+
+    def _run_on(self, rung: Rung, pending: dict[int, BatchTask]) -> Iterator[BatchResult]:
+        """Run ``pending`` on the rung's backend; finished batches leave ``pending`` as they are yielded."""
+        self._refusals_before = pids_refusals()
+        lease = self._backends[rung.kind].lease(rung.workers)
+        self._note_kind(rung.kind)  # the kinds that ran: a rung that could not start is only a fallback
         try:
-            self._dask, reused = SESSIONS.acquire(address, self.grant.granted)
-        except DaskFailure as failure:
-            cause = "none" if failure.reason == "scheduler_unreachable" else classify_failure(failure.error)
-            self._record_fallback("dask", self.rung.kind, failure.reason, cause, str(failure.error), failure.error)
-            return
-        workers = max(1, self._dask.nthreads())
-        self._rungs.insert(0, Rung("dask", workers))
-        telemetry.record_executor_created("dask", workers, self.task_type, reused=reused)
-
-    def _run_on_dask(self, pending: dict[int, BatchTask]) -> Iterator[BatchResult]:
-        """Run ``pending`` on the Dask cluster; finished batches leave ``pending`` as they are yielded."""
-        from templ_pipeline.core.dask_backend import SESSIONS, DaskFailure
-
-        observe_thread_limits(f"before {len(pending)} batches on dask")
-        try:
-            for result in self._dask.run([pending[index] for index in sorted(pending)], self._fn, self._resubmitted):
-                yield self._arrived("dask", pending.pop(result.index), result)
-        except DaskFailure as failure:
-            if failure.reason == "scheduler_unreachable":
-                SESSIONS.discard(self._dask)
-            raise PoolFailure(failure.reason, failure.error) from failure.error
-
-    def _resubmitted(self, index: int, reason: str, worker: str) -> None:
-        self.resubmissions.append({"index": index, "reason": reason, "worker": worker})
-        telemetry.record_batch_resubmission("dask", index, reason, worker)
+            self._emit(ExecutorCreated(rung.kind, lease.workers, self.task_type, lease.reused))
+            observe_limits(self._emit, f"before {len(pending)} batches on {lease.workers} {rung.kind} workers")
+            for result in lease.run([pending[index] for index in sorted(pending)], self._fn):
+                yield self._arrived(rung.kind, pending.pop(result.index), result)
+        finally:
+            lease.release()
 
     def _run_here(self, task: BatchTask) -> BatchResult:
-        """One batch in this thread, inside its own ``select_best.batch`` span."""
-        observe_thread_limits(f"before batch {task.index}")
-        with telemetry.batch_span(task.index, len(task.conf_ids), "sequential") as batch:
-            result = self._fn(task)
-            batch.scored, batch.failed = len(result.scored), len(result.failed)
-        observe_thread_limits(f"after batch {task.index}")
+        """One batch in this thread (it times its own span, as a worker does)."""
+        observe_limits(self._emit, f"before batch {task.index}")
+        return self._arrived(ExecutorKind.SEQUENTIAL, task, self._fn(task))
+
+    def _arrived(self, kind: ExecutorKind, task: BatchTask, result: BatchResult) -> BatchResult:
+        self._emit(BatchDone(kind, len(task.conf_ids), result))
+        observe_limits(self._emit, f"after batch {task.index}")
         return result
 
-    def _arrived(self, kind: str, task: BatchTask, result: BatchResult) -> BatchResult:
-        """Account a batch that a pool worker finished: its span, metrics and log line."""
-        telemetry.record_batch(
-            task.index, len(task.conf_ids), kind, len(result.scored), len(result.failed),
-            result.duration_seconds, pid=result.pid, span=result.span,
-        )
-        observe_thread_limits(f"after batch {task.index}")
-        return result
-
-    def _run_on_pool(self, rung: Rung, pending: dict[int, BatchTask]) -> Iterator[BatchResult]:
-        """Run ``pending`` on a leased pool; finished batches leave ``pending`` as they are yielded."""
-        self._refusals_before = pids_refusals()
-        try:
-            pool, reused = self._registry.acquire(rung.kind, rung.workers)
-        except (OSError, RuntimeError) as error:
-            raise PoolFailure(_start_failure_reason(rung.kind, error), error) from error
-        telemetry.record_executor_created(rung.kind, rung.workers, self.task_type, reused=reused)
-        try:
-            yield from self._submit_and_collect(rung, pool, pending)
-        finally:
-            self._registry.release(pool)
-
-    def _submit_and_collect(self, rung: Rung, pool: Executor, pending: dict[int, BatchTask]) -> Iterator[BatchResult]:
-        """Submit every pending batch, yield results as they come; on failure keep the finished ones.
-
-        Every wait is bounded: between results the pool's manager thread is checked
-        (a dead one is a broken pool), and a pool that finishes nothing for
-        ``stall_timeout`` seconds is taken as broken too. If the caller abandons the
-        call (an interrupt, or the generator is closed early), the pool holding its
-        queued batches is ended at once.
-        """
-        futures: dict[Future, int] = {}
-        try:
-            observe_thread_limits(f"before {len(pending)} batches on {rung.workers} {rung.kind} workers")
-            for index in sorted(pending):
-                futures[pool.submit(self._fn, pending[index])] = index
-            last_result = time.monotonic()
-            while futures:
-                done, _ = wait(futures, timeout=HEALTH_CHECK_SECONDS, return_when=FIRST_COMPLETED)
-                if not done:
-                    self._check_pool(pool, last_result)
-                    continue
-                last_result = time.monotonic()
-                for future in done:
-                    index = futures.pop(future)
-                    result = future.result(timeout=0)
-                    yield self._arrived(rung.kind, pending.pop(index), result)
-        except (BrokenExecutor, CancelledError, OSError, RuntimeError, EOFError) as error:
-            # EOFError: with TEMPL_MP_START_METHOD=forkserver, a fork server that could not fork exits;
-            # CancelledError: a concurrent call found this shared pool broken and discarded it
-            self._registry.discard(rung.kind, pool)
-            if isinstance(error, BrokenExecutor):
-                telemetry.record_pool_restart(rung.kind, "broken_pool", str(error), error=error)
-            # Batches that finished before the failure are kept, not re-run.
-            for future, index in list(futures.items()):
-                if future.done() and not future.cancelled() and future.exception(timeout=0) is None:
-                    yield self._arrived(rung.kind, pending.pop(index), future.result(timeout=0))
-            raise PoolFailure(_start_failure_reason(rung.kind, error), error) from error
-        except BaseException:
-            if futures:  # abandoned with batches queued: the pool's work is nobody's any more
-                self._registry.discard(rung.kind, pool, terminate=True)
-            raise
-
-    def _check_pool(self, pool: Executor, last_result: float) -> None:
-        """Raise ``BrokenExecutor`` when the pool cannot deliver: its manager died, or it stalled."""
-        if manager_died(pool):
-            raise BrokenExecutor("the pool's executor-manager thread died; its pending batches "
-                                 "would never finish")
-        stalled = time.monotonic() - last_result
-        if stalled > self._stall_timeout:
-            raise BrokenExecutor(f"no batch finished in {stalled:.0f} s (limit {self._stall_timeout:.0f} s)")
-
-    def _step_down(self, rung: Rung, failure: PoolFailure) -> None:
+    def _step_down(self, rung: Rung, failure: RungFailure) -> None:
         self._position += 1
-        no_cause = failure.reason in ("broken_pool", "scheduler_unreachable")
-        cause = "none" if no_cause else classify_failure(failure.error, self._refusals_before)
-        self._record_fallback(rung.kind, self.rung.kind, failure.reason, cause, str(failure.error), failure.error)
+        no_cause = failure.reason in (FallbackReason.BROKEN_POOL, FallbackReason.SCHEDULER_UNREACHABLE)
+        cause = FallbackCause.NONE if no_cause else classify_failure(failure.error, self._refusals_before)
+        self._emit(Fallback(rung.kind, self.rung.kind, failure.reason, cause, str(failure.error), failure.error))
 
-    def _note_kind(self, kind: str) -> None:
+    def _note_kind(self, kind: ExecutorKind) -> None:
         if not self.kinds_used or self.kinds_used[-1] != kind:
             self.kinds_used.append(kind)
 
-    def _record_reduction(self, grant: Grant) -> None:
-        reason = grant.reason or "unknown"
-        self.reductions.append(
-            {"task_type": self.task_type, "requested": grant.requested, "granted": grant.granted,
-             "reason": reason, "detail": grant.detail}
-        )
-        telemetry.record_worker_reduction(
-            self.task_type, grant.requested, grant.granted, reason, grant.detail, headroom=grant.headroom
-        )
 
-    def _record_fallback(
-        self, from_kind: str, to_kind: str, reason: str, cause: str, detail: str, error: BaseException | None = None
-    ) -> None:
-        self.fallbacks.append(
-            {"from_kind": from_kind, "to_kind": to_kind, "reason": reason, "cause": cause, "detail": detail}
-        )
-        telemetry.record_fallback(from_kind, to_kind, reason, cause, detail, error=error)
+def validate_executor(executor: str, scheduler: str | None) -> None:
+    """The executor choice, checked once at the API boundary (``ValueError`` names what is wrong)."""
+    if executor not in EXECUTOR_CHOICES:
+        raise ValueError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTOR_CHOICES)}")
+    if scheduler is not None and executor != "dask":
+        raise ValueError(f"a scheduler ({scheduler!r}) needs executor='dask', not {executor!r}")
+    if executor == "dask":
+        import importlib.util
+
+        if importlib.util.find_spec("distributed") is None:
+            raise ValueError("executor='dask' needs Dask: pip install 'templ-pipeline[dask]'")
 
 
 def get_executor(
-    n_workers: int, task_type: str = "scoring", *, executor: str = "auto", scheduler: str | None = None
+    n_workers: int, task_type: str = TaskType.SCORING, *, executor: str = "auto", scheduler: str | None = None,
+    observers: Sequence[Observer] = (),
 ) -> MonitoredExecutor:
     """A monitored executor for one call: sized from headroom, with its fallback ladder.
 
     ``executor="dask"`` runs on the Dask scheduler at ``scheduler`` (default
     ``$DASK_SCHEDULER_ADDRESS``), else on a LocalCluster of the granted size.
+    ``observers`` hear its events (``select_best`` passes telemetry's and its report's).
     """
-    if executor not in EXECUTOR_CHOICES:
-        raise ValueError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTOR_CHOICES)}")
-    return MonitoredExecutor(n_workers, task_type, executor=executor, scheduler=scheduler)
+    validate_executor(executor, scheduler)
+    return MonitoredExecutor(n_workers, task_type, executor=executor, scheduler=scheduler, observers=observers)
 
 
 def shutdown_pools(*, terminate: bool = False) -> None:

@@ -20,7 +20,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from templ_pipeline.core.worker_init import init_worker
+from templ_pipeline.core.worker_init import WorkerSpawnContext, init_worker
 
 # Native thread pools that numeric libraries start at import, one thread per CPU
 # by default: on a 64-core node every process worker would cost 64 tasks more.
@@ -67,7 +67,9 @@ def start_method() -> str:
     Like forkserver, spawn imports the caller's main module in each worker:
     scripts that call ``select_best`` with several workers need the usual
     ``if __name__ == "__main__":`` guard (without it the pool cannot start and the
-    run falls back to sequential, with a fallback event).
+    run falls back to sequential, with a fallback event). The ``templ`` command
+    line is the exception: its workers leave it out
+    (:func:`templ_pipeline.core.worker_init.worker_preparation_data`).
     """
     requested = os.environ.get("TEMPL_MP_START_METHOD", "").strip()
     return requested if requested in multiprocessing.get_all_start_methods() else "spawn"
@@ -78,9 +80,18 @@ def worker_env() -> dict[str, str]:
     return {name: os.environ.get(name, value) for name, value in _WORKER_THREAD_ENV.items()}
 
 
+_WORKER_SPAWN = WorkerSpawnContext()
+
+
 def pool_context(method: str | None = None) -> multiprocessing.context.BaseContext:
-    """The multiprocessing context process pools are made with."""
-    return multiprocessing.get_context(method or start_method())
+    """The multiprocessing context process pools are made with.
+
+    For spawn that is :class:`~templ_pipeline.core.worker_init.WorkerSpawnContext`,
+    whose workers do not run the ``templ`` CLI again; fork and forkserver (opt-in,
+    ``TEMPL_MP_START_METHOD``) are the stdlib's.
+    """
+    method = method or start_method()
+    return _WORKER_SPAWN if method == "spawn" else multiprocessing.get_context(method)
 
 
 def start_process_pool(workers: int) -> ProcessPoolExecutor:

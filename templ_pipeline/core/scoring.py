@@ -1,6 +1,6 @@
 """Shape and colour scoring of ligand conformers against a template ligand.
 
-``score_and_align`` and ``select_best`` keep the upstream TEMPL API. The work runs
+``score_and_align`` and ``select_best`` have the TEMPL API's names and signatures. The work runs
 in batches (``templ_pipeline.core.batch``) on an executor chosen by the monitored
 executor factory (``templ_pipeline.core.executor``), entered through
 ``_get_executor_for_context``. Results never depend on the executor: every score
@@ -10,7 +10,6 @@ is computed from double-precision coordinates and ranking breaks ties by conform
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import math
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from rdkit import Chem
 from rdkit.Chem import rdShapeAlign
 
 import telemetry
+from telemetry.observer import observe as observe_telemetry
 from telemetry.worker_spans import current_carrier
 from templ_pipeline.core.batch import (
     BatchResult,
@@ -32,6 +32,17 @@ from templ_pipeline.core.batch import (
     has_coordinates,
     mol_to_bytes,
 )
+from templ_pipeline.core.events import (
+    BatchResubmitted,
+    CallDone,
+    ExecutorCreated,
+    ExecutorEvent,
+    ExecutorKind,
+    FailureReason,
+    Fallback,
+    WorkersReduced,
+)
+from templ_pipeline.core.executor import validate_executor
 
 METRICS: tuple[str, ...] = ("shape", "color", "combo")
 
@@ -62,7 +73,11 @@ def choose_batch_size(n_conformers: int, n_workers: int) -> int:
 
 @dataclass
 class SelectionReport:
-    """Accounting of one ``select_best`` call: every conformer is scored or failed."""
+    """Accounting of one ``select_best`` call: every conformer is scored or failed.
+
+    It observes the executor's events (it is passed to it as an observer): the
+    reductions, fallbacks and resubmissions are the typed events themselves.
+    """
 
     n_conformers: int
     n_scored: int = 0
@@ -71,11 +86,24 @@ class SelectionReport:
     batch_size: int = 0
     workers_requested: int = 1
     workers_granted: int = 1
-    executor_kinds: list[str] = field(default_factory=list)
-    fallbacks: list[dict[str, str]] = field(default_factory=list)
-    reductions: list[dict[str, Any]] = field(default_factory=list)
-    resubmissions: list[dict[str, Any]] = field(default_factory=list)
+    executor_kinds: list[ExecutorKind] = field(default_factory=list)
+    fallbacks: list[Fallback] = field(default_factory=list)
+    reductions: list[WorkersReduced] = field(default_factory=list)
+    resubmissions: list[BatchResubmitted] = field(default_factory=list)
     duration_seconds: float = 0.0
+
+    def __call__(self, event: ExecutorEvent) -> None:
+        """Collect what the report keeps of the executor's ``event``."""
+        if isinstance(event, Fallback):
+            self.fallbacks.append(event)
+        elif isinstance(event, WorkersReduced):
+            self.reductions.append(event)
+        elif isinstance(event, BatchResubmitted):
+            self.resubmissions.append(event)
+        elif isinstance(event, ExecutorCreated) and event.kind == ExecutorKind.DASK:
+            self.workers_granted = event.workers  # the cluster's own size, known once it is connected
+        elif isinstance(event, CallDone):
+            self.executor_kinds = list(event.kinds)
 
     @property
     def n_failed(self) -> int:
@@ -105,7 +133,7 @@ class Selection:
 
     @cached_property
     def best(self) -> BestPoses:
-        """Upstream shape: the best pose per metric; (None, -1 scores) when nothing scored."""
+        """The TEMPL API's shape: the best pose per metric; (None, -1 scores) when nothing scored."""
         best: BestPoses = {m: (None, {"shape": -1.0, "color": -1.0, "combo": -1.0}) for m in METRICS}
         for metric in METRICS:
             if self.ordered:
@@ -178,7 +206,7 @@ def select_best_with_report(
 ) -> Selection:
     """``select_best`` with a ``SelectionReport``; ``on_batch`` sees each finished batch."""
     _validate(confs, tpl, align_metric, n_workers)
-    _validate_executor(executor, scheduler)
+    validate_executor(executor, scheduler)
     started = time.perf_counter()
     conf_ids = [conf.GetId() for conf in confs.GetConformers()]
     report = SelectionReport(n_conformers=len(conf_ids), workers_requested=n_workers)
@@ -187,14 +215,17 @@ def select_best_with_report(
     with telemetry.select_best_span(len(conf_ids), n_workers) as call:
         base = _sanitized_copy_without_conformers(confs)
         if base is None:
-            report.failures = [ConformerFailure(cid, "sanitization_failed", "query molecule failed sanitization")
+            report.failures = [ConformerFailure(cid, FailureReason.SANITIZATION_FAILED,
+                                                "query molecule failed sanitization")
                                for cid in conf_ids]
         else:
             template = Chem.Mol(tpl, confId=tpl.GetConformer().GetId())
             template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
-            # the local ladder is entered as upstream did, so a replaced entry point keeps working
+            # entered through the TEMPL API's executor entry point, so a replaced one is used too
             dask = {"executor": executor, "scheduler": scheduler} if executor == "dask" else {}
             with _get_executor_for_context(n_workers, task_type="scoring", **dask) as runner:
+                runner.subscribe(observe_telemetry)
+                runner.subscribe(report)
                 batch_size = choose_batch_size(len(conf_ids), runner.workers)
                 carrier = current_carrier()  # workers time their batch spans under this call's trace
                 tasks = [
@@ -204,16 +235,16 @@ def select_best_with_report(
                 report.batch_size = batch_size
                 report.n_batches = len(tasks)
                 report.workers_granted = runner.workers
-                for result in runner.run(tasks):
-                    for item in result.scored:
-                        scored[item.conf_id] = item
-                    report.failures.extend(result.failed)
-                    if on_batch is not None:
-                        on_batch(result)
-                report.executor_kinds = runner.kinds_used
-                report.fallbacks = runner.fallbacks
-                report.reductions = runner.reductions
-                report.resubmissions = runner.resubmissions
+                try:
+                    for result in runner.run(tasks):
+                        for item in result.scored:
+                            scored[item.conf_id] = item
+                        report.failures.extend(result.failed)
+                        if on_batch is not None:
+                            on_batch(result)
+                finally:
+                    runner.unsubscribe(report)
+                    runner.unsubscribe(observe_telemetry)
         call.workers_granted = report.workers_granted
         call.executor_kind = report.executor_kinds[-1] if report.executor_kinds else None
         call.scored = len(scored)
@@ -229,21 +260,10 @@ def select_best_with_report(
 def _get_executor_for_context(
     n_workers: int, task_type: str = "scoring", executor: str = "auto", scheduler: str | None = None
 ):
-    """Entry point kept from upstream: a monitored executor for ``n_workers`` workers."""
+    """The TEMPL API's executor entry point: a monitored executor for ``n_workers`` workers."""
     from templ_pipeline.core.executor import get_executor
 
     return get_executor(n_workers, task_type=task_type, executor=executor, scheduler=scheduler)
-
-
-def _validate_executor(executor: str, scheduler: str | None) -> None:
-    from templ_pipeline.core.executor import EXECUTOR_CHOICES
-
-    if executor not in EXECUTOR_CHOICES:
-        raise ValueError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTOR_CHOICES)}")
-    if scheduler is not None and executor != "dask":
-        raise ValueError(f"a scheduler ({scheduler!r}) needs executor='dask', not {executor!r}")
-    if executor == "dask" and importlib.util.find_spec("distributed") is None:
-        raise ValueError("executor='dask' needs Dask: pip install 'templ-pipeline[dask]'")
 
 
 def _validate(confs: Any, tpl: Any, align_metric: str, n_workers: int) -> None:

@@ -1,0 +1,134 @@
+"""What a process worker costs to start (goal: worker import < 100 ms).
+
+``worker_import_ms``: the median wall time of fresh interpreters that import what
+a pool worker imports (``templ_pipeline.core.batch`` and ``.worker_init``), less
+the median of empty ones (``python -c pass``); RDKit and numpy alone are
+reported next to it, as the floor. A fresh interpreter also pays for the
+multiprocessing modules that ``worker_init`` needs for its process class (about
+20 ms on 2 cores); a spawned worker has loaded them before it imports anything
+of ours. ``cold_start_ms``: in a fresh parent, acquire a 2-worker process pool
+from a new ``PoolRegistry`` and run a one-conformer batch on every worker;
+measured with a plain parent and with the ``templ`` CLI as the parent's main
+module (as ``python -m templ_pipeline.cli`` sets it), which spawn workers would
+import again.
+
+``python benchmarks/bench_worker_start.py`` prints JSON; :func:`run` returns the same dict.
+Everything runs in child interpreters, so ``PYTHONPATH`` chooses the tree measured.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+WORKER_IMPORT_GOAL_MS = 100.0
+FORBIDDEN = ("rich", "structlog", "prometheus_client", "opentelemetry.sdk", "typer")
+TIMEOUT_SECONDS = 120
+
+WORKER_IMPORTS = "import templ_pipeline.core.batch, templ_pipeline.core.worker_init"
+FLOOR_IMPORTS = "import numpy, rdkit.Chem, rdkit.Chem.rdShapeAlign"
+
+_MODULES = """
+import json, sys
+{imports}
+print(json.dumps({{"modules": len(sys.modules), "forbidden": [m for m in {forbidden!r} if m in sys.modules]}}))
+"""
+
+# argv: "plain" or "cli", then the worker count. Prints the timings as JSON.
+_COLD_START = """
+import json, sys, time
+if sys.argv[1] == "cli":
+    import importlib.util
+    import templ_pipeline.cli
+    # What `python -m templ_pipeline.cli` records, and all that spawn reads of it.
+    sys.modules["__main__"].__spec__ = importlib.util.find_spec("templ_pipeline.cli")
+from rdkit import Chem
+from rdkit.Chem import AllChem
+from templ_pipeline.core.batch import BatchTask, score_batch
+from templ_pipeline.core.pools import PoolRegistry
+
+workers = int(sys.argv[2])
+mol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+AllChem.EmbedMolecule(mol, randomSeed=7)
+task = BatchTask(0, mol, "ethanol", Chem.Mol(mol), (0,))
+registry = PoolRegistry()
+started = time.perf_counter()
+pool, _ = registry.acquire("process", workers)
+acquired = time.perf_counter()
+answered = set()
+for _ in range(1000):  # a worker that is still starting leaves the tasks to the others
+    futures = [pool.submit(score_batch, task) for _ in range(workers)]
+    answered.update(future.result(timeout=120).pid for future in futures)
+    if len(answered) == workers:
+        break
+finished = time.perf_counter()
+registry.shutdown_all()
+print(json.dumps({"acquire_ms": (acquired - started) * 1000, "cold_start_ms": (finished - started) * 1000,
+                  "workers_answered": len(answered)}))
+"""
+
+
+def _python(code: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=TIMEOUT_SECONDS, check=True)
+    return done.stdout
+
+
+def _wall_ms(code: str) -> float:
+    started = time.perf_counter()
+    _python(code)
+    return (time.perf_counter() - started) * 1000
+
+
+def import_times(repeats: int = 9) -> dict[str, float]:
+    """Median interpreter wall times (ms): empty, with the worker imports, with RDKit and numpy only.
+
+    The three are interleaved so that load from elsewhere on the machine falls on all of them.
+    """
+    samples: dict[str, list[float]] = {"empty": [], "worker": [], "floor": []}
+    for _ in range(repeats):
+        samples["empty"].append(_wall_ms("pass"))
+        samples["worker"].append(_wall_ms(WORKER_IMPORTS))
+        samples["floor"].append(_wall_ms(FLOOR_IMPORTS))
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def loaded(imports: str) -> dict:
+    """Module count, and which of :data:`FORBIDDEN` are loaded, after ``imports`` in a fresh interpreter."""
+    return json.loads(_python(_MODULES.format(imports=imports, forbidden=FORBIDDEN)))
+
+
+def cold_start(parent: str, workers: int = 2, repeats: int = 3) -> dict:
+    """Median of ``repeats`` fresh parents (``parent`` is "plain" or "cli")."""
+    runs = [json.loads(_python(_COLD_START, parent, str(workers))) for _ in range(repeats)]
+    return {
+        "acquire_ms": round(statistics.median(r["acquire_ms"] for r in runs), 1),
+        "cold_start_ms": round(statistics.median(r["cold_start_ms"] for r in runs), 1),
+        "workers_answered": min(r["workers_answered"] for r in runs),
+    }
+
+
+def run(repeats: int = 9) -> dict:
+    """Run the benchmark (about 20 s on 2 cores)."""
+    times = import_times(repeats)
+    worker_import = times["worker"] - times["empty"]
+    worker, floor = loaded(WORKER_IMPORTS), loaded(FLOOR_IMPORTS)
+    return {
+        "empty_interpreter_ms": round(times["empty"], 1),
+        "worker_import_ms": round(worker_import, 1),
+        "worker_import_modules": worker["modules"],
+        "worker_import_forbidden": worker["forbidden"],
+        "rdkit_numpy_import_ms": round(times["floor"] - times["empty"], 1),
+        "rdkit_numpy_modules": floor["modules"],
+        "pool_2_workers_plain_parent": cold_start("plain"),
+        "pool_2_workers_cli_parent": cold_start("cli"),
+        "goal": f"worker_import_ms < {WORKER_IMPORT_GOAL_MS:.0f}",
+        "worker_import_ok": worker_import < WORKER_IMPORT_GOAL_MS,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))

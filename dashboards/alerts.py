@@ -1,0 +1,304 @@
+"""The Prometheus alert rules (``dashboards/prometheus/alerts.yml``): plain data and one renderer.
+
+:func:`rules` builds each rule from the shared thresholds (:mod:`dashboards.thresholds`,
+which asks the worker cost model and the grant what fits) and from the catalog's names
+(:mod:`dashboards.names`); :func:`render` writes them as the committed YAML, with the
+reasoning behind each threshold as a comment. ``python -m dashboards.generate`` writes
+the file; the tests compare the committed one with :func:`render` and run promtool on it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dashboards.executor_dashboard import UID
+from dashboards.names import JOB, MANAGER_REASONS, SEQUENTIAL, event, listing, metric, value
+from dashboards.thresholds import FAILURE_MINUTES, FAILURE_RATIO, Thresholds, percent, thresholds
+from telemetry.catalog import FAILURE_REASONS, FALLBACK_REASONS, LIMIT_NAMES, LOG_EVENTS_BY_NAME
+from templ_pipeline.core.limits.model import PID_MAX, PIDS_CGROUP, RLIMIT_NPROC, STACK_MEMORY, THREADS_MAX
+
+GROUP = "templ-executor"
+WIDTH = 100  # columns of the rendered file
+_TEMPLATE = re.compile(r"\{\{.*?\}\}")  # Go template actions in annotations: kept on one line
+_GLUE = "\x00"  # stands for a space inside a template action while the text is wrapped
+
+#: What to look at for each limit the headroom alerts name; together they cover every limit.
+LIMIT_CHECKS: tuple[tuple[tuple[str, ...], str], ...] = (
+    ((PIDS_CGROUP,), "`cat /proc/<pid>/cgroup`, then pids.max and pids.current in that cgroup "
+                     "(v2: /sys/fs/cgroup/<path>/, v1: /sys/fs/cgroup/pids/<path>/); it is the container's "
+                     "--pids-limit or the pod's pids limit, and counts every task of every process in the cgroup."),
+    ((RLIMIT_NPROC,), "`ulimit -u` of the job's user (counts all of that user's threads on the host)."),
+    ((THREADS_MAX, PID_MAX), "/proc/sys/kernel/threads-max and pid_max (host-wide)."),
+    ((STACK_MEMORY,), "RLIMIT_AS (`ulimit -v`) and free memory."),
+)
+
+#: What each fallback reason that ends on the sequential rung means for the operator.
+SEQUENTIAL_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("no_headroom", "thread_start_failed", "process_start_failed"),
+     "a kernel limit (the cause) refused the pool; check it as for {low}: `templ doctor`, the pids cgroup "
+     "(pids.max, pids.current), `ulimit -u`."),
+    (("broken_pool",), "a worker died (OOM killer: `dmesg`, memory limits)."),
+    (("daemon_process",), "the caller runs inside a daemon process, which cannot have children; run "
+                          "select_best from a non-daemon process."),
+)
+
+LOW = "TemplThreadHeadroomLow"
+CRITICAL = "TemplThreadHeadroomCritical"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One alerting rule. ``why`` is the comment above it; ``fires_when`` its line in the README's table."""
+
+    alert: str
+    why: str
+    expr: str
+    for_minutes: int  # 0: fires on the first evaluation that matches
+    severity: str
+    fires_when: str
+    summary: str
+    description: str
+    runbook: str
+
+
+def duration(minutes: int) -> str:
+    """Prometheus duration: ``5`` -> ``5m``."""
+    return f"{minutes}m"
+
+
+def in_words(minutes: int) -> str:
+    """``1`` -> ``1 minute``, ``5`` -> ``5 minutes``."""
+    return f"{minutes} minute" if minutes == 1 else f"{minutes} minutes"
+
+
+def _selector(short: str, *matchers: str) -> str:
+    job = f'job="{JOB}"'
+    return f"{metric(short)}{{{', '.join((job, *matchers))}}}"
+
+
+def _glossary(entries: Sequence[tuple[tuple[str, ...], str]], allowed: Sequence[str]) -> list[str]:
+    """``"a / b: text"`` per entry, once every name is checked against ``allowed``."""
+    return [f"{' / '.join(value(name, allowed) for name in names)}: {text}" for names, text in entries]
+
+
+def _headroom_runbook() -> str:
+    covered = [name for names, _text in LIMIT_CHECKS for name in names]
+    if sorted(covered) != sorted(LIMIT_NAMES):
+        raise ValueError(f"LIMIT_CHECKS covers {covered}, the catalog's limits are {LIMIT_NAMES}")
+    return " ".join([
+        "Find the binding limit: run `templ doctor` (or `templ doctor --json`) on the host as the job's user; "
+        "it lists every limit with its headroom and marks the binding one.",
+        *_glossary(LIMIT_CHECKS, LIMIT_NAMES),
+        "Fix: raise the binding limit, or run fewer workers (--workers) or fewer jobs per host/cgroup.",
+    ])
+
+
+def _headroom_rules(t: Thresholds) -> list[Rule]:
+    headroom, limit = _selector("thread_headroom"), _selector("thread_limit")
+    runbook = _headroom_runbook()
+    low_for, critical_for = 5, 1
+    smallest = t.smallest_pool
+    return [
+        Rule(
+            LOW,
+            why=f"Below {t.warning_tasks} tasks, pools of more than {t.largest_pool_below_warning} process workers "
+                f"get cut (N workers need {t.pool_tasks('N')}); below {percent(t.warning_share)} of the limit "
+                f"(pressure {t.warning_pressure:.2f}, where the thread manager reports warning) the limit is close "
+                "whatever its size.",
+            expr=f"{headroom} < {t.warning_tasks}\nor\n{headroom} < {t.warning_share:.2f} * {limit}\n",
+            for_minutes=low_for,
+            severity="warning",
+            fires_when=f"headroom under a limit < {t.warning_tasks} tasks or < {percent(t.warning_share)} of the "
+                       f"limit, for {low_for} min",
+            summary="{{ $labels.instance }}: only {{ $value | humanize }} tasks of headroom left under "
+                    "{{ $labels.limit }}",
+            description="The {{ $labels.limit }} limit lets {{ $labels.instance }} start only "
+                        "{{ $value | humanize }} more threads or processes (warning below "
+                        f"{t.warning_tasks} tasks or {percent(t.warning_share)} of the limit, for "
+                        f"{in_words(low_for)}). The executor shrinks its pools to fit, so throughput drops "
+                        "before anything fails.",
+            runbook=runbook,
+        ),
+        Rule(
+            CRITICAL,
+            why=f"Below {t.critical_tasks} tasks a {smallest}-worker process pool ({t.pool_tasks(smallest)}), "
+                f"the smallest the executor starts, no longer fits: the executor runs sequentially. Below "
+                f"{percent(t.critical_share)} of the limit is pressure {t.critical_pressure:.2f}, where the "
+                "thread manager reports critical.",
+            expr=f"{headroom} < {t.critical_tasks}\nor\n{headroom} < {t.critical_share:.2f} * {limit}\n",
+            for_minutes=critical_for,
+            severity="critical",
+            fires_when=f"headroom < {t.critical_tasks} tasks (a {smallest}-worker pool no longer fits) or < "
+                       f"{percent(t.critical_share)}, for {critical_for} min",
+            summary="{{ $labels.instance }}: {{ $value | humanize }} tasks of headroom under {{ $labels.limit }}, "
+                    "threads are about to fail",
+            description="{{ $labels.instance }} can start only {{ $value | humanize }} more threads or processes "
+                        f"under {{{{ $labels.limit }}}} (critical below {t.critical_tasks} tasks or "
+                        f"{percent(t.critical_share)} of the limit, for {in_words(critical_for)}). Not even a "
+                        f"{smallest}-worker process pool fits ({t.pool_tasks(smallest)}): scoring runs "
+                        "sequentially, and any library that starts a thread may fail with \"can't start new "
+                        "thread\".",
+            runbook=runbook,
+        ),
+    ]
+
+
+def _fallback_rule() -> Rule:
+    window = 5
+    fallbacks = _selector("fallbacks", f'to_kind="{SEQUENTIAL}"')
+    by = "job, instance, from_kind, reason, cause"
+    reasons = _glossary([(names, text.format(low=LOW)) for names, text in SEQUENTIAL_FALLBACKS], FALLBACK_REASONS)
+    return Rule(
+        "TemplExecutorFellBackToSequential",
+        why="The second branch catches the first fallback of a process: a counter series born within the window "
+            "(increase() needs two samples, and new series start at 1).",
+        expr=(f"sum by ({by}) (\n  increase({fallbacks}[{duration(window)}])\n) > 0\nor\n"
+              f"sum by ({by}) (\n  {fallbacks}\n  unless {fallbacks} offset {duration(window)}\n) > 0\n"),
+        for_minutes=0,
+        severity="warning",
+        fires_when=f"any fallback to {SEQUENTIAL} in the last {window} min (including a process's first)",
+        summary="{{ $labels.instance }}: executor fell back from {{ $labels.from_kind }} to "
+                f"{SEQUENTIAL} ({{{{ $labels.reason }}}}, cause {{{{ $labels.cause }}}})",
+        description=f"In the last {in_words(window)} select_best on {{{{ $labels.instance }}}} gave up its worker "
+                    "pool and scored in the calling thread (reason {{ $labels.reason }}, cause "
+                    "{{ $labels.cause }}). Results are complete but slower. The "
+                    f"{event('executor.fallback')} log lines carry the detail and a trace_id.",
+        runbook="reason " + " ".join(reasons),
+    )
+
+
+def _reductions_rule() -> Rule:
+    window, hold = 5, 15
+    reductions = _selector("worker_reductions")
+    return Rule(
+        "TemplWorkerReductionsSustained",
+        why=f"A grant cut in every {window}-minute window for {in_words(hold)}: the job keeps running below the "
+            "parallelism it asked for.",
+        expr=(f"sum by (job, instance, task_type, reason) (\n  rate({reductions}[{duration(window)}])\n) > 0\n"),
+        for_minutes=hold,
+        severity="warning",
+        fires_when=f"grants cut in every {window}-min window for {hold} min",
+        summary="{{ $labels.instance }}: {{ $labels.task_type }} pools cut by {{ $labels.reason }} for "
+                f"{in_words(hold)}",
+        description=f"For {in_words(hold)} every {window}-minute window on {{{{ $labels.instance }}}} had "
+                    "{{ $labels.task_type }} executors granted fewer workers than requested (reason "
+                    "{{ $labels.reason }}, {{ printf \"%.3f\" $value }}/s). The job runs, but below the "
+                    "parallelism it asked for.",
+        runbook=f"The reason names the binding limit ({listing(MANAGER_REASONS, ' / ')}: the thread manager could "
+                f"not answer; see the job's {event('executor.workers_reduced')} log lines). Check it with `templ "
+                "doctor`, the pids cgroup (pids.max, pids.current) and `ulimit -u`; then raise the limit or "
+                "request fewer workers (--workers) so the request matches what the host allows.",
+    )
+
+
+def _failures_rule() -> Rule:
+    window = duration(FAILURE_MINUTES)
+    scored, failed = _selector("conformers_scored"), _selector("conformers_failed")
+    done = event("select_best.done")
+    by_reason = value("failed_by_reason", LOG_EVENTS_BY_NAME[done].fields)
+    return Rule(
+        "TemplScoringFailureRatioHigh",
+        why="Failed over all conformers, per instance; an idle instance is 0/0, NaN, and never fires.",
+        expr=(f"sum by (job, instance) (rate({failed}[{window}]))\n/\n(\n"
+              f"  sum by (job, instance) (rate({scored}[{window}]))\n"
+              f"  + sum by (job, instance) (rate({failed}[{window}]))\n)\n> {FAILURE_RATIO:.2f}\n"),
+        for_minutes=FAILURE_MINUTES,
+        severity="warning",
+        fires_when=f"> {percent(FAILURE_RATIO)} of conformers fail to score, for {FAILURE_MINUTES} min",
+        summary="{{ $labels.instance }}: {{ $value | humanizePercentage }} of conformers fail to score",
+        description=f"Over the last {in_words(FAILURE_MINUTES)} {{{{ $value | humanizePercentage }}}} of the "
+                    "conformers on {{ $labels.instance }} could not be scored (threshold "
+                    f"{percent(FAILURE_RATIO)}, for {in_words(FAILURE_MINUTES)}). Failures are per conformer, by "
+                    f"reason ({listing(FAILURE_REASONS)}); the dashboard's Work row shows which.",
+        runbook="Failures are input problems, not thread limits: a fallback never loses a conformer. Look at the "
+                f"reasons on the dashboard and the {done} log lines ({by_reason}) to find the inputs. If they "
+                "coincide with fallbacks, still check `templ doctor`, the pids cgroup and `ulimit -u` to rule out "
+                "a job starved of workers.",
+    )
+
+
+def rules(t: Thresholds | None = None) -> list[Rule]:
+    """Every alert, in the order of the file."""
+    t = t or thresholds()
+    return [*_headroom_rules(t), _fallback_rule(), _reductions_rule(), _failures_rule()]
+
+
+def dashboard_link() -> str:
+    """The ``dashboard`` annotation: the executor dashboard on the alert's job and instance."""
+    return f"/d/{UID}?var-job={{{{ $labels.job }}}}&var-instance={{{{ $labels.instance }}}}"
+
+
+def as_data(alert_rules: Sequence[Rule]) -> dict:
+    """The rule file as Prometheus reads it (what ``yaml.safe_load`` of :func:`render` returns)."""
+    def one(rule: Rule) -> dict:
+        data: dict = {"alert": rule.alert, "expr": rule.expr}
+        if rule.for_minutes:
+            data["for"] = duration(rule.for_minutes)
+        data["labels"] = {"severity": rule.severity}
+        data["annotations"] = {"summary": rule.summary, "description": rule.description,
+                               "runbook": rule.runbook, "dashboard": dashboard_link()}
+        return data
+    return {"groups": [{"name": GROUP, "rules": [one(rule) for rule in alert_rules]}]}
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Lines of at most ``width`` (unless a word is longer), never breaking inside a ``{{ ... }}`` template."""
+    glued = _TEMPLATE.sub(lambda match: match.group().replace(" ", _GLUE), text)
+    lines = textwrap.wrap(glued, width, break_long_words=False, break_on_hyphens=False)
+    return [line.replace(_GLUE, " ") for line in lines]
+
+
+def _comment(text: str, indent: int) -> list[str]:
+    return [" " * indent + "# " + line for line in _wrap(text, WIDTH - indent - 2)]
+
+
+def _folded(key: str, text: str, indent: int) -> list[str]:
+    """``key: >-`` and ``text`` wrapped: YAML folds the line breaks back into single spaces."""
+    if "\n" in text or "  " in text or text != text.strip():
+        raise ValueError(f"{key}: a folded scalar keeps neither line breaks nor runs of spaces: {text!r}")
+    return [f"{' ' * indent}{key}: >-", *(" " * (indent + 2) + line for line in _wrap(text, WIDTH - indent - 2))]
+
+
+def _header(t: Thresholds) -> list[str]:
+    headroom, limit = metric("thread_headroom"), metric("thread_limit")
+    paragraphs = [
+        f'Alert rules for the TEMPL executor (job "{JOB}", see prometheus.yml).',
+        "Generated by `make dashboards` (python -m dashboards.generate) from dashboards/alerts.py: change "
+        "that and regenerate; tests/test_alert_rules.py fails when this file differs from the generator's output.",
+        f"Headroom thresholds are for the {t.start_method} start method: {t.cost_text()}. Metric names and "
+        "label values come from telemetry/catalog.py; `promtool test rules alerts_test.yml` covers every alert, "
+        "firing and silent.",
+        f"{limit} / {headroom} are NaN when a limit is unknown and +Inf when it is not enforced: every "
+        'comparison with NaN is false and +Inf is never "low", so those series can neither fire nor hide a '
+        "real one.",
+    ]
+    lines: list[str] = []
+    for number, paragraph in enumerate(paragraphs):
+        lines += (["#"] if number else []) + _comment(paragraph, 0)
+    return lines
+
+
+def render(t: Thresholds | None = None) -> str:
+    """The committed ``alerts.yml``."""
+    t = t or thresholds()
+    lines = _header(t) + ["groups:", f"  - name: {GROUP}", "    rules:"]
+    for number, rule in enumerate(rules(t)):
+        lines += [""] if number else []
+        lines += [f"      - alert: {rule.alert}", *_comment(rule.why, 8), "        expr: |"]
+        lines += ["          " + line for line in rule.expr.splitlines()]
+        lines += [f"        for: {duration(rule.for_minutes)}"] if rule.for_minutes else []
+        lines += ["        labels:", f"          severity: {rule.severity}", "        annotations:",
+                  f"          summary: {json.dumps(rule.summary, ensure_ascii=False)}",
+                  *_folded("description", rule.description, 10), *_folded("runbook", rule.runbook, 10),
+                  f"          dashboard: {json.dumps(dashboard_link(), ensure_ascii=False)}"]
+    return "\n".join(lines) + "\n"
+
+
+def readme_table(t: Thresholds | None = None) -> str:
+    """The alerts table of dashboards/README.md."""
+    rows = [f"| `{rule.alert}` | {rule.fires_when} | {rule.severity} |" for rule in rules(t)]
+    return "\n".join(["| Alert | Fires when | Severity |", "|---|---|---|", *rows]) + "\n"

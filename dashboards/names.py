@@ -1,0 +1,46 @@
+"""Names the dashboard and the alert rules take from :mod:`telemetry.catalog`.
+
+A metric is named by its short name (its attribute on ``TemplMetrics``) and gets its
+exposition name from the catalog. A label value, log event or span attribute that a text
+or a query names one by one is looked up in the catalog's bounded sets when the generator
+runs: a value the catalog no longer has stops ``make dashboards`` instead of leaving a
+query that matches nothing or a runbook about a reason that cannot occur.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from telemetry import catalog
+
+JOB = "templ"
+"""The scrape job (prometheus.yml) that the alert rules select and the dashboard opens on."""
+
+
+def metric(short: str) -> str:
+    """Exposition name of the catalog metric ``short`` (``"thread_headroom"`` -> ``templ_thread_headroom``)."""
+    return catalog.METRICS_BY_SHORT[short].name
+
+
+def value(name: str, allowed: Iterable[str]) -> str:
+    """``name``, once it is checked to be one of ``allowed`` (a bounded label value set of the catalog)."""
+    allowed = tuple(allowed)
+    if name not in allowed:
+        raise ValueError(f"{name!r} is not one of {allowed}")
+    return name
+
+
+def event(name: str) -> str:
+    """``name``, once it is checked to be a log event of the catalog."""
+    return value(name, catalog.LOG_EVENTS_BY_NAME)
+
+
+def listing(values: Iterable[str], sep: str = ", ") -> str:
+    """Values for a text: ``"a, b, c"``."""
+    return sep.join(values)
+
+
+SEQUENTIAL = value("sequential", catalog.EXECUTOR_KINDS)
+NO_CAUSE = value("none", catalog.FALLBACK_CAUSES)
+#: Reduction reasons that are not a kernel limit: the thread manager could not answer.
+MANAGER_REASONS: tuple[str, ...] = tuple(r for r in catalog.REDUCTION_REASONS if r not in catalog.LIMIT_NAMES)

@@ -1,0 +1,142 @@
+"""The thresholds the dashboard and the alert rules share, and the pool sizes behind them.
+
+Headroom thresholds are in kernel tasks. Whether a pool of N process workers fits in
+some headroom is what ``grant.max_workers`` decides from the worker cost model
+(``worker_cost``) and the reserve (``grant.RESERVE_TASKS``); the pool sizes and task
+counts the texts quote are asked of those, for the start method the project's pools use
+(``pools.start_method()``). Shares of a limit are the thread manager's pressure levels
+seen from the other side: pressure ``used / limit`` of p is headroom of ``1 - p`` of the limit.
+
+``worker_cost`` charges a process worker ``1 + (BLAS threads - 1)`` tasks and reads the
+BLAS threads from the environment of the machine that asks. The committed files must not
+depend on the machine that generates them, so the texts take the cost of a worker with
+BLAS_THREADS BLAS threads, which is how pools start workers (``pools.worker_env``) unless
+the user sets ``OPENBLAS_NUM_THREADS`` and friends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from dashboards.names import MANAGER_REASONS, SEQUENTIAL, value
+from templ_pipeline.core import executor, pools
+from templ_pipeline.core.limits.grant import RESERVE_TASKS, max_workers
+from templ_pipeline.core.limits.model import PIDS_CGROUP, Limit, Snapshot, StackInfo
+from templ_pipeline.core.limits.worker_cost import WorkerCost, worker_cost
+from templ_pipeline.core.thread_manager import CRITICAL_PRESSURE, WARNING_PRESSURE
+
+WARNING_HEADROOM = 32
+"""Tasks of headroom below which the warning fires: a pool of a few dozen workers no longer fits."""
+
+FAILURE_RATIO = 0.10
+"""Share of conformers failing to score above which the failure alert fires."""
+FAILURE_MINUTES = 10
+"""Minutes the failure ratio is measured over, and then must hold, before that alert fires."""
+
+BLAS_THREADS = 1
+"""BLAS threads of a process worker as pools start it (``pools.worker_env``)."""
+
+_LARGEST_HEADROOM = 1 << 20  # the search for the critical threshold gives up beyond this
+
+
+def _headroom_share(pressure: float) -> float:
+    """``1 - pressure``, rounded: in binary floating point 1 - 0.8 is 0.19999999999999996."""
+    return round(1 - pressure, 6)
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """The numbers of the headroom alerts and panels, for one start method."""
+
+    start_method: str
+    cost: WorkerCost  # one process worker with BLAS_THREADS BLAS threads
+    reserve: int
+    smallest_pool: int  # the fewest workers the executor starts a process pool with
+    critical_tasks: int  # below this, a pool of smallest_pool workers no longer fits
+    warning_tasks: int
+    largest_pool_below_warning: int  # the most workers that fit in warning_tasks - 1
+    warning_pressure: float  # used / limit at which the thread manager reports "warning"
+    critical_pressure: float  # ... and "critical"
+
+    @property
+    def warning_share(self) -> float:
+        """Headroom, as a share of the limit, below which the warning fires."""
+        return _headroom_share(self.warning_pressure)
+
+    @property
+    def critical_share(self) -> float:
+        """Headroom, as a share of the limit, below which the critical alert fires."""
+        return _headroom_share(self.critical_pressure)
+
+    def pool_tasks(self, workers: str | int) -> str:
+        """What a pool of ``workers`` (a number, or "N") needs, in tasks: workers, pool helpers and reserve."""
+        per_worker = self.cost.per_worker
+        worker_tasks = f"{workers} tasks" if per_worker == 1 else f"{per_worker}x{workers} tasks"
+        return f"{worker_tasks} + {self.cost.fixed_tasks} pool helper tasks + a reserve of {self.reserve}"
+
+    def cost_text(self) -> str:
+        """The cost model in words, for a panel description."""
+        cost = self.cost
+        processes = "process" if cost.helper_processes == 1 else "processes"
+        return (f"N process workers need {self.pool_tasks('N')} (a worker with {BLAS_THREADS} BLAS thread "
+                f"is {cost.per_worker} task; the helpers are {cost.pool_helpers} threads of the pool in the "
+                f"parent and {cost.helper_processes} helper {processes} of the {self.start_method} start method)")
+
+
+def process_cost(start_method: str) -> WorkerCost:
+    """The cost model of a process worker under ``start_method``, with BLAS_THREADS BLAS threads."""
+    return replace(worker_cost("process", start_method), per_worker=BLAS_THREADS)
+
+
+def workers_that_fit(headroom: int, cost: WorkerCost, reserve: int = RESERVE_TASKS) -> int:
+    """Process workers the grant allows when one task limit has ``headroom`` tasks left."""
+    limit = Limit(PIDS_CGROUP, headroom, 0, headroom, True, "thresholds")
+    snapshot = Snapshot(0.0, None, None, (limit,), StackInfo(0, 0, 0, None, None))
+    allowed = max_workers(snapshot, cost, reserve)
+    if allowed is None:
+        raise ValueError(f"process workers costing {cost.per_worker} task(s) are not constrained by a task limit")
+    return allowed
+
+
+def smallest_pool() -> int:
+    """The fewest workers for which the executor's ladder has a pool rung (fewer run sequentially)."""
+    profile = executor.TASK_PROFILES["scoring"]
+    return next(n for n in range(1, 1 << 10)
+                if any(rung.kind != SEQUENTIAL for rung in executor.plan_ladder(n, profile, False)))
+
+
+def thresholds(start_method: str | None = None) -> Thresholds:
+    """The thresholds for ``start_method`` (default: the one the project's pools use)."""
+    method = start_method or pools.start_method()
+    cost = process_cost(method)
+    pool = smallest_pool()
+    critical = next(h for h in range(_LARGEST_HEADROOM) if workers_that_fit(h, cost) >= pool)
+    return Thresholds(
+        start_method=method,
+        cost=cost,
+        reserve=RESERVE_TASKS,
+        smallest_pool=pool,
+        critical_tasks=critical,
+        warning_tasks=WARNING_HEADROOM,
+        largest_pool_below_warning=workers_that_fit(WARNING_HEADROOM - 1, cost),
+        warning_pressure=WARNING_PRESSURE,
+        critical_pressure=CRITICAL_PRESSURE,
+    )
+
+
+def as_percent(share: float) -> float | int:
+    """``0.2`` -> ``20``: a whole number stays an int, as the dashboard JSON writes it."""
+    number = round(100 * share, 6)
+    return int(number) if number.is_integer() else number
+
+
+def percent(share: float) -> str:
+    """``0.2`` -> ``"20%"``."""
+    return f"{as_percent(share)}%"
+
+
+#: Worker caps the executor applies when the thread manager cannot answer, by reduction reason.
+MANAGER_CAPS: dict[str, int] = {
+    value("manager_unavailable", MANAGER_REASONS): executor.CAP_MANAGER_UNAVAILABLE,
+    value("manager_failed", MANAGER_REASONS): executor.CAP_MANAGER_FAILED,
+}

@@ -1,0 +1,24 @@
+"""Test-only resets of telemetry's process-wide state."""
+
+from __future__ import annotations
+
+from telemetry.guard import reset_guard_for_tests
+from telemetry.logs import unconfigure_logging
+from telemetry.metrics import TemplMetrics, reset_metrics_for_tests
+from telemetry.state import set_enabled
+from telemetry.tracing import shutdown_tracing
+
+
+def reset() -> TemplMetrics:
+    """Shut tracing down, re-enable telemetry, drop our log handler, forget degraded warnings,
+    and return a fresh metrics singleton."""
+    shutdown_tracing()
+    set_enabled(True)
+    unconfigure_logging()
+    reset_guard_for_tests()
+    return reset_metrics_for_tests()
+
+
+def reset_metrics() -> TemplMetrics:
+    """A fresh metrics singleton (its own registry), as at process start."""
+    return reset_metrics_for_tests()

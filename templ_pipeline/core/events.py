@@ -1,0 +1,231 @@
+"""What the executor reports: bounded vocabularies and typed events, and nothing about how they are shown.
+
+The executor, the conformer threads and the Dask backend emit these events to the
+observers they are given (plain callables, ``Observer``); telemetry turns each into
+its metric samples, span event and log line, and the selection report collects
+them. The vocabularies are ``StrEnum``s defined once here: telemetry's catalog
+takes its label value sets from them, so every value the executor can emit is a
+value the metrics know (and export at 0 from the start). A ``StrEnum`` member is
+its string, so ``Fallback.reason == "broken_pool"`` holds.
+
+This module is imported by worker processes too (``batch.py`` names failure
+reasons from it): standard library only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class ExecutorKind(StrEnum):
+    """The kinds of rung on the fallback ladder."""
+
+    PROCESS = "process"
+    THREAD = "thread"
+    SEQUENTIAL = "sequential"
+    DASK = "dask"
+
+
+class TaskType(StrEnum):
+    """What workers are sized for: scoring batches (processes) or conformer embedding (RDKit threads)."""
+
+    SCORING = "scoring"
+    CONFORMERS = "conformers"
+
+
+class LimitName(StrEnum):
+    """The kernel limits that can refuse a new thread or process."""
+
+    PIDS_CGROUP = "pids_cgroup"
+    RLIMIT_NPROC = "rlimit_nproc"
+    THREADS_MAX = "threads_max"
+    PID_MAX = "pid_max"
+    STACK_MEMORY = "stack_memory"
+
+
+def _limits_and(name: str, *more: tuple[str, str]) -> type[StrEnum]:
+    """A vocabulary of every LimitName member followed by ``more`` (StrEnums cannot be extended)."""
+    return StrEnum(name, [(limit.name, limit.value) for limit in LimitName] + list(more))  # type: ignore[return-value]
+
+
+ReductionReason = _limits_and("ReductionReason", ("MANAGER_UNAVAILABLE", "manager_unavailable"),
+                              ("MANAGER_FAILED", "manager_failed"))
+"""Why fewer workers were granted than requested: a limit, or a thread manager that could not answer."""
+
+
+class FallbackReason(StrEnum):
+    """Why the executor stepped down a rung."""
+
+    THREAD_START_FAILED = "thread_start_failed"
+    PROCESS_START_FAILED = "process_start_failed"
+    BROKEN_POOL = "broken_pool"
+    MANAGER_UNAVAILABLE = "manager_unavailable"
+    DAEMON_PROCESS = "daemon_process"
+    NO_HEADROOM = "no_headroom"
+    SUBMIT_FAILED = "submit_failed"
+    SCHEDULER_UNREACHABLE = "scheduler_unreachable"
+
+
+FallbackCause = _limits_and("FallbackCause", ("SECCOMP", "seccomp"), ("UNKNOWN", "unknown"), ("NONE", "none"))
+"""Which limit (or filter) refused a start; ``none`` when the fallback is not about a start."""
+
+
+class ResubmissionReason(StrEnum):
+    """Why a batch ran again: its worker died while running it, or died holding its result."""
+
+    WORKER_LOST = "worker_lost"
+    RESULT_LOST = "result_lost"
+
+
+class FailureReason(StrEnum):
+    """Why one conformer could not be scored."""
+
+    NO_COORDINATES = "no_coordinates"
+    SANITIZATION_FAILED = "sanitization_failed"
+    ALIGNMENT_FAILED = "alignment_failed"
+    INVALID_MOLECULE = "invalid_molecule"
+
+
+def values(vocabulary: type[StrEnum]) -> tuple[str, ...]:
+    """The string values of a vocabulary, in declaration order (the metric label value sets)."""
+    return tuple(member.value for member in vocabulary)
+
+
+def as_fields(event: object) -> dict[str, object]:
+    """An event's fields as plain values, without its exception: for JSON and tables."""
+    return {name: (str(value) if isinstance(value, StrEnum) else value)
+            for name in event.__dataclass_fields__ if name != "error"  # type: ignore[attr-defined]
+            for value in (getattr(event, name),)}
+
+
+def cause_of(limit: str | None) -> FallbackCause:
+    """A grant's binding limit as a fallback cause; ``none`` when no limit was named."""
+    return FallbackCause(limit) if limit in values(LimitName) else FallbackCause.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersGranted:
+    """The grant met the request."""
+
+    task_type: TaskType
+    requested: int
+    granted: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersReduced:
+    """Fewer workers were granted than requested."""
+
+    task_type: TaskType
+    requested: int
+    granted: int
+    reason: ReductionReason
+    detail: str = ""
+    headroom: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorCreated:
+    """A rung got its workers: a pool started (or reused), or a Dask cluster connected."""
+
+    kind: ExecutorKind
+    workers: int
+    task_type: TaskType
+    reused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """One step down the ladder, from ``from_kind`` to ``to_kind``."""
+
+    from_kind: ExecutorKind
+    to_kind: ExecutorKind
+    reason: FallbackReason
+    cause: FallbackCause = FallbackCause.NONE
+    detail: str = ""
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRestarted:
+    """A broken pool was discarded; the next call starts a fresh one."""
+
+    kind: ExecutorKind
+    reason: FallbackReason
+    detail: str = ""
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResubmitted:
+    """A batch runs again because its worker was lost (it is still counted once, when it arrives)."""
+
+    kind: ExecutorKind
+    index: int
+    reason: ResubmissionReason
+    worker: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsObserved:
+    """The thread limits as the executor saw them around its batches (a cached snapshot)."""
+
+    snapshot: Any  # templ_pipeline.core.limits.model.Snapshot
+    context: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    """A batch's result arrived; ``result`` is its ``BatchResult`` (with the worker's span, if traced)."""
+
+    kind: ExecutorKind
+    size: int
+    result: Any  # templ_pipeline.core.batch.BatchResult
+
+
+@dataclass(frozen=True, slots=True)
+class CallDone:
+    """The executor finished one call's batches."""
+
+    task_type: TaskType
+    requested: int
+    granted: int
+    kinds: tuple[ExecutorKind, ...]
+    batches: int
+
+
+ExecutorEvent = (WorkersGranted | WorkersReduced | ExecutorCreated | Fallback | PoolRestarted | BatchResubmitted
+                 | LimitsObserved | BatchDone | CallDone)
+
+Observer = Callable[[ExecutorEvent], None]
+"""Anything that wants to hear of events: called in the emitting thread, in order."""
+
+
+class Emitter:
+    """Hands each event to every observer, in order; an observer that raises does not stop the run.
+
+    Reporting must never break the work it reports on: an ``Exception`` from an
+    observer is dropped (telemetry counts its own degradations).
+    """
+
+    __slots__ = ("_observers",)
+
+    def __init__(self, observers: Iterable[Observer] = ()) -> None:
+        self._observers: list[Observer] = list(observers)
+
+    def subscribe(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    def unsubscribe(self, observer: Observer) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def __call__(self, event: ExecutorEvent) -> None:
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:  # noqa: BLE001 - see the class docstring
+                pass

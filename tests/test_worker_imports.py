@@ -1,0 +1,228 @@
+"""Lean workers: a pool worker loads RDKit, numpy, the batch code and OpenTelemetry's API, nothing more.
+
+Checked in fresh interpreters (what importing the worker modules loads), in real
+spawned workers of a ``PoolRegistry`` pool (also when the parent's main module is
+the ``templ`` CLI, which spawn would run again in every worker), and on the
+telemetry package itself: lazy exports, and no import cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import telemetry
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+FORBIDDEN = ("rich", "structlog", "prometheus_client", "opentelemetry.sdk", "typer")
+TIMEOUT = 120
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(TESTS), os.environ.get("PYTHONPATH"))))}
+
+
+def _python(*argv: str, cwd: Path | None = None) -> str:
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=_env(), cwd=cwd,
+                          timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _forbidden(modules: list[str]) -> list[str]:
+    return [name for name in modules if name.split(".")[0] in FORBIDDEN or name.startswith(FORBIDDEN)]
+
+
+# --- a fresh interpreter ---------------------------------------------------------------------------
+
+_REPORT = """
+import json, sys
+{imports}
+from worker_probe import loaded_modules, root_log_handlers
+print(json.dumps({{"modules": loaded_modules(), "handlers": root_log_handlers()}}))
+"""
+
+
+def test_importing_the_worker_modules_loads_no_cli_or_telemetry_stack():
+    report = json.loads(_python("-c", _REPORT.format(
+        imports="import templ_pipeline.core.batch, templ_pipeline.core.worker_init")))
+    assert _forbidden(report["modules"]) == []
+    assert "templ_pipeline.core.pools" not in report["modules"]
+    assert report["handlers"] == 0, "importing the worker modules configured logging"
+
+
+def test_worker_spans_loads_only_opentelemetry_api():
+    modules = json.loads(_python("-c", _REPORT.format(imports="import telemetry.worker_spans")))["modules"]
+    assert [m for m in modules if m.startswith("telemetry")] == ["telemetry", "telemetry.worker_spans"]
+    assert _forbidden(modules) == []
+
+
+# --- real pool workers -----------------------------------------------------------------------------
+
+# The parent of a one-worker pool. It runs a batch on the worker, then reports what the
+# worker has loaded: first for a pool from a PoolRegistry (as the executor gets them),
+# then, as a control, for a pool on the stdlib's spawn context. argv[1]:
+#   "module": the CLI is the main module as `python -m templ_pipeline.cli` records it
+#             (``__main__.__spec__`` names the CLI: all that spawn's preparation data reads);
+#   "script": run as a file that imports the CLI's ``main``, as the ``templ`` launcher does;
+#   "other":  an ordinary script, whose own functions the workers must still find.
+PARENT = textwrap.dedent('''
+    import importlib.util
+    import json
+    import multiprocessing
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+
+    CLI = sys.argv[1] in ("module", "script")
+    if sys.argv[1] == "script":
+        from templ_pipeline.cli import main  # noqa: F401  the templ launcher's import
+    elif sys.argv[1] == "module":
+        import templ_pipeline.cli  # noqa: F401
+
+
+    def defined_in_main():
+        return "found"
+
+
+    def report(registry, task):
+        from templ_pipeline.core.batch import score_batch
+        from worker_probe import loaded_modules, root_log_handlers
+
+        pool, _ = registry.acquire("process", 1)
+        try:
+            result = pool.submit(score_batch, task).result(timeout=120)
+            found = None if CLI else pool.submit(defined_in_main).result(timeout=120)
+            return {"scored": len(result.scored), "modules": pool.submit(loaded_modules).result(timeout=120),
+                    "handlers": pool.submit(root_log_handlers).result(timeout=120), "main_function": found}
+        finally:
+            registry.release(pool)
+            registry.shutdown_all()
+
+
+    if __name__ == "__main__":
+        if sys.argv[1] == "module":
+            sys.modules["__main__"].__spec__ = importlib.util.find_spec("templ_pipeline.cli")
+        from rdkit import Chem
+        from rdkit.Chem import AllChem
+
+        from templ_pipeline.core.batch import BatchTask
+        from templ_pipeline.core.pools import PoolRegistry
+
+        mol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+        AllChem.EmbedMolecule(mol, randomSeed=7)
+        task = BatchTask(0, mol, "ethanol", Chem.Mol(mol), (0,))
+        stock = PoolRegistry(lambda kind, n: ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")))
+        print(json.dumps({"lean": report(PoolRegistry(), task), "stock": report(stock, task) if CLI else None}))
+''')
+
+
+@pytest.fixture(scope="module")
+def parent_script(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("parent") / "templ_parent.py"
+    path.write_text(PARENT)
+    return path
+
+
+def _workers(parent_script: Path, mode: str) -> dict:
+    return json.loads(_python(str(parent_script), mode, cwd=parent_script.parent))
+
+
+@pytest.mark.parametrize("mode", ["module", "script"])
+def test_a_worker_of_the_cli_loads_neither_the_cli_nor_its_stack(parent_script, mode):
+    report = _workers(parent_script, mode)
+    lean, stock = report["lean"], report["stock"]
+    assert lean["scored"] == stock["scored"] == 1
+    # the control: a stock spawn worker runs the CLI again, with everything it imports
+    assert set(_forbidden(stock["modules"])) >= {"rich", "typer", "structlog"}, "the parent is not set up as the CLI"
+    assert _forbidden(lean["modules"]) == []
+    assert not {"templ_pipeline.cli", "templ_pipeline.core.pools"} & set(lean["modules"])
+    assert "templ_pipeline.core.batch" in lean["modules"]
+    assert lean["handlers"] == 0
+
+
+def test_a_worker_of_an_ordinary_script_still_runs_its_main_module(parent_script):
+    lean = _workers(parent_script, "other")["lean"]
+    assert lean["main_function"] == "found"
+    assert lean["scored"] == 1
+    assert _forbidden(lean["modules"]) == []
+
+
+# --- the telemetry package -------------------------------------------------------------------------
+
+def test_every_exported_name_resolves_to_its_submodule():
+    from telemetry import catalog, events, observer, state
+
+    assert telemetry.catalog is catalog
+    assert telemetry.select_best_span is events.select_best_span
+    assert telemetry.observe is observer.observe
+    assert telemetry.disabled is state.disabled
+    assert {name for name in telemetry.__all__ if getattr(telemetry, name) is None} == set()
+    with pytest.raises(AttributeError):
+        telemetry.no_such_name  # noqa: B018
+
+
+def test_a_bare_import_of_the_package_loads_no_submodule():
+    modules = json.loads(_python("-c", _REPORT.format(imports="import telemetry")))["modules"]
+    assert [m for m in modules if m.startswith("telemetry")] == ["telemetry"]
+    names = _python("-c", "import telemetry; from telemetry import *; print(sorted(telemetry.__all__) == "
+                          "sorted(n for n in dir() if n in telemetry.__all__))")
+    assert names.strip() == "True"
+
+
+def telemetry_import_graph(root: Path = REPO / "telemetry") -> dict[str, set[str]]:
+    """``module -> telemetry modules it imports``, at module level or inside functions."""
+    submodules = {path.stem for path in root.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in sorted(root.glob("*.py")):
+        name = "telemetry" if path.stem == "__init__" else f"telemetry.{path.stem}"
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {alias.name for alias in node.names if alias.name.split(".")[0] == "telemetry"}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "telemetry":
+                deps |= {f"telemetry.{a.name}" if a.name in submodules else "telemetry" for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("telemetry."):
+                deps.add(node.module)
+        graph[name] = deps - {name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle of ``graph``, each once, starting at its smallest module."""
+    found: set[tuple[str, ...]] = set()
+
+    def walk(path: list[str]) -> None:
+        for dep in sorted(graph.get(path[-1], ())):
+            if dep in path:
+                cycle = path[path.index(dep):]
+                start = cycle.index(min(cycle))
+                found.add(tuple(cycle[start:] + cycle[:start]))
+            else:
+                walk([*path, dep])
+
+    for module in graph:
+        walk([module])
+    return [list(cycle) for cycle in sorted(found)]
+
+
+def test_import_cycles_are_found():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_telemetry_modules_import_without_a_cycle():
+    graph = telemetry_import_graph()
+    assert {"telemetry.guard", "telemetry.metrics", "telemetry.server"} <= set(graph)
+    assert import_cycles(graph) == []
+
+
+@pytest.mark.parametrize("module", ["guard", "metrics", "server", "tracing"])
+def test_each_former_cycle_module_imports_alone(module):
+    _python("-c", f"import telemetry.{module}")
