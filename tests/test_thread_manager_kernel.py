@@ -290,3 +290,20 @@ def test_rlimit_as_makes_stack_memory_bind(arena_max, stacks, heaps, fit):
     assert out["scoring"] == 2, "process workers have their own address space"
     assert out["cause"] == "stack_memory", out
     assert out["errno"] is None  # RuntimeError has no errno: classified from the snapshot
+
+
+def test_stack_memory_does_not_bind_on_this_machines_defaults():
+    """Thread stacks are committed lazily: without RLIMIT_AS, strict overcommit or a memory cgroup limit, no bind."""
+    import resource
+
+    from templ_pipeline.core.limits.collect import Collector
+
+    manager = ThreadResourceManager()
+    if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
+        pytest.skip("RLIMIT_AS is set here: stack memory can bind")
+    if Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "2" or Collector().memory_levels:
+        pytest.skip("strict overcommit or a memory cgroup limit applies here: stack memory can bind")
+    snap = manager.snapshot(fresh=True)
+    stack = snap.limit("stack_memory")
+    assert stack.enforced is False and not stack.constrains, stack
+    assert snap.binding is not None and snap.binding.name != "stack_memory", snap.binding

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from templ_pipeline.core.limits import cgroup, procfs
 from templ_pipeline.core.limits.classify import classify_errno, errno_of
-from templ_pipeline.core.limits.collect import Collector
+from templ_pipeline.core.limits.collect import THREAD_TOUCH_BYTES, Collector
 from templ_pipeline.core.limits.grant import compute_grant, max_workers
 from templ_pipeline.core.limits.model import LIMIT_NAMES, Limit, Snapshot, StackInfo
 from templ_pipeline.core.limits.stack import (
@@ -282,9 +282,19 @@ def test_stack_memory_under_rlimit_as(tmp_path):
     root = make_tree(tmp_path, **{"proc/self/status": status_text(vm_kib=100_000)})
     snap = collector(root, as_=100_000 * 1024 + 5 * PER_THREAD + 100).collect()
     lim = snap.limit("stack_memory")
-    assert snap.stack.as_fit == 5 and snap.stack.memory_fit == 1024000 * 1024 // PER_THREAD
+    assert snap.stack.as_fit == 5
+    assert snap.stack.memory_fit is None  # heuristic overcommit: MemAvailable refuses no stack
     assert (lim.used, lim.headroom, lim.limit) == (3, 5, 8) and "RLIMIT_AS" in lim.source
     assert snap.binding is lim
+
+
+def test_stack_memory_is_not_enforced_under_heuristic_overcommit(tmp_path):
+    """No RLIMIT_AS, no strict overcommit, no memory cgroup limit: stacks refuse nothing, so never binding."""
+    snap = collector(make_tree(tmp_path)).collect()
+    lim = snap.limit("stack_memory")
+    assert (lim.enforced, lim.headroom, lim.constrains) == (False, None, False)
+    assert "not enforced" in lim.note
+    assert snap.binding is None or snap.binding.name != "stack_memory"
 
 
 def test_stack_memory_counts_malloc_arenas_under_rlimit_as(tmp_path):
@@ -306,7 +316,8 @@ def test_stack_memory_from_cgroup_memory_and_strict_overcommit(tmp_path):
     coll = collector(root)
     assert [lvl.limit_path for lvl in coll.memory_levels] == [f"{root}/{mem}/memory.limit_in_bytes"]
     lim = coll.collect().limit("stack_memory")
-    assert lim.headroom == 40 * MIB // PER_THREAD and "memory cgroup" in lim.source
+    # a memory cgroup charges what a thread touches, not its whole stack mapping
+    assert lim.headroom == 40 * MIB // THREAD_TOUCH_BYTES and "memory cgroup" in lim.source
     strict = make_tree(tmp_path / "strict", **{
         "proc/sys/vm/overcommit_memory": "2\n",
         "proc/meminfo": "MemAvailable: 1024000 kB\nCommitLimit: 200000 kB\nCommitted_AS: 100000 kB\n",
