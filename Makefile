@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-# Debian packages the tests use: promtool and a real Prometheus server, a real Pushgateway.
+# Debian packages the tests use: promtool and a real Prometheus server, a real Pushgateway,
+# a real node_exporter.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test bench install system-deps dashboards docs clean
@@ -29,10 +30,10 @@ demo: $(STAMP)
 
 system-deps:
 	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null \
-	    || ! command -v prometheus-pushgateway >/dev/null; then \
+	    || ! command -v prometheus-pushgateway >/dev/null || ! command -v prometheus-node-exporter >/dev/null; then \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-pushgateway >/dev/null; \
+	    prometheus prometheus-pushgateway prometheus-node-exporter >/dev/null; \
 	fi
 
 test: $(TEST_STAMP) system-deps

@@ -48,6 +48,7 @@ SEQUENTIAL_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
 
 LOW = "TemplThreadHeadroomLow"
 CRITICAL = "TemplThreadHeadroomCritical"
+REFUSED_FORKS = "TemplPidsCgroupRefusedForks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,35 @@ def _headroom_rules(t: Thresholds) -> list[Rule]:
     ]
 
 
+def _refused_forks_rule() -> Rule:
+    window = 5
+    refused = _selector("pids_refused_forks")
+    fixes = next(text for names, text in LIMIT_CHECKS if names == (PIDS_CGROUP,))
+    return Rule(
+        REFUSED_FORKS,
+        why="The kernel's count only rises while the cgroup lives, so any increase is a refused fork. The second "
+            "branch catches a series first seen above 0 (a short job whose first scrape came after the refusal; a "
+            "job started in a cgroup that had refused forks before, whose refusals the kernel cannot date), "
+            "which increase() cannot see.",
+        expr=(f"sum by (job, instance) (\n  increase({refused}[{duration(window)}])\n) > 0\nor\n"
+              f"sum by (job, instance) (\n  {refused}\n  unless {refused} offset {duration(window)}\n) > 0\n"),
+        for_minutes=0,
+        severity="warning",
+        fires_when=f"the pids cgroup refused a fork in the last {window} min (or its count is first seen above 0)",
+        summary="{{ $labels.instance }}: the pids cgroup refused to start threads or processes",
+        description=f"In the last {in_words(window)} the pids controller of the cgroup of {{{{ $labels.instance }}}} "
+                    "refused at least one fork (pids.events max rose, or was first seen above 0): a thread or "
+                    "process of the job, or of another process in the same cgroup, failed to start, however much "
+                    "headroom the scrapes show, since a refused pool start frees its tasks at once. The executor "
+                    "falls back on its own; other code that starts a thread may fail with \"can't start new "
+                    "thread\".",
+        runbook="Run `templ doctor` in the job's cgroup: it shows the refused forks and pids.peak next to pids.max "
+                f"(the dashboard's Headroom row plots them over time). pids_cgroup: {fixes} Raise that limit, or "
+                "run fewer workers (--workers) or fewer jobs in the cgroup. Refusals by `ulimit -u` (RLIMIT_NPROC) "
+                "or kernel.threads-max are not counted here: the executor.fallback log lines name their cause.",
+    )
+
+
 def _fallback_rule() -> Rule:
     window = 5
     fallbacks = _selector("fallbacks", f'to_kind="{SEQUENTIAL}"')
@@ -224,7 +254,7 @@ def _failures_rule() -> Rule:
 def rules(t: Thresholds | None = None) -> list[Rule]:
     """Every alert, in the order of the file."""
     t = t or thresholds()
-    return [*_headroom_rules(t), _fallback_rule(), _reductions_rule(), _failures_rule()]
+    return [*_headroom_rules(t), _refused_forks_rule(), _fallback_rule(), _reductions_rule(), _failures_rule()]
 
 
 def dashboard_link() -> str:

@@ -14,7 +14,7 @@ from grafana_foundation_sdk.models import dashboard
 
 from dashboards import dask_metrics, links
 from dashboards.annotations import PrometheusAnnotation
-from dashboards.names import JOB, MANAGER_REASONS, NO_CAUSE, SEQUENTIAL, listing, metric, value
+from dashboards.names import JOB, MANAGER_REASONS, NO_CAUSE, OTHER_REDUCTIONS, SEQUENTIAL, listing, metric, value
 from dashboards.panels import GAUGE_CALCS, PROMETHEUS, Query, stat_panel, time_series
 from dashboards.promql import finite, quantile, series, sum_rate
 from dashboards.thresholds import (
@@ -38,7 +38,7 @@ from telemetry.catalog import (
     RESUBMISSION_REASONS,
     SPAN_SELECT_BEST,
 )
-from templ_pipeline.core.limits.model import STACK_MEMORY
+from templ_pipeline.core.limits.model import PIDS_CGROUP, STACK_MEMORY
 
 UID = "templ-executor"
 TITLE = "TEMPL executor: thread exhaustion"
@@ -124,6 +124,38 @@ def _headroom_panels(t: Thresholds) -> list:
             ],
             width=24, calcs=GAUGE_CALCS, symlog=True,
         ),
+        *_pids_evidence_panels(),
+    ]
+
+
+def _pids_evidence_panels() -> list:
+    """What the pids controller itself recorded: it keeps what scrapes of the headroom miss."""
+    pids_limit = series(metric("thread_limit"), f'limit="{value(PIDS_CGROUP, LIMIT_NAMES)}"')
+    return [
+        time_series(
+            "Forks refused by the pids cgroup",
+            "The kernel's own count of forks (new threads and processes) that the pids controller refused in the "
+            "job's cgroup, from any process in it (pids.events max, summed over the cgroup's pids levels), per "
+            "instance. A step up is a thread or process that failed to start, even when the headroom above never "
+            "looked low: a refused pool start frees its tasks at once, so the next scrape sees room again. No "
+            "line: no pids cgroup is visible to the job. The refused-forks alert fires on any rise.",
+            "short",
+            [Query(series(metric("pids_refused_forks")), "{{instance}} refused so far")],
+            calcs=GAUGE_CALCS, step_lines=True,
+        ),
+        time_series(
+            "pids cgroup: peak vs limit",
+            "The most tasks the job's pids cgroup has held at once (pids.peak of the level whose pids.max binds), "
+            "next to that pids.max. The peak keeps bursts shorter than the scrape interval: a peak at the limit "
+            "means the cgroup was full at some moment, whatever the headroom graphs show. No peak line: the "
+            "kernel has no pids.peak, or no pids cgroup is visible.",
+            "short",
+            [
+                Query(series(metric("pids_peak_tasks")), "{{instance}} peak"),
+                Query(f"{pids_limit} < +Inf", "{{instance}} pids.max"),
+            ],
+            calcs=GAUGE_CALCS, step_lines=True,
+        ),
     ]
 
 
@@ -131,6 +163,7 @@ def _decision_panels() -> list:
     reduction_logs = links.logs_url(links.event_logs(
         EVENT_WORKERS_REDUCED, 'task_type="${__field.labels.task_type}"', 'reason="${__field.labels.reason}"'))
     caps = listing((f"{reason} (capped at {MANAGER_CAPS[reason]} workers)" for reason in MANAGER_REASONS), " / ")
+    others = "".join(f"; {reason}: {meaning}" for reason, meaning in OTHER_REDUCTIONS.items())
     return [
         time_series(
             "Workers requested vs granted",
@@ -146,7 +179,8 @@ def _decision_panels() -> list:
         time_series(
             "Worker reductions/s by task type and reason",
             "How often the executor granted fewer workers than requested, per task type and reason: the "
-            f"limit that bound ({listing(LIMIT_NAMES)}), or {caps} when the thread manager could not answer. "
+            f"limit that bound ({listing(LIMIT_NAMES)}), or {caps} when the thread manager could not answer"
+            f"{others}. "
             "A sustained rate costs throughput. Click a series for its log lines.",
             "eps",
             [Query(sum_rate(metric("worker_reductions"), "instance, task_type, reason"),

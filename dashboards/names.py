@@ -42,5 +42,13 @@ def listing(values: Iterable[str], sep: str = ", ") -> str:
 
 SEQUENTIAL = value("sequential", catalog.EXECUTOR_KINDS)
 NO_CAUSE = value("none", catalog.FALLBACK_CAUSES)
-#: Reduction reasons that are not a kernel limit: the thread manager could not answer.
-MANAGER_REASONS: tuple[str, ...] = tuple(r for r in catalog.REDUCTION_REASONS if r not in catalog.LIMIT_NAMES)
+#: Reduction reasons that say the thread manager could not answer.
+MANAGER_REASONS: tuple[str, ...] = tuple(value(r, catalog.REDUCTION_REASONS)
+                                         for r in ("manager_unavailable", "manager_failed"))
+#: Reduction reasons that are neither a kernel limit nor a manager that could not answer, and what they mean.
+OTHER_REDUCTIONS: dict[str, str] = {
+    reason: meaning for reason, meaning in (
+        ("reserved_by_others", "other jobs sharing the limit had reserved its headroom (the node-local ledger)"),
+        ("seccomp", "a seccomp profile lets no thread start"),
+    ) if reason in catalog.REDUCTION_REASONS
+}

@@ -100,6 +100,9 @@ class MetricSpec:
     label_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: pre-create every label combination at 0 (only for small sets)
     initialize: bool = False
+    #: read from the kernel at each scrape by a custom collector (no client object, no labels);
+    #: no sample while the kernel has no value to give
+    scraped: bool = False
 
     @property
     def client_name(self) -> str:
@@ -129,6 +132,9 @@ class LogEventSpec:
     fields: tuple[str, ...]
 
 
+#: Metrics under the name the Prometheus client guidelines give every process, not templ_*.
+STANDARD_NAMES: tuple[str, ...] = ("process_threads",)
+
 # Histogram buckets (seconds). A batch is 5..50 conformers at 2-10 ms each.
 BATCH_DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CALL_DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -140,6 +146,12 @@ METRICS: tuple[MetricSpec, ...] = (
         (), "", short="threads_active",
     ),
     MetricSpec(
+        "process_threads", "gauge",
+        "OS threads of this process (/proc/self/status Threads:), read at scrape time: templ_threads_active under "
+        "the standard name that process dashboards query; NaN when /proc is unreadable.",
+        (), "", short="process_threads",
+    ),
+    MetricSpec(
         "templ_thread_limit", "gauge",
         "Kernel limit on threads/tasks that applies to this process, per limit; NaN when unknown, +Inf when unlimited.",
         ("limit",), "", short="thread_limit", label_values={"limit": _open(LIMIT_NAMES)},
@@ -148,6 +160,21 @@ METRICS: tuple[MetricSpec, ...] = (
         "templ_thread_headroom", "gauge",
         "Threads/tasks that can still be started before hitting each kernel limit; NaN when unknown.",
         ("limit",), "", short="thread_headroom", label_values={"limit": _open(LIMIT_NAMES)},
+    ),
+    MetricSpec(
+        "templ_pids_cgroup_refused_forks_total", "counter",
+        "Forks (new threads and processes) the pids cgroup controller has refused in this process's cgroup, from "
+        "any process in it: the kernel's own count (pids.events max, summed over the pids levels), read at scrape "
+        "time. It outlives the pressure: a refused pool start frees its tasks at once. No sample where no pids "
+        "level is visible (root cgroup, no pids controller).",
+        (), "", short="pids_refused_forks", scraped=True,
+    ),
+    MetricSpec(
+        "templ_pids_cgroup_peak_tasks", "gauge",
+        "Most tasks the pids cgroup has held at once (pids.peak of the level whose pids.max "
+        'templ_thread_limit{limit="pids_cgroup"} reports), read at scrape time: it keeps a burst that ended '
+        "between two scrapes. No sample where the kernel has no pids.peak or no pids level is visible.",
+        (), "", short="pids_peak_tasks", scraped=True,
     ),
     MetricSpec(
         "templ_executor_workers_requested", "gauge",

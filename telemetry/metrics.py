@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any, Iterable, Protocol
 
@@ -16,30 +17,84 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from telemetry.catalog import LIMIT_NAMES, METRICS, OTHER, MetricSpec, normalize_label
+from templ_pipeline.core.limits.cgroup import read_pids_peak
+from templ_pipeline.core.limits.model import PIDS_CGROUP, Snapshot
+from templ_pipeline.core.limits.procfs import parse_status, read_bytes
 
 __all__ = [
+    "PidsCgroupCollector",
     "TemplMetrics",
     "count_threads",
     "get_metrics",
+    "os_threads",
     "reset_metrics_for_tests",
     "update_thread_gauges",
 ]
 
 _KIND_TO_CLASS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 
+SnapshotSource = Callable[[], Snapshot | None]
+
+
+def os_threads() -> int | None:
+    """OS threads of this process: ``Threads:`` of /proc/self/status, None when it is unreadable."""
+    return parse_status(read_bytes("/proc/self/status")).threads
+
 
 def count_threads() -> int:
-    """OS threads of this process: ``Threads:`` from /proc/self/status, else ``threading.active_count()``."""
+    """OS threads of this process (:func:`os_threads`), else ``threading.active_count()``."""
+    threads = os_threads()
+    return threading.active_count() if threads is None else threads
+
+
+def thread_manager_snapshot() -> Snapshot | None:
+    """The thread manager's limits snapshot (cached for its TTL, so a scrape costs at most one
+    fresh read); None when the manager cannot be used, as telemetry works without it."""
     try:
-        with open("/proc/self/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"Threads:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return threading.active_count()
+        from templ_pipeline.core.thread_manager import get_thread_manager
+
+        return get_thread_manager().snapshot()
+    except Exception:
+        return None
+
+
+class PidsCgroupCollector:
+    """The pids controller's own evidence, read from a limits snapshot at each scrape.
+
+    ``refused`` (``templ_pids_cgroup_refused_forks_total``) is ``Snapshot.pids_refusals``:
+    the ``max`` count of pids.events summed over this process's pids levels, which only the
+    kernel raises, hence a counter. ``peak`` (``templ_pids_cgroup_peak_tasks``) is the
+    pids.peak of the level whose pids.max the snapshot's pids_cgroup limit reports, so it
+    compares with ``templ_thread_limit{limit="pids_cgroup"}``. Unknown values have no sample.
+    ``snapshot`` defaults to the thread manager's, which follows the process into another
+    cgroup after ``reset_thread_manager()``.
+    """
+
+    def __init__(self, refused: MetricSpec, peak: MetricSpec,
+                 snapshot: SnapshotSource = thread_manager_snapshot) -> None:
+        self._refused, self._peak, self._snapshot = refused, peak, snapshot
+
+    def describe(self) -> list[Metric]:
+        """The two families without samples: registering reads nothing."""
+        return self._families(None, None)
+
+    def collect(self) -> list[Metric]:
+        snap = self._snapshot()
+        if snap is None:
+            return self._families(None, None)
+        return self._families(snap.pids_refusals, read_pids_peak(snap.limit(PIDS_CGROUP).source))
+
+    def _families(self, refused: int | None, peak: int | None) -> list[Metric]:
+        counter = CounterMetricFamily(self._refused.client_name, self._refused.help)
+        gauge = GaugeMetricFamily(self._peak.name, self._peak.help)
+        if refused is not None:
+            counter.add_metric([], refused)
+        if peak is not None:
+            gauge.add_metric([], peak)
+        return [counter, gauge]
 
 
 def _version() -> str:
@@ -59,6 +114,9 @@ class TemplMetrics:
     registry: CollectorRegistry
     # Typed attributes for editors; they are set dynamically from the catalog.
     threads_active: Gauge
+    process_threads: Gauge
+    pids_refused_forks: PidsCgroupCollector
+    pids_peak_tasks: PidsCgroupCollector
     thread_limit: Gauge
     thread_headroom: Gauge
     workers_requested: Gauge
@@ -76,17 +134,25 @@ class TemplMetrics:
     telemetry_degraded: Counter
     build_info: Gauge
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, process_collectors: bool = True) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, process_collectors: bool = True,
+                 snapshot: SnapshotSource = thread_manager_snapshot) -> None:
+        """``snapshot`` gives the limits the scrape-time pids cgroup metrics read (tests pass their own)."""
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         if process_collectors:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
         self._by_name: dict[str, Any] = {}
+        scraped = {spec.short: spec for spec in METRICS if spec.scraped}
+        pids = PidsCgroupCollector(scraped.pop("pids_refused_forks"), scraped.pop("pids_peak_tasks"), snapshot)
+        if scraped:
+            raise ValueError(f"no scrape-time collector reads {sorted(scraped)}")
         for spec in METRICS:
-            collector = self._build(spec)
+            collector = pids if spec.scraped else self._build(spec)
             setattr(self, spec.short, collector)
             self._by_name[spec.name] = collector
+        self.registry.register(pids)
         self.threads_active.set_function(count_threads)
+        self.process_threads.set_function(lambda: math.nan if (threads := os_threads()) is None else threads)
         self.build_info.labels(version=_version()).set(1)
 
     def _build(self, spec: MetricSpec) -> Any:

@@ -2,8 +2,9 @@
 
 Run as ``templ doctor [--json] [--scheduler ADDRESS]`` or ``python -m templ_pipeline.doctor``.
 With a Dask scheduler, each worker reports its own machine's binding limit and headroom.
-Exit code 1 when the native-thread probe fails, the binding limit (here or on a Dask
-worker) is critical, or the scheduler cannot be reached.
+Exit code 1 when the native-thread probe fails (under a seccomp profile that refuses
+threads the binding is ``seccomp`` and the status ``degraded``), the binding limit (here
+or on a Dask worker) is critical, or the scheduler cannot be reached.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from templ_pipeline.core.limits.cgroup import peak_path, read_pids_peak
 from templ_pipeline.core.limits.classify import classify_errno, exhausted_limit
 from templ_pipeline.core.limits.collect import fmt_bytes
 from templ_pipeline.core.limits.model import (
+    LIMIT_NAMES,
     PID_MAX,
     PIDS_CGROUP,
     RLIMIT_NPROC,
@@ -72,7 +75,7 @@ def _cut_warnings(snap: Snapshot, grants: dict[str, WorkerGrant]) -> list[str]:
     """One warning per limit that cut a recommendation below the CPU count."""
     cuts: dict[str, list[str]] = {}
     for task_type, grant in grants.items():
-        if grant.reason is not None:
+        if grant.reason in LIMIT_NAMES:  # seccomp is said by the probe's warning
             cuts.setdefault(grant.reason, []).append(
                 f"{task_type} {grant.granted}/{grant.requested}")
     warnings = []
@@ -99,14 +102,33 @@ def _stack_warnings(snap: Snapshot) -> list[str]:
         return []
     limit = "unlimited" if rlimit_stack is None else fmt_bytes(rlimit_stack)
     cap = f"under an RLIMIT_AS cap of {fmt_bytes(rlimit_as)}" if rlimit_as else "without RLIMIT_AS"
-    return [f"stack limit {limit} {cap}: each thread reserves {fmt_bytes(stack.stack_bytes)}, "
-            f"so {snap.limit(STACK_MEMORY).headroom} more threads fit; "
+    headroom = snap.limit(STACK_MEMORY).headroom
+    fit = f"so {headroom} more threads fit" if headroom is not None else "which binds once memory is limited"
+    return [f"stack limit {limit} {cap}: each thread reserves {fmt_bytes(stack.stack_bytes)}, {fit}; "
             "`ulimit -s 8192` is the usual setting"]
+
+
+def _pids_evidence(snap: Snapshot) -> dict:
+    """What the pids controller itself recorded: forks it refused (pids.events ``max``,
+    summed over this process's pids levels) and the most tasks the binding level held
+    (its pids.peak). Both outlast the moment of pressure; None where there is no such file."""
+    source = snap.limit(PIDS_CGROUP).source
+    peak = read_pids_peak(source)
+    return {"refused_forks": snap.pids_refusals, "peak_tasks": peak,
+            "peak_source": None if peak is None else peak_path(source)}
+
+
+def _refusal_warnings(evidence: dict) -> list[str]:
+    refused = evidence["refused_forks"]
+    if not refused:
+        return []
+    return [f"the pids cgroup has refused {refused} forks since it was created (pids.events max): threads or "
+            f"processes in this cgroup failed to start, whatever the headroom shows now; {_FIXES[PIDS_CGROUP]}"]
 
 
 def _warnings(snap: Snapshot, grants: dict[str, WorkerGrant], probe_errno: int,
               reserve: int) -> list[str]:
-    warnings = _privilege_warnings(snap)
+    warnings = _privilege_warnings(snap) + _refusal_warnings(_pids_evidence(snap))
     warnings += [f"{lim.name} is unknown: {lim.note} ({lim.source})"
                  for lim in snap.limits if lim.enforced is None]
     warnings += _cut_warnings(snap, grants) + _stack_warnings(snap)
@@ -121,6 +143,23 @@ def _warnings(snap: Snapshot, grants: dict[str, WorkerGrant], probe_errno: int,
     return warnings
 
 
+def _probe_process() -> dict:
+    """Start and reap one child process (``fork``; no thread needed): can process workers start here?
+
+    Under a seccomp profile that rejects only ``clone3``, processes still start (fork
+    uses ``clone``) while threads do not; a process pool still cannot run, because it
+    needs threads of its own in the parent, so the grants stay at 0 there.
+    """
+    try:
+        pid = os.fork()
+    except OSError as error:
+        return {"ok": False, "errno": error.errno, "error": error.strerror}
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return {"ok": True, "errno": None, "error": None}
+
+
 def build_report(manager: ThreadResourceManager | None = None) -> dict:
     """The doctor report as JSON-ready data (unknown values are None)."""
     manager = manager or get_thread_manager()
@@ -131,13 +170,16 @@ def build_report(manager: ThreadResourceManager | None = None) -> dict:
         for task, kind in RECOMMENDATIONS
     }
     probe_errno = probe_native_thread()  # after the snapshot: the probe thread is transient
+    blocked = manager.threads_blocked()
     binding = snap.binding
     process_cost = worker_cost("process")
     return {
-        "binding_limit": binding.name if binding else None,
-        "status": thread_status(snap, manager.reserve),
+        # a seccomp profile that refuses every thread binds before any headroom
+        "binding_limit": blocked or (binding.name if binding else None),
+        "status": "degraded" if blocked else thread_status(snap, manager.reserve),
         "limits": [lim.as_dict(lim is binding) for lim in snap.limits],
         "threads": snap.threads,
+        "pids_cgroup_evidence": _pids_evidence(snap),
         "requested_workers": requested,
         "recommended_workers": {task: grant.granted for task, grant in grants.items()},
         "max_workers": {
@@ -155,6 +197,7 @@ def build_report(manager: ThreadResourceManager | None = None) -> dict:
                   "rlimit_as": _finite(snap.stack.rlimit_as)},
         "probe": {"ok": probe_errno == 0, "errno": probe_errno or None,
                   "error": os.strerror(probe_errno) if probe_errno else None},
+        "process_probe": _probe_process(),
         "warnings": _warnings(snap, grants, probe_errno, manager.reserve),
         "has_psutil": HAS_PSUTIL,
     }
@@ -227,6 +270,7 @@ def render_table(report: dict, console: Console) -> None:
         sources.add_row(entry["name"], escape(entry["source"] + note))
     console.print(limits)
     console.print(sources)
+    render_pids_evidence(report, console)
     workers = Table(title=f"Recommended workers (requested: {report['requested_workers']} = CPUs)")
     for column in ("task", "executor", "recommended", "limits allow at most"):
         workers.add_column(column, no_wrap=True)
@@ -239,11 +283,28 @@ def render_table(report: dict, console: Console) -> None:
         console.print(f"  {task}: {escape(grant['detail'])}", highlight=False)
     if report.get("dask_workers"):
         render_dask_workers(report, console)
-    probe = report["probe"]
+    probe, process = report["probe"], report["process_probe"]
     console.print("native thread probe: " + ("[green]ok[/green]" if probe["ok"]
                   else f"[red]failed: errno {probe['errno']} ({probe['error']})[/red]"))
+    console.print("process probe: " + ("[green]ok[/green]" if process["ok"]
+                  else f"[red]failed: errno {process['errno']} ({process['error']})[/red]"))
+    if report["binding_limit"] == "seccomp":
+        console.print("[red]binding: seccomp[/red] (no thread can start here; runs are sequential)")
     for warning in report["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+
+
+def render_pids_evidence(report: dict, console: Console) -> None:
+    """The pids controller's own counts: they keep what the headroom above has forgotten."""
+    evidence = report["pids_cgroup_evidence"]
+    pids = next(entry for entry in report["limits"] if entry["name"] == PIDS_CGROUP)
+    table = Table("reading", "value", "from", title="What the pids controller recorded (since the cgroup was made)")
+    table.columns[1].justify = "right"
+    table.add_row("forks refused", _cell(evidence["refused_forks"], pids),
+                  "pids.events max, summed over this process's pids levels")
+    table.add_row("peak tasks", _cell(evidence["peak_tasks"], pids),
+                  escape(evidence["peak_source"] or pids["note"] or f"no pids.peak next to {pids['source']}"))
+    console.print(table)
 
 
 def render_dask_workers(report: dict, console: Console) -> None:
@@ -260,7 +321,7 @@ def render_dask_workers(report: dict, console: Console) -> None:
 
 def _healthy(report: dict) -> bool:
     workers = report.get("dask_workers", [])
-    return (report["probe"]["ok"] and report["status"] != "critical" and workers is not None
+    return (report["probe"]["ok"] and report["status"] not in ("critical", "degraded") and workers is not None
             and all(worker["status"] != "critical" for worker in workers))
 
 

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from rdkit import Chem
@@ -35,6 +35,7 @@ from rdkit import Chem
 import telemetry
 from templ_pipeline.core.batch import BatchResult
 from templ_pipeline.core.conformers import generate_conformers
+from templ_pipeline.core.events import WorkersGranted, WorkersReduced
 from templ_pipeline.core.executor import shutdown_pools
 from templ_pipeline.core.limits.grant import RESERVE_TASKS
 from templ_pipeline.core.limits.worker_cost import worker_cost
@@ -182,18 +183,25 @@ def hold(seconds: float) -> None:
 def start_failure_race(workers: int, tally: Tally) -> str:
     """Take the grant while there is headroom, use the headroom up, then start the pool.
 
-    The grant reuses the thread manager's snapshot of the last half second (its cache),
-    taken here just before the headroom is eaten, so the pool start that follows fails
-    for real. An exception escaping ``select_best`` here is an executor bug: it is
-    counted in the summary's ``errors`` and logged, and the run goes on.
+    The grant is taken under the shared ledger's lock from a fresh reading, so the
+    headroom is eaten right after it: by an observer of the grant event, which the
+    executor emits before it starts its pool, so that start fails for real. An
+    exception escaping ``select_best`` here is an executor bug: it is counted in the
+    summary's ``errors`` and logged, and the run goes on.
     """
     shutdown_pools()  # a live pool would be reused and need no new task
     time.sleep(EXIT_SECONDS)
-    get_thread_manager().snapshot(fresh=True)
     load = workloads()[1]
-    with idle_threads() as eaten:
+    with ExitStack() as stack:
+        eaten: list[threading.Thread] = []
+
+        def eat_headroom(event: object) -> None:
+            if isinstance(event, (WorkersGranted, WorkersReduced)) and not eaten:
+                eaten.extend(stack.enter_context(idle_threads()))
+
         try:
-            selection = tally.add(select_best_with_report(load.conformers, load.template, n_workers=workers))
+            selection = tally.add(select_best_with_report(load.conformers, load.template, n_workers=workers,
+                                                          observers=(eat_headroom,)))
         except Exception as exc:  # reported, not hidden: see the docstring
             tally.errors[type(exc).__name__] += 1
             return f"{len(eaten)} idle threads used the headroom up; select_best raised {type(exc).__name__}: {exc}"
@@ -205,7 +213,9 @@ def pids_cgroup(workers: int, tally: Tally, hierarchy: Hierarchy, hold_seconds: 
     shutdown_pools()  # pool threads would otherwise count against the new cgroup
     cost = worker_cost("process")
     room_for = max(1, workers // 2)
-    headroom = RESERVE_TASKS + cost.fixed_tasks + cost.per_worker * room_for
+    # one task of slack: a thread of the previous scenario may still be exiting when the race's
+    # grant reads the headroom, and a grant of one worker starts no pool that could fail
+    headroom = RESERVE_TASKS + cost.fixed_tasks + cost.per_worker * room_for + 1
     try:
         with tight_pids_cgroup(hierarchy, headroom) as cgroup:
             reset_thread_manager()

@@ -72,8 +72,9 @@ def test_rules_use_catalog_metrics_and_labels():
 
 def test_every_alert_says_what_it_means_and_what_to_check():
     rules = alert_rules()
-    assert set(rules) == {"TemplThreadHeadroomLow", "TemplThreadHeadroomCritical", "TemplExecutorFellBackToSequential",
-                          "TemplWorkerReductionsSustained", "TemplScoringFailureRatioHigh"}
+    assert set(rules) == {"TemplThreadHeadroomLow", "TemplThreadHeadroomCritical", "TemplPidsCgroupRefusedForks",
+                          "TemplExecutorFellBackToSequential", "TemplWorkerReductionsSustained",
+                          "TemplScoringFailureRatioHigh"}
     for name, rule in rules.items():
         annotations = rule["annotations"]
         assert annotations["summary"] and annotations["description"], name

@@ -186,10 +186,28 @@ def test_eight_workers_in_a_tiny_cgroup_give_the_same_best_pose(child_pids_cgrou
                 if e["to_kind"] == "sequential"][-1:] == [("process", "sequential", "no_headroom")], context
 
 
+def _grant_of(log: Path) -> str | None:
+    """How many scoring workers a job got and why, from its log: a reduction, or a pool of all it asked."""
+    for event in _log_events(log):
+        if event.get("event") == "executor.workers_reduced" and event.get("task_type") == "scoring":
+            return f"{event['workers_granted']} of {event['workers_requested']}: {event['reason']}"
+        if event.get("event") == "executor.created" and event.get("executor_kind") == "process":
+            return f"{event['workers']} as asked"
+    return None
+
+
 def test_herd_of_six_runs_in_one_cgroup_all_finish_with_the_reference_pose(child_pids_cgroup, inputs, tmp_path):
+    """Six jobs of four workers share pids.max=40: they share it through the grant ledger, so the
+    kernel refuses nothing (pids.events stays flat), every job says what it was granted and why,
+    and all give the reference pose."""
     cgroup = child_pids_cgroup
     cgroup.set_max(40)
+    ledger = tmp_path / "ledger"
+    ledger.mkdir(mode=0o700)
+    env = {**_env(), "TEMPL_LEDGER_DIR": str(ledger)}
+    refused_before = _pids_events_max(cgroup)
     jobs, rounds = 6, 5
+    grants: list[str | None] = []
     for round_no in range(1, rounds + 1):
         procs: list[tuple[subprocess.Popen, Path, Path, Path]] = []
         problems: list[str] = []
@@ -201,7 +219,7 @@ def test_herd_of_six_runs_in_one_cgroup_all_finish_with_the_reference_pose(child
                     proc = subprocess.Popen(
                         cgroup.wrap(_argv(inputs["template"], out, "--conformers", str(inputs["conformers"]),
                                           workers=4, log=tmp_path / f"r{round_no}j{job}.jsonl")),
-                        stdout=so, stderr=se, stdin=subprocess.DEVNULL, env=_env())
+                        stdout=so, stderr=se, stdin=subprocess.DEVNULL, env=env)
                 procs.append((proc, out, stdout_path, stderr_path))
             deadline = time.monotonic() + HERD_ROUND_TIMEOUT
             for job, (proc, out, stdout_path, stderr_path) in enumerate(procs):
@@ -218,6 +236,7 @@ def test_herd_of_six_runs_in_one_cgroup_all_finish_with_the_reference_pose(child
                 best = _best(out) if out.exists() else None
                 if best != inputs["reference"]:
                     problems.append(f"round {round_no} job {job} best pose {best} != reference {inputs['reference']}")
+                grants.append(_grant_of(tmp_path / f"r{round_no}j{job}.jsonl"))
         finally:
             leftovers = _describe(cgroup.pids())
             _kill_cgroup(cgroup)
@@ -229,6 +248,8 @@ def test_herd_of_six_runs_in_one_cgroup_all_finish_with_the_reference_pose(child
                 except subprocess.TimeoutExpired:
                     pass
         assert not problems, "\n".join(problems + [f"left in the cgroup at the end of round {round_no}: {leftovers}"])
+    assert None not in grants, grants
+    assert _pids_events_max(cgroup) == refused_before, f"the kernel refused forks; grants: {grants}"
 
 
 FILLER = textwrap.dedent(

@@ -14,6 +14,9 @@ CONTRACT_METRICS = {
     "templ_threads_active": "gauge",
     "templ_thread_limit": "gauge",
     "templ_thread_headroom": "gauge",
+    "process_threads": "gauge",
+    "templ_pids_cgroup_refused_forks_total": "counter",
+    "templ_pids_cgroup_peak_tasks": "gauge",
     "templ_executor_workers_requested": "gauge",
     "templ_executor_workers_granted": "gauge",
     "templ_executor_worker_reductions_total": "counter",
@@ -30,7 +33,8 @@ CONTRACT_METRICS = {
     "templ_build_info": "gauge",
 }
 CONTRACT_SHORTS = {
-    "threads_active", "thread_limit", "thread_headroom", "workers_requested", "workers_granted",
+    "threads_active", "process_threads", "thread_limit", "thread_headroom", "pids_refused_forks", "pids_peak_tasks",
+    "workers_requested", "workers_granted",
     "worker_reductions", "fallbacks", "batches", "batch_duration", "conformers_scored", "conformers_failed",
     "select_best_calls", "select_best_duration", "pool_restarts", "batch_resubmissions", "telemetry_degraded",
     "build_info",
@@ -45,7 +49,7 @@ def test_contract_metrics_present_with_kinds():
 
 def test_metric_names_follow_prometheus_conventions():
     for m in c.METRICS:
-        assert m.name.startswith("templ_"), m.name
+        assert m.name.startswith("templ_") or m.name in c.STANDARD_NAMES, m.name
         assert SNAKE.match(m.name), m.name
         assert m.help.strip(), m.name
         if m.kind == "counter":
@@ -94,7 +98,8 @@ def test_contract_label_sets():
     assert c.EXECUTOR_KINDS == ("process", "thread", "sequential", "dask")
     assert c.FAILURE_REASONS == ("no_coordinates", "sanitization_failed", "alignment_failed", "invalid_molecule")
     assert c.LIMIT_NAMES == ("pids_cgroup", "rlimit_nproc", "threads_max", "pid_max", "stack_memory")
-    assert c.REDUCTION_REASONS == c.LIMIT_NAMES + ("manager_unavailable", "manager_failed")
+    assert c.REDUCTION_REASONS == c.LIMIT_NAMES + ("manager_unavailable", "manager_failed", "reserved_by_others",
+                                                   "seccomp")
     fb = c.METRICS_BY_SHORT["fallbacks"].label_values
     assert set(fb["reason"]) == set(c.FALLBACK_REASONS) | {c.OTHER}
     assert fb["cause"] == c.FALLBACK_CAUSES  # "unknown" is already the catch-all

@@ -12,6 +12,7 @@ import urllib.request
 from types import SimpleNamespace
 
 import pytest
+from processes import stop
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -75,6 +76,10 @@ def test_promtool_finds_no_problems_in_exposition(tel):
     _run_events()
     exposition = generate_latest(tel.registry)
     assert b"templ_executor_fallbacks_total{" in exposition
+    # the standard process_threads beside prometheus-client's process_* metrics, and the scrape-time pids families
+    assert b"\nprocess_threads " in exposition and b"\nprocess_resident_memory_bytes " in exposition
+    assert b"# TYPE templ_pids_cgroup_refused_forks_total counter" in exposition
+    assert b"# TYPE templ_pids_cgroup_peak_tasks gauge" in exposition
     result = _promtool_check_metrics(exposition)
     assert result.returncode == 0 and not result.stdout and not result.stderr, result.stdout + result.stderr
 
@@ -162,12 +167,7 @@ def pushgateway(tmp_path):
             time.sleep(0.05)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc, grace=5)
         log.close()
 
 

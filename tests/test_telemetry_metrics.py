@@ -160,11 +160,13 @@ def test_update_thread_gauges_and_live_thread_count(tel):
 
     before = r.get_sample_value("templ_threads_active")
     assert before == count_threads() >= 1
+    assert r.get_sample_value("process_threads") == before  # the standard name, read the same way
     stop = threading.Event()
     t = threading.Thread(target=stop.wait)
     t.start()
     try:
         assert r.get_sample_value("templ_threads_active") == before + 1
+        assert r.get_sample_value("process_threads") == before + 1
     finally:
         stop.set()
         t.join(60)

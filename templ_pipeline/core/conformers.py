@@ -25,8 +25,9 @@ from templ_pipeline.core.events import (
     Observer,
     TaskType,
     cause_of,
+    no_room_reason,
 )
-from templ_pipeline.core.executor import Grant, classify_failure, grant_workers, pids_refusals
+from templ_pipeline.core.executor import Grant, classify_failure, grant_workers, pids_refusals, release_grant
 from templ_pipeline.core.limits.classify import is_start_refusal
 from templ_pipeline.core.native_call import call_interruptibly
 
@@ -66,10 +67,13 @@ def generate_conformers(
     with_hs = Chem.AddHs(mol)
     with telemetry.conformers_span(num_conformers, n_workers) as stats:
         threads = EmbeddingThreads(n_workers, Emitter((observe_telemetry, *observers)))
-        embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=False)
-        if embedded.GetNumConformers() == 0:
-            # large or strained rings: random starts embed where ETKDG alone fails
-            embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=True)
+        try:
+            embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=False)
+            if embedded.GetNumConformers() == 0:
+                # large or strained rings: random starts embed where ETKDG alone fails
+                embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=True)
+        finally:
+            threads.release()
         stats.generated, stats.threads = embedded.GetNumConformers(), threads.count
         if embedded.GetNumConformers() == 0:
             raise ValueError(f"could not embed any conformer for {Chem.MolToSmiles(mol)!r}")
@@ -86,11 +90,16 @@ class EmbeddingThreads:
         self.requested = max(1, requested)
         self._emit = emit
         grant = grant_workers(self.requested, TASK_TYPE, "thread") if self.requested > 1 else Grant(1, 1)
+        self._grant = grant
         self.count = max(1, grant.granted)
         emit(grant.event(TASK_TYPE))
         if self.requested > 1 and self.count == 1:
-            emit(Fallback(ExecutorKind.THREAD, ExecutorKind.SEQUENTIAL, FallbackReason.NO_HEADROOM,
+            emit(Fallback(ExecutorKind.THREAD, ExecutorKind.SEQUENTIAL, no_room_reason(grant.reason),
                           cause_of(grant.reason), grant.detail))
+
+    def release(self) -> None:
+        """Give back the grant's shared-ledger reservation: RDKit's threads are gone again."""
+        release_grant(self._grant)
 
     def step_down(self, error: BaseException, refusals_before: int | None) -> None:
         """RDKit could not start ``count`` threads: halve them (one starts none), with a fallback event."""

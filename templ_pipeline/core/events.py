@@ -52,8 +52,11 @@ def _limits_and(name: str, *more: tuple[str, str]) -> type[StrEnum]:
 
 
 ReductionReason = _limits_and("ReductionReason", ("MANAGER_UNAVAILABLE", "manager_unavailable"),
-                              ("MANAGER_FAILED", "manager_failed"))
-"""Why fewer workers were granted than requested: a limit, or a thread manager that could not answer."""
+                              ("MANAGER_FAILED", "manager_failed"), ("RESERVED_BY_OTHERS", "reserved_by_others"),
+                              ("SECCOMP", "seccomp"))
+"""Why fewer workers were granted than requested: a limit, a thread manager that could not answer,
+other processes sharing the limit that reserved its headroom (the shared ledger), or a seccomp
+profile under which no thread can start."""
 
 
 class FallbackReason(StrEnum):
@@ -102,8 +105,13 @@ def as_fields(event: object) -> dict[str, object]:
 
 
 def cause_of(limit: str | None) -> FallbackCause:
-    """A grant's binding limit as a fallback cause; ``none`` when no limit was named."""
-    return FallbackCause(limit) if limit in values(LimitName) else FallbackCause.NONE
+    """A grant's binding limit (or seccomp) as a fallback cause; ``none`` when neither was named."""
+    return FallbackCause(limit) if limit in (*values(LimitName), "seccomp") else FallbackCause.NONE
+
+
+def no_room_reason(limit: str | None) -> FallbackReason:
+    """Why a grant left no room for workers: under seccomp no thread starts, else the headroom is gone."""
+    return FallbackReason.THREAD_START_FAILED if limit == "seccomp" else FallbackReason.NO_HEADROOM
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ import multiprocessing
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from templ_pipeline.core.backend import STALL_SECONDS, Backend, PoolBackend, RungFailure
 from templ_pipeline.core.batch import BatchResult, BatchTask, score_batch
@@ -42,6 +43,7 @@ from templ_pipeline.core.events import (
     WorkersGranted,
     WorkersReduced,
     cause_of,
+    no_room_reason,
 )
 from templ_pipeline.core.pools import POOLS, PoolRegistry
 
@@ -86,6 +88,7 @@ class Grant:
     reason: str | None = None
     detail: str = ""
     headroom: int | None = None
+    answer: Any = None  # the thread manager's WorkerGrant, whose ledger claim release_grant gives back
 
     def event(self, task_type: TaskType) -> WorkersGranted | WorkersReduced:
         """The grant as an event: a reduction when fewer were granted than requested."""
@@ -120,11 +123,23 @@ def grant_workers(requested: int, task_type: str, executor_kind: str) -> Grant:
         granted = min(requested, CAP_MANAGER_UNAVAILABLE)
         return Grant(requested, granted, ReductionReason.MANAGER_UNAVAILABLE, f"thread manager not importable: {exc}")
     try:
-        answer = get_thread_manager().get_safe_worker_count(requested, task_type, executor_kind=executor_kind)
+        answer = get_thread_manager().claim_workers(requested, task_type, executor_kind=executor_kind)
     except Exception as exc:
         granted = min(requested, CAP_MANAGER_FAILED)
         return Grant(requested, granted, ReductionReason.MANAGER_FAILED, f"thread manager failed: {exc}")
-    return Grant(requested, answer.granted, answer.reason, answer.detail, answer.headroom)
+    return Grant(requested, answer.granted, answer.reason, answer.detail, answer.headroom, answer)
+
+
+def release_grant(grant: Grant) -> None:
+    """Give back the shared-ledger reservation of ``grant``: its workers have started, or never will."""
+    if grant.answer is None or grant.answer.claim is None:
+        return
+    try:
+        from templ_pipeline.core.thread_manager import get_thread_manager
+
+        get_thread_manager().release(grant.answer)
+    except Exception:  # an expired claim is reclaimed by the next grant anyway
+        pass
 
 
 def observe_limits(emit: Observer, context: str) -> None:
@@ -204,7 +219,7 @@ class MonitoredExecutor:
             self._plan_dask(scheduler, in_daemon)
         if (requested > 1 or dask) and self._rungs[0].kind == ExecutorKind.SEQUENTIAL:
             daemon_bound = in_daemon and (self.grant.granted >= 2 or dask)
-            reason = FallbackReason.DAEMON_PROCESS if daemon_bound else FallbackReason.NO_HEADROOM
+            reason = FallbackReason.DAEMON_PROCESS if daemon_bound else no_room_reason(self.grant.reason)
             cause = FallbackCause.NONE if daemon_bound else cause_of(self.grant.reason)
             from_kind = ExecutorKind.DASK if dask else ExecutorKind.PROCESS
             self._planned.append(Fallback(from_kind, ExecutorKind.SEQUENTIAL, reason, cause, self.grant.detail))
@@ -230,7 +245,9 @@ class MonitoredExecutor:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        """Pools stay alive for the next call; ``PoolRegistry`` shuts them down at exit."""
+        """Pools stay alive for the next call (``PoolRegistry`` shuts them down at exit); the grant's
+        ledger reservation is given back."""
+        release_grant(self.grant)
 
     def run(self, tasks: Iterable[BatchTask]) -> Iterator[BatchResult]:
         """Yield each batch's result once, walking down the ladder on failure."""
@@ -239,17 +256,21 @@ class MonitoredExecutor:
         self._planned = []
         pending = {task.index: task for task in tasks}
         batches = len(pending)
-        while pending:
-            rung = self.rung
-            if rung.kind == ExecutorKind.SEQUENTIAL:
-                self._note_kind(rung.kind)
-                for index in sorted(pending):
-                    yield self._run_here(pending.pop(index))
-                break
-            try:
-                yield from self._run_on(rung, pending)
-            except RungFailure as failure:
-                self._step_down(rung, failure)
+        try:
+            while pending:
+                rung = self.rung
+                if rung.kind == ExecutorKind.SEQUENTIAL:
+                    release_grant(self.grant)
+                    self._note_kind(rung.kind)
+                    for index in sorted(pending):
+                        yield self._run_here(pending.pop(index))
+                    break
+                try:
+                    yield from self._run_on(rung, pending)
+                except RungFailure as failure:
+                    self._step_down(rung, failure)
+        finally:
+            release_grant(self.grant)
         self._emit(CallDone(self.task_type, self.requested, self.grant.granted, tuple(self.kinds_used), batches))
 
     def _plan_dask(self, scheduler: str | None, in_daemon: bool) -> None:
@@ -268,7 +289,10 @@ class MonitoredExecutor:
     def _run_on(self, rung: Rung, pending: dict[int, BatchTask]) -> Iterator[BatchResult]:
         """Run ``pending`` on the rung's backend; finished batches leave ``pending`` as they are yielded."""
         self._refusals_before = pids_refusals()
-        lease = self._backends[rung.kind].lease(rung.workers)
+        try:
+            lease = self._backends[rung.kind].lease(rung.workers)
+        finally:
+            release_grant(self.grant)  # started (its tasks are counted by the kernel now), or failed
         self._note_kind(rung.kind)  # the kinds that ran: a rung that could not start is only a fallback
         try:
             self._emit(ExecutorCreated(rung.kind, lease.workers, self.task_type, lease.reused))

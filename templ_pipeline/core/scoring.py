@@ -40,6 +40,7 @@ from templ_pipeline.core.events import (
     ExecutorKind,
     FailureReason,
     Fallback,
+    Observer,
     WorkersReduced,
 )
 from templ_pipeline.core.executor import validate_executor
@@ -203,8 +204,10 @@ def select_best_with_report(
     on_batch: Callable[[BatchResult], Any] | None = None,
     executor: str = "auto",
     scheduler: str | None = None,
+    observers: Sequence[Observer] = (),
 ) -> Selection:
-    """``select_best`` with a ``SelectionReport``; ``on_batch`` sees each finished batch."""
+    """``select_best`` with a ``SelectionReport``; ``on_batch`` sees each finished batch and
+    ``observers`` every executor event (after telemetry and the report have)."""
     _validate(confs, tpl, align_metric, n_workers)
     validate_executor(executor, scheduler)
     started = time.perf_counter()
@@ -224,8 +227,8 @@ def select_best_with_report(
             # entered through the TEMPL API's executor entry point, so a replaced one is used too
             dask = {"executor": executor, "scheduler": scheduler} if executor == "dask" else {}
             with _get_executor_for_context(n_workers, task_type="scoring", **dask) as runner:
-                runner.subscribe(observe_telemetry)
-                runner.subscribe(report)
+                for observer in (observe_telemetry, report, *observers):
+                    runner.subscribe(observer)
                 batch_size = choose_batch_size(len(conf_ids), runner.workers)
                 carrier = current_carrier()  # workers time their batch spans under this call's trace
                 tasks = [
@@ -243,8 +246,8 @@ def select_best_with_report(
                         if on_batch is not None:
                             on_batch(result)
                 finally:
-                    runner.unsubscribe(report)
-                    runner.unsubscribe(observe_telemetry)
+                    for observer in (observe_telemetry, report, *observers):
+                        runner.unsubscribe(observer)
         call.workers_granted = report.workers_granted
         call.executor_kind = report.executor_kinds[-1] if report.executor_kinds else None
         call.scored = len(scored)

@@ -28,8 +28,13 @@ from templ_pipeline.core.limits.classify import (
 )
 from templ_pipeline.core.limits.collect import Collector
 from templ_pipeline.core.limits.grant import RESERVE_TASKS, compute_grant, max_workers
+from templ_pipeline.core.limits.ledger import Ledger, LedgerUnavailable
 from templ_pipeline.core.limits.model import (
     LIMIT_NAMES,
+    PIDS_CGROUP,
+    RESERVED_BY_OTHERS,
+    RLIMIT_NPROC,
+    Claim,
     Classification,
     Limit,
     Snapshot,
@@ -70,6 +75,9 @@ logger = logging.getLogger("templ_pipeline.thread_manager")
 DEFAULT_CACHE_TTL = 0.5
 """Seconds a snapshot is reused; a fresh one costs well under 200 µs."""
 
+SECCOMP = "seccomp"
+"""The grant reason (and fallback cause) when a seccomp profile refuses every new thread."""
+
 TASK_EXECUTOR_KINDS = {"conformers": "thread"}
 """Task types whose workers are threads (RDKit's native embedding threads); others: processes."""
 
@@ -97,11 +105,15 @@ class ThreadResourceManager:
         cache_ttl: float = DEFAULT_CACHE_TTL,
         collector: Collector | None = None,
         reserve: int = RESERVE_TASKS,
+        ledger: Ledger | None = None,
     ) -> None:
         self.pid = os.getpid()
         self.cache_ttl = cache_ttl
         self.reserve = reserve
         self._collector = collector or Collector()
+        self._ledger = ledger or Ledger()
+        self._ledger_warned = False
+        self._threads_blocked: str | None | bool = False  # False: not probed yet
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         _instances.add(self)
@@ -123,6 +135,26 @@ class ThreadResourceManager:
                 snap = self._snapshot = self._collector.collect()
         return snap
 
+    def threads_blocked(self) -> str | None:
+        """``"seccomp"`` when no new thread can start in this process whatever the headroom, else None.
+
+        A seccomp profile that rejects ``clone3`` with EPERM (container engines before
+        Docker 20.10.10 with glibc >= 2.34, which does not fall back to ``clone``) refuses
+        every thread. One native probe thread tells (about 120 µs here); a filter stays
+        for the life of the process and its children, so a definite answer is kept.
+        Processes still start (``fork`` and ``vfork`` use ``clone``), but a process pool
+        needs threads of its own in the parent, so no pool can run either.
+        """
+        if self._threads_blocked is False:
+            err = probe_native_thread()
+            if err == errnos.EPERM:
+                self._threads_blocked = SECCOMP
+            elif err == 0:
+                self._threads_blocked = None
+            else:
+                return None  # a limit refused the probe: the limits say so; ask again next time
+        return self._threads_blocked  # type: ignore[return-value]
+
     def get_safe_worker_count(
         self,
         requested: int,
@@ -134,13 +166,73 @@ class ThreadResourceManager:
         """How many of ``requested`` workers can start now, after a reserve of headroom.
 
         ``executor_kind`` is "process" or "thread"; None picks it from the task type
-        ("conformers" -> thread, anything else -> process).
+        ("conformers" -> thread, anything else -> process). Under a seccomp profile that
+        refuses threads (:meth:`threads_blocked`) none can.
         """
         kind = executor_kind or TASK_EXECUTOR_KINDS.get(task_type, "process")
+        blocked = self._blocked_grant(requested, kind)
+        if blocked is not None:
+            return blocked
         snap = snapshot or self.snapshot()
         grant = compute_grant(snap, requested, _task_cost(task_type, kind), self.reserve)
         logger.debug("worker grant for %s (%s): %s", task_type, kind, grant.detail)
         return grant
+
+    def claim_workers(self, requested: int, task_type: str, *, executor_kind: str | None = None) -> WorkerGrant:
+        """Like :meth:`get_safe_worker_count`, shared with the project's other processes under the same limit.
+
+        Where a pids cgroup or ``RLIMIT_NPROC`` binds, the grant is taken under the
+        ledger's lock (:mod:`~templ_pipeline.core.limits.ledger`): the tasks others
+        reserved and have not started yet come off the headroom, and this grant's
+        tasks are reserved in turn (``grant.claim``; give it back with
+        :meth:`release` once the workers run). A grant cut by others' reservations has
+        reason ``reserved_by_others``. Where the ledger is unusable it grants alone.
+        """
+        kind = executor_kind or TASK_EXECUTOR_KINDS.get(task_type, "process")
+        blocked = self._blocked_grant(requested, kind)
+        if blocked is not None:
+            return blocked
+        cost = _task_cost(task_type, kind)
+        alone = compute_grant(self.snapshot(), requested, cost, self.reserve)
+        shared = _shared_limit(self.snapshot())
+        if shared is None or alone.granted == 0:
+            return alone
+        limit, key = shared
+        try:
+            with self._ledger.book(key) as book:
+                snap = self.snapshot(fresh=True)
+                alone = compute_grant(snap, requested, cost, self.reserve)
+                others = book.reserved_by_others()
+                grant = compute_grant(_less_headroom(snap, limit, others), requested, cost, self.reserve)
+                tasks = cost.fixed_tasks + cost.per_worker * grant.granted if grant.granted else 0
+                claim = Claim(key, book.reserve(tasks)) if tasks else None
+        except (LedgerUnavailable, OSError) as why:
+            self._warn_ledger(why)
+            return alone
+        detail = grant.detail + (f"; {others} tasks reserved by other processes under {limit}" if others else "")
+        reason = RESERVED_BY_OTHERS if grant.granted < alone.granted else grant.reason
+        logger.debug("shared worker grant for %s (%s): %s", task_type, kind, detail)
+        return replace(grant, reason=reason, detail=detail, claim=claim)
+
+    def _blocked_grant(self, requested: int, kind: str) -> WorkerGrant | None:
+        """No workers at all where threads cannot start (a pool needs them too), else None."""
+        if requested <= 0 or self.threads_blocked() is None:
+            return None
+        needs = "a process pool needs threads of its own" if kind == "process" else "each worker is a thread"
+        return WorkerGrant(requested, 0, SECCOMP, None,
+                           f"seccomp: new threads are refused with EPERM (a seccomp profile rejects clone3), and "
+                           f"{needs}: no {kind} worker can run; granted 0 of {requested}")
+
+    def release(self, grant: WorkerGrant) -> None:
+        """Give back the ledger reservation of ``grant`` (its workers run now, or never will)."""
+        if grant.claim is not None:
+            self._ledger.release(grant.claim.key, grant.claim.entry)
+
+    def _warn_ledger(self, why: BaseException) -> None:
+        if not self._ledger_warned:
+            self._ledger_warned = True
+            logger.warning("the shared grant ledger is unusable (%s); grants here ignore other processes' "
+                           "reservations", why)
 
     def max_workers(
         self, task_type: str, *, executor_kind: str | None = None, snapshot: Snapshot | None = None
@@ -197,6 +289,40 @@ class ThreadResourceManager:
             "pressure": pressure(binding),
             "status": thread_status(snap, self.reserve),
         }
+
+
+def _shared_limit(snapshot: Snapshot) -> tuple[str, str] | None:
+    """(limit name, ledger key) of the task limit this process shares with others, None if none binds.
+
+    A pids cgroup is keyed by its directory's device and inode (the same cgroup whatever
+    namespace names it), ``RLIMIT_NPROC`` by the uid it counts. Of the two, the one with
+    less headroom; a limit nobody shares (``threads_max``, ``pid_max``) needs no ledger.
+    """
+    candidates = []
+    pids = snapshot.limit(PIDS_CGROUP)
+    if pids.constrains:
+        try:
+            info = os.stat(os.path.dirname(pids.source))
+            candidates.append((pids.headroom, PIDS_CGROUP, f"pids:{info.st_dev}:{info.st_ino}"))
+        except OSError:
+            pass
+    nproc = snapshot.limit(RLIMIT_NPROC)
+    if nproc.constrains and snapshot.uid is not None:
+        candidates.append((nproc.headroom, RLIMIT_NPROC, f"nproc:{snapshot.uid}"))
+    if not candidates:
+        return None
+    _, name, key = min(candidates)
+    return name, key
+
+
+def _less_headroom(snapshot: Snapshot, name: str, tasks: int) -> Snapshot:
+    """``snapshot`` with ``tasks`` more in use under limit ``name``."""
+    if tasks <= 0:
+        return snapshot
+    limits = tuple(
+        replace(lim, used=(lim.used or 0) + tasks, headroom=max(0, (lim.headroom or 0) - tasks))
+        if lim.name == name else lim for lim in snapshot.limits)
+    return replace(snapshot, limits=limits)
 
 
 def _task_cost(task_type: str, kind: str) -> WorkerCost:

@@ -218,3 +218,32 @@ def read_pids_refusals(levels: list[Level]) -> int | None:
     counts = [parse_pids_events(read_bytes(events_path(level))) for level in levels]
     known = [count for count in counts if count is not None]
     return sum(known) if known else None
+
+
+def parse_pids_peak(data: bytes | str | None) -> int | None:
+    """A ``pids.peak`` file: the most tasks this cgroup and its descendants have held at once.
+
+    The file reads ``41`` (cgroup v1 and v2, every level but the root; older kernels lack
+    it). Measured here (Linux 6.18, cgroup v1): it never goes down while the cgroup
+    lives, and writing to it fails (mode 0444), so it records a burst that ended between
+    two scrapes. The kernel charges a new task from the leaf up and raises each level's
+    peak once that level's own limit lets the task in, so an attempt an ancestor refuses
+    still shows below it: with ``pids.max`` 3 on a parent, a refused fourth thread left
+    the parent's peak at 3 and the leaf's at 4. Compare a level's peak with that level's
+    own ``pids.max``.
+    """
+    return parse_int(data)
+
+
+def peak_path(limit_path: str) -> str | None:
+    """The ``pids.peak`` file next to a level's ``pids.max`` (as a pids Limit's ``source``
+    names it); None for any other path."""
+    if not limit_path.endswith("/pids.max"):
+        return None
+    return limit_path[: -len("pids.max")] + "pids.peak"
+
+
+def read_pids_peak(limit_path: str) -> int | None:
+    """The peak next to ``limit_path`` (see :func:`peak_path`); None when there is no such file."""
+    path = peak_path(limit_path)
+    return None if path is None else parse_pids_peak(read_bytes(path))

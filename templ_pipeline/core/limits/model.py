@@ -9,6 +9,8 @@ RLIMIT_NPROC = "rlimit_nproc"
 THREADS_MAX = "threads_max"
 PID_MAX = "pid_max"
 STACK_MEMORY = "stack_memory"
+RESERVED_BY_OTHERS = "reserved_by_others"
+"""Reduction reason: other processes of this project sharing the limit reserved the headroom."""
 
 LIMIT_NAMES: tuple[str, ...] = (PIDS_CGROUP, RLIMIT_NPROC, THREADS_MAX, PID_MAX, STACK_MEMORY)
 """Stable identifiers of the limits (also the Prometheus ``limit`` label values)."""
@@ -91,14 +93,25 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class WorkerGrant:
-    """How many workers may start. ``reason`` names the binding limit when ``granted < requested``;
-    ``headroom`` is the headroom of the limit that allows the fewest workers (None if none)."""
+    """How many workers may start. ``reason`` names the binding limit when ``granted < requested``
+    (or ``reserved_by_others`` when other processes' reservations cut it); ``headroom`` is the
+    headroom of the limit that allows the fewest workers (None if none); ``claim`` is the ledger
+    reservation of the granted tasks, to release once the workers have started."""
 
     requested: int
     granted: int
     reason: str | None
     headroom: int | None
     detail: str
+    claim: Claim | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A reservation in the shared ledger: the book it is in and its entry."""
+
+    key: str
+    entry: str
 
 
 @dataclass(frozen=True, slots=True)
