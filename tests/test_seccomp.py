@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,29 @@ def test_the_grant_knows_no_thread_can_start():
     result = _run([sys.executable, "-c", code])
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout) == ["seccomp", 0, "seccomp", 0, "seccomp"]
+
+
+def test_the_probe_is_asked_only_where_a_filter_is_installed(tmp_path):
+    """/proc/self/status says whether any filter is installed: without one, no probe thread is spent.
+
+    Run under the real filter (where a probe gets EPERM), with status files that say otherwise.
+    """
+    code = textwrap.dedent(r"""
+        import json, pathlib, sys
+        from proc_samples import STATUS, make_tree
+        from templ_pipeline.core.limits.collect import Collector
+        from templ_pipeline.core.thread_manager import ThreadResourceManager
+        answers = {}
+        for mode in ("0", "2"):
+            status = STATUS.format(uid=1000, vm_kib=100_000, threads=3, cap=0) + f"Seccomp:\t{mode}\n"
+            tree = make_tree(pathlib.Path(sys.argv[1]) / mode, **{"proc/self/status": status})
+            manager = ThreadResourceManager(collector=Collector(str(tree / "proc"), str(tree)))
+            answers[mode] = manager.threads_blocked()
+        print(json.dumps(answers))
+    """)
+    result = _run([sys.executable, "-c", code, str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout) == {"0": None, "2": "seccomp"}
 
 
 def test_select_best_goes_straight_to_the_rung_that_works(files):

@@ -98,3 +98,11 @@ def test_signals_raise_once_and_restore_the_handlers(name, code):
     result = subprocess.run([sys.executable, "-c", SIGNALS % name], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == [f"SIG{name} {code}", "handlers restored True"]
+
+
+def test_seccomp_mode_of_proc_status():
+    from templ_pipeline.core.limits.procfs import SECCOMP_FILTER, seccomp_mode
+
+    assert seccomp_mode(b"Name:\tpython\nSeccomp:\t2\nSeccomp_filters:\t1\n") == SECCOMP_FILTER
+    assert seccomp_mode(b"Seccomp:\t0\n") == 0
+    assert seccomp_mode(b"Name:\tpython\n") is None and seccomp_mode(None) is None

@@ -41,6 +41,7 @@ from templ_pipeline.core.limits.model import (
     WorkerGrant,
 )
 from templ_pipeline.core.limits.probe import probe_native_thread
+from templ_pipeline.core.limits.procfs import SECCOMP_FILTER, read_bytes, seccomp_mode
 from templ_pipeline.core.limits.worker_cost import WorkerCost, worker_cost
 
 try:  # optional: everything here reads /proc and resource directly; doctor reports the flag
@@ -140,12 +141,17 @@ class ThreadResourceManager:
 
         A seccomp profile that rejects ``clone3`` with EPERM (container engines before
         Docker 20.10.10 with glibc >= 2.34, which does not fall back to ``clone``) refuses
-        every thread. One native probe thread tells (about 120 µs here); a filter stays
-        for the life of the process and its children, so a definite answer is kept.
+        every thread. Without a filter (``Seccomp: 0`` in /proc/self/status) there is
+        nothing to ask; with one, one native probe thread tells (about 120 µs here). A
+        filter stays for the life of the process and its children, so a definite answer is kept.
         Processes still start (``fork`` and ``vfork`` use ``clone``), but a process pool
         needs threads of its own in the parent, so no pool can run either.
         """
         if self._threads_blocked is False:
+            mode = seccomp_mode(read_bytes(self._collector.status_path))
+            if mode is not None and mode != SECCOMP_FILTER:
+                self._threads_blocked = None  # no filter: nothing to probe, and no task spent on it
+                return None
             err = probe_native_thread()
             if err == errnos.EPERM:
                 self._threads_blocked = SECCOMP

@@ -76,7 +76,7 @@ class Collector:
     ) -> None:
         self._proc_root = proc_root
         self._getrlimit = getrlimit
-        self._status_path = f"{proc_root}/self/status"
+        self.status_path = f"{proc_root}/self/status"
         self._loadavg_path = f"{proc_root}/loadavg"
         self._meminfo_path = f"{proc_root}/meminfo"
         self._sysctl_paths = {
@@ -101,7 +101,7 @@ class Collector:
     def collect(self) -> Snapshot:
         """Read every limit now."""
         taken_at = time.monotonic()
-        status = procfs.parse_status(procfs.read_bytes(self._status_path))
+        status = procfs.parse_status(procfs.read_bytes(self.status_path))
         tasks = procfs.parse_loadavg_tasks(procfs.read_bytes(self._loadavg_path))
         uid = status.real_uid if status.real_uid is not None else os.getuid()
         stack, memory_source = self._stack(status)

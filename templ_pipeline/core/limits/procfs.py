@@ -112,6 +112,15 @@ def parse_status(data: bytes | None) -> ProcStatus:
     )
 
 
+SECCOMP_FILTER = 2
+"""The ``Seccomp:`` mode of ``/proc/<pid>/status`` when a filter is installed (0: none, 1: strict)."""
+
+
+def seccomp_mode(data: bytes | None) -> int | None:
+    """The ``Seccomp:`` field of ``/proc/<pid>/status``; None when absent (kernels without seccomp)."""
+    return field_int(data, b"Seccomp:") if data else None
+
+
 def parse_loadavg_tasks(data: bytes | None) -> int | None:
     """Total tasks on the system: the denominator of the 4th field of ``/proc/loadavg``."""
     if not data:
