@@ -148,6 +148,18 @@ def _headroom_rules(t: Thresholds) -> list[Rule]:
     ]
 
 
+def _rose(counter: str, by: str, minutes: int) -> str:
+    """PromQL: ``counter`` rose within the window, or its series was born within it above 0.
+
+    ``increase()`` needs two samples, so the first value of a new series (a
+    process's first event, a cgroup that had refused forks before the first scrape)
+    is seen only by the second branch.
+    """
+    window = duration(minutes)
+    return (f"sum by ({by}) (\n  increase({counter}[{window}])\n) > 0\nor\n"
+            f"sum by ({by}) (\n  {counter}\n  unless {counter} offset {window}\n) > 0\n")
+
+
 def _refused_forks_rule() -> Rule:
     window = 5
     refused = _selector("pids_refused_forks")
@@ -158,8 +170,7 @@ def _refused_forks_rule() -> Rule:
             "branch catches a series first seen above 0 (a short job whose first scrape came after the refusal; a "
             "job started in a cgroup that had refused forks before, whose refusals the kernel cannot date), "
             "which increase() cannot see.",
-        expr=(f"sum by (job, instance) (\n  increase({refused}[{duration(window)}])\n) > 0\nor\n"
-              f"sum by (job, instance) (\n  {refused}\n  unless {refused} offset {duration(window)}\n) > 0\n"),
+        expr=_rose(refused, "job, instance", window),
         for_minutes=0,
         severity="warning",
         fires_when=f"the pids cgroup refused a fork in the last {window} min (or its count is first seen above 0)",
@@ -186,8 +197,7 @@ def _fallback_rule() -> Rule:
         "TemplExecutorFellBackToSequential",
         why="The second branch catches the first fallback of a process: a counter series born within the window "
             "(increase() needs two samples, and new series start at 1).",
-        expr=(f"sum by ({by}) (\n  increase({fallbacks}[{duration(window)}])\n) > 0\nor\n"
-              f"sum by ({by}) (\n  {fallbacks}\n  unless {fallbacks} offset {duration(window)}\n) > 0\n"),
+        expr=_rose(fallbacks, by, window),
         for_minutes=0,
         severity="warning",
         fires_when=f"any fallback to {SEQUENTIAL} in the last {window} min (including a process's first)",
