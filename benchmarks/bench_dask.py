@@ -45,7 +45,7 @@ def run(n_pairs: int = 5, n_conformers: int = 200, repeats: int = 3) -> dict:
     try:
         address = cluster.scheduler_address
         variants = {
-            "process_2": lambda: [select_best(p.confs, p.template, n_workers=2) for p in inputs],
+            "process_2": lambda: [select_best(p.confs, p.template, n_workers=2, exact_workers=True) for p in inputs],
             "dask_2": lambda: [select_best(p.confs, p.template, n_workers=2, executor="dask", scheduler=address)
                                for p in inputs],
         }

@@ -47,7 +47,7 @@ def run(n_conformers: int = 600, workers: int = 2) -> dict:
         url = f"http://127.0.0.1:{port}/metrics"
         proc = subprocess.Popen(
             [sys.executable, "-m", "templ_pipeline.cli", "select-best", "-t", str(template),
-             "-q", examples()[0].query_smiles, "-n", str(n_conformers), "-w", str(workers),
+             "-q", examples()[0].query_smiles, "-n", str(n_conformers), "-w", str(workers), "--exact-workers",
              "-o", str(Path(tmp) / "out.sdf"), "--metrics-addr", f"127.0.0.1:{port}", "--log-file",
              str(Path(tmp) / "log.jsonl")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -40,7 +40,7 @@ def run(n_pairs: int = 5, n_conformers: int = 200, repeats: int = 9, workers: in
 
     def all_pairs() -> None:
         for pair in inputs:
-            select_best(pair.confs, pair.template, n_workers=workers)
+            select_best(pair.confs, pair.template, n_workers=workers, exact_workers=True)
 
     def timed() -> tuple[float, float]:
         cpu = time.process_time()

@@ -16,9 +16,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dashboards.executor_dashboard import UID
-from dashboards.names import JOB, MANAGER_REASONS, SEQUENTIAL, event, listing, metric, value
-from dashboards.thresholds import FAILURE_MINUTES, FAILURE_RATIO, Thresholds, percent, thresholds
-from telemetry.catalog import FAILURE_REASONS, FALLBACK_REASONS, LIMIT_NAMES, LOG_EVENTS_BY_NAME
+from dashboards.names import FAILED, JOB, MANAGER_REASONS, SEQUENTIAL, event, listing, metric, value
+from dashboards.thresholds import (
+    CAMPAIGN_FAILURE_MINUTES,
+    CAMPAIGN_FAILURE_RATIO,
+    CAMPAIGN_STALL_MINUTES,
+    CAMPAIGN_STALL_WINDOW,
+    FAILURE_MINUTES,
+    FAILURE_RATIO,
+    Thresholds,
+    percent,
+    thresholds,
+)
+from telemetry.catalog import (
+    EVENT_QUERY_FINISHED,
+    EVENT_WORKER_REPLACED,
+    FAILURE_REASONS,
+    FALLBACK_REASONS,
+    LIMIT_NAMES,
+    LOG_EVENTS_BY_NAME,
+    NO_REASON,
+    QUERY_REASONS,
+)
+from templ_pipeline.campaign.runner import DEFAULT_QUERY_TIMEOUT
 from templ_pipeline.core.limits.model import PID_MAX, PIDS_CGROUP, RLIMIT_NPROC, STACK_MEMORY, THREADS_MAX
 
 GROUP = "templ-executor"
@@ -44,6 +64,18 @@ SEQUENTIAL_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("broken_pool",), "a worker died (OOM killer: `dmesg`, memory limits)."),
     (("daemon_process",), "the caller runs inside a daemon process, which cannot have children; run "
                           "select_best from a non-daemon process."),
+)
+
+#: What to do about each reason a campaign query fails; together they cover every reason.
+QUERY_FAILURE_CHECKS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("invalid_smiles", "invalid_record"), "the input: the detail names the record; fix or drop those lines."),
+    (("embedding_failed", "no_conformer_scored"),
+     "molecules ETKDG cannot embed or that no conformer of which scores (large macrocycles, metals, charged "
+     "fragments); the detail says which step."),
+    (("timeout",), "queries ran over --query-timeout: raise it, or ask for fewer conformers (--num-conformers)."),
+    (("worker_lost",), "workers died mid-query: the OOM killer (`dmesg`, the memory limit of the job) or a crash "
+                       "in native code."),
+    (("error",), "an unexpected exception: the detail has it; report it with the query id."),
 )
 
 LOW = "TemplThreadHeadroomLow"
@@ -261,10 +293,82 @@ def _failures_rule() -> Rule:
     )
 
 
+def _campaign_failures_rule() -> Rule:
+    window = duration(CAMPAIGN_FAILURE_MINUTES)
+    queries = _selector("campaign_queries")
+    failed = _selector("campaign_queries", f'status="{FAILED}"')
+    covered = [name for names, _text in QUERY_FAILURE_CHECKS for name in names]
+    if sorted(covered) != sorted(reason for reason in QUERY_REASONS if reason != NO_REASON):
+        raise ValueError(f"QUERY_FAILURE_CHECKS covers {covered}, the catalog's reasons are {QUERY_REASONS}")
+    finished = event(EVENT_QUERY_FINISHED)
+    fields = LOG_EVENTS_BY_NAME[finished].fields
+    return Rule(
+        "TemplCampaignFailureRatioHigh",
+        why="Failed over all finished queries, per instance; an instance that finished no query in the window is "
+            "0/0, NaN, and never fires.",
+        expr=(f"sum by (job, instance) (rate({failed}[{window}]))\n/\n"
+              f"sum by (job, instance) (rate({queries}[{window}]))\n> {CAMPAIGN_FAILURE_RATIO:.2f}\n"),
+        for_minutes=CAMPAIGN_FAILURE_MINUTES,
+        severity="warning",
+        fires_when=f"> {percent(CAMPAIGN_FAILURE_RATIO)} of a campaign's queries fail, for "
+                   f"{CAMPAIGN_FAILURE_MINUTES} min",
+        summary="{{ $labels.instance }}: {{ $value | humanizePercentage }} of the campaign's queries fail",
+        description=f"Over the last {in_words(CAMPAIGN_FAILURE_MINUTES)} {{{{ $value | humanizePercentage }}}} of "
+                    "the queries the screening campaign on {{ $labels.instance }} finished have no pose (threshold "
+                    f"{percent(CAMPAIGN_FAILURE_RATIO)}, for {in_words(CAMPAIGN_FAILURE_MINUTES)}). Each is a "
+                    "failed row in scores.csv; the campaign goes on. The dashboard's Campaign row shows the "
+                    "reasons.",
+        runbook=f"Find the reason on the dashboard, then the queries: the {finished} log lines at level warning "
+                f"carry {value('query_id', fields)}, {value('reason', fields)} and {value('detail', fields)} "
+                f"(Loki: {{job=\"{JOB}\"}} | json | event=\"{finished}\" | status=\"{FAILED}\"). "
+                + " ".join(_glossary(QUERY_FAILURE_CHECKS, QUERY_REASONS))
+                + " If worker_lost and timeout coincide with fallbacks or worker reductions, check `templ doctor`, "
+                "the pids cgroup and `ulimit -u` too.",
+    )
+
+
+def _campaign_stall_rule() -> Rule:
+    window, hold = CAMPAIGN_STALL_WINDOW, CAMPAIGN_STALL_MINUTES - CAMPAIGN_STALL_WINDOW
+    queries = _selector("campaign_queries")
+    in_flight, expected, skipped = (_selector(short) for short in ("campaign_in_flight", "campaign_expected",
+                                                                    "campaign_skipped"))
+    limit = in_words(round(DEFAULT_QUERY_TIMEOUT / 60))
+    return Rule(
+        "TemplCampaignStalled",
+        why=f"No query finished in {in_words(window)}, held for {in_words(hold)} more: {in_words(CAMPAIGN_STALL_MINUTES)} "
+            f"of silence, longer than the runner's default query time limit ({limit}), after which every query "
+            "ends, as a timeout at worst. It needs queries in flight, or queries left by the input's size (NaN when "
+            "that is unknown, so only in flight counts): a campaign that is done, or holds its /metrics after the "
+            "run, never fires.",
+        expr=(f"sum by (job, instance) (increase({queries}[{duration(window)}])) == 0\n"
+              f"and on (job, instance)\n(\n  {in_flight} > 0\n  or\n"
+              f"  {expected} - {skipped}\n    - on (job, instance) sum by (job, instance) ({queries}) > 0\n)\n"),
+        for_minutes=hold,
+        severity="critical",
+        fires_when=f"no campaign query finished for {CAMPAIGN_STALL_MINUTES} min while queries are in flight or "
+                   "remain",
+        summary="{{ $labels.instance }}: the screening campaign has finished no query for "
+                f"{in_words(CAMPAIGN_STALL_MINUTES)}",
+        description=f"The campaign on {{{{ $labels.instance }}}} finished no query in {in_words(CAMPAIGN_STALL_MINUTES)} "
+                    "although queries are in flight or left to run. With the default --query-timeout a query ends "
+                    f"within {limit} (a hung one as a timeout), so the parent is not getting results: the job "
+                    "still holds its allocation and screens nothing.",
+        runbook="Look at the job's last log lines (level warning and up): "
+                f"{event(EVENT_WORKER_REPLACED)} over and over means workers die as they start or time out; "
+                "executor.fallback or executor.workers_reduced mean the kernel refused workers, so run `templ "
+                "doctor` in the job (the pids cgroup's pids.max and pids.current, `ulimit -u`). No line at all: "
+                "the parent is blocked, on the output directory (a full or hung file system: `df`, the mount) or "
+                "on reading the queries; `py-spy dump --pid PID` shows where. A campaign run with --query-timeout "
+                "0 (no limit) can stall on one query that never ends. Stop it with SIGTERM: every finished query "
+                "is kept, and --resume goes on from there.",
+    )
+
+
 def rules(t: Thresholds | None = None) -> list[Rule]:
     """Every alert, in the order of the file."""
     t = t or thresholds()
-    return [*_headroom_rules(t), _refused_forks_rule(), _fallback_rule(), _reductions_rule(), _failures_rule()]
+    return [*_headroom_rules(t), _refused_forks_rule(), _fallback_rule(), _reductions_rule(), _failures_rule(),
+            _campaign_failures_rule(), _campaign_stall_rule()]
 
 
 def dashboard_link() -> str:
@@ -309,7 +413,9 @@ def _header(t: Thresholds) -> list[str]:
         f'Alert rules for the TEMPL executor (job "{JOB}", see prometheus.yml).',
         "Generated by `make dashboards` (python -m dashboards.generate) from dashboards/alerts.py: change "
         "that and regenerate; tests/test_alert_rules.py fails when this file differs from the generator's output.",
-        f"Headroom thresholds are for the {t.start_method} start method: {t.cost_text()}. Metric names and "
+        f"Headroom thresholds are for the {t.start_method} start method: {t.cost_text()}. The campaign stall "
+        f"window follows the campaign runner's default query time limit ({DEFAULT_QUERY_TIMEOUT:g} s). Metric "
+        "names and "
         "label values come from telemetry/catalog.py; `promtool test rules alerts_test.yml` covers every alert, "
         "firing and silent.",
         f"{limit} / {headroom} are NaN when a limit is unknown and +Inf when it is not enforced: every "

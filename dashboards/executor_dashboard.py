@@ -2,7 +2,8 @@
 
 Read top to bottom when paged: how close each instance is to its thread limit and
 which limit binds (Headroom), what the executor gave up (Decisions, Fallbacks), what
-it cost (Work), and the process itself (Process). Links open the job's logs (Loki)
+it cost (Work), how a screening campaign advances (Campaign), and the process itself
+(Process). Links open the job's logs (Loki)
 and traces (Tempo) for the same time range; exemplars on the batch latency open the
 trace of one batch.
 """
@@ -14,10 +15,25 @@ from grafana_foundation_sdk.models import dashboard
 
 from dashboards import dask_metrics, links
 from dashboards.annotations import PrometheusAnnotation
-from dashboards.names import JOB, MANAGER_REASONS, NO_CAUSE, OTHER_REDUCTIONS, SEQUENTIAL, listing, metric, value
+from dashboards.names import (
+    FAILED,
+    JOB,
+    MANAGER_REASONS,
+    NO_CAUSE,
+    OK,
+    OTHER_REDUCTIONS,
+    SCREENING,
+    SEQUENTIAL,
+    listing,
+    metric,
+    value,
+)
 from dashboards.panels import GAUGE_CALCS, PROMETHEUS, Query, stat_panel, time_series
 from dashboards.promql import finite, quantile, series, sum_rate
 from dashboards.thresholds import (
+    CAMPAIGN_FAILURE_MINUTES,
+    CAMPAIGN_FAILURE_RATIO,
+    CAMPAIGN_STALL_MINUTES,
     FAILURE_MINUTES,
     FAILURE_RATIO,
     MANAGER_CAPS,
@@ -29,13 +45,18 @@ from dashboards.thresholds import (
 from telemetry.catalog import (
     ATTR_EXECUTOR_KIND,
     EVENT_FALLBACK,
+    EVENT_QUERY_FINISHED,
+    EVENT_WORKER_REPLACED,
     EVENT_WORKERS_REDUCED,
     EXECUTOR_KINDS,
     FAILURE_REASONS,
     FALLBACK_CAUSES,
     FALLBACK_REASONS,
     LIMIT_NAMES,
+    QUERY_REASONS,
+    REPLACEMENT_REASONS,
     RESUBMISSION_REASONS,
+    SPAN_QUERY,
     SPAN_SELECT_BEST,
 )
 from templ_pipeline.core.limits.model import PIDS_CGROUP, STACK_MEMORY
@@ -268,6 +289,123 @@ def _work_panels() -> list:
     ]
 
 
+def _by_instance(short: str, *matchers: str) -> str:
+    return f"sum by (instance) ({series(metric(short), *matchers)})"
+
+
+#: Queries finished in this run, queries an earlier run finished (--resume), queries in the input.
+DONE = _by_instance("campaign_queries")
+SKIPPED = _by_instance("campaign_skipped")
+EXPECTED = _by_instance("campaign_expected")
+#: Seconds since the process started: a ``templ screen`` process runs one campaign.
+ELAPSED = f"sum by (instance) (time() - {series('process_start_time_seconds')})"
+
+
+def campaign_eta() -> str:
+    """Seconds left at the average rate of this run (none until a query has finished)."""
+    return f"clamp_min({EXPECTED} - {SKIPPED} - {DONE}, 0)\n/\n({DONE} / {ELAPSED} > 0)"
+
+
+def _campaign_panels() -> list:
+    failed, ok = FAILED, OK
+    reasons = listing(reason for reason in QUERY_REASONS if reason != "none")
+    failure_logs = links.logs_url(links.event_logs(EVENT_QUERY_FINISHED, f'status="{failed}"',
+                                                   'reason="${__field.labels.reason}"'))
+    replacement_logs = links.logs_url(links.event_logs(EVENT_WORKER_REPLACED, 'reason="${__field.labels.reason}"'))
+    timeout, worker_lost = (value(reason, REPLACEMENT_REASONS) for reason in ("timeout", "worker_lost"))
+    return [
+        stat_panel(
+            "Campaign progress",
+            "Share of the campaign's input done, per instance: queries finished in this run plus those an earlier "
+            "run finished (--resume), over the queries in the input. No value (NaN) while the input's size is not "
+            "known up front, or when the instance runs no campaign.",
+            "percentunit",
+            [Query(f"({DONE} + {SKIPPED})\n/\n{EXPECTED}", "{{instance}}")],
+            threshold_steps=(("blue", None), ("green", 1)),
+        ),
+        time_series(
+            "Queries done vs expected",
+            "Queries finished (this run and earlier ones, --resume) next to the queries in the input, and those "
+            "an earlier run had finished. The gap between the first two lines is what is left.",
+            "short",
+            [
+                Query(f"{DONE} + {SKIPPED}", "{{instance}} done"),
+                Query(EXPECTED, "{{instance}} expected"),
+                Query(SKIPPED, "{{instance}} done by an earlier run"),
+            ],
+            width=9, calcs=GAUGE_CALCS,
+        ),
+        time_series(
+            "Queries/s by status",
+            f"Queries finished per second, {ok} or {failed}. A drop to 0 while queries remain is a stall: the stall "
+            f"alert fires after {CAMPAIGN_STALL_MINUTES} minutes without a finished query.",
+            "ops",
+            [Query(sum_rate(metric("campaign_queries"), "instance, status"), "{{instance}} {{status}}")],
+            width=9,
+        ),
+        stat_panel(
+            "ETA",
+            "Time left, per instance, at the average rate of this run: the queries left over the queries finished "
+            "per second since the process started. None until the first query finishes, or while the input's "
+            "size is not known.",
+            "s",
+            [Query(campaign_eta(), "{{instance}}")],
+            threshold_steps=(("blue", None),),
+        ),
+        time_series(
+            "Query failures/s by reason",
+            f"Queries without a pose per second, by reason ({reasons}), and queries that got fewer conformers "
+            f"than asked (their pose comes from fewer candidates). The failure alert fires above "
+            f"{percent(CAMPAIGN_FAILURE_RATIO)} of the queries for {CAMPAIGN_FAILURE_MINUTES} minutes. Click a "
+            f"series for its {EVENT_QUERY_FINISHED} lines: query id, reason and detail.",
+            "ops",
+            [
+                Query(sum_rate(metric("campaign_queries"), "instance, reason", f'status="{failed}"'),
+                      "{{instance}} {{reason}}"),
+                Query(sum_rate(metric("campaign_shortfalls"), "instance"), "{{instance}} fewer conformers"),
+            ],
+            width=9,
+            data_links=[links.link("Logs of these failures", failure_logs,
+                                   f"{EVENT_QUERY_FINISHED} lines of failed queries for this reason")],
+        ),
+        time_series(
+            "Queries in flight vs workers",
+            "Queries handed to a worker whose result has not arrived, next to the campaign's workers. In flight "
+            "below the workers while queries remain means workers wait for input or output; 0 in flight with "
+            "queries left is a stall.",
+            "short",
+            [
+                Query(series(metric("campaign_in_flight")), "{{instance}} in flight"),
+                Query(series(metric("workers_granted"), f'task_type="{SCREENING}"'), "{{instance}} workers"),
+            ],
+            width=9, calcs=GAUGE_CALCS, step_lines=True,
+        ),
+        time_series(
+            "Worker replacements/s by reason",
+            f"Campaign workers ended because their query ran over --query-timeout ({timeout}) or found dead "
+            f"({worker_lost}: the OOM killer, a crash in native code), and replaced. Their query is a failed row; "
+            "the rest of the campaign goes on. Click a series for the log lines.",
+            "ops",
+            [Query(sum_rate(metric("campaign_worker_replacements"), "instance, reason"), "{{instance}} {{reason}}")],
+            width=8,
+            data_links=[links.link("Logs of these replacements", replacement_logs,
+                                   f"{EVENT_WORKER_REPLACED} lines for this reason")],
+        ),
+        time_series(
+            "Query duration p50 / p95 / p99",
+            f"Wall time of one {ok} query in its worker (conformer generation and scoring), quantiles per "
+            "instance from the histogram buckets. A rising tail towards --query-timeout turns into timeouts.",
+            "s",
+            [
+                Query(quantile(q, metric("campaign_query_duration"), matchers=(f'status="{ok}"',)),
+                      f"{{{{instance}}}} p{round(q * 100)}")
+                for q in (0.5, 0.95, 0.99)
+            ],
+            width=16,
+        ),
+    ]
+
+
 def _process_panels() -> list:
     return [
         time_series(
@@ -365,6 +503,12 @@ def _dashboard_links() -> list:
                    "Loki: every executor event of the job (reductions, fallbacks, pool restarts), this time range"),
         links.link("Fallback logs", links.logs_url(links.event_logs(EVENT_FALLBACK)),
                    f"Loki: {EVENT_FALLBACK} lines with reason, cause and trace_id, this time range"),
+        links.link("Failed campaign queries", links.logs_url(links.event_logs(EVENT_QUERY_FINISHED,
+                                                                              f'status="{FAILED}"')),
+                   f"Loki: {EVENT_QUERY_FINISHED} lines of failed queries (query id, reason, detail), this time range"),
+        links.link(f"Failed {SPAN_QUERY} traces",
+                   links.traces_url(f'{{{links.JOB_SPANS} && name="{SPAN_QUERY}" && status=error}}'),
+                   f"Tempo: {SPAN_QUERY} spans of failed queries, with their worker's spans"),
         links.link(f"{SPAN_SELECT_BEST} traces",
                    links.traces_url(f'{{{links.JOB_SPANS} && name="{SPAN_SELECT_BEST}"}}'),
                    f"Tempo: {SPAN_SELECT_BEST} calls of the job, this time range"),
@@ -381,7 +525,8 @@ def build() -> dashboard.Dashboard:
     builder = (
         Dashboard(TITLE).uid(UID).tags(["templ", "executor", "threads"])
         .description("Thread headroom per kernel limit, what the TEMPL executor gave up (worker reductions, "
-                     "fallbacks) and what it cost (throughput, batch latency). Metrics from "
+                     "fallbacks), what it cost (throughput, batch latency) and how a screening campaign "
+                     "advances (progress, ETA, failures). Metrics from "
                      "telemetry/catalog.py; alerts in dashboards/prometheus/alerts.yml.")
         .time("now-30m", "now").refresh("30s").tooltip(dashboard.DashboardCursorSync.CROSSHAIR).readonly()
         .variables(_variables()).annotation(_fallback_annotation()).links(_dashboard_links())
@@ -391,6 +536,7 @@ def build() -> dashboard.Dashboard:
         ("Decisions", _decision_panels()),
         ("Fallbacks", _fallback_panels()),
         ("Work", _work_panels()),
+        ("Campaign", _campaign_panels()),
         ("Process", _process_panels()),
         ("Dask", _dask_panels()),
     ):

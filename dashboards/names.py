@@ -50,5 +50,10 @@ OTHER_REDUCTIONS: dict[str, str] = {
     reason: meaning for reason, meaning in (
         ("reserved_by_others", "other jobs sharing the limit had reserved its headroom (the node-local ledger)"),
         ("seccomp", "a seccomp profile lets no thread start"),
+        ("cpu_limit", "fewer CPUs than workers for CPU-bound work (affinity or the cgroup CPU quota)"),
+        ("small_work", "too little work to repay starting the workers"),
     ) if reason in catalog.REDUCTION_REASONS
 }
+FAILED = value("failed", catalog.QUERY_STATUSES)
+OK = value("ok", catalog.QUERY_STATUSES)
+SCREENING = value("screening", catalog.TASK_TYPES)

@@ -26,6 +26,6 @@ def finite(expr: str) -> str:
     return f"{expr} > -Inf < +Inf"
 
 
-def quantile(q: float, histogram: str, by: str = "instance") -> str:
+def quantile(q: float, histogram: str, by: str = "instance", matchers: tuple[str, ...] = ()) -> str:
     """``histogram_quantile`` of a classic histogram, per ``by``."""
-    return f"histogram_quantile({q}, sum by ({by}, le) ({rate(histogram + '_bucket')}))"
+    return f"histogram_quantile({q}, sum by ({by}, le) ({rate(histogram + '_bucket', *matchers)}))"

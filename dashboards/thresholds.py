@@ -12,13 +12,18 @@ BLAS threads from the environment of the machine that asks. The committed files 
 depend on the machine that generates them, so the texts take the cost of a worker with
 BLAS_THREADS BLAS threads, which is how pools start workers (``pools.worker_env``) unless
 the user sets ``OPENBLAS_NUM_THREADS`` and friends.
+
+A campaign has stalled when no query finished for longer than the campaign runner's
+query time limit, which ends every query (``runner.DEFAULT_QUERY_TIMEOUT``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from dashboards.names import MANAGER_REASONS, SEQUENTIAL, value
+from templ_pipeline.campaign.runner import DEFAULT_QUERY_TIMEOUT
 from templ_pipeline.core import executor, pools
 from templ_pipeline.core.limits.grant import RESERVE_TASKS, max_workers
 from templ_pipeline.core.limits.model import PIDS_CGROUP, Limit, Snapshot, StackInfo
@@ -32,6 +37,21 @@ FAILURE_RATIO = 0.10
 """Share of conformers failing to score above which the failure alert fires."""
 FAILURE_MINUTES = 10
 """Minutes the failure ratio is measured over, and then must hold, before that alert fires."""
+
+CAMPAIGN_FAILURE_RATIO = 0.10
+"""Share of a campaign's queries failing above which the campaign failure alert fires: a curated library
+loses well under 1% to unparsable records and embeddings that fail, so 10% is a broken input or a sick host."""
+CAMPAIGN_FAILURE_MINUTES = 10
+"""Minutes the query failure ratio is measured over, and then must hold, before that alert fires."""
+CAMPAIGN_STALL_WINDOW = 5
+"""Minutes of the window in which the stall alert looks for a finished query."""
+CAMPAIGN_STALL_MINUTES = math.ceil(DEFAULT_QUERY_TIMEOUT / 60) + CAMPAIGN_STALL_WINDOW
+"""Minutes without a finished query, while queries are in flight or remain, after which a campaign has stalled.
+
+A query ends by the runner's time limit at the latest (``--query-timeout``, default
+DEFAULT_QUERY_TIMEOUT: a timeout is a finished query too), so a campaign with queries in
+flight finishes one at least that often; one more window covers the pool's check and the
+scrapes. A campaign run with a longer ``--query-timeout`` can be quiet longer than this."""
 
 BLAS_THREADS = 1
 """BLAS threads of a process worker as pools start it (``pools.worker_env``)."""

@@ -9,6 +9,11 @@ Typical use::
         ...
         call.scored = 20
 
+    with telemetry.campaign_span(total=None, templates=1, workers_requested=8) as campaign:
+        query = telemetry.start_query_span(0)   # not current: queries overlap
+        ...                                     # the worker times its spans under query.carrier
+        query.end(status="ok", reason=None, conformers=10, scored=10, failed=0, worker_spans=spans)
+
 ``telemetry.disabled()`` (context manager) or ``configure(enabled=False)`` turns the
 per-batch/per-call helpers into near no-ops for overhead measurements.
 
@@ -29,6 +34,7 @@ from typing import Any, Literal
 
 __all__ = [
     "batch_span",
+    "campaign_span",
     "catalog",
     "configure",
     "conformers_span",
@@ -39,12 +45,14 @@ __all__ = [
     "get_run_id",
     "observe",
     "select_best_span",
+    "start_query_span",
 ]
-"""The public names: set up, observe the executor's events, the spans of a call, and what
-a run reads back. The building blocks live in the submodules (``telemetry.events``,
+"""The public names: set up, observe the executor's and the campaign's events, the spans of a
+call and of a campaign, and what a run reads back. The building blocks live in the submodules (``telemetry.events``,
 ``telemetry.metrics``, ``telemetry.tracing``, ...); test-only resets in ``telemetry.testing``."""
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
+    "telemetry.campaign": ("campaign_span", "start_query_span"),
     "telemetry.events": ("batch_span", "conformers_span", "select_best_span"),
     "telemetry.logs": ("get_logger", "get_run_id"),
     "telemetry.metrics": ("get_metrics",),
@@ -55,7 +63,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
 _HOME: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
 
 #: Submodules reachable as attributes after a bare ``import telemetry``.
-_SUBMODULES = frozenset(("catalog", "events", "export", "exporters", "guard", "logs", "metrics", "observer",
+_SUBMODULES = frozenset(("campaign", "catalog", "events", "export", "exporters", "guard", "logs", "metrics", "observer",
                          "otlp_json", "server", "session", "state", "testing", "tracing", "worker_spans"))
 
 

@@ -13,6 +13,7 @@ unexpected exception type can never create an unbounded number of series.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
@@ -22,7 +23,10 @@ from templ_pipeline.core.events import (
     FallbackCause,
     FallbackReason,
     LimitName,
+    QueryFailureReason,
+    QueryStatus,
     ReductionReason,
+    ReplacementReason,
     ResubmissionReason,
     TaskType,
     values,
@@ -42,6 +46,16 @@ LIMIT_NAMES: tuple[str, ...] = values(LimitName)
 REDUCTION_REASONS: tuple[str, ...] = values(ReductionReason)
 #: Why a batch was run again: its worker died while running it, or died holding its result.
 RESUBMISSION_REASONS: tuple[str, ...] = values(ResubmissionReason)
+
+#: How a campaign query ended.
+QUERY_STATUSES: tuple[str, ...] = values(QueryStatus)
+#: The reason label of a query that did not fail: every finished query has one reason, so
+#: ``sum by (reason)`` over the queries counter adds up to all queries.
+NO_REASON = "none"
+#: Why a campaign query failed, or ``none`` when it did not.
+QUERY_REASONS: tuple[str, ...] = values(QueryFailureReason) + (NO_REASON,)
+#: Why a campaign worker was replaced.
+REPLACEMENT_REASONS: tuple[str, ...] = values(ReplacementReason)
 
 # Additional bounded sets (not part of the original contract; extend as needed).
 OUTCOMES: tuple[str, ...] = ("ok", "error")
@@ -98,11 +112,15 @@ class MetricSpec:
     short: str = ""
     #: label -> allowed values (labels in FREE_LABELS are absent)
     label_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    #: pre-create every label combination at 0 (only for small sets)
+    #: pre-create label combinations at 0 (only for small sets): those in ``combinations``, else all
     initialize: bool = False
+    #: the label value tuples that can occur together, when not every combination can
+    combinations: tuple[tuple[str, ...], ...] | None = None
     #: read from the kernel at each scrape by a custom collector (no client object, no labels);
     #: no sample while the kernel has no value to give
     scraped: bool = False
+    #: an unlabelled gauge that is NaN (unknown) until it is first set, rather than 0
+    nan_until_set: bool = False
 
     @property
     def client_name(self) -> str:
@@ -110,6 +128,19 @@ class MetricSpec:
         if self.kind == "counter" and self.name.endswith("_total"):
             return self.name[: -len("_total")]
         return self.name
+
+    def initial_label_values(self) -> tuple[tuple[str, ...], ...]:
+        """The label value tuples exported at 0 from the start (none unless ``initialize``).
+
+        ``combinations`` when declared, else every combination of the declared values;
+        the catch-all never, as it appears only when used.
+        """
+        if not (self.initialize and self.labels):
+            return ()
+        if self.combinations is not None:
+            return self.combinations
+        value_sets = [tuple(v for v in self.label_values[label] if v != OTHER) for label in self.labels]
+        return tuple(itertools.product(*value_sets))
 
 
 @dataclass(frozen=True)
@@ -120,6 +151,10 @@ class SpanSpec:
     help: str
     attributes: tuple[str, ...]
     events: tuple[str, ...]
+
+
+#: Log levels, in order.
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
 
 
 @dataclass(frozen=True)
@@ -138,6 +173,14 @@ STANDARD_NAMES: tuple[str, ...] = ("process_threads",)
 # Histogram buckets (seconds). A batch is 5..50 conformers at 2-10 ms each.
 BATCH_DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CALL_DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+#: A campaign query: an invalid SMILES fails in well under 0.1 s, a small ligand with a few
+#: conformers takes about a second, a large flexible one with hundreds up to tens of minutes.
+#: The last bucket is the longest query the campaign alerts expect (their stall window).
+QUERY_DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                                             1200.0, 1800.0)
+#: The (status, reason) pairs a finished query can have: ok has no reason, a failure always has one.
+QUERY_OUTCOMES: tuple[tuple[str, str], ...] = ((QueryStatus.OK.value, NO_REASON),) + tuple(
+    (QueryStatus.FAILED.value, reason) for reason in values(QueryFailureReason))
 
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
@@ -251,6 +294,48 @@ METRICS: tuple[MetricSpec, ...] = (
         label_values={"executor_kind": _open(EXECUTOR_KINDS), "reason": _open(RESUBMISSION_REASONS)},
     ),
     MetricSpec(
+        "templ_campaign_queries_total", "counter",
+        "Queries of a screening campaign finished in this run, by status (ok|failed) and reason (why it failed; "
+        "none for ok). Queries skipped by --resume are in templ_campaign_queries_skipped instead.",
+        ("status", "reason"), "", short="campaign_queries",
+        label_values={"status": _open(QUERY_STATUSES), "reason": _open(QUERY_REASONS)},
+        initialize=True, combinations=QUERY_OUTCOMES,
+    ),
+    MetricSpec(
+        "templ_campaign_queries_in_flight", "gauge",
+        "Queries of the campaign handed to a worker whose result has not arrived yet; 0 once the campaign is done.",
+        (), "", short="campaign_in_flight",
+    ),
+    MetricSpec(
+        "templ_campaign_queries_expected", "gauge",
+        "Queries in the campaign's input, those skipped by --resume included; NaN until a campaign starts, and "
+        "for a campaign whose input size is not known up front.",
+        (), "", short="campaign_expected", nan_until_set=True,
+    ),
+    MetricSpec(
+        "templ_campaign_queries_skipped", "gauge",
+        "Queries of the input that an earlier run already finished (--resume), so this run does not run them.",
+        (), "", short="campaign_skipped",
+    ),
+    MetricSpec(
+        "templ_campaign_query_duration_seconds", "histogram",
+        "Wall time of one campaign query in its worker (conformer generation and scoring), by status.",
+        ("status",), "seconds", buckets=QUERY_DURATION_BUCKETS, short="campaign_query_duration",
+        label_values={"status": _open(QUERY_STATUSES)}, initialize=True,
+    ),
+    MetricSpec(
+        "templ_campaign_worker_replacements_total", "counter",
+        "Campaign workers ended (their query ran over the time limit) or found dead, and replaced, by reason.",
+        ("reason",), "", short="campaign_worker_replacements",
+        label_values={"reason": _open(REPLACEMENT_REASONS)}, initialize=True,
+    ),
+    MetricSpec(
+        "templ_campaign_queries_short_of_conformers_total", "counter",
+        "Campaign queries that got some conformers but fewer than requested (ETKDG embedded fewer); their poses "
+        "come from fewer candidates. A query with none is a failure (embedding_failed), not counted here.",
+        (), "", short="campaign_shortfalls",
+    ),
+    MetricSpec(
         "templ_telemetry_degraded_total", "counter",
         "Telemetry components that could not start normally and run degraded (e.g. synchronous span export).",
         ("component", "reason"), "", short="telemetry_degraded",
@@ -272,12 +357,20 @@ METRICS_BY_NAME: Mapping[str, MetricSpec] = {m.name: m for m in METRICS}
 SPAN_SELECT_BEST = "select_best"
 SPAN_BATCH = "select_best.batch"
 SPAN_CONFORMERS = "conformers.generate"
+SPAN_CAMPAIGN = "screen.campaign"
+SPAN_QUERY = "screen.query"
+SPAN_SCREEN_SCORE = "screen.score"
 
 EVENT_WORKERS_REDUCED = "executor.workers_reduced"
 EVENT_FALLBACK = "executor.fallback"
 EVENT_EXECUTOR_CREATED = "executor.created"
 EVENT_POOL_RESTARTED = "executor.pool_restarted"
 EVENT_BATCH_RESUBMITTED = "executor.batch_resubmitted"
+EVENT_CAMPAIGN_STARTED = "campaign.started"
+EVENT_QUERY_STARTED = "campaign.query_started"
+EVENT_QUERY_FINISHED = "campaign.query_finished"
+EVENT_WORKER_REPLACED = "campaign.worker_replaced"
+EVENT_CAMPAIGN_DONE = "campaign.done"
 
 ATTR_TASK_TYPE = "templ.executor.task_type"
 ATTR_EXECUTOR_KIND = "templ.executor.kind"
@@ -305,9 +398,34 @@ ATTR_FAILED = "templ.select_best.failed"
 ATTR_OUTCOME = "templ.select_best.outcome"
 ATTR_CONFORMERS_REQUESTED = "templ.conformers.requested"
 ATTR_CONFORMERS_GENERATED = "templ.conformers.generated"
+ATTR_CAMPAIGN_TOTAL = "templ.campaign.total"
+ATTR_CAMPAIGN_SKIPPED = "templ.campaign.skipped"
+ATTR_CAMPAIGN_TEMPLATES = "templ.campaign.templates"
+ATTR_CAMPAIGN_DONE = "templ.campaign.done"
+ATTR_CAMPAIGN_OK = "templ.campaign.ok"
+ATTR_CAMPAIGN_FAILED = "templ.campaign.failed"
+ATTR_CAMPAIGN_SECONDS = "templ.campaign.duration_seconds"
+ATTR_CAMPAIGN_INTERRUPTED = "templ.campaign.interrupted"
+ATTR_QUERY_INDEX = "templ.query.index"
+ATTR_QUERY_ID = "templ.query.id"
+ATTR_QUERY_STATUS = "templ.query.status"
+ATTR_QUERY_REASON = "templ.query.reason"
+ATTR_QUERY_SECONDS = "templ.query.duration_seconds"
+ATTR_QUERY_CONFORMERS_REQUESTED = "templ.query.conformers_requested"
+ATTR_QUERY_CONFORMERS = "templ.query.conformers"
+ATTR_QUERY_SCORED = "templ.query.scored"
+ATTR_QUERY_FAILED = "templ.query.failed"
+ATTR_QUERY_SHORTFALL = "templ.query.shortfall"
+ATTR_QUERY_IN_FLIGHT = "templ.query.in_flight"
+#: ``templ.query.status`` of a query span the runner never ended: the campaign ended first (a signal).
+QUERY_ABANDONED = "abandoned"
 
 _EXECUTOR_EVENTS = (EVENT_WORKERS_REDUCED, EVENT_FALLBACK, EVENT_EXECUTOR_CREATED, EVENT_POOL_RESTARTED,
                     EVENT_BATCH_RESUBMITTED, "exception")
+#: The campaign events that are span events of the campaign span. A query's start and end are
+#: the start and end of its own span instead: as span events they would be two per query on one
+#: span (the SDK keeps only the last 128 events of a span, and drops the rest after paying for them).
+_CAMPAIGN_EVENTS = (EVENT_CAMPAIGN_STARTED, EVENT_WORKER_REPLACED, EVENT_CAMPAIGN_DONE)
 
 SPANS: tuple[SpanSpec, ...] = (
     SpanSpec(
@@ -326,12 +444,40 @@ SPANS: tuple[SpanSpec, ...] = (
     ),
     SpanSpec(
         SPAN_CONFORMERS,
-        "Conformer generation for one query (ETKDG on RDKit's native threads, sized by the thread grant).",
+        "Conformer generation for one query (ETKDG on RDKit's native threads, sized by the thread grant). In a "
+        "campaign it is timed in the worker under the query's span and exported by the parent, with the worker's pid.",
         (ATTR_CONFORMERS_REQUESTED, ATTR_CONFORMERS_GENERATED, ATTR_WORKERS_REQUESTED, ATTR_WORKERS_GRANTED,
-         ATTR_OUTCOME),
+         ATTR_OUTCOME, ATTR_PROCESS_PID),
         _EXECUTOR_EVENTS,
     ),
+    SpanSpec(
+        SPAN_CAMPAIGN,
+        "One screening campaign (templ screen): parent of the query spans; the executor's and the campaign's "
+        "events are its span events.",
+        (ATTR_CAMPAIGN_TOTAL, ATTR_CAMPAIGN_TEMPLATES, ATTR_WORKERS_REQUESTED, ATTR_WORKERS_GRANTED, ATTR_CAMPAIGN_DONE,
+         ATTR_CAMPAIGN_OK, ATTR_CAMPAIGN_FAILED, ATTR_CAMPAIGN_INTERRUPTED),
+        _CAMPAIGN_EVENTS + _EXECUTOR_EVENTS,
+    ),
+    SpanSpec(
+        SPAN_QUERY,
+        "One query of a campaign, from its hand-off to a worker to its result (child of screen.campaign; queries "
+        f"overlap). Status ERROR when the query failed; status attribute {QUERY_ABANDONED} when the campaign ended "
+        "before its result arrived. Only made when spans are exported.",
+        (ATTR_QUERY_INDEX, ATTR_QUERY_ID, ATTR_QUERY_STATUS, ATTR_QUERY_REASON, ATTR_QUERY_CONFORMERS, ATTR_QUERY_SCORED,
+         ATTR_QUERY_FAILED),
+        (),
+    ),
+    SpanSpec(
+        SPAN_SCREEN_SCORE,
+        "Scoring one query's conformers against the templates, timed in the worker under the query's span and "
+        "exported by the parent.",
+        (ATTR_QUERY_SCORED, ATTR_QUERY_FAILED, ATTR_PROCESS_PID),
+        (),
+    ),
 )
+
+SPANS_BY_NAME: Mapping[str, SpanSpec] = {s.name: s for s in SPANS}
+
 
 @dataclass(frozen=True)
 class EventField:
@@ -349,16 +495,50 @@ class EventField:
 
 @dataclass(frozen=True)
 class EventSpec:
-    """One executor event, declared once: its span event and log event (one name), fields and counter."""
+    """One executor or campaign event, declared once: its span event and log event (one name), its fields
+    and the metrics it updates.
+
+    Metrics are named by short name (:attr:`MetricSpec.short`); a metric's labels are the
+    event's ``label`` fields it has.
+    """
 
     name: str
     level: str
     help: str
     fields: tuple[EventField, ...]
-    #: short name (:attr:`MetricSpec.short`) of the counter incremented once per event, if any
+    #: the counter incremented once per event, if any
     counter: str | None = None
     #: whether the event carries the exception that caused it (recorded on the span, logged by type)
     has_error: bool = False
+    #: (field, gauge): the gauge is set to the field's value (NaN for None)
+    gauges: tuple[tuple[str, str], ...] = ()
+    #: (field, histogram): the field's value is observed
+    histogram: tuple[str, str] | None = None
+    #: (field, counter): the counter is incremented when the field is true
+    flags: tuple[tuple[str, str], ...] = ()
+    #: gauges set to 0 by the event
+    resets: tuple[str, ...] = ()
+    #: (field, value, level): the log level when the field has that value, instead of ``level``
+    escalations: tuple[tuple[str, str, str], ...] = ()
+    #: whether the event is a span event of the current span (with its trace as the counter's exemplar)
+    span_event: bool = True
+    #: the structlog logger of its log line
+    logger: str = "templ.executor"
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Short names of every metric the event updates, in declaration order."""
+        named = ([self.counter] if self.counter else []) + [short for _f, short in self.gauges]
+        named += [self.histogram[1]] if self.histogram else []
+        named += [short for _f, short in self.flags] + list(self.resets)
+        return tuple(dict.fromkeys(named))
+
+    def level_for(self, log_fields: Mapping[str, object]) -> str:
+        """The log level for these (normalised) field values."""
+        for name, value, level in self.escalations:
+            if log_fields.get(name) == value:
+                return level
+        return self.level
 
 
 def _field(name: str, attribute: str, vocabulary: tuple[str, ...] | None = None, label: bool = False) -> EventField:
@@ -401,12 +581,55 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
          _field("worker", ATTR_WORKER)),
         counter="batch_resubmissions",
     ),
+    EventSpec(
+        EVENT_CAMPAIGN_STARTED, "info",
+        "A screening campaign started: queries in the input (null when not known up front), queries an earlier "
+        "run already finished (--resume), templates.",
+        (_field("total", ATTR_CAMPAIGN_TOTAL), _field("skipped", ATTR_CAMPAIGN_SKIPPED),
+         _field("templates", ATTR_CAMPAIGN_TEMPLATES)),
+        gauges=(("total", "campaign_expected"), ("skipped", "campaign_skipped")), logger="templ.campaign",
+    ),
+    EventSpec(
+        EVENT_QUERY_STARTED, "debug", "A campaign query was handed to a worker (in_flight counts it).",
+        (_field("index", ATTR_QUERY_INDEX), _field("in_flight", ATTR_QUERY_IN_FLIGHT)),
+        gauges=(("in_flight", "campaign_in_flight"),), span_event=False, logger="templ.campaign",
+    ),
+    EventSpec(
+        EVENT_QUERY_FINISHED, "debug",
+        "A campaign query's result arrived: debug when ok (a million-query campaign logs nothing per query at "
+        "the default level), warning when it failed, with the query id, the reason and the detail.",
+        (_field("query_id", ATTR_QUERY_ID), _field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS),
+         _field("status", ATTR_QUERY_STATUS, QUERY_STATUSES, label=True),
+         _field("reason", ATTR_QUERY_REASON, QUERY_REASONS, label=True), _DETAIL,
+         _field("duration_seconds", ATTR_QUERY_SECONDS),
+         _field("conformers_requested", ATTR_QUERY_CONFORMERS_REQUESTED), _field("conformers", ATTR_QUERY_CONFORMERS),
+         _field("scored", ATTR_QUERY_SCORED), _field("failed", ATTR_QUERY_FAILED),
+         _field("shortfall", ATTR_QUERY_SHORTFALL), _field("in_flight", ATTR_QUERY_IN_FLIGHT)),
+        counter="campaign_queries", gauges=(("in_flight", "campaign_in_flight"),),
+        histogram=("duration_seconds", "campaign_query_duration"), flags=(("shortfall", "campaign_shortfalls"),),
+        escalations=(("status", QueryStatus.FAILED.value, "warning"),), span_event=False, logger="templ.campaign",
+    ),
+    EventSpec(
+        EVENT_WORKER_REPLACED, "warning",
+        "A campaign worker was ended (its query ran over the time limit) or found dead, and another started in "
+        "its place.",
+        (_field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS),
+         _field("reason", ATTR_REASON, REPLACEMENT_REASONS, label=True), _DETAIL),
+        counter="campaign_worker_replacements", logger="templ.campaign",
+    ),
+    EventSpec(
+        EVENT_CAMPAIGN_DONE, "info",
+        "A campaign ended: queries finished in this run, by outcome, and whether a signal interrupted it.",
+        (_field("done", ATTR_CAMPAIGN_DONE), _field("ok", ATTR_CAMPAIGN_OK), _field("failed", ATTR_CAMPAIGN_FAILED),
+         _field("duration_seconds", ATTR_CAMPAIGN_SECONDS), _field("interrupted", ATTR_CAMPAIGN_INTERRUPTED)),
+        resets=("campaign_in_flight",), logger="templ.campaign",
+    ),
 )
 EVENT_SPECS_BY_NAME: Mapping[str, EventSpec] = {e.name: e for e in EVENT_SPECS}
 
 #: Attributes carried by each span event (derived from EVENT_SPECS).
 SPAN_EVENT_ATTRIBUTES: Mapping[str, tuple[str, ...]] = {
-    e.name: tuple(f.attribute for f in e.fields) for e in EVENT_SPECS
+    e.name: tuple(f.attribute for f in e.fields) for e in EVENT_SPECS if e.span_event
 }
 
 
@@ -493,6 +716,12 @@ LOG_EVENTS: tuple[LogEventSpec, ...] = tuple(_log_spec(event) for event in EVENT
         "conformers.failed", "error",
         "An exception escaped conformer generation.",
         ("requested", "threads_requested", "duration_seconds", "outcome", "error_type", "error") + _TRACE_FIELDS,
+    ),
+    LogEventSpec(
+        "campaign.failed", "error",
+        "An exception escaped a screening campaign.",
+        ("total", "templates", "workers_requested", "workers_granted", "done", "ok", "failed", "error_type",
+         "error") + _TRACE_FIELDS,
     ),
     LogEventSpec(
         "telemetry.degraded", "warning",

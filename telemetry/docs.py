@@ -28,6 +28,13 @@ log line), with the same bounded reason/cause values everywhere. Label values ou
 metric's bounded set are folded into `other` (`unknown` for fallback causes); the log line
 keeps the raw value in `<field>_raw`.
 
+A screening campaign (`templ screen`: one template set against many query ligands, each
+query in a process worker) reports its progress the same way: queries finished by status and
+reason, in flight, expected and skipped, their duration, worker replacements. The query id
+and the failure's detail are in the log line, never in a label. Each query is a span under the
+campaign's span (when spans are exported), with the worker's conformer generation and scoring
+as its children.
+
 ## Reaching the telemetry
 
 | CLI flag | Default | Effect |
@@ -157,6 +164,44 @@ or
      unless templ_executor_fallbacks_total{to_kind="sequential"} offset 1h)
 ```
 
+Campaign progress (share of the input done, queries skipped by `--resume` included; NaN while the
+input's size is unknown), and queries per second by status:
+
+```promql
+(sum by (instance) (templ_campaign_queries_total) + sum by (instance) (templ_campaign_queries_skipped))
+/ sum by (instance) (templ_campaign_queries_expected)
+```
+
+```promql
+sum by (instance, status) (rate(templ_campaign_queries_total[5m]))
+```
+
+Campaign ETA in seconds, at the average rate of this run (queries left over queries per second
+since the process started):
+
+```promql
+(
+    sum by (instance) (templ_campaign_queries_expected)
+  - sum by (instance) (templ_campaign_queries_skipped)
+  - sum by (instance) (templ_campaign_queries_total)
+)
+/
+(
+    sum by (instance) (templ_campaign_queries_total)
+  / sum by (instance) (time() - process_start_time_seconds)
+)
+```
+
+Query failures by reason over the last hour, and the p95 of successful queries:
+
+```promql
+sum by (reason) (increase(templ_campaign_queries_total{status="failed"}[1h]))
+```
+
+```promql
+histogram_quantile(0.95, sum by (le) (rate(templ_campaign_query_duration_seconds_bucket{status="ok"}[15m])))
+```
+
 When did each host last push (Pushgateway), in seconds ago:
 
 ```promql
@@ -169,6 +214,7 @@ LogQL (Loki), assuming the lines are shipped with label `job="templ"`:
 
 ```logql
 {job="templ"} | json | event="executor.fallback"
+{job="templ"} | json | event="campaign.query_finished" | status="failed" | line_format "{{.query_id}} {{.reason}}: {{.detail}}"
 sum by (reason, cause) (count_over_time({job="templ"} | json | event="executor.fallback" [1h]))
 {job="templ"} |= "4bf92f3577b34da6a3ce929d0e0e4736" | json
 {job="templ"} | json | run_id="1a2b3c4d5e6f"
@@ -180,6 +226,7 @@ span, an exemplar or another log line. Without Loki, on a JSON log file:
 
 ```sh
 jq -c 'select(.event == "executor.fallback")' templ.log
+jq -r 'select(.event == "campaign.query_finished" and .status == "failed") | [.query_id, .reason, .detail] | @tsv' templ.log
 jq -c 'select(.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736")' templ.log
 ```
 """
@@ -215,8 +262,12 @@ def _notes(spec: c.MetricSpec) -> str:
     notes = [spec.help]
     if spec.buckets is not None:
         notes.append("Buckets: " + ", ".join(f"{b:g}" for b in spec.buckets) + ".")
-    if spec.initialize:
+    if spec.initialize and spec.combinations is not None:
+        pairs = "; ".join("(" + ", ".join(combo) + ")" for combo in spec.combinations)
+        notes.append(f"The label combinations that can occur start at 0: {pairs}.")
+    elif spec.initialize:
         notes.append("Every label value except the catch-all starts at 0.")
+
     return _cell(" ".join(notes))
 
 
@@ -234,11 +285,31 @@ def _spans_section() -> str:
     rows = ["| Span | Attributes | Events | Description |", "|---|---|---|---|"]
     for span in c.SPANS:
         rows.append(f"| `{span.name}` | {_code_list(span.attributes).replace(', ', '<br>')} "
-                    f"| {_code_list(span.events).replace(', ', '<br>')} | {_cell(span.help)} |")
+                    f"| {_code_list(span.events).replace(', ', '<br>') or '-'} | {_cell(span.help)} |")
     events = ["| Span event | Attributes |", "|---|---|"]
     for name, attributes in c.SPAN_EVENT_ATTRIBUTES.items():
         events.append(f"| `{name}` | {_code_list(attributes)} |")
     return _SPANS_INTRO + "\n" + "\n".join(rows) + "\n\n" + "\n".join(events) + "\n"
+
+
+_EVENTS_INTRO = """\
+## Events
+
+What each executor and campaign event updates: its metrics, its span event on the current span
+(with that span's trace as the counter's exemplar), and its log line (the same name). A query's
+start and end are its own span's, not span events of the campaign span.
+"""
+
+
+def _events_section() -> str:
+    rows = ["| Event | Metrics | Span event | Log level | Logger |", "|---|---|---|---|---|"]
+    for event in c.EVENT_SPECS:
+        metrics = "<br>".join(f"`{c.METRICS_BY_SHORT[short].name}`" for short in event.metrics) or "-"
+        levels = event.level + "".join(f"<br>{level} when {field} is {value}"
+                                       for field, value, level in event.escalations)
+        rows.append(f"| `{event.name}` | {metrics} | {'yes' if event.span_event else 'no'} | {levels} "
+                    f"| `{event.logger}` |")
+    return _EVENTS_INTRO + "\n" + "\n".join(rows) + "\n"
 
 
 def _logs_section() -> str:
@@ -250,7 +321,7 @@ def _logs_section() -> str:
 
 def render() -> str:
     """The whole reference page as Markdown."""
-    return "\n".join((_INTRO, _metrics_section(), _spans_section(), _logs_section(), _QUERIES))
+    return "\n".join((_INTRO, _metrics_section(), _spans_section(), _events_section(), _logs_section(), _QUERIES))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,8 @@ helpers (:func:`batch_span`, :func:`select_best_span`, :func:`record_workers`,
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from types import TracebackType
 from typing import Any
@@ -51,7 +53,6 @@ __all__ = [
     "select_best_span",
 ]
 
-_executor_log = get_logger("templ.executor")
 _select_log = get_logger("templ.select_best")
 _conformers_log = get_logger("templ.conformers")
 
@@ -87,26 +88,54 @@ def _exemplar(ids: tuple[str, str] | None) -> dict[str, str] | None:
 
 
 # ---------------------------------------------------------------------------
-# Executor events: one spec each in the catalog (c.EVENT_SPECS), rendered by c.render
+# Executor and campaign events: one spec each in the catalog (c.EVENT_SPECS), rendered by c.render
 # ---------------------------------------------------------------------------
 def _announce(spec: c.EventSpec, values: dict[str, Any], error: BaseException | None = None) -> c.RenderedEvent:
-    """The span event (and ``error``) on the current span, the log line, and the counter of ``spec``."""
+    """The span event (and ``error``) on the current span, the log line and the metrics of ``spec``."""
     rendered = c.render(spec, values)
     span = trace.get_current_span()
     ids = _ids(span)
-    if ids is not None:
+    if ids is not None and spec.span_event:
         span.add_event(spec.name, rendered.attributes)
         if error is not None:
             span.record_exception(error, attributes={
                 key: rendered.attributes[key] for key in (c.ATTR_REASON, c.ATTR_CAUSE) if key in rendered.attributes})
     fields = rendered.log_fields
-    if error is not None:
-        fields["error_type"] = type(error).__name__
-        fields["error"] = str(error)
-    getattr(_executor_log, spec.level)(spec.name, **_add_ids(fields, ids))
-    if spec.counter is not None:
-        getattr(get_metrics(), spec.counter).labels(**rendered.labels).inc(exemplar=_exemplar(ids))
+    level = spec.level_for(fields)
+    if _std_loggers[spec.logger].isEnabledFor(_LEVELS[level]):  # a debug line per query costs nothing
+        if error is not None:
+            fields["error_type"] = type(error).__name__
+            fields["error"] = str(error)
+        getattr(_loggers[spec.logger], level)(spec.name, **_add_ids(fields, ids))
+    _update_metrics(spec, rendered, _exemplar(ids) if spec.span_event else None)
     return rendered
+
+
+_loggers = {spec.logger: get_logger(spec.logger) for spec in c.EVENT_SPECS}
+_std_loggers = {name: logging.getLogger(name) for name in _loggers}
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+           "critical": logging.CRITICAL}
+
+
+def _update_metrics(spec: c.EventSpec, rendered: c.RenderedEvent, exemplar: dict[str, str] | None) -> None:
+    """The metrics ``spec`` names, from the rendered values; each gets the event's labels it has."""
+    m = get_metrics()
+    labels, fields = rendered.labels, rendered.log_fields
+    if spec.counter is not None:
+        getattr(m, spec.counter).labels(**labels).inc(exemplar=exemplar)
+    for name, short in spec.gauges:
+        value = fields[name]
+        getattr(m, short).set(math.nan if value is None else value)
+    if spec.histogram is not None:
+        name, short = spec.histogram
+        histogram = getattr(m, short)
+        own = c.METRICS_BY_SHORT[short].labels
+        (histogram.labels(**{label: labels[label] for label in own}) if own else histogram).observe(fields[name])
+    for name, short in spec.flags:
+        if fields[name]:
+            getattr(m, short).inc()
+    for short in spec.resets:
+        getattr(m, short).set(0)
 
 
 _SPEC = c.EVENT_SPECS_BY_NAME

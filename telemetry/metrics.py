@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from telemetry.catalog import LIMIT_NAMES, METRICS, OTHER, MetricSpec, normalize_label
+from telemetry.catalog import LIMIT_NAMES, METRICS, MetricSpec, normalize_label
 from templ_pipeline.core.limits.cgroup import read_pids_peak
 from templ_pipeline.core.limits.model import PIDS_CGROUP, Snapshot
 from templ_pipeline.core.limits.procfs import parse_status, read_bytes
@@ -131,6 +130,13 @@ class TemplMetrics:
     select_best_duration: Histogram
     pool_restarts: Counter
     batch_resubmissions: Counter
+    campaign_queries: Counter
+    campaign_in_flight: Gauge
+    campaign_expected: Gauge
+    campaign_skipped: Gauge
+    campaign_query_duration: Histogram
+    campaign_worker_replacements: Counter
+    campaign_shortfalls: Counter
     telemetry_degraded: Counter
     build_info: Gauge
 
@@ -163,11 +169,10 @@ class TemplMetrics:
         if spec.buckets is not None:
             kwargs["buckets"] = spec.buckets
         collector = cls(spec.client_name, spec.help, spec.labels, **kwargs)
-        if spec.initialize and spec.labels:
-            # every declared value except the catch-all, which appears only when used
-            value_sets = [tuple(v for v in spec.label_values[label] if v != OTHER) for label in spec.labels]
-            for combo in itertools.product(*value_sets):
-                collector.labels(*combo)
+        for combo in spec.initial_label_values():
+            collector.labels(*combo)
+        if spec.nan_until_set:
+            collector.set(math.nan)
         return collector
 
     def by_name(self, name: str) -> Any:

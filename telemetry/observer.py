@@ -1,22 +1,31 @@
-"""Telemetry as an observer of the executor's events: each event becomes its metrics, span event and log line.
+"""Telemetry as an observer of the executor's and the campaign runner's events: each event becomes its
+metrics, span event and log line.
 
-The executor emits typed events (``templ_pipeline.core.events``) and knows nothing
-about reporting; ``observe`` is the one place that maps them onto telemetry.
+The executor and the runner emit typed events (``templ_pipeline.core.events``) and know
+nothing about reporting; ``observe`` is the one place that maps them onto telemetry. The
+events that come once per batch or per query are tested for first.
 """
 
 from __future__ import annotations
 
 from templ_pipeline.core import events as ev
+from telemetry import campaign
 from telemetry import events as record
 from telemetry.metrics import update_thread_gauges
 
 
 def observe(event: ev.ExecutorEvent) -> None:
-    """Record ``event`` (pass this function as an executor observer)."""
+    """Record ``event`` (pass this function as an executor or campaign observer)."""
     if isinstance(event, ev.BatchDone):
         result = event.result
         record.record_batch(result.index, event.size, event.kind, len(result.scored), len(result.failed),
                             result.duration_seconds, pid=result.pid, span=result.span)
+    elif isinstance(event, ev.QueryFinished):
+        campaign.record_query_finished(event.query_id, event.kind, event.status, event.reason, event.seconds,
+                                       event.conformers_requested, event.conformers, event.scored, event.failed,
+                                       event.in_flight, event.detail)
+    elif isinstance(event, ev.QueryStarted):
+        campaign.record_query_started(event.index, event.in_flight)
     elif isinstance(event, ev.LimitsObserved):
         update_thread_gauges(event.snapshot)
     elif isinstance(event, ev.WorkersGranted):
@@ -33,3 +42,9 @@ def observe(event: ev.ExecutorEvent) -> None:
         record.record_pool_restart(event.kind, event.reason, event.detail, error=event.error)
     elif isinstance(event, ev.BatchResubmitted):
         record.record_batch_resubmission(event.kind, event.index, event.reason, event.worker)
+    elif isinstance(event, ev.WorkerReplaced):
+        campaign.record_worker_replaced(event.kind, event.reason, event.detail)
+    elif isinstance(event, ev.CampaignStarted):
+        campaign.record_campaign_started(event.total, event.skipped, event.templates)
+    elif isinstance(event, ev.CampaignDone):
+        campaign.record_campaign_done(event.done, event.ok, event.failed, event.seconds, event.interrupted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from telemetry.campaign import forget_open_campaign
 from telemetry.guard import reset_guard_for_tests
 from telemetry.logs import unconfigure_logging
 from telemetry.metrics import TemplMetrics, reset_metrics_for_tests
@@ -10,9 +11,10 @@ from telemetry.tracing import shutdown_tracing
 
 
 def reset() -> TemplMetrics:
-    """Shut tracing down, re-enable telemetry, drop our log handler, forget degraded warnings,
-    and return a fresh metrics singleton."""
+    """Shut tracing down, re-enable telemetry, drop our log handler, forget degraded warnings and an
+    open campaign, and return a fresh metrics singleton."""
     shutdown_tracing()
+    forget_open_campaign()
     set_enabled(True)
     unconfigure_logging()
     reset_guard_for_tests()

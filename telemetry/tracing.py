@@ -33,7 +33,7 @@ from telemetry.worker_spans import WorkerSpan
 
 __all__ = [
     "FanOutExporter", "configure_tracing", "current_trace_ids", "export_worker_span", "get_provider", "get_tracer",
-    "shutdown_tracing",
+    "is_exporting", "shutdown_tracing",
 ]
 
 TRACER_NAME = "templ"
@@ -160,6 +160,11 @@ def export_worker_span(name: str, record: WorkerSpan, attributes: Mapping[str, A
         end_time=record.end_ns,
         instrumentation_scope=InstrumentationScope(TRACER_NAME),
     ))
+
+
+def is_exporting() -> bool:
+    """Whether finished spans go anywhere: telemetry is on and an exporter is configured."""
+    return _processor is not None and state.enabled
 
 
 def get_provider() -> TracerProvider | None:

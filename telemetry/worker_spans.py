@@ -1,6 +1,7 @@
 """Batch spans made in process workers, carried back with the batch result.
 
-The parent puts the W3C ``traceparent`` of its ``select_best`` span in each task.
+The parent puts the W3C ``traceparent`` of its ``select_best`` span (in a campaign,
+of the query's span) in each task.
 A worker times its batch under that trace (its own span id, its own clock) and
 returns the span's ids and times with the result; the parent turns them into a
 ``select_best.batch`` span of the same trace and exports it through its own
@@ -27,6 +28,14 @@ def current_carrier() -> dict[str, str]:
     carrier: dict[str, str] = {}
     if trace.get_current_span().is_recording():
         _PROPAGATOR.inject(carrier)
+    return carrier
+
+
+def span_carrier(span: trace.Span) -> dict[str, str]:
+    """``{"traceparent": ...}`` for ``span``, current or not; empty when it is not recording."""
+    carrier: dict[str, str] = {}
+    if span.is_recording():
+        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
     return carrier
 
 

@@ -39,7 +39,7 @@ from telemetry.session import TelemetryOptions, TelemetrySession, TelemetrySetup
 from templ_pipeline.core import native_call  # noqa: E402
 from templ_pipeline.core.batch import BatchResult  # noqa: E402
 from templ_pipeline.core.conformers import DEFAULT_SEED, generate_conformers, molecule_from_smiles  # noqa: E402
-from templ_pipeline.core.events import Fallback  # noqa: E402
+from templ_pipeline.core.events import Fallback, WorkersReduced  # noqa: E402
 from templ_pipeline.core.executor import EXECUTOR_CHOICES, shutdown_dask, shutdown_pools  # noqa: E402
 from templ_pipeline.core.scoring import METRICS, Selection, select_best_with_report  # noqa: E402
 from templ_pipeline.interrupts import Interrupted, signals_raise  # noqa: E402
@@ -82,29 +82,35 @@ class RunProgress:
     conformers_total: int = 0
     conformers_done: int = 0
     started: float = 0.0
+    campaign: str = ""  # set while a campaign runs: what it has done and where its files are
 
     def describe(self) -> str:
+        """What was done, and what was written, for the line printed when a signal stops the run."""
         elapsed = time.monotonic() - self.started if self.started else 0.0
+        if self.campaign:
+            return f"{self.campaign} in {elapsed:.1f} s"
         if self.stage == "scoring":
             done = f"scored {self.conformers_done} of {self.conformers_total} conformers"
         else:
             done = f"stopped while {self.stage}"
-        return f"{done} in {elapsed:.1f} s"
+        return f"{done} in {elapsed:.1f} s; no output written"
 
 
 PROGRESS = RunProgress()
-CONFORMER_FALLBACKS: list[Fallback] = []  # the run's conformer-thread fallbacks, for the summary
+CONFORMER_EVENTS: list[Fallback | WorkersReduced] = []  # the conformer threads' fallbacks and reductions
 
 
-def _generate(query: str | Chem.Mol, num_conformers: int, seed: int, workers: int) -> Chem.Mol:
-    """Conformers for the query, remembering their fallbacks for the summary."""
+def _generate(query: str | Chem.Mol, num_conformers: int, seed: int, workers: int,
+              exact_workers: bool = False) -> Chem.Mol:
+    """Conformers for the query, remembering their fallbacks and reductions for the summary."""
     _stage(f"generating {num_conformers} conformers")
 
     def keep(event: object) -> None:
-        if isinstance(event, Fallback):
-            CONFORMER_FALLBACKS.append(event)
+        if isinstance(event, (Fallback, WorkersReduced)):
+            CONFORMER_EVENTS.append(event)
 
-    return generate_conformers(query, num_conformers, seed=seed, n_workers=workers, observers=(keep,))
+    return generate_conformers(query, num_conformers, seed=seed, n_workers=workers, observers=(keep,),
+                               exact_workers=exact_workers)
 
 
 def _stage(stage: str, total: int = 0) -> None:
@@ -138,7 +144,8 @@ def _start_progress(progress: Progress) -> None:
 
 
 def _run_selection(
-    confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str, executor: str, scheduler: str | None
+    confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str, executor: str, scheduler: str | None,
+    exact_workers: bool = False,
 ) -> Selection:
     """Score with a progress bar over batches (on stderr, only on a terminal)."""
     progress = Progress(
@@ -158,7 +165,7 @@ def _run_selection(
                 progress.refresh()
 
         return select_best_with_report(confs, template, n_workers=workers, align_metric=metric, on_batch=advance,
-                                       executor=executor, scheduler=scheduler)
+                                       executor=executor, scheduler=scheduler, exact_workers=exact_workers)
     finally:
         progress.stop()
 
@@ -193,18 +200,20 @@ def _summary(selection: Selection, output: Path, written: int) -> None:
         f"{report.conformers_per_second:,.0f} conformers/s; wrote {written} pose(s) to {output}",
         highlight=False, soft_wrap=True,
     )
-    for fallback in [*CONFORMER_FALLBACKS, *report.fallbacks]:
-        stdout.print(
-            f"fallback {fallback.from_kind} -> {fallback.to_kind}: {fallback.reason} (cause {fallback.cause})",
-            style="yellow", highlight=False,
-        )
+    for event in [*CONFORMER_EVENTS, *report.reductions, *report.fallbacks]:
+        if isinstance(event, WorkersReduced):
+            line = (f"{event.task_type} workers {event.requested} -> {event.granted}: {event.reason} "
+                    f"({event.detail})")
+        else:
+            line = f"fallback {event.from_kind} -> {event.to_kind}: {event.reason} (cause {event.cause})"
+        stdout.print(line, style="yellow", highlight=False, soft_wrap=True)
 
 
 def _select_and_write(
     confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str, all_ranked: bool, output: Path,
-    executor: str = "auto", scheduler: str | None = None,
+    executor: str = "auto", scheduler: str | None = None, exact_workers: bool = False,
 ) -> None:
-    selection = _run_selection(confs, template, workers, metric, executor, scheduler)
+    selection = _run_selection(confs, template, workers, metric, executor, scheduler, exact_workers)
     _stage("writing the poses")
     written = write_poses(output, _poses(selection, metric, all_ranked))
     _summary(selection, output, written)
@@ -328,6 +337,11 @@ def _check_executor(executor: str) -> str:
     return executor
 
 
+ExactWorkersOption = Annotated[bool, typer.Option(
+    "--exact-workers", help="Start --workers workers even beyond the CPUs this process may use, or for work "
+                            "too small to repay a cold pool (the kernel's limits still apply; also "
+                            "TEMPL_EXACT_WORKERS=1).")]
+
 ExecutorOption = Annotated[str, typer.Option(
     "--executor", callback=_check_executor,
     help="auto (the local ladder: process pool, fewer processes, sequential), process (the same), or dask "
@@ -353,6 +367,7 @@ def select_best_command(
     seed: Annotated[int, typer.Option("--seed", help="Random seed for conformer generation.")] = 42,
     executor: ExecutorOption = "auto",
     scheduler: SchedulerOption = None,
+    exact_workers: ExactWorkersOption = False,
     session: TelemetrySession | None = None,
 ) -> None:
     """Score conformers of a query ligand against a template and write the best pose(s)."""
@@ -368,10 +383,60 @@ def select_best_command(
         query_mol = _parse_query(query) if query is not None else None
         with _observed(session):
             if confs is None:
-                confs = _generate(query_mol, num_conformers, seed, workers)
-            _select_and_write(confs, tpl, workers, metric, all_ranked, output, executor, scheduler)
+                confs = _generate(query_mol, num_conformers, seed, workers, exact_workers)
+            _select_and_write(confs, tpl, workers, metric, all_ranked, output, executor, scheduler, exact_workers)
     except InputError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
+
+
+@app.command("screen")
+@with_telemetry
+def screen_command(
+    template: Annotated[Path, typer.Option(
+        "--template", "-t", help="SDF with the template ligand's 3D pose; several records: each query is scored "
+                                 "against each, and its row names the best.")],
+    queries: Annotated[Path, typer.Option(
+        "--queries", "-q", help="Query ligands: .smi (SMILES, whitespace, id), .csv/.tsv (smiles and id columns) "
+                                "or .sdf (one record per query); any of them .gz.")],
+    output_dir: Annotated[Path, typer.Option(
+        "--output-dir", "-o", help="Directory for scores.csv, poses.sdf and campaign.json (created; an existing "
+                                   "non-empty one needs --resume).")],
+    num_conformers: Annotated[int, typer.Option("--num-conformers", "-n", min=1, help="Conformers per query.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed for conformer generation.")] = DEFAULT_SEED,
+    workers: WorkersOption = None,
+    metric: Annotated[str, typer.Option("--metric", callback=_check_metric, help="shape, color or combo.")] = "combo",
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the campaign in --output-dir: skip the queries already in scores.csv.")] = False,
+    per_template: Annotated[bool, typer.Option(
+        "--per-template", help="One row and pose per query and template, instead of the best template's.")] = False,
+    use_input_conformers: Annotated[bool, typer.Option(
+        "--use-input-conformers", help="SDF queries: score the records' own coordinates (consecutive records "
+                                       "with one name are one query's conformers) instead of generating "
+                                       "conformers.")] = False,
+    query_timeout: Annotated[float, typer.Option(
+        "--query-timeout", min=0, help="Seconds one query may take before it is a timeout row (0: no limit).")] = 600.0,
+    smiles_column: Annotated[str, typer.Option("--smiles-column", help="CSV column holding the SMILES.")] = "smiles",
+    id_column: Annotated[str, typer.Option("--id-column", help="CSV column holding the query id.")] = "id",
+    exact_workers: ExactWorkersOption = False,
+    session: TelemetrySession | None = None,
+) -> None:
+    """Screen a library of query ligands against the template(s): one row and best pose per query."""
+    from templ_pipeline.campaign import cli_screen
+
+    try:
+        request = cli_screen.ScreenRequest(
+            template=template, queries=queries, output_dir=output_dir, num_conformers=num_conformers, seed=seed,
+            workers=workers or _default_workers(), metric=metric, resume=resume, per_template=per_template,
+            use_input_conformers=use_input_conformers, query_timeout=query_timeout or None,
+            smiles_column=smiles_column, id_column=id_column, exact_workers=exact_workers)
+        prepared = cli_screen.prepare(request)
+        with _observed(session):
+            tally = cli_screen.run(prepared, console=stderr, out=stdout, progress=PROGRESS,
+                                   start_progress=_start_progress)
+    except InputError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+    if tally.done and not tally.ok:
+        raise _fail("no query could be scored; see the reasons in scores.csv and the log", EXIT_ERROR)
 
 
 @app.command()
@@ -453,8 +518,7 @@ def _stopped(stop: Interrupted) -> int:
     """End every worker, say what was done, and leave with the signal's exit status."""
     shutdown_pools(terminate=True)
     shutdown_dask()
-    stderr.print(f"interrupted by {stop.name}: {PROGRESS.describe()}; no output written", highlight=False,
-                 soft_wrap=True)
+    stderr.print(f"interrupted by {stop.name}: {PROGRESS.describe()}", highlight=False, soft_wrap=True)
     if native_call.busy():
         # RDKit is still embedding in a helper thread that cannot be stopped: leave without
         # running interpreter finalization underneath it.

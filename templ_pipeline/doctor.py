@@ -24,6 +24,7 @@ from rich.table import Table
 from templ_pipeline.core.limits.cgroup import peak_path, read_pids_peak
 from templ_pipeline.core.limits.classify import classify_errno, exhausted_limit
 from templ_pipeline.core.limits.collect import fmt_bytes
+from templ_pipeline.core.limits.cpu import read_cpu_budget
 from templ_pipeline.core.limits.model import (
     LIMIT_NAMES,
     PID_MAX,
@@ -179,6 +180,7 @@ def build_report(manager: ThreadResourceManager | None = None) -> dict:
         "status": "degraded" if blocked else thread_status(snap, manager.reserve),
         "limits": [lim.as_dict(lim is binding) for lim in snap.limits],
         "threads": snap.threads,
+        "cpus": asdict(read_cpu_budget()),
         "pids_cgroup_evidence": _pids_evidence(snap),
         "requested_workers": requested,
         "recommended_workers": {task: grant.granted for task, grant in grants.items()},
@@ -279,6 +281,8 @@ def render_table(report: dict, console: Console) -> None:
         workers.add_row(task, grant["executor_kind"], str(grant["granted"]),
                         "no limit" if at_most is None else str(at_most))
     console.print(workers)
+    cpus = report["cpus"]
+    console.print(f"CPUs for CPU-bound work: {cpus['cpus']} ({escape(cpus['detail'])})", highlight=False)
     for task, grant in report["grants"].items():
         console.print(f"  {task}: {escape(grant['detail'])}", highlight=False)
     if report.get("dask_workers"):

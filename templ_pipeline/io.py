@@ -54,6 +54,22 @@ def read_template(path: str | os.PathLike[str]) -> Chem.Mol:
     return mol
 
 
+def read_templates(path: str | os.PathLike[str]) -> list[Chem.Mol]:
+    """Every record of an SDF file (the crystal ligands of one target, say); each needs a 3D pose."""
+    path = Path(path)
+    templates = []
+    with _open_sdf(path) as handle, rdBase.BlockLogs():
+        for number, mol in enumerate(Chem.ForwardSDMolSupplier(handle, removeHs=True), start=1):
+            if mol is None:
+                raise InputError(f"{path}: record {number} is not a readable molecule")
+            if not has_coordinates(mol.GetConformer().GetPositions()) or not mol.GetConformer().Is3D():
+                raise InputError(f"{path}: record {number} has no 3D coordinates; a template needs a 3D pose")
+            templates.append(mol)
+    if not templates:
+        raise InputError(f"{path}: no molecule records")
+    return templates
+
+
 def read_conformers(path: str | os.PathLike[str]) -> Chem.Mol:
     """One molecule whose conformers are the SDF's records, conformer id = record number - 1.
 
@@ -61,26 +77,32 @@ def read_conformers(path: str | os.PathLike[str]) -> Chem.Mol:
     order: they are renumbered to record 1's order).
     """
     path = Path(path)
+    with _open_sdf(path) as handle, rdBase.BlockLogs():
+        return conformers_of_records(Chem.ForwardSDMolSupplier(handle, removeHs=True), str(path))
+
+
+def conformers_of_records(records: Iterable[Chem.Mol | None], source: str) -> Chem.Mol:
+    """One molecule holding each record's conformer (id = record number - 1), or an ``InputError``
+    naming ``source`` and the record that is unreadable or another molecule than record 1."""
     reference: Chem.Mol | None = None
     reference_smiles = ""
-    with _open_sdf(path) as handle, rdBase.BlockLogs():
-        for number, mol in enumerate(Chem.ForwardSDMolSupplier(handle, removeHs=True), start=1):
-            if mol is None:
-                raise InputError(f"{path}: record {number} is not a readable molecule")
-            if reference is None:
-                reference = Chem.Mol(mol)
-                reference.RemoveAllConformers()
-                reference_smiles = Chem.MolToSmiles(mol)
-            mol = _in_reference_order(mol, reference, reference_smiles, path, number)
-            conformer = Chem.Conformer(mol.GetConformer())
-            conformer.SetId(number - 1)
-            reference.AddConformer(conformer, assignId=False)
+    for number, mol in enumerate(records, start=1):
+        if mol is None:
+            raise InputError(f"{source}: record {number} is not a readable molecule")
+        if reference is None:
+            reference = Chem.Mol(mol)
+            reference.RemoveAllConformers()
+            reference_smiles = Chem.MolToSmiles(mol)
+        mol = _in_reference_order(mol, reference, reference_smiles, source, number)
+        conformer = Chem.Conformer(mol.GetConformer())
+        conformer.SetId(number - 1)
+        reference.AddConformer(conformer, assignId=False)
     if reference is None:
-        raise InputError(f"{path}: no molecule records")
+        raise InputError(f"{source}: no molecule records")
     return reference
 
 
-def _in_reference_order(mol: Chem.Mol, reference: Chem.Mol, smiles: str, path: Path, number: int) -> Chem.Mol:
+def _in_reference_order(mol: Chem.Mol, reference: Chem.Mol, smiles: str, path: str, number: int) -> Chem.Mol:
     """``mol`` with its atoms in ``reference``'s order, or an ``InputError``."""
     record_smiles = Chem.MolToSmiles(mol)
     if record_smiles != smiles:

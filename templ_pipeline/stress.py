@@ -126,7 +126,7 @@ def normal(workers: int, tally: Tally) -> str:
     end, calls = time.monotonic() + BURST_SECONDS, 0
     while calls == 0 or time.monotonic() < end:
         load = workloads()[calls % len(workloads())]
-        last = tally.add(select_best_with_report(load.conformers, load.template, n_workers=workers))
+        last = tally.add(select_best_with_report(load.conformers, load.template, n_workers=workers, exact_workers=True))
         calls += 1
     return f"{calls} calls, last: {describe(last)}"
 
@@ -144,7 +144,7 @@ def killed_worker(workers: int, tally: Tally) -> str:
 
     load = workloads()[0]
     selection = tally.add(select_best_with_report(load.conformers, load.template, n_workers=workers,
-                                                  on_batch=kill_one))
+                                                  exact_workers=True, on_batch=kill_one))
     return f"killed worker {killed[0] if killed else 'none (no process pool)'}; {describe(selection)}"
 
 
@@ -201,7 +201,7 @@ def start_failure_race(workers: int, tally: Tally) -> str:
 
         try:
             selection = tally.add(select_best_with_report(load.conformers, load.template, n_workers=workers,
-                                                          observers=(eat_headroom,)))
+                                                          exact_workers=True, observers=(eat_headroom,)))
         except Exception as exc:  # reported, not hidden: see the docstring
             tally.errors[type(exc).__name__] += 1
             return f"{len(eaten)} idle threads used the headroom up; select_best raised {type(exc).__name__}: {exc}"
@@ -221,7 +221,8 @@ def pids_cgroup(workers: int, tally: Tally, hierarchy: Hierarchy, hold_seconds: 
             reset_thread_manager()
             refresh_thread_gauges()
             load = workloads()[0]
-            reduced = describe(tally.add(select_best_with_report(load.conformers, load.template, n_workers=workers)))
+            reduced = describe(tally.add(select_best_with_report(load.conformers, load.template, n_workers=workers,
+                                                                 exact_workers=True)))
             hold(hold_seconds)
             race = start_failure_race(workers, tally)
             refresh_thread_gauges()

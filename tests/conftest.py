@@ -1,6 +1,15 @@
-"""Shared fixtures: small real molecules, generated once per test session."""
+"""Shared fixtures: small real molecules, generated once per test session.
+
+The suite runs with ``TEMPL_EXACT_WORKERS=1`` (set here, so the ``templ`` runs it
+starts inherit it): most tests exercise pools, ladders and limits with a few dozen
+conformers and more workers than this machine's 2 CPUs, which work-aware sizing
+would rightly run sequentially or on fewer workers. The sizing tests
+(``tests/test_sizing.py``) clear it to test that sizing.
+"""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 from rdkit import Chem
@@ -10,6 +19,8 @@ from templ_pipeline.io import examples
 from sdf_files import write_sdf  # isort: skip
 
 QUERY_SMILES = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
+
+os.environ["TEMPL_EXACT_WORKERS"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,28 @@
-"""The PromQL of the committed dashboard and alert rules, and the names it may use.
+"""The PromQL of the committed dashboard and alert rules, the names it may use, and a real Prometheus to run it.
 
-Shared by the static dashboard/alert tests and the end-to-end test against Prometheus.
+Shared by the static dashboard/alert tests and the end-to-end tests against Prometheus.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
+from processes import stop
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from dashboards import dask_metrics
@@ -21,7 +33,7 @@ from telemetry.catalog import METRICS
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_JSON = OUTPUT_DIR / f"{UID}.json"
 PROMETHEUS_DIR = ALERTS.parent
-ROWS = ("Headroom", "Decisions", "Fallbacks", "Work", "Process", "Dask")
+ROWS = ("Headroom", "Decisions", "Fallbacks", "Work", "Campaign", "Process", "Dask")
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _MATCHERS = re.compile(r"\{[^{}]*\}")
@@ -127,3 +139,89 @@ def fill_variables(expr: str, *, job: str, instance: str, rate_interval: str = "
                         ("${job}", job), ("$job", job), ("${instance}", instance), ("$instance", instance)):
         expr = expr.replace(name, value)
     return expr
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+@dataclass
+class Prometheus:
+    """A running Prometheus and the port of the one target it scrapes (job "templ")."""
+
+    url: str
+    target_port: int
+    log: Path
+
+    def api(self, path: str, **params: object) -> dict:
+        """GET an API endpoint; the JSON body, also for 4xx answers (a bad query)."""
+        query = urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as error:
+            return json.load(error)
+
+    def alert_states(self) -> dict[str, set[str]]:
+        """Alert name -> the states (pending, firing) its alerts are in now."""
+        states: dict[str, set[str]] = {}
+        for alert in self.api("/api/v1/alerts")["data"]["alerts"]:
+            states.setdefault(alert["labels"]["alertname"], set()).add(alert["state"])
+        return states
+
+
+@contextmanager
+def prometheus_server() -> Iterator[Prometheus]:
+    """Prometheus on a free loopback port, 1 s scrape and rule evaluation of the committed alerts, its own
+    storage; stopped and removed however the block ends. Its target is ``127.0.0.1:<target_port>``."""
+    assert PROMETHEUS is not None, "prometheus is not installed"
+    workdir = Path(tempfile.mkdtemp(prefix="templ-prometheus-"))
+    try:
+        port, target_port = free_port(), free_port()
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(ALERTS)],
+            "scrape_configs": [{"job_name": "templ", "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}],
+        }
+        (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        log = workdir / "prometheus.log"
+        with open(log, "w") as out:
+            process = subprocess.Popen(
+                [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage"],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        try:
+            server = Prometheus(f"http://127.0.0.1:{port}", target_port, log)
+            deadline = time.monotonic() + 30
+            while True:
+                assert process.poll() is None, tail(log)
+                try:
+                    with urllib.request.urlopen(f"{server.url}/-/ready", timeout=1):
+                        break
+                except OSError:
+                    assert time.monotonic() < deadline, tail(log)
+                    time.sleep(0.2)
+            yield server
+        finally:
+            stop(process, grace=10)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def prometheus() -> Iterator[Prometheus]:
+    """A real Prometheus on a free 127.0.0.1 port, stopped after the test (skipped where none is installed)."""
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (make test installs the Debian package)")
+    with prometheus_server() as server:
+        yield server

@@ -20,8 +20,14 @@ from dashboard_queries import (
 )
 from dashboards import alerts
 from dashboards.names import JOB
-from dashboards.thresholds import thresholds
-from telemetry.catalog import FAILURE_REASONS, LIMIT_NAMES
+from dashboards.thresholds import (
+    CAMPAIGN_FAILURE_MINUTES,
+    CAMPAIGN_FAILURE_RATIO,
+    CAMPAIGN_STALL_MINUTES,
+    thresholds,
+)
+from telemetry.catalog import EVENT_QUERY_FINISHED, EVENT_WORKER_REPLACED, FAILURE_REASONS, LIMIT_NAMES, QUERY_REASONS
+from templ_pipeline.campaign.runner import DEFAULT_QUERY_TIMEOUT
 from templ_pipeline.core.limits.grant import RESERVE_TASKS, compute_grant
 from templ_pipeline.core.limits.model import PIDS_CGROUP, Limit, Snapshot, StackInfo
 from templ_pipeline.core.limits.worker_cost import START_METHOD_HELPER_TASKS, worker_cost
@@ -70,14 +76,18 @@ def test_rules_use_catalog_metrics_and_labels():
         assert label_names(rule["expr"]) <= labels, name
 
 
+CAMPAIGN_ALERTS = {"TemplCampaignFailureRatioHigh", "TemplCampaignStalled"}
+
+
 def test_every_alert_says_what_it_means_and_what_to_check():
     rules = alert_rules()
     assert set(rules) == {"TemplThreadHeadroomLow", "TemplThreadHeadroomCritical", "TemplPidsCgroupRefusedForks",
                           "TemplExecutorFellBackToSequential", "TemplWorkerReductionsSustained",
-                          "TemplScoringFailureRatioHigh"}
+                          "TemplScoringFailureRatioHigh"} | CAMPAIGN_ALERTS
     for name, rule in rules.items():
         annotations = rule["annotations"]
         assert annotations["summary"] and annotations["description"], name
+        # a campaign that fails or stalls may be starved of workers too: its runbook says where to look
         for check in ("templ doctor", "pids", "ulimit -u"):
             assert check in annotations["runbook"], (name, check)
         assert rule["labels"]["severity"] in ("warning", "critical"), name
@@ -146,6 +156,31 @@ def test_numbers_in_the_rule_file_are_the_codes(default_environment):
         (share,) = re.findall(r"< ([0-9.]+) \*", rules[name]["expr"])
         assert float(share) == pytest.approx(1 - pressure), name
         assert f"{round(100 * (1 - pressure))}% of the limit" in rules[name]["annotations"]["description"], name
+
+
+def test_campaign_runbooks_lead_to_the_queries_and_the_stuck_parent():
+    rules = alert_rules()
+    failures = rules["TemplCampaignFailureRatioHigh"]["annotations"]["runbook"]
+    assert all(f"{reason}:" in failures or f"{reason} /" in failures for reason in QUERY_REASONS if reason != "none")
+    for needed in (EVENT_QUERY_FINISHED, "query_id", "detail", 'status="failed"'):
+        assert needed in failures, needed
+    stalled = rules["TemplCampaignStalled"]["annotations"]["runbook"]
+    for needed in (EVENT_WORKER_REPLACED, "executor.fallback", "--resume", "SIGTERM", "--query-timeout"):
+        assert needed in stalled, needed
+    assert rules["TemplCampaignStalled"]["labels"]["severity"] == "critical"
+
+
+def test_campaign_thresholds_are_declared_once():
+    rules = alert_rules()
+    failures, stalled = rules["TemplCampaignFailureRatioHigh"], rules["TemplCampaignStalled"]
+    (ratio,) = re.findall(r"> ([0-9.]+)\n$", failures["expr"])
+    assert float(ratio) == CAMPAIGN_FAILURE_RATIO
+    assert failures["for"] == f"{CAMPAIGN_FAILURE_MINUTES}m" and f"[{CAMPAIGN_FAILURE_MINUTES}m]" in failures["expr"]
+    (window,) = re.findall(r"increase\(.*\[(\d+)m\]\)", stalled["expr"])
+    assert int(window) + int(stalled["for"].rstrip("m")) == CAMPAIGN_STALL_MINUTES
+    # every query ends by the runner's time limit, and the alert waits longer than that
+    assert CAMPAIGN_STALL_MINUTES * 60 > DEFAULT_QUERY_TIMEOUT
+    assert f"{CAMPAIGN_STALL_MINUTES} minutes" in stalled["annotations"]["summary"]
 
 
 def test_runbooks_and_descriptions_name_the_catalogs_values():

@@ -25,7 +25,15 @@ from dashboard_queries import (
 from dashboards import generate, names
 from dashboards.annotations import EXTRA_KEYS
 from dashboards.executor_dashboard import TITLE
-from telemetry.catalog import FAILURE_REASONS, FALLBACK_CAUSES, FALLBACK_REASONS, REDUCTION_REASONS
+from dashboards.thresholds import CAMPAIGN_FAILURE_MINUTES, CAMPAIGN_STALL_MINUTES
+from telemetry.catalog import (
+    FAILURE_REASONS,
+    FALLBACK_CAUSES,
+    FALLBACK_REASONS,
+    QUERY_REASONS,
+    REDUCTION_REASONS,
+    REPLACEMENT_REASONS,
+)
 from templ_pipeline.core.executor import CAP_MANAGER_FAILED, CAP_MANAGER_UNAVAILABLE
 from templ_pipeline.core.limits.grant import RESERVE_TASKS
 from templ_pipeline.core.limits.worker_cost import worker_cost
@@ -89,6 +97,20 @@ def test_descriptions_list_the_catalogs_values(dashboard):
     assert f"manager_failed (capped at {CAP_MANAGER_FAILED} workers)" in reductions
     failures = _panel(dashboard, "Conformer failures/s by reason")["description"]
     assert all(reason in failures for reason in FAILURE_REASONS)
+    queries = _panel(dashboard, "Query failures/s by reason")["description"]
+    assert all(reason in queries for reason in QUERY_REASONS if reason != "none")
+    replacements = _panel(dashboard, "Worker replacements/s by reason")["description"]
+    assert all(reason in replacements for reason in REPLACEMENT_REASONS)
+
+
+def test_campaign_panels_quote_the_alerts_thresholds(dashboard):
+    rules = alert_rules()
+    failures = _panel(dashboard, "Query failures/s by reason")["description"]
+    (ratio,) = re.findall(r"> ([0-9.]+)\n$", rules["TemplCampaignFailureRatioHigh"]["expr"])
+    assert f"above {round(float(ratio) * 100)}% of the queries for {CAMPAIGN_FAILURE_MINUTES} minutes" in failures
+    stalled = _panel(dashboard, "Queries/s by status")["description"]
+    assert f"after {CAMPAIGN_STALL_MINUTES} minutes" in stalled
+    assert f"for {CAMPAIGN_STALL_MINUTES} minutes" in rules["TemplCampaignStalled"]["annotations"]["summary"]
 
 
 def test_a_value_the_catalog_lacks_stops_the_generator():
@@ -163,6 +185,11 @@ def test_rows_hold_the_panels_the_issue_asks_for(dashboard):
     assert sum("histogram_quantile" in e for e in by_row["Work"]) == 3
     assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"} <= {
         name for e in by_row["Process"] for name in metric_names(e)}
+    campaign = {name for e in by_row["Campaign"] for name in metric_names(e)}
+    assert {"templ_campaign_queries_total", "templ_campaign_queries_expected", "templ_campaign_queries_skipped",
+            "templ_campaign_queries_in_flight", "templ_campaign_worker_replacements_total",
+            "templ_campaign_query_duration_seconds_bucket", "process_start_time_seconds"} <= campaign
+    assert any("clamp_min" in e and "time()" in e for e in by_row["Campaign"])  # the ETA
 
 
 def test_batch_latency_shows_exemplars(dashboard):

@@ -8,110 +8,34 @@ fire) while the stress holds the job in a tight pids cgroup.
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from processes import stop
 
+from dashboard_queries import prometheus  # noqa: F401  (fixture)
 from dashboard_queries import (
-    ALERTS,
     ROWS,
+    Prometheus,
     alert_rules,
     annotation_queries,
     fill_variables,
     load_dashboard,
     panel_queries,
+    tail,
     variable_queries,
 )
 from templ_pipeline.pids_cgroup import CgroupUnavailable, find_hierarchy
 
-PROMETHEUS = shutil.which("prometheus")
 STRESS_SECONDS = 25
 HOLD_SECONDS = 10
 JOB_TIMEOUT = 90
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-
-@dataclass
-class Prometheus:
-    """A running Prometheus and the port of the one target it scrapes (job "templ")."""
-
-    url: str
-    target_port: int
-    log: Path
-
-    def api(self, path: str, **params: object) -> dict:
-        """GET an API endpoint; the JSON body, also for 4xx answers (a bad query)."""
-        query = urllib.parse.urlencode(params)
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as error:
-            return json.load(error)
-
-
-@pytest.fixture
-def prometheus() -> Iterator[Prometheus]:
-    """Prometheus on a free loopback port, 1 s scrape and rule evaluation, its own storage; always removed."""
-    if PROMETHEUS is None:
-        pytest.skip("prometheus is not installed (make test installs the Debian package)")
-    workdir = Path(tempfile.mkdtemp(prefix="templ-prometheus-"))
-    try:
-        port, target_port = _free_port(), _free_port()
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ALERTS)],
-            "scrape_configs": [{"job_name": "templ", "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}],
-        }
-        (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-        log = workdir / "prometheus.log"
-        with open(log, "w") as out:
-            process = subprocess.Popen(
-                [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage"],
-                stdout=out, stderr=subprocess.STDOUT,
-            )
-        try:
-            server = Prometheus(f"http://127.0.0.1:{port}", target_port, log)
-            deadline = time.monotonic() + 30
-            while True:
-                assert process.poll() is None, _tail(log)
-                try:
-                    with urllib.request.urlopen(f"{server.url}/-/ready", timeout=1):
-                        break
-                except OSError:
-                    assert time.monotonic() < deadline, _tail(log)
-                    time.sleep(0.2)
-            yield server
-        finally:
-            stop(process, grace=10)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _run_stress(prometheus: Prometheus, workdir: Path) -> dict[str, set[str]]:
@@ -126,14 +50,14 @@ def _run_stress(prometheus: Prometheus, workdir: Path) -> dict[str, set[str]]:
         try:
             deadline = time.monotonic() + JOB_TIMEOUT
             while job.poll() is None and time.monotonic() < deadline:
-                for alert in prometheus.api("/api/v1/alerts")["data"]["alerts"]:
-                    seen[alert["labels"]["alertname"]].add(alert["state"])
+                for name, states in prometheus.alert_states().items():
+                    seen[name] |= states
                 time.sleep(0.5)
         finally:
             if job.poll() is None:
                 job.kill()
             job.wait(timeout=60)
-    assert job.returncode == 0, _tail(output)
+    assert job.returncode == 0, tail(output)
     return seen
 
 
@@ -172,7 +96,7 @@ def test_dashboard_queries_and_alerts_on_a_scraped_stress_run(prometheus, tmp_pa
         assert answer["status"] == "success", (expr, answer)
         if not answer["data"]["result"]:
             empty.append(f"{query.row} / {query.panel}: {expr}")
-    assert not empty, "panels without data:\n" + "\n".join(empty) + "\n" + _tail(tmp_path / "stress.out")
+    assert not empty, "panels without data:\n" + "\n".join(empty) + "\n" + tail(tmp_path / "stress.out")
 
     exemplars = prometheus.api("/api/v1/query_exemplars", query='templ_select_best_batch_duration_seconds_bucket'
                                '{job="templ"}', start=started, end=ended)["data"]
@@ -183,4 +107,4 @@ def test_dashboard_queries_and_alerts_on_a_scraped_stress_run(prometheus, tmp_pa
         pytest.skip(f"queries, data and exemplars verified; the headroom alert needs the pids cgroup "
                     f"scenario, unavailable here: {cgroup_problem}")
     assert alerts_seen["TemplThreadHeadroomLow"] & {"pending", "firing"}, (dict(alerts_seen),
-                                                                          _tail(tmp_path / "stress.out"))
+                                                                          tail(tmp_path / "stress.out"))

@@ -13,6 +13,7 @@ from proc_samples import MIB, PER_THREAD, collector, make_tree, status_text
 from rich.console import Console
 
 from templ_pipeline import doctor
+from templ_pipeline.core.limits.cpu import read_cpu_budget
 from templ_pipeline.core.thread_manager import LIMIT_NAMES, ThreadResourceManager
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,3 +103,18 @@ def test_doctor_in_a_pids_cgroup(child_pids_cgroup: PidsCgroup):
     assert pids["used"] == report["threads"] and pids["headroom"] == 12 - pids["used"]
     assert report["recommended_workers"]["conformers"] == min(os.cpu_count(), pids["headroom"] - 2)
     assert child_pids_cgroup.current() == 0
+
+
+def test_cpu_budget_in_json_and_table():
+    # pinned to one CPU before the doctor starts: the affinity mask is what binds
+    code = (f"import os; os.sched_setaffinity(0, {{{min(os.sched_getaffinity(0))}}})\n"
+            "from templ_pipeline import doctor; raise SystemExit(doctor.run(True))")
+    proc = run_doctor(code=code)
+    assert proc.returncode == 0, proc.stderr
+    cpus = json.loads(proc.stdout)["cpus"]
+    assert set(cpus) == {"cpus", "affinity", "quota", "source", "detail"}
+    assert (cpus["cpus"], cpus["affinity"], cpus["source"]) == (1, 1, "affinity")
+    assert cpus["detail"].startswith("1 CPU in the affinity mask; ")
+    console = Console(record=True, width=200)
+    doctor.render_table(doctor.build_report(ThreadResourceManager()), console)
+    assert f"CPUs for CPU-bound work: {read_cpu_budget().cpus} (" in console.export_text()

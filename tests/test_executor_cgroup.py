@@ -45,7 +45,7 @@ SCENARIO = textwrap.dedent(
             except RuntimeError:
                 break
         import templ_pipeline.core.scoring as scoring
-        scoring._get_executor_for_context = lambda n, task_type="scoring": executor
+        scoring._get_executor_for_context = lambda n, task_type="scoring", **_: executor
     with structlog.testing.capture_logs() as logs:
         selection = select_best_with_report(confs, template, n_workers=4)
     release.set()

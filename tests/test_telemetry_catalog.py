@@ -29,6 +29,13 @@ CONTRACT_METRICS = {
     "templ_select_best_duration_seconds": "histogram",
     "templ_executor_pool_restarts_total": "counter",
     "templ_executor_batch_resubmissions_total": "counter",
+    "templ_campaign_queries_total": "counter",
+    "templ_campaign_queries_in_flight": "gauge",
+    "templ_campaign_queries_expected": "gauge",
+    "templ_campaign_queries_skipped": "gauge",
+    "templ_campaign_query_duration_seconds": "histogram",
+    "templ_campaign_worker_replacements_total": "counter",
+    "templ_campaign_queries_short_of_conformers_total": "counter",
     "templ_telemetry_degraded_total": "counter",
     "templ_build_info": "gauge",
 }
@@ -37,7 +44,8 @@ CONTRACT_SHORTS = {
     "workers_requested", "workers_granted",
     "worker_reductions", "fallbacks", "batches", "batch_duration", "conformers_scored", "conformers_failed",
     "select_best_calls", "select_best_duration", "pool_restarts", "batch_resubmissions", "telemetry_degraded",
-    "build_info",
+    "build_info", "campaign_queries", "campaign_in_flight", "campaign_expected", "campaign_skipped",
+    "campaign_query_duration", "campaign_worker_replacements", "campaign_shortfalls",
 }
 
 
@@ -99,7 +107,12 @@ def test_contract_label_sets():
     assert c.FAILURE_REASONS == ("no_coordinates", "sanitization_failed", "alignment_failed", "invalid_molecule")
     assert c.LIMIT_NAMES == ("pids_cgroup", "rlimit_nproc", "threads_max", "pid_max", "stack_memory")
     assert c.REDUCTION_REASONS == c.LIMIT_NAMES + ("manager_unavailable", "manager_failed", "reserved_by_others",
-                                                   "seccomp")
+                                                   "seccomp", "cpu_limit", "small_work")
+    assert c.TASK_TYPES == ("scoring", "conformers", "screening")
+    assert c.QUERY_STATUSES == ("ok", "failed")
+    assert c.QUERY_REASONS == ("invalid_smiles", "invalid_record", "embedding_failed", "no_conformer_scored",
+                               "timeout", "worker_lost", "error", "none")
+    assert c.REPLACEMENT_REASONS == ("timeout", "worker_lost")
     fb = c.METRICS_BY_SHORT["fallbacks"].label_values
     assert set(fb["reason"]) == set(c.FALLBACK_REASONS) | {c.OTHER}
     assert fb["cause"] == c.FALLBACK_CAUSES  # "unknown" is already the catch-all
@@ -116,7 +129,8 @@ def test_normalize_label_is_always_bounded(value):
 
 
 def test_spans_and_log_events_documented():
-    assert {s.name for s in c.SPANS} == {"select_best", "select_best.batch", "conformers.generate"}
+    assert {s.name for s in c.SPANS} == {"select_best", "select_best.batch", "conformers.generate",
+                                         "screen.campaign", "screen.query", "screen.score"}
     for s in c.SPANS:
         assert s.help.strip()
         # our own attributes are namespaced; the rest are OpenTelemetry semantic conventions
@@ -127,9 +141,66 @@ def test_spans_and_log_events_documented():
     names = [e.name for e in c.LOG_EVENTS]
     assert len(names) == len(set(names))
     for e in c.LOG_EVENTS:
-        assert e.level in ("debug", "info", "warning", "error", "critical")
+        assert e.level in c.LOG_LEVELS
         assert e.help.strip() and e.fields
         assert re.match(r"^[a-z_]+\.[a-z_]+$", e.name)
     for needed in ("executor.workers_reduced", "executor.fallback", "executor.created", "select_best.batch_done",
                    "select_best.done", "telemetry.degraded"):
         assert needed in c.LOG_EVENTS_BY_NAME
+
+
+def test_event_specs_name_metrics_whose_labels_are_their_label_fields():
+    for event in c.EVENT_SPECS:
+        label_fields = {f.name: f for f in event.fields if f.label}
+        fields = {f.name for f in event.fields}
+        assert len(fields) == len(event.fields), event.name
+        for short in event.metrics:
+            assert short in c.METRICS_BY_SHORT, (event.name, short)
+        if event.counter is not None:
+            counter = c.METRICS_BY_SHORT[event.counter]
+            assert counter.kind == "counter" and set(counter.labels) == set(label_fields), event.name
+            for label, f in label_fields.items():
+                assert counter.label_values[label] == f.values, (event.name, label)
+        for name, short in event.gauges:
+            spec = c.METRICS_BY_SHORT[short]
+            assert name in fields and spec.kind == "gauge" and not spec.labels, (event.name, short)
+        if event.histogram is not None:
+            name, short = event.histogram
+            spec = c.METRICS_BY_SHORT[short]
+            assert name in fields and spec.kind == "histogram", event.name
+            assert all(spec.label_values[label] == label_fields[label].values for label in spec.labels), event.name
+        for name, short in event.flags:
+            assert name in fields and c.METRICS_BY_SHORT[short].kind == "counter", event.name
+            assert not c.METRICS_BY_SHORT[short].labels, event.name
+        assert all(c.METRICS_BY_SHORT[short].kind == "gauge" for short in event.resets), event.name
+        for name, value, level in event.escalations:
+            f = next(f for f in event.fields if f.name == name)
+            assert f.values is not None and value in f.values and level in c.LOG_LEVELS, event.name
+        assert event.level in c.LOG_LEVELS and event.logger.startswith("templ."), event.name
+
+
+def test_every_campaign_event_has_one_entry():
+    from templ_pipeline.core import events as ev
+
+    entries = {ev.CampaignStarted: c.EVENT_CAMPAIGN_STARTED, ev.QueryStarted: c.EVENT_QUERY_STARTED,
+               ev.QueryFinished: c.EVENT_QUERY_FINISHED, ev.WorkerReplaced: c.EVENT_WORKER_REPLACED,
+               ev.CampaignDone: c.EVENT_CAMPAIGN_DONE}
+    for event_class, name in entries.items():
+        spec = c.EVENT_SPECS_BY_NAME[name]
+        assert spec.metrics, name
+        assert name in c.LOG_EVENTS_BY_NAME, name
+        # every field of the event reaches the log line (under its catalog name)
+        assert len(spec.fields) >= len(event_class.__dataclass_fields__), name
+    per_query = {c.EVENT_QUERY_STARTED, c.EVENT_QUERY_FINISHED}
+    assert {e.name for e in c.EVENT_SPECS if not e.span_event} == per_query  # their own spans carry them
+    campaign = c.SPANS_BY_NAME[c.SPAN_CAMPAIGN]
+    assert set(campaign.events) >= set(entries.values()) - per_query
+
+
+def test_query_outcomes_are_the_pairs_that_can_occur():
+    spec = c.METRICS_BY_SHORT["campaign_queries"]
+    assert spec.initial_label_values() == c.QUERY_OUTCOMES
+    assert {status for status, _reason in c.QUERY_OUTCOMES} == set(c.QUERY_STATUSES)
+    assert {reason for _status, reason in c.QUERY_OUTCOMES} == set(c.QUERY_REASONS)
+    buckets = c.METRICS_BY_SHORT["campaign_query_duration"].buckets
+    assert buckets[0] <= 0.1 and buckets[-1] >= 30 * 60  # 0.1 s .. 30 min queries

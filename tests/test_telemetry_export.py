@@ -48,6 +48,23 @@ def _run_events() -> None:
         call.executor_kind = "sequential"
         call.scored = 32
         call.fail("no_coordinates", 3)
+    _campaign_events()
+
+
+def _campaign_events() -> None:
+    """A short campaign: ok, failed and short queries, a worker replaced, the end (in_flight back to 0)."""
+    from templ_pipeline.core import events as ev
+
+    with telemetry.campaign_span(total=5, templates=1, workers_requested=2):
+        for event in (
+            ev.CampaignStarted(total=5, skipped=1, templates=1), ev.QueryStarted(0, 1), ev.QueryStarted(1, 2),
+            ev.QueryFinished("q0", ev.ExecutorKind.PROCESS, ev.QueryStatus.OK, None, 1.5, 10, 7, 7, 0, 1),
+            ev.QueryFinished("q1", ev.ExecutorKind.PROCESS, ev.QueryStatus.FAILED, ev.QueryFailureReason.TIMEOUT,
+                             600.0, 10, 0, 0, 0, 0, "ran over 600 s"),
+            ev.WorkerReplaced(ev.ExecutorKind.PROCESS, ev.ReplacementReason.TIMEOUT, "q1"),
+            ev.CampaignDone(done=2, ok=1, failed=1, seconds=602.0, interrupted=False),
+        ):
+            telemetry.observe(event)
 
 
 def _key(name: str, labels: dict[str, str], drop=()) -> tuple[str, frozenset]:
@@ -80,6 +97,15 @@ def test_promtool_finds_no_problems_in_exposition(tel):
     assert b"\nprocess_threads " in exposition and b"\nprocess_resident_memory_bytes " in exposition
     assert b"# TYPE templ_pids_cgroup_refused_forks_total counter" in exposition
     assert b"# TYPE templ_pids_cgroup_peak_tasks gauge" in exposition
+    assert b'templ_campaign_queries_total{reason="timeout",status="failed"} 1.0' in exposition
+    assert b"templ_campaign_queries_expected 5.0" in exposition
+    result = _promtool_check_metrics(exposition)
+    assert result.returncode == 0 and not result.stdout and not result.stderr, result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_exposition_before_any_event(tel):
+    exposition = generate_latest(tel.registry)
+    assert b"templ_campaign_queries_expected NaN" in exposition  # unknown until a campaign starts
     result = _promtool_check_metrics(exposition)
     assert result.returncode == 0 and not result.stdout and not result.stderr, result.stdout + result.stderr
 

@@ -59,6 +59,15 @@ def test_importing_the_worker_modules_loads_no_cli_or_telemetry_stack():
     assert report["handlers"] == 0, "importing the worker modules configured logging"
 
 
+def test_a_campaign_worker_imports_only_what_a_query_needs():
+    report = json.loads(_python("-c", _REPORT.format(imports="import templ_pipeline.campaign.worker")))
+    assert _forbidden(report["modules"]) == []
+    heavy = {"templ_pipeline.campaign.runner", "templ_pipeline.campaign.queries", "templ_pipeline.campaign.outputs",
+             "templ_pipeline.core.pools", "templ_pipeline.core.executor", "templ_pipeline.cli", "telemetry.metrics"}
+    assert heavy.isdisjoint(report["modules"]), sorted(heavy & set(report["modules"]))
+    assert report["handlers"] == 0, "importing the campaign worker configured logging"
+
+
 def test_worker_spans_loads_only_opentelemetry_api():
     modules = json.loads(_python("-c", _REPORT.format(imports="import telemetry.worker_spans")))["modules"]
     assert [m for m in modules if m.startswith("telemetry")] == ["telemetry", "telemetry.worker_spans"]

@@ -13,6 +13,7 @@ import math
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,9 +118,10 @@ class BatchTask:
 
 
 class _ShapeCache:
-    """Prepared template shapes of this process, so a template is prepared once per call."""
+    """Prepared template shapes of this process, so a template is prepared once per call
+    (and once per campaign worker, for up to ``size`` templates)."""
 
-    def __init__(self, size: int = 4) -> None:
+    def __init__(self, size: int = 16) -> None:
         self._size = size
         self._shapes: OrderedDict[str, rdShapeAlign.ShapeInput] = OrderedDict()
 
@@ -143,6 +145,25 @@ def has_coordinates(positions: np.ndarray) -> bool:
     if positions.size == 0 or not np.isfinite(positions).all():
         return False
     return bool(np.ptp(positions, axis=0).any())
+
+
+def sanitized_copy_without_conformers(confs: Chem.Mol) -> Chem.Mol | None:
+    """The query topology, sanitized once per call; None when it cannot be sanitized."""
+    base = Chem.Mol(confs)
+    base.RemoveAllConformers()
+    try:
+        flags = Chem.SanitizeMol(base, catchErrors=True)
+    except Exception:  # RDKit raises assorted types for broken valences and kekulisation
+        return None
+    return base if flags == Chem.SanitizeFlags.SANITIZE_NONE else None
+
+
+def batch_query(base: Chem.Mol, confs: Chem.Mol, conf_ids: Sequence[int]) -> Chem.Mol:
+    """The batch's own molecule: the query topology plus copies of its conformers."""
+    query = Chem.Mol(base)
+    for conf_id in conf_ids:
+        query.AddConformer(confs.GetConformer(conf_id), assignId=False)
+    return query
 
 
 def score_batch(task: BatchTask) -> BatchResult:

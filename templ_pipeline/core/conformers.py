@@ -13,10 +13,10 @@ bit-identical coordinates), and every attempt starts from a fresh copy of the mo
 from __future__ import annotations
 
 from rdkit import Chem, rdBase
-from rdkit.Chem import AllChem
 
 import telemetry
 from telemetry.observer import observe as observe_telemetry
+from templ_pipeline.core.embedding import embed
 from templ_pipeline.core.events import (
     Emitter,
     ExecutorKind,
@@ -30,6 +30,7 @@ from templ_pipeline.core.events import (
 from templ_pipeline.core.executor import Grant, classify_failure, grant_workers, pids_refusals, release_grant
 from templ_pipeline.core.limits.classify import is_start_refusal
 from templ_pipeline.core.native_call import call_interruptibly
+from templ_pipeline.core.sizing import insists_on_workers, plan_workers
 
 DEFAULT_SEED = 42
 TASK_TYPE = TaskType.CONFORMERS
@@ -53,12 +54,14 @@ def generate_conformers(
     seed: int = DEFAULT_SEED,
     n_workers: int = 1,
     observers: tuple[Observer, ...] = (),
+    exact_workers: bool = False,
 ) -> Chem.Mol:
     """Embed ``num_conformers`` conformers with ETKDGv3 and a fixed seed.
 
     Hydrogens are added for embedding and removed afterwards. ``n_workers`` is the
     number of RDKit threads asked for; the thread manager may grant fewer, and a
-    refused thread start is retried with fewer. The conformers are the same either way.
+    refused thread start is retried with fewer, and no more threads start than the
+    CPUs this process may use unless ``exact_workers``. The conformers are the same either way.
     Reductions and fallbacks go to telemetry and to ``observers``.
     """
     if num_conformers < 1:
@@ -66,7 +69,7 @@ def generate_conformers(
     mol = molecule_from_smiles(query) if isinstance(query, str) else Chem.Mol(query)
     with_hs = Chem.AddHs(mol)
     with telemetry.conformers_span(num_conformers, n_workers) as stats:
-        threads = EmbeddingThreads(n_workers, Emitter((observe_telemetry, *observers)))
+        threads = EmbeddingThreads(n_workers, Emitter((observe_telemetry, *observers)), exact_workers=exact_workers)
         try:
             embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=False)
             if embedded.GetNumConformers() == 0:
@@ -86,14 +89,18 @@ class EmbeddingThreads:
     The grant and every step down are events for ``emit`` (reductions and fallbacks, as the pool's).
     """
 
-    def __init__(self, requested: int, emit: Observer) -> None:
+    def __init__(self, requested: int, emit: Observer, *, exact_workers: bool = False) -> None:
         self.requested = max(1, requested)
         self._emit = emit
-        grant = grant_workers(self.requested, TASK_TYPE, "thread") if self.requested > 1 else Grant(1, 1)
+        work = plan_workers(self.requested, TASK_TYPE, exact=insists_on_workers(exact_workers))
+        for reduction in work.reductions:
+            emit(reduction)
+        wanted = work.workers
+        grant = grant_workers(wanted, TASK_TYPE, "thread") if wanted > 1 else Grant(1, 1)
         self._grant = grant
         self.count = max(1, grant.granted)
         emit(grant.event(TASK_TYPE))
-        if self.requested > 1 and self.count == 1:
+        if wanted > 1 and self.count == 1:
             emit(Fallback(ExecutorKind.THREAD, ExecutorKind.SEQUENTIAL, no_room_reason(grant.reason),
                           cause_of(grant.reason), grant.detail))
 
@@ -115,16 +122,11 @@ def embed_conformers(with_hs: Chem.Mol, num_conformers: int, seed: int, threads:
            *, random_coords: bool) -> Chem.Mol:
     """A copy of ``with_hs`` holding the conformers ETKDG embeds, on as many threads as can start."""
     while True:
-        attempt = Chem.Mol(with_hs)
-        params = AllChem.ETKDGv3()
-        params.randomSeed = seed
-        params.numThreads = threads.count
-        params.useRandomCoords = random_coords
-        before = pids_refusals() if threads.count > 1 else None
+        count = threads.count
+        before = pids_refusals() if count > 1 else None
         try:
-            call_interruptibly(lambda: AllChem.EmbedMultipleConfs(attempt, numConfs=num_conformers, params=params),
-                               name="templ-embed", on_inline=_warn_inline)
-            return attempt
+            return call_interruptibly(lambda: embed(with_hs, num_conformers, seed, count, random_coords=random_coords),
+                                      name="templ-embed", on_inline=_warn_inline)
         except (RuntimeError, OSError) as error:
             if threads.count == 1 or not is_start_refusal(error):
                 raise

@@ -30,10 +30,12 @@ class ExecutorKind(StrEnum):
 
 
 class TaskType(StrEnum):
-    """What workers are sized for: scoring batches (processes) or conformer embedding (RDKit threads)."""
+    """What workers are sized for: scoring batches (processes), conformer embedding (RDKit threads),
+    or screening (processes that each embed one query on one RDKit thread and score it)."""
 
     SCORING = "scoring"
     CONFORMERS = "conformers"
+    SCREENING = "screening"
 
 
 class LimitName(StrEnum):
@@ -53,10 +55,12 @@ def _limits_and(name: str, *more: tuple[str, str]) -> type[StrEnum]:
 
 ReductionReason = _limits_and("ReductionReason", ("MANAGER_UNAVAILABLE", "manager_unavailable"),
                               ("MANAGER_FAILED", "manager_failed"), ("RESERVED_BY_OTHERS", "reserved_by_others"),
-                              ("SECCOMP", "seccomp"))
+                              ("SECCOMP", "seccomp"), ("CPU_LIMIT", "cpu_limit"), ("SMALL_WORK", "small_work"))
 """Why fewer workers were granted than requested: a limit, a thread manager that could not answer,
-other processes sharing the limit that reserved its headroom (the shared ledger), or a seccomp
-profile under which no thread can start."""
+other processes sharing the limit that reserved its headroom (the shared ledger), a seccomp
+profile under which no thread can start, fewer CPUs than workers for CPU-bound work
+(``cpu_limit``: affinity or the cgroup CPU quota), or work too small to repay starting them
+(``small_work``)."""
 
 
 class FallbackReason(StrEnum):
@@ -90,6 +94,32 @@ class FailureReason(StrEnum):
     SANITIZATION_FAILED = "sanitization_failed"
     ALIGNMENT_FAILED = "alignment_failed"
     INVALID_MOLECULE = "invalid_molecule"
+
+
+class QueryStatus(StrEnum):
+    """How one query of a campaign ended: a best pose, or a failure with a reason."""
+
+    OK = "ok"
+    FAILED = "failed"
+
+
+class QueryFailureReason(StrEnum):
+    """Why one query of a campaign has no pose (the detail goes to the log, never to a label)."""
+
+    INVALID_SMILES = "invalid_smiles"
+    INVALID_RECORD = "invalid_record"
+    EMBEDDING_FAILED = "embedding_failed"
+    NO_CONFORMER_SCORED = "no_conformer_scored"
+    TIMEOUT = "timeout"
+    WORKER_LOST = "worker_lost"
+    ERROR = "error"
+
+
+class ReplacementReason(StrEnum):
+    """Why a campaign worker was ended and replaced: its query ran over the time limit, or it died."""
+
+    TIMEOUT = "timeout"
+    WORKER_LOST = "worker_lost"
 
 
 def values(vocabulary: type[StrEnum]) -> tuple[str, ...]:
@@ -205,8 +235,68 @@ class CallDone:
     batches: int
 
 
+@dataclass(frozen=True, slots=True)
+class CampaignStarted:
+    """A screening campaign starts: ``total`` queries in the input when cheap to know (else None),
+    ``skipped`` of them already done by an earlier run (``--resume``)."""
+
+    total: int | None
+    skipped: int
+    templates: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryStarted:
+    """A query was handed to a worker (or to this process); ``in_flight`` counts it."""
+
+    index: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFinished:
+    """A query's result arrived (``reason`` is None when ``status`` is ok).
+
+    ``query_id`` and ``detail`` are for the log line only, never for a label;
+    ``conformers < conformers_requested`` is a shortfall (ETKDG embedded fewer than asked).
+    """
+
+    query_id: str
+    kind: ExecutorKind
+    status: QueryStatus
+    reason: QueryFailureReason | None
+    seconds: float
+    conformers_requested: int
+    conformers: int
+    scored: int
+    failed: int
+    in_flight: int
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReplaced:
+    """A campaign worker was ended (or found dead) and another started in its place."""
+
+    kind: ExecutorKind
+    reason: ReplacementReason
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignDone:
+    """A campaign ended: queries done in this run, by outcome; ``interrupted`` by a signal."""
+
+    done: int
+    ok: int
+    failed: int
+    seconds: float
+    interrupted: bool
+
+
 ExecutorEvent = (WorkersGranted | WorkersReduced | ExecutorCreated | Fallback | PoolRestarted | BatchResubmitted
-                 | LimitsObserved | BatchDone | CallDone)
+                 | LimitsObserved | BatchDone | CallDone | CampaignStarted | QueryStarted | QueryFinished
+                 | WorkerReplaced | CampaignDone)
 
 Observer = Callable[[ExecutorEvent], None]
 """Anything that wants to hear of events: called in the emitting thread, in order."""

@@ -46,6 +46,7 @@ from templ_pipeline.core.events import (
     no_room_reason,
 )
 from templ_pipeline.core.pools import POOLS, PoolRegistry
+from templ_pipeline.core.sizing import WorkPlan, insists_on_workers, plan_workers
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,8 @@ class MonitoredExecutor:
         scheduler: str | None = None,
         stall_timeout: float = STALL_SECONDS,
         observers: Iterable[Observer] = (),
+        conformers: int | None = None,
+        exact_workers: bool = False,
     ) -> None:
         self.requested = requested
         self.task_type = TaskType(task_type)
@@ -204,20 +207,25 @@ class MonitoredExecutor:
         self._refusals_before: int | None = None
         profile = TASK_PROFILES.get(self.task_type, TaskProfile())
         in_daemon = bool(multiprocessing.current_process().daemon)
+        dask = executor == "dask"
+        # a Dask cluster's size is the cluster's: work-aware sizing is for the local ladder
+        work = WorkPlan(requested) if dask else plan_workers(
+            requested, self.task_type, exact=insists_on_workers(exact_workers), conformers=conformers,
+            warm=registry.warm_sizes(ExecutorKind.PROCESS))
+        wanted = work.workers
         self.grant = (
-            grant_workers(requested, task_type, "process" if not in_daemon else "thread")
-            if requested > 1 else Grant(requested, requested)
+            grant_workers(wanted, task_type, "process" if not in_daemon else "thread")
+            if wanted > 1 else Grant(wanted, wanted)
         )
         self._rungs = plan_ladder(self.grant.granted, profile, in_daemon)
         self._backends: dict[ExecutorKind, Backend] = {
             kind: PoolBackend(kind, registry, self._emit, stall_timeout)
             for kind in (ExecutorKind.PROCESS, ExecutorKind.THREAD)
         }
-        self._planned: list[ExecutorEvent] = [self.grant.event(self.task_type)]
-        dask = executor == "dask"
+        self._planned: list[ExecutorEvent] = [*work.reductions, self.grant.event(self.task_type)]
         if dask:
             self._plan_dask(scheduler, in_daemon)
-        if (requested > 1 or dask) and self._rungs[0].kind == ExecutorKind.SEQUENTIAL:
+        if (wanted > 1 or dask) and self._rungs[0].kind == ExecutorKind.SEQUENTIAL:
             daemon_bound = in_daemon and (self.grant.granted >= 2 or dask)
             reason = FallbackReason.DAEMON_PROCESS if daemon_bound else no_room_reason(self.grant.reason)
             cause = FallbackCause.NONE if daemon_bound else cause_of(self.grant.reason)
@@ -338,16 +346,20 @@ def validate_executor(executor: str, scheduler: str | None) -> None:
 
 def get_executor(
     n_workers: int, task_type: str = TaskType.SCORING, *, executor: str = "auto", scheduler: str | None = None,
-    observers: Sequence[Observer] = (),
+    observers: Sequence[Observer] = (), conformers: int | None = None, exact_workers: bool = False,
 ) -> MonitoredExecutor:
-    """A monitored executor for one call: sized from headroom, with its fallback ladder.
+    """A monitored executor for one call: sized for the work and from headroom, with its fallback ladder.
 
+    ``conformers`` is the size of the work: with no warm pool, work too small to
+    repay a cold one runs here (:mod:`templ_pipeline.core.sizing`), and no more
+    workers start than the CPUs this process may use, unless ``exact_workers``.
     ``executor="dask"`` runs on the Dask scheduler at ``scheduler`` (default
     ``$DASK_SCHEDULER_ADDRESS``), else on a LocalCluster of the granted size.
     ``observers`` hear its events (``select_best`` passes telemetry's and its report's).
     """
     validate_executor(executor, scheduler)
-    return MonitoredExecutor(n_workers, task_type, executor=executor, scheduler=scheduler, observers=observers)
+    return MonitoredExecutor(n_workers, task_type, executor=executor, scheduler=scheduler, observers=observers,
+                             conformers=conformers, exact_workers=exact_workers)
 
 
 def shutdown_pools(*, terminate: bool = False) -> None:

@@ -203,6 +203,12 @@ class PoolRegistry:
             _shutdown(idle.pool)
         return entry.pool, reused
 
+    def warm_sizes(self, kind: str) -> tuple[int, ...]:
+        """Sizes of the healthy pools of ``kind`` that a call of that size would reuse (at most one)."""
+        with self._lock:
+            entry = self._current.get(kind)
+            return (entry.workers,) if entry is not None and not is_broken(entry.pool) else ()
+
     def release(self, pool: Executor) -> None:
         """Give a leased pool back; a retired pool is shut down with its last user."""
         with self._lock:

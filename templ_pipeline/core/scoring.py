@@ -29,8 +29,10 @@ from templ_pipeline.core.batch import (
     BatchTask,
     ConformerFailure,
     ConformerScore,
+    batch_query,
     has_coordinates,
     mol_to_bytes,
+    sanitized_copy_without_conformers,
 )
 from templ_pipeline.core.events import (
     BatchResubmitted,
@@ -177,6 +179,7 @@ def select_best(
     *,
     executor: str = "auto",
     scheduler: str | None = None,
+    exact_workers: bool = False,
 ) -> BestPoses | RankedPoses:
     """Best pose per metric (default) or all poses ranked by ``align_metric``.
 
@@ -185,11 +188,13 @@ def select_best(
     With ``no_realign=True`` the poses are the input coordinates, not the aligned
     ones. ``executor="dask"`` scores on the Dask scheduler at ``scheduler`` (default
     ``$DASK_SCHEDULER_ADDRESS``, else a LocalCluster of ``n_workers``); the results are
-    the same. Use ``select_best_with_report`` to also get the per-conformer accounting.
+    the same. ``n_workers`` is a request: work too small to repay a cold pool runs
+    here, and no more workers start than there are CPUs, unless ``exact_workers``.
+    Use ``select_best_with_report`` to also get the per-conformer accounting.
     """
     selection = select_best_with_report(
         confs, tpl, no_realign=no_realign, n_workers=n_workers, align_metric=align_metric,
-        executor=executor, scheduler=scheduler,
+        executor=executor, scheduler=scheduler, exact_workers=exact_workers,
     )
     return selection.ranked if return_all_ranked else selection.best
 
@@ -205,9 +210,15 @@ def select_best_with_report(
     executor: str = "auto",
     scheduler: str | None = None,
     observers: Sequence[Observer] = (),
+    exact_workers: bool = False,
 ) -> Selection:
     """``select_best`` with a ``SelectionReport``; ``on_batch`` sees each finished batch and
-    ``observers`` every executor event (after telemetry and the report have)."""
+    ``observers`` every executor event (after telemetry and the report have).
+
+    Work too small to repay a cold pool is scored here, and no more workers start
+    than the CPUs this process may use (each a recorded reduction), unless
+    ``exact_workers`` (:mod:`templ_pipeline.core.sizing`).
+    """
     _validate(confs, tpl, align_metric, n_workers)
     validate_executor(executor, scheduler)
     started = time.perf_counter()
@@ -216,7 +227,7 @@ def select_best_with_report(
     scored: dict[int, ConformerScore] = {}
 
     with telemetry.select_best_span(len(conf_ids), n_workers) as call:
-        base = _sanitized_copy_without_conformers(confs)
+        base = sanitized_copy_without_conformers(confs)
         if base is None:
             report.failures = [ConformerFailure(cid, FailureReason.SANITIZATION_FAILED,
                                                 "query molecule failed sanitization")
@@ -226,13 +237,14 @@ def select_best_with_report(
             template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
             # entered through the TEMPL API's executor entry point, so a replaced one is used too
             dask = {"executor": executor, "scheduler": scheduler} if executor == "dask" else {}
-            with _get_executor_for_context(n_workers, task_type="scoring", **dask) as runner:
+            sizing = {"conformers": len(conf_ids), "exact_workers": exact_workers}
+            with _get_executor_for_context(n_workers, task_type="scoring", **dask, **sizing) as runner:
                 for observer in (observe_telemetry, report, *observers):
                     runner.subscribe(observer)
                 batch_size = choose_batch_size(len(conf_ids), runner.workers)
                 carrier = current_carrier()  # workers time their batch spans under this call's trace
                 tasks = [
-                    BatchTask(index, template, template_key, _batch_query(base, confs, chunk), tuple(chunk), carrier)
+                    BatchTask(index, template, template_key, batch_query(base, confs, chunk), tuple(chunk), carrier)
                     for index, chunk in enumerate(_chunks(conf_ids, batch_size))
                 ]
                 report.batch_size = batch_size
@@ -261,12 +273,14 @@ def select_best_with_report(
 
 
 def _get_executor_for_context(
-    n_workers: int, task_type: str = "scoring", executor: str = "auto", scheduler: str | None = None
+    n_workers: int, task_type: str = "scoring", executor: str = "auto", scheduler: str | None = None,
+    conformers: int | None = None, exact_workers: bool = False,
 ):
     """The TEMPL API's executor entry point: a monitored executor for ``n_workers`` workers."""
     from templ_pipeline.core.executor import get_executor
 
-    return get_executor(n_workers, task_type=task_type, executor=executor, scheduler=scheduler)
+    return get_executor(n_workers, task_type=task_type, executor=executor, scheduler=scheduler,
+                        conformers=conformers, exact_workers=exact_workers)
 
 
 def _validate(confs: Any, tpl: Any, align_metric: str, n_workers: int) -> None:
@@ -286,24 +300,5 @@ def _validate(confs: Any, tpl: Any, align_metric: str, n_workers: int) -> None:
         raise ValueError("template has 2D coordinates only; it needs a 3D pose")
 
 
-def _sanitized_copy_without_conformers(confs: Chem.Mol) -> Chem.Mol | None:
-    """The query topology, sanitized once per call; None when it cannot be sanitized."""
-    base = Chem.Mol(confs)
-    base.RemoveAllConformers()
-    try:
-        flags = Chem.SanitizeMol(base, catchErrors=True)
-    except Exception:  # RDKit raises assorted types for broken valences and kekulisation
-        return None
-    return base if flags == Chem.SanitizeFlags.SANITIZE_NONE else None
-
-
 def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
     return [list(items[start:start + size]) for start in range(0, len(items), size)]
-
-
-def _batch_query(base: Chem.Mol, confs: Chem.Mol, conf_ids: Sequence[int]) -> Chem.Mol:
-    """The batch's own molecule: the query topology plus copies of its conformers."""
-    query = Chem.Mol(base)
-    for conf_id in conf_ids:
-        query.AddConformer(confs.GetConformer(conf_id), assignId=False)
-    return query

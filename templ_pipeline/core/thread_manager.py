@@ -86,6 +86,11 @@ TASK_HELPER_THREADS = {"conformers": 1}
 """Threads a task type adds once besides its workers: conformer generation runs RDKit in a
 thread of its own so that the main thread stays free to handle SIGTERM and SIGINT."""
 
+TASK_POOL_THREADS = {"screening": 0}
+"""Pool helper threads of task types whose pool is not a ``ProcessPoolExecutor``: a campaign's
+workers talk to the parent over pipes of their own, so its pool starts no thread in the parent
+(the spawn start method's resource tracker still counts)."""
+
 WARNING_PRESSURE = 0.80
 CRITICAL_PRESSURE = 0.95
 
@@ -332,10 +337,10 @@ def _less_headroom(snapshot: Snapshot, name: str, tasks: int) -> Snapshot:
 
 
 def _task_cost(task_type: str, kind: str) -> WorkerCost:
-    """The cost model of ``kind`` workers plus the helper threads of ``task_type``."""
+    """The cost model of ``kind`` workers, with the pool threads and helper threads of ``task_type``."""
     cost = worker_cost(kind)
-    helpers = TASK_HELPER_THREADS.get(task_type, 0)
-    return replace(cost, pool_helpers=cost.pool_helpers + helpers) if helpers else cost
+    pool_threads = TASK_POOL_THREADS.get(task_type, cost.pool_helpers) if kind == "process" else cost.pool_helpers
+    return replace(cost, pool_helpers=pool_threads + TASK_HELPER_THREADS.get(task_type, 0))
 
 
 def pressure(lim: Limit | None) -> float:

@@ -4,5 +4,7 @@
 tested without mocks), ``stack`` finds the thread stack size, ``collect`` turns them
 into a :class:`~templ_pipeline.core.limits.model.Snapshot`, ``grant`` sizes worker
 pools from a snapshot, ``probe`` starts one native thread and ``worker_cost`` models
-what a worker costs in tasks.
+what a worker costs in tasks. ``cpu`` reads the CPUs this process may use (its
+affinity mask and its cgroup's CPU quota), which bound CPU-bound work rather than
+what can start.
 """

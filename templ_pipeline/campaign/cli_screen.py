@@ -1,0 +1,171 @@
+"""``templ screen``: check the input, open the campaign's files, run it with a progress display, summarise.
+
+Unusable input as a whole (no template, an unreadable queries file, no query at
+all, an output directory that holds another campaign) is an ``InputError`` before
+anything is written. From then on, nothing a single query does stops the campaign:
+each result is written (pose, then row) and flushed as it arrives, so an
+interrupted or killed run leaves files that ``--resume`` completes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rdkit import Chem
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from templ_pipeline.campaign.outputs import CampaignFiles
+from templ_pipeline.campaign.queries import QueryRecord, count_queries, read_queries
+from templ_pipeline.campaign.report import CampaignTally, rows_and_poses
+from templ_pipeline.campaign.runner import ScreenOptions, screen, template_names, templates_digest
+from templ_pipeline.core.events import Fallback, WorkersReduced
+from templ_pipeline.io import InputError, read_templates
+
+
+@dataclass(frozen=True)
+class ScreenRequest:
+    """The command line of one ``templ screen`` run."""
+
+    template: Path
+    queries: Path
+    output_dir: Path
+    num_conformers: int
+    seed: int
+    workers: int
+    metric: str
+    resume: bool
+    per_template: bool
+    use_input_conformers: bool
+    query_timeout: float | None
+    smiles_column: str
+    id_column: str
+    exact_workers: bool
+
+
+@dataclass
+class PreparedCampaign:
+    """Everything checked and opened: templates, the query stream, the files, the total."""
+
+    request: ScreenRequest
+    templates: list[Chem.Mol]
+    names: list[str]
+    records: Iterator[QueryRecord]
+    files: CampaignFiles
+    total: int | None
+    options: ScreenOptions
+
+
+def parameters(request: ScreenRequest, templates: list[Chem.Mol]) -> dict[str, Any]:
+    """What decides a campaign's rows: a resumed run must have the same."""
+    return {
+        "templates_sha256": templates_digest(templates),
+        "templates": template_names(templates),
+        "num_conformers": request.num_conformers,
+        "seed": request.seed,
+        "metric": request.metric,
+        "per_template": request.per_template,
+        "use_input_conformers": request.use_input_conformers,
+    }
+
+
+def prepare(request: ScreenRequest) -> PreparedCampaign:
+    """Read the templates, open the query stream and the campaign's files; ``InputError`` when unusable."""
+    templates = read_templates(request.template)
+    reading = {"smiles_column": request.smiles_column, "id_column": request.id_column,
+               "group_conformers": request.use_input_conformers}
+    stream = read_queries(request.queries, **reading)
+    first = next(stream, None)
+    if first is None:
+        raise InputError(f"{request.queries}: no query records")
+    files = CampaignFiles.open(request.output_dir, parameters(request, templates), resume=request.resume,
+                               rows_per_query=len(templates) if request.per_template else 1)
+    total = count_queries(request.queries, **reading)
+    done = files.done
+    records = (record for record in itertools.chain((first,), stream) if record.query_id not in done)
+    options = ScreenOptions(num_conformers=request.num_conformers, seed=request.seed, workers=request.workers,
+                            metric=request.metric, query_timeout=request.query_timeout,
+                            use_input_conformers=request.use_input_conformers, exact_workers=request.exact_workers)
+    left = None if total is None else max(0, total - len(done))
+    return PreparedCampaign(request, templates, template_names(templates), records, files, left, options)
+
+
+class QueryRate(ProgressColumn):
+    """Queries per second so far, and failures."""
+
+    def render(self, task) -> Text:  # type: ignore[override]
+        rate = task.completed / task.elapsed if task.elapsed else 0.0
+        return Text(f"{rate:,.2f} queries/s, {task.fields.get('failed', 0)} failed", style="progress.data.speed")
+
+
+def run(prepared: PreparedCampaign, *, console: Console, out: Console, progress: Any,
+        start_progress: Callable[[Progress], None]) -> CampaignTally:
+    """Run the campaign, writing each result as it arrives; print the summary. ``progress`` is the CLI's
+    :class:`RunProgress`, which says what was done when a signal stops the run."""
+    request, files = prepared.request, prepared.files
+    tally = CampaignTally(total=prepared.total, skipped=len(files.done))
+    requested = request.num_conformers
+    reductions: list[WorkersReduced] = []
+    fallbacks: list[Fallback] = []
+
+    def keep(event: object) -> None:
+        if isinstance(event, WorkersReduced):
+            reductions.append(event)
+        elif isinstance(event, Fallback):
+            fallbacks.append(event)
+
+    display = Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(), QueryRate(),
+                       TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
+                       disable=not console.is_terminal)
+    progress.stage = "screening"
+    started = time.monotonic()
+    progress.campaign = _stop_note(tally, request.output_dir)
+    with files:
+        start_progress(display)
+        try:
+            bar = display.add_task("screening", total=prepared.total, failed=0)
+            for result in screen(prepared.records, prepared.templates, prepared.options, total=prepared.total,
+                                 skipped=tally.skipped, observers=(keep,)):
+                rows, poses = rows_and_poses(result, prepared.names, request.metric,
+                                             len(result.record.molblocks) if request.use_input_conformers
+                                             and result.record.molblocks else requested, request.per_template)
+                files.write(rows, poses)
+                tally.add(result, requested)
+                display.update(bar, advance=1, failed=tally.failed)
+                if not display.live.auto_refresh:
+                    display.refresh()
+                progress.campaign = _stop_note(tally, request.output_dir)
+        finally:
+            display.stop()
+    _summary(out, tally, request, time.monotonic() - started, reductions, fallbacks)
+    return tally
+
+
+def _stop_note(tally: CampaignTally, directory: Path) -> str:
+    """What an interrupted campaign did, for the line the CLI prints when a signal stops it."""
+    return (f"screened {tally.done} queries in this run (ok {tally.ok}, failed {tally.failed}); queries in "
+            f"flight were abandoned; {directory} holds every finished query: rerun with --resume to go on")
+
+
+def _summary(out: Console, tally: CampaignTally, request: ScreenRequest, seconds: float,
+             reductions: list[WorkersReduced], fallbacks: list[Fallback]) -> None:
+    rate = tally.done / seconds if seconds > 0 else 0.0
+    skipped = f"; {tally.skipped} already done (resumed)" if tally.skipped else ""
+    fewer = f"; {tally.fewer_conformers} got fewer conformers than asked" if tally.fewer_conformers else ""
+    out.print(
+        f"screened {tally.done} queries in {seconds:.1f} s ({rate:,.2f}/s): ok {tally.ok}, failed {tally.failed} "
+        f"({tally.failures()}){fewer}{skipped}; executor {' -> '.join(tally.kinds) or '-'}; "
+        f"wrote {request.output_dir / 'scores.csv'} and {request.output_dir / 'poses.sdf'}",
+        highlight=False, soft_wrap=True)
+    for reduction in reductions:
+        out.print(f"workers {reduction.requested} -> {reduction.granted}: {reduction.reason} ({reduction.detail})",
+                  style="yellow", highlight=False, soft_wrap=True)
+    for fallback in fallbacks:
+        out.print(f"fallback {fallback.from_kind} -> {fallback.to_kind}: {fallback.reason} (cause {fallback.cause})",
+                  style="yellow", highlight=False)

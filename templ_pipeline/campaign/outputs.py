@@ -1,0 +1,571 @@
+"""The files of a screening campaign, written as queries finish and repaired on resume.
+
+In the campaign directory DIR:
+
+- ``campaign.json``: the parameters the campaign was started with (written once, atomically).
+- ``scores.csv``: one row per query (or per query and template), ``SCORES_COLUMNS``.
+- ``poses.sdf``: the chosen pose of each row that has one, named by its query id.
+
+Durability: a query's poses go out in one write(2), then its rows in another, both
+on plain file descriptors (no user-space buffer). Once ``write`` returns, the data
+is in the page cache, which outlives the process (kill -9) though not the machine;
+``close`` fsyncs. A crash therefore tears at most the query being written, and
+``CampaignFiles.open(..., resume=True)`` cuts that query away again (see
+``_scan_scores`` and ``_scan_poses``). Writing poses first means a row in
+scores.csv always has its pose on disk; a pose without a row is dropped on resume.
+
+The three files must be regular files: a symlink (even to a regular file), FIFO,
+device or directory in their place is refused, never opened, followed or
+replaced (``lstat`` first, then ``O_NOFOLLOW``/``O_NONBLOCK`` opens checked with
+``fstat``). Nothing is written outside DIR; files are created with mode 0666
+less the umask.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import fcntl
+import io
+import json
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import BinaryIO
+
+from rdkit import Chem
+
+from templ_pipeline.campaign.poses import pose_record
+from templ_pipeline.io import InputError
+
+CAMPAIGN_FILE = "campaign.json"
+SCORES_FILE = "scores.csv"
+POSES_FILE = "poses.sdf"
+_TEMPORARY = (f".{CAMPAIGN_FILE}.tmp", f".{POSES_FILE}.tmp")  # our own, left behind only by a crash
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO swapped in must not hang us
+_FILE_MODE = 0o666  # less the umask
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRow:
+    """One row of scores.csv: a query's outcome (against one template)."""
+
+    query_id: str
+    smiles: str
+    status: str
+    reason: str
+    template: str
+    n_conformers: int
+    n_scored: int
+    n_failed: int
+    shape: float | None
+    color: float | None
+    combo: float | None
+    conformer_id: int | None
+    seconds: float
+
+
+SCORES_COLUMNS: tuple[str, ...] = tuple(field.name for field in fields(ScoreRow))
+"""The header of scores.csv: the ``ScoreRow`` fields, in order."""
+
+
+class CampaignFiles:
+    """The open output files of one campaign; ``write`` one query at a time, then ``close``."""
+
+    __slots__ = ("directory", "done", "resumed_rows", "_scores", "_poses", "_closed")
+
+    def __init__(self, directory: Path, done: frozenset[str], resumed_rows: int, scores: int, poses: int) -> None:
+        self.directory = directory
+        self.done = done  # query ids already in scores.csv when opened (after repairs)
+        self.resumed_rows = resumed_rows  # rows already in scores.csv when opened (after repairs)
+        self._scores = _Appender(scores)
+        self._poses = _Appender(poses)
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        parameters: dict,
+        *,
+        resume: bool,
+        rows_per_query: int = 1,
+    ) -> CampaignFiles:
+        """Start a campaign in ``directory``, or with ``resume`` continue the one there.
+
+        ``parameters`` (JSON-serialisable) are stored when starting and must be
+        equal on resume. ``rows_per_query`` is the number of rows a complete query
+        has (one per template): a last query with fewer is dropped on resume.
+        """
+        if rows_per_query < 1:
+            raise ValueError(f"rows_per_query must be at least 1, not {rows_per_query}")
+        directory = Path(directory)
+        _make_directory(directory)
+        campaign, scores, poses = (directory / name for name in (CAMPAIGN_FILE, SCORES_FILE, POSES_FILE))
+        if _has_entries(directory):
+            if not resume:
+                raise InputError(
+                    f"{directory}: exists and is not empty; pass --resume to continue the campaign in it, "
+                    "or choose another directory"
+                )
+            existing = [path for path in (campaign, scores, poses) if _is_regular_file(path)]
+            if campaign not in existing:
+                raise InputError(f"{campaign}: no such file; {directory} is not empty and holds no campaign to resume")
+            _check_parameters(campaign, parameters)
+        else:
+            for name in _TEMPORARY:
+                _remove_temporary(directory / name)
+            _write_atomically(campaign, (json.dumps({"parameters": parameters}, indent=2) + "\n").encode())
+        scores_fd = _open_regular(scores, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        try:
+            _lock(scores, scores_fd)
+            done, rows = _repair_scores(scores, scores_fd, rows_per_query)
+            poses_fd = _open_regular(poses, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+            try:
+                poses_fd = _repair_poses(poses, poses_fd, done)
+            except BaseException:
+                os.close(poses_fd)
+                raise
+        except BaseException:
+            os.close(scores_fd)
+            raise
+        _sync_directory(directory)
+        return cls(directory, frozenset(done), rows, scores_fd, poses_fd)
+
+    def write(self, rows: Sequence[ScoreRow], poses: Sequence[Chem.Mol | str | None]) -> None:
+        """Append all rows of one query, with a pose (or None) per row: poses first, then rows.
+
+        A pose is a molecule or its SDF record already made
+        (:func:`~templ_pipeline.campaign.poses.pose_record`, as campaign workers do). A
+        molecule gets its row's query id as name and the properties ``smiles``,
+        ``template``, ``shape``, ``color``, ``combo`` and ``conformer_id`` (those
+        that are not None); the molecule passed in is modified.
+        """
+        if self._closed:
+            raise ValueError(f"{self.directory}: the campaign files are closed")
+        if len(rows) != len(poses):
+            raise ValueError(f"{len(rows)} rows but {len(poses)} poses; pass a pose or None per row")
+        if not rows or any(row.query_id != rows[0].query_id for row in rows):
+            raise ValueError("write takes the rows of one query: at least one, all with the same query_id")
+        sdf = _pose_records(rows, poses)  # built first: a pose RDKit cannot write leaves both files untouched
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(_fields(row) for row in rows)
+        try:
+            self._poses.append(sdf.encode("utf-8"))
+            self._scores.append(buffer.getvalue().encode("utf-8"))
+        except BaseException:
+            # A failed write (a full disk) is undone in both files, so the query can be written
+            # again and a torn record never ends up in the middle of a file.
+            self._poses.undo()
+            self._scores.undo()
+            raise
+        self._poses.commit()
+        self._scores.commit()
+
+    def close(self) -> None:
+        """Flush both files to disk (fsync) and close them; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            os.fsync(self._poses.fd)
+            os.fsync(self._scores.fd)
+        finally:
+            os.close(self._poses.fd)
+            os.close(self._scores.fd)
+
+    def __enter__(self) -> CampaignFiles:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def read_scores(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a scores.csv, as strings by column name (empty for None)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _fields(row: ScoreRow) -> list[str]:
+    return [_field(getattr(row, name)) for name in SCORES_COLUMNS]
+
+
+def _field(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that parses back to the same float
+    return str(value)
+
+
+def _pose_records(rows: Sequence[ScoreRow], poses: Sequence[Chem.Mol | str | None]) -> str:
+    """The SDF text of a query's poses: records made by the workers as they are, molecules written here."""
+    records = []
+    for row, pose in zip(rows, poses):
+        if pose is None:
+            continue
+        if isinstance(pose, str):
+            records.append(pose)
+        else:
+            records.append(pose_record(pose, name=row.query_id, smiles=row.smiles, template=row.template,
+                                       shape=row.shape, color=row.color, combo=row.combo,
+                                       conformer_id=row.conformer_id))
+    return "".join(records)
+
+
+class _Appender:
+    """Appends to a file this process alone writes (flock), and can cut the last append off again."""
+
+    __slots__ = ("fd", "_size", "_pending")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._size = os.fstat(fd).st_size  # where the next O_APPEND write lands
+        self._pending = 0
+
+    def append(self, data: bytes) -> None:
+        self._pending = len(data)
+        _write_all(self.fd, data)
+
+    def commit(self) -> None:
+        self._size += self._pending
+        self._pending = 0
+
+    def undo(self) -> None:
+        if self._pending:
+            self._pending = 0
+            try:
+                os.ftruncate(self.fd, self._size)
+            except OSError:  # left to the repair on resume
+                pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """One write(2) as a rule; it loops only on a short write (a full disk, a signal)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# --- the directory and its files -------------------------------------------------------
+
+
+def _make_directory(directory: Path) -> None:
+    """Create ``directory`` (not its parents), or check that the existing one is a directory."""
+    try:
+        os.mkdir(directory)
+        return
+    except FileNotFoundError:
+        raise InputError(f"{directory}: parent directory {directory.parent} does not exist") from None
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise InputError(f"{directory}: cannot create the campaign directory ({exc.strerror})") from None
+    if not directory.is_dir():  # follows a symlink: a linked directory is fine, the files in it are checked
+        raise InputError(f"{directory}: exists and is not a directory")
+
+
+def _has_entries(directory: Path) -> bool:
+    """Whether ``directory`` holds anything but temporary files a crash of ours left."""
+    try:
+        with os.scandir(directory) as entries:
+            return any(entry.name not in _TEMPORARY for entry in entries)
+    except OSError as exc:
+        raise InputError(f"{directory}: cannot list the campaign directory ({exc.strerror})") from None
+
+
+def _is_regular_file(path: Path) -> bool:
+    """Whether ``path`` exists; ``InputError`` when it is anything but a regular file (symlinks not followed)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise InputError(f"{path}: cannot inspect ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise _not_regular(path, info.st_mode)
+    return True
+
+
+def _not_regular(path: Path, mode: int) -> InputError:
+    return InputError(f"{path}: is {_kind(mode)}, not a regular file; move it away or choose another directory")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a plain file"
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """A file descriptor on the regular file ``path``, never through a symlink, never blocking on a FIFO."""
+    _is_regular_file(path)
+    try:
+        fd = os.open(path, flags | _OPEN_FLAGS, _FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink created since the lstat
+            raise InputError(f"{path}: is a symbolic link, not a regular file") from None
+        raise InputError(f"{path}: cannot open ({exc.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_regular(path, mode)
+    return fd
+
+
+def _remove_temporary(path: Path) -> None:
+    try:
+        os.unlink(path)  # a symlink is removed, not followed
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise InputError(f"{path}: cannot remove this leftover temporary file ({exc.strerror})") from None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` by a file holding ``data``: a temporary file in the same directory, fsync, rename."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    _remove_temporary(temporary)
+    fd = _open_regular(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(temporary)
+        raise
+    os.close(fd)
+    os.replace(temporary, path)
+
+
+def _sync_directory(directory: Path) -> None:
+    """fsync the directory, so created and renamed entries survive a crash of the machine."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on directories (EINVAL); the data files are synced anyway
+        pass
+    finally:
+        os.close(fd)
+
+
+def _lock(path: Path, fd: int) -> None:
+    """Hold an exclusive flock on scores.csv: two runs appending to one campaign would interleave their rows."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise InputError(f"{path}: in use by another run of this campaign") from None
+    except OSError:  # no flock on this file system (ENOLCK, EOPNOTSUPP): run unlocked
+        pass
+
+
+def _check_parameters(path: Path, parameters: dict) -> None:
+    """``InputError`` unless campaign.json holds the same parameters (as JSON values)."""
+    fd = _open_regular(path, os.O_RDONLY)
+    try:
+        with open(fd, "rb", closefd=False) as handle:
+            text = handle.read()
+    finally:
+        os.close(fd)
+    try:
+        stored = json.loads(text)["parameters"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a campaign file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(stored, dict):
+        raise InputError(f"{path}: not a campaign file (parameters is not an object)")
+    wanted = json.loads(json.dumps(parameters))  # tuples as lists, keys as strings: as they were stored
+    differ = [key for key in {**stored, **wanted} if stored.get(key, _UNSET) != wanted.get(key, _UNSET)]
+    if not differ:
+        return
+    if len(differ) == 1:
+        key = differ[0]
+        conflict = f"started with {key}={_shown(stored, key)}, this run asks for {_shown(wanted, key)}"
+    else:
+        started = ", ".join(f"{key}={_shown(stored, key)}" for key in differ)
+        asked = ", ".join(f"{key}={_shown(wanted, key)}" for key in differ)
+        conflict = f"started with {started}; this run asks for {asked}"
+    raise InputError(f"{path}: the campaign was {conflict}; use the same options to resume")
+
+
+_UNSET = object()
+
+
+def _shown(parameters: dict, key: str) -> str:
+    return json.dumps(parameters[key]) if key in parameters else "(unset)"
+
+
+# --- resume repairs -----------------------------------------------------------------
+
+
+def _repair_scores(path: Path, fd: int, rows_per_query: int) -> tuple[set[str], int]:
+    """Cut scores.csv to its complete queries (writing the header when it has none); their ids and row count."""
+    with open(os.dup(fd), "rb") as handle:
+        end, done, rows = _scan_scores(path, handle, rows_per_query)
+    if end < os.fstat(fd).st_size:
+        os.ftruncate(fd, end)
+    if end == 0:
+        _write_all(fd, (",".join(SCORES_COLUMNS) + "\n").encode())
+    return done, rows
+
+
+def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int) -> tuple[int, set[str], int]:
+    """(byte offset after the last complete query, the ids of complete queries, their rows).
+
+    What a crash leaves, and what is cut:
+    - a last line without its newline: a write(2) cut short (kill -9 mid-write, a full
+      disk); even if it parses, a number in it may be truncated. Dropped.
+    - a row that is still open at the end of the file (a quoted field with a line
+      break, cut after it): the strict csv reader reports end of data. Dropped.
+    - with ``rows_per_query`` n > 1, fewer than n rows of the last query id: the
+      query's single write was cut between rows. Dropped. (A query that always
+      writes fewer rows, say one failed row, is then recomputed when it is last.)
+    The header, if complete, must be ``SCORES_COLUMNS``; any other damage (a wrong
+    field count, undecodable text) is an ``InputError``: the file is not what we wrote.
+    """
+    handle.seek(0)
+    consumed = 0  # bytes of the lines the csv reader has taken
+    exhausted = False
+
+    def lines() -> Iterator[str]:
+        nonlocal consumed, exhausted
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{path}: line {number} is not UTF-8 text") from None
+            consumed += len(raw)
+            yield text
+        exhausted = True
+
+    reader = csv.reader(lines(), strict=True)
+    header = False
+    end = 0  # after the last complete row
+    done: set[str] = set()
+    rows = 0
+    group_id: str | None = None  # the query id of the run of rows being read
+    group_rows = 0
+    group_start = 0
+    try:
+        for row in reader:
+            if not header:
+                if row != list(SCORES_COLUMNS):
+                    raise InputError(
+                        f"{path}: the header is not that of a campaign's scores.csv "
+                        f"(expected {','.join(SCORES_COLUMNS)}, found {','.join(row)})"
+                    )
+                header = True
+                end = group_start = consumed
+                continue
+            if not row:  # a blank line (an editor's): no row
+                end = consumed
+                continue
+            if len(row) != len(SCORES_COLUMNS):
+                expected = len(SCORES_COLUMNS)
+                raise InputError(f"{path}: line {reader.line_num} has {len(row)} fields, expected {expected}")
+            if row[0] != group_id:
+                if group_id is not None:
+                    done.add(group_id)
+                    rows += group_rows
+                group_id, group_rows, group_start = row[0], 0, end
+            group_rows += 1
+            end = consumed
+    except csv.Error as exc:
+        if not exhausted:
+            raise InputError(f"{path}: line {reader.line_num}: {exc}") from None
+    if group_id is not None:
+        if group_rows >= rows_per_query:
+            done.add(group_id)
+            rows += group_rows
+        else:
+            end = group_start
+    return end, done, rows
+
+
+def _is_separator(line: bytes) -> bool:
+    """A complete ``$$$$`` line; without its newline it is part of a torn record."""
+    return line.startswith(b"$$$$") and line.endswith(b"\n") and line.rstrip() == b"$$$$"
+
+
+def _record_name(line: bytes) -> str:
+    return line.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def _repair_poses(path: Path, fd: int, done: set[str]) -> int:
+    """Drop torn and orphaned pose records; the file descriptor to append to (a new one after a rewrite)."""
+    with open(os.dup(fd), "rb") as handle:
+        kept_end, rewrite = _scan_poses(handle, done)
+        if not rewrite:
+            if kept_end < os.fstat(fd).st_size:
+                os.ftruncate(fd, kept_end)
+            return fd
+        replacement = _rewrite_poses(path, handle, done, stat.S_IMODE(os.fstat(fd).st_mode))
+    os.close(fd)
+    return replacement
+
+
+def _scan_poses(handle: BinaryIO, done: set[str]) -> tuple[int, bool]:
+    """(byte offset after the last record to keep, whether a record to drop precedes it).
+
+    A record is kept when it is complete (ends with a ``$$$$`` line and its newline)
+    and its name is a query id in scores.csv. Dropped: a torn last record (a write
+    cut short) and orphans, poses whose rows never reached scores.csv (the crash
+    came between the two writes, or the query was cut by ``_scan_scores``).
+    Orphans are always at the end after a crash: then the file is truncated.
+    """
+    handle.seek(0)
+    offset = kept_end = 0
+    name: str | None = None
+    orphan_seen = rewrite = False
+    for line in handle:
+        if name is None:
+            name = _record_name(line)
+        offset += len(line)
+        if _is_separator(line):
+            if name in done:
+                rewrite = rewrite or orphan_seen
+                kept_end = offset
+            else:
+                orphan_seen = True
+            name = None
+    return kept_end, rewrite
+
+
+def _rewrite_poses(path: Path, handle: BinaryIO, done: set[str], mode: int) -> int:
+    """Copy the records to keep to a temporary file, rename it over ``path``; a descriptor on it."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    _remove_temporary(temporary)
+    fd = _open_regular(temporary, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+    try:
+        os.fchmod(fd, mode)  # the mode poses.sdf had
+        handle.seek(0)
+        with open(fd, "wb", closefd=False) as sink:
+            record: list[bytes] = []
+            for line in handle:
+                record.append(line)
+                if _is_separator(line):
+                    if _record_name(record[0]) in done:
+                        sink.writelines(record)
+                    record = []
+        os.fsync(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        os.close(fd)
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return fd

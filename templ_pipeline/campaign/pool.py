@@ -1,0 +1,332 @@
+"""The campaign's process workers: one query each at a time, a time limit per query, replaced when lost.
+
+``concurrent.futures`` pools do not serve here: they cannot say which worker
+holds which query, nor end one worker whose query runs over its time limit (the
+only way to stop a native ETKDG embedding) without breaking the whole pool, and
+they need a manager and a feeder thread in the parent that a full thread budget
+can refuse. So each worker has a pipe of its own (:mod:`templ_pipeline.campaign.worker`)
+and every wait here is a selector's ``select`` with a bound.
+
+What happens is reported as events: a worker that cannot start is a fallback to
+fewer workers (the pool goes on with those it has; with none at the start it raises
+:class:`NoWorkers`, later it sets :attr:`QueryPool.gone`, and the campaign goes on
+in-process), a query over its limit ends its
+worker and becomes a ``timeout`` outcome, a worker that dies mid-query has its
+query run once more by another worker, then a ``worker_lost`` outcome. Each
+replacement is a :class:`~templ_pipeline.core.events.WorkerReplaced` event.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from templ_pipeline.campaign.task import CampaignSettings, QueryOutcome, QueryTask, failed
+from templ_pipeline.campaign.worker import READY, serve
+from templ_pipeline.core.events import (
+    ExecutorKind,
+    Fallback,
+    FallbackReason,
+    Observer,
+    QueryFailureReason,
+    ReplacementReason,
+    WorkerReplaced,
+)
+from templ_pipeline.core.executor import classify_failure, pids_refusals
+from templ_pipeline.core.pools import pool_context, worker_environment
+
+START_SECONDS = 120.0
+"""How long a new worker may take to import RDKit and prepare the templates (0.2-0.5 s here;
+much more only on a node whose file system or CPUs are saturated)."""
+
+MAX_ATTEMPTS = 2
+"""Runs of one query on workers that die under it before it is a ``worker_lost`` outcome: a
+worker killed by something else (the OOM killer, an operator) gets the query a second chance,
+a query that crashes RDKit itself does not take down worker after worker."""
+
+SWEEP_SECONDS = 5.0
+"""How often every worker is asked whether it is alive, besides the sentinels that say so at once."""
+
+STOP_SECONDS = 5.0
+"""How long stopped workers may take to exit before they are killed."""
+
+
+class NoWorkers(Exception):
+    """No campaign worker could start; ``fallback`` says why (already emitted)."""
+
+    def __init__(self, fallback: Fallback) -> None:
+        super().__init__(fallback.detail)
+        self.fallback = fallback
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: object  # multiprocessing.process.BaseProcess
+    connection: Connection
+    started: float
+    ready: bool = False
+    task: QueryTask | None = None
+    since: float = 0.0  # when it was handed ``task``
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid  # type: ignore[attr-defined]
+
+
+@dataclass
+class Arrivals:
+    """What one :meth:`QueryPool.wait` brought: finished queries, and queries to run again."""
+
+    finished: list[tuple[QueryTask, QueryOutcome]] = field(default_factory=list)
+    retry: list[QueryTask] = field(default_factory=list)
+
+
+class QueryPool:
+    """Up to ``size`` worker processes running one query each at a time, reporting to ``emit``."""
+
+    kind = ExecutorKind.PROCESS
+
+    def __init__(self, size: int, settings: CampaignSettings, emit: Observer, *,
+                 query_timeout: float | None, start_timeout: float = START_SECONDS) -> None:
+        self.size = size
+        self._settings = settings
+        self._emit = emit
+        self._timeout = query_timeout if query_timeout and query_timeout > 0 else None
+        self._start_timeout = start_timeout
+        self._workers: list[_Worker] = []
+        self._attempts: dict[int, int] = {}
+        self._context = pool_context()
+        # one selector for the pool's life: multiprocessing.connection.wait builds one per call, which
+        # cost the parent a third of its time per query here
+        self._selector = selectors.DefaultSelector()
+        self._swept = time.monotonic()
+        self.gone: Fallback | None = None  # set when no worker is left: the campaign goes on in-process
+
+    @property
+    def workers(self) -> int:
+        """Workers alive now (starting or ready)."""
+        return len(self._workers)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for worker in self._workers if worker.task is not None)
+
+    def start(self) -> None:
+        """Start the workers; those that cannot start are a fallback to fewer, none is ``NoWorkers``."""
+        self._grow(self.size, "starting the campaign's workers")
+        if self.gone is not None:
+            raise NoWorkers(self.gone)
+
+    def idle(self) -> list[_Worker]:
+        """Ready workers without a query."""
+        return [worker for worker in self._workers if worker.ready and worker.task is None]
+
+    def starting(self) -> bool:
+        """Whether some worker has not reported ready yet."""
+        return any(not worker.ready for worker in self._workers)
+
+    def dispatch(self, worker: _Worker, task: QueryTask) -> bool:
+        """Hand ``task`` to ``worker``; False when the worker is gone (it is dropped, the task is not sent)."""
+        try:
+            worker.connection.send(task)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            return False
+        worker.task, worker.since = task, time.monotonic()
+        self._attempts[task.index] = self._attempts.get(task.index, 0) + 1
+        return True
+
+    def wait(self, timeout: float) -> Arrivals:
+        """Wait up to ``timeout`` seconds for outcomes; handle dead, late and unready workers."""
+        arrivals = Arrivals()
+        if not self._workers:
+            return arrivals
+        exited: list[_Worker] = []
+        for key, _ in self._selector.select(timeout=min(timeout, self._next_deadline())):
+            worker, is_connection = key.data
+            if worker not in self._workers:
+                continue
+            if is_connection:
+                self._receive(worker, arrivals)
+            else:
+                exited.append(worker)  # its sentinel: the process has ended
+        # Asking each worker (waitpid) on every wake-up cost the parent two system calls per worker
+        # and query; the sentinels say who ended, and a sweep now and then is the safety net.
+        now = time.monotonic()
+        if now - self._swept >= SWEEP_SECONDS:
+            self._swept = now
+            exited = list(self._workers)
+        for worker in exited:
+            if worker in self._workers and not worker.process.is_alive():  # type: ignore[attr-defined]
+                self._lost(worker, arrivals)
+        self._enforce_deadlines(arrivals)
+        return arrivals
+
+    def shutdown(self, *, terminate: bool = False) -> None:
+        """Stop every worker within a bounded time; ``terminate`` ends them at once (queries abandoned)."""
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            self._unregister(worker)
+            if terminate:
+                worker.process.terminate()  # type: ignore[attr-defined]
+            else:
+                try:
+                    worker.connection.send(None)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + (1.0 if terminate else STOP_SECONDS)
+        for worker in workers:
+            _end(worker, max(0.0, deadline - time.monotonic()))
+        self._selector.close()
+
+    # --- inside ---------------------------------------------------------------------------------
+
+    def _grow(self, count: int, why: str) -> None:
+        """Start ``count`` workers; a refused start is a fallback event (fewer workers, or NoWorkers)."""
+        for _ in range(count):
+            before = pids_refusals()
+            try:
+                self._workers.append(self._spawn())
+            except (OSError, RuntimeError) as error:
+                self._refused(error, before, why)
+                return
+
+    def _spawn(self) -> _Worker:
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(target=serve, args=(child_end, os.getpid(), self._settings),
+                                        name="templ-campaign-worker", daemon=True)
+        try:
+            with worker_environment():
+                process.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        worker = _Worker(process, parent_end, time.monotonic())
+        self._selector.register(parent_end, selectors.EVENT_READ, (worker, True))
+        self._selector.register(process.sentinel, selectors.EVENT_READ, (worker, False))
+        return worker
+
+    def _unregister(self, worker: _Worker) -> None:
+        for handle in (worker.connection, worker.process.sentinel):  # type: ignore[attr-defined]
+            try:
+                self._selector.unregister(handle)
+            except (KeyError, ValueError):
+                pass
+
+    def _refused(self, error: BaseException, refusals_before: int | None, why: str) -> None:
+        cause = classify_failure(error, refusals_before)
+        reason = (FallbackReason.THREAD_START_FAILED if "can't start new thread" in str(error)
+                  else FallbackReason.PROCESS_START_FAILED)
+        alive = len(self._workers)
+        to_kind = ExecutorKind.PROCESS if alive else ExecutorKind.SEQUENTIAL
+        detail = f"{why}: a worker could not start ({error}); going on with {alive} worker(s)"
+        fallback = Fallback(ExecutorKind.PROCESS, to_kind, reason, cause, detail, error)
+        self._emit(fallback)
+        self.size = alive
+        if not alive:
+            self.gone = fallback
+
+    def _receive(self, worker: _Worker, arrivals: Arrivals, *, drain: bool = False) -> None:
+        """Take one message the selector found waiting (``drain``: every message left, for a dead worker)."""
+        try:
+            # Connection.poll builds a selector per call; one message per select is cheaper, and
+            # a second message waiting makes the next select return at once
+            while not drain or worker.connection.poll(0):
+                message = worker.connection.recv()
+                if isinstance(message, QueryOutcome) and worker.task is not None:
+                    arrivals.finished.append((worker.task, message))
+                    self._attempts.pop(worker.task.index, None)
+                    worker.task = None
+                elif isinstance(message, tuple) and message and message[0] == READY:
+                    worker.ready = True
+                if not drain:
+                    return
+        except (EOFError, OSError):
+            pass  # the worker is gone: its sentinel says so, and _lost handles it
+
+    def _lost(self, worker: _Worker, arrivals: Arrivals) -> None:
+        """A worker exited on its own: run its query again (or fail it), and start another worker."""
+        self._receive(worker, arrivals, drain=True)  # an outcome sent just before it died still counts
+        code = worker.process.exitcode  # type: ignore[attr-defined]
+        self._drop(worker)
+        task = worker.task
+        if task is None and not worker.ready:
+            self._refused(RuntimeError(f"worker {worker.pid} exited with code {code} while starting"), None,
+                          "a new worker exited before it was ready")
+            return
+        detail = f"worker {worker.pid} exited with code {code}"
+        if task is not None:
+            if self._attempts.get(task.index, 0) < MAX_ATTEMPTS:
+                arrivals.retry.append(task)
+                detail += f" while running query {task.query_id}; it runs again on another worker"
+            else:
+                self._attempts.pop(task.index, None)
+                arrivals.finished.append((task, failed(task.index, QueryFailureReason.WORKER_LOST,
+                                                       f"{detail} while running it, for the {MAX_ATTEMPTS}nd time",
+                                                       smiles=task.smiles or "")))
+                detail += f" while running query {task.query_id} (given up after {MAX_ATTEMPTS} runs)"
+        self._emit_replaced(ReplacementReason.WORKER_LOST, detail)
+
+    def _enforce_deadlines(self, arrivals: Arrivals) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers):
+            if worker.task is not None and self._timeout is not None and now - worker.since > self._timeout:
+                task = worker.task
+                seconds = now - worker.since
+                self._drop(worker, kill=True)
+                self._attempts.pop(task.index, None)
+                arrivals.finished.append((task, failed(
+                    task.index, QueryFailureReason.TIMEOUT,
+                    f"still running after {seconds:.1f} s (limit {self._timeout:g} s); its worker was ended",
+                    smiles=task.smiles or "", seconds=seconds)))
+                self._emit_replaced(ReplacementReason.TIMEOUT,
+                                    f"query {task.query_id} ran over {self._timeout:g} s on worker {worker.pid}")
+            elif not worker.ready and now - worker.started > self._start_timeout:
+                self._drop(worker, kill=True)
+                self._refused(TimeoutError(f"worker {worker.pid} was not ready after {self._start_timeout:g} s"),
+                              None, "a new worker did not become ready")
+
+    def _emit_replaced(self, reason: ReplacementReason, detail: str) -> None:
+        """Start a worker in place of one that was dropped, and say so."""
+        self._emit(WorkerReplaced(self.kind, reason, detail))
+        self._grow(1, f"replacing a worker ({reason})")
+
+    def _drop(self, worker: _Worker, *, kill: bool = False) -> None:
+        if worker in self._workers:
+            self._workers.remove(worker)
+        self._unregister(worker)
+        if kill:
+            worker.process.kill()  # type: ignore[attr-defined]
+        _end(worker, 1.0)
+
+    def _next_deadline(self) -> float:
+        """Seconds until the earliest query time limit or start limit runs out (at least 0)."""
+        now = time.monotonic()
+        deadlines = [worker.since + self._timeout - now for worker in self._workers
+                     if worker.task is not None and self._timeout is not None]
+        deadlines += [worker.started + self._start_timeout - now for worker in self._workers if not worker.ready]
+        return max(0.0, min(deadlines, default=3600.0))
+
+
+def _end(worker: _Worker, grace: float) -> None:
+    """Wait up to ``grace`` for the worker to exit, then terminate it, then kill it; close its pipe."""
+    process = worker.process
+    process.join(grace)  # type: ignore[attr-defined]
+    for stop in (process.terminate, process.kill):  # type: ignore[attr-defined]
+        if not process.is_alive():  # type: ignore[attr-defined]
+            break
+        stop()
+        process.join(1.0)  # type: ignore[attr-defined]
+    worker.connection.close()
+
+
+def retry_first(retry: Iterable[QueryTask], queue: deque[QueryTask]) -> None:
+    """Put queries to run again at the front of ``queue``, in their original order."""
+    for task in sorted(retry, key=lambda task: task.index, reverse=True):
+        queue.appendleft(task)

@@ -1,0 +1,348 @@
+"""A screening campaign: queries streamed to process workers, one result yielded per query as it finishes.
+
+:func:`screen` is the Python entry point (``templ screen`` writes what it yields).
+Queries are read lazily and only as many are in flight as there are workers, so
+a library of millions of ligands is never held in memory. Workers are sized for
+the work (no more than the CPUs this process may use, no more than the queries
+left), then granted from the kernel's limits for task type ``screening``: a
+process whose RDKit embeds on one thread, so a node never runs processes times
+RDKit threads.
+
+The ladder is the executor's: process workers, fewer when some cannot start or
+a replacement is refused, and this process when none is left. Every rung runs a
+query with the same code (:class:`~templ_pipeline.campaign.task.QueryRunner`),
+so the results never depend on the rung. Each query has its own span under the
+campaign span, and its worker's conformer and scoring spans under it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rdkit import Chem
+
+import telemetry
+from telemetry.observer import observe as observe_telemetry
+from templ_pipeline.campaign.pool import NoWorkers, QueryPool
+from templ_pipeline.campaign.queries import QueryRecord
+from templ_pipeline.campaign.task import (
+    CampaignSettings,
+    QueryOutcome,
+    QueryRunner,
+    QueryTask,
+    TemplateResult,
+    failed,
+)
+from templ_pipeline.core.batch import mol_to_bytes
+from templ_pipeline.core.conformers import DEFAULT_SEED
+from templ_pipeline.core.events import (
+    CampaignDone,
+    CampaignStarted,
+    Emitter,
+    ExecutorCreated,
+    ExecutorKind,
+    Fallback,
+    Observer,
+    QueryFailureReason,
+    QueryFinished,
+    QueryStarted,
+    QueryStatus,
+    TaskType,
+    cause_of,
+    no_room_reason,
+)
+from templ_pipeline.core.executor import grant_workers, observe_limits, release_grant
+from templ_pipeline.core.native_call import call_interruptibly
+from templ_pipeline.core.scoring import METRICS
+from templ_pipeline.core.sizing import insists_on_workers, plan_workers
+
+DEFAULT_QUERY_TIMEOUT = 600.0
+"""Seconds one query may take. Conformer generation of large flexible ligands takes 15-35 s
+here for 200 conformers (a PROTAC, an octapeptide, erythromycin); a query still running after
+ten minutes is stuck in ETKDG, and its worker is ended so that the campaign goes on."""
+
+WAIT_SECONDS = 0.5
+"""The longest the campaign waits for results at a time (it then checks deadlines and signals)."""
+
+LIMITS_SECONDS = 5.0
+"""How often, at most, the thread limits are read and reported during a campaign. A reading
+costs the parent about 0.6 ms of CPU here; once per query that was a third of all it spent per
+query, and a scrape every 15 s or more sees a 5 s old reading at worst."""
+
+TASK_TYPE = TaskType.SCREENING
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenOptions:
+    """How every query of a campaign is run."""
+
+    num_conformers: int = 200
+    seed: int = DEFAULT_SEED
+    workers: int = 1
+    metric: str = "combo"
+    query_timeout: float | None = DEFAULT_QUERY_TIMEOUT
+    use_input_conformers: bool = False
+    exact_workers: bool = False
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}: choose one of {', '.join(METRICS)}")
+        if self.num_conformers < 1:
+            raise ValueError(f"num_conformers must be at least 1, got {self.num_conformers}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """One query's result: its record, what its worker found, and the rung that ran it."""
+
+    record: QueryRecord
+    outcome: QueryOutcome
+    kind: ExecutorKind
+
+    @property
+    def query_id(self) -> str:
+        return self.record.query_id
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome.status == QueryStatus.OK
+
+    def best(self, metric: str) -> TemplateResult | None:
+        """The best template's result by ``metric`` (None when the query failed)."""
+        return self.outcome.best(metric)
+
+    def pose(self, result: TemplateResult) -> Chem.Mol | None:
+        """The query with ``result``'s best conformer aligned onto its template, with its properties
+        (None when that template scored no conformer)."""
+        if not result.record:
+            return None
+        supplier = Chem.SDMolSupplier()
+        supplier.SetData(result.record, removeHs=False)
+        return next(iter(supplier), None)
+
+
+def template_names(templates: Sequence[Chem.Mol]) -> list[str]:
+    """Each template's record name, or ``template_<n>`` when it has none."""
+    return [(mol.GetProp("_Name").strip() if mol.HasProp("_Name") else "") or f"template_{number}"
+            for number, mol in enumerate(templates, start=1)]
+
+
+def templates_digest(templates: Sequence[Chem.Mol]) -> str:
+    """A digest of the templates' molecules and poses: a resumed campaign must use the same ones."""
+    digest = hashlib.sha256()
+    for mol in templates:
+        digest.update(Chem.MolToMolBlock(mol).encode())
+    return digest.hexdigest()
+
+
+def as_records(queries: Iterable[QueryRecord | str | Chem.Mol]) -> Iterator[QueryRecord]:
+    """Queries given as records, SMILES or molecules, as records (ids ``query_<n>`` where none is given)."""
+    for number, query in enumerate(queries, start=1):
+        if isinstance(query, QueryRecord):
+            yield query
+        elif isinstance(query, Chem.Mol):
+            name = query.GetProp("_Name").strip() if query.HasProp("_Name") else ""
+            yield QueryRecord(number, name or f"query_{number}", None, (Chem.MolToMolBlock(query),))
+        else:
+            yield QueryRecord(number, f"query_{number}", str(query), ())
+
+
+def screen(
+    queries: Iterable[QueryRecord | str | Chem.Mol],
+    templates: Sequence[Chem.Mol],
+    options: ScreenOptions = ScreenOptions(),
+    *,
+    total: int | None = None,
+    skipped: int = 0,
+    observers: Sequence[Observer] = (),
+) -> Iterator[QueryResult]:
+    """Run every query against ``templates``; yield one :class:`QueryResult` per query, as each finishes.
+
+    ``queries`` may be ``QueryRecord``s (from :func:`~templ_pipeline.campaign.queries.read_queries`),
+    SMILES strings or RDKit molecules, and is read lazily. ``total`` (the queries
+    to run, when known) sizes the workers; ``skipped`` says how many of the input's
+    an earlier run did (progress counts both). Results come in the order queries finish. Closing the
+    generator, or an exception in it (such as an interrupt), ends the workers at
+    once: queries in flight are abandoned, never half-reported.
+    """
+    if not templates:
+        raise ValueError("screen needs at least one template")
+    emit = Emitter((observe_telemetry, *observers))
+    settings = CampaignSettings(tuple(mol_to_bytes(Chem.Mol(t, confId=t.GetConformer().GetId())) for t in templates),
+                                tuple(template_names(templates)), options.num_conformers, options.seed,
+                                options.metric, options.use_input_conformers)
+    campaign = _Campaign(settings, options, emit)
+    whole = None if total is None else total + skipped  # the input's size, as progress and alerts count it
+    with telemetry.campaign_span(total=whole, templates=len(templates), workers_requested=options.workers) as stats:
+        emit(CampaignStarted(whole, skipped, len(templates)))
+        try:
+            yield from campaign.run(as_records(queries), total)
+        finally:
+            stats.workers_granted, stats.done = campaign.workers, campaign.done
+            stats.ok, stats.failed, stats.interrupted = campaign.ok, campaign.done - campaign.ok, not campaign.finished
+            emit(CampaignDone(campaign.done, campaign.ok, campaign.done - campaign.ok,
+                              time.monotonic() - campaign.started, not campaign.finished))
+
+
+class _Campaign:
+    """The dispatch loop of one campaign: its pool (or this process), queries in flight, counts."""
+
+    def __init__(self, settings: CampaignSettings, options: ScreenOptions, emit: Emitter) -> None:
+        self._settings = settings
+        self._options = options
+        self._emit = emit
+        self._retry: deque[QueryTask] = deque()
+        self._in_flight: dict[int, tuple[QueryRecord, Any]] = {}  # index -> (record, query span)
+        self._records: Iterator[QueryRecord] | None = None
+        self._index = 0
+        self.workers = 0
+        self.done = self.ok = 0
+        self.finished = False
+        self.started = time.monotonic()
+        self._limits_seen = 0.0
+
+    def run(self, records: Iterator[QueryRecord], total: int | None) -> Iterator[QueryResult]:
+        self._records = records
+        pool = self._start_pool(total)
+        try:
+            while pool is not None:
+                if not self._fill(pool):
+                    break
+                yield from self._collect(pool)
+                if pool.gone is not None:
+                    pool.shutdown(terminate=True)
+                    self._requeue_in_flight()
+                    pool = None
+            if pool is None:
+                yield from self._run_here()
+            self.finished = True
+        finally:
+            if pool is not None:
+                pool.shutdown(terminate=not self.finished)
+
+    # --- the pool rung ----------------------------------------------------------------------------
+
+    def _start_pool(self, total: int | None) -> QueryPool | None:
+        """Size, grant and start the workers; None when the campaign runs in this process."""
+        options = self._options
+        work = plan_workers(options.workers, TASK_TYPE, exact=insists_on_workers(options.exact_workers),
+                            queries=total)
+        for reduction in work.reductions:
+            self._emit(reduction)
+        # even one worker is a process: it can be ended when its query runs over the time limit,
+        # and a query that crashes RDKit takes only its worker down
+        grant = grant_workers(work.workers, TASK_TYPE, ExecutorKind.PROCESS)
+        self._emit(grant.event(TASK_TYPE))
+        try:
+            if grant.granted < 1:
+                self._emit(Fallback(ExecutorKind.PROCESS, ExecutorKind.SEQUENTIAL, no_room_reason(grant.reason),
+                                    cause_of(grant.reason), grant.detail))
+                return None
+            pool = QueryPool(grant.granted, self._settings, self._emit, query_timeout=options.query_timeout)
+            try:
+                pool.start()
+            except NoWorkers:
+                return None
+        finally:
+            release_grant(grant)
+        self.workers = pool.workers
+        self._emit(ExecutorCreated(ExecutorKind.PROCESS, pool.workers, TASK_TYPE, False))
+        return pool
+
+    def _fill(self, pool: QueryPool) -> bool:
+        """Give each idle worker a query; False when nothing is left to run or to wait for."""
+        for worker in pool.idle():
+            task = self._next_task()
+            if task is None:
+                break
+            if pool.dispatch(worker, task):
+                self._emit(QueryStarted(task.index, len(self._in_flight)))
+            else:
+                self._retry.appendleft(task)  # the worker is gone; wait() finds it and replaces it
+        return bool(self._in_flight) or pool.starting()
+
+    def _collect(self, pool: QueryPool) -> Iterator[QueryResult]:
+        arrivals = pool.wait(WAIT_SECONDS)
+        for task in sorted(arrivals.retry, key=lambda task: task.index, reverse=True):
+            self._retry.appendleft(task)
+        if arrivals.finished and pool.gone is None:
+            self._fill(pool)  # the freed workers get their next query before the results are written
+        for task, outcome in arrivals.finished:
+            yield self._finish(task.index, outcome, ExecutorKind.PROCESS)
+        if arrivals.finished:
+            self._observe_limits(f"{len(self._in_flight)} queries in flight on {pool.workers} workers")
+
+    def _requeue_in_flight(self) -> None:
+        """Queries that were on the last workers run again here (their spans go on)."""
+        queued = {task.index for task in self._retry}
+        for index in sorted(self._in_flight, reverse=True):
+            if index not in queued:
+                record, span = self._in_flight[index]
+                self._retry.appendleft(self._task(index, record, span))
+
+    # --- the sequential rung ----------------------------------------------------------------------
+
+    def _run_here(self) -> Iterator[QueryResult]:
+        """The rest of the campaign in this process (no process could start)."""
+        runner = QueryRunner(self._settings)
+        limit = self._options.query_timeout
+        self.workers = max(self.workers, 1)
+        while (task := self._next_task()) is not None:
+            self._emit(QueryStarted(task.index, len(self._in_flight)))
+            outcome = call_interruptibly(lambda: runner.run(task), name="templ-query")
+            if limit and outcome.seconds > limit:
+                # nothing can end a native embedding in this process; the outcome is still a timeout, as
+                # it is on a worker, so the campaign's rows do not depend on the rung that ran it
+                outcome = failed(task.index, QueryFailureReason.TIMEOUT,
+                                 f"took {outcome.seconds:.1f} s (limit {limit:g} s), in this process",
+                                 smiles=outcome.smiles, seconds=outcome.seconds)
+            yield self._finish(task.index, outcome, ExecutorKind.SEQUENTIAL)
+            self._observe_limits("after a query run in this process")
+
+    # --- shared -----------------------------------------------------------------------------------
+
+    def _observe_limits(self, context: str) -> None:
+        now = time.monotonic()
+        if now - self._limits_seen >= LIMITS_SECONDS:
+            self._limits_seen = now
+            observe_limits(self._emit, context)
+
+    def _next_task(self) -> QueryTask | None:
+        if self._retry:
+            return self._retry.popleft()
+        record = next(self._records, None) if self._records is not None else None
+        if record is None:
+            return None
+        index, self._index = self._index, self._index + 1
+        span = telemetry.start_query_span(index)
+        self._in_flight[index] = (record, span)
+        return self._task(index, record, span)
+
+    def _task(self, index: int, record: QueryRecord, span: Any) -> QueryTask:
+        return QueryTask(index, record.query_id, record.smiles, record.molblocks, span.carrier)
+
+    def _finish(self, index: int, outcome: QueryOutcome, kind: ExecutorKind) -> QueryResult:
+        record, span = self._in_flight.pop(index)
+        options = self._options
+        best = outcome.best(options.metric)
+        scored = sum(result.scored for result in outcome.templates)
+        failures = sum(result.failed for result in outcome.templates)
+        span.end(status=outcome.status, reason=outcome.reason, conformers=outcome.conformers, scored=scored,
+                 failed=failures, worker_spans=outcome.spans, query_id=record.query_id)
+        outcome.spans = []
+        self.done += 1
+        self.ok += outcome.status == QueryStatus.OK
+        requested = len(record.molblocks) if options.use_input_conformers and record.molblocks else (
+            options.num_conformers)
+        self._emit(QueryFinished(record.query_id, kind, outcome.status, outcome.reason, outcome.seconds, requested,
+                                 outcome.conformers, best.scored if best else scored,
+                                 best.failed if best else failures, len(self._in_flight), outcome.detail))
+        return QueryResult(record, outcome, kind)
+

@@ -1,0 +1,210 @@
+"""One query of a campaign, run where its worker is: read it, embed it on one thread, score it.
+
+The steps are the ones ``templ select-best --query`` takes, through the same
+functions: :func:`~templ_pipeline.core.embedding.embed_single_threaded` makes the
+conformers ``generate_conformers`` makes (ETKDG gives the same coordinates at any
+thread count), and :func:`~templ_pipeline.core.batch.score_batch` aligns them on
+the same sanitized topology. So a query gives the same best pose and scores in
+both commands, whichever worker, rung or worker count ran it.
+
+Campaign workers import this module: RDKit, numpy, the scoring core and
+OpenTelemetry's API (for the worker spans), nothing of the CLI or telemetry's SDK.
+A query never raises out of :meth:`QueryRunner.run`: every failure is an outcome
+with a bounded reason, and the detail for the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+
+from rdkit import Chem, rdBase
+
+from telemetry.worker_spans import WorkerSpan, start_worker_span
+from templ_pipeline.campaign.poses import aligned_pose, pose_record
+from templ_pipeline.core.batch import BatchTask, batch_query, sanitized_copy_without_conformers, score_batch
+from templ_pipeline.core.embedding import embed_single_threaded
+from templ_pipeline.core.events import QueryFailureReason, QueryStatus
+
+SpanRecord = tuple[str, WorkerSpan, dict[str, object]]
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignSettings:
+    """What every query of a campaign shares; a worker receives it once, when it starts."""
+
+    templates: tuple[bytes, ...]  # template molecules (mol_to_bytes: double-precision coordinates)
+    template_names: tuple[str, ...]
+    num_conformers: int
+    seed: int
+    metric: str
+    use_input_conformers: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueryTask:
+    """One query as the reader gave it (SMILES, or SDF record text), and its trace context."""
+
+    index: int
+    query_id: str
+    smiles: str | None
+    molblocks: tuple[str, ...] = ()
+    carrier: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateResult:
+    """The query against one template: how many conformers scored, and the best one (None if none)."""
+
+    template: int
+    scored: int
+    failed: int
+    conf_id: int | None = None
+    shape: float | None = None
+    color: float | None = None
+    record: str = ""  # the best conformer aligned onto the template, as its SDF record (poses.pose_record)
+    failure: str = ""  # the first conformer failure's detail, for the log
+
+    @property
+    def combo(self) -> float | None:
+        return None if self.shape is None or self.color is None else 0.5 * (self.shape + self.color)
+
+    def value(self, metric: str) -> float:
+        score = getattr(self, metric)
+        return -1.0 if score is None else score
+
+
+@dataclass(slots=True)
+class QueryOutcome:
+    """What one query produced; ``templates`` is empty when it failed before scoring."""
+
+    index: int
+    status: QueryStatus
+    reason: QueryFailureReason | None = None
+    detail: str = ""
+    smiles: str = ""
+    conformers: int = 0
+    templates: list[TemplateResult] = field(default_factory=list)
+    seconds: float = 0.0
+    pid: int = 0
+    spans: list[SpanRecord] = field(default_factory=list)
+
+    def best(self, metric: str) -> TemplateResult | None:
+        """The template that scored this query best (the first one on a tie), None when none scored."""
+        scored = [result for result in self.templates if result.conf_id is not None]
+        return min(scored, key=lambda result: (-result.value(metric), result.template), default=None)
+
+
+def failed(index: int, reason: QueryFailureReason, detail: str, **fields: object) -> QueryOutcome:
+    """A failed outcome (also made by the parent: a timeout, a lost worker)."""
+    return QueryOutcome(index, QueryStatus.FAILED, reason, detail, **fields)  # type: ignore[arg-type]
+
+
+class QueryError(Exception):
+    """A query that cannot go on: its reason and detail."""
+
+    def __init__(self, reason: QueryFailureReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class QueryRunner:
+    """Runs queries against a campaign's templates (prepared once per process)."""
+
+    def __init__(self, settings: CampaignSettings) -> None:
+        self.settings = settings
+        self._templates = [Chem.Mol(binary) for binary in settings.templates]
+        self._keys = [hashlib.sha1(binary).hexdigest() for binary in settings.templates]
+
+    def run(self, task: QueryTask) -> QueryOutcome:
+        """The outcome of ``task``; never raises (an unexpected error is reason ``error``)."""
+        started = time.perf_counter()
+        outcome = QueryOutcome(task.index, QueryStatus.OK, pid=os.getpid(), smiles=task.smiles or "")
+        try:
+            self._run(task, outcome)
+        except QueryError as error:
+            outcome.status, outcome.reason, outcome.detail = QueryStatus.FAILED, error.reason, error.detail
+        except Exception as error:  # noqa: BLE001 - one broken query must not end the worker
+            outcome.status, outcome.reason = QueryStatus.FAILED, QueryFailureReason.ERROR
+            outcome.detail = f"{type(error).__name__}: {error}"
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def _run(self, task: QueryTask, outcome: QueryOutcome) -> None:
+        settings = self.settings
+        mol = self._molecule(task, outcome)
+        clock = start_worker_span(task.carrier, outcome.pid)
+        if settings.use_input_conformers and task.molblocks:
+            confs = mol
+        else:
+            confs = embed_single_threaded(mol, settings.num_conformers, settings.seed)
+        outcome.conformers = confs.GetNumConformers()
+        if clock is not None:
+            outcome.spans.append(("conformers.generate", clock.finish(),
+                                  {"templ.conformers.requested": settings.num_conformers,
+                                   "templ.conformers.generated": outcome.conformers, "templ.conformers.threads": 1}))
+        if outcome.conformers == 0:
+            raise QueryError(QueryFailureReason.EMBEDDING_FAILED,
+                             f"ETKDG embedded no conformer for {outcome.smiles or task.query_id!r}")
+        clock = start_worker_span(task.carrier, outcome.pid)
+        outcome.templates = self._score(confs, task.query_id, outcome.smiles)
+        if clock is not None:
+            outcome.spans.append(("screen.score", clock.finish(),
+                                  {"templ.templates": len(self._templates),
+                                   "templ.conformers.scored": sum(r.scored for r in outcome.templates),
+                                   "templ.conformers.failed": sum(r.failed for r in outcome.templates)}))
+        if outcome.best(settings.metric) is None:
+            first = next((r.failure for r in outcome.templates if r.failure), "")
+            raise QueryError(QueryFailureReason.NO_CONFORMER_SCORED,
+                             f"none of {outcome.conformers} conformers could be scored"
+                             + (f" (first failure: {first})" if first else ""))
+
+    def _molecule(self, task: QueryTask, outcome: QueryOutcome) -> Chem.Mol:
+        """The query molecule from its SMILES or SDF record(s); a ``QueryError`` when unreadable."""
+        with rdBase.BlockLogs():
+            if not task.molblocks:
+                mol = Chem.MolFromSmiles(task.smiles) if task.smiles and task.smiles.strip() else None
+                if mol is None:
+                    raise QueryError(QueryFailureReason.INVALID_SMILES, f"cannot parse SMILES {task.smiles!r}")
+                return mol
+            records = [Chem.MolFromMolBlock(block, removeHs=True) for block in task.molblocks]
+        if records[0] is None:
+            raise QueryError(QueryFailureReason.INVALID_RECORD, "the SDF record is not a readable molecule")
+        outcome.smiles = Chem.MolToSmiles(records[0])
+        if not self.settings.use_input_conformers:
+            return records[0]
+        from templ_pipeline.io import InputError, conformers_of_records
+
+        try:
+            return conformers_of_records(records, f"query {task.query_id}")
+        except InputError as error:
+            raise QueryError(QueryFailureReason.INVALID_RECORD, str(error)) from None
+
+    def _score(self, confs: Chem.Mol, name: str, smiles: str) -> list[TemplateResult]:
+        """Each template's best conformer by the campaign's metric (ties to the lowest conformer id),
+        with its pose as the SDF record the campaign writes."""
+        metric = self.settings.metric
+        topology = Chem.Mol(confs)
+        topology.RemoveAllConformers()
+        conf_ids = tuple(conformer.GetId() for conformer in confs.GetConformers())
+        base = sanitized_copy_without_conformers(confs)
+        results = []
+        for number, (template, key) in enumerate(zip(self._templates, self._keys)):
+            if base is None:
+                results.append(TemplateResult(number, 0, len(conf_ids), failure="query molecule failed sanitization"))
+                continue
+            batch = score_batch(BatchTask(number, template, key, batch_query(base, confs, conf_ids), conf_ids))
+            top = min(batch.scored, key=lambda item: (-getattr(item, metric), item.conf_id), default=None)
+            failure = batch.failed[0].detail if batch.failed else ""
+            if top is None:
+                results.append(TemplateResult(number, 0, len(batch.failed), failure=failure))
+            else:
+                record = pose_record(aligned_pose(topology, top.conf_id, top.positions), name=name, smiles=smiles,
+                                     template=self.settings.template_names[number], shape=top.shape,
+                                     color=top.color, combo=top.combo, conformer_id=top.conf_id)
+                results.append(TemplateResult(number, len(batch.scored), len(batch.failed), top.conf_id,
+                                              top.shape, top.color, record, failure))
+        return results

@@ -1,0 +1,50 @@
+"""The main function of a campaign worker process: take a query, run it, send the outcome back.
+
+A worker talks to its parent over one duplex pipe of its own. The protocol is
+three messages: the worker sends ``READY`` once its imports are done and its
+templates are prepared, then, for every ``QueryTask`` it receives, one
+``QueryOutcome``; ``None`` from the parent means stop. One pipe per worker
+(rather than a shared queue) is what lets the parent know which query each
+worker holds, since when, and end exactly that worker when the query runs over
+its time limit. It also starts no thread in either process: the pool needs no
+feeder or manager thread that a full thread budget could refuse.
+
+Workers start like the pools' workers (:func:`~templ_pipeline.core.worker_init.init_worker`):
+SIGINT is the parent's, and a worker exits once its parent is gone.
+"""
+
+from __future__ import annotations
+
+import os
+from multiprocessing.connection import Connection
+
+from templ_pipeline.campaign.task import CampaignSettings, QueryRunner
+from templ_pipeline.core.worker_init import init_worker
+
+READY = "ready"
+
+POLL_SECONDS = 1.0
+"""How long a worker waits for its next query before it checks that its parent is still there."""
+
+
+def serve(connection: Connection, parent_pid: int, settings: CampaignSettings) -> None:
+    """Run queries from ``connection`` until told to stop or the parent is gone."""
+    init_worker(parent_pid)
+    runner = QueryRunner(settings)
+    connection.send((READY, os.getpid()))
+    while True:
+        try:
+            if not connection.poll(POLL_SECONDS):
+                if os.getppid() != parent_pid:
+                    return
+                continue
+            task = connection.recv()
+        except (EOFError, OSError):  # the parent closed its end, or is gone
+            return
+        if task is None:
+            return
+        outcome = runner.run(task)
+        try:
+            connection.send(outcome)
+        except (BrokenPipeError, OSError):
+            return

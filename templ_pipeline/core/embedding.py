@@ -1,0 +1,45 @@
+"""ETKDG embedding with the project's fixed parameters: one definition for every caller.
+
+``templ select-best --query`` (:mod:`templ_pipeline.core.conformers`, on granted RDKit
+threads) and each query of ``templ screen`` (a campaign worker, on one thread) embed
+through :func:`embed`, so the same query, seed and conformer count give the same
+conformers in both. ETKDG with a fixed seed gives bit-identical coordinates whatever
+``numThreads`` is (checked: 50 conformers at 1 and 2 threads).
+
+Campaign workers import this module: RDKit only.
+"""
+
+from __future__ import annotations
+
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+
+def etkdg_parameters(seed: int, threads: int, *, random_coords: bool) -> AllChem.EmbedParameters:
+    """ETKDGv3 with ``seed``, on ``threads`` RDKit threads (1 starts none)."""
+    params = AllChem.ETKDGv3()
+    params.randomSeed = seed
+    params.numThreads = threads
+    params.useRandomCoords = random_coords
+    return params
+
+
+def embed(with_hs: Chem.Mol, num_conformers: int, seed: int, threads: int, *, random_coords: bool) -> Chem.Mol:
+    """A copy of ``with_hs`` holding the conformers ETKDG embeds (possibly fewer than asked, or none)."""
+    attempt = Chem.Mol(with_hs)
+    AllChem.EmbedMultipleConfs(attempt, numConfs=num_conformers,
+                               params=etkdg_parameters(seed, threads, random_coords=random_coords))
+    return attempt
+
+
+def embed_single_threaded(mol: Chem.Mol, num_conformers: int, seed: int) -> Chem.Mol:
+    """The conformers of ``mol`` as ``generate_conformers`` makes them, on this thread; hydrogens removed.
+
+    ETKDG first; where it embeds nothing (large or strained rings), random starts.
+    The result may hold no conformer: the caller names that failure.
+    """
+    with_hs = Chem.AddHs(mol)
+    embedded = embed(with_hs, num_conformers, seed, 1, random_coords=False)
+    if embedded.GetNumConformers() == 0:
+        embedded = embed(with_hs, num_conformers, seed, 1, random_coords=True)
+    return Chem.RemoveHs(embedded) if embedded.GetNumConformers() else embedded

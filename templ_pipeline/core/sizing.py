@@ -1,0 +1,132 @@
+"""Work-aware sizing: no more CPU-bound workers than CPUs, and no cold pool for work too small to repay it.
+
+The kernel's limits say how many workers *can* start (the thread resource
+manager); this module says how many are *worth* starting, before the limits are
+asked. Each cut is a :class:`~templ_pipeline.core.events.WorkersReduced` event
+with its own reason, so a run that used fewer workers than asked says why:
+
+- ``cpu_limit``: scoring, embedding and screening are CPU-bound (AlignMol and
+  ETKDG keep a core busy), so workers beyond the CPUs this process may use
+  (its affinity mask and its cgroup's CPU quota,
+  :func:`~templ_pipeline.core.limits.cpu.read_cpu_budget`) only take turns, each
+  costing a process, memory and tasks of the shared budget;
+- ``small_work``: a cold process pool costs its start-up before the first result,
+  and work shorter than that start-up gains nothing from it.
+
+The user who knows better insists with ``exact_workers`` (``--exact-workers``, or
+``TEMPL_EXACT_WORKERS=1``): then only the kernel's limits cut the request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from templ_pipeline.core.events import ReductionReason, TaskType, WorkersReduced
+
+EXACT_WORKERS_ENV = "TEMPL_EXACT_WORKERS"
+
+COLD_POOL_SECONDS = 0.5
+"""Start-up of a cold 2-worker spawn pool until it can score: 0.24-0.50 s measured here
+(``benchmarks/bench_worker_start.py``: each worker imports RDKit and numpy, 154 ms alone, and on
+2 cores the workers' imports compete with each other and with the parent)."""
+
+ALIGN_SECONDS_PER_CONFORMER = 0.002
+"""One shape-and-colour alignment of a drug-like ligand: 1.2 ms for the bundled Mpro query, up to
+8 ms for larger ones (``benchmarks/bench_select_best.py``); 2 ms is a typical drug-like figure."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkPlan:
+    """Workers worth starting for some work, and the reductions that led there (in order)."""
+
+    workers: int
+    reductions: tuple[WorkersReduced, ...] = ()
+
+
+def insists_on_workers(explicit: bool = False) -> bool:
+    """Whether the user insists on the worker count: the option, or ``TEMPL_EXACT_WORKERS``."""
+    return explicit or os.environ.get(EXACT_WORKERS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cpu_cap(requested: int, task_type: TaskType, cpus: int, detail: str) -> WorkersReduced | None:
+    """A ``cpu_limit`` reduction when more workers are requested than ``cpus``."""
+    if requested <= cpus:
+        return None
+    return WorkersReduced(task_type, requested, cpus, ReductionReason.CPU_LIMIT,
+                          f"{requested} CPU-bound workers requested, this process may use {cpus} CPUs: {detail}")
+
+
+def small_scoring_cap(requested: int, conformers: int, *, warm: bool) -> WorkersReduced | None:
+    """A ``small_work`` reduction to 1 when scoring ``conformers`` on a cold pool gains less than its start-up.
+
+    With ``w`` workers the work's wall time falls by ``work * (1 - 1/w)``; a cold
+    pool first costs :data:`COLD_POOL_SECONDS`. A warm pool costs nothing more, so
+    it is used whatever the size of the work.
+    """
+    if requested < 2 or warm:
+        return None
+    work = conformers * ALIGN_SECONDS_PER_CONFORMER
+    saved = work * (1.0 - 1.0 / requested)
+    if saved >= COLD_POOL_SECONDS:
+        return None
+    return WorkersReduced(
+        TaskType.SCORING, requested, 1, ReductionReason.SMALL_WORK,
+        f"{conformers} conformers are about {work:.2f} s of scoring; {requested} workers would save "
+        f"{saved:.2f} s, less than the {COLD_POOL_SECONDS:.2f} s a cold pool takes to start: scoring here")
+
+
+def few_queries_cap(requested: int, queries: int) -> WorkersReduced | None:
+    """A ``small_work`` reduction when a campaign has fewer queries left than workers requested."""
+    if queries >= requested:
+        return None
+    workers = max(1, queries)
+    return WorkersReduced(TaskType.SCREENING, requested, workers, ReductionReason.SMALL_WORK,
+                          f"{queries} queries to run keep at most {workers} worker(s) busy")
+
+
+def plan_workers(
+    requested: int,
+    task_type: TaskType,
+    *,
+    exact: bool = False,
+    conformers: int | None = None,
+    queries: int | None = None,
+    warm: Sequence[int] = (),
+    cpu_budget: tuple[int, str] | None = None,
+) -> WorkPlan:
+    """The workers worth starting for ``requested``: capped by the CPUs, then by the work.
+
+    ``cpu_budget`` is ``(cpus, detail)`` (read from the system when None);
+    ``conformers`` sizes scoring work and ``queries`` a campaign's; ``warm`` lists
+    the sizes of pools already running. ``exact`` skips every cut.
+    """
+    if exact or requested < 2:
+        return WorkPlan(requested)
+    reductions: list[WorkersReduced] = []
+    workers = requested
+    cpus, detail = cpu_budget if cpu_budget is not None else _cpu_budget()
+    for cut in (cpu_cap(workers, task_type, cpus, detail),
+                few_queries_cap(workers, queries) if queries is not None else None):
+        if cut is not None:
+            reductions.append(cut)
+            workers = cut.granted
+    if task_type == TaskType.SCORING and conformers is not None:
+        cut = small_scoring_cap(workers, conformers, warm=workers in warm)
+        if cut is not None:
+            reductions.append(cut)
+            workers = cut.granted
+    return WorkPlan(workers, tuple(reductions))
+
+
+def _cpu_budget() -> tuple[int, str]:
+    """``(cpus, detail)`` for this process; the affinity mask alone if the cgroup cannot be read."""
+    try:
+        from templ_pipeline.core.limits.cpu import read_cpu_budget
+
+        budget = read_cpu_budget()
+        return budget.cpus, budget.detail
+    except Exception:  # noqa: BLE001 - sizing must never stop a run
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cpus), f"{cpus} CPUs in the affinity mask"

@@ -1,0 +1,346 @@
+"""``templ screen``: campaigns of many queries, run as a user runs them, with real files and real RDKit.
+
+Every query gets one row; good queries get the best pose and scores ``templ select-best --query``
+gives for the same seed and conformer count; the rows do not depend on the worker count, on a
+SIGKILL and ``--resume`` half-way, or on the queries file being gzip-compressed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from rdkit import Chem
+
+from templ_pipeline.campaign.outputs import read_scores
+from templ_pipeline.campaign.runner import ScreenOptions, screen
+from templ_pipeline.core.events import QueryFailureReason, ReplacementReason, WorkerReplaced
+from templ_pipeline.io import examples
+
+TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
+CONFORMERS = "12"
+GOOD = [
+    ("mpro_query", "O=C(Nc1cccnc1)c1ccc(F)cc1OC"),
+    ("aspirin", "CC(=O)Oc1ccccc1C(=O)O"),
+    ("ibuprofen", "CC(C)Cc1ccc(cc1)C(C)C(=O)O"),
+    ("caffeine", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C"),
+    ("methoxytryptamine", "COc1ccc2[nH]cc(CCN)c2c1"),
+]
+BAD = [("broken", "C1CC("), ("word", "xyz")]
+# 40 distinct amides: enough work (about 5 s on 2 workers) to signal a campaign half-way
+SERIES = [(f"amide_{k}_{n}", f"{'C' * k}Oc1ccc(cc1)C(=O)N{r}")
+          for k in range(1, 6) for n, r in enumerate(["C", "CC", "C1CC1", "c1ccccc1", "CCO", "CCN", "C(C)C", "CC#N"])]
+# measured here: ETKDG takes 148 s for 10 conformers of this chain; any limit of a few seconds cuts it
+SLOW = ("peg60", "C" + "OCC" * 60 + "O")
+
+
+def run_templ(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*TEMPL, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def write_smi(path: Path, queries: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(f"{smiles} {name}\n" for name, smiles in queries))
+    return path
+
+
+def screen_args(template: Path, queries: Path, out: Path, *extra: object) -> list[object]:
+    return ["screen", "--template", template, "--queries", queries, "--output-dir", out, "-n", CONFORMERS,
+            "--no-metrics-server", "--log-format", "json", "--log-file", out.parent / f"{out.name}.log.jsonl", *extra]
+
+
+def write_templates(path: Path, templates: list[Chem.Mol]) -> Path:
+    with Chem.SDWriter(str(path)) as writer:
+        for mol in templates:
+            writer.write(mol)
+    return path
+
+
+def rows_without_time(directory: Path) -> dict[str, dict[str, str]]:
+    """scores.csv by query id, without the ``seconds`` column (the only one that may differ)."""
+    rows = read_scores(directory / "scores.csv")
+    by_id = {row["query_id"]: {k: v for k, v in row.items() if k != "seconds"} for row in rows}
+    assert len(by_id) == len(rows), "a query id appears twice"
+    return by_id
+
+
+def poses(directory: Path) -> dict[str, Chem.Mol]:
+    found = {mol.GetProp("_Name"): mol for mol in Chem.SDMolSupplier(str(directory / "poses.sdf"), removeHs=False)}
+    return found
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    return write_smi(tmp_path_factory.mktemp("library") / "queries.smi", GOOD + BAD)
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory, template_sdf, library) -> Path:
+    """The library screened on 2 workers."""
+    out = tmp_path_factory.mktemp("campaign") / "two"
+    done = run_templ(*screen_args(template_sdf, library, out, "-w", "2"))
+    assert done.returncode == 0, done.stderr
+    assert "ok 5, failed 2" in done.stdout, done.stdout
+    return out
+
+
+def test_every_query_has_one_row_and_bad_ones_a_reason(campaign):
+    rows = rows_without_time(campaign)
+    assert sorted(rows) == sorted(name for name, _ in GOOD + BAD)
+    for name, _ in BAD:
+        assert (rows[name]["status"], rows[name]["reason"]) == ("failed", "invalid_smiles")
+        assert rows[name]["shape"] == "" and rows[name]["conformer_id"] == ""
+    for name, smiles in GOOD:
+        row = rows[name]
+        assert (row["status"], row["reason"], row["smiles"]) == ("ok", "", smiles)
+        assert row["n_conformers"] == CONFORMERS and int(row["n_scored"]) + int(row["n_failed"]) == int(CONFORMERS)
+    assert sorted(poses(campaign)) == sorted(name for name, _ in GOOD)
+
+
+def test_good_queries_get_select_best_s_pose_and_scores(campaign, template_sdf, tmp_path):
+    rows, found = rows_without_time(campaign), poses(campaign)
+    for name, smiles in GOOD[:2]:
+        out = tmp_path / f"{name}.sdf"
+        done = run_templ("select-best", "-t", template_sdf, "--query", smiles, "-n", CONFORMERS, "--seed", "42",
+                         "-o", out, "--no-metrics-server")
+        assert done.returncode == 0, done.stderr
+        (reference,) = Chem.SDMolSupplier(str(out), removeHs=False)
+        row, pose = rows[name], found[name]
+        assert int(row["conformer_id"]) == reference.GetIntProp("conformer_id") == pose.GetIntProp("conformer_id")
+        for metric in ("shape", "color", "combo"):
+            assert float(row[metric]) == pytest.approx(reference.GetDoubleProp(metric), rel=1e-12, abs=1e-12)
+        assert Chem.MolToMolBlock(pose).split("\n")[1:] != []
+        assert (pose.GetConformer().GetPositions() == reference.GetConformer().GetPositions()).all()
+        assert pose.GetProp("smiles") == smiles and pose.GetProp("template")
+
+
+def test_one_worker_gives_the_same_rows_as_two(campaign, template_sdf, library, tmp_path):
+    out = tmp_path / "one"
+    done = run_templ(*screen_args(template_sdf, library, out, "-w", "1"))
+    assert done.returncode == 0, done.stderr
+    assert rows_without_time(out) == rows_without_time(campaign)
+
+
+def test_gzip_compressed_queries_give_the_same_rows(campaign, template_sdf, library, tmp_path):
+    packed = tmp_path / "queries.smi.gz"
+    packed.write_bytes(gzip.compress(library.read_bytes()))
+    out = tmp_path / "gz"
+    done = run_templ(*screen_args(template_sdf, packed, out, "-w", "2"))
+    assert done.returncode == 0, done.stderr
+    assert rows_without_time(out) == rows_without_time(campaign)
+
+
+def test_an_existing_directory_without_resume_is_refused_untouched(campaign, template_sdf, library):
+    before = {path.name: path.read_bytes() for path in campaign.iterdir()}
+    done = run_templ(*screen_args(template_sdf, library, campaign, "-w", "1"))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--resume" in done.stderr and str(campaign) in done.stderr
+    assert {path.name: path.read_bytes() for path in campaign.iterdir()} == before
+
+
+def test_unusable_input_is_one_line_and_exit_2(template_sdf, tmp_path):
+    empty = tmp_path / "empty.smi"
+    empty.write_text("# nothing here\n")
+    for queries, expected in ((tmp_path / "missing.smi", "missing.smi"), (empty, "no query")):
+        done = run_templ(*screen_args(template_sdf, queries, tmp_path / "out", "-w", "1"))
+        assert done.returncode == 2 and expected in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    done = run_templ(*screen_args(tmp_path / "nope.sdf", empty, tmp_path / "out", "-w", "1"))
+    assert done.returncode == 2 and "nope.sdf" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_query_over_its_time_limit_is_a_timeout_row_and_the_campaign_goes_on(template_sdf, tmp_path):
+    queries = write_smi(tmp_path / "slow.smi", [SLOW, *GOOD[:2]])
+    out = tmp_path / "slow"
+    started = time.monotonic()
+    done = run_templ(*screen_args(template_sdf, queries, out, "-w", "2", "--query-timeout", "3"))
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    rows = rows_without_time(out)
+    assert (rows["peg60"]["status"], rows["peg60"]["reason"]) == ("failed", "timeout")
+    assert all(rows[name]["status"] == "ok" for name, _ in GOOD[:2])
+    assert took < 60, f"the campaign took {took:.0f} s: the slow query was not cut"
+    log = (tmp_path / "slow.log.jsonl").read_text()
+    assert "timeout" in log and "peg60" in log
+
+
+def test_python_api_yields_one_result_per_query_and_replaces_lost_workers(template):
+    """A worker killed under its query: the query runs again on a new worker (here to its time limit)."""
+    events: list[object] = []
+    queries = [SLOW[1], GOOD[0][1], BAD[0][1]]
+    options = ScreenOptions(num_conformers=8, workers=2, query_timeout=6)
+    results = []
+    killed = False
+    for result in screen(queries, [template], options, total=3, observers=(events.append,)):
+        results.append(result)
+        if not killed:
+            for child in psutil.Process().children():
+                if "resource_tracker" not in " ".join(child.cmdline()) and child.cpu_percent(0.2) > 50:
+                    child.kill()  # the worker busy with the slow chain (the others are done or idle)
+                    killed = True
+                    break
+    by_id = {result.query_id: result for result in results}
+    assert sorted(by_id) == ["query_1", "query_2", "query_3"]
+    assert by_id["query_2"].ok and by_id["query_3"].outcome.reason == QueryFailureReason.INVALID_SMILES
+    assert by_id["query_1"].outcome.reason == QueryFailureReason.TIMEOUT
+    replaced = [event.reason for event in events if isinstance(event, WorkerReplaced)]
+    assert killed and replaced == [ReplacementReason.WORKER_LOST, ReplacementReason.TIMEOUT], replaced
+
+
+# --- interrupted campaigns --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory, template_sdf) -> tuple[Path, Path]:
+    """The 40-query series and its uninterrupted campaign."""
+    root = tmp_path_factory.mktemp("series")
+    queries = write_smi(root / "series.smi", SERIES)
+    out = root / "whole"
+    done = run_templ(*screen_args(template_sdf, queries, out, "-w", "2", "-n", "30"))
+    assert done.returncode == 0, done.stderr
+    return queries, out
+
+
+def _start(args: list[object], log: Path) -> subprocess.Popen:
+    with open(log, "w") as stderr:
+        return subprocess.Popen([*TEMPL, *map(str, args)], stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                                start_new_session=True)
+
+
+def _wait_for_rows(proc: subprocess.Popen, scores: Path, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the campaign ended before it could be interrupted"
+        if scores.exists() and scores.read_text().count("\n") > count:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"fewer than {count} rows after {timeout:.0f} s")
+
+
+def _processes_of(proc: subprocess.Popen) -> list[psutil.Process]:
+    try:
+        return psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _gone(processes: list[psutil.Process], timeout: float = 15) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return alive
+
+
+def _cleanup(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_sigkill_half_way_then_resume_holds_every_query_once(series, template_sdf, tmp_path):
+    queries, whole = series
+    out = tmp_path / "killed"
+    proc = _start(screen_args(template_sdf, queries, out, "-w", "2", "-n", "30"), tmp_path / "first.txt")
+    try:
+        _wait_for_rows(proc, out / "scores.csv", 5)
+        workers = _processes_of(proc)
+        proc.send_signal(signal.SIGKILL)  # the parent only, as the OOM killer would
+        proc.wait(timeout=30)
+        assert not _gone(workers), "workers outlived their killed parent"
+    finally:
+        _cleanup(proc)
+    partial = rows_without_time(out)
+    assert 5 <= len(partial) < len(SERIES)
+    done = run_templ(*screen_args(template_sdf, queries, out, "-w", "2", "-n", "30", "--resume"))
+    assert done.returncode == 0, done.stderr
+    assert "already done (resumed)" in done.stdout
+    assert rows_without_time(out) == rows_without_time(whole)
+    assert sorted(poses(out)) == sorted(poses(whole))
+
+
+def test_sigterm_stops_taking_queries_and_leaves_consistent_files(series, template_sdf, tmp_path):
+    queries, whole = series
+    out = tmp_path / "stopped"
+    proc = _start(screen_args(template_sdf, queries, out, "-w", "2", "-n", "30"), tmp_path / "stderr.txt")
+    try:
+        _wait_for_rows(proc, out / "scores.csv", 3)
+        workers = _processes_of(proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        assert proc.returncode == 143
+        assert not _gone(workers), "workers outlived the stopped campaign"
+    finally:
+        _cleanup(proc)
+    err = (tmp_path / "stderr.txt").read_text()
+    (line,) = [line for line in err.splitlines() if line.startswith("interrupted by SIGTERM")]
+    assert "--resume" in line and "screened" in line
+    rows = rows_without_time(out)
+    assert (out / "scores.csv").read_text().endswith("\n")
+    assert sorted(poses(out)) == sorted(name for name, row in rows.items() if row["status"] == "ok")
+    assert all(rows[name] == rows_without_time(whole)[name] for name in rows)
+    done = run_templ(*screen_args(template_sdf, queries, out, "-w", "2", "-n", "30", "--resume"))
+    assert done.returncode == 0, done.stderr
+    assert rows_without_time(out) == rows_without_time(whole)
+
+
+# --- several templates ------------------------------------------------------------------------------
+
+def test_two_templates_give_each_query_the_better_single_template_result(template_sdf, tmp_path):
+    other = next(example.template for example in examples() if example.name == "egfr")
+    both = write_templates(tmp_path / "both.sdf", [Chem.SDMolSupplier(str(template_sdf))[0], other])
+    second = write_templates(tmp_path / "second.sdf", [other])
+    queries = write_smi(tmp_path / "few.smi", GOOD[:3])
+    single = {}
+    for name, path in (("first", template_sdf), ("second", second)):
+        done = run_templ(*screen_args(path, queries, tmp_path / name, "-w", "2"))
+        assert done.returncode == 0, done.stderr
+        single[name] = rows_without_time(tmp_path / name)
+    done = run_templ(*screen_args(both, queries, tmp_path / "both", "-w", "2"))
+    assert done.returncode == 0, done.stderr
+    rows = rows_without_time(tmp_path / "both")
+    for query, _ in GOOD[:3]:
+        best = max(single.values(), key=lambda by_id: float(by_id[query]["combo"]))[query]
+        assert rows[query] == best
+    done = run_templ(*screen_args(both, queries, tmp_path / "per", "-w", "2", "--per-template"))
+    assert done.returncode == 0, done.stderr
+    per = read_scores(tmp_path / "per" / "scores.csv")
+    assert len(per) == 2 * len(GOOD[:3])
+    for row in per:
+        source = single["first"] if row["template"] == single["first"][row["query_id"]]["template"] else (
+            single["second"])
+        assert {k: v for k, v in row.items() if k != "seconds"} == source[row["query_id"]]
+
+
+# --- a campaign under a tight pids cgroup ---------------------------------------------------------
+
+from cgroup_fixtures import child_pids_cgroup  # noqa: E402,F401  (fixture)
+
+
+@pytest.mark.parametrize("pids_max", [7, 4])
+def test_a_campaign_in_a_tiny_pids_cgroup_gives_the_same_rows(child_pids_cgroup, campaign, template_sdf, library,
+                                                              tmp_path, pids_max):
+    """pids.max=7: the grant is cut to the workers that fit; 4: no room for one, the campaign runs in-process.
+    Either way every decision names the pids cgroup and the rows are the 2-worker campaign's."""
+    child_pids_cgroup.set_max(pids_max)
+    out = tmp_path / "tight"
+    argv = [*TEMPL, *map(str, screen_args(template_sdf, library, out, "-w", "4"))]
+    done = subprocess.run(child_pids_cgroup.wrap(argv), capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    log = (tmp_path / "tight.log.jsonl").read_text()
+    assert done.returncode == 0, f"{done.stderr[-3000:]}\n{log[-3000:]}"
+    assert rows_without_time(out) == rows_without_time(campaign)
+    assert '"reason": "pids_cgroup"' in log, log[-3000:]
+    if pids_max == 4:
+        assert "executor sequential" in done.stdout, done.stdout
+        assert '"to_kind": "sequential"' in log
+    else:
+        assert "executor process;" in done.stdout, done.stdout
