@@ -145,6 +145,19 @@ def test_an_existing_directory_without_resume_is_refused_untouched(campaign, tem
     assert {path.name: path.read_bytes() for path in campaign.iterdir()} == before
 
 
+def test_resuming_a_finished_campaign_runs_nothing_and_changes_nothing(campaign, template_sdf, library):
+    before = (campaign / "scores.csv").read_bytes(), (campaign / "poses.sdf").read_bytes()
+    done = run_templ(*screen_args(template_sdf, library, campaign, "-w", "2", "--resume"))
+    assert done.returncode == 0, done.stderr
+    assert "screened 0 queries" in done.stdout and "7 already done (resumed)" in done.stdout, done.stdout
+    assert ((campaign / "scores.csv").read_bytes(), (campaign / "poses.sdf").read_bytes()) == before
+
+
+def test_a_resume_with_other_options_is_refused(campaign, template_sdf, library):
+    done = run_templ(*screen_args(template_sdf, library, campaign, "-w", "2", "--resume", "--seed", "7"))
+    assert done.returncode == 2 and "seed" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
 def test_unusable_input_is_one_line_and_exit_2(template_sdf, tmp_path):
     empty = tmp_path / "empty.smi"
     empty.write_text("# nothing here\n")

@@ -232,6 +232,8 @@ class _Campaign:
     def _start_pool(self, total: int | None) -> QueryPool | None:
         """Size, grant and start the workers; None when the campaign runs in this process."""
         options = self._options
+        if total == 0:
+            return None  # nothing left to run (a finished campaign resumed): no worker to start
         work = plan_workers(options.workers, TASK_TYPE, exact=insists_on_workers(options.exact_workers),
                             queries=total)
         for reduction in work.reductions:
