@@ -41,9 +41,9 @@ SERIES = [(f"amide_{k}_{n}", f"{'C' * k}Oc1ccc(cc1)C(=O)N{r}")
 SLOW = ("peg60", "C" + "OCC" * 60 + "O")
 
 
-def run_templ(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_templ(*args: object, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*TEMPL, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env=env)
 
 
 def write_smi(path: Path, queries: list[tuple[str, str]]) -> Path:
@@ -156,6 +156,20 @@ def test_resuming_a_finished_campaign_runs_nothing_and_changes_nothing(campaign,
 def test_a_resume_with_other_options_is_refused(campaign, template_sdf, library):
     done = run_templ(*screen_args(template_sdf, library, campaign, "-w", "2", "--resume", "--seed", "7"))
     assert done.returncode == 2 and "seed" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_sixteen_workers_are_cut_to_the_cpus_and_the_campaign_says_why(campaign, template_sdf, library, tmp_path):
+    from templ_pipeline.core.limits.cpu import read_cpu_budget
+    from templ_pipeline.core.sizing import EXACT_WORKERS_ENV
+
+    cpus = read_cpu_budget().cpus
+    env = {name: value for name, value in os.environ.items() if name != EXACT_WORKERS_ENV}
+    done = run_templ(*screen_args(template_sdf, library, tmp_path / "wide", "-w", "16"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"workers 16 -> {cpus}: cpu_limit" in done.stdout, done.stdout
+    log = (tmp_path / "wide.log.jsonl").read_text()
+    assert '"reason": "cpu_limit"' in log and '"task_type": "screening"' in log
+    assert rows_without_time(tmp_path / "wide") == rows_without_time(campaign)
 
 
 def test_unusable_input_is_one_line_and_exit_2(template_sdf, tmp_path):
@@ -357,3 +371,36 @@ def test_a_campaign_in_a_tiny_pids_cgroup_gives_the_same_rows(child_pids_cgroup,
         assert '"to_kind": "sequential"' in log
     else:
         assert "executor process;" in done.stdout, done.stdout
+
+
+# --- what a campaign worker costs ----------------------------------------------------------------
+
+def test_a_campaign_worker_costs_what_the_grant_counts(template):
+    """Each worker runs the tasks the cost model counts (its main thread; BLAS at 1 thread) and the
+    pool starts no thread in the parent: the grant for task type screening counts no pool threads."""
+    from templ_pipeline.campaign.pool import QueryPool
+    from templ_pipeline.campaign.task import CampaignSettings, QueryTask
+    from templ_pipeline.core.batch import mol_to_bytes
+    from templ_pipeline.core.thread_manager import _task_cost
+
+    cost = _task_cost("screening", "process")
+    settings = CampaignSettings((mol_to_bytes(template),), ("t",), 8, 42, "combo")
+    parent_threads = psutil.Process().num_threads()
+    pool = QueryPool(2, settings, lambda event: None, query_timeout=60)
+    try:
+        pool.start()
+        deadline = time.monotonic() + 120
+        while pool.starting() and time.monotonic() < deadline:
+            pool.wait(0.2)
+        assert not pool.starting(), "the workers did not become ready"
+        for worker in pool.idle():  # a query first, so RDKit and numpy have started whatever they start
+            assert pool.dispatch(worker, QueryTask(worker.pid, "q", GOOD[0][1]))
+        finished = []
+        while len(finished) < 2 and time.monotonic() < deadline:
+            finished += pool.wait(0.5).finished
+        assert [outcome.status for _, outcome in finished] == ["ok", "ok"]
+        threads = [psutil.Process(worker.pid).num_threads() for worker in pool.idle()]
+        assert threads == [cost.per_worker] * 2, (threads, cost)
+        assert cost.pool_helpers == 0 and psutil.Process().num_threads() == parent_threads
+    finally:
+        pool.shutdown()
