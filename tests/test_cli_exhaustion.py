@@ -24,6 +24,7 @@ import pytest
 from rdkit import Chem
 
 from cgroup_fixtures import child_pids_cgroup  # noqa: F401  (fixture)
+from processes import read_pty_until_exit
 from sdf_files import write_sdf
 from templ_pipeline.core.conformers import generate_conformers
 
@@ -266,27 +267,6 @@ FILLER = textwrap.dedent(
 ) % {"tests": str(TESTS_DIR)}
 
 
-def _read_pty_until_exit(master: int, proc: subprocess.Popen, timeout: float) -> tuple[bytes, bool]:
-    """Drain the pty master until ``proc`` exits and the slave side is closed; (output, finished in time)."""
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        readable, _, _ = select.select([master], [], [], 0.2)
-        if readable:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: every slave descriptor is closed, the child is gone
-                data = b""
-            if data:
-                chunks.append(data)
-                continue
-            if proc.poll() is not None:
-                return b"".join(chunks), True
-        elif proc.poll() is not None:
-            return b"".join(chunks), True
-    return b"".join(chunks), False
-
-
 def test_progress_bar_on_a_terminal_with_every_task_of_the_cgroup_taken(child_pids_cgroup, inputs, tmp_path):
     cgroup = child_pids_cgroup
     cgroup.set_max(48)
@@ -313,7 +293,7 @@ def test_progress_bar_on_a_terminal_with_every_task_of_the_cgroup_taken(child_pi
             stdin=slave, stdout=slave, stderr=slave, env=_env(), close_fds=True)
         os.close(slave)
         slave = -1
-        output, finished = _read_pty_until_exit(master, proc, RUN_TIMEOUT)
+        output, finished = read_pty_until_exit(master, proc, RUN_TIMEOUT)
         text = output.decode(errors="replace")
         context = (f"filler: {report}; cgroup {cgroup.current()} of {limit} tasks; terminal output tail:\n"
                    f"{text[-3000:]}")

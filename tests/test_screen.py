@@ -404,3 +404,26 @@ def test_a_campaign_worker_costs_what_the_grant_counts(template):
         assert cost.pool_helpers == 0 and psutil.Process().num_threads() == parent_threads
     finally:
         pool.shutdown()
+
+
+def test_a_terminal_shows_done_of_total_rate_failures_and_time_left(template_sdf, library, tmp_path):
+    import pty
+    import termios
+
+    from processes import read_pty_until_exit
+
+    master, slave = pty.openpty()
+    termios.tcsetwinsize(slave, (40, 160))  # rows, columns: rich draws its bar to this width
+    proc = subprocess.Popen([*TEMPL, *map(str, screen_args(template_sdf, library, tmp_path / "tty", "-w", "2"))],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    try:
+        output, finished = read_pty_until_exit(master, proc, 300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        os.close(master)
+    text = output.decode(errors="replace")
+    assert finished and proc.returncode == 0, text[-3000:]
+    assert "7/7" in text and "queries/s" in text and "2 failed" in text and "ETA" in text, text[-3000:]
