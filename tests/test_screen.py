@@ -427,3 +427,22 @@ def test_a_terminal_shows_done_of_total_rate_failures_and_time_left(template_sdf
     text = output.decode(errors="replace")
     assert finished and proc.returncode == 0, text[-3000:]
     assert "7/7" in text and "queries/s" in text and "2 failed" in text and "ETA" in text, text[-3000:]
+
+
+def test_input_conformers_are_scored_as_given_and_are_not_a_shortfall(template_sdf, tmp_path):
+    """--use-input-conformers: consecutive records with one name are one query's conformers; asking for
+    them is asking for that many, so 3 records against -n 12 is no 'fewer_conformers' row."""
+    from templ_pipeline.core.conformers import generate_conformers
+
+    confs = generate_conformers(GOOD[0][1], 3, seed=5)
+    queries = tmp_path / "confs.sdf"
+    with Chem.SDWriter(str(queries)) as writer:
+        for conf in confs.GetConformers():
+            confs.SetProp("_Name", "mpro_query")
+            writer.write(confs, confId=conf.GetId())
+    out = tmp_path / "given"
+    done = run_templ(*screen_args(template_sdf, queries, out, "-w", "1", "--use-input-conformers"))
+    assert done.returncode == 0, done.stderr
+    (row,) = read_scores(out / "scores.csv")
+    assert (row["query_id"], row["status"], row["reason"], row["n_conformers"]) == ("mpro_query", "ok", "", "3")
+    assert "fewer conformers" not in done.stdout, done.stdout

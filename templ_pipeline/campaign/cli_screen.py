@@ -109,8 +109,7 @@ def run(prepared: PreparedCampaign, *, console: Console, out: Console, progress:
     """Run the campaign, writing each result as it arrives; print the summary. ``progress`` is the CLI's
     :class:`RunProgress`, which says what was done when a signal stops the run."""
     request, files = prepared.request, prepared.files
-    tally = CampaignTally(total=prepared.total, skipped=len(files.done))
-    requested = request.num_conformers
+    tally = CampaignTally(skipped=len(files.done))
     reductions: list[WorkersReduced] = []
     fallbacks: list[Fallback] = []
 
@@ -132,11 +131,9 @@ def run(prepared: PreparedCampaign, *, console: Console, out: Console, progress:
             bar = display.add_task("screening", total=prepared.total, failed=0)
             for result in screen(prepared.records, prepared.templates, prepared.options, total=prepared.total,
                                  skipped=tally.skipped, observers=(keep,)):
-                rows, poses = rows_and_poses(result, prepared.names, request.metric,
-                                             len(result.record.molblocks) if request.use_input_conformers
-                                             and result.record.molblocks else requested, request.per_template)
+                rows, poses = rows_and_poses(result, prepared.names, request.metric, request.per_template)
                 files.write(rows, poses)
-                tally.add(result, requested)
+                tally.add(result)
                 display.update(bar, advance=1, failed=tally.failed)
                 if not display.live.auto_refresh:
                     display.refresh()

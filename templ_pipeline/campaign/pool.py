@@ -28,17 +28,17 @@ from multiprocessing.connection import Connection
 
 from templ_pipeline.campaign.task import CampaignSettings, QueryOutcome, QueryTask, failed
 from templ_pipeline.campaign.worker import READY, serve
+from templ_pipeline.core.backend import start_failure_reason
 from templ_pipeline.core.events import (
     ExecutorKind,
     Fallback,
-    FallbackReason,
     Observer,
     QueryFailureReason,
     ReplacementReason,
     WorkerReplaced,
 )
 from templ_pipeline.core.executor import classify_failure, pids_refusals
-from templ_pipeline.core.pools import pool_context, worker_environment
+from templ_pipeline.core.pools import end_process, pool_context, worker_environment
 
 START_SECONDS = 120.0
 """How long a new worker may take to import RDKit and prepare the templates (0.2-0.5 s here;
@@ -111,10 +111,6 @@ class QueryPool:
     def workers(self) -> int:
         """Workers alive now (starting or ready)."""
         return len(self._workers)
-
-    @property
-    def in_flight(self) -> int:
-        return sum(1 for worker in self._workers if worker.task is not None)
 
     def start(self) -> None:
         """Start the workers; those that cannot start are a fallback to fewer, none is ``NoWorkers``."""
@@ -221,8 +217,7 @@ class QueryPool:
 
     def _refused(self, error: BaseException, refusals_before: int | None, why: str) -> None:
         cause = classify_failure(error, refusals_before)
-        reason = (FallbackReason.THREAD_START_FAILED if "can't start new thread" in str(error)
-                  else FallbackReason.PROCESS_START_FAILED)
+        reason = start_failure_reason(ExecutorKind.PROCESS, error)
         alive = len(self._workers)
         to_kind = ExecutorKind.PROCESS if alive else ExecutorKind.SEQUENTIAL
         detail = f"{why}: a worker could not start ({error}); going on with {alive} worker(s)"
@@ -268,7 +263,7 @@ class QueryPool:
             else:
                 self._attempts.pop(task.index, None)
                 arrivals.finished.append((task, failed(task.index, QueryFailureReason.WORKER_LOST,
-                                                       f"{detail} while running it, for the {MAX_ATTEMPTS}nd time",
+                                                       f"{detail} while running it, after {MAX_ATTEMPTS} runs",
                                                        smiles=task.smiles or "")))
                 detail += f" while running query {task.query_id} (given up after {MAX_ATTEMPTS} runs)"
         self._emit_replaced(ReplacementReason.WORKER_LOST, detail)
@@ -316,13 +311,7 @@ class QueryPool:
 
 def _end(worker: _Worker, grace: float) -> None:
     """Wait up to ``grace`` for the worker to exit, then terminate it, then kill it; close its pipe."""
-    process = worker.process
-    process.join(grace)  # type: ignore[attr-defined]
-    for stop in (process.terminate, process.kill):  # type: ignore[attr-defined]
-        if not process.is_alive():  # type: ignore[attr-defined]
-            break
-        stop()
-        process.join(1.0)  # type: ignore[attr-defined]
+    end_process(worker.process, grace)  # type: ignore[arg-type]
     worker.connection.close()
 
 

@@ -15,7 +15,7 @@ FEWER_CONFORMERS = "fewer_conformers"
 """The ``reason`` of an ``ok`` row whose query got fewer conformers than asked (ETKDG gave up on some)."""
 
 
-def rows_and_poses(result: QueryResult, names: Sequence[str], metric: str, requested: int,
+def rows_and_poses(result: QueryResult, names: Sequence[str], metric: str,
                    per_template: bool) -> tuple[list[ScoreRow], list[str | None]]:
     """One row (the best template's) or one row per template, each with its pose (None when it has none)."""
     outcome = result.outcome
@@ -29,15 +29,16 @@ def rows_and_poses(result: QueryResult, names: Sequence[str], metric: str, reque
     rows, poses = [], []
     for number, item in zip(template_of, chosen):
         pose = item.record if item is not None and item.record and outcome.status == QueryStatus.OK else None
-        rows.append(_row(result, item, names[number] if number >= 0 else "", requested, pose is not None))
+        rows.append(_row(result, item, names[number] if number >= 0 else "", pose is not None))
         poses.append(pose)
     return rows, poses
 
 
-def _row(result: QueryResult, item: TemplateResult | None, template: str, requested: int, posed: bool) -> ScoreRow:
+def _row(result: QueryResult, item: TemplateResult | None, template: str, posed: bool) -> ScoreRow:
     outcome = result.outcome
     if posed and item is not None:
-        status, reason = QueryStatus.OK, (FEWER_CONFORMERS if outcome.conformers < requested else "")
+        status, reason = QueryStatus.OK, (FEWER_CONFORMERS if outcome.conformers < result.conformers_requested
+                                          else "")
     else:
         status = QueryStatus.FAILED
         reason = outcome.reason or "no_conformer_scored"
@@ -55,7 +56,6 @@ def _row(result: QueryResult, item: TemplateResult | None, template: str, reques
 class CampaignTally:
     """What the campaign did in this run, for its progress display and summary."""
 
-    total: int | None = None
     skipped: int = 0
     done: int = 0
     ok: int = 0
@@ -67,11 +67,11 @@ class CampaignTally:
     def failed(self) -> int:
         return sum(self.failed_by_reason.values())
 
-    def add(self, result: QueryResult, requested: int) -> None:
+    def add(self, result: QueryResult) -> None:
         self.done += 1
         if result.ok:
             self.ok += 1
-            self.fewer_conformers += result.outcome.conformers < requested
+            self.fewer_conformers += result.outcome.conformers < result.conformers_requested
         else:
             self.failed_by_reason[str(result.outcome.reason)] += 1
         kind = str(result.kind)

@@ -28,7 +28,7 @@ from rdkit import Chem
 
 import telemetry
 from telemetry.observer import observe as observe_telemetry
-from templ_pipeline.campaign.pool import NoWorkers, QueryPool
+from templ_pipeline.campaign.pool import NoWorkers, QueryPool, retry_first
 from templ_pipeline.campaign.queries import QueryRecord
 from templ_pipeline.campaign.task import (
     CampaignSettings,
@@ -105,6 +105,7 @@ class QueryResult:
     record: QueryRecord
     outcome: QueryOutcome
     kind: ExecutorKind
+    conformers_requested: int
 
     @property
     def query_id(self) -> str:
@@ -128,10 +129,13 @@ class QueryResult:
         return next(iter(supplier), None)
 
 
+def _record_name(mol: Chem.Mol) -> str:
+    return mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
+
+
 def template_names(templates: Sequence[Chem.Mol]) -> list[str]:
     """Each template's record name, or ``template_<n>`` when it has none."""
-    return [(mol.GetProp("_Name").strip() if mol.HasProp("_Name") else "") or f"template_{number}"
-            for number, mol in enumerate(templates, start=1)]
+    return [_record_name(mol) or f"template_{number}" for number, mol in enumerate(templates, start=1)]
 
 
 def templates_digest(templates: Sequence[Chem.Mol]) -> str:
@@ -148,8 +152,7 @@ def as_records(queries: Iterable[QueryRecord | str | Chem.Mol]) -> Iterator[Quer
         if isinstance(query, QueryRecord):
             yield query
         elif isinstance(query, Chem.Mol):
-            name = query.GetProp("_Name").strip() if query.HasProp("_Name") else ""
-            yield QueryRecord(number, name or f"query_{number}", None, (Chem.MolToMolBlock(query),))
+            yield QueryRecord(number, _record_name(query) or f"query_{number}", None, (Chem.MolToMolBlock(query),))
         else:
             yield QueryRecord(number, f"query_{number}", str(query), ())
 
@@ -272,8 +275,7 @@ class _Campaign:
 
     def _collect(self, pool: QueryPool) -> Iterator[QueryResult]:
         arrivals = pool.wait(WAIT_SECONDS)
-        for task in sorted(arrivals.retry, key=lambda task: task.index, reverse=True):
-            self._retry.appendleft(task)
+        retry_first(arrivals.retry, self._retry)
         if arrivals.finished and pool.gone is None:
             self._fill(pool)  # the freed workers get their next query before the results are written
         for task, outcome in arrivals.finished:
@@ -284,10 +286,8 @@ class _Campaign:
     def _requeue_in_flight(self) -> None:
         """Queries that were on the last workers run again here (their spans go on)."""
         queued = {task.index for task in self._retry}
-        for index in sorted(self._in_flight, reverse=True):
-            if index not in queued:
-                record, span = self._in_flight[index]
-                self._retry.appendleft(self._task(index, record, span))
+        retry_first([self._task(index, *self._in_flight[index]) for index in self._in_flight if index not in queued],
+                    self._retry)
 
     # --- the sequential rung ----------------------------------------------------------------------
 
@@ -341,10 +341,9 @@ class _Campaign:
         outcome.spans = []
         self.done += 1
         self.ok += outcome.status == QueryStatus.OK
-        requested = len(record.molblocks) if options.use_input_conformers and record.molblocks else (
-            options.num_conformers)
+        requested = self._settings.conformers_requested(record.molblocks)
         self._emit(QueryFinished(record.query_id, kind, outcome.status, outcome.reason, outcome.seconds, requested,
                                  outcome.conformers, best.scored if best else scored,
                                  best.failed if best else failures, len(self._in_flight), outcome.detail))
-        return QueryResult(record, outcome, kind)
+        return QueryResult(record, outcome, kind, requested)
 

@@ -42,6 +42,10 @@ class CampaignSettings:
     metric: str
     use_input_conformers: bool = False
 
+    def conformers_requested(self, molblocks: tuple[str, ...]) -> int:
+        """Conformers a query asks for: its input records' with ``use_input_conformers``, else ``num_conformers``."""
+        return len(molblocks) if self.use_input_conformers and molblocks else self.num_conformers
+
 
 @dataclass(frozen=True, slots=True)
 class QueryTask:
@@ -144,7 +148,7 @@ class QueryRunner:
         outcome.conformers = confs.GetNumConformers()
         if clock is not None:
             outcome.spans.append(("conformers.generate", clock.finish(),
-                                  {"templ.conformers.requested": settings.num_conformers,
+                                  {"templ.conformers.requested": settings.conformers_requested(task.molblocks),
                                    "templ.conformers.generated": outcome.conformers, "templ.conformers.threads": 1}))
         if outcome.conformers == 0:
             raise QueryError(QueryFailureReason.EMBEDDING_FAILED,

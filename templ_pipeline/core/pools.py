@@ -281,20 +281,20 @@ def _shutdown(pool: Executor, *, terminate: bool = False, grace: float = SHUTDOW
         return  # threads cannot be ended; they finish their task
     if terminate:
         for process in processes:
-            _end(process, 0)
+            end_process(process, 0)
     deadline = time.monotonic() + grace
     manager_ran = manager is not None and manager.ident is not None
     if manager_ran:
         manager.join(max(0.0, deadline - time.monotonic()))
     for process in processes:
-        _end(process, max(0.0, deadline - time.monotonic()))
+        end_process(process, max(0.0, deadline - time.monotonic()))
     if manager_ran:
         manager.join(1.0)  # with its workers gone it returns at once
     if call_queue is not None and not (manager_ran and not manager.is_alive()):
         _stop_feeder(call_queue)
 
 
-def _end(process: multiprocessing.process.BaseProcess, grace: float) -> None:
+def end_process(process: multiprocessing.process.BaseProcess, grace: float) -> None:
     """Wait up to ``grace`` seconds for ``process`` to exit, then terminate it, then kill it."""
     if process.pid is None:  # never started
         return

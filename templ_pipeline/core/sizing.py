@@ -121,12 +121,8 @@ def plan_workers(
 
 
 def _cpu_budget() -> tuple[int, str]:
-    """``(cpus, detail)`` for this process; the affinity mask alone if the cgroup cannot be read."""
-    try:
-        from templ_pipeline.core.limits.cpu import read_cpu_budget
+    """``(cpus, detail)`` for this process (``read_cpu_budget`` never raises: what it cannot read is unknown)."""
+    from templ_pipeline.core.limits.cpu import read_cpu_budget
 
-        budget = read_cpu_budget()
-        return budget.cpus, budget.detail
-    except Exception:  # noqa: BLE001 - sizing must never stop a run
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cpus), f"{cpus} CPUs in the affinity mask"
+    budget = read_cpu_budget()
+    return budget.cpus, budget.detail
