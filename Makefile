@@ -11,7 +11,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # a real node_exporter.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench install system-deps dashboards docs clean
+.PHONY: demo test bench install system-deps dashboards docs dist clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,15 +40,20 @@ test: $(TEST_STAMP) system-deps
 	$(BIN)/python -m pytest
 
 docs: $(TEST_STAMP)
-	$(BIN)/python -m telemetry.docs
+	$(BIN)/python -m templ_pipeline.telemetry.docs
 
 # The dashboard JSON, alerts.yml and the README's alert table. They are committed for the
 # pools' default start method, so a TEMPL_MP_START_METHOD in the caller's shell is left out.
 dashboards: $(TEST_STAMP)
-	env -u TEMPL_MP_START_METHOD $(BIN)/python -m dashboards.generate
+	env -u TEMPL_MP_START_METHOD $(BIN)/python -m templ_pipeline.dashboards.generate
+
+# The wheel a user installs (`pip install dist/templ_pipeline-*.whl`); tests/test_packaging.py
+# builds the same wheel and runs it from a fresh venv.
+dist: $(STAMP)
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
 
 bench: $(TEST_STAMP)
 	$(BIN)/python -m benchmarks.run --output bench_report.json
 
 clean:
-	rm -rf $(VENV) demo_poses.sdf bench_report.json .pytest_cache
+	rm -rf $(VENV) demo_poses.sdf bench_report.json .pytest_cache dist build

@@ -111,7 +111,7 @@ def parent_cpu(workers: int, root: Path, queries: list[tuple[str, str]]) -> dict
     so, the rate at which 64 workers would deliver drug-like queries. The per-conformer figure
     is the per-query cost over the 50 conformers of a query: the parent never sees a conformer.
     """
-    import telemetry
+    from templ_pipeline import telemetry
 
     from benchmarks.bench_telemetry_overhead import DropSpans
 

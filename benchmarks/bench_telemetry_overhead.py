@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-import telemetry
+from templ_pipeline import telemetry
 from benchmarks.common import median_seconds, pairs
 from templ_pipeline.core.scoring import select_best
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.models import dashboard
 
-from dashboards.panels import PROMETHEUS
+from templ_pipeline.dashboards.panels import PROMETHEUS
 
 EXTRA_KEYS: tuple[str, ...] = ("step", "titleFormat", "textFormat", "tagKeys")
 

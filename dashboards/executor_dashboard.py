@@ -13,9 +13,9 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders.dashboard import Dashboard, DatasourceVariable, QueryVariable, Row
 from grafana_foundation_sdk.models import dashboard
 
-from dashboards import dask_metrics, links
-from dashboards.annotations import PrometheusAnnotation
-from dashboards.names import (
+from templ_pipeline.dashboards import dask_metrics, links
+from templ_pipeline.dashboards.annotations import PrometheusAnnotation
+from templ_pipeline.dashboards.names import (
     FAILED,
     JOB,
     MANAGER_REASONS,
@@ -28,9 +28,9 @@ from dashboards.names import (
     metric,
     value,
 )
-from dashboards.panels import GAUGE_CALCS, PROMETHEUS, Query, stat_panel, time_series
-from dashboards.promql import finite, quantile, series, sum_rate
-from dashboards.thresholds import (
+from templ_pipeline.dashboards.panels import GAUGE_CALCS, PROMETHEUS, Query, stat_panel, time_series
+from templ_pipeline.dashboards.promql import finite, quantile, series, sum_rate
+from templ_pipeline.dashboards.thresholds import (
     CAMPAIGN_FAILURE_MINUTES,
     CAMPAIGN_FAILURE_RATIO,
     CAMPAIGN_STALL_MINUTES,
@@ -42,7 +42,7 @@ from dashboards.thresholds import (
     percent,
     thresholds,
 )
-from telemetry.catalog import (
+from templ_pipeline.telemetry.catalog import (
     ATTR_EXECUTOR_KIND,
     EVENT_FALLBACK,
     EVENT_QUERY_FINISHED,
@@ -390,6 +390,16 @@ def _campaign_panels() -> list:
             width=8,
             data_links=[links.link("Logs of these replacements", replacement_logs,
                                    f"{EVENT_WORKER_REPLACED} lines for this reason")],
+        ),
+        time_series(
+            "Query preparation/s by action",
+            "What query preparation did, per second: counterions and solvents removed, stereoisomers enumerated "
+            "(capped: more than --max-isomers), isotopes cleared, and queries refused before embedding "
+            "(unsupported_element, too_small). A query counts once under each thing done to it; the "
+            "query.prepared log lines say which query.",
+            "ops",
+            [Query(sum_rate(metric("query_preparations"), "instance, action"), "{{instance}} {{action}}")],
+            width=8,
         ),
         time_series(
             "Query duration p50 / p95 / p99",

@@ -1,7 +1,7 @@
 """Write the dashboard JSON, the alert rules and the README's alert table (``make dashboards``), or check them.
 
-    python -m dashboards.generate          # (re)write every generated file
-    python -m dashboards.generate --check  # exit 1 and name the stale files
+    python -m templ_pipeline.dashboards.generate          # (re)write every generated file
+    python -m templ_pipeline.dashboards.generate --check  # exit 1 and name the stale files
 
 The alert thresholds follow the worker cost model for the start method the project's pools
 use (``TEMPL_MP_START_METHOD``, else spawn); the committed files are for the default.
@@ -18,7 +18,7 @@ from pathlib import Path
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from dashboards import alerts, executor_dashboard
+from templ_pipeline.dashboards import alerts, executor_dashboard
 
 HERE = Path(__file__).parent
 OUTPUT_DIR = HERE / "grafana" / "dashboards"
@@ -63,7 +63,7 @@ def stale() -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dashboards.generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m templ_pipeline.dashboards.generate", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="do not write; exit 1 if a file is out of date")
     args = parser.parse_args(argv)
     if args.check:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from telemetry import catalog
+from templ_pipeline.telemetry import catalog
 
 JOB = "templ"
 """The scrape job (prometheus.yml) that the alert rules select and the dashboard opens on."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from dashboards.names import MANAGER_REASONS, SEQUENTIAL, value
+from templ_pipeline.dashboards.names import MANAGER_REASONS, SEQUENTIAL, value
 from templ_pipeline.campaign.runner import DEFAULT_QUERY_TIMEOUT
 from templ_pipeline.core import executor, pools
 from templ_pipeline.core.limits.grant import RESERVE_TASKS, max_workers

@@ -1,8 +1,9 @@
 """TEMPL telemetry: Prometheus metrics, OpenTelemetry traces and structlog logs from one catalog.
 
+Installed as ``templ_pipeline.telemetry`` (the repository keeps it in ``telemetry/``).
 Typical use::
 
-    import telemetry
+    from templ_pipeline import telemetry
     telemetry.configure(run_id="abc123")
     with telemetry.select_best_span(n_conformers=40, workers_requested=8) as call:
         runner = get_executor(8, observers=[telemetry.observe])  # metrics, span events, logs
@@ -19,7 +20,7 @@ per-batch/per-call helpers into near no-ops for overhead measurements.
 
 The names below are imported on first use (PEP 562 module ``__getattr__``), so
 importing one submodule costs only that submodule. Process workers import
-``telemetry.worker_spans``, which needs OpenTelemetry's API alone (about 10 ms
+``templ_pipeline.telemetry.worker_spans``, which needs OpenTelemetry's API alone (about 10 ms
 once RDKit is loaded). Were the whole stack imported here, every worker would
 load prometheus_client, the OpenTelemetry SDK, structlog (which configures
 itself at import) and rich: measured on 2 cores, ``import
@@ -52,17 +53,17 @@ call and of a campaign, and what a run reads back. The building blocks live in t
 ``telemetry.metrics``, ``telemetry.tracing``, ...); test-only resets in ``telemetry.testing``."""
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "telemetry.campaign": ("campaign_span", "start_query_span"),
-    "telemetry.events": ("batch_span", "conformers_span", "select_best_span"),
-    "telemetry.logs": ("get_logger", "get_run_id"),
-    "telemetry.metrics": ("get_metrics",),
-    "telemetry.observer": ("observe",),
-    "telemetry.state": ("disabled",),
-    "telemetry.tracing": ("current_trace_ids",),
+    "templ_pipeline.telemetry.campaign": ("campaign_span", "start_query_span"),
+    "templ_pipeline.telemetry.events": ("batch_span", "conformers_span", "select_best_span"),
+    "templ_pipeline.telemetry.logs": ("get_logger", "get_run_id"),
+    "templ_pipeline.telemetry.metrics": ("get_metrics",),
+    "templ_pipeline.telemetry.observer": ("observe",),
+    "templ_pipeline.telemetry.state": ("disabled",),
+    "templ_pipeline.telemetry.tracing": ("current_trace_ids",),
 }
 _HOME: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
 
-#: Submodules reachable as attributes after a bare ``import telemetry``.
+#: Submodules reachable as attributes after a bare ``from templ_pipeline import telemetry``.
 _SUBMODULES = frozenset(("campaign", "catalog", "events", "export", "exporters", "guard", "logs", "metrics", "observer",
                          "otlp_json", "server", "session", "state", "testing", "tracing", "worker_spans"))
 
@@ -102,10 +103,10 @@ def configure(
     per-batch/per-call event helpers return early. ``thread_headroom`` (threads
     the kernel still allows, if known) < 1 skips the batch span processor thread.
     """
-    from telemetry.logs import configure_logging, get_run_id
-    from telemetry.metrics import get_metrics
-    from telemetry.state import set_enabled
-    from telemetry.tracing import configure_tracing
+    from templ_pipeline.telemetry.logs import configure_logging, get_run_id
+    from templ_pipeline.telemetry.metrics import get_metrics
+    from templ_pipeline.telemetry.state import set_enabled
+    from templ_pipeline.telemetry.tracing import configure_tracing
 
     set_enabled(enabled)
     configure_logging(level=log_level, fmt=log_format, stream=log_stream, run_id=run_id)

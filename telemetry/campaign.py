@@ -34,12 +34,12 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from telemetry import catalog as c
-from telemetry import state
-from telemetry.events import _add_ids, _announce, _end_span, _ids, _record_error, _start_span
-from telemetry.logs import get_logger
-from telemetry.tracing import export_worker_span, get_tracer, is_exporting
-from telemetry.worker_spans import WorkerSpan, span_carrier
+from templ_pipeline.telemetry import catalog as c
+from templ_pipeline.telemetry import state
+from templ_pipeline.telemetry.events import _add_ids, _announce, _end_span, _ids, _record_error, _start_span
+from templ_pipeline.telemetry.logs import get_logger
+from templ_pipeline.telemetry.tracing import export_worker_span, get_tracer, is_exporting
+from templ_pipeline.telemetry.worker_spans import WorkerSpan, span_carrier
 
 __all__ = [
     "CampaignStats",

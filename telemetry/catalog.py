@@ -23,6 +23,7 @@ from templ_pipeline.core.events import (
     FallbackCause,
     FallbackReason,
     LimitName,
+    PreparationAction,
     QueryFailureReason,
     QueryStatus,
     ReductionReason,
@@ -56,6 +57,8 @@ NO_REASON = "none"
 QUERY_REASONS: tuple[str, ...] = values(QueryFailureReason) + (NO_REASON,)
 #: Why a campaign worker was replaced.
 REPLACEMENT_REASONS: tuple[str, ...] = values(ReplacementReason)
+#: What query preparation did to a query (a query may count under several).
+PREPARATION_ACTIONS: tuple[str, ...] = values(PreparationAction)
 
 # Additional bounded sets (not part of the original contract; extend as needed).
 OUTCOMES: tuple[str, ...] = ("ok", "error")
@@ -77,6 +80,10 @@ UNKNOWN = "unknown"
 
 #: Labels whose value is not bounded by a tuple (one constant value per process).
 FREE_LABELS: tuple[str, ...] = ("version",)
+#: The label that tells one job's delivered series from another's on a shared node: on the
+#: textfile's samples, in the Pushgateway grouping key and on the file_sd target. Its value is
+#: the batch scheduler's job id, else the run id (one value per process, like ``version``).
+JOB_LABEL = "job_id"
 
 
 def _open(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -112,10 +119,17 @@ class MetricSpec:
     short: str = ""
     #: label -> allowed values (labels in FREE_LABELS are absent)
     label_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    #: pre-create label combinations at 0 (only for small sets): those in ``combinations``, else all
+    #: pre-create label combinations at 0, so dashboards show 0 rather than no data and ``increase()``
+    #: sees the first event: those in ``combinations``, else every combination of the declared values
     initialize: bool = False
     #: the label value tuples that can occur together, when not every combination can
     combinations: tuple[tuple[str, ...], ...] | None = None
+    #: how ``combinations`` is chosen, when it is a rule rather than a short list (for the docs)
+    combinations_rule: str = ""
+    #: the process's state now (thread headroom, live thread counts, workers of the current pool): left
+    #: out of the textfile and the Pushgateway push, which outlive the process, so that a finished
+    #: job's last headroom cannot keep an alert firing
+    live: bool = False
     #: read from the kernel at each scrape by a custom collector (no client object, no labels);
     #: no sample while the kernel has no value to give
     scraped: bool = False
@@ -182,27 +196,55 @@ QUERY_DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 QUERY_OUTCOMES: tuple[tuple[str, str], ...] = ((QueryStatus.OK.value, NO_REASON),) + tuple(
     (QueryStatus.FAILED.value, reason) for reason in values(QueryFailureReason))
 
+#: The kernel limits and filters that can refuse a pool start (the causes of a start failure).
+_START_CAUSES: tuple[str, ...] = LIMIT_NAMES + (FallbackCause.SECCOMP.value, FallbackCause.UNKNOWN.value)
+_NO_CAUSE: tuple[str, ...] = (FallbackCause.NONE.value,)
+_DASK, _PROCESS, _THREAD, _SEQUENTIAL = (ExecutorKind.DASK.value, ExecutorKind.PROCESS.value,
+                                         ExecutorKind.THREAD.value, ExecutorKind.SEQUENTIAL.value)
+#: The fallbacks the executor, the conformer generator and the campaign pool emit, as
+#: (from kinds, to kinds, reasons, causes): each product is pre-created at 0. A step goes down the
+#: ladder (dask -> process -> thread -> sequential) or to fewer workers of the same kind; start
+#: failures carry the limit that refused the start, the other reasons carry none. The full product
+#: of the four label sets (1296 series) is mostly impossible steps; reasons no code path emits
+#: (submit_failed, manager_unavailable) are left to appear when used.
+FALLBACK_PATHS: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
+    ((_PROCESS,), (_PROCESS, _THREAD, _SEQUENTIAL), (FallbackReason.PROCESS_START_FAILED.value,), _START_CAUSES),
+    ((_THREAD,), (_THREAD, _SEQUENTIAL), (FallbackReason.THREAD_START_FAILED.value,), _START_CAUSES),
+    ((_DASK, _PROCESS, _THREAD), (_SEQUENTIAL,), (FallbackReason.NO_HEADROOM.value,), LIMIT_NAMES + _NO_CAUSE),
+    ((_PROCESS,), (_THREAD, _SEQUENTIAL), (FallbackReason.BROKEN_POOL.value,), _NO_CAUSE),
+    ((_THREAD,), (_SEQUENTIAL,), (FallbackReason.BROKEN_POOL.value,), _NO_CAUSE),
+    ((_DASK, _PROCESS), (_SEQUENTIAL,), (FallbackReason.DAEMON_PROCESS.value,), _NO_CAUSE),
+    ((_DASK,), (_PROCESS, _THREAD, _SEQUENTIAL), (FallbackReason.SCHEDULER_UNREACHABLE.value,
+                                                FallbackReason.BROKEN_POOL.value), _NO_CAUSE),
+)
+FALLBACK_COMBINATIONS: tuple[tuple[str, str, str, str], ...] = tuple(
+    combo for path in FALLBACK_PATHS for combo in itertools.product(*path))
+#: Pool kinds that can be found broken and replaced (the process and thread pool backends).
+RESTARTED_KINDS: tuple[tuple[str], ...] = ((_PROCESS,), (_THREAD,))
+#: Only Dask reschedules a batch whose worker was lost.
+RESUBMISSION_COMBINATIONS: tuple[tuple[str, str], ...] = tuple((_DASK, r) for r in RESUBMISSION_REASONS)
+
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "templ_threads_active", "gauge",
         "OS threads of this process (/proc/self/status Threads:, else threading.active_count()), read at scrape time.",
-        (), "", short="threads_active",
+        (), "", short="threads_active", live=True,
     ),
     MetricSpec(
         "process_threads", "gauge",
         "OS threads of this process (/proc/self/status Threads:), read at scrape time: templ_threads_active under "
         "the standard name that process dashboards query; NaN when /proc is unreadable.",
-        (), "", short="process_threads",
+        (), "", short="process_threads", live=True,
     ),
     MetricSpec(
         "templ_thread_limit", "gauge",
         "Kernel limit on threads/tasks that applies to this process, per limit; NaN when unknown, +Inf when unlimited.",
-        ("limit",), "", short="thread_limit", label_values={"limit": _open(LIMIT_NAMES)},
+        ("limit",), "", short="thread_limit", label_values={"limit": _open(LIMIT_NAMES)}, live=True,
     ),
     MetricSpec(
         "templ_thread_headroom", "gauge",
         "Threads/tasks that can still be started before hitting each kernel limit; NaN when unknown.",
-        ("limit",), "", short="thread_headroom", label_values={"limit": _open(LIMIT_NAMES)},
+        ("limit",), "", short="thread_headroom", label_values={"limit": _open(LIMIT_NAMES)}, live=True,
     ),
     MetricSpec(
         "templ_pids_cgroup_refused_forks_total", "counter",
@@ -217,23 +259,23 @@ METRICS: tuple[MetricSpec, ...] = (
         "Most tasks the pids cgroup has held at once (pids.peak of the level whose pids.max "
         'templ_thread_limit{limit="pids_cgroup"} reports), read at scrape time: it keeps a burst that ended '
         "between two scrapes. No sample where the kernel has no pids.peak or no pids level is visible.",
-        (), "", short="pids_peak_tasks", scraped=True,
+        (), "", short="pids_peak_tasks", scraped=True, live=True,
     ),
     MetricSpec(
         "templ_executor_workers_requested", "gauge",
         "Workers requested for the most recent executor of this task type.",
-        ("task_type",), "", short="workers_requested", label_values={"task_type": _open(TASK_TYPES)},
+        ("task_type",), "", short="workers_requested", label_values={"task_type": _open(TASK_TYPES)}, live=True,
     ),
     MetricSpec(
         "templ_executor_workers_granted", "gauge",
         "Workers granted (after limit-aware sizing) for the most recent executor of this task type.",
-        ("task_type",), "", short="workers_granted", label_values={"task_type": _open(TASK_TYPES)},
+        ("task_type",), "", short="workers_granted", label_values={"task_type": _open(TASK_TYPES)}, live=True,
     ),
     MetricSpec(
         "templ_executor_worker_reductions_total", "counter",
         "Times the executor factory granted fewer workers than requested, by reason.",
         ("task_type", "reason"), "", short="worker_reductions",
-        label_values={"task_type": _open(TASK_TYPES), "reason": _open(REDUCTION_REASONS)},
+        label_values={"task_type": _open(TASK_TYPES), "reason": _open(REDUCTION_REASONS)}, initialize=True,
     ),
     MetricSpec(
         "templ_executor_fallbacks_total", "counter",
@@ -245,6 +287,12 @@ METRICS: tuple[MetricSpec, ...] = (
             "reason": _open(FALLBACK_REASONS),
             "cause": _open(FALLBACK_CAUSES),
         },
+        initialize=True, combinations=FALLBACK_COMBINATIONS,
+        combinations_rule="The steps the executor can take start at 0: a process start refused by a limit "
+                          "(process -> process, thread or sequential) or a thread start (thread -> thread or "
+                          "sequential), each with every limit, seccomp and unknown as the cause; no headroom "
+                          "(dask, process or thread -> sequential) with each limit or none; a broken pool, a "
+                          "daemon process and an unreachable scheduler with cause none.",
     ),
     MetricSpec(
         "templ_select_best_batches_total", "counter",
@@ -284,7 +332,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "templ_executor_pool_restarts_total", "counter",
         "Worker pools found broken and replaced, by executor kind.",
         ("executor_kind",), "", short="pool_restarts",
-        label_values={"executor_kind": _open(EXECUTOR_KINDS)},
+        label_values={"executor_kind": _open(EXECUTOR_KINDS)}, initialize=True, combinations=RESTARTED_KINDS,
     ),
     MetricSpec(
         "templ_executor_batch_resubmissions_total", "counter",
@@ -292,6 +340,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "each batch is still counted once, when its result arrives.",
         ("executor_kind", "reason"), "", short="batch_resubmissions",
         label_values={"executor_kind": _open(EXECUTOR_KINDS), "reason": _open(RESUBMISSION_REASONS)},
+        initialize=True, combinations=RESUBMISSION_COMBINATIONS,
     ),
     MetricSpec(
         "templ_campaign_queries_total", "counter",
@@ -304,7 +353,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "templ_campaign_queries_in_flight", "gauge",
         "Queries of the campaign handed to a worker whose result has not arrived yet; 0 once the campaign is done.",
-        (), "", short="campaign_in_flight",
+        (), "", short="campaign_in_flight", live=True,
     ),
     MetricSpec(
         "templ_campaign_queries_expected", "gauge",
@@ -336,10 +385,32 @@ METRICS: tuple[MetricSpec, ...] = (
         (), "", short="campaign_shortfalls",
     ),
     MetricSpec(
+        "templ_query_preparations_total", "counter",
+        "Queries prepared (select-best --query and every campaign query), by what preparation did: "
+        "fragments_removed (counterions, solvents), stereo_enumerated / stereo_capped, isotopes_cleared, "
+        "unsupported_element / too_small (refused before embedding), unchanged, ... A query counts once under "
+        "each thing done to it.",
+        ("action",), "", short="query_preparations",
+        label_values={"action": _open(PREPARATION_ACTIONS)}, initialize=True,
+    ),
+    MetricSpec(
         "templ_telemetry_degraded_total", "counter",
         "Telemetry components that could not start normally and run degraded (e.g. synchronous span export).",
         ("component", "reason"), "", short="telemetry_degraded",
         label_values={"component": _open(DEGRADED_COMPONENTS), "reason": _open(DEGRADED_REASONS)},
+    ),
+    MetricSpec(
+        "templ_last_success_timestamp_seconds", "gauge",
+        "When this run ended successfully (Unix time), set at its end; 0 while it runs and when it failed. In the "
+        "textfile and the Pushgateway it outlives the run: alert on time() minus it for batch jobs that stopped "
+        "succeeding.",
+        (), "seconds", short="last_success",
+    ),
+    MetricSpec(
+        "templ_last_failure_timestamp_seconds", "gauge",
+        "When this run ended in failure (Unix time): an error, exit status 1, or a signal; 0 while it runs and "
+        "when it succeeded.",
+        (), "seconds", short="last_failure",
     ),
     MetricSpec(
         "templ_build_info", "gauge",
@@ -371,6 +442,7 @@ EVENT_QUERY_STARTED = "campaign.query_started"
 EVENT_QUERY_FINISHED = "campaign.query_finished"
 EVENT_WORKER_REPLACED = "campaign.worker_replaced"
 EVENT_CAMPAIGN_DONE = "campaign.done"
+EVENT_QUERY_PREPARED = "query.prepared"
 
 ATTR_TASK_TYPE = "templ.executor.task_type"
 ATTR_EXECUTOR_KIND = "templ.executor.kind"
@@ -417,6 +489,13 @@ ATTR_QUERY_SCORED = "templ.query.scored"
 ATTR_QUERY_FAILED = "templ.query.failed"
 ATTR_QUERY_SHORTFALL = "templ.query.shortfall"
 ATTR_QUERY_IN_FLIGHT = "templ.query.in_flight"
+ATTR_QUERY_INPUT_SMILES = "templ.query.input_smiles"
+ATTR_QUERY_SMILES = "templ.query.smiles"
+ATTR_QUERY_ISOMERS = "templ.query.isomers"
+ATTR_QUERY_STEREOISOMERS_POSSIBLE = "templ.query.stereoisomers_possible"
+ATTR_QUERY_REMOVED = "templ.query.removed"
+ATTR_QUERY_ACTIONS = "templ.query.preparation"
+ATTR_QUERY_WARNING = "templ.query.warning"
 #: ``templ.query.status`` of a query span the runner never ended: the campaign ended first (a signal).
 QUERY_ABANDONED = "abandoned"
 
@@ -516,6 +595,9 @@ class EventSpec:
     histogram: tuple[str, str] | None = None
     #: (field, counter): the counter is incremented when the field is true
     flags: tuple[tuple[str, str], ...] = ()
+    #: (field, counter, label): the counter is incremented once for each of the field's values (a sequence
+    #: of bounded values), with that value as ``label``
+    tallies: tuple[tuple[str, str, str], ...] = ()
     #: gauges set to 0 by the event
     resets: tuple[str, ...] = ()
     #: (field, value, level): the log level when the field has that value, instead of ``level``
@@ -530,7 +612,7 @@ class EventSpec:
         """Short names of every metric the event updates, in declaration order."""
         named = ([self.counter] if self.counter else []) + [short for _f, short in self.gauges]
         named += [self.histogram[1]] if self.histogram else []
-        named += [short for _f, short in self.flags] + list(self.resets)
+        named += [short for _f, short in self.flags] + [short for _f, short, _l in self.tallies] + list(self.resets)
         return tuple(dict.fromkeys(named))
 
     def level_for(self, log_fields: Mapping[str, object]) -> str:
@@ -618,6 +700,20 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
         counter="campaign_worker_replacements", logger="templ.campaign",
     ),
     EventSpec(
+        EVENT_QUERY_PREPARED, "debug",
+        "A query was prepared for embedding (select-best --query, or a campaign query in its worker): the input "
+        "and prepared SMILES, the fragments removed, the stereoisomers scored and what was done; warning when "
+        "preparation warns (a second large organic fragment dropped).",
+        (_field("query_id", ATTR_QUERY_ID), _field("input_smiles", ATTR_QUERY_INPUT_SMILES),
+         _field("smiles", ATTR_QUERY_SMILES), _field("isomers", ATTR_QUERY_ISOMERS),
+         _field("stereoisomers_possible", ATTR_QUERY_STEREOISOMERS_POSSIBLE), _field("removed", ATTR_QUERY_REMOVED),
+         _field("actions", ATTR_QUERY_ACTIONS, PREPARATION_ACTIONS),
+         _field("conformers_requested", ATTR_QUERY_CONFORMERS_REQUESTED), _field("conformers", ATTR_QUERY_CONFORMERS),
+         _field("warning", ATTR_QUERY_WARNING), _field("warned", "templ.query.warned", ("true", "false"))),
+        tallies=(("actions", "query_preparations", "action"),), escalations=(("warned", "true", "warning"),),
+        span_event=False, logger="templ.preparation",
+    ),
+    EventSpec(
         EVENT_CAMPAIGN_DONE, "info",
         "A campaign ended: queries finished in this run, by outcome, and whether a signal interrupted it.",
         (_field("done", ATTR_CAMPAIGN_DONE), _field("ok", ATTR_CAMPAIGN_OK), _field("failed", ATTR_CAMPAIGN_FAILED),
@@ -654,7 +750,9 @@ def render(spec: EventSpec, values: Mapping[str, object]) -> RenderedEvent:
     log_fields: dict[str, object] = {}
     for f in spec.fields:
         value = values.get(f.name)
-        if f.values is not None:
+        if f.values is not None and isinstance(value, (tuple, list)):  # several bounded values (a tally)
+            value = tuple(normalize_label(str(item), f.values) for item in value)
+        elif f.values is not None:
             raw = str(value)
             value = normalize_label(raw, f.values)
             if value != raw:
@@ -757,6 +855,28 @@ LOG_EVENTS: tuple[LogEventSpec, ...] = tuple(_log_spec(event) for event in EVENT
         "telemetry.push_failed", "warning",
         "Pushing the final metrics to the Pushgateway failed; the run's result stands.",
         ("url", "error"),
+    ),
+    LogEventSpec(
+        "telemetry.push_delete_failed", "warning",
+        "Deleting the run's Pushgateway group (--push-delete-on-exit) failed; the group stays.",
+        ("url", "error"),
+    ),
+    LogEventSpec(
+        "telemetry.textfile_failed", "warning",
+        "Writing the final metrics for node_exporter (--metrics-textfile) failed; the run's result stands.",
+        ("path", "error"),
+    ),
+    LogEventSpec(
+        "telemetry.sd_file_replaced", "warning",
+        "The run's file_sd target file was replaced by another run's (one --metrics-sd-file path for two "
+        "runs); it is left in place at exit instead of removed.",
+        ("path", "note"),
+    ),
+    LogEventSpec(
+        "telemetry.sd_file_written", "info",
+        "The file_sd target file (--metrics-sd-file) names this run's /metrics address and job id; it is "
+        "removed when the run ends.",
+        ("path", "target", "job_id"),
     ),
 )
 

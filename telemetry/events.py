@@ -28,14 +28,14 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode, TraceFlags
 
-from telemetry import catalog as c
-from telemetry import state
-from telemetry.logs import get_logger
-from telemetry.metrics import get_metrics
-from telemetry.tracing import export_worker_span, get_tracer
-from telemetry.worker_spans import WorkerSpan
+from templ_pipeline.telemetry import catalog as c
+from templ_pipeline.telemetry import state
+from templ_pipeline.telemetry.logs import get_logger
+from templ_pipeline.telemetry.metrics import get_metrics
+from templ_pipeline.telemetry.tracing import export_worker_span, get_tracer, is_exporting
+from templ_pipeline.telemetry.worker_spans import WorkerSpan
 
 __all__ = [
     "BatchStats",
@@ -83,8 +83,20 @@ def _add_ids(fields: dict[str, Any], ids: tuple[str, str] | None) -> dict[str, A
     return fields
 
 
-def _exemplar(ids: tuple[str, str] | None) -> dict[str, str] | None:
-    return None if ids is None else {"trace_id": ids[0], "span_id": ids[1]}
+def _exemplar(ids: tuple[str, str] | None, sampled: bool) -> dict[str, str] | None:
+    """``trace_id``/``span_id`` as an exemplar, only for a span some exporter sends.
+
+    Spans are recorded without an exporter too (their ids correlate log lines),
+    but an exemplar naming a trace no backend received is a dead link in Grafana;
+    so a span that is not sampled, or a run with no span exporter, gets none.
+    """
+    if ids is None or not sampled or not is_exporting():
+        return None
+    return {"trace_id": ids[0], "span_id": ids[1]}
+
+
+def _span_exemplar(span: Span) -> dict[str, str] | None:
+    return _exemplar(_ids(span), span.get_span_context().trace_flags.sampled)
 
 
 # ---------------------------------------------------------------------------
@@ -107,7 +119,7 @@ def _announce(spec: c.EventSpec, values: dict[str, Any], error: BaseException | 
             fields["error_type"] = type(error).__name__
             fields["error"] = str(error)
         getattr(_loggers[spec.logger], level)(spec.name, **_add_ids(fields, ids))
-    _update_metrics(spec, rendered, _exemplar(ids) if spec.span_event else None)
+    _update_metrics(spec, rendered, _span_exemplar(span) if spec.span_event else None)
     return rendered
 
 
@@ -134,6 +146,10 @@ def _update_metrics(spec: c.EventSpec, rendered: c.RenderedEvent, exemplar: dict
     for name, short in spec.flags:
         if fields[name]:
             getattr(m, short).inc()
+    for name, short, label in spec.tallies:
+        counter = getattr(m, short)
+        for value in fields[name]:
+            counter.labels(**{label: value}).inc()
     for short in spec.resets:
         getattr(m, short).set(0)
 
@@ -271,16 +287,17 @@ def _finish_batch(
         span.set_attributes({c.ATTR_EXECUTOR_KIND: kind, c.ATTR_BATCH_SCORED: scored, c.ATTR_BATCH_FAILED: failed})
     if exc is not None:
         _record_error(span, exc)
-    _batch_metrics_and_log(index, size, kind, scored, failed, duration, ids, fields, exc)
+    _batch_metrics_and_log(index, size, kind, scored, failed, duration, ids, _span_exemplar(span), fields, exc)
 
 
 def _batch_metrics_and_log(
     index: int, size: int, kind: str, scored: int, failed: int, duration: float,
-    ids: tuple[str, str] | None, fields: dict[str, Any], exc: BaseException | None = None,
+    ids: tuple[str, str] | None, exemplar: dict[str, str] | None, fields: dict[str, Any],
+    exc: BaseException | None = None,
 ) -> None:
     m = get_metrics()
     m.batches.labels(executor_kind=kind).inc()
-    m.batch_duration.labels(executor_kind=kind).observe(duration, exemplar=_exemplar(ids))
+    m.batch_duration.labels(executor_kind=kind).observe(duration, exemplar=exemplar)
     if exc is None:
         _select_log.info(
             "select_best.batch_done",
@@ -326,7 +343,8 @@ def record_batch(
     attributes.update({c.ATTR_EXECUTOR_KIND: kind, c.ATTR_BATCH_SCORED: scored, c.ATTR_BATCH_FAILED: failed})
     export_worker_span(c.SPAN_BATCH, span, attributes)
     ids = (format(span.trace_id, "032x"), format(span.span_id, "016x"))
-    _batch_metrics_and_log(index, size, kind, scored, failed, duration_seconds, ids, fields)
+    sampled = bool(span.trace_flags & TraceFlags.SAMPLED)
+    _batch_metrics_and_log(index, size, kind, scored, failed, duration_seconds, ids, _exemplar(ids, sampled), fields)
 
 
 class _NoopStats:
@@ -349,7 +367,7 @@ def batch_span(index: int, size: int, executor_kind: str) -> BatchStats:
     """Context manager for one conformer batch (child span ``select_best.batch``).
 
     On exit: ``templ_select_best_batches_total{executor_kind}`` +1, batch duration
-    observed with a trace exemplar, info log ``select_best.batch_done``; an escaping
+    observed (with a trace exemplar when the span is exported), info log ``select_best.batch_done``; an escaping
     exception sets span status ERROR, logs ``select_best.batch_failed`` and re-raises.
     The final ``executor_kind`` on the yielded object labels the metrics.
     """
@@ -419,7 +437,7 @@ class SelectBestStats:
                 if n:
                     m.conformers_failed.labels(reason=label).inc(n)
             m.select_best_calls.labels(outcome=outcome).inc()
-            m.select_best_duration.observe(duration, exemplar=_exemplar(ids))
+            m.select_best_duration.observe(duration, exemplar=_span_exemplar(span))
             common = {
                 "n_conformers": self.n_conformers, "workers_requested": self.workers_requested,
                 "workers_granted": self.workers_granted, "executor_kind": kind, "scored": self.scored,
@@ -443,7 +461,7 @@ def select_best_span(n_conformers: int, workers_requested: int) -> SelectBestSta
     """Context manager for the parent span ``select_best``.
 
     On exit: ``templ_conformers_scored_total`` += scored, ``templ_conformers_failed_total{reason}``
-    per reason, ``templ_select_best_calls_total{outcome}``, duration histogram (with exemplar),
+    per reason, ``templ_select_best_calls_total{outcome}``, duration histogram (exemplar when exported),
     info log ``select_best.done``; an escaping exception sets status ERROR, logs
     ``select_best.failed`` and re-raises.
     """

@@ -20,8 +20,8 @@ from pathlib import Path
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
-from telemetry.logs import get_logger
-from telemetry.otlp_json import OTLPJsonFileExporter
+from templ_pipeline.telemetry.logs import get_logger
+from templ_pipeline.telemetry.otlp_json import OTLPJsonFileExporter
 
 _log = get_logger("templ.telemetry")
 _OTLP_LOGGERS = ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "opentelemetry.exporter.otlp.proto.http")

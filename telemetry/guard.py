@@ -6,9 +6,9 @@ import errno
 import threading
 from typing import Callable, TypeVar
 
-from telemetry.catalog import DEGRADED_COMPONENTS, DEGRADED_REASONS, normalize_label
-from telemetry.logs import get_logger
-from telemetry.metrics import get_metrics
+from templ_pipeline.telemetry.catalog import DEGRADED_COMPONENTS, DEGRADED_REASONS, normalize_label
+from templ_pipeline.telemetry.logs import get_logger
+from templ_pipeline.telemetry.metrics import get_metrics
 
 T = TypeVar("T")
 

@@ -3,6 +3,8 @@
 Every line carries ``timestamp`` (ISO 8601 UTC), ``level``, ``logger``,
 ``event``, ``run_id`` and, inside a recording span, ``trace_id``/``span_id``.
 Output is JSON lines unless the stream is a TTY (or ``fmt="console"``).
+Exception tracebacks (``exception`` in JSON, rich's in the console) never carry
+frame locals.
 """
 
 from __future__ import annotations
@@ -66,6 +68,20 @@ def _shared_processors() -> list[Any]:
     ]
 
 
+#: Exceptions as structured tracebacks without frame locals. structlog's ``dict_tracebacks``
+#: and its default console formatter (rich) both show every frame's locals (structlog 26.1:
+#: ``show_locals`` defaults to True in ``ExceptionDictTransformer`` and ``RichTracebackFormatter``),
+#: and locals hold what a log line must not: SMILES libraries, molecules, tokens in a URL.
+_JSON_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+
+
+def _console_tracebacks(stream: Any) -> structlog.dev.RichTracebackFormatter:
+    """Rich's traceback for the console renderer, without locals; no colour codes off a TTY."""
+    return structlog.dev.RichTracebackFormatter(show_locals=False,
+                                                color_system="truecolor" if _is_tty(stream) else None)
+
+
 def _is_tty(stream: Any) -> bool:
     try:
         return bool(stream.isatty())
@@ -92,9 +108,9 @@ def configure_logging(
     use_json = fmt == "json" or (fmt == "auto" and not _is_tty(out))
     if use_json:
         renderer: Any = structlog.processors.JSONRenderer()
-        final = [structlog.processors.dict_tracebacks, _order_keys, renderer]
+        final = [_JSON_TRACEBACKS, _order_keys, renderer]
     else:
-        final = [structlog.dev.ConsoleRenderer(colors=_is_tty(out))]
+        final = [structlog.dev.ConsoleRenderer(colors=_is_tty(out), exception_formatter=_console_tracebacks(out))]
 
     shared = _shared_processors()
     structlog.configure(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import Any, Iterable, Protocol
 
@@ -18,7 +18,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from telemetry.catalog import LIMIT_NAMES, METRICS, MetricSpec, normalize_label
+from templ_pipeline.telemetry.catalog import LIMIT_NAMES, METRICS, MetricSpec, normalize_label
 from templ_pipeline.core.limits.cgroup import read_pids_peak
 from templ_pipeline.core.limits.model import PIDS_CGROUP, Snapshot
 from templ_pipeline.core.limits.procfs import parse_status, read_bytes
@@ -26,6 +26,7 @@ from templ_pipeline.core.limits.procfs import parse_status, read_bytes
 __all__ = [
     "PidsCgroupCollector",
     "TemplMetrics",
+    "TemplRegistry",
     "count_threads",
     "get_metrics",
     "os_threads",
@@ -96,6 +97,46 @@ class PidsCgroupCollector:
         return [counter, gauge]
 
 
+#: Metric families whose client objects add a ``<name>_created`` sample (the creation time).
+_CREATED_TYPES = frozenset({"counter", "histogram", "summary"})
+
+
+def _without_created(metrics: Iterable[Metric]) -> Iterator[Metric]:
+    for metric in metrics:
+        if metric.type in _CREATED_TYPES:
+            created = metric.name + "_created"
+            metric.samples = [sample for sample in metric.samples if sample.name != created]
+        yield metric
+
+
+class _RestrictedView:
+    """A ``?name[]=`` restricted registry of :class:`TemplRegistry`, without ``_created`` samples too."""
+
+    def __init__(self, restricted: Any) -> None:
+        self._restricted = restricted
+
+    def collect(self) -> Iterator[Metric]:
+        return _without_created(self._restricted.collect())
+
+
+class TemplRegistry(CollectorRegistry):
+    """TEMPL's registry: its exposition has no ``<counter>_created`` / ``<histogram>_created`` series.
+
+    Those series double the counter samples, and a textfile or a Pushgateway group would keep
+    the creation time of a process long gone. prometheus-client's own switch
+    (``disable_created_metrics()``, ``PROMETHEUS_DISABLE_CREATED_SERIES``) is one global for the
+    process: set on import it would also change the metrics of an application that imports
+    TEMPL as a library. The registry drops them from its own families instead (each collect
+    builds fresh families, so nothing shared is changed).
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        return _without_created(super().collect())
+
+    def restricted_registry(self, names: Iterable[str]) -> Any:
+        return _RestrictedView(super().restricted_registry(names))
+
+
 def _version() -> str:
     try:
         return metadata.version("templ-pipeline")
@@ -138,12 +179,14 @@ class TemplMetrics:
     campaign_worker_replacements: Counter
     campaign_shortfalls: Counter
     telemetry_degraded: Counter
+    last_success: Gauge
+    last_failure: Gauge
     build_info: Gauge
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process_collectors: bool = True,
                  snapshot: SnapshotSource = thread_manager_snapshot) -> None:
         """``snapshot`` gives the limits the scrape-time pids cgroup metrics read (tests pass their own)."""
-        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.registry = registry if registry is not None else TemplRegistry(auto_describe=True)
         if process_collectors:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)

@@ -9,9 +9,10 @@ events that come once per batch or per query are tested for first.
 from __future__ import annotations
 
 from templ_pipeline.core import events as ev
-from telemetry import campaign
-from telemetry import events as record
-from telemetry.metrics import update_thread_gauges
+from templ_pipeline.telemetry import campaign
+from templ_pipeline.telemetry import events as record
+from templ_pipeline.telemetry import preparation
+from templ_pipeline.telemetry.metrics import update_thread_gauges
 
 
 def observe(event: ev.ExecutorEvent) -> None:
@@ -24,6 +25,10 @@ def observe(event: ev.ExecutorEvent) -> None:
         campaign.record_query_finished(event.query_id, event.kind, event.status, event.reason, event.seconds,
                                        event.conformers_requested, event.conformers, event.scored, event.failed,
                                        event.in_flight, event.detail)
+    elif isinstance(event, ev.QueryPrepared):
+        preparation.record_query_prepared(event.query_id, event.input_smiles, event.smiles,
+                                          event.stereoisomers_possible, event.removed, event.actions,
+                                          event.conformers_requested, event.conformers, event.warning)
     elif isinstance(event, ev.QueryStarted):
         campaign.record_query_started(event.index, event.in_flight)
     elif isinstance(event, ev.LimitsObserved):

@@ -1,11 +1,21 @@
-"""The ``/metrics`` and ``/healthz`` endpoint: one serving thread, loopback by default.
+"""The ``/metrics`` and ``/healthz`` endpoint: prometheus-client's WSGI app on one serving thread.
 
-The server answers requests one at a time on a single thread started up front,
-so it needs no new thread per scrape: it keeps answering when the process has
-no thread headroom left, which is when an operator most wants to look. A scrape
-renders the registry in a few milliseconds, so queued scrapers wait little.
-``/metrics`` negotiates OpenMetrics (with exemplars) from the ``Accept`` header,
-as prometheus-client does.
+``/metrics`` is ``prometheus_client.make_wsgi_app(registry)``, so content
+negotiation (OpenMetrics with exemplars from the ``Accept`` header), gzip
+(``Accept-Encoding: gzip``) and ``name[]`` filtering are the library's own.
+What differs from ``prometheus_client.start_http_server`` is the server around
+it: the library's ``ThreadingWSGIServer`` starts a thread per request, and this
+one is wsgiref's plain ``WSGIServer``, answering requests one at a time on a
+single thread started up front. So it needs no new thread per scrape and keeps
+answering when the process has no thread headroom left, which is when an
+operator most wants to look (measured: with thread starts failing, the library's
+server closes each connection without a reply; this one answers). A scrape renders the registry in a few
+milliseconds, so queued scrapers wait little; a stalled client is cut off after
+``REQUEST_TIMEOUT_SECONDS``.
+
+``HEAD`` gets the headers ``GET`` would get and no body (the library's app
+answers ``HEAD`` with 405). Port 0 binds a free port; :attr:`MetricsServer.address`
+and :attr:`MetricsServer.url` report the bound one.
 """
 
 from __future__ import annotations
@@ -14,19 +24,30 @@ import errno
 import ipaddress
 import socket
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from telemetry.guard import start_guarded
-from telemetry.metrics import get_metrics
+from templ_pipeline.telemetry.guard import start_guarded
+from templ_pipeline.telemetry.logs import get_logger
+from templ_pipeline.telemetry.metrics import get_metrics
+
+__all__ = ["Address", "MetricsServer", "MetricsServerError", "parse_address", "serve_metrics",
+           "start_metrics_server"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9464
 REQUEST_TIMEOUT_SECONDS = 5.0  # a stalled or malformed client cannot hold the thread longer
+METRICS_PATHS = ("/metrics", "/")
+HEALTH_PATH = "/healthz"
+
+_log = get_logger("templ.telemetry")
+_TEXT = [("Content-Type", "text/plain; charset=utf-8")]
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class MetricsServerError(RuntimeError):
@@ -60,47 +81,59 @@ def parse_address(text: str) -> Address:
     return Address(host, int(port))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _MetricsHTTPServer
-    timeout = REQUEST_TIMEOUT_SECONDS
-    protocol_version = "HTTP/1.0"
+def metrics_app(registry: CollectorRegistry) -> WSGIApp:
+    """The WSGI app of the endpoint: ``/metrics`` (and ``/``) from prometheus-client, ``/healthz``, 404 else."""
+    prometheus = make_wsgi_app(registry)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        path = self.path.split("?", 1)[0]
-        if path in ("/metrics", "/"):
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            self._reply(200, content_type, encoder(self.server.registry))
-        elif path == "/healthz":
-            self._reply(200, "text/plain; charset=utf-8", b"ok\n")
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
+        head = method == "HEAD"
+        if path == HEALTH_PATH:
+            status, headers, body = "200 OK", list(_TEXT), b"ok\n"
+        elif path in METRICS_PATHS:
+            status, headers, body = _call(prometheus, {**environ, "REQUEST_METHOD": "GET"} if head else environ)
         else:
-            self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+            status, headers, body = "404 Not Found", list(_TEXT), b"not found: try /metrics or /healthz\n"
+        if not any(name.lower() == "content-length" for name, _ in headers):
+            headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [] if head else [body]
 
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._reply(200 if self.path.split("?", 1)[0] in ("/metrics", "/", "/healthz") else 404,
-                    "text/plain; charset=utf-8", b"", head=True)
+    return app
 
-    def _reply(self, status: int, content_type: str, body: bytes, head: bool = False) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
+
+def _call(app: WSGIApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Run ``app`` to completion: (status, headers, body); a failing collector is a 500 and one log line."""
+    reply: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        reply[:] = [status, list(headers)]
+
+    try:
+        body = b"".join(app(environ, start_response))
+    except Exception as exc:  # a collector that raises must not take the endpoint down
+        _log.warning("telemetry.scrape_failed", error_type=type(exc).__name__, error=str(exc))
+        return "500 Internal Server Error", list(_TEXT), b"scrape failed; see the log\n"
+    return reply[0], reply[1], body
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = REQUEST_TIMEOUT_SECONDS  # StreamRequestHandler applies it to the connection's socket
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base class signature)
         """Scrapes are not logged: they would drown the job's own events."""
 
 
-class _MetricsHTTPServer(HTTPServer):
-    """Single-threaded HTTP server over one registry."""
+class _MetricsHTTPServer(WSGIServer):
+    """wsgiref's single-threaded WSGI server, IPv4 or IPv6 by the host's form."""
 
-    def __init__(self, address: Address, registry: CollectorRegistry) -> None:
+    def __init__(self, address: Address, app: WSGIApp) -> None:
         self.address_family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        self.registry = registry
         super().__init__((address.host, address.port), _Handler)
+        self.set_app(app)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hangs up mid-reply is its own problem; keep serving."""
+        """A client that hangs up or stalls mid-request is its own problem; keep serving."""
 
 
 class MetricsServer:
@@ -110,6 +143,15 @@ class MetricsServer:
         self._httpd = httpd
         self._thread = thread
         self.address = address
+
+    @property
+    def host(self) -> str:
+        return self.address.host
+
+    @property
+    def port(self) -> int:
+        """The bound port (the kernel's choice when port 0 was asked for)."""
+        return self.address.port
 
     @property
     def url(self) -> str:
@@ -129,12 +171,11 @@ def serve_metrics(address: Address, registry: CollectorRegistry) -> MetricsServe
     cannot be started for lack of thread headroom.
     """
     try:
-        httpd = _MetricsHTTPServer(address, registry)
+        httpd = _MetricsHTTPServer(address, metrics_app(registry))
     except OSError as exc:
         reason = "address in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
         raise MetricsServerError(f"cannot listen on {address}: {reason}") from exc
-    if address.port == 0:
-        address = Address(address.host, httpd.server_address[1])
+    bound = Address(address.host, httpd.server_address[1])
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                               name="templ-metrics", daemon=True)
 
@@ -145,7 +186,7 @@ def serve_metrics(address: Address, registry: CollectorRegistry) -> MetricsServe
     if start_guarded("metrics_server", start) is None:
         httpd.server_close()
         return None
-    return MetricsServer(httpd, thread, address)
+    return MetricsServer(httpd, thread, bound)
 
 
 def start_metrics_server(port: int, addr: str = DEFAULT_HOST) -> MetricsServer | None:

@@ -5,24 +5,48 @@ trace ids in logs and exemplars) and exported only where the standard
 OpenTelemetry variables or ``--traces-file`` say, and ``/metrics`` is served on
 127.0.0.1:9464. A default endpoint whose port is taken costs a warning; an
 address the user named must work, or the run does not start.
+
+Several jobs on one node each take a free port (``--metrics-addr 127.0.0.1:0``)
+and announce it in a file_sd target file (``--metrics-sd-file``), removed when
+the run ends however it ends. At the end the session records whether the run
+succeeded (``templ_last_success_timestamp_seconds`` or
+``templ_last_failure_timestamp_seconds``) and delivers the final metrics.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from telemetry.exporters import ExporterConfigError, build_exporters
-from telemetry.logs import configure_logging, get_logger, get_run_id
-from telemetry.metrics import get_metrics
-from telemetry.server import DEFAULT_HOST, DEFAULT_PORT, Address, MetricsServer, MetricsServerError, parse_address
-from telemetry.tracing import configure_tracing, shutdown_tracing
+from templ_pipeline.errors import InputError
+from templ_pipeline.safe_files import check_target, remove_quietly
+from templ_pipeline.telemetry.catalog import JOB_LABEL
+
+from templ_pipeline.telemetry.exporters import ExporterConfigError, build_exporters
+from templ_pipeline.telemetry.logs import configure_logging, get_logger, get_run_id
+from templ_pipeline.telemetry.metrics import get_metrics
+from templ_pipeline.telemetry.server import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    Address,
+    MetricsServer,
+    MetricsServerError,
+    parse_address,
+)
+from templ_pipeline.telemetry.tracing import configure_tracing, shutdown_tracing
 
 _log = get_logger("templ.telemetry")
+
+#: What to run instead when the default port is taken (another job on the node has it).
+SEVERAL_JOBS_HINT = ("to run several jobs on one host give each --metrics-addr 127.0.0.1:0 and "
+                     "--metrics-sd-file DIR/<name>.json (a Prometheus file_sd target)")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
 class TelemetrySetupError(ValueError):
@@ -35,8 +59,11 @@ class TelemetryOptions:
 
     metrics_addr: str | None = None  # None: the default address, best effort
     metrics_server: bool = True
-    metrics_textfile: Path | None = None
+    metrics_textfile: Path | None = None  # a *.prom file, or a directory: DIR/templ_<job id>.prom
+    metrics_sd_file: Path | None = None
     pushgateway: str | None = None
+    push_grouping_key: tuple[tuple[str, str], ...] = ()  # added to (or replacing) instance and job_id
+    push_delete_on_exit: bool = False
     hold_metrics: float = 0.0
     traces_file: Path | None = None
     log_format: str = "auto"
@@ -52,12 +79,44 @@ def _writable_file(option: str, path: Path) -> None:
         raise TelemetrySetupError(f"{option} {path}: not writable")
 
 
+def _target(option: str, path: Path) -> None:
+    """A file the session replaces atomically: absent or a regular file, in a writable directory."""
+    try:
+        check_target(path, option)
+    except InputError as exc:
+        raise TelemetrySetupError(str(exc)) from None
+
+
+def succeeded(exc: BaseException | None) -> bool:
+    """Whether a run that ended with ``exc`` (None: normally) succeeded.
+
+    ``typer.Exit`` (how the CLI leaves with exit status 1 after saying why) and ``Interrupted``
+    (a signal) carry ``exit_code``; only 0 is success. ``SystemExit`` succeeds with code 0 or None.
+    Any other exception is a failure.
+    """
+    if exc is None:
+        return True
+    if isinstance(exc, SystemExit):
+        return exc.code in (0, None)
+    return getattr(exc, "exit_code", None) == 0
+
+
+def _sd_target(address: Address) -> str:
+    """The address Prometheus should scrape: the host name in place of an unspecified (any) address."""
+    if address.host in ("0.0.0.0", "::", ""):
+        return str(Address(socket.gethostname(), address.port))
+    return str(address)
+
+
 class TelemetrySession:
     """Context manager around one run; ``server`` is the endpoint, if one is up."""
 
     def __init__(self, options: TelemetryOptions, *, interactive: bool | None = None) -> None:
         self.options = options
         self.server: MetricsServer | None = None
+        self.sd_file: Path | None = None  # the target file while it exists
+        self._sd_content = b""
+        self._job_id: str | None = None
         self._log_stream: IO[str] | None = None
         self._interactive = sys.stderr.isatty() if interactive is None else interactive
         self._address = self._check(options)
@@ -72,10 +131,23 @@ class TelemetrySession:
             except ValueError as exc:
                 raise TelemetrySetupError(f"--metrics-addr: {exc}") from None
         if options.metrics_textfile is not None:
-            if options.metrics_textfile.suffix != ".prom":
-                raise TelemetrySetupError(f"--metrics-textfile {options.metrics_textfile}: node_exporter reads "
-                                          "only files ending in .prom")
-            _writable_file("--metrics-textfile", options.metrics_textfile)
+            textfile = options.metrics_textfile
+            if textfile.is_dir():
+                if not os.access(textfile, os.W_OK):
+                    raise TelemetrySetupError(f"--metrics-textfile {textfile}: directory is not writable")
+            elif textfile.suffix != ".prom":
+                raise TelemetrySetupError(f"--metrics-textfile {textfile}: node_exporter reads only files ending "
+                                          "in .prom (or give its directory: the file is then templ_<job id>.prom)")
+            else:
+                _target("--metrics-textfile", textfile)
+        if options.metrics_sd_file is not None:
+            if not options.metrics_server:
+                raise TelemetrySetupError("--metrics-sd-file: names the /metrics endpoint, which "
+                                          "--no-metrics-server turns off")
+            if options.metrics_sd_file.suffix != ".json":
+                raise TelemetrySetupError(f"--metrics-sd-file {options.metrics_sd_file}: expected a .json file "
+                                          "(Prometheus file_sd_configs reads *.json)")
+            _target("--metrics-sd-file", options.metrics_sd_file)
         for option, path in (("--traces-file", options.traces_file), ("--log-file", options.log_file)):
             if path is not None:
                 _writable_file(option, path)
@@ -83,7 +155,37 @@ class TelemetrySession:
             raise TelemetrySetupError("--hold-metrics: seconds must not be negative")
         if options.pushgateway and not options.pushgateway.startswith(("http://", "https://")):
             raise TelemetrySetupError(f"--pushgateway {options.pushgateway}: expected an http:// or https:// URL")
+        for name, value in options.push_grouping_key:
+            if not _LABEL_NAME.match(name) or name == "job" or name.startswith("__"):
+                raise TelemetrySetupError(f"--push-grouping-key {name}={value}: {name!r} is not a label name the "
+                                          "grouping key can have (the job is always templ)")
+            if not value:
+                raise TelemetrySetupError(f"--push-grouping-key {name}=: the value must not be empty")
+        if (options.push_grouping_key or options.push_delete_on_exit) and not options.pushgateway:
+            option = "--push-delete-on-exit" if options.push_delete_on_exit else "--push-grouping-key"
+            raise TelemetrySetupError(f"{option}: needs --pushgateway URL")
         return address
+
+    @property
+    def job_id(self) -> str:
+        """This run's job id (the scheduler's, else the run id), fixed when the session starts."""
+        if self._job_id is None:
+            from templ_pipeline.telemetry.export import job_id
+
+            self._job_id = job_id()
+        return self._job_id
+
+    @property
+    def textfile(self) -> Path | None:
+        """Where the final metrics go for node_exporter: the file given, or ``DIR/templ_<job id>.prom``."""
+        from templ_pipeline.telemetry.export import textfile_name
+
+        path = self.options.metrics_textfile
+        return path / textfile_name(self.job_id) if path is not None and path.is_dir() else path
+
+    def grouping_key(self) -> dict[str, str]:
+        """The Pushgateway group of this run: instance (host name) and job_id, then the user's keys."""
+        return {"instance": socket.gethostname(), JOB_LABEL: self.job_id, **dict(self.options.push_grouping_key)}
 
     def __enter__(self) -> TelemetrySession:
         options = self.options
@@ -100,54 +202,122 @@ class TelemetrySession:
             raise TelemetrySetupError(str(exc)) from None
         configure_tracing(exporters, service_name=os.environ.get("OTEL_SERVICE_NAME", options.service_name),
                           resource_attributes={"templ.run_id": get_run_id()})
+        _ = self.job_id  # fixed now that the run id is
         self._start_server()
         return self
 
     def _start_server(self) -> None:
         if self._address is None:
             return
-        from telemetry.server import serve_metrics
+        from templ_pipeline.telemetry.server import serve_metrics
 
         try:
             self.server = serve_metrics(self._address, get_metrics().registry)
         except MetricsServerError as exc:
             if self.options.metrics_addr:
                 self.close(delivered=False)
-                raise TelemetrySetupError(f"--metrics-addr: {exc}") from None
+                hint = f"; {SEVERAL_JOBS_HINT}" if "in use" in str(exc) and self._address.port != 0 else ""
+                raise TelemetrySetupError(f"--metrics-addr: {exc}{hint}") from None
             _log.warning("telemetry.metrics_server_unavailable", error=str(exc),
-                         note="the run goes on without /metrics; pass --metrics-addr to choose another port")
+                         note=f"the run goes on without /metrics; {SEVERAL_JOBS_HINT}")
             return
         if self.server is not None and not self._address.is_loopback:
             _log.warning("telemetry.metrics_exposed", address=str(self._address),
                          note="/metrics is reachable from other hosts")
+        if self.server is not None and self.options.metrics_sd_file is not None:
+            self._write_sd_file(self.server)
+
+    def _write_sd_file(self, server: MetricsServer) -> None:
+        from templ_pipeline.telemetry.export import write_sd_file
+
+        path = self.options.metrics_sd_file
+        assert path is not None
+        try:
+            self.sd_file = write_sd_file(path, _sd_target(server.address), {JOB_LABEL: self.job_id})
+            self._sd_content = self.sd_file.read_bytes()
+        except (InputError, OSError) as exc:
+            self.close(delivered=False)
+            raise TelemetrySetupError(f"--metrics-sd-file: {exc}") from None
+        _log.info("telemetry.sd_file_written", path=str(path), target=_sd_target(server.address),
+                  job_id=self.job_id)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         # A signal or Ctrl-C (a BaseException, not an Exception) means leave now: no holding.
-        self.close(delivered=True, hold=exc is None or isinstance(exc, Exception))
+        self.close(delivered=True, hold=exc is None or isinstance(exc, Exception), success=succeeded(exc))
 
-    def close(self, delivered: bool, hold: bool = True) -> None:
-        """Flush spans, deliver the final metrics, hold the endpoint if asked, stop it."""
-        shutdown_tracing()
-        if delivered:
-            self._deliver()
-            if hold and self.server is not None and self.options.hold_metrics > 0:
-                _log.info("telemetry.holding_metrics", url=self.server.url, seconds=self.options.hold_metrics)
-                time.sleep(self.options.hold_metrics)
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-        if self._log_stream is not None:
-            self._log_stream.close()
-            self._log_stream = None
+    def close(self, delivered: bool, hold: bool = True, success: bool = True) -> None:
+        """Flush spans, record the outcome, deliver the final metrics, hold the endpoint if asked, stop it.
+
+        The target file, the endpoint and (with ``--push-delete-on-exit``) the Pushgateway group go
+        whatever happens on the way, a signal during ``--hold-metrics`` included.
+        """
+        try:
+            shutdown_tracing()
+            if delivered:
+                self._record_outcome(success)
+                self._deliver()
+                if hold and self.server is not None and self.options.hold_metrics > 0:
+                    _log.info("telemetry.holding_metrics", url=self.server.url, seconds=self.options.hold_metrics)
+                    time.sleep(self.options.hold_metrics)
+        finally:
+            if self.sd_file is not None:
+                self._remove_sd_file(self.sd_file)
+                self.sd_file = None
+            if self.server is not None:
+                self.server.stop()
+                self.server = None
+            if delivered and self.options.push_delete_on_exit:
+                self._delete_group()
+            if self._log_stream is not None:
+                self._log_stream.close()
+                self._log_stream = None
+
+    def _remove_sd_file(self, path: Path) -> None:
+        """Remove the target file, unless another run has replaced it since (the same path given twice)."""
+        try:
+            ours = path.read_bytes() == self._sd_content
+        except OSError:
+            return
+        if ours:
+            remove_quietly(path)
+        else:
+            _log.warning("telemetry.sd_file_replaced", path=str(path),
+                         note="another run wrote this target file since; it is left in place")
+
+    @staticmethod
+    def _record_outcome(success: bool) -> None:
+        metrics = get_metrics()
+        (metrics.last_success if success else metrics.last_failure).set(time.time())
 
     def _deliver(self) -> None:
-        from telemetry.export import PushError, push_metrics, write_textfile
+        from templ_pipeline.telemetry.export import PushError, push_metrics, write_textfile
 
         registry = get_metrics().registry
-        if self.options.metrics_textfile is not None:
-            write_textfile(self.options.metrics_textfile, registry)
+        textfile = self.textfile
+        if textfile is not None:
+            try:
+                write_textfile(textfile, registry, labels={JOB_LABEL: self.job_id})
+            except (InputError, OSError) as exc:
+                _log.warning("telemetry.textfile_failed", path=str(textfile), error=str(exc))
         if self.options.pushgateway:
             try:
-                push_metrics(self.options.pushgateway, job=self.options.service_name, registry=registry)
+                push_metrics(self.options.pushgateway, job=self.options.service_name, registry=registry,
+                             grouping_key=self.grouping_key())
             except PushError as exc:
                 _log.warning("telemetry.push_failed", url=self.options.pushgateway, error=str(exc))
+
+    def _delete_group(self) -> None:
+        """``--push-delete-on-exit``: nothing of the job stays on the Pushgateway once it has ended.
+
+        The final push still happens (a scrape during ``--hold-metrics`` takes it); the delete
+        comes after the hold. Without the flag the group stays, with its counters and the
+        success or failure timestamp, for batch-job alerting (``time() -
+        templ_last_success_timestamp_seconds``); it never holds live gauges such as headroom.
+        """
+        from templ_pipeline.telemetry.export import PushError, delete_pushed
+
+        assert self.options.pushgateway is not None
+        try:
+            delete_pushed(self.options.pushgateway, job=self.options.service_name, grouping_key=self.grouping_key())
+        except PushError as exc:
+            _log.warning("telemetry.push_delete_failed", url=self.options.pushgateway, error=str(exc))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from telemetry.campaign import forget_open_campaign
-from telemetry.guard import reset_guard_for_tests
-from telemetry.logs import unconfigure_logging
-from telemetry.metrics import TemplMetrics, reset_metrics_for_tests
-from telemetry.state import set_enabled
-from telemetry.tracing import shutdown_tracing
+from templ_pipeline.telemetry.campaign import forget_open_campaign
+from templ_pipeline.telemetry.guard import reset_guard_for_tests
+from templ_pipeline.telemetry.logs import unconfigure_logging
+from templ_pipeline.telemetry.metrics import TemplMetrics, reset_metrics_for_tests
+from templ_pipeline.telemetry.state import set_enabled
+from templ_pipeline.telemetry.tracing import shutdown_tracing
 
 
 def reset() -> TemplMetrics:

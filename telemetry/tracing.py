@@ -17,6 +17,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, TraceFlags
 from opentelemetry.sdk.resources import (
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    SERVICE_VERSION,
     TELEMETRY_SDK_LANGUAGE,
     TELEMETRY_SDK_NAME,
     TELEMETRY_SDK_VERSION,
@@ -27,9 +30,11 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.version import __version__ as _SDK_VERSION
 
-from telemetry import state
-from telemetry.guard import start_guarded
-from telemetry.worker_spans import WorkerSpan
+from templ_pipeline import __version__
+from templ_pipeline.telemetry import state
+from templ_pipeline.telemetry.logs import get_run_id
+from templ_pipeline.telemetry.guard import start_guarded
+from templ_pipeline.telemetry.worker_spans import WorkerSpan
 
 __all__ = [
     "FanOutExporter", "configure_tracing", "current_trace_ids", "export_worker_span", "get_provider", "get_tracer",
@@ -86,6 +91,8 @@ def configure_tracing(
       ``headroom`` < 1) it falls back to ``SimpleSpanProcessor``, counted in
       ``templ_telemetry_degraded_total{component="span_processor"}`` and logged once.
     - ``enabled=False``: no provider; :func:`get_tracer` returns a ``NoOpTracer``.
+    - ``service_name`` and ``resource_attributes`` are defaults: ``OTEL_SERVICE_NAME`` and
+      ``OTEL_RESOURCE_ATTRIBUTES`` override them (see :func:`_resource`).
     - ``set_global=True`` also installs the provider globally (only effective once per process).
     Any previous provider is flushed and shut down first.
     """
@@ -115,19 +122,31 @@ def configure_tracing(
         return provider
 
 
-def _resource(service_name: str, extra: Mapping[str, Any] | None) -> Resource:
-    """Resource built without ``Resource.create``, which runs detectors on a ThreadPoolExecutor
-    (and so raises "can't start new thread" exactly when thread headroom is gone).
+def _resource(service_name: str, defaults: Mapping[str, Any] | None) -> Resource:
+    """The run's resource: the application's attributes as defaults that the environment overrides.
 
-    Precedence: SDK defaults < ``OTEL_RESOURCE_ATTRIBUTES``/``OTEL_SERVICE_NAME`` < arguments.
+    Precedence, lowest first: the SDK's ``telemetry.sdk.*``; ``service.name``
+    (``service_name``), ``service.version`` (this package's version),
+    ``service.instance.id`` (the run id of the logs) and ``defaults``;
+    ``OTEL_RESOURCE_ATTRIBUTES``; ``OTEL_SERVICE_NAME``. So an operator's
+    ``OTEL_RESOURCE_ATTRIBUTES=service.name=...`` wins, as the OpenTelemetry
+    specification asks. ``Resource.create`` merges the other way round (its
+    ``attributes`` argument over the environment), and it runs its detectors on a
+    ThreadPoolExecutor, which raises "can't start new thread" exactly when thread
+    headroom is gone; so the resource is merged here, with the SDK's own
+    ``OTELResourceDetector`` reading the environment (percent-decoding, and
+    ``OTEL_SERVICE_NAME`` over ``service.name`` in the list).
     """
-    attrs: dict[str, Any] = {"service.name": service_name}
-    if extra:
-        attrs.update(extra)
+    attrs: dict[str, Any] = {SERVICE_NAME: service_name, SERVICE_VERSION: __version__}
+    run_id = get_run_id()
+    if run_id is not None:
+        attrs[SERVICE_INSTANCE_ID] = run_id
+    if defaults:
+        attrs.update(defaults)
     base = Resource(
         {TELEMETRY_SDK_LANGUAGE: "python", TELEMETRY_SDK_NAME: "opentelemetry", TELEMETRY_SDK_VERSION: _SDK_VERSION}
     )
-    return base.merge(OTELResourceDetector().detect()).merge(Resource(attrs))
+    return base.merge(Resource(attrs)).merge(OTELResourceDetector().detect())
 
 
 def shutdown_tracing() -> None:

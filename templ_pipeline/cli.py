@@ -1,6 +1,8 @@
-"""The ``templ`` command line: pose selection, the bundled demo, and ``doctor``.
+"""The ``templ`` command line: pose selection, screening, the bundled demo, ``doctor`` and ``dashboards``.
 
-Exit codes: 0 done, 2 bad input (one line naming the file or argument), 1 anything else.
+Exit codes: 0 done, 2 bad input (one line naming the file or argument), 1 a failed run,
+130/143 stopped by SIGINT/SIGTERM. Standard output carries only results (tables, the
+SDF of ``-o -``, the JSON of ``--json``); progress, warnings and logs go to stderr.
 """
 
 from __future__ import annotations
@@ -9,12 +11,11 @@ from templ_pipeline.parent_threads import limit_parent_pools
 
 limit_parent_pools()  # before numpy is imported (by RDKit below): see templ_pipeline.parent_threads
 
-import functools  # noqa: E402
-import inspect  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -31,25 +32,44 @@ from rich.progress import (  # noqa: E402
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
-from telemetry.logs import get_logger, get_run_id  # noqa: E402
-from telemetry.session import TelemetryOptions, TelemetrySession, TelemetrySetupError  # noqa: E402
+from templ_pipeline import __version__  # noqa: E402
+from templ_pipeline.telemetry.logs import get_logger, get_run_id  # noqa: E402
+from templ_pipeline.telemetry.session import TelemetrySession, TelemetrySetupError  # noqa: E402
 from templ_pipeline.core import native_call  # noqa: E402
 from templ_pipeline.core.batch import BatchResult  # noqa: E402
 from templ_pipeline.core.conformers import DEFAULT_SEED, generate_conformers, molecule_from_smiles  # noqa: E402
-from templ_pipeline.core.events import Fallback, WorkersReduced  # noqa: E402
-from templ_pipeline.core.executor import EXECUTOR_CHOICES, shutdown_dask, shutdown_pools  # noqa: E402
-from templ_pipeline.core.scoring import METRICS, Selection, select_best_with_report  # noqa: E402
+from templ_pipeline.core.events import Fallback, PreparationAction, QueryPrepared, WorkersReduced  # noqa: E402
+from templ_pipeline.core.executor import ExecutorChoice, shutdown_dask, shutdown_pools  # noqa: E402
+from templ_pipeline.core.preparation import (  # noqa: E402
+    DEFAULT_MAX_ISOMERS,
+    FragmentPolicy,
+    Preparation,
+    PreparationError,
+    PreparationOptions,
+    StereoPolicy,
+    TautomerPolicy,
+    prepare,
+    refuse_unscorable,
+)
+from templ_pipeline.core.scoring import Metric, Selection, select_best_with_report  # noqa: E402
+from templ_pipeline.cli_dashboards import app as dashboards_app  # noqa: E402
+from templ_pipeline.cli_telemetry import with_telemetry  # noqa: E402
 from templ_pipeline.interrupts import Interrupted, signals_raise  # noqa: E402
-from templ_pipeline.io import (  # noqa: E402
-    InputError,
-    check_output_path,
-    examples,
-    read_conformers,
-    read_template,
-    write_poses,
+from templ_pipeline.io import ExampleName, InputError, examples, read_conformers, read_templates  # noqa: E402
+from templ_pipeline.pose_output import PoseTarget  # noqa: E402
+from templ_pipeline.stdout_pipe import StdoutPipe, silence_stdout  # noqa: E402
+from templ_pipeline.selection_summary import (  # noqa: E402
+    Candidate,
+    Hydrogens,
+    QueryIdentity,
+    RunOutcome,
+    TemplateSelection,
+    best_template,
+    pose_records,
+    print_summary,
+    summary_json,
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
@@ -58,9 +78,10 @@ app = typer.Typer(
     name="templ",
     help="Template-based pose selection: score ligand conformers against a template ligand.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion; completion offers the enums' values
     pretty_exceptions_enable=False,
 )
+PROG_NAME = "templ"  # also when run as ``python -m templ_pipeline.cli``: usage lines, and _TEMPL_COMPLETE
 stdout = Console()
 stderr = Console(stderr=True)
 _log = get_logger("templ.cli")
@@ -145,11 +166,11 @@ def _start_progress(progress: Progress) -> None:
 
 def _run_selection(
     confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str, executor: str, scheduler: str | None,
-    exact_workers: bool = False,
+    exact_workers: bool = False, label: str = "scoring",
 ) -> Selection:
     """Score with a progress bar over batches (on stderr, only on a terminal)."""
     progress = Progress(
-        TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), ConformerRate(), TimeElapsedColumn(),
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), ConformerRate(), TimeElapsedColumn(),
         console=stderr, transient=True, disable=not stderr.is_terminal,
     )
     _stage("scoring", confs.GetNumConformers())
@@ -170,133 +191,57 @@ def _run_selection(
         progress.stop()
 
 
-def _poses(selection: Selection, metric: str, all_ranked: bool) -> list[tuple[Chem.Mol, dict]]:
-    if all_ranked:
-        return [
-            (mol, {**scores, "conformer_id": conf_id, "rank": rank, "metric": metric})
-            for rank, (conf_id, scores, mol) in enumerate(selection.ranked, start=1)
-        ]
-    mol, scores = selection.best[metric]
-    if mol is None:
-        return []
-    return [(mol, {**scores, "conformer_id": mol.GetConformer().GetId(), "rank": 1, "metric": metric})]
+@dataclass(frozen=True)
+class Reporting:
+    """Where a run's summary goes: the human one to ``console`` (stderr when the SDF takes stdout), or JSON."""
 
+    console: Console
+    json_output: bool = False
 
-def _summary(selection: Selection, output: Path, written: int) -> None:
-    report = selection.report
-    table = Table(title="Best pose per metric", title_justify="left")
-    for column in ("metric", "conformer", "shape", "color", "combo"):
-        table.add_column(column, justify="right" if column != "metric" else "left")
-    for metric in METRICS:
-        mol, scores = selection.best[metric]
-        conformer = str(mol.GetConformer().GetId()) if mol is not None else "-"
-        table.add_row(metric, conformer, *(f"{scores[m]:.4f}" for m in METRICS))
-    stdout.print(table)
-    failed = ", ".join(f"{reason} {count}" for reason, count in sorted(report.failed_by_reason.items())) or "none"
-    stdout.print(
-        f"conformers {report.n_conformers}: scored {report.n_scored}, failed {report.n_failed} ({failed}); "
-        f"workers {report.workers_granted} of {report.workers_requested} requested, "
-        f"executor {' -> '.join(report.executor_kinds)}; "
-        f"{report.conformers_per_second:,.0f} conformers/s; wrote {written} pose(s) to {output}",
-        highlight=False, soft_wrap=True,
-    )
-    for event in [*CONFORMER_EVENTS, *report.reductions, *report.fallbacks]:
-        if isinstance(event, WorkersReduced):
-            line = (f"{event.task_type} workers {event.requested} -> {event.granted}: {event.reason} "
-                    f"({event.detail})")
-        else:
-            line = f"fallback {event.from_kind} -> {event.to_kind}: {event.reason} (cause {event.cause})"
-        stdout.print(line, style="yellow", highlight=False, soft_wrap=True)
+    @classmethod
+    def of(cls, target: PoseTarget, json_output: bool) -> Reporting:
+        return cls(stderr if target.to_stdout else stdout, json_output)
 
 
 def _select_and_write(
-    confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str, all_ranked: bool, output: Path,
-    executor: str = "auto", scheduler: str | None = None, exact_workers: bool = False,
+    candidates: list[Candidate], templates: list[Chem.Mol], query: QueryIdentity, target: PoseTarget,
+    reporting: Reporting, *, workers: int, metric: str, all_ranked: bool = False, executor: str = "auto",
+    scheduler: str | None = None, exact_workers: bool = False, preparation: Preparation | None = None,
+    conformers_requested: int = 0,
 ) -> None:
-    selection = _run_selection(confs, template, workers, metric, executor, scheduler, exact_workers)
-    _stage("writing the poses")
-    written = write_poses(output, _poses(selection, metric, all_ranked))
-    _summary(selection, output, written)
-    if selection.report.n_scored == 0:
-        raise _fail("no conformer could be scored; see the failure reasons above", EXIT_ERROR)
+    """Score each prepared molecule against every template, write the best pair's pose(s) when any conformer
+    scored, summarise."""
+    from templ_pipeline.campaign.runner import template_names
+
+    names = template_names(templates)
+    results = []
+    for candidate in candidates:
+        for record, (template, name) in enumerate(zip(templates, names, strict=True), start=1):
+            label = "scoring" if len(templates) == 1 else f"scoring vs {name} ({record}/{len(templates)})"
+            if len(candidates) > 1:
+                label = f"isomer {candidate.isomer}/{len(candidates)} {label}"
+            selection = _run_selection(candidate.confs, template, workers, metric, executor, scheduler,
+                                       exact_workers, label)
+            results.append(TemplateSelection(record, name, selection, candidate.isomer, candidate.smiles))
+    outcome = RunOutcome(results, metric, target, best_template(results, metric),
+                         conformer_events=list(CONFORMER_EVENTS), preparation=preparation,
+                         conformers_requested=conformers_requested)
+    if outcome.chosen is not None:  # a failed run writes nothing: an earlier good file stays as it was
+        _stage("writing the poses")
+        outcome.written = target.write(pose_records(outcome.chosen, query, metric, all_ranked, preparation,
+                                                    conformers_requested))
+    if reporting.json_output:
+        _print_json(summary_json(outcome, query))
+    else:
+        print_summary(reporting.console, outcome)
+    if outcome.chosen is None:
+        raise _fail(f"no conformer could be scored: {outcome.failure()}", EXIT_ERROR)
 
 
-MetricsAddr = Annotated[str | None, typer.Option(
-    "--metrics-addr", help="Serve /metrics and /healthz here (default 127.0.0.1:9464; a taken default port only warns).",
-    rich_help_panel="Telemetry")]
-NoMetricsServer = Annotated[bool, typer.Option(
-    "--no-metrics-server", help="Do not serve /metrics.", rich_help_panel="Telemetry")]
-MetricsTextfile = Annotated[Path | None, typer.Option(
-    "--metrics-textfile", help="Write the final metrics here (*.prom) for node_exporter's textfile collector.",
-    rich_help_panel="Telemetry")]
-Pushgateway = Annotated[str | None, typer.Option(
-    "--pushgateway", help="Push the final metrics to this Pushgateway URL.", rich_help_panel="Telemetry")]
-HoldMetrics = Annotated[float, typer.Option(
-    "--hold-metrics", min=0, help="Keep /metrics up this many seconds after the run.", rich_help_panel="Telemetry")]
-TracesFile = Annotated[Path | None, typer.Option(
-    "--traces-file", help="Append spans as OTLP/JSON lines (the Collector's otlpjsonfile format).",
-    rich_help_panel="Telemetry")]
-LogFormat = Annotated[str, typer.Option(
-    "--log-format", help="json, console, or auto (console on a terminal).", rich_help_panel="Telemetry")]
-LogFile = Annotated[Path | None, typer.Option(
-    "--log-file", help="Append log lines (JSON) here instead of stderr.", rich_help_panel="Telemetry")]
-LogLevel = Annotated[str | None, typer.Option(
-    "--log-level", help="debug, info, warning or error (default: info, warning on a terminal).",
-    rich_help_panel="Telemetry")]
-
-
-def _telemetry(
-    metrics_addr: str | None, no_metrics_server: bool, metrics_textfile: Path | None, pushgateway: str | None,
-    hold_metrics: float, traces_file: Path | None, log_format: str, log_file: Path | None, log_level: str | None,
-) -> TelemetrySession:
-    """The telemetry session of a run; bad telemetry options are bad input (exit 2)."""
-    if log_format not in ("auto", "json", "console"):
-        raise typer.BadParameter(f"{log_format!r} is not one of auto, json, console", param_hint="'--log-format'")
-    if log_level is not None and log_level.lower() not in ("debug", "info", "warning", "error"):
-        raise typer.BadParameter(f"{log_level!r} is not a log level", param_hint="'--log-level'")
-    options = TelemetryOptions(
-        metrics_addr=metrics_addr, metrics_server=not no_metrics_server, metrics_textfile=metrics_textfile,
-        pushgateway=pushgateway, hold_metrics=hold_metrics, traces_file=traces_file, log_format=log_format,
-        log_file=log_file, log_level=log_level,
-    )
-    try:
-        return TelemetrySession(options)
-    except TelemetrySetupError as exc:
-        raise _fail(str(exc), EXIT_BAD_INPUT) from None
-
-
-_TELEMETRY_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "metrics_addr": (MetricsAddr, None),
-    "no_metrics_server": (NoMetricsServer, False),
-    "metrics_textfile": (MetricsTextfile, None),
-    "pushgateway": (Pushgateway, None),
-    "hold_metrics": (HoldMetrics, 0.0),
-    "traces_file": (TracesFile, None),
-    "log_format": (LogFormat, "auto"),
-    "log_file": (LogFile, None),
-    "log_level": (LogLevel, None),
-}
-
-
-def with_telemetry(command: Callable[..., None]) -> Callable[..., None]:
-    """Give a command the telemetry options; it receives the run's ``TelemetrySession`` as ``session``.
-
-    The options are declared once (``_TELEMETRY_OPTIONS``) and appended to the
-    command's signature, which is what typer reads to build the CLI.
-    """
-    signature = inspect.signature(command, eval_str=True)
-    own = [param for name, param in signature.parameters.items() if name != "session"]
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-             for name, (annotation, default) in _TELEMETRY_OPTIONS.items()]
-
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> None:
-        options = {name: kwargs.pop(name) for name in _TELEMETRY_OPTIONS}
-        command(session=_telemetry(**options), **kwargs)
-
-    wrapper.__signature__ = signature.replace(parameters=own + extra)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {param.name: param.annotation for param in own + extra}
-    return wrapper
+def _print_json(data: dict[str, Any]) -> None:
+    """One JSON object on stdout, one line: plain text, no terminal styling, whatever stdout is."""
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
 
 
 @contextmanager
@@ -325,16 +270,35 @@ WorkersOption = Annotated[
 ]
 
 
-def _check_metric(metric: str) -> str:
-    if metric not in METRICS:
-        raise typer.BadParameter(f"{metric!r} is not one of {', '.join(METRICS)}", param_hint="'--metric'")
-    return metric
+MetricOption = Annotated[Metric, typer.Option(
+    "--metric", help="What poses are ranked by: shape or colour Tanimoto, or combo (their mean).")]
+JsonOption = Annotated[bool, typer.Option(
+    "--json", help="Print the summary as one JSON object on stdout (nothing else goes there).")]
 
 
-def _check_executor(executor: str) -> str:
-    if executor not in EXECUTOR_CHOICES:
-        raise typer.BadParameter(f"{executor!r} is not one of {', '.join(EXECUTOR_CHOICES)}", param_hint="'--executor'")
-    return executor
+def _pose_target(output: Path, json_output: bool) -> PoseTarget:
+    """The checked ``--output``, before any work; ``-`` (the SDF on stdout) leaves no room for ``--json``."""
+    target = PoseTarget.parse(str(output), "--output")
+    if target.to_stdout and json_output:
+        raise typer.BadParameter("-o - writes the SDF to stdout; --json needs stdout too: give -o a file",
+                                 param_hint="'--json'")
+    return target
+
+
+FragmentsOption = Annotated[FragmentPolicy, typer.Option(
+    "--fragments", rich_help_panel="Query preparation",
+    help="largest: drop counterions, solvents and smaller fragments, keep the largest organic one; "
+         "all: embed every fragment together, as given.")]
+StereoOption = Annotated[StereoPolicy, typer.Option(
+    "--stereo", rich_help_panel="Query preparation",
+    help="Unassigned stereocentres and double bonds: enumerate (score each stereoisomer, up to --max-isomers), "
+         "first (the first isomer only), or as-is (ETKDG picks a configuration per conformer).")]
+MaxIsomersOption = Annotated[int, typer.Option(
+    "--max-isomers", min=1, rich_help_panel="Query preparation",
+    help="Stereoisomers scored per query at most (more possible: RDKit samples this many, the same every run).")]
+TautomerOption = Annotated[TautomerPolicy, typer.Option(
+    "--tautomer", rich_help_panel="Query preparation",
+    help="as-is: the input's tautomer and protonation state; canonical: RDKit's canonical tautomer.")]
 
 
 ExactWorkersOption = Annotated[bool, typer.Option(
@@ -342,8 +306,8 @@ ExactWorkersOption = Annotated[bool, typer.Option(
                             "too small to repay a cold pool (the kernel's limits still apply; also "
                             "TEMPL_EXACT_WORKERS=1).")]
 
-ExecutorOption = Annotated[str, typer.Option(
-    "--executor", callback=_check_executor,
+ExecutorOption = Annotated[ExecutorChoice, typer.Option(
+    "--executor",
     help="auto (the local ladder: process pool, fewer processes, sequential), process (the same), or dask "
          "(a Dask cluster; without --scheduler or DASK_SCHEDULER_ADDRESS a LocalCluster sized from headroom).")]
 SchedulerOption = Annotated[str | None, typer.Option(
@@ -354,39 +318,112 @@ SchedulerOption = Annotated[str | None, typer.Option(
 @app.command("select-best")
 @with_telemetry
 def select_best_command(
-    template: Annotated[Path, typer.Option("--template", "-t", help="SDF with the template ligand's 3D pose.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="SDF to write the chosen pose(s) to.")],
+    template: Annotated[Path, typer.Option(
+        "--template", "-t", help="SDF (or .sdf.gz) with the template ligand's 3D pose; several records: the query "
+                                 "is scored against each and the best template's pose is written.")],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Where the chosen pose(s) go: FILE.sdf, FILE.sdf.gz (gzip), or - for stdout.")],
     query: Annotated[str | None, typer.Option("--query", "-q", help="Query ligand as SMILES.")] = None,
-    conformers: Annotated[
-        Path | None, typer.Option("--conformers", "-c", help="SDF: one record per conformer of one molecule.")
-    ] = None,
+    conformers: Annotated[Path | None, typer.Option(
+        "--conformers", "-c", help="SDF (or .sdf.gz): one record per conformer of one molecule; each pose keeps "
+                                   "its record's name and properties.")] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="Record name of the poses of a --query (default: the SMILES).")] = None,
     num_conformers: Annotated[int, typer.Option("--num-conformers", "-n", min=1, help="Conformers for --query.")] = 200,
     workers: WorkersOption = None,
-    metric: Annotated[str, typer.Option("--metric", callback=_check_metric, help="shape, color or combo.")] = "combo",
+    metric: MetricOption = Metric.COMBO,
     all_ranked: Annotated[bool, typer.Option("--all-ranked", help="Write every pose, best first.")] = False,
+    hydrogens: Annotated[Hydrogens, typer.Option(
+        "--hydrogens", help="Hydrogens of the written poses: input (those the input had: a --conformers "
+                            "record's explicit ones; none for a SMILES), strip (heavy atoms only), or add "
+                            "(all explicit, the missing ones placed from the heavy atoms).")] = Hydrogens.INPUT,
     seed: Annotated[int, typer.Option("--seed", help="Random seed for conformer generation.")] = 42,
-    executor: ExecutorOption = "auto",
+    executor: ExecutorOption = ExecutorChoice.AUTO,
     scheduler: SchedulerOption = None,
     exact_workers: ExactWorkersOption = False,
+    json_output: JsonOption = False,
+    fragments: FragmentsOption = FragmentPolicy.LARGEST,
+    stereo: StereoOption = StereoPolicy.ENUMERATE,
+    max_isomers: MaxIsomersOption = DEFAULT_MAX_ISOMERS,
+    tautomer: TautomerOption = TautomerPolicy.AS_IS,
     session: TelemetrySession | None = None,
 ) -> None:
     """Score conformers of a query ligand against a template and write the best pose(s)."""
     if (query is None) == (conformers is None):
         raise typer.BadParameter("give exactly one of --query SMILES or --conformers FILE", param_hint="'--query'")
-    if scheduler is not None and executor != "dask":
+    if scheduler is not None and executor != ExecutorChoice.DASK:
         raise typer.BadParameter("--scheduler needs --executor dask", param_hint="'--scheduler'")
+    if name is not None and query is None:
+        raise typer.BadParameter("--name names a --query; --conformers poses keep their records' names",
+                                 param_hint="'--name'")
     workers = workers or _default_workers()
     try:
-        check_output_path(output)
-        tpl = read_template(template)
+        target = _pose_target(output, json_output)
+        templates = read_templates(template)
         confs = read_conformers(conformers) if conformers is not None else None
         query_mol = _parse_query(query) if query is not None else None
+        if confs is not None:
+            _check_scorable(confs, f"--conformers {conformers}")
+        preparation = (_prepare(query_mol, query, PreparationOptions(fragments, stereo, max_isomers, tautomer))
+                       if query_mol is not None and query is not None else None)
+        identity = _identity(confs, query, query_mol, name, hydrogens)
         with _observed(session):
-            if confs is None:
-                confs = _generate(query_mol, num_conformers, seed, workers, exact_workers)
-            _select_and_write(confs, tpl, workers, metric, all_ranked, output, executor, scheduler, exact_workers)
+            if preparation is not None:
+                candidates = _prepared_candidates(preparation, identity, num_conformers, seed, workers, exact_workers)
+            else:
+                assert confs is not None
+                candidates = [Candidate(0, identity.smiles, confs)]
+            _select_and_write(candidates, templates, identity, target, Reporting.of(target, json_output),
+                              workers=workers, metric=metric, all_ranked=all_ranked, executor=executor,
+                              scheduler=scheduler, exact_workers=exact_workers, preparation=preparation,
+                              conformers_requested=num_conformers if preparation is not None
+                              else confs.GetNumConformers())
     except InputError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
+
+
+def _prepare(mol: Chem.Mol, query: str, options: PreparationOptions) -> Preparation:
+    """The prepared query; a query that cannot be scored at all is bad input (exit 2, one line)."""
+    try:
+        return prepare(mol, options, input_smiles=query)
+    except PreparationError as exc:
+        raise InputError(f"--query {query}: {exc.reason}: {exc}") from None
+
+
+def _check_scorable(mol: Chem.Mol, what: str) -> None:
+    try:
+        refuse_unscorable(mol)
+    except PreparationError as exc:
+        raise InputError(f"{what}: {exc.reason}: {exc}") from None
+
+
+def _prepared_candidates(preparation: Preparation, identity: QueryIdentity, num_conformers: int, seed: int,
+                         workers: int, exact_workers: bool) -> list[Candidate]:
+    """Conformers of each prepared molecule (the query, or each stereoisomer); ``query.prepared`` says what
+    preparation did."""
+    from templ_pipeline.telemetry.observer import observe
+
+    for warning in preparation.warnings:
+        stderr.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
+    candidates = [Candidate(isomer.index, isomer.smiles,
+                            _generate(isomer.mol, num_conformers, seed, workers, exact_workers))
+                  for isomer in preparation.isomers]
+    observe(QueryPrepared(identity.name, preparation.input_smiles, tuple(c.smiles for c in candidates),
+                          preparation.unassigned_stereo, ".".join(preparation.removed),
+                          tuple(PreparationAction(a) for a in sorted(preparation.actions)),
+                          num_conformers * len(candidates), sum(c.confs.GetNumConformers() for c in candidates),
+                          "; ".join(preparation.warnings)))
+    return candidates
+
+
+def _identity(confs: Chem.Mol | None, query: str | None, query_mol: Chem.Mol | None, name: str | None,
+              hydrogens: Hydrogens) -> QueryIdentity:
+    """Who the query is: a --conformers file's molecule (its records name the poses) or a --query's SMILES."""
+    if confs is not None:
+        smiles = Chem.MolToSmiles(Chem.RemoveHs(confs, sanitize=False))
+        return QueryIdentity(name=smiles, smiles=smiles, hydrogens=hydrogens)
+    assert query is not None and query_mol is not None
+    return QueryIdentity(name=name or query, smiles=Chem.MolToSmiles(query_mol), hydrogens=hydrogens)
 
 
 @app.command("screen")
@@ -404,7 +441,7 @@ def screen_command(
     num_conformers: Annotated[int, typer.Option("--num-conformers", "-n", min=1, help="Conformers per query.")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Random seed for conformer generation.")] = DEFAULT_SEED,
     workers: WorkersOption = None,
-    metric: Annotated[str, typer.Option("--metric", callback=_check_metric, help="shape, color or combo.")] = "combo",
+    metric: MetricOption = Metric.COMBO,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the campaign in --output-dir: skip the queries already in scores.csv.")] = False,
     per_template: Annotated[bool, typer.Option(
@@ -418,6 +455,11 @@ def screen_command(
     smiles_column: Annotated[str, typer.Option("--smiles-column", help="CSV column holding the SMILES.")] = "smiles",
     id_column: Annotated[str, typer.Option("--id-column", help="CSV column holding the query id.")] = "id",
     exact_workers: ExactWorkersOption = False,
+    json_output: JsonOption = False,
+    fragments: FragmentsOption = FragmentPolicy.LARGEST,
+    stereo: StereoOption = StereoPolicy.ENUMERATE,
+    max_isomers: MaxIsomersOption = DEFAULT_MAX_ISOMERS,
+    tautomer: TautomerOption = TautomerPolicy.AS_IS,
     session: TelemetrySession | None = None,
 ) -> None:
     """Screen a library of query ligands against the template(s): one row and best pose per query."""
@@ -428,41 +470,48 @@ def screen_command(
             template=template, queries=queries, output_dir=output_dir, num_conformers=num_conformers, seed=seed,
             workers=workers or _default_workers(), metric=metric, resume=resume, per_template=per_template,
             use_input_conformers=use_input_conformers, query_timeout=query_timeout or None,
-            smiles_column=smiles_column, id_column=id_column, exact_workers=exact_workers)
+            smiles_column=smiles_column, id_column=id_column, exact_workers=exact_workers,
+            preparation=PreparationOptions(fragments, stereo, max_isomers, tautomer))
         prepared = cli_screen.prepare(request)
         with _observed(session):
             tally = cli_screen.run(prepared, console=stderr, out=stdout, progress=PROGRESS,
-                                   start_progress=_start_progress)
+                                   start_progress=_start_progress,
+                                   on_summary=(lambda summary: _print_json(cli_screen.summary_json(summary)))
+                                   if json_output else None)
+            if tally.done and not tally.ok:  # inside the session: the run is recorded (and pushed) as failed
+                raise _fail(f"no query could be scored: {tally.failure_summary()}", EXIT_ERROR)
     except InputError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
-    if tally.done and not tally.ok:
-        raise _fail("no query could be scored; see the reasons in scores.csv and the log", EXIT_ERROR)
 
 
 @app.command()
 @with_telemetry
 def demo(
-    output: Annotated[Path, typer.Option("--output", "-o", help="SDF to write the best pose to.")] = Path(
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Where the best pose goes: FILE.sdf, FILE.sdf.gz, or - for stdout.")] = Path(
         "templ_demo_poses.sdf"
     ),
-    example: Annotated[str, typer.Option("--example", help="Bundled pair to run.")] = "mpro",
+    example: Annotated[ExampleName, typer.Option("--example", help="Bundled pair to run.")] = ExampleName("mpro"),
     num_conformers: Annotated[int, typer.Option("--num-conformers", "-n", min=1)] = 100,
     workers: WorkersOption = None,
-    metric: Annotated[str, typer.Option("--metric", callback=_check_metric)] = "combo",
+    metric: MetricOption = Metric.COMBO,
+    json_output: JsonOption = False,
     session: TelemetrySession | None = None,
 ) -> None:
     """Run pose selection on a bundled template/query pair."""
-    pairs = {pair.name: pair for pair in examples()}
-    if example not in pairs:
-        raise typer.BadParameter(f"{example!r}: choose one of {', '.join(pairs)}", param_hint="'--example'")
-    pair = pairs[example]
+    pair = {pair.name: pair for pair in examples()}[example]
     workers = workers or _default_workers()
-    stdout.print(f"demo {pair.name}: query {pair.query_smiles}, {num_conformers} conformers", highlight=False)
     try:
-        check_output_path(output)
+        target = _pose_target(output, json_output)
+        reporting = Reporting.of(target, json_output)
+        (stderr if json_output else reporting.console).print(
+            f"demo {pair.name}: query {pair.query_smiles}, {num_conformers} conformers", highlight=False)
+        identity = QueryIdentity(name=pair.name, smiles=Chem.MolToSmiles(Chem.MolFromSmiles(pair.query_smiles)))
+        preparation = _prepare(_parse_query(pair.query_smiles), pair.query_smiles, PreparationOptions())
         with _observed(session):
-            confs = _generate(pair.query_smiles, num_conformers, DEFAULT_SEED, workers)
-            _select_and_write(confs, pair.template, workers, metric, False, output)
+            candidates = _prepared_candidates(preparation, identity, num_conformers, DEFAULT_SEED, workers, False)
+            _select_and_write(candidates, [pair.template], identity, target, reporting, workers=workers,
+                              metric=metric, preparation=preparation, conformers_requested=num_conformers)
     except InputError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
 
@@ -499,17 +548,41 @@ def doctor(
     raise typer.Exit(doctor_module.run(json_output, scheduler))
 
 
+app.add_typer(dashboards_app)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{PROG_NAME} {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Template-based pose selection: score ligand conformers against a template ligand."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code.
 
     SIGTERM and SIGINT stop the run cleanly: no new batches, the workers are ended
     and reaped, nothing half-written, one line saying what was done, and the
-    shell's exit status for the signal (143, 130).
+    shell's exit status for the signal (143, 130). A reader of stdout that closes
+    it early (``templ doctor | head -1``) ends the command quietly with 0.
     """
     PROGRESS.started = time.monotonic()
+    pipe = StdoutPipe.current()
     with signals_raise():
         try:
-            return _run(argv)
+            code = _run(argv, pipe)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:  # the reader of stdout left (``| head``): it has what it wanted
+            silence_stdout()
+            return EXIT_OK
         except Interrupted as stop:
             return _stopped(stop)
 
@@ -528,19 +601,35 @@ def _stopped(stop: Interrupted) -> int:
     return stop.exit_code
 
 
-def _run(argv: list[str] | None) -> int:
+def _run(argv: list[str] | None, pipe: StdoutPipe | None = None) -> int:
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name=PROG_NAME, standalone_mode=False)
     except typer.Abort:
         stderr.print("aborted")
         return EXIT_ERROR
     except typer.TyperException as exc:  # usage errors: one line, exit 2
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # a bare ``templ`` (or ``templ dashboards``): the help, already printed on stdout by typer's rich
+            # formatter when the error was made, is the answer, not an error. typer exports no name for this
+            # class and checks it by name itself (typer/rich_utils.py).
+            if exc.format_message().strip():
+                stdout.print(exc.format_message(), highlight=False, markup=False)
+            return EXIT_OK
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         return int(getattr(exc, "exit_code", EXIT_BAD_INPUT))
+    except TelemetrySetupError as exc:  # a telemetry option the session cannot set up: bad input
+        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         stderr.print("interrupted")
         return 130
+    except BrokenPipeError:
+        raise
+    except SystemExit as exit_:  # rich and typer end a write into a closed pipe so: see stdout_pipe
+        if exit_.code == EXIT_ERROR and pipe is not None and pipe.reader_left():
+            raise BrokenPipeError from None
+        raise
     except Exception as exc:  # the last line of defence: one line, exit 1
         stderr.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
         return EXIT_ERROR

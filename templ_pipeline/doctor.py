@@ -38,7 +38,6 @@ from templ_pipeline.core.limits.model import (
 )
 from templ_pipeline.core.limits.worker_cost import worker_blas_threads, worker_cost
 from templ_pipeline.core.thread_manager import (
-    HAS_PSUTIL,
     ThreadResourceManager,
     get_thread_manager,
     probe_native_thread,
@@ -201,7 +200,6 @@ def build_report(manager: ThreadResourceManager | None = None) -> dict:
                   "error": os.strerror(probe_errno) if probe_errno else None},
         "process_probe": _probe_process(),
         "warnings": _warnings(snap, grants, probe_errno, manager.reserve),
-        "has_psutil": HAS_PSUTIL,
     }
 
 

@@ -1,16 +1,21 @@
-"""Reading templates and conformer sets from SDF, writing chosen poses, example data.
+"""Reading templates and conformer sets from SDF (plain or gzip-compressed), example data.
 
 Bad input raises ``InputError`` with a one-line message naming the file and, for
 SDF, the record number (1-based), so the CLI can report it without a traceback.
+Writing poses is :mod:`templ_pipeline.pose_output`'s job.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import os
-import tempfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
@@ -18,10 +23,15 @@ from typing import BinaryIO
 from rdkit import Chem, rdBase
 
 from templ_pipeline.core.batch import has_coordinates
+from templ_pipeline.errors import InputError
 
+__all__ = ["Example", "ExampleName", "InputError", "conformers_of_records", "example_names", "examples",
+           "read_conformers", "read_template", "read_templates", "record_properties"]
 
-class InputError(ValueError):
-    """Unusable input: a file, record or argument the user can fix."""
+_RECORD_NAME = "_Name"  # RDKit's property for an SD record's first line
+
+#: The first two bytes of every gzip member (RFC 1952): compressed input is recognised by content, not name.
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -33,20 +43,55 @@ class Example:
     query_smiles: str
 
 
-def _open_sdf(path: Path) -> BinaryIO:
+def _examples_table() -> list[dict[str, str]]:
+    with (resources.files("templ_pipeline") / "data" / "examples.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def example_names() -> tuple[str, ...]:
+    """The names of the bundled pairs, in ``examples.csv`` order (no template is read)."""
+    return tuple(row["name"] for row in _examples_table())
+
+
+#: The bundled pairs (``templ demo --example``), one member per row of ``examples.csv``.
+ExampleName = StrEnum("ExampleName", [(name, name) for name in example_names()])
+
+
+@contextmanager
+def _sdf_stream(path: Path) -> Iterator[BinaryIO]:
+    """The SDF bytes of ``path``, gunzipped when it is gzip data; unreadable files are ``InputError``.
+
+    Gzip data is decompressed here, before RDKit reads it: an exception raised inside
+    RDKit's reads of a Python file object comes out as a ``SystemError`` without the
+    cause (measured with a truncated ``.sdf.gz``), so corrupt data could not be named.
+    """
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        return open(path, "rb")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
+        with open(path, "rb") as handle:
+            compressed = handle.read(2) == _GZIP_MAGIC
+            handle.seek(0)
+            if compressed:
+                stream: BinaryIO = io.BytesIO(gzip.GzipFile(fileobj=handle, mode="rb").read())
+            else:
+                stream = open(path, "rb")
+    except OSError as exc:  # gzip.BadGzipFile is an OSError
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: cannot read: corrupt gzip data ({exc})") from None
+    with stream, rdBase.BlockLogs():
+        yield stream
+
+
+def _supplier(stream: BinaryIO, *, remove_hs: bool) -> Chem.ForwardSDMolSupplier:
+    return Chem.ForwardSDMolSupplier(stream, removeHs=remove_hs)
 
 
 def read_template(path: str | os.PathLike[str]) -> Chem.Mol:
     """The first record of an SDF file; it must carry a 3D pose."""
     path = Path(path)
-    with _open_sdf(path) as handle, rdBase.BlockLogs():
-        mol = next(iter(Chem.ForwardSDMolSupplier(handle, removeHs=True)), None)
+    with _sdf_stream(path) as stream:
+        mol = next(iter(_supplier(stream, remove_hs=True)), None)
     if mol is None:
         raise InputError(f"{path}: record 1 is not a readable molecule")
     if not has_coordinates(mol.GetConformer().GetPositions()) or not mol.GetConformer().Is3D():
@@ -58,8 +103,8 @@ def read_templates(path: str | os.PathLike[str]) -> list[Chem.Mol]:
     """Every record of an SDF file (the crystal ligands of one target, say); each needs a 3D pose."""
     path = Path(path)
     templates = []
-    with _open_sdf(path) as handle, rdBase.BlockLogs():
-        for number, mol in enumerate(Chem.ForwardSDMolSupplier(handle, removeHs=True), start=1):
+    with _sdf_stream(path) as stream:
+        for number, mol in enumerate(_supplier(stream, remove_hs=True), start=1):
             if mol is None:
                 raise InputError(f"{path}: record {number} is not a readable molecule")
             if not has_coordinates(mol.GetConformer().GetPositions()) or not mol.GetConformer().Is3D():
@@ -74,16 +119,23 @@ def read_conformers(path: str | os.PathLike[str]) -> Chem.Mol:
     """One molecule whose conformers are the SDF's records, conformer id = record number - 1.
 
     Every record must be the same molecule as record 1 (atoms may come in another
-    order: they are renumbered to record 1's order).
+    order: they are renumbered to record 1's order). Explicit hydrogens are kept:
+    shape and colour scores ignore them (measured: identical scores with and without),
+    and the written pose is the user's molecule, hydrogens and all.
     """
     path = Path(path)
-    with _open_sdf(path) as handle, rdBase.BlockLogs():
-        return conformers_of_records(Chem.ForwardSDMolSupplier(handle, removeHs=True), str(path))
+    with _sdf_stream(path) as stream:
+        return conformers_of_records(_supplier(stream, remove_hs=False), str(path))
 
 
 def conformers_of_records(records: Iterable[Chem.Mol | None], source: str) -> Chem.Mol:
     """One molecule holding each record's conformer (id = record number - 1), or an ``InputError``
-    naming ``source`` and the record that is unreadable or another molecule than record 1."""
+    naming ``source`` and the record that is unreadable or another molecule than record 1.
+
+    Each conformer carries its record's name and SD properties (conformer properties,
+    which survive RDKit's pickles), so a pose written for conformer 17 says what
+    record 18 said: :func:`record_properties` gives them back.
+    """
     reference: Chem.Mol | None = None
     reference_smiles = ""
     for number, mol in enumerate(records, start=1):
@@ -93,13 +145,28 @@ def conformers_of_records(records: Iterable[Chem.Mol | None], source: str) -> Ch
             reference = Chem.Mol(mol)
             reference.RemoveAllConformers()
             reference_smiles = Chem.MolToSmiles(mol)
+        properties = {name: mol.GetProp(name) for name in mol.GetPropNames()}  # text: "1.50" stays "1.50"
+        record_name = mol.GetProp(_RECORD_NAME) if mol.HasProp(_RECORD_NAME) else ""
         mol = _in_reference_order(mol, reference, reference_smiles, source, number)
         conformer = Chem.Conformer(mol.GetConformer())
         conformer.SetId(number - 1)
+        for name, value in properties.items():
+            conformer.SetProp(name, value)
+        conformer.SetProp(_RECORD_NAME, record_name)
         reference.AddConformer(conformer, assignId=False)
     if reference is None:
         raise InputError(f"{source}: no molecule records")
     return reference
+
+
+def record_properties(mol: Chem.Mol, conf_id: int) -> tuple[str | None, dict[str, str]]:
+    """The record name and SD properties :func:`conformers_of_records` kept on conformer ``conf_id``;
+    ``(None, {})`` for a conformer that came from no record (one generated from SMILES)."""
+    conformer = mol.GetConformer(conf_id)
+    if not conformer.HasProp(_RECORD_NAME):
+        return None, {}
+    properties = {name: conformer.GetProp(name) for name in conformer.GetPropNames()}
+    return conformer.GetProp(_RECORD_NAME), properties
 
 
 def _in_reference_order(mol: Chem.Mol, reference: Chem.Mol, smiles: str, path: str, number: int) -> Chem.Mol:
@@ -122,56 +189,11 @@ def _graph(mol: Chem.Mol) -> tuple[tuple[int, ...], frozenset[tuple[int, int]]]:
     return elements, bonds
 
 
-def check_output_path(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a Path, or an ``InputError`` when its directory is missing or read-only."""
-    path = Path(path)
-    directory = path.parent
-    if not directory.is_dir():
-        raise InputError(f"{path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise InputError(f"{path}: directory {directory} is not writable")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a file name")
-    return path
-
-
-def write_poses(path: str | os.PathLike[str], poses: Iterable[tuple[Chem.Mol, dict[str, str | int | float]]]) -> int:
-    """Write poses with their properties to ``path`` atomically; return the count."""
-    path = check_output_path(path)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    count = 0
-    try:
-        with os.fdopen(fd, "w") as handle:
-            writer = Chem.SDWriter(handle)
-            for mol, properties in poses:
-                for name, value in properties.items():
-                    _set_prop(mol, name, value)
-                writer.write(mol, confId=mol.GetConformer().GetId())
-                count += 1
-            writer.close()
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return count
-
-
-def _set_prop(mol: Chem.Mol, name: str, value: str | int | float) -> None:
-    if isinstance(value, bool) or isinstance(value, str):
-        mol.SetProp(name, str(value))
-    elif isinstance(value, int):
-        mol.SetIntProp(name, value)
-    else:
-        mol.SetDoubleProp(name, float(value))
-
-
 def examples() -> list[Example]:
     """The template/query pairs bundled in ``templ_pipeline/data``."""
     data = resources.files("templ_pipeline") / "data"
-    with (data / "examples.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
     found = []
-    for row in rows:
+    for row in _examples_table():
         with resources.as_file(data / row["template_sdf"]) as template_path:
             found.append(Example(row["name"], read_template(template_path), row["query_smiles"]))
     return found

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from rdkit import Chem
 
-import telemetry
+from templ_pipeline import telemetry
 from templ_pipeline.core.batch import BatchResult
 from templ_pipeline.core.conformers import generate_conformers
 from templ_pipeline.core.events import WorkersGranted, WorkersReduced

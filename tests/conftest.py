@@ -10,6 +10,7 @@ would rightly run sequentially or on fewer workers. The sizing tests
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from rdkit import Chem
@@ -49,7 +50,7 @@ def tel_json():
 
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    import telemetry
+    from templ_pipeline import telemetry
 
     exporter = InMemorySpanExporter()
     stream = io.StringIO()
@@ -69,7 +70,7 @@ def tel():
     import structlog
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    import telemetry
+    from templ_pipeline import telemetry
 
     exporter = InMemorySpanExporter()
     telemetry.testing.reset()
@@ -78,3 +79,14 @@ def tel():
     with structlog.testing.capture_logs() as logs:
         yield SimpleNamespace(exporter=exporter, registry=metrics.registry, logs=logs)
     telemetry.testing.reset()
+
+
+@pytest.fixture(scope="session")
+def unscorable_conformers(tmp_path_factory) -> Path:
+    """Four records of the query with every atom at the origin: each conformer fails (no_coordinates), so a
+    ``select-best --conformers`` run scores nothing and exits 1. A property of the conformers, not of the
+    molecule, so no check of the query up front (preparation's) can refuse it instead."""
+    mol = generate_conformers(QUERY_SMILES, 4, seed=5)
+    for conf in mol.GetConformers():
+        conf.SetPositions(conf.GetPositions() * 0.0)
+    return write_sdf(tmp_path_factory.mktemp("unscorable") / "collapsed.sdf", mol)

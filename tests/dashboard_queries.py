@@ -25,10 +25,10 @@ import yaml
 from processes import stop
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from dashboards import dask_metrics
-from dashboards.executor_dashboard import UID
-from dashboards.generate import ALERTS, OUTPUT_DIR
-from telemetry.catalog import METRICS
+from templ_pipeline.dashboards import dask_metrics
+from templ_pipeline.dashboards.executor_dashboard import UID
+from templ_pipeline.dashboards.generate import ALERTS, OUTPUT_DIR
+from templ_pipeline.telemetry.catalog import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_JSON = OUTPUT_DIR / f"{UID}.json"

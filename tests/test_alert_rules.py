@@ -18,15 +18,15 @@ from dashboard_queries import (
     label_names,
     metric_names,
 )
-from dashboards import alerts
-from dashboards.names import JOB
-from dashboards.thresholds import (
+from templ_pipeline.dashboards import alerts
+from templ_pipeline.dashboards.names import JOB
+from templ_pipeline.dashboards.thresholds import (
     CAMPAIGN_FAILURE_MINUTES,
     CAMPAIGN_FAILURE_RATIO,
     CAMPAIGN_STALL_MINUTES,
     thresholds,
 )
-from telemetry.catalog import EVENT_QUERY_FINISHED, EVENT_WORKER_REPLACED, FAILURE_REASONS, LIMIT_NAMES, QUERY_REASONS
+from templ_pipeline.telemetry.catalog import EVENT_QUERY_FINISHED, EVENT_WORKER_REPLACED, FAILURE_REASONS, LIMIT_NAMES, QUERY_REASONS
 from templ_pipeline.campaign.runner import DEFAULT_QUERY_TIMEOUT
 from templ_pipeline.core.limits.grant import RESERVE_TASKS, compute_grant
 from templ_pipeline.core.limits.model import PIDS_CGROUP, Limit, Snapshot, StackInfo

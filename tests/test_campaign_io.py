@@ -314,10 +314,17 @@ def pose() -> Chem.Mol:
 def _row(query_id: str, template: str = "t1", combo: float | None = 1.25, **changes) -> ScoreRow:
     values = dict(
         query_id=query_id,
+        input_id=changes.pop("input_id", query_id),
         smiles="OCc1ccccc1",
+        input_smiles="OCc1ccccc1.Cl",
+        isomer=0,
+        isomers=1,
+        removed="Cl",
+        preparation="fragments_removed",
         status="ok" if combo is not None else "failed",
         reason="" if combo is not None else "no conformer",
         template=template,
+        n_conformers_requested=10,
         n_conformers=10,
         n_scored=10 if combo is not None else 0,
         n_failed=0,
@@ -478,7 +485,7 @@ def test_torn_csv_line_dropped(tmp_path, pose):
         handle.truncate(cut)
     with CampaignFiles.open(directory, PARAMETERS, resume=True) as files:
         assert files.done == {"q1", "q2"} and files.resumed_rows == 2
-        assert scores.read_bytes() == complete[: complete.rindex(b"q3,")]
+        assert scores.read_bytes() == complete[: complete.index(b"\nq3,") + 1]
         assert _pose_names(directory / "poses.sdf") == ["q1", "q2"]  # q3's pose lost its row
         _query(files, "q3", pose)
     assert [row["query_id"] for row in read_scores(scores)] == ["q1", "q2", "q3"]
@@ -623,7 +630,8 @@ _WRITER = textwrap.dedent(
     number = len(files.done)
     while True:
         number += 1
-        rows = [ScoreRow(f"q{number}", "OCc1ccccc1", "ok", "", template, 10, 10, 0, 0.5, 0.25, 0.75, 1, 0.1)
+        rows = [ScoreRow(f"q{number}", f"q{number}", "OCc1ccccc1", "OCc1ccccc1", 0, 1, "", "", "ok", "", template,
+                         10, 10, 10, 0, 0.5, 0.25, 0.75, 1, 0.1)
                 for template in ("t1", "t2")]
         files.write(rows, [Chem.Mol(mol), Chem.Mol(mol)])
     """
@@ -681,3 +689,35 @@ def test_failed_write_is_undone_in_both_files(tmp_path, pose):
         _query(files, "q3", pose)
     assert [row["query_id"] for row in read_scores(scores)] == ["q1", "q2", "q3"]
     assert _pose_names(poses) == ["q1", "q2", "q3"]
+
+
+def _isomers(files: CampaignFiles, input_id: str, pose: Chem.Mol, count: int = 3) -> None:
+    """One query enumerated into ``count`` stereoisomers: rows ``ID#1..n`` sharing ``input_id``, one write."""
+    rows = [_row(f"{input_id}#{n}", input_id=input_id, isomer=n, isomers=count) for n in range(1, count + 1)]
+    files.write(rows, [Chem.Mol(pose) for _ in rows])
+
+
+def test_a_query_s_stereoisomers_are_kept_or_dropped_together_on_resume(tmp_path, pose):
+    directory = tmp_path / "run"
+    with CampaignFiles.open(directory, PARAMETERS, resume=False) as files:
+        _isomers(files, "q1", pose)
+        _isomers(files, "q2", pose)
+    scores = directory / "scores.csv"
+    complete = scores.read_bytes()
+    # the write of q2's rows cut at a line boundary: two of its three rows complete
+    cut = complete.index(b"\nq2#3,") + 1
+    with open(scores, "r+b") as handle:
+        handle.truncate(cut)
+    with CampaignFiles.open(directory, PARAMETERS, resume=True) as files:
+        assert files.done == {"q1"} and files.resumed_rows == 3
+        assert [row["query_id"] for row in read_scores(scores)] == ["q1#1", "q1#2", "q1#3"]
+        assert _pose_names(directory / "poses.sdf") == ["q1#1", "q1#2", "q1#3"]  # q2's poses lost their rows
+        _isomers(files, "q2", pose)
+    assert [row["input_id"] for row in read_scores(scores)] == ["q1"] * 3 + ["q2"] * 3
+    assert _pose_names(directory / "poses.sdf") == [f"q{q}#{n}" for q in (1, 2) for n in (1, 2, 3)]
+
+
+def test_rows_of_one_write_must_share_their_input_id(tmp_path, pose):
+    with CampaignFiles.open(tmp_path / "run", PARAMETERS, resume=False) as files:
+        with pytest.raises(ValueError, match="same input_id"):
+            files.write([_row("a#1", input_id="a"), _row("b#1", input_id="b")], [None, None])

@@ -26,7 +26,7 @@ from dashboard_queries import (
     panel_queries,
     tail,
 )
-from telemetry import catalog as c
+from templ_pipeline.telemetry import catalog as c
 
 TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 CAMPAIGN_ALERTS = ("TemplCampaignFailureRatioHigh", "TemplCampaignStalled")
@@ -111,7 +111,10 @@ def _run_screen(prometheus: Prometheus, template: Path, workdir: Path) -> dict[s
                "--output-dir", str(workdir / "campaign"), "--num-conformers", str(NUM_CONFORMERS),
                "--workers", str(WORKERS), "--metrics-addr", f"127.0.0.1:{prometheus.target_port}",
                "--hold-metrics", str(HOLD_SECONDS), "--log-format", "json", "--log-file", str(workdir / "templ.log"),
-               "--traces-file", str(workdir / "traces.jsonl")]
+               "--traces-file", str(workdir / "traces.jsonl"),
+               # one molecule per query, as the campaign was sized: enumerated, glucose and penicillin G
+               # would be 8 isomers each and the run twice as long
+               "--stereo", "first"]
     seen: dict[str, set[str]] = {}
     with open(output, "w") as out:
         job = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)

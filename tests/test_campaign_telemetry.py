@@ -11,9 +11,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-import telemetry
-from telemetry import catalog as c
-from telemetry.worker_spans import start_worker_span
+from templ_pipeline import telemetry
+from templ_pipeline.telemetry import catalog as c
+from templ_pipeline.telemetry.worker_spans import start_worker_span
 from templ_pipeline.core.events import (
     CampaignDone,
     CampaignStarted,

@@ -22,11 +22,11 @@ from dashboard_queries import (
     panel_queries,
     variable_queries,
 )
-from dashboards import generate, names
-from dashboards.annotations import EXTRA_KEYS
-from dashboards.executor_dashboard import TITLE
-from dashboards.thresholds import CAMPAIGN_FAILURE_MINUTES, CAMPAIGN_STALL_MINUTES
-from telemetry.catalog import (
+from templ_pipeline.dashboards import generate, names
+from templ_pipeline.dashboards.annotations import EXTRA_KEYS
+from templ_pipeline.dashboards.executor_dashboard import TITLE
+from templ_pipeline.dashboards.thresholds import CAMPAIGN_FAILURE_MINUTES, CAMPAIGN_STALL_MINUTES
+from templ_pipeline.telemetry.catalog import (
     FAILURE_REASONS,
     FALLBACK_CAUSES,
     FALLBACK_REASONS,

@@ -43,7 +43,9 @@ def _run_stress(prometheus: Prometheus, workdir: Path) -> dict[str, set[str]]:
     output = workdir / "stress.out"
     command = [sys.executable, "-m", "templ_pipeline.cli", "stress", "--duration", str(STRESS_SECONDS),
                "--workers", "4", "--metrics-addr", f"127.0.0.1:{prometheus.target_port}",
-               "--hold-metrics", str(HOLD_SECONDS), "--log-format", "json", "--log-file", str(workdir / "templ.log")]
+               "--hold-metrics", str(HOLD_SECONDS), "--log-format", "json", "--log-file", str(workdir / "templ.log"),
+               # exemplars point at exported traces only: export them, so the exemplar panels have some
+               "--traces-file", str(workdir / "traces.jsonl")]
     seen: dict[str, set[str]] = defaultdict(set)
     with open(output, "w") as out:
         job = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)

@@ -36,7 +36,6 @@ def test_report_on_this_machine():
     assert binding == ([report["binding_limit"]] if report["binding_limit"] else [])
     assert report["threads"] >= 1 and report["probe"] == {"ok": True, "errno": None, "error": None}
     assert set(report["recommended_workers"]) == {"scoring", "conformers"}
-    assert isinstance(report["has_psutil"], bool)
     if os.getuid() == 0:
         assert any("root" in w and "RLIMIT_NPROC" in w for w in report["warnings"])
 
@@ -64,7 +63,7 @@ def test_works_without_psutil():
             "from templ_pipeline import doctor; raise SystemExit(doctor.run(True))")
     proc = run_doctor(code=code)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["has_psutil"] is False
+    assert json.loads(proc.stdout)["status"] in ("ok", "warning", "critical")
 
 
 def test_small_pids_cgroup_is_critical_and_explained(tmp_path):

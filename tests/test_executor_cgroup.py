@@ -20,7 +20,7 @@ SCENARIO = textwrap.dedent(
     import json, sys, threading
     import structlog
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-    import telemetry
+    from templ_pipeline import telemetry
     from templ_pipeline.core.conformers import generate_conformers
     from templ_pipeline.core.events import as_fields
     from templ_pipeline.core.executor import get_executor

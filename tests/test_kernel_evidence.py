@@ -19,7 +19,7 @@ from rich.console import Console
 from templ_pipeline import doctor
 from templ_pipeline.core.limits import cgroup
 from templ_pipeline.core.thread_manager import ThreadResourceManager
-from telemetry.metrics import TemplMetrics
+from templ_pipeline.telemetry.metrics import TemplMetrics
 
 TESTS = Path(__file__).resolve().parent
 REFUSED = "templ_pids_cgroup_refused_forks_total"
@@ -132,7 +132,7 @@ REFUSE = textwrap.dedent("""
     from prometheus_client import CollectorRegistry
     from templ_pipeline import doctor
     from templ_pipeline.core.thread_manager import ThreadResourceManager
-    from telemetry.metrics import TemplMetrics
+    from templ_pipeline.telemetry.metrics import TemplMetrics
 
     manager = ThreadResourceManager(cache_ttl=0)
     registry = CollectorRegistry()

@@ -185,9 +185,9 @@ CONFORMERS = textwrap.dedent("""
     import json, sys, threading
     import structlog
     from rdkit import Chem
-    import telemetry
+    from templ_pipeline import telemetry
     from templ_pipeline.core.conformers import EmbeddingThreads, embed_conformers
-    from telemetry.observer import observe
+    from templ_pipeline.telemetry.observer import observe
 
     telemetry.configure(synchronous=True, log_format="json", log_stream=sys.stderr)
     with_hs = Chem.AddHs(Chem.MolFromSmiles(%(query)r))

@@ -34,6 +34,8 @@ GOOD = [
     ("methoxytryptamine", "COc1ccc2[nH]cc(CCN)c2c1"),
 ]
 BAD = [("broken", "C1CC("), ("word", "xyz")]
+# racemic: its two enantiomers are scored as ibuprofen#1 and ibuprofen#2
+ROW_IDS = sorted([*(name for name, _ in GOOD + BAD if name != "ibuprofen"), "ibuprofen#1", "ibuprofen#2"])
 # 40 distinct amides: enough work (about 5 s on 2 workers) to signal a campaign half-way
 SERIES = [(f"amide_{k}_{n}", f"{'C' * k}Oc1ccc(cc1)C(=O)N{r}")
           for k in range(1, 6) for n, r in enumerate(["C", "CC", "C1CC1", "c1ccccc1", "CCO", "CCN", "C(C)C", "CC#N"])]
@@ -93,15 +95,22 @@ def campaign(tmp_path_factory, template_sdf, library) -> Path:
 
 def test_every_query_has_one_row_and_bad_ones_a_reason(campaign):
     rows = rows_without_time(campaign)
-    assert sorted(rows) == sorted(name for name, _ in GOOD + BAD)
+    assert sorted(rows) == ROW_IDS
     for name, _ in BAD:
         assert (rows[name]["status"], rows[name]["reason"]) == ("failed", "invalid_smiles")
         assert rows[name]["shape"] == "" and rows[name]["conformer_id"] == ""
+        assert (rows[name]["input_id"], rows[name]["isomers"], rows[name]["smiles"]) == (name, "0", "")
     for name, smiles in GOOD:
-        row = rows[name]
-        assert (row["status"], row["reason"], row["smiles"]) == ("ok", "", smiles)
-        assert row["n_conformers"] == CONFORMERS and int(row["n_scored"]) + int(row["n_failed"]) == int(CONFORMERS)
-    assert sorted(poses(campaign)) == sorted(name for name, _ in GOOD)
+        for row in (row for row in rows.values() if row["input_id"] == name):
+            assert (row["status"], row["reason"], row["input_smiles"]) == ("ok", "", smiles)
+            assert Chem.MolToSmiles(Chem.MolFromSmiles(row["smiles"]), isomericSmiles=False) == Chem.MolToSmiles(
+                Chem.MolFromSmiles(smiles), isomericSmiles=False)
+            assert row["n_conformers"] == row["n_conformers_requested"] == CONFORMERS
+            assert int(row["n_scored"]) + int(row["n_failed"]) == int(CONFORMERS)
+    assert [(rows[f"ibuprofen#{n}"]["isomer"], rows[f"ibuprofen#{n}"]["isomers"]) for n in (1, 2)] == [
+        ("1", "2"), ("2", "2")]
+    assert rows["ibuprofen#1"]["preparation"] == "stereo_enumerated" and rows["aspirin"]["preparation"] == "unchanged"
+    assert sorted(poses(campaign)) == sorted(name for name in ROW_IDS if name not in dict(BAD))
 
 
 def test_good_queries_get_select_best_s_pose_and_scores(campaign, template_sdf, tmp_path):
@@ -118,7 +127,7 @@ def test_good_queries_get_select_best_s_pose_and_scores(campaign, template_sdf, 
             assert float(row[metric]) == pytest.approx(reference.GetDoubleProp(metric), rel=1e-12, abs=1e-12)
         assert Chem.MolToMolBlock(pose).split("\n")[1:] != []
         assert (pose.GetConformer().GetPositions() == reference.GetConformer().GetPositions()).all()
-        assert pose.GetProp("smiles") == smiles and pose.GetProp("template")
+        assert pose.GetProp("input_smiles") == smiles and pose.GetProp("template")
 
 
 def test_one_worker_gives_the_same_rows_as_two(campaign, template_sdf, library, tmp_path):
@@ -334,13 +343,14 @@ def test_two_templates_give_each_query_the_better_single_template_result(templat
     done = run_templ(*screen_args(both, queries, tmp_path / "both", "-w", "2"))
     assert done.returncode == 0, done.stderr
     rows = rows_without_time(tmp_path / "both")
-    for query, _ in GOOD[:3]:
+    assert sorted(single["first"]) == ["aspirin", "ibuprofen#1", "ibuprofen#2", "mpro_query"]
+    for query in single["first"]:  # each stereoisomer of ibuprofen on its own, too
         best = max(single.values(), key=lambda by_id: float(by_id[query]["combo"]))[query]
         assert rows[query] == best
     done = run_templ(*screen_args(both, queries, tmp_path / "per", "-w", "2", "--per-template"))
     assert done.returncode == 0, done.stderr
     per = read_scores(tmp_path / "per" / "scores.csv")
-    assert len(per) == 2 * len(GOOD[:3])
+    assert len(per) == 2 * len(single["first"])
     for row in per:
         source = single["first"] if row["template"] == single["first"][row["query_id"]]["template"] else (
             single["second"])

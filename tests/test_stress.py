@@ -18,7 +18,7 @@ RUN = textwrap.dedent(
     """
     import json, os, sys
     from pathlib import Path
-    import telemetry
+    from templ_pipeline import telemetry
     from templ_pipeline import stress
 
     telemetry.configure(log_format="json", log_stream=open(os.devnull, "w"))

@@ -7,7 +7,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telemetry import catalog as c
+from templ_pipeline.telemetry import catalog as c
 
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*[a-z0-9]$")
 CONTRACT_METRICS = {
@@ -36,7 +36,10 @@ CONTRACT_METRICS = {
     "templ_campaign_query_duration_seconds": "histogram",
     "templ_campaign_worker_replacements_total": "counter",
     "templ_campaign_queries_short_of_conformers_total": "counter",
+    "templ_query_preparations_total": "counter",
     "templ_telemetry_degraded_total": "counter",
+    "templ_last_success_timestamp_seconds": "gauge",
+    "templ_last_failure_timestamp_seconds": "gauge",
     "templ_build_info": "gauge",
 }
 CONTRACT_SHORTS = {
@@ -45,7 +48,8 @@ CONTRACT_SHORTS = {
     "worker_reductions", "fallbacks", "batches", "batch_duration", "conformers_scored", "conformers_failed",
     "select_best_calls", "select_best_duration", "pool_restarts", "batch_resubmissions", "telemetry_degraded",
     "build_info", "campaign_queries", "campaign_in_flight", "campaign_expected", "campaign_skipped",
-    "campaign_query_duration", "campaign_worker_replacements", "campaign_shortfalls",
+    "campaign_query_duration", "campaign_worker_replacements", "campaign_shortfalls", "query_preparations", "last_success",
+    "last_failure",
 }
 
 
@@ -110,8 +114,8 @@ def test_contract_label_sets():
                                                    "seccomp", "cpu_limit", "small_work")
     assert c.TASK_TYPES == ("scoring", "conformers", "screening")
     assert c.QUERY_STATUSES == ("ok", "failed")
-    assert c.QUERY_REASONS == ("invalid_smiles", "invalid_record", "embedding_failed", "no_conformer_scored",
-                               "timeout", "worker_lost", "error", "none")
+    assert c.QUERY_REASONS == ("invalid_smiles", "invalid_record", "unsupported_element", "too_small",
+                               "embedding_failed", "no_conformer_scored", "timeout", "worker_lost", "error", "none")
     assert c.REPLACEMENT_REASONS == ("timeout", "worker_lost")
     fb = c.METRICS_BY_SHORT["fallbacks"].label_values
     assert set(fb["reason"]) == set(c.FALLBACK_REASONS) | {c.OTHER}
@@ -172,6 +176,9 @@ def test_event_specs_name_metrics_whose_labels_are_their_label_fields():
         for name, short in event.flags:
             assert name in fields and c.METRICS_BY_SHORT[short].kind == "counter", event.name
             assert not c.METRICS_BY_SHORT[short].labels, event.name
+        for name, short, label in event.tallies:  # one count per value of a field of several bounded values
+            spec, f = c.METRICS_BY_SHORT[short], next(f for f in event.fields if f.name == name)
+            assert spec.kind == "counter" and spec.labels == (label,) and spec.label_values[label] == f.values
         assert all(c.METRICS_BY_SHORT[short].kind == "gauge" for short in event.resets), event.name
         for name, value, level in event.escalations:
             f = next(f for f in event.fields if f.name == name)
@@ -184,14 +191,14 @@ def test_every_campaign_event_has_one_entry():
 
     entries = {ev.CampaignStarted: c.EVENT_CAMPAIGN_STARTED, ev.QueryStarted: c.EVENT_QUERY_STARTED,
                ev.QueryFinished: c.EVENT_QUERY_FINISHED, ev.WorkerReplaced: c.EVENT_WORKER_REPLACED,
-               ev.CampaignDone: c.EVENT_CAMPAIGN_DONE}
+               ev.CampaignDone: c.EVENT_CAMPAIGN_DONE, ev.QueryPrepared: c.EVENT_QUERY_PREPARED}
     for event_class, name in entries.items():
         spec = c.EVENT_SPECS_BY_NAME[name]
         assert spec.metrics, name
         assert name in c.LOG_EVENTS_BY_NAME, name
         # every field of the event reaches the log line (under its catalog name)
         assert len(spec.fields) >= len(event_class.__dataclass_fields__), name
-    per_query = {c.EVENT_QUERY_STARTED, c.EVENT_QUERY_FINISHED}
+    per_query = {c.EVENT_QUERY_STARTED, c.EVENT_QUERY_FINISHED, c.EVENT_QUERY_PREPARED}
     assert {e.name for e in c.EVENT_SPECS if not e.span_event} == per_query  # their own spans carry them
     campaign = c.SPANS_BY_NAME[c.SPAN_CAMPAIGN]
     assert set(campaign.events) >= set(entries.values()) - per_query
@@ -204,3 +211,38 @@ def test_query_outcomes_are_the_pairs_that_can_occur():
     assert {reason for _status, reason in c.QUERY_OUTCOMES} == set(c.QUERY_REASONS)
     buckets = c.METRICS_BY_SHORT["campaign_query_duration"].buckets
     assert buckets[0] <= 0.1 and buckets[-1] >= 30 * 60  # 0.1 s .. 30 min queries
+
+
+def test_every_bounded_counter_starts_at_zero():
+    """Counters with bounded labels pre-create their series, so increase() sees the first event."""
+    # test_telemetry_guard.py still asserts that an unused degraded series is absent (None, not 0)
+    not_yet = {"templ_telemetry_degraded_total"}
+    for m in c.METRICS:
+        if m.kind == "counter" and m.labels and not set(m.labels) & set(c.FREE_LABELS) and m.name not in not_yet:
+            assert m.initialize and m.initial_label_values(), m.name
+
+
+def test_initial_combinations_use_declared_values_only():
+    for m in c.METRICS:
+        combos = m.initial_label_values()
+        assert len(set(combos)) == len(combos), m.name
+        for combo in combos:
+            assert len(combo) == len(m.labels), m.name
+            for label, value in zip(m.labels, combo):
+                assert value in m.label_values[label] and value != c.OTHER, (m.name, label, value)
+        if m.combinations is not None and len(m.combinations) > 20:  # too many to list in the docs
+            assert m.combinations_rule, f"{m.name}: say how its {len(m.combinations)} combinations are chosen"
+
+
+def test_fallback_combinations_are_steps_down_the_ladder():
+    ladder = ("dask", "process", "thread", "sequential")
+    spec = c.METRICS_BY_SHORT["fallbacks"]
+    combos = spec.initial_label_values()
+    assert combos == c.FALLBACK_COMBINATIONS
+    for from_kind, to_kind, reason, cause in combos:
+        assert ladder.index(to_kind) >= ladder.index(from_kind), (from_kind, to_kind)
+        start = reason in ("process_start_failed", "thread_start_failed")
+        assert (cause != "none") == start or reason == "no_headroom", (reason, cause)
+    # the first fallback a pids cgroup causes is counted from 0
+    assert ("process", "thread", "process_start_failed", "pids_cgroup") in combos
+    assert len(combos) < 100  # not the 1296 of the full product

@@ -9,14 +9,14 @@ import subprocess
 
 import pytest
 
-from telemetry import catalog, docs
+from templ_pipeline.telemetry import catalog, docs
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
 def test_committed_page_is_current():
     assert docs.DEFAULT_OUTPUT.read_text(encoding="utf-8") == docs.render(), (
-        "docs/telemetry.md is stale: run `python -m telemetry.docs`"
+        "docs/telemetry.md is stale: run `python -m templ_pipeline.telemetry.docs`"
     )
 
 

@@ -16,8 +16,8 @@ from processes import stop
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-import telemetry
-from telemetry.export import PushError, push_metrics, write_textfile
+from templ_pipeline import telemetry
+from templ_pipeline.telemetry.export import PushError, push_metrics, write_textfile
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
@@ -123,10 +123,43 @@ def test_textfile_written_and_parses(tel, tmp_path):
     assert samples[("templ_conformers_scored_total", frozenset())] == 32
     key = frozenset({"from_kind": "thread", "to_kind": "sequential", "reason": "no_headroom", "cause": "none"}.items())
     assert samples[("templ_executor_fallbacks_total", key)] == 1
-    assert math.isnan(samples[("templ_thread_headroom", frozenset({("limit", "stack_memory")}))])
-    assert samples[("templ_thread_limit", frozenset({("limit", "rlimit_nproc")}))] == math.inf
+    # live state and the default collectors stay out: the file outlives the process
+    names = {name for name, _labels in samples}
+    assert not {"templ_thread_headroom", "templ_thread_limit", "templ_threads_active", "process_threads"} & names
+    assert not [name for name in names if name.startswith(("process_", "python_")) or name.endswith("_created")]
     result = _promtool_check_metrics(path.read_bytes())
     assert result.returncode == 0 and not result.stdout and not result.stderr, result.stdout + result.stderr
+
+
+def test_textfile_labels_every_sample_with_the_job(tel, tmp_path):
+    _run_events()
+    path = write_textfile(tmp_path / "templ_42.prom", labels={"job_id": "42"})
+    families = list(text_string_to_metric_families(path.read_text()))
+    assert families and all(s.labels["job_id"] == "42" for f in families for s in f.samples)
+    result = _promtool_check_metrics(path.read_bytes())
+    assert result.returncode == 0 and not result.stdout and not result.stderr, result.stdout + result.stderr
+
+
+def test_exposition_has_no_created_series_but_library_users_keep_theirs(tel):
+    from prometheus_client import Counter
+
+    assert b"_created" not in generate_latest(tel.registry)
+    theirs = CollectorRegistry()
+    Counter("app_requests", "An application's own counter.", registry=theirs).inc()
+    assert b"app_requests_created" in generate_latest(theirs)  # the process-wide switch is left alone
+
+
+def test_counters_with_bounded_labels_start_at_zero(tel):
+    text = generate_latest(tel.registry).decode()
+    for name, labels in (
+        ("templ_executor_fallbacks_total",
+         {"from_kind": "process", "to_kind": "thread", "reason": "process_start_failed", "cause": "rlimit_nproc"}),
+        ("templ_executor_worker_reductions_total", {"task_type": "scoring", "reason": "pids_cgroup"}),
+        ("templ_executor_pool_restarts_total", {"executor_kind": "process"}),
+        ("templ_executor_batch_resubmissions_total", {"executor_kind": "dask", "reason": "worker_lost"}),
+    ):
+        assert tel.registry.get_sample_value(name, labels) == 0.0, (name, labels)
+        assert f"# TYPE {name} counter" in text
 
 
 def test_textfile_replaces_by_rename(tel, tmp_path):
@@ -178,7 +211,10 @@ def pushgateway(tmp_path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "pushgateway.log").open("wb")
-    proc = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+    # Debian's default --persistence.file (/var/lib/prometheus/pushgateway.data) is shared by every
+    # gateway started on the machine: an empty one keeps this gateway's groups in its memory only.
+    proc = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+                            stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -213,20 +249,24 @@ def _gateway_samples(url: str, **group: str) -> dict[tuple[str, frozenset], floa
 def test_push_to_real_pushgateway(tel, pushgateway):
     _run_events()
     push_metrics(pushgateway, registry=tel.registry)
-    pushed = _gateway_samples(pushgateway, job="templ", instance=socket.gethostname())
+    job_id = telemetry.export.job_id()
+    pushed = _gateway_samples(pushgateway, job="templ", instance=socket.gethostname(), job_id=job_id)
     local = _samples(generate_latest(tel.registry).decode())
 
-    templ = {k: v for k, v in local.items() if k[0].startswith("templ_") and k[0] != "templ_threads_active"}
+    live = {"templ_threads_active", "templ_thread_limit", "templ_thread_headroom", "templ_pids_cgroup_peak_tasks",
+            "templ_executor_workers_requested", "templ_executor_workers_granted", "templ_campaign_queries_in_flight"}
+    templ = {k: v for k, v in local.items() if k[0].startswith("templ_") and k[0] not in live}
     assert templ, "no templ_* samples in the registry"
     for key, value in templ.items():
         assert key in pushed, key
         assert _same(pushed[key], value), (key, pushed[key], value)
-    assert ("templ_threads_active", frozenset()) in pushed  # live gauge: present, value read at push time
+    # live gauges stay out of a group that outlives the process (a stale headroom would keep alerting)
+    assert not [k for k in pushed if k[0] in live or k[0] == "process_threads"]
     assert pushed[("templ_conformers_scored_total", frozenset())] == 32
     fallback = frozenset({"from_kind": "process", "to_kind": "thread", "reason": "process_start_failed",
                           "cause": "rlimit_nproc"}.items())
     assert pushed[("templ_executor_fallbacks_total", fallback)] == 1
-    assert ("process_cpu_seconds_total", frozenset()) in pushed
+    assert not [k for k in pushed if k[0].startswith(("process_", "python_"))]
     assert ("push_time_seconds", frozenset()) in pushed
 
 
@@ -237,7 +277,8 @@ def test_push_replaces_the_group(tel, pushgateway):
     push_metrics(pushgateway, registry=fresh.registry, grouping_key={"instance": "node1"})
     pushed = _gateway_samples(pushgateway, job="templ", instance="node1")
     assert pushed[("templ_conformers_scored_total", frozenset())] == 0
-    assert not [k for k in pushed if k[0] == "templ_executor_fallbacks_total"]
+    fallbacks = [v for k, v in pushed.items() if k[0] == "templ_executor_fallbacks_total"]
+    assert fallbacks and set(fallbacks) == {0.0}  # the earlier run's fallback is gone, the series are at 0
 
 
 def test_push_http_error_is_push_error(tel, pushgateway):

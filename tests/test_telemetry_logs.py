@@ -11,8 +11,8 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from structlog.testing import capture_logs
 
-import telemetry
-from telemetry.logs import get_logger
+from templ_pipeline import telemetry
+from templ_pipeline.telemetry.logs import get_logger
 
 
 @pytest.fixture

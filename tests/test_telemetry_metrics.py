@@ -11,9 +11,9 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-import telemetry
-from telemetry import catalog
-from telemetry.metrics import count_threads
+from templ_pipeline import telemetry
+from templ_pipeline.telemetry import catalog
+from templ_pipeline.telemetry.metrics import count_threads
 
 
 @pytest.fixture

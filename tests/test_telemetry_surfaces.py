@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -51,15 +52,19 @@ class Run:
     """A ``templ select-best`` subprocess serving /metrics on a free port; always killed at the end."""
 
     def __init__(self, tmp: Path, template: Path, *extra: str, port: int | None = None, n: int = 120,
-                 workers: int = 2, hold: float = 4.0) -> None:
+                 workers: int = 2, hold: float = 4.0, traces: bool = True) -> None:
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.traces = tmp / "traces.jsonl"
         self.log = tmp / "run.log"
         args = ["select-best", "-t", str(template), "-q", "O=C(Nc1cccnc1)c1ccc(F)cc1OC", "-n", str(n),
                 "-w", str(workers), "-o", str(tmp / "out.sdf"), "--metrics-addr", f"127.0.0.1:{self.port}",
-                "--hold-metrics", str(hold), "--traces-file", str(self.traces), "--log-file", str(self.log), *extra]
-        self.proc = subprocess.Popen([*TEMPL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                "--hold-metrics", str(hold), "--log-file", str(self.log), *extra]
+        if traces:
+            args += ["--traces-file", str(self.traces)]
+        env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+        self.proc = subprocess.Popen([*TEMPL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env)
 
     def wait_up(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -165,6 +170,20 @@ def test_openmetrics_exemplars_match_spans_and_worker_spans_join_the_trace(run):
     assert all(s["traceId"] == call["traceId"] and s["parentSpanId"] == call["spanId"] for s in batches)
 
 
+def test_no_exemplars_when_no_span_is_exported(run):
+    job = run(n=40, workers=2, traces=False)  # spans recorded for the logs' trace ids, exported nowhere
+    job.wait_up()
+    job.wait_scored(40)
+    body = get(job.base + "/metrics", accept=OPENMETRICS)[2]
+    families = {f.name: f for f in parse_openmetrics(body)}
+    samples = families["templ_select_best_batch_duration_seconds"].samples
+    assert any(s.name.endswith("_count") and s.value >= 1 for s in samples)
+    assert not [s for family in families.values() for s in family.samples if s.exemplar]
+    job.finish()
+    done = next(json.loads(line) for line in job.log.read_text().splitlines() if '"select_best.done"' in line)
+    assert len(done["trace_id"]) == 32
+
+
 def test_trace_file_is_valid_otlp_json(run):
     job = run(n=40, workers=1, hold=0)
     job.finish()
@@ -184,6 +203,25 @@ def test_trace_file_is_valid_otlp_json(run):
         parsed = ParseDict(message, ExportTraceServiceRequest())
         assert parsed.resource_spans[0].scope_spans[0].spans
     assert {"select_best", "select_best.batch"} <= names
+
+
+def _attributes(span: dict) -> dict:
+    return {a["key"]: next(iter(a["value"].values())) for a in span.get("attributes", [])}
+
+
+def test_trace_file_has_the_conformer_generation_span(run):
+    job = run(n=12, workers=2, hold=0)
+    job.finish()
+    spans = [span for line in job.traces.read_text().splitlines() for rs in json.loads(line)["resourceSpans"]
+             for ss in rs["scopeSpans"] for span in ss["spans"]]
+    (generate,) = [s for s in spans if s["name"] == "conformers.generate"]
+    attributes = _attributes(generate)
+    assert int(attributes["templ.conformers.requested"]) == 12
+    assert 1 <= int(attributes["templ.conformers.generated"]) <= 12
+    assert int(attributes["templ.executor.workers_requested"]) == 2
+    assert 1 <= int(attributes["templ.executor.workers_granted"]) <= 2
+    (call,) = [s for s in spans if s["name"] == "select_best"]
+    assert int(generate["endTimeUnixNano"]) <= int(call["startTimeUnixNano"])
 
 
 def test_log_file_has_json_events_with_trace_and_run_ids(run):
@@ -228,7 +266,7 @@ def _listening_addresses(port: int) -> set[str]:
 
 
 def test_default_endpoint_listens_on_loopback_only(tmp_path, template_file):
-    from telemetry.server import DEFAULT_PORT
+    from templ_pipeline.telemetry.server import DEFAULT_PORT
 
     blocker_free = not _listening_addresses(DEFAULT_PORT)
     if not blocker_free:

@@ -1,9 +1,9 @@
 """Lean workers: a pool worker loads RDKit, numpy, the batch code and OpenTelemetry's API, nothing more.
 
 Checked in fresh interpreters (what importing the worker modules loads), in real
-spawned workers of a ``PoolRegistry`` pool (also when the parent's main module is
-the ``templ`` CLI, which spawn would run again in every worker), and on the
-telemetry package itself: lazy exports, and no import cycle.
+spawned workers of a ``PoolRegistry`` pool (whose workers do not run the parent's
+main module again, as the stdlib's spawn does: not the ``templ`` CLI, not a
+script), and on the telemetry package itself: lazy exports, and no import cycle.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-import telemetry
+from templ_pipeline import telemetry
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
+TELEMETRY = "templ_pipeline.telemetry"
 FORBIDDEN = ("rich", "structlog", "prometheus_client", "opentelemetry.sdk", "typer")
 TIMEOUT = 120
 
@@ -63,14 +64,14 @@ def test_a_campaign_worker_imports_only_what_a_query_needs():
     report = json.loads(_python("-c", _REPORT.format(imports="import templ_pipeline.campaign.worker")))
     assert _forbidden(report["modules"]) == []
     heavy = {"templ_pipeline.campaign.runner", "templ_pipeline.campaign.queries", "templ_pipeline.campaign.outputs",
-             "templ_pipeline.core.pools", "templ_pipeline.core.executor", "templ_pipeline.cli", "telemetry.metrics"}
+             "templ_pipeline.core.pools", "templ_pipeline.core.executor", "templ_pipeline.cli", "templ_pipeline.telemetry.metrics"}
     assert heavy.isdisjoint(report["modules"]), sorted(heavy & set(report["modules"]))
     assert report["handlers"] == 0, "importing the campaign worker configured logging"
 
 
 def test_worker_spans_loads_only_opentelemetry_api():
-    modules = json.loads(_python("-c", _REPORT.format(imports="import telemetry.worker_spans")))["modules"]
-    assert [m for m in modules if m.startswith("telemetry")] == ["telemetry", "telemetry.worker_spans"]
+    modules = json.loads(_python("-c", _REPORT.format(imports="import templ_pipeline.telemetry.worker_spans")))["modules"]
+    assert [m for m in modules if m.startswith(TELEMETRY)] == [TELEMETRY, f"{TELEMETRY}.worker_spans"]
     assert _forbidden(modules) == []
 
 
@@ -82,7 +83,7 @@ def test_worker_spans_loads_only_opentelemetry_api():
 #   "module": the CLI is the main module as `python -m templ_pipeline.cli` records it
 #             (``__main__.__spec__`` names the CLI: all that spawn's preparation data reads);
 #   "script": run as a file that imports the CLI's ``main``, as the ``templ`` launcher does;
-#   "other":  an ordinary script, whose own functions the workers must still find.
+#   "other":  an ordinary script, which the workers must not run again.
 PARENT = textwrap.dedent('''
     import importlib.util
     import json
@@ -91,6 +92,9 @@ PARENT = textwrap.dedent('''
     from concurrent.futures import ProcessPoolExecutor
 
     CLI = sys.argv[1] in ("module", "script")
+    # in a process's sys.modules when this script's top level ran there (multiprocessing itself
+    # always aliases __mp_main__ to a worker's __main__, so that name says nothing)
+    sys.modules["templ_parent_script_ran"] = sys.modules[__name__]
     if sys.argv[1] == "script":
         from templ_pipeline.cli import main  # noqa: F401  the templ launcher's import
     elif sys.argv[1] == "module":
@@ -101,6 +105,16 @@ PARENT = textwrap.dedent('''
         return "found"
 
 
+    def refused(obj):
+        from templ_pipeline.core.worker_init import refuse_main_references
+
+        try:
+            refuse_main_references(obj)
+        except Exception as error:
+            return type(error).__name__
+        return None
+
+
     def report(registry, task):
         from templ_pipeline.core.batch import score_batch
         from worker_probe import loaded_modules, root_log_handlers
@@ -108,9 +122,8 @@ PARENT = textwrap.dedent('''
         pool, _ = registry.acquire("process", 1)
         try:
             result = pool.submit(score_batch, task).result(timeout=120)
-            found = None if CLI else pool.submit(defined_in_main).result(timeout=120)
             return {"scored": len(result.scored), "modules": pool.submit(loaded_modules).result(timeout=120),
-                    "handlers": pool.submit(root_log_handlers).result(timeout=120), "main_function": found}
+                    "handlers": pool.submit(root_log_handlers).result(timeout=120)}
         finally:
             registry.release(pool)
             registry.shutdown_all()
@@ -129,7 +142,8 @@ PARENT = textwrap.dedent('''
         AllChem.EmbedMolecule(mol, randomSeed=7)
         task = BatchTask(0, mol, "ethanol", Chem.Mol(mol), (0,))
         stock = PoolRegistry(lambda kind, n: ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")))
-        print(json.dumps({"lean": report(PoolRegistry(), task), "stock": report(stock, task) if CLI else None}))
+        print(json.dumps({"lean": report(PoolRegistry(), task), "stock": report(stock, task),
+                          "refused": refused(defined_in_main)}))
 ''')
 
 
@@ -157,17 +171,21 @@ def test_a_worker_of_the_cli_loads_neither_the_cli_nor_its_stack(parent_script, 
     assert lean["handlers"] == 0
 
 
-def test_a_worker_of_an_ordinary_script_still_runs_its_main_module(parent_script):
-    lean = _workers(parent_script, "other")["lean"]
-    assert lean["main_function"] == "found"
-    assert lean["scored"] == 1
+def test_a_worker_of_an_ordinary_script_does_not_run_it(parent_script):
+    report = _workers(parent_script, "other")
+    lean, stock = report["lean"], report["stock"]
+    assert "templ_parent_script_ran" in stock["modules"], "the control: a stock spawn worker runs the script again"
+    assert "templ_parent_script_ran" not in lean["modules"]
+    assert lean["scored"] == stock["scored"] == 1
     assert _forbidden(lean["modules"]) == []
+    # what the workers could not find is refused in the parent, by name
+    assert report["refused"] == "MainModuleReference"
 
 
 # --- the telemetry package -------------------------------------------------------------------------
 
 def test_every_exported_name_resolves_to_its_submodule():
-    from telemetry import catalog, events, observer, state
+    from templ_pipeline.telemetry import catalog, events, observer, state
 
     assert telemetry.catalog is catalog
     assert telemetry.select_best_span is events.select_best_span
@@ -179,9 +197,10 @@ def test_every_exported_name_resolves_to_its_submodule():
 
 
 def test_a_bare_import_of_the_package_loads_no_submodule():
-    modules = json.loads(_python("-c", _REPORT.format(imports="import telemetry")))["modules"]
-    assert [m for m in modules if m.startswith("telemetry")] == ["telemetry"]
-    names = _python("-c", "import telemetry; from telemetry import *; print(sorted(telemetry.__all__) == "
+    modules = json.loads(_python("-c", _REPORT.format(imports="import templ_pipeline.telemetry")))["modules"]
+    assert [m for m in modules if m.startswith(TELEMETRY)] == [TELEMETRY]
+    names = _python("-c", "from templ_pipeline import telemetry; from templ_pipeline.telemetry import *; "
+                          "print(sorted(telemetry.__all__) == "
                           "sorted(n for n in dir() if n in telemetry.__all__))")
     assert names.strip() == "True"
 
@@ -191,14 +210,14 @@ def telemetry_import_graph(root: Path = REPO / "telemetry") -> dict[str, set[str
     submodules = {path.stem for path in root.glob("*.py")}
     graph: dict[str, set[str]] = {}
     for path in sorted(root.glob("*.py")):
-        name = "telemetry" if path.stem == "__init__" else f"telemetry.{path.stem}"
+        name = TELEMETRY if path.stem == "__init__" else f"{TELEMETRY}.{path.stem}"
         deps: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                deps |= {alias.name for alias in node.names if alias.name.split(".")[0] == "telemetry"}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "telemetry":
-                deps |= {f"telemetry.{a.name}" if a.name in submodules else "telemetry" for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("telemetry."):
+                deps |= {alias.name for alias in node.names if alias.name.startswith(TELEMETRY)}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == TELEMETRY:
+                deps |= {f"{TELEMETRY}.{a.name}" if a.name in submodules else TELEMETRY for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(f"{TELEMETRY}."):
                 deps.add(node.module)
         graph[name] = deps - {name}
     return graph
@@ -228,10 +247,10 @@ def test_import_cycles_are_found():
 
 def test_the_telemetry_modules_import_without_a_cycle():
     graph = telemetry_import_graph()
-    assert {"telemetry.guard", "telemetry.metrics", "telemetry.server"} <= set(graph)
+    assert {"templ_pipeline.telemetry.guard", "templ_pipeline.telemetry.metrics", "templ_pipeline.telemetry.server"} <= set(graph)
     assert import_cycles(graph) == []
 
 
 @pytest.mark.parametrize("module", ["guard", "metrics", "server", "tracing"])
 def test_each_former_cycle_module_imports_alone(module):
-    _python("-c", f"import telemetry.{module}")
+    _python("-c", f"import {TELEMETRY}.{module}")

@@ -21,11 +21,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from templ_pipeline import __version__
 from templ_pipeline.campaign.outputs import CampaignFiles
 from templ_pipeline.campaign.queries import QueryRecord, count_queries, read_queries
 from templ_pipeline.campaign.report import CampaignTally, rows_and_poses
 from templ_pipeline.campaign.runner import ScreenOptions, screen, template_names, templates_digest
 from templ_pipeline.core.events import Fallback, WorkersReduced
+from templ_pipeline.core.preparation import PreparationOptions
 from templ_pipeline.io import InputError, read_templates
 
 
@@ -47,6 +49,7 @@ class ScreenRequest:
     smiles_column: str
     id_column: str
     exact_workers: bool
+    preparation: PreparationOptions = PreparationOptions()
 
 
 @dataclass
@@ -72,6 +75,7 @@ def parameters(request: ScreenRequest, templates: list[Chem.Mol]) -> dict[str, A
         "metric": request.metric,
         "per_template": request.per_template,
         "use_input_conformers": request.use_input_conformers,
+        "preparation": request.preparation.as_dict(),
     }
 
 
@@ -91,7 +95,8 @@ def prepare(request: ScreenRequest) -> PreparedCampaign:
     records = (record for record in itertools.chain((first,), stream) if record.query_id not in done)
     options = ScreenOptions(num_conformers=request.num_conformers, seed=request.seed, workers=request.workers,
                             metric=request.metric, query_timeout=request.query_timeout,
-                            use_input_conformers=request.use_input_conformers, exact_workers=request.exact_workers)
+                            use_input_conformers=request.use_input_conformers, exact_workers=request.exact_workers,
+                            preparation=request.preparation)
     left = None if total is None else max(0, total - len(done))
     return PreparedCampaign(request, templates, template_names(templates), records, files, left, options)
 
@@ -104,10 +109,23 @@ class QueryRate(ProgressColumn):
         return Text(f"{rate:,.2f} queries/s, {task.fields.get('failed', 0)} failed", style="progress.data.speed")
 
 
+@dataclass(frozen=True)
+class CampaignSummary:
+    """What one run of a campaign did, for the human summary and ``--json``."""
+
+    request: ScreenRequest
+    tally: CampaignTally
+    seconds: float
+    reductions: list[WorkersReduced]
+    fallbacks: list[Fallback]
+
+
 def run(prepared: PreparedCampaign, *, console: Console, out: Console, progress: Any,
-        start_progress: Callable[[Progress], None]) -> CampaignTally:
-    """Run the campaign, writing each result as it arrives; print the summary. ``progress`` is the CLI's
-    :class:`RunProgress`, which says what was done when a signal stops the run."""
+        start_progress: Callable[[Progress], None],
+        on_summary: Callable[[CampaignSummary], None] | None = None) -> CampaignTally:
+    """Run the campaign, writing each result as it arrives; print the summary to ``out``, or hand it to
+    ``on_summary`` instead (``--json``). ``progress`` is the CLI's :class:`RunProgress`, which says what
+    was done when a signal stops the run."""
     request, files = prepared.request, prepared.files
     tally = CampaignTally(skipped=len(files.done))
     reductions: list[WorkersReduced] = []
@@ -140,7 +158,11 @@ def run(prepared: PreparedCampaign, *, console: Console, out: Console, progress:
                 progress.campaign = _stop_note(tally, request.output_dir)
         finally:
             display.stop()
-    _summary(out, tally, request, time.monotonic() - started, reductions, fallbacks)
+    summary = CampaignSummary(request, tally, time.monotonic() - started, reductions, fallbacks)
+    if on_summary is not None:
+        on_summary(summary)
+    else:
+        _summary(out, summary)
     return tally
 
 
@@ -150,8 +172,36 @@ def _stop_note(tally: CampaignTally, directory: Path) -> str:
             f"flight were abandoned; {directory} holds every finished query: rerun with --resume to go on")
 
 
-def _summary(out: Console, tally: CampaignTally, request: ScreenRequest, seconds: float,
-             reductions: list[WorkersReduced], fallbacks: list[Fallback]) -> None:
+def summary_json(summary: CampaignSummary) -> dict[str, Any]:
+    """The run's summary as one JSON-ready object (``templ screen --json``)."""
+    tally, request = summary.tally, summary.request
+    return {
+        "templ_version": __version__,
+        "metric": str(request.metric),
+        "queries": {"done": tally.done, "ok": tally.ok, "failed": tally.failed, "skipped": tally.skipped,
+                    "fewer_conformers": tally.fewer_conformers,
+                    "failed_by_reason": dict(sorted(tally.failed_by_reason.items())),
+                    "first_failure": dict(sorted(tally.first_failure.items()))},
+        "preparation": {"options": request.preparation.as_dict(), "queries_by_action": dict(sorted(tally.prepared.items())),
+                        "isomers_scored": tally.isomers},
+        "seconds": round(summary.seconds, 3),
+        "queries_per_second": round(tally.done / summary.seconds, 3) if summary.seconds > 0 else 0.0,
+        "workers": request.workers,
+        "executor_kinds": list(tally.kinds),
+        "reductions": [{"task_type": str(event.task_type), "requested": event.requested,
+                        "granted": event.granted, "reason": str(event.reason), "detail": event.detail}
+                       for event in summary.reductions],
+        "fallbacks": [{"from": str(event.from_kind), "to": str(event.to_kind), "reason": str(event.reason),
+                       "cause": str(event.cause), "detail": event.detail} for event in summary.fallbacks],
+        "output_dir": str(request.output_dir),
+        "scores": str(request.output_dir / "scores.csv"),
+        "poses": str(request.output_dir / "poses.sdf"),
+    }
+
+
+def _summary(out: Console, summary: CampaignSummary) -> None:
+    tally, request, seconds = summary.tally, summary.request, summary.seconds
+    reductions, fallbacks = summary.reductions, summary.fallbacks
     rate = tally.done / seconds if seconds > 0 else 0.0
     skipped = f"; {tally.skipped} already done (resumed)" if tally.skipped else ""
     fewer = f"; {tally.fewer_conformers} got fewer conformers than asked" if tally.fewer_conformers else ""
@@ -160,6 +210,11 @@ def _summary(out: Console, tally: CampaignTally, request: ScreenRequest, seconds
         f"({tally.failures()}){fewer}{skipped}; executor {' -> '.join(tally.kinds) or '-'}; "
         f"wrote {request.output_dir / 'scores.csv'} and {request.output_dir / 'poses.sdf'}",
         highlight=False, soft_wrap=True)
+    if tally.preparation():
+        out.print(f"preparation: {tally.preparation()}", highlight=False, soft_wrap=True)
+    for reason, detail in sorted(tally.first_failure.items()):
+        out.print(f"{reason}: {detail}" + (" (and others)" if tally.failed_by_reason[reason] > 1 else ""),
+                  style="yellow", highlight=False, soft_wrap=True)
     for reduction in reductions:
         out.print(f"workers {reduction.requested} -> {reduction.granted}: {reduction.reason} ({reduction.detail})",
                   style="yellow", highlight=False, soft_wrap=True)

@@ -3,8 +3,10 @@
 In the campaign directory DIR:
 
 - ``campaign.json``: the parameters the campaign was started with (written once, atomically).
-- ``scores.csv``: one row per query (or per query and template), ``SCORES_COLUMNS``.
-- ``poses.sdf``: the chosen pose of each row that has one, named by its query id.
+- ``scores.csv``: one row per prepared molecule of each query (the query itself, or each of
+  its stereoisomers as ``ID#n``), or per molecule and template, ``SCORES_COLUMNS``. The
+  rows of one query share its ``input_id`` and are written together.
+- ``poses.sdf``: the chosen pose of each row that has one, named by the row's ``query_id``.
 
 Durability: a query's poses go out in one write(2), then its rows in another, both
 on plain file descriptors (no user-space buffer). Once ``write`` returns, the data
@@ -50,13 +52,20 @@ _FILE_MODE = 0o666  # less the umask
 
 @dataclass(frozen=True, slots=True)
 class ScoreRow:
-    """One row of scores.csv: a query's outcome (against one template)."""
+    """One row of scores.csv: one prepared molecule of a query (against one template)."""
 
-    query_id: str
-    smiles: str
+    query_id: str  # the input id, or ``input_id#n`` for its n-th stereoisomer
+    input_id: str
+    smiles: str  # the molecule embedded, after preparation
+    input_smiles: str  # as given
+    isomer: int  # 1-based stereoisomer index; 0 when none were enumerated
+    isomers: int  # molecules preparation made of the query (0 when it was refused or unreadable)
+    removed: str  # fragments dropped (counterions, solvents), dot-separated SMILES
+    preparation: str  # what preparation did: PreparationAction values, comma-separated
     status: str
     reason: str
     template: str
+    n_conformers_requested: int
     n_conformers: int
     n_scored: int
     n_failed: int
@@ -78,7 +87,7 @@ class CampaignFiles:
 
     def __init__(self, directory: Path, done: frozenset[str], resumed_rows: int, scores: int, poses: int) -> None:
         self.directory = directory
-        self.done = done  # query ids already in scores.csv when opened (after repairs)
+        self.done = done  # input ids of the queries already in scores.csv when opened (after repairs)
         self.resumed_rows = resumed_rows  # rows already in scores.csv when opened (after repairs)
         self._scores = _Appender(scores)
         self._poses = _Appender(poses)
@@ -97,7 +106,8 @@ class CampaignFiles:
 
         ``parameters`` (JSON-serialisable) are stored when starting and must be
         equal on resume. ``rows_per_query`` is the number of rows a complete query
-        has (one per template): a last query with fewer is dropped on resume.
+        has per prepared molecule (one per template): a last query with fewer than
+        that times its ``isomers`` is dropped on resume.
         """
         if rows_per_query < 1:
             raise ValueError(f"rows_per_query must be at least 1, not {rows_per_query}")
@@ -121,10 +131,10 @@ class CampaignFiles:
         scores_fd = _open_regular(scores, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
             _lock(scores, scores_fd)
-            done, rows = _repair_scores(scores, scores_fd, rows_per_query)
+            done, row_ids, rows = _repair_scores(scores, scores_fd, rows_per_query)
             poses_fd = _open_regular(poses, os.O_RDWR | os.O_APPEND | os.O_CREAT)
             try:
-                poses_fd = _repair_poses(poses, poses_fd, done)
+                poses_fd = _repair_poses(poses, poses_fd, row_ids)
             except BaseException:
                 os.close(poses_fd)
                 raise
@@ -147,8 +157,8 @@ class CampaignFiles:
             raise ValueError(f"{self.directory}: the campaign files are closed")
         if len(rows) != len(poses):
             raise ValueError(f"{len(rows)} rows but {len(poses)} poses; pass a pose or None per row")
-        if not rows or any(row.query_id != rows[0].query_id for row in rows):
-            raise ValueError("write takes the rows of one query: at least one, all with the same query_id")
+        if not rows or any(row.input_id != rows[0].input_id for row in rows):
+            raise ValueError("write takes the rows of one query: at least one, all with the same input_id")
         sdf = _pose_records(rows, poses)  # built first: a pose RDKit cannot write leaves both files untouched
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows(_fields(row) for row in rows)
@@ -411,26 +421,28 @@ def _shown(parameters: dict, key: str) -> str:
 # --- resume repairs -----------------------------------------------------------------
 
 
-def _repair_scores(path: Path, fd: int, rows_per_query: int) -> tuple[set[str], int]:
-    """Cut scores.csv to its complete queries (writing the header when it has none); their ids and row count."""
+def _repair_scores(path: Path, fd: int, rows_per_query: int) -> tuple[set[str], set[str], int]:
+    """Cut scores.csv to its complete queries (writing the header when it has none): their input ids,
+    their rows' ids and their row count."""
     with open(os.dup(fd), "rb") as handle:
-        end, done, rows = _scan_scores(path, handle, rows_per_query)
+        end, done, row_ids, rows = _scan_scores(path, handle, rows_per_query)
     if end < os.fstat(fd).st_size:
         os.ftruncate(fd, end)
     if end == 0:
         _write_all(fd, (",".join(SCORES_COLUMNS) + "\n").encode())
-    return done, rows
+    return done, row_ids, rows
 
 
-def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int) -> tuple[int, set[str], int]:
-    """(byte offset after the last complete query, the ids of complete queries, their rows).
+def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int) -> tuple[int, set[str], set[str], int]:
+    """(byte offset after the last complete query, the input ids of complete queries, their rows' ids,
+    their row count).
 
     What a crash leaves, and what is cut:
     - a last line without its newline: a write(2) cut short (kill -9 mid-write, a full
       disk); even if it parses, a number in it may be truncated. Dropped.
     - a row that is still open at the end of the file (a quoted field with a line
       break, cut after it): the strict csv reader reports end of data. Dropped.
-    - with ``rows_per_query`` n > 1, fewer than n rows of the last query id: the
+    - fewer than ``rows_per_query`` times ``isomers`` rows of the last input id: the
       query's single write was cut between rows. Dropped. (A query that always
       writes fewer rows, say one failed row, is then recomputed when it is last.)
     The header, if complete, must be ``SCORES_COLUMNS``; any other damage (a wrong
@@ -457,10 +469,14 @@ def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int) -> tuple[int
     header = False
     end = 0  # after the last complete row
     done: set[str] = set()
+    row_ids: set[str] = set()
     rows = 0
-    group_id: str | None = None  # the query id of the run of rows being read
+    group_id: str | None = None  # the input id of the run of rows being read
     group_rows = 0
+    group_expected = 0
+    group_ids: list[str] = []
     group_start = 0
+    isomers_column = SCORES_COLUMNS.index("isomers")
     try:
         for row in reader:
             if not header:
@@ -478,23 +494,27 @@ def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int) -> tuple[int
             if len(row) != len(SCORES_COLUMNS):
                 expected = len(SCORES_COLUMNS)
                 raise InputError(f"{path}: line {reader.line_num} has {len(row)} fields, expected {expected}")
-            if row[0] != group_id:
+            if row[1] != group_id:
                 if group_id is not None:
                     done.add(group_id)
+                    row_ids.update(group_ids)
                     rows += group_rows
-                group_id, group_rows, group_start = row[0], 0, end
+                group_id, group_rows, group_ids, group_start = row[1], 0, [], end
+                group_expected = max(1, int(row[isomers_column]) if row[isomers_column].isdigit() else 1)
             group_rows += 1
+            group_ids.append(row[0])
             end = consumed
     except csv.Error as exc:
         if not exhausted:
             raise InputError(f"{path}: line {reader.line_num}: {exc}") from None
     if group_id is not None:
-        if group_rows >= rows_per_query:
+        if group_rows >= rows_per_query * group_expected:
             done.add(group_id)
+            row_ids.update(group_ids)
             rows += group_rows
         else:
             end = group_start
-    return end, done, rows
+    return end, done, row_ids, rows
 
 
 def _is_separator(line: bytes) -> bool:
@@ -507,6 +527,7 @@ def _record_name(line: bytes) -> str:
 
 
 def _repair_poses(path: Path, fd: int, done: set[str]) -> int:
+    # ``done``: the ids of the rows kept in scores.csv (a pose is named by its row's query_id)
     """Drop torn and orphaned pose records; the file descriptor to append to (a new one after a rewrite)."""
     with open(os.dup(fd), "rb") as handle:
         kept_end, rewrite = _scan_poses(handle, done)

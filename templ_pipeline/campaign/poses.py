@@ -8,6 +8,7 @@ keep many workers busy.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 
 import numpy as np
 from rdkit import Chem
@@ -25,11 +26,21 @@ def aligned_pose(topology: Chem.Mol, conf_id: int, positions: np.ndarray) -> Che
 
 
 def pose_record(pose: Chem.Mol, *, name: str, smiles: str, template: str, shape: float | None,
-                color: float | None, combo: float | None, conformer_id: int | None) -> str:
-    """The SDF record of ``pose`` (modified: it gets the name and properties), ending with ``$$$$``."""
+                color: float | None, combo: float | None, conformer_id: int | None,
+                preparation: Mapping[str, str | int] | None = None) -> str:
+    """The SDF record of ``pose`` (modified: it gets the name and properties), ending with ``$$$$``.
+
+    ``preparation`` (input SMILES, isomer, removed fragments, what was done) is
+    written after ``smiles`` and ``template``, before the scores.
+    """
     pose.SetProp("_Name", name)
     pose.SetProp("smiles", smiles)
     pose.SetProp("template", template)
+    for prop, value in (preparation or {}).items():
+        if isinstance(value, int):
+            pose.SetIntProp(prop, value)
+        else:
+            pose.SetProp(prop, str(value))
     for prop, value in (("shape", shape), ("color", color), ("combo", combo)):
         if value is not None:
             pose.SetDoubleProp(prop, float(value))

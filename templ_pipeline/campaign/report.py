@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from templ_pipeline.campaign.outputs import ScoreRow
 from templ_pipeline.campaign.runner import QueryResult
-from templ_pipeline.campaign.task import TemplateResult
-from templ_pipeline.core.events import QueryStatus
+from templ_pipeline.campaign.task import IsomerOutcome, TemplateResult, isomer_id
+from templ_pipeline.core.events import PreparationAction, QueryStatus
 
 FEWER_CONFORMERS = "fewer_conformers"
 """The ``reason`` of an ``ok`` row whose query got fewer conformers than asked (ETKDG gave up on some)."""
@@ -17,34 +17,45 @@ FEWER_CONFORMERS = "fewer_conformers"
 
 def rows_and_poses(result: QueryResult, names: Sequence[str], metric: str,
                    per_template: bool) -> tuple[list[ScoreRow], list[str | None]]:
-    """One row (the best template's) or one row per template, each with its pose (None when it has none)."""
+    """For each prepared molecule of the query (itself, or each stereoisomer): one row (its best template's)
+    or one row per template, each with its pose (None when it has none). A query that failed before it was
+    embedded has one row (or one per template) and no pose."""
     outcome = result.outcome
-    if per_template:
-        chosen: list[TemplateResult | None] = list(outcome.templates) or [None] * len(names)
-        template_of = list(range(len(names)))
-    else:
-        best = outcome.best(metric) if outcome.status == QueryStatus.OK else None
-        chosen = [best]
-        template_of = [best.template if best is not None else -1]
+    isomers: list[IsomerOutcome | None] = list(outcome.isomers) or [None]
     rows, poses = [], []
-    for number, item in zip(template_of, chosen):
-        pose = item.record if item is not None and item.record and outcome.status == QueryStatus.OK else None
-        rows.append(_row(result, item, names[number] if number >= 0 else "", pose is not None))
-        poses.append(pose)
+    for isomer in isomers:
+        if per_template:
+            templates = isomer.templates if isomer is not None else []
+            chosen: list[TemplateResult | None] = list(templates) or [None] * len(names)
+            template_of = list(range(len(names)))
+        else:
+            best = isomer.best(metric) if isomer is not None else None
+            chosen, template_of = [best], [best.template if best is not None else -1]
+        for number, item in zip(template_of, chosen):
+            pose = item.record if item is not None and item.record else None
+            rows.append(_row(result, isomer, item, names[number] if number >= 0 else "", pose is not None))
+            poses.append(pose)
     return rows, poses
 
 
-def _row(result: QueryResult, item: TemplateResult | None, template: str, posed: bool) -> ScoreRow:
+def _row(result: QueryResult, isomer: IsomerOutcome | None, item: TemplateResult | None, template: str,
+         posed: bool) -> ScoreRow:
     outcome = result.outcome
+    conformers = isomer.conformers if isomer is not None else 0
     if posed and item is not None:
-        status, reason = QueryStatus.OK, (FEWER_CONFORMERS if outcome.conformers < result.conformers_requested
-                                          else "")
+        status, reason = QueryStatus.OK, (FEWER_CONFORMERS if conformers < result.conformers_requested else "")
     else:
         status = QueryStatus.FAILED
-        reason = outcome.reason or "no_conformer_scored"
+        reason = (isomer.reason if isomer is not None and isomer.reason else outcome.reason) or "no_conformer_scored"
+    index = isomer.index if isomer is not None else 0
+    input_smiles = outcome.smiles or (result.record.smiles or "")
     return ScoreRow(
-        query_id=result.query_id, smiles=outcome.smiles or (result.record.smiles or ""), status=str(status),
-        reason=str(reason), template=template, n_conformers=outcome.conformers,
+        query_id=isomer_id(result.query_id, index), input_id=result.query_id,
+        smiles=isomer.smiles if isomer is not None else "", input_smiles=input_smiles, isomer=index,
+        isomers=len(outcome.isomers), removed=outcome.removed,
+        preparation=",".join(outcome.actions) or (str(PreparationAction.UNCHANGED) if outcome.isomers else ""),
+        status=str(status), reason=str(reason), template=template,
+        n_conformers_requested=result.conformers_requested, n_conformers=conformers,
         n_scored=item.scored if item is not None else 0, n_failed=item.failed if item is not None else 0,
         shape=item.shape if posed and item else None, color=item.color if posed and item else None,
         combo=item.combo if posed and item else None, conformer_id=item.conf_id if posed and item else None,
@@ -61,7 +72,10 @@ class CampaignTally:
     ok: int = 0
     fewer_conformers: int = 0
     failed_by_reason: Counter[str] = field(default_factory=Counter)
+    first_failure: dict[str, str] = field(default_factory=dict)  # reason -> the detail of its first query
     kinds: list[str] = field(default_factory=list)
+    prepared: Counter[str] = field(default_factory=Counter)  # queries by what preparation did to them
+    isomers: int = 0  # stereoisomers scored, over the queries whose stereo was enumerated
 
     @property
     def failed(self) -> int:
@@ -69,14 +83,46 @@ class CampaignTally:
 
     def add(self, result: QueryResult) -> None:
         self.done += 1
+        outcome = result.outcome
         if result.ok:
             self.ok += 1
-            self.fewer_conformers += result.outcome.conformers < result.conformers_requested
+            self.fewer_conformers += any(isomer.conformers < result.conformers_requested
+                                         for isomer in outcome.isomers)
         else:
-            self.failed_by_reason[str(result.outcome.reason)] += 1
+            reason = str(outcome.reason)
+            self.failed_by_reason[reason] += 1
+            self.first_failure.setdefault(reason, outcome.detail)
+        self.prepared.update(outcome.actions)
+        if PreparationAction.STEREO_ENUMERATED in outcome.actions:
+            self.isomers += len(outcome.isomers)
         kind = str(result.kind)
         if not self.kinds or self.kinds[-1] != kind:
             self.kinds.append(kind)
+
+    def preparation(self) -> str:
+        """``"stereo: 3 queries enumerated into 10 isomers (1 cut at the cap); fragments removed from 2"``, or ""."""
+        parts = []
+        enumerated = self.prepared[PreparationAction.STEREO_ENUMERATED]
+        if enumerated:
+            capped = self.prepared[PreparationAction.STEREO_CAPPED]
+            parts.append(f"stereo: {enumerated} {'query' if enumerated == 1 else 'queries'} enumerated into "
+                         f"{self.isomers} isomers" + (f" ({capped} cut at the cap)" if capped else ""))
+        for action, text in ((PreparationAction.FRAGMENTS_REMOVED, "fragments removed from"),
+                             (PreparationAction.LARGE_FRAGMENT_REMOVED, "a large organic fragment dropped from"),
+                             (PreparationAction.ISOTOPES_CLEARED, "isotopes cleared in"),
+                             (PreparationAction.TAUTOMER_CANONICALIZED, "tautomer canonicalized in"),
+                             (PreparationAction.STEREO_FIRST, "first stereoisomer only for"),
+                             (PreparationAction.STEREO_UNASSIGNED, "stereo left unassigned in")):
+            if self.prepared[action]:
+                parts.append(f"{text} {self.prepared[action]}")
+        return "; ".join(parts)
+
+    def failure_summary(self) -> str:
+        """Why nothing scored: the one reason and its first detail, or the reasons with their counts."""
+        if len(self.failed_by_reason) == 1:
+            ((reason, count),) = self.failed_by_reason.items()
+            return f"{reason} ({count} of {self.done}): {self.first_failure.get(reason, '')}"
+        return f"{self.failures()}; see scores.csv and the log"
 
     def failures(self) -> str:
         """``"invalid_smiles 2, timeout 1"``, or ``"none"``."""

@@ -26,8 +26,8 @@ from typing import Any
 
 from rdkit import Chem
 
-import telemetry
-from telemetry.observer import observe as observe_telemetry
+from templ_pipeline import telemetry
+from templ_pipeline.telemetry.observer import observe as observe_telemetry
 from templ_pipeline.campaign.pool import NoWorkers, QueryPool, retry_first
 from templ_pipeline.campaign.queries import QueryRecord
 from templ_pipeline.campaign.task import (
@@ -49,7 +49,9 @@ from templ_pipeline.core.events import (
     Fallback,
     Observer,
     QueryFailureReason,
+    PreparationAction,
     QueryFinished,
+    QueryPrepared,
     QueryStarted,
     QueryStatus,
     TaskType,
@@ -58,6 +60,7 @@ from templ_pipeline.core.events import (
 )
 from templ_pipeline.core.executor import grant_workers, observe_limits, release_grant
 from templ_pipeline.core.native_call import call_interruptibly
+from templ_pipeline.core.preparation import PreparationOptions
 from templ_pipeline.core.scoring import METRICS
 from templ_pipeline.core.sizing import insists_on_workers, plan_workers
 
@@ -88,6 +91,7 @@ class ScreenOptions:
     query_timeout: float | None = DEFAULT_QUERY_TIMEOUT
     use_input_conformers: bool = False
     exact_workers: bool = False
+    preparation: PreparationOptions = PreparationOptions()
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -180,7 +184,7 @@ def screen(
     emit = Emitter((observe_telemetry, *observers))
     settings = CampaignSettings(tuple(mol_to_bytes(Chem.Mol(t, confId=t.GetConformer().GetId())) for t in templates),
                                 tuple(template_names(templates)), options.num_conformers, options.seed,
-                                options.metric, options.use_input_conformers)
+                                options.metric, options.use_input_conformers, options.preparation)
     campaign = _Campaign(settings, options, emit)
     whole = None if total is None else total + skipped  # the input's size, as progress and alerts count it
     with telemetry.campaign_span(total=whole, templates=len(templates), workers_requested=options.workers) as stats:
@@ -342,6 +346,11 @@ class _Campaign:
         self.done += 1
         self.ok += outcome.status == QueryStatus.OK
         requested = self._settings.conformers_requested(record.molblocks)
+        if outcome.isomers or outcome.actions:  # it was read and prepared (or refused by preparation)
+            self._emit(QueryPrepared(record.query_id, outcome.smiles, tuple(i.smiles for i in outcome.isomers),
+                                     outcome.stereoisomers_possible, outcome.removed,
+                                     tuple(PreparationAction(a) for a in outcome.actions), requested * len(outcome.isomers),
+                                     outcome.conformers, "; ".join(outcome.warnings)))
         self._emit(QueryFinished(record.query_id, kind, outcome.status, outcome.reason, outcome.seconds, requested,
                                  outcome.conformers, best.scored if best else scored,
                                  best.failed if best else failures, len(self._in_flight), outcome.detail))

@@ -1,7 +1,9 @@
 """One query of a campaign, run where its worker is: read it, embed it on one thread, score it.
 
 The steps are the ones ``templ select-best --query`` takes, through the same
-functions: :func:`~templ_pipeline.core.embedding.embed_single_threaded` makes the
+functions: :func:`~templ_pipeline.core.preparation.prepare` turns the input into the
+molecules to embed (the largest organic fragment, one molecule per stereoisomer),
+:func:`~templ_pipeline.core.embedding.embed_single_threaded` makes the
 conformers ``generate_conformers`` makes (ETKDG gives the same coordinates at any
 thread count), and :func:`~templ_pipeline.core.batch.score_batch` aligns them on
 the same sanitized topology. So a query gives the same best pose and scores in
@@ -22,11 +24,12 @@ from dataclasses import dataclass, field
 
 from rdkit import Chem, rdBase
 
-from telemetry.worker_spans import WorkerSpan, start_worker_span
+from templ_pipeline.telemetry.worker_spans import WorkerSpan, start_worker_span
 from templ_pipeline.campaign.poses import aligned_pose, pose_record
 from templ_pipeline.core.batch import BatchTask, batch_query, sanitized_copy_without_conformers, score_batch
 from templ_pipeline.core.embedding import embed_single_threaded
-from templ_pipeline.core.events import QueryFailureReason, QueryStatus
+from templ_pipeline.core.events import PreparationAction, QueryFailureReason, QueryStatus
+from templ_pipeline.core.preparation import Preparation, PreparationError, PreparationOptions, prepare, refuse_unscorable
 
 SpanRecord = tuple[str, WorkerSpan, dict[str, object]]
 
@@ -41,6 +44,7 @@ class CampaignSettings:
     seed: int
     metric: str
     use_input_conformers: bool = False
+    preparation: PreparationOptions = PreparationOptions()
 
     def conformers_requested(self, molblocks: tuple[str, ...]) -> int:
         """Conformers a query asks for: its input records' with ``use_input_conformers``, else ``num_conformers``."""
@@ -70,6 +74,7 @@ class TemplateResult:
     color: float | None = None
     record: str = ""  # the best conformer aligned onto the template, as its SDF record (poses.pose_record)
     failure: str = ""  # the first conformer failure's detail, for the log
+    failures_alike: bool = False  # every conformer failed, all with that one detail
 
     @property
     def combo(self) -> float | None:
@@ -81,24 +86,63 @@ class TemplateResult:
 
 
 @dataclass(slots=True)
+class IsomerOutcome:
+    """One prepared molecule of a query (its only one, or one of its stereoisomers), embedded and scored."""
+
+    index: int  # 1-based among the query's enumerated stereoisomers; 0 when none were enumerated
+    smiles: str  # the prepared molecule, as embedded
+    status: QueryStatus = QueryStatus.OK
+    reason: QueryFailureReason | None = None
+    detail: str = ""
+    conformers: int = 0
+    templates: list[TemplateResult] = field(default_factory=list)
+
+    def best(self, metric: str) -> TemplateResult | None:
+        """The template that scored this isomer best (the first one on a tie), None when none scored."""
+        scored = [result for result in self.templates if result.conf_id is not None]
+        return min(scored, key=lambda result: (-result.value(metric), result.template), default=None)
+
+
+@dataclass(slots=True)
 class QueryOutcome:
-    """What one query produced; ``templates`` is empty when it failed before scoring."""
+    """What one query produced: how it was prepared and each of its isomers; ``isomers`` is empty when it
+    failed before embedding. ``status`` is ok when some isomer scored."""
 
     index: int
     status: QueryStatus
     reason: QueryFailureReason | None = None
     detail: str = ""
-    smiles: str = ""
-    conformers: int = 0
-    templates: list[TemplateResult] = field(default_factory=list)
+    smiles: str = ""  # as given (the input record's, for SDF input)
+    isomers: list[IsomerOutcome] = field(default_factory=list)
+    removed: str = ""  # the fragments preparation dropped, as dot-separated SMILES
+    actions: tuple[str, ...] = ()  # what preparation did (PreparationAction values)
+    stereoisomers_possible: int = 1
+    isomer_count: int = 1  # molecules preparation made of the query (its stereoisomers, or itself)
+    warnings: tuple[str, ...] = ()
     seconds: float = 0.0
     pid: int = 0
     spans: list[SpanRecord] = field(default_factory=list)
 
+    @property
+    def conformers(self) -> int:
+        """Conformers generated over all isomers."""
+        return sum(isomer.conformers for isomer in self.isomers)
+
+    @property
+    def templates(self) -> list[TemplateResult]:
+        """Every isomer's result against every template."""
+        return [result for isomer in self.isomers for result in isomer.templates]
+
     def best(self, metric: str) -> TemplateResult | None:
-        """The template that scored this query best (the first one on a tie), None when none scored."""
-        scored = [result for result in self.templates if result.conf_id is not None]
-        return min(scored, key=lambda result: (-result.value(metric), result.template), default=None)
+        """The best result of the best isomer (the first one on a tie), None when none scored."""
+        return self.best_isomer(metric)[1]
+
+    def best_isomer(self, metric: str) -> tuple[IsomerOutcome | None, TemplateResult | None]:
+        """The isomer that scored best and its best template result."""
+        found = [(isomer, isomer.best(metric)) for isomer in self.isomers]
+        scored = [(isomer, best) for isomer, best in found if best is not None]
+        return min(scored, key=lambda pair: (-pair[1].value(metric), pair[0].index, pair[1].template),
+                   default=(None, None))
 
 
 def failed(index: int, reason: QueryFailureReason, detail: str, **fields: object) -> QueryOutcome:
@@ -140,31 +184,73 @@ class QueryRunner:
     def _run(self, task: QueryTask, outcome: QueryOutcome) -> None:
         settings = self.settings
         mol = self._molecule(task, outcome)
-        clock = start_worker_span(task.carrier, outcome.pid)
         if settings.use_input_conformers and task.molblocks:
-            confs = mol
+            self._refuse_unscorable(mol, outcome)
+            outcome.isomers = [self._isomer(task, outcome, IsomerOutcome(0, outcome.smiles), mol, given=True)]
         else:
-            confs = embed_single_threaded(mol, settings.num_conformers, settings.seed)
-        outcome.conformers = confs.GetNumConformers()
+            preparation = self._prepare(mol, outcome)
+            outcome.isomers = [self._isomer(task, outcome, IsomerOutcome(isomer.index, isomer.smiles), isomer.mol)
+                               for isomer in preparation.isomers]
+        if outcome.best(settings.metric) is None:
+            first = outcome.isomers[0]
+            raise QueryError(first.reason or QueryFailureReason.NO_CONFORMER_SCORED, first.detail)
+
+    def _prepare(self, mol: Chem.Mol, outcome: QueryOutcome) -> Preparation:
+        """The molecules to embed; a refused query is a ``QueryError`` with the refusal's reason."""
+        try:
+            preparation = prepare(mol, self.settings.preparation, input_smiles=outcome.smiles)
+        except PreparationError as error:
+            outcome.actions = (str(PreparationAction(error.reason.value)),)  # refused: unsupported_element, too_small
+            raise QueryError(error.reason, str(error)) from None
+        outcome.removed = ".".join(preparation.removed)
+        outcome.actions = tuple(sorted(preparation.actions))
+        outcome.stereoisomers_possible = preparation.unassigned_stereo
+        outcome.isomer_count = len(preparation.isomers)
+        outcome.warnings = preparation.warnings
+        return preparation
+
+    @staticmethod
+    def _refuse_unscorable(mol: Chem.Mol, outcome: QueryOutcome) -> None:
+        try:
+            refuse_unscorable(mol)
+        except PreparationError as error:
+            outcome.actions = (str(PreparationAction(error.reason.value)),)
+            raise QueryError(error.reason, str(error)) from None
+
+    def _isomer(self, task: QueryTask, outcome: QueryOutcome, isomer: IsomerOutcome, mol: Chem.Mol,
+                given: bool = False) -> IsomerOutcome:
+        """Embed (unless the conformers are ``given``) and score one prepared molecule of the query."""
+        settings = self.settings
+        clock = start_worker_span(task.carrier, outcome.pid)
+        confs = mol if given else embed_single_threaded(mol, settings.num_conformers, settings.seed)
+        isomer.conformers = confs.GetNumConformers()
         if clock is not None:
             outcome.spans.append(("conformers.generate", clock.finish(),
                                   {"templ.conformers.requested": settings.conformers_requested(task.molblocks),
-                                   "templ.conformers.generated": outcome.conformers, "templ.conformers.threads": 1}))
-        if outcome.conformers == 0:
-            raise QueryError(QueryFailureReason.EMBEDDING_FAILED,
-                             f"ETKDG embedded no conformer for {outcome.smiles or task.query_id!r}")
+                                   "templ.conformers.generated": isomer.conformers, "templ.conformers.threads": 1,
+                                   "templ.isomer": isomer.index}))
+        if isomer.conformers == 0:
+            isomer.status, isomer.reason = QueryStatus.FAILED, QueryFailureReason.EMBEDDING_FAILED
+            isomer.detail = f"ETKDG embedded no conformer for {isomer.smiles or task.query_id!r}"
+            return isomer
         clock = start_worker_span(task.carrier, outcome.pid)
-        outcome.templates = self._score(confs, task.query_id, outcome.smiles)
+        name = isomer_id(task.query_id, isomer.index)
+        isomer.templates = self._score(confs, name, isomer.smiles, outcome, isomer,
+                                       settings.conformers_requested(task.molblocks))
         if clock is not None:
             outcome.spans.append(("screen.score", clock.finish(),
                                   {"templ.templates": len(self._templates),
-                                   "templ.conformers.scored": sum(r.scored for r in outcome.templates),
-                                   "templ.conformers.failed": sum(r.failed for r in outcome.templates)}))
-        if outcome.best(settings.metric) is None:
-            first = next((r.failure for r in outcome.templates if r.failure), "")
-            raise QueryError(QueryFailureReason.NO_CONFORMER_SCORED,
-                             f"none of {outcome.conformers} conformers could be scored"
+                                   "templ.conformers.scored": sum(r.scored for r in isomer.templates),
+                                   "templ.conformers.failed": sum(r.failed for r in isomer.templates),
+                                   "templ.isomer": isomer.index}))
+        if isomer.best(settings.metric) is None:
+            first = next((r.failure for r in isomer.templates if r.failure), "")
+            isomer.status, isomer.reason = QueryStatus.FAILED, QueryFailureReason.NO_CONFORMER_SCORED
+            alike = bool(first) and all(r.failures_alike and r.failure == first for r in isomer.templates)
+            isomer.detail = (f"every one of {isomer.conformers} conformers failed: {first}" if alike else
+                             f"none of {isomer.conformers} conformers could be scored"
                              + (f" (first failure: {first})" if first else ""))
+        return isomer
 
     def _molecule(self, task: QueryTask, outcome: QueryOutcome) -> Chem.Mol:
         """The query molecule from its SMILES or SDF record(s); a ``QueryError`` when unreadable."""
@@ -187,7 +273,8 @@ class QueryRunner:
         except InputError as error:
             raise QueryError(QueryFailureReason.INVALID_RECORD, str(error)) from None
 
-    def _score(self, confs: Chem.Mol, name: str, smiles: str) -> list[TemplateResult]:
+    def _score(self, confs: Chem.Mol, name: str, smiles: str, outcome: QueryOutcome,
+               isomer: IsomerOutcome, requested: int) -> list[TemplateResult]:
         """Each template's best conformer by the campaign's metric (ties to the lowest conformer id),
         with its pose as the SDF record the campaign writes."""
         metric = self.settings.metric
@@ -204,11 +291,27 @@ class QueryRunner:
             top = min(batch.scored, key=lambda item: (-getattr(item, metric), item.conf_id), default=None)
             failure = batch.failed[0].detail if batch.failed else ""
             if top is None:
-                results.append(TemplateResult(number, 0, len(batch.failed), failure=failure))
+                alike = bool(batch.failed) and all(item.detail == failure for item in batch.failed)
+                results.append(TemplateResult(number, 0, len(batch.failed), failure=failure, failures_alike=alike))
             else:
                 record = pose_record(aligned_pose(topology, top.conf_id, top.positions), name=name, smiles=smiles,
                                      template=self.settings.template_names[number], shape=top.shape,
-                                     color=top.color, combo=top.combo, conformer_id=top.conf_id)
+                                     color=top.color, combo=top.combo, conformer_id=top.conf_id,
+                                     preparation=preparation_properties(outcome, isomer, requested))
                 results.append(TemplateResult(number, len(batch.scored), len(batch.failed), top.conf_id,
                                               top.shape, top.color, record, failure))
         return results
+
+
+def isomer_id(query_id: str, isomer: int) -> str:
+    """The id of one stereoisomer's row and pose: ``query_id#isomer`` (the query id itself when not enumerated)."""
+    return f"{query_id}#{isomer}" if isomer else query_id
+
+
+def preparation_properties(outcome: QueryOutcome, isomer: IsomerOutcome, requested: int) -> dict[str, str | int]:
+    """What preparation did, as the pose's SD properties (the row has the same fields)."""
+    return {"input_smiles": outcome.smiles, "isomer": isomer.index, "isomers": outcome.isomer_count,
+            "removed": outcome.removed, "preparation": ",".join(outcome.actions) or "unchanged",
+            "n_conformers_requested": requested, "n_conformers": isomer.conformers}
+
+

@@ -9,8 +9,11 @@ worker holds, since when, and end exactly that worker when the query runs over
 its time limit. It also starts no thread in either process: the pool needs no
 feeder or manager thread that a full thread budget could refuse.
 
-Workers start like the pools' workers (:func:`~templ_pipeline.core.worker_init.init_worker`):
-SIGINT is the parent's, and a worker exits once its parent is gone.
+Workers start like the pools' workers: without the caller's main module
+(:func:`~templ_pipeline.core.worker_init.worker_preparation_data`: a script that
+runs a campaign needs no ``__main__`` guard), then
+:func:`~templ_pipeline.core.worker_init.init_worker`: SIGINT is the parent's, and
+a worker exits once its parent is gone.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from typing import Protocol
 from templ_pipeline.core.batch import BatchResult, BatchTask
 from templ_pipeline.core.events import ExecutorKind, FallbackReason, Observer, PoolRestarted
 from templ_pipeline.core.pools import PoolRegistry, manager_died
+from templ_pipeline.core.worker_init import refuse_main_references
 
 HEALTH_CHECK_SECONDS = 0.5
 """How often a pool's manager thread is looked at while results are awaited."""
@@ -110,8 +111,15 @@ class PoolLease:
         stall timeout is taken as broken too. If the caller abandons the call (an
         interrupt, or the generator is closed early) with batches still queued, the
         pool is ended at once: its queued work is nobody's any more.
+
+        A process pool's workers do not import the caller's ``__main__``, so a batch
+        function defined there is refused before anything is submitted
+        (:class:`~templ_pipeline.core.worker_init.MainModuleReference`); unrefused,
+        each worker would die unpickling it and the pool would break.
         """
         backend, pool = self._backend, self._pool
+        if backend.kind == ExecutorKind.PROCESS:
+            refuse_main_references(fn)
         futures: dict[Future, BatchTask] = {}
         try:
             for task in tasks:

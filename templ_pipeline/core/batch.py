@@ -20,7 +20,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdShapeAlign
 
-from telemetry.worker_spans import WorkerSpan, start_worker_span
+from templ_pipeline.telemetry.worker_spans import WorkerSpan, start_worker_span
 from templ_pipeline.core.events import FailureReason, values
 
 # Full-precision pickles: RDKit stores coordinates as 32-bit floats in a pickle by

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from rdkit import Chem, rdBase
 
-import telemetry
-from telemetry.observer import observe as observe_telemetry
+from templ_pipeline import telemetry
+from templ_pipeline.telemetry.observer import observe as observe_telemetry
 from templ_pipeline.core.embedding import embed
 from templ_pipeline.core.events import (
     Emitter,

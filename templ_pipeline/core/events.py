@@ -108,11 +108,29 @@ class QueryFailureReason(StrEnum):
 
     INVALID_SMILES = "invalid_smiles"
     INVALID_RECORD = "invalid_record"
+    UNSUPPORTED_ELEMENT = "unsupported_element"  # refused before embedding: no shape radius for an element
+    TOO_SMALL = "too_small"  # refused before embedding: too few heavy atoms to align
     EMBEDDING_FAILED = "embedding_failed"
     NO_CONFORMER_SCORED = "no_conformer_scored"
     TIMEOUT = "timeout"
     WORKER_LOST = "worker_lost"
     ERROR = "error"
+
+
+class PreparationAction(StrEnum):
+    """What query preparation did to one query (``core.preparation``); a query may have several."""
+
+    UNCHANGED = "unchanged"
+    FRAGMENTS_REMOVED = "fragments_removed"  # counterions, solvents or smaller fragments dropped
+    LARGE_FRAGMENT_REMOVED = "large_fragment_removed"  # one of them was a large organic part: a warning
+    ISOTOPES_CLEARED = "isotopes_cleared"
+    TAUTOMER_CANONICALIZED = "tautomer_canonicalized"
+    STEREO_ENUMERATED = "stereo_enumerated"
+    STEREO_CAPPED = "stereo_capped"  # more stereoisomers than the cap allowed
+    STEREO_FIRST = "stereo_first"
+    STEREO_UNASSIGNED = "stereo_unassigned"  # left to ETKDG, as asked
+    UNSUPPORTED_ELEMENT = "unsupported_element"
+    TOO_SMALL = "too_small"
 
 
 class ReplacementReason(StrEnum):
@@ -275,6 +293,25 @@ class QueryFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryPrepared:
+    """A query was prepared for embedding (``core.preparation``): what was done to it, and what came out.
+
+    ``query_id``, the SMILES and ``warning`` are for the log line only; ``actions`` is bounded
+    (``PreparationAction``), one count each.
+    """
+
+    query_id: str
+    input_smiles: str
+    smiles: tuple[str, ...]  # the prepared molecules: the query, or each stereoisomer scored
+    stereoisomers_possible: int
+    removed: str
+    actions: tuple[PreparationAction, ...]
+    conformers_requested: int
+    conformers: int
+    warning: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerReplaced:
     """A campaign worker was ended (or found dead) and another started in its place."""
 
@@ -296,7 +333,7 @@ class CampaignDone:
 
 ExecutorEvent = (WorkersGranted | WorkersReduced | ExecutorCreated | Fallback | PoolRestarted | BatchResubmitted
                  | LimitsObserved | BatchDone | CallDone | CampaignStarted | QueryStarted | QueryFinished
-                 | WorkerReplaced | CampaignDone)
+                 | WorkerReplaced | CampaignDone | QueryPrepared)
 
 Observer = Callable[[ExecutorEvent], None]
 """Anything that wants to hear of events: called in the emitting thread, in order."""

@@ -22,6 +22,7 @@ import multiprocessing
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from templ_pipeline.core.backend import STALL_SECONDS, Backend, PoolBackend, RungFailure
@@ -44,6 +45,7 @@ from templ_pipeline.core.events import (
     WorkersReduced,
     cause_of,
     no_room_reason,
+    values,
 )
 from templ_pipeline.core.pools import POOLS, PoolRegistry
 from templ_pipeline.core.sizing import WorkPlan, insists_on_workers, plan_workers
@@ -68,8 +70,15 @@ TASK_PROFILES: dict[str, TaskProfile] = {
 CAP_MANAGER_UNAVAILABLE = 4
 CAP_MANAGER_FAILED = 2
 
-#: Values of ``executor=`` (``--executor``): the local ladder (auto, process), or Dask on top of it.
-EXECUTOR_CHOICES: tuple[str, ...] = ("auto", "process", "dask")
+class ExecutorChoice(StrEnum):
+    """Values of ``executor=`` (``--executor``): the local ladder (auto, process), or Dask on top of it."""
+
+    AUTO = "auto"
+    PROCESS = "process"
+    DASK = "dask"
+
+
+EXECUTOR_CHOICES: tuple[str, ...] = values(ExecutorChoice)
 
 
 @dataclass(frozen=True)

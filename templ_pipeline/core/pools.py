@@ -64,12 +64,13 @@ def start_method() -> str:
     started, and the fallback ladder takes over. Pools are reused across calls,
     so the start-up cost (a few hundred milliseconds) is paid once.
 
-    Like forkserver, spawn imports the caller's main module in each worker:
-    scripts that call ``select_best`` with several workers need the usual
-    ``if __name__ == "__main__":`` guard (without it the pool cannot start and the
-    run falls back to sequential, with a fallback event). The ``templ`` command
-    line is the exception: its workers leave it out
-    (:func:`templ_pipeline.core.worker_init.worker_preparation_data`).
+    The stdlib's spawn runs the caller's main module again in every worker, and
+    a script without an ``if __name__ == "__main__":`` guard was measured to run
+    once per worker besides its own run. TEMPL's spawn workers leave the main
+    module out (:func:`templ_pipeline.core.worker_init.worker_preparation_data`),
+    so no guard is needed. The opt-in ``forkserver`` is the stdlib's and does run
+    it again (its children are prepared like spawn's); ``fork`` copies the parent
+    and runs nothing.
     """
     requested = os.environ.get("TEMPL_MP_START_METHOD", "").strip()
     return requested if requested in multiprocessing.get_all_start_methods() else "spawn"
@@ -87,8 +88,8 @@ def pool_context(method: str | None = None) -> multiprocessing.context.BaseConte
     """The multiprocessing context process pools are made with.
 
     For spawn that is :class:`~templ_pipeline.core.worker_init.WorkerSpawnContext`,
-    whose workers do not run the ``templ`` CLI again; fork and forkserver (opt-in,
-    ``TEMPL_MP_START_METHOD``) are the stdlib's.
+    whose workers do not run the caller's main module (a script, or the ``templ``
+    CLI) again; fork and forkserver (opt-in, ``TEMPL_MP_START_METHOD``) are the stdlib's.
     """
     method = method or start_method()
     return _WORKER_SPAWN if method == "spawn" else multiprocessing.get_context(method)

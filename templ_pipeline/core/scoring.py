@@ -15,15 +15,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
 from rdkit import Chem
 from rdkit.Chem import rdShapeAlign
 
-import telemetry
-from telemetry.observer import observe as observe_telemetry
-from telemetry.worker_spans import current_carrier
+from templ_pipeline import telemetry
+from templ_pipeline.telemetry.observer import observe as observe_telemetry
+from templ_pipeline.telemetry.worker_spans import current_carrier
 from templ_pipeline.core.batch import (
     BatchResult,
     BatchTask,
@@ -44,10 +45,19 @@ from templ_pipeline.core.events import (
     Fallback,
     Observer,
     WorkersReduced,
+    values,
 )
 from templ_pipeline.core.executor import validate_executor
 
-METRICS: tuple[str, ...] = ("shape", "color", "combo")
+class Metric(StrEnum):
+    """What poses are ranked by (``align_metric``, ``--metric``): shape or colour Tanimoto, or their mean."""
+
+    SHAPE = "shape"
+    COLOR = "color"
+    COMBO = "combo"
+
+
+METRICS: tuple[str, ...] = values(Metric)
 
 Scores = dict[str, float]
 BestPoses = dict[str, tuple[Chem.Mol | None, Scores]]

@@ -44,15 +44,7 @@ from templ_pipeline.core.limits.probe import probe_native_thread
 from templ_pipeline.core.limits.procfs import SECCOMP_FILTER, read_bytes, seccomp_mode
 from templ_pipeline.core.limits.worker_cost import WorkerCost, worker_cost
 
-try:  # optional: everything here reads /proc and resource directly; doctor reports the flag
-    import psutil  # noqa: F401
-
-    HAS_PSUTIL = True
-except ImportError:
-    HAS_PSUTIL = False
-
 __all__ = [
-    "HAS_PSUTIL",
     "LIMIT_NAMES",
     "Classification",
     "Limit",

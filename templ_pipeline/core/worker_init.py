@@ -1,9 +1,10 @@
-"""How a process worker starts: without the ``templ`` CLI as its main module, then :func:`init_worker`.
+"""How a process worker starts: without the caller's main module, then :func:`init_worker`.
 
 A spawned worker first sets itself up from the parent's *preparation data*, and
-the stdlib's tells it to run the parent's main module again; for the CLI that
-is the whole command line stack (:func:`worker_preparation_data`), so pools are
-made with :class:`WorkerSpawnContext`, whose workers leave the CLI out.
+the stdlib's tells it to run the parent's main module again. TEMPL's workers run
+package code only, so they leave it out (:func:`worker_preparation_data`): pools
+are made with :class:`WorkerSpawnContext`, and a script that calls TEMPL needs
+no ``if __name__ == "__main__":`` guard.
 
 Then every worker runs :func:`init_worker`: leave SIGINT to its parent, and exit
 when the parent is gone. Workers of a pool block on their call queue, and each
@@ -27,57 +28,105 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 from multiprocessing import context as mp_context
-from multiprocessing import popen_spawn_posix, spawn, util
-from types import ModuleType
+from multiprocessing import popen_spawn_posix, reduction, spawn, util
 
-CLI_MODULE = "templ_pipeline.cli"
-
-
-def main_is_cli(main: ModuleType) -> bool:
-    """True when ``main`` (a process's ``__main__``) is the ``templ`` command line.
-
-    That is ``python -m templ_pipeline.cli`` (the main module's spec names the CLI)
-    or the ``templ`` console script, a launcher whose ``main`` is the CLI's.
-    """
-    if getattr(main.__spec__, "name", None) == CLI_MODULE:
-        return True
-    cli_main = getattr(sys.modules.get(CLI_MODULE), "main", None)
-    return cli_main is not None and getattr(main, "main", None) is cli_main
+MAIN_KEYS = ("init_main_from_name", "init_main_from_path")
+"""The preparation data that makes a spawned child run the parent's main module again."""
 
 
 def worker_preparation_data(name: str) -> dict:
-    """What a spawned worker sets up before it runs: the stdlib's data, less a CLI main module.
+    """What a spawned worker sets up before it runs: the stdlib's data, less the parent's main module.
 
     ``multiprocessing.spawn.get_preparation_data`` tells each child to run the
     parent's main module again (``init_main_from_name`` for ``python -m``,
-    ``init_main_from_path`` for a script such as the ``templ`` launcher, which
-    imports the CLI), so that functions defined there can be unpickled. An
-    ``if __name__ == "__main__":`` guard stops only the main block, not the
-    module-level imports. For the CLI those are typer, rich, structlog,
-    prometheus_client and the OpenTelemetry SDK: they take an idle worker from
-    142 modules to 668, and importing the CLI takes 0.4-0.6 s on 2 cores even
-    with RDKit and numpy already loaded. Nothing a TEMPL worker runs is defined
-    in the CLI (tasks are ``templ_pipeline.core.batch.score_batch``, the
-    initializer is :func:`init_worker`), so its workers skip it. Any other main
-    module is run again as multiprocessing always does: a script's own
-    functions may be needed.
+    ``init_main_from_path`` for a script), as ``__mp_main__``, so that functions
+    defined there can be unpickled. Only an ``if __name__ == "__main__":`` guard
+    stops that from running the whole script, and most scripts have none:
+    measured here, a script calling ``select_best(..., n_workers=2)`` at top
+    level ran three times, its output printed three times: once in the parent,
+    and once in each worker before it served a batch (the worker's own
+    ``select_best`` fell back to sequential, since a process still bootstrapping
+    may not start processes). Even with the guard, the module-level imports run
+    again: for the ``templ`` CLI (the launcher script imports it) those are
+    typer, rich, structlog, prometheus_client and the OpenTelemetry SDK, which
+    take an idle worker from 142 modules to 668 and cost 0.4-0.6 s on 2 cores.
+
+    Nothing a TEMPL worker runs is defined in ``__main__`` (tasks are
+    ``templ_pipeline.core.batch.score_batch`` and
+    ``templ_pipeline.campaign.worker.serve``, the initializer is
+    :func:`init_worker`), so every worker skips it. The path entries, working
+    directory and ``sys.argv`` are still the parent's, so modules next to the
+    script import as before. What is defined in ``__main__`` cannot run on a
+    worker, and is refused in the parent by name (:class:`MainModuleReference`)
+    where TEMPL pickles it: the process object (a campaign worker's target and
+    arguments, a pool worker's initializer) and a pool's task function
+    (:func:`refuse_main_references`). Anything else of ``__main__`` that reaches a
+    pool's queue (a task argument of a class defined there) ends the worker that
+    unpickles it: measured, ``AttributeError: Can't get attribute 'f' on <module
+    '__main__' (built-in)>`` on the worker's stderr and ``BrokenProcessPool`` in
+    the parent at once, which the fallback ladder handles; nothing waits.
     """
     data = spawn.get_preparation_data(name)
-    if main_is_cli(sys.modules["__main__"]):
-        data.pop("init_main_from_name", None)
-        data.pop("init_main_from_path", None)
+    for key in MAIN_KEYS:
+        data.pop(key, None)
     return data
 
 
+class MainModuleReference(pickle.PicklingError):
+    """Something sent to a TEMPL worker is defined in ``__main__``, which the worker does not import."""
+
+    def __init__(self, qualname: str) -> None:
+        super().__init__(
+            f"{qualname} is defined in the main module (__main__), which TEMPL's worker processes do not "
+            "import (so that scripts need no `if __name__ == \"__main__\":` guard); "
+            "define it in an importable module instead")
+        self.qualname = qualname
+
+
+class MainPickler(reduction.ForkingPickler):
+    """multiprocessing's pickler, refusing functions and classes of ``__main__`` (:class:`MainModuleReference`).
+
+    Pickle stores them by reference (``__main__.name``); a worker without the
+    parent's main module could not resolve the reference, and its unpickling
+    error would surface only as a worker that died. Refused here, the error is
+    raised in the caller's thread, naming what to move. ``reducer_override`` sees
+    every object except ints, floats, strings, bytes and the built-in containers,
+    so the check costs one Python call per other object pickled.
+    """
+
+    def reducer_override(self, obj: object) -> object:
+        named = isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__"))
+        if named and getattr(obj, "__module__", None) == "__main__":
+            raise MainModuleReference(f"__main__.{obj.__qualname__}")
+        return NotImplemented
+
+
+class _NullSink:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def refuse_main_references(obj: object) -> None:
+    """Raise :class:`MainModuleReference` when pickling ``obj`` would need the caller's ``__main__``.
+
+    For what goes to workers through a queue, which the pool pickles with the
+    stdlib's pickler (the process pools' task function): pickling it once more
+    costs microseconds, since functions and classes pickle by name.
+    """
+    MainPickler(_NullSink(), pickle.HIGHEST_PROTOCOL).dump(obj)
+
+
 class _WorkerPopen(popen_spawn_posix.Popen):
-    """The stdlib spawn ``Popen`` with :func:`worker_preparation_data` for the child."""
+    """The stdlib spawn ``Popen`` with :func:`worker_preparation_data` and :class:`MainPickler` for the child."""
 
     def _launch(self, process_obj: multiprocessing.process.BaseProcess) -> None:
-        # popen_spawn_posix.Popen._launch (unchanged from Python 3.9 to 3.13) with one
-        # difference: the preparation data. The stdlib offers no per-process hook for it.
+        # popen_spawn_posix.Popen._launch (unchanged from Python 3.9 to 3.13) with two
+        # differences: the preparation data, and the pickler that refuses __main__ references.
+        # The stdlib offers no per-process hook for either.
         from multiprocessing import resource_tracker
 
         tracker_fd = resource_tracker.getfd()
@@ -87,7 +136,7 @@ class _WorkerPopen(popen_spawn_posix.Popen):
         mp_context.set_spawning_popen(self)
         try:
             mp_context.reduction.dump(prep_data, fp)
-            mp_context.reduction.dump(process_obj, fp)
+            MainPickler(fp).dump(process_obj)
         finally:
             mp_context.set_spawning_popen(None)
         parent_r = child_w = child_r = parent_w = None
@@ -121,7 +170,7 @@ class _WorkerProcess(mp_context.SpawnProcess):
 
 
 class WorkerSpawnContext(mp_context.SpawnContext):
-    """Spawn, with workers that do not re-run the ``templ`` CLI (:func:`worker_preparation_data`)."""
+    """Spawn, with workers that do not run the caller's main module again (:func:`worker_preparation_data`)."""
 
     Process = _WorkerProcess
 

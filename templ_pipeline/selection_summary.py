@@ -1,0 +1,318 @@
+"""What ``select-best`` and ``demo`` report: the best template, its poses as SD records, the summary.
+
+A template file may hold several records (the crystal ligands of one target): the
+query is scored against each, as ``templ screen`` does, and the poses written are
+those against the template whose best pose scores highest by the ranking metric
+(the first record on a tie, the campaign's rule). The summary names the record
+used; the JSON summary gives every template's best.
+
+Pose records keep the query's identity: the record name and SD properties of the
+conformer's own input record (``--conformers``), or the ``--name`` / SMILES of a
+``--query``; ``query_smiles`` and ``template_name`` say what was compared. They keep
+the hydrogens the input had (:class:`Hydrogens`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from rdkit import Chem
+from rich.console import Console
+from rich.table import Table
+
+from templ_pipeline import __version__
+from templ_pipeline.core.events import Fallback, WorkersReduced
+from templ_pipeline.core.preparation import Preparation
+from templ_pipeline.core.scoring import METRICS, Selection
+from templ_pipeline.io import record_properties
+from templ_pipeline.pose_output import PoseRecord, PoseTarget
+
+__all__ = ["Candidate", "Hydrogens", "QueryIdentity", "RunOutcome", "TemplateSelection", "best_template", "pose_records",
+           "print_summary", "summary_json"]
+
+
+class Hydrogens(StrEnum):
+    """Which hydrogens a written pose has (``--hydrogens``).
+
+    ``input``: the ones the input had. A ``--conformers`` record's explicit hydrogens
+    stay, moved with the pose (shape and colour scores ignore hydrogens: measured,
+    identical scores with and without); a SMILES gives heavy atoms, as the conformer
+    generator returns them and as ``templ screen`` writes its poses. ``strip``: heavy
+    atoms only. ``add``: every hydrogen explicit, the missing ones placed from the
+    heavy atoms' geometry (RDKit ``AddHs(addCoords=True)``), for tools that need them.
+    """
+
+    INPUT = "input"
+    STRIP = "strip"
+    ADD = "add"
+
+
+@dataclass(frozen=True, slots=True)
+class QueryIdentity:
+    """Who the query is, for the written poses: ``name`` names poses that came from no record
+    (``--name``, or the SMILES); ``smiles`` is its canonical SMILES (heavy atoms)."""
+
+    name: str
+    smiles: str
+    hydrogens: Hydrogens = Hydrogens.INPUT
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One prepared molecule of the query with its conformers: the query itself (``isomer`` 0), or one of
+    its stereoisomers (1-based)."""
+
+    isomer: int
+    smiles: str
+    confs: Chem.Mol
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateSelection:
+    """The selection of one prepared molecule against one template record (``record`` is 1-based)."""
+
+    record: int
+    name: str
+    selection: Selection
+    isomer: int = 0
+    smiles: str = ""  # the prepared molecule scored (its stereoisomer's SMILES)
+
+    def best_score(self, metric: str) -> float | None:
+        mol, scores = self.selection.best[metric]
+        return None if mol is None else scores[metric]
+
+
+@dataclass
+class RunOutcome:
+    """One ``select-best`` run: every template's selection, the chosen one, what was written where."""
+
+    templates: list[TemplateSelection]
+    metric: str
+    target: PoseTarget
+    chosen: TemplateSelection | None = None
+    written: int = 0
+    conformer_events: list[Fallback | WorkersReduced] = field(default_factory=list)
+    preparation: Preparation | None = None
+    conformers_requested: int = 0  # per prepared molecule
+
+    def of_isomer(self, isomer: int) -> list[TemplateSelection]:
+        """The selections of one prepared molecule, one per template."""
+        return [result for result in self.templates if result.isomer == isomer]
+
+    @property
+    def isomers(self) -> list[int]:
+        return list(dict.fromkeys(result.isomer for result in self.templates))
+
+    def failure(self) -> str:
+        """Why no conformer scored: the one failure every conformer had, or the count by reason."""
+        failures = [f for result in self.templates for f in result.selection.report.failures]
+        details = {(str(f.reason), f.detail) for f in failures}
+        if len(details) == 1:
+            ((reason, detail),) = details
+            return f"every conformer failed with {reason}: {detail}"
+        counts: dict[str, int] = {}
+        for failure in failures:
+            counts[str(failure.reason)] = counts.get(str(failure.reason), 0) + 1
+        listed = ", ".join(f"{reason} {count}" for reason, count in sorted(counts.items())) or "no conformer"
+        return f"{listed}; see the failure reasons above"
+
+
+def best_template(results: Sequence[TemplateSelection], metric: str) -> TemplateSelection | None:
+    """The (isomer, template) pair whose best pose scores highest by ``metric`` (the first isomer, then the
+    first record, on a tie); None when none scored."""
+    scored = [result for result in results if result.best_score(metric) is not None]
+    return min(scored, key=lambda result: (-(result.best_score(metric) or 0.0), result.isomer, result.record),
+               default=None)
+
+
+def pose_records(chosen: TemplateSelection, query: QueryIdentity, metric: str, all_ranked: bool,
+                 preparation: Preparation | None = None, requested: int = 0) -> list[PoseRecord]:
+    """The SD records to write: the best pose by ``metric``, or every pose best first (of the chosen
+    isomer and template); with ``preparation``, what it did to the query as properties."""
+    selection = chosen.selection
+    if all_ranked:
+        ranked = [(conf_id, scores, mol) for conf_id, scores, mol in selection.ranked]
+    else:
+        mol, scores = selection.best[metric]
+        ranked = [] if mol is None else [(mol.GetConformer().GetId(), scores, mol)]
+    prepared = {} if preparation is None else {
+        "input_smiles": preparation.input_smiles, "isomer": chosen.isomer, "isomers": len(preparation.isomers),
+        "removed": ".".join(preparation.removed),
+        "preparation": ",".join(sorted(preparation.actions)) or "unchanged",
+        "n_conformers_requested": requested, "n_conformers": selection.report.n_conformers}
+    return [_record(chosen, query, selection.query, metric, rank, conf_id, scores, mol, prepared)
+            for rank, (conf_id, scores, mol) in enumerate(ranked, start=1)]
+
+
+def _record(chosen: TemplateSelection, query: QueryIdentity, source: Chem.Mol, metric: str, rank: int,
+            conf_id: int, scores: dict[str, float], pose: Chem.Mol,
+            prepared: dict[str, str | int] | None = None) -> PoseRecord:
+    record_name, properties = record_properties(source, conf_id)
+    pose = Chem.Mol(pose)
+    for name in pose.GetPropNames():  # the molecule-level properties are record 1's: each pose gets its own
+        pose.ClearProp(name)
+    if query.hydrogens == Hydrogens.STRIP:
+        pose = Chem.RemoveHs(pose)
+    elif query.hydrogens == Hydrogens.ADD:
+        pose = Chem.AddHs(pose, addCoords=True)
+    ours: dict[str, str | int | float] = {
+        **scores, "conformer_id": conf_id, "rank": rank, "metric": metric,
+        "query_smiles": chosen.smiles or query.smiles, **(prepared or {}),
+        "template_name": chosen.name, "template_record": chosen.record,
+    }
+    name = record_name or (f"{query.name}#{chosen.isomer}" if chosen.isomer else query.name)
+    return PoseRecord(pose, name, {**properties, **ours})
+
+
+def _best_json(result: TemplateSelection, query: QueryIdentity) -> dict[str, Any]:
+    best: dict[str, Any] = {}
+    for metric in METRICS:
+        mol, scores = result.selection.best[metric]
+        if mol is None:
+            best[metric] = None
+            continue
+        conf_id = mol.GetConformer().GetId()
+        record_name, _ = record_properties(result.selection.query, conf_id)
+        name = record_name or (f"{query.name}#{result.isomer}" if result.isomer else query.name)
+        best[metric] = {"conformer_id": conf_id, "name": name, **scores}
+    return best
+
+
+def _counts_json(selection: Selection) -> dict[str, Any]:
+    report = selection.report
+    return {"total": report.n_conformers, "scored": report.n_scored, "failed": report.n_failed,
+            "failed_by_reason": dict(sorted(report.failed_by_reason.items()))}
+
+
+def _event_json(event: Fallback | WorkersReduced) -> dict[str, Any]:
+    if isinstance(event, WorkersReduced):
+        return {"task_type": str(event.task_type), "requested": event.requested, "granted": event.granted,
+                "reason": str(event.reason), "detail": event.detail}
+    return {"from": str(event.from_kind), "to": str(event.to_kind), "reason": str(event.reason),
+            "cause": str(event.cause), "detail": event.detail}
+
+
+def _events(outcome: RunOutcome) -> list[Fallback | WorkersReduced]:
+    events: list[Fallback | WorkersReduced] = list(outcome.conformer_events)
+    for result in outcome.templates:
+        events.extend(result.selection.report.reductions)
+        events.extend(result.selection.report.fallbacks)
+    return events
+
+
+def summary_json(outcome: RunOutcome, query: QueryIdentity) -> dict[str, Any]:
+    """The run's summary as one JSON-ready object (``select-best --json``)."""
+    chosen = outcome.chosen or (outcome.templates[0] if outcome.templates else None)
+    report = chosen.selection.report if chosen is not None else None
+    kinds: list[str] = []
+    for result in outcome.templates:
+        for kind in result.selection.report.executor_kinds:
+            if not kinds or kinds[-1] != str(kind):
+                kinds.append(str(kind))
+    events = _events(outcome)
+    return {
+        "templ_version": __version__,
+        "metric": outcome.metric,
+        "query": {"name": query.name, "smiles": query.smiles},
+        "template": None if outcome.chosen is None else {
+            "record": outcome.chosen.record, "name": outcome.chosen.name,
+            "of": len(outcome.of_isomer(outcome.chosen.isomer))},
+        "best": (_best_json(outcome.chosen, query) if outcome.chosen is not None
+                 else dict.fromkeys(METRICS)),
+        "conformers": _counts_json(chosen.selection) if chosen is not None else None,
+        "workers": None if report is None else {"requested": report.workers_requested,
+                                                "granted": report.workers_granted},
+        "executor_kinds": kinds,
+        "conformers_per_second": None if report is None else round(report.conformers_per_second, 1),
+        "reductions": [_event_json(event) for event in events if isinstance(event, WorkersReduced)],
+        "fallbacks": [_event_json(event) for event in events if isinstance(event, Fallback)],
+        "output": None if not outcome.written else str(outcome.target),
+        "written": outcome.written,
+        "templates": [{"record": result.record, "name": result.name, "isomer": result.isomer,
+                       "smiles": result.smiles, "best": _best_json(result, query),
+                       "conformers": _counts_json(result.selection)} for result in outcome.templates],
+        "conformers_requested": outcome.conformers_requested,
+        "preparation": None if outcome.preparation is None else {
+            **outcome.preparation.fields(), "removed": list(outcome.preparation.removed),
+            "actions": sorted(outcome.preparation.actions), "warnings": list(outcome.preparation.warnings),
+            "isomer": None if outcome.chosen is None else outcome.chosen.isomer,
+            "capped": outcome.preparation.capped},
+        "failure": None if outcome.chosen is not None else outcome.failure(),
+    }
+
+
+def print_summary(out: Console, outcome: RunOutcome) -> None:
+    """The human summary: the best pose per metric, the counts, the template used, every reduction and fallback."""
+    chosen = outcome.chosen or outcome.templates[0]
+    report = chosen.selection.report
+    table = Table(title="Best pose per metric", title_justify="left")
+    for column in ("metric", "conformer", "shape", "color", "combo"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    for metric in METRICS:
+        mol, scores = chosen.selection.best[metric]
+        conformer = str(mol.GetConformer().GetId()) if mol is not None else "-"
+        table.add_row(metric, conformer, *(f"{scores[m]:.4f}" for m in METRICS))
+    out.print(table)
+    failed = ", ".join(f"{reason} {count}" for reason, count in sorted(report.failed_by_reason.items())) or "none"
+    wrote = (f"wrote {outcome.written} pose(s) to {'standard output' if outcome.target.to_stdout else outcome.target}"
+             if outcome.written else f"wrote nothing ({outcome.target} left as it was)")
+    out.print(
+        f"conformers {report.n_conformers}: scored {report.n_scored}, failed {report.n_failed} ({failed}); "
+        f"workers {report.workers_granted} of {report.workers_requested} requested, "
+        f"executor {' -> '.join(report.executor_kinds)}; "
+        f"{report.conformers_per_second:,.0f} conformers/s; {wrote}",
+        highlight=False, soft_wrap=True,
+    )
+    templates = outcome.of_isomer(chosen.isomer)
+    if 0 < report.n_conformers < outcome.conformers_requested:
+        out.print(f"fewer conformers than asked: ETKDG embedded {report.n_conformers} of "
+                  f"{outcome.conformers_requested}", style="yellow", highlight=False, soft_wrap=True)
+    _print_preparation(out, outcome)
+    if len(templates) > 1 and outcome.chosen is not None:
+        others = ", ".join(f"record {result.record} {result.name} "
+                           f"{_score_text(result.best_score(outcome.metric))}"
+                           for result in templates if result is not outcome.chosen)
+        out.print(f"template: record {outcome.chosen.record} of {len(templates)} ({outcome.chosen.name}) "
+                  f"scored best by {outcome.metric} "
+                  f"({_score_text(outcome.chosen.best_score(outcome.metric))}); others: {others}",
+                  highlight=False, soft_wrap=True)
+    elif outcome.chosen is not None:
+        out.print(f"template: {outcome.chosen.name}", highlight=False, soft_wrap=True)
+    lines: dict[str, int] = {}  # one line per distinct event, with how often it came (each template, isomer)
+    for event in _events(outcome):
+        if isinstance(event, WorkersReduced):
+            line = (f"{event.task_type} workers {event.requested} -> {event.granted}: {event.reason} "
+                    f"({event.detail})")
+        else:
+            line = f"fallback {event.from_kind} -> {event.to_kind}: {event.reason} (cause {event.cause})"
+        lines[line] = lines.get(line, 0) + 1
+    for line, count in lines.items():
+        out.print(line + (f" (x{count})" if count > 1 else ""), style="yellow", highlight=False, soft_wrap=True)
+
+
+def _print_preparation(out: Console, outcome: RunOutcome) -> None:
+    """What preparation did to the query, and each stereoisomer's best score when several were scored."""
+    preparation = outcome.preparation
+    if preparation is None:
+        return
+    if preparation.removed:
+        out.print(f"preparation: removed {'.'.join(preparation.removed)}; scored the largest organic fragment",
+                  highlight=False, soft_wrap=True)
+    isomers = outcome.isomers
+    if len(isomers) > 1:
+        best = {isomer: max((r.best_score(outcome.metric) or -1.0 for r in outcome.of_isomer(isomer)), default=-1.0)
+                for isomer in isomers}
+        cap = f", cut at --max-isomers {len(isomers)} of {preparation.unassigned_stereo} possible" \
+            if preparation.capped else ""
+        listed = ", ".join(f"{isomer} {_score_text(score if score >= 0 else None)}" for isomer, score in best.items())
+        chosen = outcome.chosen
+        out.print(f"stereo: {len(isomers)} stereoisomers scored{cap} (by {outcome.metric}: {listed})"
+                  + (f"; the pose is isomer {chosen.isomer}: {chosen.smiles}" if chosen is not None else ""),
+                  highlight=False, soft_wrap=True)
+
+
+def _score_text(score: float | None) -> str:
+    return "none scored" if score is None else f"{score:.4f}"

@@ -1,0 +1,191 @@
+"""Several `templ` jobs pushing to one real Pushgateway: a group per job, success and failure, deletion."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from processes import stop
+
+TEMPL = Path(sys.executable).with_name("templ")
+PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
+QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
+LIVE = ("templ_thread_headroom", "templ_thread_limit", "templ_threads_active", "templ_executor_workers_granted")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def pushgateway(tmp_path) -> Iterator[str]:
+    """A real Pushgateway on a free loopback port, its groups in memory only; always stopped."""
+    if not os.access(PUSHGATEWAY, os.X_OK):
+        pytest.skip(f"{PUSHGATEWAY} not found; install Debian package 'prometheus-pushgateway'")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "pushgateway.log"
+    with open(log_path, "wb") as log:
+        # Debian's default --persistence.file is shared by every gateway on the machine: none here.
+        proc = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+                                stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"pushgateway did not start: {log_path.read_text()}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        stop(proc, grace=5)
+
+
+def _groups(url: str) -> dict[str, dict]:
+    """job_id -> the group (its labels and metric families), from the Pushgateway's API."""
+    with urllib.request.urlopen(f"{url}/api/v1/metrics", timeout=5) as resp:
+        data = json.load(resp)["data"]
+    return {group["labels"].get("job_id", ""): group for group in data}
+
+
+def _value(group: dict, name: str) -> float | None:
+    family = group.get(name)
+    return None if family is None else float(family["metrics"][0]["value"])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TEMPL_JOB_ID", "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")}
+    return {**env, **extra}
+
+
+def _argv(template_sdf: Path, out: Path, *extra: object, conformers: Path | None = None) -> list[str]:
+    """A select-best run of the query; of ``conformers`` instead (``unscorable_conformers``: exit 1) when given."""
+    query = ["-c", str(conformers)] if conformers is not None else ["-q", QUERY, "-n", "4"]
+    return [str(TEMPL), "select-best", "-t", str(template_sdf), *query, "-w", "1", "-o", str(out),
+            "--no-metrics-server", "--log-format", "json", *map(str, extra)]
+
+
+def _run_all(*jobs: tuple[list[str], dict[str, str]]) -> list[tuple[int, str]]:
+    """Run the jobs at once; (exit status, output) of each. Every one is stopped however this ends."""
+    procs = []
+    try:
+        for argv, env in jobs:
+            procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        outputs = [proc.communicate(timeout=240)[0] for proc in procs]
+        return [(proc.returncode, output) for proc, output in zip(procs, outputs)]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                stop(proc, grace=10)
+
+
+def test_two_jobs_push_two_groups_and_a_failure_says_so(template_sdf, unscorable_conformers, tmp_path, pushgateway):
+    push = ("--pushgateway", pushgateway)
+    results = _run_all(
+        (_argv(template_sdf, tmp_path / "a.sdf", *push), _env(SLURM_JOB_ID="71")),
+        (_argv(template_sdf, tmp_path / "b.sdf", *push), _env(SLURM_JOB_ID="72")),
+        (_argv(template_sdf, tmp_path / "c.sdf", *push, conformers=unscorable_conformers), _env(SLURM_JOB_ID="73")),
+    )
+    assert [code for code, _ in results] == [0, 0, 1], [output[-2000:] for _, output in results]
+    assert not [out for _, out in results if "telemetry.push_failed" in out]
+    groups = _groups(pushgateway)
+    assert set(groups) == {"71", "72", "73"}
+    for job in ("71", "72", "73"):
+        labels = groups[job]["labels"]
+        assert labels == {"job": "templ", "instance": socket.gethostname(), "job_id": job}
+        assert not [name for name in groups[job] if name in LIVE or name.startswith(("process_", "python_"))]
+    for job in ("71", "72"):
+        assert _value(groups[job], "templ_last_success_timestamp_seconds") > 0
+        assert _value(groups[job], "templ_last_failure_timestamp_seconds") == 0
+    failed = groups["73"]
+    assert _value(failed, "templ_last_failure_timestamp_seconds") > 0
+    assert _value(failed, "templ_last_success_timestamp_seconds") == 0
+
+
+def test_delete_on_exit_leaves_no_group(template_sdf, tmp_path, pushgateway):
+    push = ("--pushgateway", pushgateway, "--push-delete-on-exit")
+    (code, output), = _run_all((_argv(template_sdf, tmp_path / "a.sdf", *push), _env(SLURM_JOB_ID="81")))
+    assert code == 0, output[-3000:]
+    assert "telemetry.push_failed" not in output and "telemetry.push_delete_failed" not in output
+    assert _groups(pushgateway) == {}
+
+
+def test_delete_on_exit_after_the_group_was_there_and_a_signal(template_sdf, tmp_path, pushgateway):
+    """Pushed, held for a scrape, then SIGTERM (the scheduler ends the job): the group goes anyway."""
+    argv = _argv(template_sdf, tmp_path / "a.sdf", "--pushgateway", pushgateway, "--push-delete-on-exit",
+                 "--hold-metrics", "300", "--metrics-addr", "127.0.0.1:0")
+    argv.remove("--no-metrics-server")
+    proc = subprocess.Popen(argv, env=_env(SLURM_JOB_ID="91"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "91" not in _groups(pushgateway):
+            assert proc.poll() is None, proc.communicate(timeout=10)[0][-3000:]
+            assert time.monotonic() < deadline, "the final push did not arrive"
+            time.sleep(0.2)
+        assert _value(_groups(pushgateway)["91"], "templ_last_success_timestamp_seconds") > 0
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            stop(proc, grace=10)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert _groups(pushgateway) == {}
+
+
+def test_grouping_key_from_the_command_line(template_sdf, tmp_path, pushgateway):
+    key = ("--push-grouping-key", "site=lab2", "--push-grouping-key", "job_id=nightly")
+    (code, output), = _run_all((_argv(template_sdf, tmp_path / "a.sdf", "--pushgateway", pushgateway, *key),
+                                _env(SLURM_JOB_ID="99")))
+    assert code == 0, output[-3000:]
+    (group,) = _groups(pushgateway).values()
+    assert group["labels"] == {"job": "templ", "instance": socket.gethostname(), "job_id": "nightly", "site": "lab2"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--push-grouping-key", "site"), "is not LABEL=VALUE"),
+    (("--push-grouping-key", "job=x"), "not a label name"),
+    (("--push-grouping-key", "9x=y"), "not a label name"),
+    (("--push-grouping-key", "site="), "must not be empty"),
+])
+def test_bad_grouping_keys_are_one_line_exit_2(template_sdf, tmp_path, pushgateway, args, message):
+    done = subprocess.run(_argv(template_sdf, tmp_path / "o.sdf", "--pushgateway", pushgateway, *args), env=_env(),
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_push_options_need_a_pushgateway(template_sdf, tmp_path):
+    done = subprocess.run(_argv(template_sdf, tmp_path / "o.sdf", "--push-delete-on-exit"), env=_env(),
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2 and "--push-delete-on-exit: needs --pushgateway" in done.stderr, done.stderr
+
+
+def test_which_endings_are_a_success():
+    import typer
+
+    from templ_pipeline.interrupts import Interrupted
+    from templ_pipeline.telemetry.session import succeeded
+
+    assert succeeded(None) and succeeded(typer.Exit(0)) and succeeded(SystemExit(None)) and succeeded(SystemExit(0))
+    for failure in (typer.Exit(1), typer.Exit(2), Interrupted(signal.SIGTERM), SystemExit(1), ValueError("x"),
+                    KeyboardInterrupt()):
+        assert not succeeded(failure), failure
