@@ -36,8 +36,12 @@ system-deps:
 	    prometheus prometheus-pushgateway prometheus-node-exporter >/dev/null; \
 	fi
 
+# Test files run on PYTEST_WORKERS processes, each file's tests in one of them (its module fixtures
+# made once, its tests in order). `make test PYTEST_WORKERS=0` runs everything in one process.
+PYTEST_WORKERS ?= 2
+
 test: $(TEST_STAMP) system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 docs: $(TEST_STAMP)
 	$(BIN)/python -m templ_pipeline.telemetry.docs
