@@ -462,7 +462,8 @@ def screen_command(
     tautomer: TautomerOption = TautomerPolicy.AS_IS,
     session: TelemetrySession | None = None,
 ) -> None:
-    """Screen a library of query ligands against the template(s): one row and best pose per query."""
+    """Screen a library of query ligands against the template(s): one row and best pose per query (per
+    stereoisomer, when its stereo is enumerated)."""
     from templ_pipeline.campaign import cli_screen
 
     try:

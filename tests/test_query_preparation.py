@@ -180,6 +180,10 @@ def test_one_query_prepared_log_event_per_query(campaign):
     assert len(stereo["smiles"].split()) == 4 and stereo["conformers_requested"] == 4 * int(CONFORMERS)
     assert prepared["paracetamol_tfa"]["removed"] == "O=C(O)C(F)(F)F"
     assert prepared["cisplatin"]["actions"] == ["unsupported_element"] and prepared["cisplatin"]["isomers"] == 0
+    finished = {event["query_id"]: event for event in events if event["event"] == "campaign.query_finished"}
+    # asked and made over all four isomers, so that one isomer short of conformers is a shortfall
+    assert (finished["two_centres"]["conformers_requested"], finished["two_centres"]["conformers"]) == (
+        4 * int(CONFORMERS), 4 * int(CONFORMERS))
 
 
 def test_a_second_large_organic_fragment_warns(template_sdf, tmp_path):

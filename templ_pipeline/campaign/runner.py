@@ -351,8 +351,10 @@ class _Campaign:
                                      outcome.stereoisomers_possible, outcome.removed,
                                      tuple(PreparationAction(a) for a in outcome.actions), requested * len(outcome.isomers),
                                      outcome.conformers, "; ".join(outcome.warnings)))
-        self._emit(QueryFinished(record.query_id, kind, outcome.status, outcome.reason, outcome.seconds, requested,
-                                 outcome.conformers, best.scored if best else scored,
+        # conformers asked and made over all the query's stereoisomers, so a shortfall of one isomer shows
+        self._emit(QueryFinished(record.query_id, kind, outcome.status, outcome.reason, outcome.seconds,
+                                 requested * max(1, len(outcome.isomers)), outcome.conformers,
+                                 best.scored if best else scored,
                                  best.failed if best else failures, len(self._in_flight), outcome.detail))
         return QueryResult(record, outcome, kind, requested)
 
