@@ -180,24 +180,19 @@ class Prometheus:
 
 
 @contextmanager
-def prometheus_server() -> Iterator[Prometheus]:
-    """Prometheus on a free loopback port, 1 s scrape and rule evaluation of the committed alerts, its own
-    storage; stopped and removed however the block ends. Its target is ``127.0.0.1:<target_port>``."""
+def prometheus_with(config: dict, target_port: int = 0, *flags: str) -> Iterator[Prometheus]:
+    """Prometheus on a free loopback port with ``config`` (and command-line ``flags``), its own storage,
+    ready to answer; stopped and removed however the block ends. ``target_port`` is recorded on the result."""
     assert PROMETHEUS is not None, "prometheus is not installed"
     workdir = Path(tempfile.mkdtemp(prefix="templ-prometheus-"))
     try:
-        port, target_port = free_port(), free_port()
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ALERTS)],
-            "scrape_configs": [{"job_name": "templ", "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}],
-        }
+        port = free_port()
         (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         log = workdir / "prometheus.log"
         with open(log, "w") as out:
             process = subprocess.Popen(
                 [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage"],
+                 f"--web.listen-address=127.0.0.1:{port}", *flags],
                 stdout=out, stderr=subprocess.STDOUT,
             )
         try:
@@ -216,6 +211,20 @@ def prometheus_server() -> Iterator[Prometheus]:
             stop(process, grace=10)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def prometheus_server() -> Iterator[Prometheus]:
+    """Prometheus with 1 s scrape and rule evaluation of the committed alerts and exemplar storage (see
+    :func:`prometheus_with`). Its one target is ``127.0.0.1:<target_port>``."""
+    target_port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ALERTS)],
+        "scrape_configs": [{"job_name": "templ", "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}],
+    }
+    with prometheus_with(config, target_port, "--enable-feature=exemplar-storage") as server:
+        yield server
 
 
 @pytest.fixture

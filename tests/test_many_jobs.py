@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from dashboard_queries import PROMETHEUS, Prometheus, free_port, tail
+from dashboard_queries import PROMETHEUS, Prometheus, prometheus_with, tail
 from processes import stop
 
 from templ_pipeline.telemetry.export import scheduler_job_id
@@ -67,32 +64,11 @@ def _prometheus_on(targets: Path) -> Iterator[Prometheus]:
     """A real Prometheus whose only scrape job (``templ``, 1 s) reads the target files in ``targets``."""
     if PROMETHEUS is None:
         pytest.skip("prometheus is not installed (make test installs the Debian package)")
-    workdir = Path(tempfile.mkdtemp(prefix="templ-prometheus-sd-"))
-    port = free_port()
     config = {"global": {"scrape_interval": "1s"},
               "scrape_configs": [{"job_name": "templ", "file_sd_configs": [
                   {"files": [str(targets / "*.json")], "refresh_interval": "1s"}]}]}
-    (workdir / "prometheus.yml").write_text(json.dumps(config))
-    log = workdir / "prometheus.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        server = Prometheus(f"http://127.0.0.1:{port}", 0, log)
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, tail(log)
-            try:
-                with urllib.request.urlopen(f"{server.url}/-/ready", timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, tail(log)
-                time.sleep(0.2)
+    with prometheus_with(config) as server:
         yield server
-    finally:
-        stop(process, grace=10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _by_job_id(prometheus: Prometheus, query: str) -> dict[str, float]:

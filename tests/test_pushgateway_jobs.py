@@ -4,58 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from processes import stop
+from pushgateway_server import pushgateway  # noqa: F401 - the fixture
 
 TEMPL = Path(sys.executable).with_name("templ")
-PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 LIVE = ("templ_thread_headroom", "templ_thread_limit", "templ_threads_active", "templ_executor_workers_granted")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def pushgateway(tmp_path) -> Iterator[str]:
-    """A real Pushgateway on a free loopback port, its groups in memory only; always stopped."""
-    if not os.access(PUSHGATEWAY, os.X_OK):
-        pytest.skip(f"{PUSHGATEWAY} not found; install Debian package 'prometheus-pushgateway'")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "pushgateway.log"
-    with open(log_path, "wb") as log:
-        # Debian's default --persistence.file is shared by every gateway on the machine: none here.
-        proc = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-                                stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"pushgateway did not start: {log_path.read_text()}")
-            time.sleep(0.05)
-        yield url
-    finally:
-        stop(proc, grace=5)
 
 
 def _groups(url: str) -> dict[str, dict]:

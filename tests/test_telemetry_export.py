@@ -12,7 +12,8 @@ import urllib.request
 from types import SimpleNamespace
 
 import pytest
-from processes import stop
+from dashboard_queries import free_port
+from pushgateway_server import pushgateway  # noqa: F401 - the fixture
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,7 +21,6 @@ from templ_pipeline import telemetry
 from templ_pipeline.telemetry.export import PushError, push_metrics, write_textfile
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
 
 
 def _run_events() -> None:
@@ -197,42 +197,6 @@ def test_textfile_rejects_other_suffixes(tmp_path, name):
 # ---------------------------------------------------------------------------
 # Pushgateway (real binary)
 # ---------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def pushgateway(tmp_path):
-    """A real Pushgateway on a free loopback port; always stopped."""
-    if not os.access(PUSHGATEWAY, os.X_OK):
-        pytest.skip(f"{PUSHGATEWAY} not found; install Debian package 'prometheus-pushgateway'")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "pushgateway.log").open("wb")
-    # Debian's default --persistence.file (/var/lib/prometheus/pushgateway.data) is shared by every
-    # gateway started on the machine: an empty one keeps this gateway's groups in its memory only.
-    proc = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-                            stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"pushgateway did not start: {(tmp_path / 'pushgateway.log').read_text()}")
-            time.sleep(0.05)
-        yield url
-    finally:
-        stop(proc, grace=5)
-        log.close()
-
-
 def _gateway_samples(url: str, **group: str) -> dict[tuple[str, frozenset], float]:
     """Samples of one group on the gateway, without the grouping labels."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
@@ -288,7 +252,7 @@ def test_push_http_error_is_push_error(tel, pushgateway):
 
 
 def test_push_unreachable_fails_fast(tel):
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     t0 = time.monotonic()
     with pytest.raises(PushError) as info:
         push_metrics(url, registry=tel.registry, timeout=5)

@@ -210,8 +210,9 @@ def _summary(out: Console, summary: CampaignSummary) -> None:
         f"({tally.failures()}){fewer}{skipped}; executor {' -> '.join(tally.kinds) or '-'}; "
         f"wrote {request.output_dir / 'scores.csv'} and {request.output_dir / 'poses.sdf'}",
         highlight=False, soft_wrap=True)
-    if tally.preparation():
-        out.print(f"preparation: {tally.preparation()}", highlight=False, soft_wrap=True)
+    prepared = tally.preparation()
+    if prepared:
+        out.print(f"preparation: {prepared}", highlight=False, soft_wrap=True)
     for reason, detail in sorted(tally.first_failure.items()):
         out.print(f"{reason}: {detail}" + (" (and others)" if tally.failed_by_reason[reason] > 1 else ""),
                   style="yellow", highlight=False, soft_wrap=True)

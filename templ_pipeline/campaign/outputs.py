@@ -41,6 +41,7 @@ from rdkit import Chem
 
 from templ_pipeline.campaign.poses import pose_record
 from templ_pipeline.io import InputError
+from templ_pipeline.safe_files import describe_mode
 
 CAMPAIGN_FILE = "campaign.json"
 SCORES_FILE = "scores.csv"
@@ -301,21 +302,8 @@ def _is_regular_file(path: Path) -> bool:
 
 
 def _not_regular(path: Path, mode: int) -> InputError:
-    return InputError(f"{path}: is {_kind(mode)}, not a regular file; move it away or choose another directory")
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a plain file"
+    return InputError(f"{path}: is {describe_mode(mode)}, not a regular file; move it away or choose another "
+                      "directory")
 
 
 def _open_regular(path: Path, flags: int) -> int:

@@ -29,7 +29,13 @@ from templ_pipeline.campaign.poses import aligned_pose, pose_record
 from templ_pipeline.core.batch import BatchTask, batch_query, sanitized_copy_without_conformers, score_batch
 from templ_pipeline.core.embedding import embed_single_threaded
 from templ_pipeline.core.events import PreparationAction, QueryFailureReason, QueryStatus
-from templ_pipeline.core.preparation import Preparation, PreparationError, PreparationOptions, prepare, refuse_unscorable
+from templ_pipeline.core.preparation import (
+    Preparation,
+    PreparationError,
+    PreparationOptions,
+    prepare,
+    refuse_unscorable,
+)
 
 SpanRecord = tuple[str, WorkerSpan, dict[str, object]]
 
@@ -200,8 +206,7 @@ class QueryRunner:
         try:
             preparation = prepare(mol, self.settings.preparation, input_smiles=outcome.smiles)
         except PreparationError as error:
-            outcome.actions = (str(PreparationAction(error.reason.value)),)  # refused: unsupported_element, too_small
-            raise QueryError(error.reason, str(error)) from None
+            raise _refused(error, outcome) from None
         outcome.removed = ".".join(preparation.removed)
         outcome.actions = tuple(sorted(preparation.actions))
         outcome.stereoisomers_possible = preparation.unassigned_stereo
@@ -214,8 +219,7 @@ class QueryRunner:
         try:
             refuse_unscorable(mol)
         except PreparationError as error:
-            outcome.actions = (str(PreparationAction(error.reason.value)),)
-            raise QueryError(error.reason, str(error)) from None
+            raise _refused(error, outcome) from None
 
     def _isomer(self, task: QueryTask, outcome: QueryOutcome, isomer: IsomerOutcome, mol: Chem.Mol,
                 given: bool = False) -> IsomerOutcome:
@@ -301,6 +305,12 @@ class QueryRunner:
                 results.append(TemplateResult(number, len(batch.scored), len(batch.failed), top.conf_id,
                                               top.shape, top.color, record, failure))
         return results
+
+
+def _refused(error: PreparationError, outcome: QueryOutcome) -> QueryError:
+    """A query preparation refused (unsupported_element, too_small): recorded as its action, failed with its reason."""
+    outcome.actions = (str(PreparationAction(error.reason.value)),)
+    return QueryError(error.reason, str(error))
 
 
 def isomer_id(query_id: str, isomer: int) -> str:
