@@ -89,6 +89,28 @@ def _wait_for_workers(proc: subprocess.Popen, out: Path, count: int, timeout: fl
     pytest.fail(f"no {count} worker processes within {timeout:.0f} s; descendants {_summary(_descendants(proc.pid))}")
 
 
+def _catches(pid: int, signum: signal.Signals) -> bool:
+    """Whether ``pid`` has a handler for ``signum``: the SigCgt mask of /proc/PID/status (bit N-1)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught, 16) >> (signum - 1) & 1)
+
+
+def _wait_for_handler(proc: subprocess.Popen, out: Path, signum: signal.Signals, timeout: float) -> None:
+    """Return once the run catches ``signum``; fail if it ends or never does."""
+    deadline = time.monotonic() + timeout
+    while not _catches(proc.pid, signum):
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before it caught {signum.name}; "
+                        f"stderr tail {_stderr(out)[-3000:]!r}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"the run did not catch {signum.name} within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 def _alive(process: psutil.Process) -> bool:
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
@@ -192,7 +214,11 @@ def test_sigterm_during_conformer_generation_stops_cleanly(files, tmp_path):
                        tmp_path)
     collected: dict[int, psutil.Process] = {}
     try:
-        time.sleep(2.0)  # past start-up (imports, about 1 s here): embedding 3000 conformers takes minutes
+        # Imports take about 1 s when idle and several under the suite's parallel load; a signal before the
+        # handler is installed kills the run by the default action, with no message. Embedding 3000
+        # conformers takes minutes, so 1 s after the handler the run is generating them.
+        _wait_for_handler(proc, out, signal.SIGTERM, START_TIMEOUT)
+        time.sleep(1.0)
         collected.update(_descendants(proc.pid))
         assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before the signal"
         os.kill(proc.pid, signal.SIGTERM)
@@ -209,6 +235,8 @@ def test_sigterm_during_conformer_generation_stops_cleanly(files, tmp_path):
             problems.append(f"exit status {proc.returncode}, expected 143")
         if len(lines) != 1:
             problems.append(f"{len(lines)} stderr lines start with 'interrupted by SIGTERM'")
+        elif "while generating 3000 conformers" not in lines[0]:
+            problems.append(f"stopped outside conformer generation: {lines[0]!r}")
         if out.exists() or _temp_files(out):
             problems.append(f"output written: {out.exists()}, temporary files {_temp_files(out)}")
         if survivors:
