@@ -28,7 +28,9 @@ from templ_pipeline.core.events import (
     QueryStatus,
     ReductionReason,
     ReplacementReason,
+    REFUSED_STARTS,
     ResubmissionReason,
+    StartKind,
     TaskType,
     values,
 )
@@ -64,8 +66,11 @@ PREPARATION_ACTIONS: tuple[str, ...] = values(PreparationAction)
 OUTCOMES: tuple[str, ...] = ("ok", "error")
 #: Task types the executor factory sizes pools for. Unknown values map to "other".
 TASK_TYPES: tuple[str, ...] = values(TaskType)
-DEGRADED_COMPONENTS: tuple[str, ...] = ("span_processor", "metrics_server", "log_handler")
+#: What the kernel refused to start (``templ_start_refusals_total``).
+START_KINDS: tuple[str, ...] = values(StartKind)
+DEGRADED_COMPONENTS: tuple[str, ...] = ("span_processor", "metrics_server", "log_handler", "pushgateway")
 DEGRADED_REASONS: tuple[str, ...] = (
+    "push_failed",  # the Pushgateway refused or did not answer a push
     "thread_start_failed",
     "no_headroom",
     "resource_unavailable",  # OSError EAGAIN
@@ -78,12 +83,12 @@ OTHER = "other"
 #: Catch-all value used when the bounded set already contains "unknown".
 UNKNOWN = "unknown"
 
-#: Labels whose value is not bounded by a tuple (one constant value per process).
-FREE_LABELS: tuple[str, ...] = ("version",)
 #: The label that tells one job's delivered series from another's on a shared node: on the
 #: textfile's samples, in the Pushgateway grouping key and on the file_sd target. Its value is
 #: the batch scheduler's job id, else the run id (one value per process, like ``version``).
 JOB_LABEL = "job_id"
+#: Labels whose value is not bounded by a tuple (one constant value per process, on info metrics).
+FREE_LABELS: tuple[str, ...] = ("version", "run_id", JOB_LABEL, "host")
 
 
 def _open(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -130,8 +135,8 @@ class MetricSpec:
     #: out of the textfile and the Pushgateway push, which outlive the process, so that a finished
     #: job's last headroom cannot keep an alert firing
     live: bool = False
-    #: read from the kernel at each scrape by a custom collector (no client object, no labels);
-    #: no sample while the kernel has no value to give
+    #: read from the kernel at each scrape by a custom collector over the thread manager's cached
+    #: snapshot (no client object); no sample while the kernel has no value to give
     scraped: bool = False
     #: an unlabelled gauge that is NaN (unknown) until it is first set, rather than 0
     nan_until_set: bool = False
@@ -184,8 +189,11 @@ class LogEventSpec:
 #: Metrics under the name the Prometheus client guidelines give every process, not templ_*.
 STANDARD_NAMES: tuple[str, ...] = ("process_threads",)
 
-# Histogram buckets (seconds). A batch is 5..50 conformers at 2-10 ms each.
-BATCH_DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Histogram buckets (seconds). A batch is 5..50 conformers at 0.2-2 ms each (measured here: a
+# 10-conformer batch of the bundled examples takes 2-8 ms in a worker): most batches end below 25 ms,
+# so the buckets are close together there, or every quantile interpolates inside one bucket.
+BATCH_DURATION_BUCKETS: tuple[float, ...] = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05,
+                                             0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CALL_DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 #: A campaign query: an invalid SMILES fails in well under 0.1 s, a small ligand with a few
 #: conformers takes about a second, a large flexible one with hundreds up to tens of minutes.
@@ -238,13 +246,15 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec(
         "templ_thread_limit", "gauge",
-        "Kernel limit on threads/tasks that applies to this process, per limit; NaN when unknown, +Inf when unlimited.",
-        ("limit",), "", short="thread_limit", label_values={"limit": _open(LIMIT_NAMES)}, live=True,
+        "Kernel limit on threads/tasks that applies to this process, per limit, read at scrape time; NaN when "
+        "unknown, +Inf when unlimited.",
+        ("limit",), "", short="thread_limit", label_values={"limit": _open(LIMIT_NAMES)}, live=True, scraped=True,
     ),
     MetricSpec(
         "templ_thread_headroom", "gauge",
-        "Threads/tasks that can still be started before hitting each kernel limit; NaN when unknown.",
-        ("limit",), "", short="thread_headroom", label_values={"limit": _open(LIMIT_NAMES)}, live=True,
+        "Threads/tasks that can still be started before hitting each kernel limit, read at scrape time (it follows "
+        "what other processes on the host start too); NaN when unknown, +Inf when the limit is not enforced.",
+        ("limit",), "", short="thread_headroom", label_values={"limit": _open(LIMIT_NAMES)}, live=True, scraped=True,
     ),
     MetricSpec(
         "templ_pids_cgroup_refused_forks_total", "counter",
@@ -397,7 +407,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "templ_telemetry_degraded_total", "counter",
         "Telemetry components that could not start normally and run degraded (e.g. synchronous span export).",
         ("component", "reason"), "", short="telemetry_degraded",
-        label_values={"component": _open(DEGRADED_COMPONENTS), "reason": _open(DEGRADED_REASONS)},
+        label_values={"component": _open(DEGRADED_COMPONENTS), "reason": _open(DEGRADED_REASONS)}, initialize=True,
     ),
     MetricSpec(
         "templ_last_success_timestamp_seconds", "gauge",
@@ -411,6 +421,29 @@ METRICS: tuple[MetricSpec, ...] = (
         "When this run ended in failure (Unix time): an error, exit status 1, or a signal; 0 while it runs and "
         "when it succeeded.",
         (), "seconds", short="last_failure",
+    ),
+    MetricSpec(
+        "templ_start_refusals_total", "counter",
+        "Thread and process starts the kernel refused, by what was refused and the limit (or seccomp) that "
+        "refused it: one per executor.fallback of reason thread_start_failed or process_start_failed, on any "
+        "rung, conformer generation's threads included. Every kind and cause starts at 0, so the first refusal "
+        "of a run is an increase like any other.",
+        ("kind", "cause"), "", short="start_refusals",
+        label_values={"kind": _open(START_KINDS), "cause": _open(_START_CAUSES)}, initialize=True,
+    ),
+    MetricSpec(
+        "templ_run_info", "gauge",
+        "This run's identity; always 1. run_id is the id in its log lines and traces, job_id the batch "
+        "scheduler's job id (else the run id), host the node's name: join on instance (or job_id for pushed "
+        "series) to tell successive runs on one port apart and to group jobs by host.",
+        ("run_id", "job_id", "host"), "", short="run_info",
+    ),
+    MetricSpec(
+        "templ_push_interval_seconds", "gauge",
+        "Seconds between this run's pushes to the Pushgateway while it runs (--push-interval); 0 when it "
+        "pushes only at its end. A group whose push_time_seconds is older than a few intervals, and that has "
+        "no end timestamp, belongs to a job that died without its last push.",
+        (), "seconds", short="push_interval",
     ),
     MetricSpec(
         "templ_build_info", "gauge",
@@ -573,6 +606,20 @@ class EventField:
 
 
 @dataclass(frozen=True)
+class MappedCounter:
+    """A second counter of an event, incremented only when ``field`` has one of ``mapping``'s values.
+
+    Its ``label`` takes the mapped value; its other labels are the event's labels of the same
+    name. A fallback of reason ``thread_start_failed`` is also a refused start of kind ``thread``.
+    """
+
+    counter: str
+    field: str
+    mapping: Mapping[str, str]
+    label: str
+
+
+@dataclass(frozen=True)
 class EventSpec:
     """One executor or campaign event, declared once: its span event and log event (one name), its fields
     and the metrics it updates.
@@ -600,6 +647,8 @@ class EventSpec:
     tallies: tuple[tuple[str, str, str], ...] = ()
     #: gauges set to 0 by the event
     resets: tuple[str, ...] = ()
+    #: counters incremented for some values of a field only
+    mapped: tuple[MappedCounter, ...] = ()
     #: (field, value, level): the log level when the field has that value, instead of ``level``
     escalations: tuple[tuple[str, str, str], ...] = ()
     #: whether the event is a span event of the current span (with its trace as the counter's exemplar)
@@ -613,6 +662,7 @@ class EventSpec:
         named = ([self.counter] if self.counter else []) + [short for _f, short in self.gauges]
         named += [self.histogram[1]] if self.histogram else []
         named += [short for _f, short in self.flags] + [short for _f, short, _l in self.tallies] + list(self.resets)
+        named += [mapped.counter for mapped in self.mapped]
         return tuple(dict.fromkeys(named))
 
     def level_for(self, log_fields: Mapping[str, object]) -> str:
@@ -646,6 +696,8 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
          _field("reason", ATTR_REASON, FALLBACK_REASONS, label=True),
          _field("cause", ATTR_CAUSE, FALLBACK_CAUSES, label=True), _DETAIL),
         counter="fallbacks", has_error=True,
+        mapped=(MappedCounter("start_refusals", "reason", {reason.value: kind.value
+                                                           for reason, kind in REFUSED_STARTS.items()}, "kind"),),
     ),
     EventSpec(
         EVENT_EXECUTOR_CREATED, "info", "An executor was created or reused.",

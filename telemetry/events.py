@@ -152,6 +152,11 @@ def _update_metrics(spec: c.EventSpec, rendered: c.RenderedEvent, exemplar: dict
             counter.labels(**{label: value}).inc()
     for short in spec.resets:
         getattr(m, short).set(0)
+    for mapped in spec.mapped:
+        if (kind := mapped.mapping.get(labels[mapped.field])) is not None:
+            own = c.METRICS_BY_SHORT[mapped.counter].labels
+            getattr(m, mapped.counter).labels(**{label: kind if label == mapped.label else labels[label]
+                                                 for label in own}).inc()
 
 
 _SPEC = c.EVENT_SPECS_BY_NAME

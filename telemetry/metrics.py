@@ -6,7 +6,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from importlib import metadata
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,14 +24,13 @@ from templ_pipeline.core.limits.model import PIDS_CGROUP, Snapshot
 from templ_pipeline.core.limits.procfs import parse_status, read_bytes
 
 __all__ = [
-    "PidsCgroupCollector",
+    "LimitsCollector",
     "TemplMetrics",
     "TemplRegistry",
     "count_threads",
     "get_metrics",
     "os_threads",
     "reset_metrics_for_tests",
-    "update_thread_gauges",
 ]
 
 _KIND_TO_CLASS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
@@ -61,40 +60,58 @@ def thread_manager_snapshot() -> Snapshot | None:
         return None
 
 
-class PidsCgroupCollector:
-    """The pids controller's own evidence, read from a limits snapshot at each scrape.
+def _gauge_value(value: int | float | None, enforced: bool | None) -> float:
+    """A limit or headroom as a sample: the number, +Inf when not enforced, NaN when unknown."""
+    if value is not None:
+        return float(value)
+    return math.inf if enforced is False else math.nan
 
-    ``refused`` (``templ_pids_cgroup_refused_forks_total``) is ``Snapshot.pids_refusals``:
-    the ``max`` count of pids.events summed over this process's pids levels, which only the
-    kernel raises, hence a counter. ``peak`` (``templ_pids_cgroup_peak_tasks``) is the
-    pids.peak of the level whose pids.max the snapshot's pids_cgroup limit reports, so it
-    compares with ``templ_thread_limit{limit="pids_cgroup"}``. Unknown values have no sample.
-    ``snapshot`` defaults to the thread manager's, which follows the process into another
+
+class LimitsCollector:
+    """The kernel limits of this process, read at each scrape from one limits snapshot.
+
+    ``templ_thread_limit`` / ``templ_thread_headroom`` per limit: the number, +Inf when
+    the limit is not enforced, NaN when unknown; names outside
+    :data:`~telemetry.catalog.LIMIT_NAMES` become "other". They follow the host while the
+    process lives (threads other jobs start, a cgroup's pids.max changed, the time after
+    the last batch while ``--hold-metrics`` serves), not only the executor's own calls.
+    ``templ_pids_cgroup_refused_forks_total`` is ``Snapshot.pids_refusals``: the ``max``
+    count of pids.events summed over this process's pids levels, which only the kernel
+    raises, hence a counter. ``templ_pids_cgroup_peak_tasks`` is the pids.peak of the level
+    whose pids.max the pids_cgroup limit reports. Unknown pids values have no sample.
+
+    ``snapshot`` defaults to the thread manager's, cached for its TTL (0.5 s), so a scrape
+    costs at most one fresh read (under 200 µs) and follows the process into another
     cgroup after ``reset_thread_manager()``.
     """
 
-    def __init__(self, refused: MetricSpec, peak: MetricSpec,
+    def __init__(self, limit: MetricSpec, headroom: MetricSpec, refused: MetricSpec, peak: MetricSpec,
                  snapshot: SnapshotSource = thread_manager_snapshot) -> None:
-        self._refused, self._peak, self._snapshot = refused, peak, snapshot
+        self._limit, self._headroom, self._refused, self._peak = limit, headroom, refused, peak
+        self._snapshot = snapshot
 
     def describe(self) -> list[Metric]:
-        """The two families without samples: registering reads nothing."""
-        return self._families(None, None)
+        """The four families without samples: registering reads nothing."""
+        return self._families(None)
 
     def collect(self) -> list[Metric]:
-        snap = self._snapshot()
-        if snap is None:
-            return self._families(None, None)
-        return self._families(snap.pids_refusals, read_pids_peak(snap.limit(PIDS_CGROUP).source))
+        return self._families(self._snapshot())
 
-    def _families(self, refused: int | None, peak: int | None) -> list[Metric]:
-        counter = CounterMetricFamily(self._refused.client_name, self._refused.help)
-        gauge = GaugeMetricFamily(self._peak.name, self._peak.help)
-        if refused is not None:
-            counter.add_metric([], refused)
-        if peak is not None:
-            gauge.add_metric([], peak)
-        return [counter, gauge]
+    def _families(self, snap: Snapshot | None) -> list[Metric]:
+        limit = GaugeMetricFamily(self._limit.name, self._limit.help, labels=self._limit.labels)
+        headroom = GaugeMetricFamily(self._headroom.name, self._headroom.help, labels=self._headroom.labels)
+        refused = CounterMetricFamily(self._refused.client_name, self._refused.help)
+        peak = GaugeMetricFamily(self._peak.name, self._peak.help)
+        if snap is not None:
+            for item in snap.limits:
+                name = normalize_label(item.name, LIMIT_NAMES)
+                limit.add_metric([name], _gauge_value(item.limit, item.enforced))
+                headroom.add_metric([name], _gauge_value(item.headroom, item.enforced))
+            if snap.pids_refusals is not None:
+                refused.add_metric([], snap.pids_refusals)
+            if (tasks := read_pids_peak(snap.limit(PIDS_CGROUP).source)) is not None:
+                peak.add_metric([], tasks)
+        return [limit, headroom, refused, peak]
 
 
 #: Metric families whose client objects add a ``<name>_created`` sample (the creation time).
@@ -155,10 +172,10 @@ class TemplMetrics:
     # Typed attributes for editors; they are set dynamically from the catalog.
     threads_active: Gauge
     process_threads: Gauge
-    pids_refused_forks: PidsCgroupCollector
-    pids_peak_tasks: PidsCgroupCollector
-    thread_limit: Gauge
-    thread_headroom: Gauge
+    thread_limit: LimitsCollector
+    thread_headroom: LimitsCollector
+    pids_refused_forks: LimitsCollector
+    pids_peak_tasks: LimitsCollector
     workers_requested: Gauge
     workers_granted: Gauge
     worker_reductions: Counter
@@ -179,27 +196,32 @@ class TemplMetrics:
     campaign_worker_replacements: Counter
     campaign_shortfalls: Counter
     telemetry_degraded: Counter
+    start_refusals: Counter
+    run_info: Gauge
+    push_interval: Gauge
     last_success: Gauge
     last_failure: Gauge
     build_info: Gauge
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process_collectors: bool = True,
                  snapshot: SnapshotSource = thread_manager_snapshot) -> None:
-        """``snapshot`` gives the limits the scrape-time pids cgroup metrics read (tests pass their own)."""
+        """``snapshot`` gives the limits the scrape-time limit metrics read (tests pass their own)."""
         self.registry = registry if registry is not None else TemplRegistry(auto_describe=True)
         if process_collectors:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
         self._by_name: dict[str, Any] = {}
         scraped = {spec.short: spec for spec in METRICS if spec.scraped}
-        pids = PidsCgroupCollector(scraped.pop("pids_refused_forks"), scraped.pop("pids_peak_tasks"), snapshot)
+        limits = LimitsCollector(*(scraped.pop(short) for short in ("thread_limit", "thread_headroom",
+                                                                      "pids_refused_forks", "pids_peak_tasks")),
+                                 snapshot=snapshot)
         if scraped:
             raise ValueError(f"no scrape-time collector reads {sorted(scraped)}")
         for spec in METRICS:
-            collector = pids if spec.scraped else self._build(spec)
+            collector = limits if spec.scraped else self._build(spec)
             setattr(self, spec.short, collector)
             self._by_name[spec.name] = collector
-        self.registry.register(pids)
+        self.registry.register(limits)
         self.threads_active.set_function(count_threads)
         self.process_threads.set_function(lambda: math.nan if (threads := os_threads()) is None else threads)
         self.build_info.labels(version=_version()).set(1)
@@ -245,39 +267,3 @@ def reset_metrics_for_tests() -> TemplMetrics:
     with _lock:
         _metrics = TemplMetrics()
         return _metrics
-
-
-class _Limit(Protocol):
-    name: str
-    limit: int | float | None
-    headroom: int | float | None
-
-
-class _Snapshot(Protocol):
-    threads: int
-    limits: Iterable[_Limit]
-
-
-def _gauge_value(value: int | float | None, enforced: bool | None) -> float:
-    if value is not None:
-        return float(value)
-    return math.inf if enforced is False else math.nan
-
-
-def update_thread_gauges(snapshot: _Snapshot, metrics: TemplMetrics | None = None) -> None:
-    """Set ``templ_thread_limit``/``templ_thread_headroom`` from a thread-limit snapshot.
-
-    A ``None`` limit/headroom is exported as +Inf when the item says
-    ``enforced is False`` (unlimited / not enforced) and as NaN otherwise
-    (unknown): the series exists but comparisons such as ``headroom < 16`` are
-    false. ``templ_threads_active`` is not taken from the snapshot: it is read
-    live from /proc at scrape time, so ``snapshot.threads`` is ignored. Limit
-    names outside :data:`~telemetry.catalog.LIMIT_NAMES` become "other".
-    """
-    m = metrics or get_metrics()
-    for item in snapshot.limits:
-        name = normalize_label(item.name, LIMIT_NAMES)
-        enforced = getattr(item, "enforced", None)
-        m.thread_limit.labels(limit=name).set(_gauge_value(item.limit, enforced))
-        m.thread_headroom.labels(limit=name).set(_gauge_value(item.headroom, enforced))
-

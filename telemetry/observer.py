@@ -3,7 +3,8 @@ metrics, span event and log line.
 
 The executor and the runner emit typed events (``templ_pipeline.core.events``) and know
 nothing about reporting; ``observe`` is the one place that maps them onto telemetry. The
-events that come once per batch or per query are tested for first.
+events that come once per batch or per query are tested for first. Limits are not taken from
+the events (``LimitsObserved``): the metrics read them at each scrape.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from templ_pipeline.core import events as ev
 from templ_pipeline.telemetry import campaign
 from templ_pipeline.telemetry import events as record
 from templ_pipeline.telemetry import preparation
-from templ_pipeline.telemetry.metrics import update_thread_gauges
 
 
 def observe(event: ev.ExecutorEvent) -> None:
@@ -31,8 +31,6 @@ def observe(event: ev.ExecutorEvent) -> None:
                                           event.conformers_requested, event.conformers, event.warning)
     elif isinstance(event, ev.QueryStarted):
         campaign.record_query_started(event.index, event.in_flight)
-    elif isinstance(event, ev.LimitsObserved):
-        update_thread_gauges(event.snapshot)
     elif isinstance(event, ev.WorkersGranted):
         record.record_workers(event.task_type, event.requested, event.granted)
     elif isinstance(event, ev.WorkersReduced):

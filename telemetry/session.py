@@ -31,6 +31,7 @@ from templ_pipeline.telemetry.catalog import JOB_LABEL
 from templ_pipeline.telemetry.exporters import ExporterConfigError, build_exporters
 from templ_pipeline.telemetry.logs import configure_logging, get_logger, get_run_id
 from templ_pipeline.telemetry.metrics import get_metrics
+from templ_pipeline.telemetry.pusher import PeriodicPusher, push_once
 from templ_pipeline.telemetry.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -64,6 +65,7 @@ class TelemetryOptions:
     pushgateway: str | None = None
     push_grouping_key: tuple[tuple[str, str], ...] = ()  # added to (or replacing) instance and job_id
     push_delete_on_exit: bool = False
+    push_interval: float | None = None  # seconds between pushes while the run lasts; None: the default, 0: end only
     hold_metrics: float = 0.0
     traces_file: Path | None = None
     log_format: str = "auto"
@@ -117,6 +119,7 @@ class TelemetrySession:
         self.sd_file: Path | None = None  # the target file while it exists
         self._sd_content = b""
         self._job_id: str | None = None
+        self._pusher: PeriodicPusher | None = None
         self._log_stream: IO[str] | None = None
         self._interactive = sys.stderr.isatty() if interactive is None else interactive
         self._address = self._check(options)
@@ -161,9 +164,14 @@ class TelemetrySession:
                                           "grouping key can have (the job is always templ)")
             if not value:
                 raise TelemetrySetupError(f"--push-grouping-key {name}=: the value must not be empty")
-        if (options.push_grouping_key or options.push_delete_on_exit) and not options.pushgateway:
-            option = "--push-delete-on-exit" if options.push_delete_on_exit else "--push-grouping-key"
-            raise TelemetrySetupError(f"{option}: needs --pushgateway URL")
+        if options.push_interval is not None and options.push_interval < 0:
+            raise TelemetrySetupError("--push-interval: seconds must not be negative")
+        needs_gateway = [option for option, given in (("--push-grouping-key", options.push_grouping_key),
+                                                      ("--push-delete-on-exit", options.push_delete_on_exit),
+                                                      ("--push-interval", options.push_interval is not None))
+                         if given]
+        if needs_gateway and not options.pushgateway:
+            raise TelemetrySetupError(f"{needs_gateway[0]}: needs --pushgateway URL")
         return address
 
     @property
@@ -174,6 +182,15 @@ class TelemetrySession:
 
             self._job_id = job_id()
         return self._job_id
+
+    @property
+    def push_interval(self) -> float:
+        """Seconds between pushes while the run lasts; 0 without a Pushgateway or with ``--push-interval 0``."""
+        from templ_pipeline.telemetry.pusher import DEFAULT_PUSH_INTERVAL
+
+        if not self.options.pushgateway:
+            return 0.0
+        return DEFAULT_PUSH_INTERVAL if self.options.push_interval is None else self.options.push_interval
 
     @property
     def textfile(self) -> Path | None:
@@ -202,9 +219,21 @@ class TelemetrySession:
             raise TelemetrySetupError(str(exc)) from None
         configure_tracing(exporters, service_name=os.environ.get("OTEL_SERVICE_NAME", options.service_name),
                           resource_attributes={"templ.run_id": get_run_id()})
-        _ = self.job_id  # fixed now that the run id is
+        metrics = get_metrics()
+        metrics.run_info.labels(run_id=get_run_id() or "", job_id=self.job_id, host=socket.gethostname()).set(1)
+        metrics.push_interval.set(self.push_interval)
         self._start_server()
+        self._start_pusher()
         return self
+
+    def _start_pusher(self) -> None:
+        if self.push_interval <= 0:
+            return
+        assert self.options.pushgateway is not None
+        pusher = PeriodicPusher(self.options.pushgateway, self.options.service_name, self.grouping_key(),
+                                self.push_interval)
+        if pusher.start():
+            self._pusher = pusher
 
     def _start_server(self) -> None:
         if self._address is None:
@@ -252,6 +281,9 @@ class TelemetrySession:
         whatever happens on the way, a signal during ``--hold-metrics`` included.
         """
         try:
+            if self._pusher is not None:
+                self._pusher.stop()  # the final push below replaces whatever it pushed
+                self._pusher = None
             shutdown_tracing()
             if delivered:
                 self._record_outcome(success)
@@ -290,21 +322,17 @@ class TelemetrySession:
         (metrics.last_success if success else metrics.last_failure).set(time.time())
 
     def _deliver(self) -> None:
-        from templ_pipeline.telemetry.export import PushError, push_metrics, write_textfile
+        """The final push, then the textfile: a push that failed is counted in the textfile too."""
+        from templ_pipeline.telemetry.export import write_textfile
 
-        registry = get_metrics().registry
+        if self.options.pushgateway:
+            push_once(self.options.pushgateway, self.options.service_name, self.grouping_key())
         textfile = self.textfile
         if textfile is not None:
             try:
-                write_textfile(textfile, registry, labels={JOB_LABEL: self.job_id})
+                write_textfile(textfile, get_metrics().registry, labels={JOB_LABEL: self.job_id})
             except (InputError, OSError) as exc:
                 _log.warning("telemetry.textfile_failed", path=str(textfile), error=str(exc))
-        if self.options.pushgateway:
-            try:
-                push_metrics(self.options.pushgateway, job=self.options.service_name, registry=registry,
-                             grouping_key=self.grouping_key())
-            except PushError as exc:
-                _log.warning("telemetry.push_failed", url=self.options.pushgateway, error=str(exc))
 
     def _delete_group(self) -> None:
         """``--push-delete-on-exit``: nothing of the job stays on the Pushgateway once it has ended.

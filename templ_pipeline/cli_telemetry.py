@@ -48,8 +48,8 @@ MetricsTextfile = Annotated[Path | None, typer.Option(
     "--metrics-textfile", help="Write the final metrics here (*.prom) for node_exporter's textfile collector; "
                                "a directory: DIR/templ_<job id>.prom.", rich_help_panel="Telemetry")]
 Pushgateway = Annotated[str | None, typer.Option(
-    "--pushgateway", help="Push the final metrics to this Pushgateway URL (group: instance=<host>, "
-                          "job_id=<job id>).", rich_help_panel="Telemetry")]
+    "--pushgateway", help="Push the metrics to this Pushgateway URL while the run lasts and at its end "
+                          "(group: instance=<host>, job_id=<job id>).", rich_help_panel="Telemetry")]
 PushGroupingKey = Annotated[list[str] | None, typer.Option(
     "--push-grouping-key", metavar="LABEL=VALUE", help="Add a label to the Pushgateway grouping key, or replace "
                                                        "instance or job_id (repeatable).",
@@ -57,6 +57,10 @@ PushGroupingKey = Annotated[list[str] | None, typer.Option(
 PushDeleteOnExit = Annotated[bool, typer.Option(
     "--push-delete-on-exit", help="Delete the run's Pushgateway group when it ends (after --hold-metrics), so "
                                   "nothing of it stays.", rich_help_panel="Telemetry")]
+PushInterval = Annotated[float | None, typer.Option(
+    "--push-interval", min=0, metavar="SECONDS",
+    help="Push to the Pushgateway this often while the run lasts, and at its end (default 30; 0: at the end "
+         "only).", rich_help_panel="Telemetry")]
 HoldMetrics = Annotated[float, typer.Option(
     "--hold-metrics", min=0, help="Keep /metrics up this many seconds after the run.", rich_help_panel="Telemetry")]
 TracesFile = Annotated[Path | None, typer.Option(
@@ -82,14 +86,15 @@ def _grouping_key(pairs: list[str] | None) -> tuple[tuple[str, str], ...]:
 
 def _telemetry(
     metrics_addr: str | None, no_metrics_server: bool, metrics_textfile: Path | None, metrics_sd_file: Path | None,
-    pushgateway: str | None, push_grouping_key: list[str] | None, push_delete_on_exit: bool, hold_metrics: float,
+    pushgateway: str | None, push_grouping_key: list[str] | None, push_delete_on_exit: bool,
+    push_interval: float | None, hold_metrics: float,
     traces_file: Path | None, log_format: LogFormatChoice, log_file: Path | None, log_level: LogLevelChoice | None,
 ) -> TelemetrySession:
     """The telemetry session of a run; bad options raise ``typer.BadParameter`` or ``TelemetrySetupError`` (exit 2)."""
     options = TelemetryOptions(
         metrics_addr=metrics_addr, metrics_server=not no_metrics_server, metrics_textfile=metrics_textfile,
         metrics_sd_file=metrics_sd_file, pushgateway=pushgateway, push_grouping_key=_grouping_key(push_grouping_key),
-        push_delete_on_exit=push_delete_on_exit, hold_metrics=hold_metrics, traces_file=traces_file,
+        push_delete_on_exit=push_delete_on_exit, push_interval=push_interval, hold_metrics=hold_metrics, traces_file=traces_file,
         log_format=LogFormatChoice(log_format).value, log_file=log_file,
         log_level=None if log_level is None else LogLevelChoice(log_level).value,
     )
@@ -104,6 +109,7 @@ _TELEMETRY_OPTIONS: dict[str, tuple[Any, Any]] = {
     "pushgateway": (Pushgateway, None),
     "push_grouping_key": (PushGroupingKey, None),
     "push_delete_on_exit": (PushDeleteOnExit, False),
+    "push_interval": (PushInterval, None),
     "hold_metrics": (HoldMetrics, 0.0),
     "traces_file": (TracesFile, None),
     "log_format": (LogFormat, LogFormatChoice.AUTO),

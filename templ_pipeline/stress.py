@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 
 from rdkit import Chem
 
-from templ_pipeline import telemetry
 from templ_pipeline.core.batch import BatchResult
 from templ_pipeline.core.conformers import generate_conformers
 from templ_pipeline.core.events import WorkersGranted, WorkersReduced
@@ -40,7 +39,7 @@ from templ_pipeline.core.executor import shutdown_pools
 from templ_pipeline.core.limits.grant import RESERVE_TASKS
 from templ_pipeline.core.limits.worker_cost import worker_cost
 from templ_pipeline.core.scoring import Selection, select_best_with_report
-from templ_pipeline.core.thread_manager import get_thread_manager, reset_thread_manager
+from templ_pipeline.core.thread_manager import reset_thread_manager
 from templ_pipeline.io import examples
 from templ_pipeline.pids_cgroup import CgroupUnavailable, Hierarchy, find_hierarchy, tight_pids_cgroup
 
@@ -51,7 +50,6 @@ EXAMPLES: tuple[str, ...] = ("nsaid", "coxib")  # the bundled pairs that embed f
 CONFORMERS = 80  # per example: 16-20 batches, so a killed worker leaves batches to re-run
 BURST_SECONDS = 1.0  # scoring per normal scenario
 CGROUP_HOLD_SECONDS = 4.0  # in the tight cgroup, so 1-5 s scrapes see the low headroom
-GAUGE_REFRESH_SECONDS = 0.25
 MAX_IDLE_THREADS = 4096  # the headroom eater stops here even if no limit binds
 REFUSALS = 3  # the eater stops after this many refused starts in a row, SETTLE_SECONDS apart,
 SETTLE_SECONDS = 0.02  # so tasks that were still exiting (joined pool threads) are eaten too
@@ -116,11 +114,6 @@ def describe(selection: Selection) -> str:
             f"executor {' -> '.join(report.executor_kinds)}" + (f"; fallbacks: {steps}" if steps else ""))
 
 
-def refresh_thread_gauges() -> None:
-    """Export the limits as they are now (the executor only refreshes them around its own calls)."""
-    telemetry.metrics.update_thread_gauges(get_thread_manager().snapshot(fresh=True))
-
-
 def normal(workers: int, tally: Tally) -> str:
     """Score the workloads back to back for :data:`BURST_SECONDS`."""
     end, calls = time.monotonic() + BURST_SECONDS, 0
@@ -173,11 +166,8 @@ def idle_threads() -> Iterator[list[threading.Thread]]:
 
 
 def hold(seconds: float) -> None:
-    """Stay put, re-exporting the thread gauges so every scrape sees the current headroom."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        refresh_thread_gauges()
-        time.sleep(GAUGE_REFRESH_SECONDS)
+    """Stay put in the tight cgroup, with nothing running: every scrape reads the low headroom itself."""
+    time.sleep(seconds)
 
 
 def start_failure_race(workers: int, tally: Tally) -> str:
@@ -219,17 +209,14 @@ def pids_cgroup(workers: int, tally: Tally, hierarchy: Hierarchy, hold_seconds: 
     try:
         with tight_pids_cgroup(hierarchy, headroom) as cgroup:
             reset_thread_manager()
-            refresh_thread_gauges()
             load = workloads()[0]
             reduced = describe(tally.add(select_best_with_report(load.conformers, load.template, n_workers=workers,
                                                                  exact_workers=True)))
             hold(hold_seconds)
             race = start_failure_race(workers, tally)
-            refresh_thread_gauges()
     finally:
         shutdown_pools()
         reset_thread_manager()
-        refresh_thread_gauges()
     return f"in {cgroup} (headroom {headroom}): {reduced}; held {hold_seconds:.1f} s; race: {race}"
 
 

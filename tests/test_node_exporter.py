@@ -22,7 +22,7 @@ from processes import stop
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from templ_pipeline.telemetry.metrics import TemplMetrics, update_thread_gauges
+from templ_pipeline.telemetry.metrics import TemplMetrics
 from templ_pipeline.telemetry.server import Address, serve_metrics
 from templ_pipeline.core.thread_manager import ThreadResourceManager
 
@@ -96,8 +96,7 @@ def node_exporter() -> Iterator[str]:
 
 def test_threads_max_and_pid_max_agree_with_node_exporter(node_exporter):
     registry = CollectorRegistry()
-    metrics = TemplMetrics(registry, process_collectors=False)
-    update_thread_gauges(ThreadResourceManager().snapshot(fresh=True), metrics)
+    TemplMetrics(registry, process_collectors=False, snapshot=ThreadResourceManager().snapshot)
     server = serve_metrics(Address("127.0.0.1", 0), registry)
     assert server is not None, "the metrics server could not start its thread"
     try:

@@ -18,6 +18,7 @@ from pushgateway_server import pushgateway  # noqa: F401 - the fixture
 
 TEMPL = Path(sys.executable).with_name("templ")
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
+FLEXIBLE = "CC(C)Cc1ccc(cc1)C(C)C(=O)NCCCCCCNC(=O)c1ccccc1OCCOCC"  # 3000 conformers of it take minutes
 LIVE = ("templ_thread_headroom", "templ_thread_limit", "templ_threads_active", "templ_executor_workers_granted")
 
 
@@ -31,6 +32,13 @@ def _groups(url: str) -> dict[str, dict]:
 def _value(group: dict, name: str) -> float | None:
     family = group.get(name)
     return None if family is None else float(family["metrics"][0]["value"])
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -136,10 +144,57 @@ def test_bad_grouping_keys_are_one_line_exit_2(template_sdf, tmp_path, pushgatew
     assert "Traceback" not in done.stderr
 
 
-def test_push_options_need_a_pushgateway(template_sdf, tmp_path):
-    done = subprocess.run(_argv(template_sdf, tmp_path / "o.sdf", "--push-delete-on-exit"), env=_env(),
+@pytest.mark.parametrize("option", [("--push-delete-on-exit",), ("--push-interval", "5")])
+def test_push_options_need_a_pushgateway(template_sdf, tmp_path, option):
+    done = subprocess.run(_argv(template_sdf, tmp_path / "o.sdf", *option), env=_env(),
                           capture_output=True, text=True, timeout=240)
-    assert done.returncode == 2 and "--push-delete-on-exit: needs --pushgateway" in done.stderr, done.stderr
+    assert done.returncode == 2 and f"{option[0]}: needs --pushgateway" in done.stderr, done.stderr
+
+
+def test_a_running_job_pushes_and_a_killed_one_leaves_a_group_without_an_end(template_sdf, tmp_path, pushgateway):
+    """--push-interval: the group appears while the job runs; SIGKILL (the OOM killer) leaves it as it was:
+    no end timestamp, a push time that stops moving, and the interval that tells a rule it is overdue."""
+    long_run = [str(TEMPL), "select-best", "-t", str(template_sdf), "-q", FLEXIBLE, "-n", "3000", "-w", "1",
+                "-o", str(tmp_path / "o.sdf"), "--no-metrics-server", "--log-format", "json",
+                "--pushgateway", pushgateway, "--push-interval", "0.5"]
+    proc = subprocess.Popen(long_run, env=_env(SLURM_JOB_ID="501"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        pushes: set[float] = set()
+        while len(pushes) < 2:  # two pushes while it runs: the group is refreshed, not written once
+            assert proc.poll() is None, proc.communicate(timeout=10)[0][-3000:]
+            assert time.monotonic() < deadline, f"pushes seen: {pushes}"
+            if (group := _groups(pushgateway).get("501")) is not None:
+                pushes.add(_value(group, "push_time_seconds"))
+            time.sleep(0.2)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            stop(proc, grace=10)
+    group = _groups(pushgateway)["501"]
+    assert _value(group, "templ_push_interval_seconds") == 0.5
+    assert _value(group, "templ_last_success_timestamp_seconds") == 0
+    assert _value(group, "templ_last_failure_timestamp_seconds") == 0
+    (info,) = group["templ_run_info"]["metrics"]
+    assert info["labels"]["job_id"] == "501" and info["labels"]["host"] == socket.gethostname()
+    assert info["labels"]["run_id"]
+    assert not any(name in group for name in LIVE)
+
+
+def test_a_failed_push_is_counted_where_it_can_be_seen(template_sdf, tmp_path):
+    """A Pushgateway that does not answer (a closed port on 127.0.0.1): the run succeeds, says so once per push,
+    and its textfile, written after the final push, counts the failure."""
+    closed = _closed_port()
+    textfile = tmp_path / "job.prom"
+    (code, output), = _run_all((_argv(template_sdf, tmp_path / "a.sdf", "--pushgateway", f"http://127.0.0.1:{closed}",
+                                      "--push-interval", "0", "--metrics-textfile", textfile), _env(TEMPL_JOB_ID="7")))
+    assert code == 0, output[-3000:]
+    assert output.count('"event": "telemetry.push_failed"') == 1, output[-3000:]
+    samples = textfile.read_text().splitlines()
+    assert ('templ_telemetry_degraded_total{component="pushgateway",job_id="7",reason="push_failed"} 1.0'
+            in samples), [line for line in samples if "degraded" in line]
 
 
 def test_which_endings_are_a_success():

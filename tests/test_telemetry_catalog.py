@@ -38,6 +38,9 @@ CONTRACT_METRICS = {
     "templ_campaign_queries_short_of_conformers_total": "counter",
     "templ_query_preparations_total": "counter",
     "templ_telemetry_degraded_total": "counter",
+    "templ_start_refusals_total": "counter",
+    "templ_run_info": "gauge",
+    "templ_push_interval_seconds": "gauge",
     "templ_last_success_timestamp_seconds": "gauge",
     "templ_last_failure_timestamp_seconds": "gauge",
     "templ_build_info": "gauge",
@@ -49,7 +52,7 @@ CONTRACT_SHORTS = {
     "select_best_calls", "select_best_duration", "pool_restarts", "batch_resubmissions", "telemetry_degraded",
     "build_info", "campaign_queries", "campaign_in_flight", "campaign_expected", "campaign_skipped",
     "campaign_query_duration", "campaign_worker_replacements", "campaign_shortfalls", "query_preparations", "last_success",
-    "last_failure",
+    "last_failure", "start_refusals", "run_info", "push_interval",
 }
 
 

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import time
 import urllib.request
-from types import SimpleNamespace
 
 import pytest
 from dashboard_queries import free_port
@@ -24,13 +23,8 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
 def _run_events() -> None:
-    """A realistic run: limits, a reduction, a fallback, batches in and out of process, a pool restart."""
-    limits = [
-        SimpleNamespace(name="pids_cgroup", limit=40, headroom=3, enforced=True),
-        SimpleNamespace(name="rlimit_nproc", limit=None, headroom=None, enforced=False),  # +Inf
-        SimpleNamespace(name="stack_memory", limit=None, headroom=None, enforced=None),  # NaN
-    ]
-    telemetry.metrics.update_thread_gauges(SimpleNamespace(threads=5, limits=limits))
+    """A realistic run: a reduction, a fallback, batches in and out of process, a pool restart (the limits
+    are this machine's, read at each collection)."""
     telemetry.events.record_workers("scoring", 8, 8)
     with telemetry.select_best_span(n_conformers=35, workers_requested=8) as call:
         telemetry.events.record_worker_reduction("conformers", 8, 3, "pids_cgroup", "pids.max=40", headroom=3)

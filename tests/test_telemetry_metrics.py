@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from templ_pipeline import telemetry
 from templ_pipeline.telemetry import catalog
-from templ_pipeline.telemetry.metrics import count_threads
+from templ_pipeline.core.limits.model import Limit, Snapshot, StackInfo
+from templ_pipeline.telemetry.metrics import TemplMetrics, count_threads
 
 
 @pytest.fixture
@@ -119,45 +119,72 @@ def test_unknown_label_values_are_folded(tel):
     assert '"cause_raw": "solar_flare"' in tel.stream.getvalue()
 
 
-@dataclass
-class _Limit:
-    name: str
-    limit: int | float | None
-    headroom: int | float | None
+def _limit(name: str, limit: int | None, headroom: int | None, enforced: bool | None) -> Limit:
+    used = None if limit is None or headroom is None else limit - headroom
+    return Limit(name, limit, used, headroom, enforced, source="test")
 
 
-@dataclass
-class _EnforcedLimit(_Limit):
-    enforced: bool | None = None
+def _snapshot(limits: tuple[Limit, ...], refusals: int | None = None) -> Snapshot:
+    return Snapshot(0.0, 5, 1000, limits, StackInfo(8 << 20, 8 << 20, -1, None, None), pids_refusals=refusals)
 
 
-@dataclass
-class _Snapshot:
-    threads: int
-    limits: list[_Limit]
-
-
-def test_update_thread_gauges_and_live_thread_count(tel):
-    snap = _Snapshot(threads=5, limits=[
-        _Limit("pids_cgroup", 64, 10),
-        _Limit("rlimit_nproc", math.inf, math.inf),
-        _Limit("threads_max", None, None),
-        _Limit("bogus_limit", 1, 1),
-        _EnforcedLimit("pid_max", 4194304, None, enforced=False),
-        _EnforcedLimit("stack_memory", None, None, enforced=None),
-    ])
-    telemetry.metrics.update_thread_gauges(snap)
-    r = tel.registry
+def test_limits_are_read_at_each_scrape_and_thread_counts_live():
+    current = {"snapshot": _snapshot((
+        _limit("pids_cgroup", 64, 10, True),
+        _limit("rlimit_nproc", None, None, False),  # unlimited
+        _limit("threads_max", None, None, None),  # unknown
+        _limit("pid_max", 4194304, None, False),  # not enforced: the number, but no headroom
+        _limit("stack_memory", None, None, None),
+    ), refusals=3)}
+    metrics = TemplMetrics(CollectorRegistry(), process_collectors=False, snapshot=lambda: current["snapshot"])
+    r = metrics.registry
     assert r.get_sample_value("templ_thread_limit", {"limit": "pids_cgroup"}) == 64
     assert r.get_sample_value("templ_thread_headroom", {"limit": "pids_cgroup"}) == 10
     assert r.get_sample_value("templ_thread_limit", {"limit": "rlimit_nproc"}) == math.inf
+    assert r.get_sample_value("templ_thread_headroom", {"limit": "rlimit_nproc"}) == math.inf
     assert math.isnan(r.get_sample_value("templ_thread_limit", {"limit": "threads_max"}))
     assert math.isnan(r.get_sample_value("templ_thread_headroom", {"limit": "threads_max"}))
-    assert r.get_sample_value("templ_thread_limit", {"limit": "other"}) == 1
     assert r.get_sample_value("templ_thread_limit", {"limit": "pid_max"}) == 4194304
     assert r.get_sample_value("templ_thread_headroom", {"limit": "pid_max"}) == math.inf  # not enforced
     assert math.isnan(r.get_sample_value("templ_thread_headroom", {"limit": "stack_memory"}))  # unknown
+    assert r.get_sample_value("templ_pids_cgroup_refused_forks_total") == 3
 
+    # the next scrape reads the next snapshot: no event of the executor is needed
+    current["snapshot"] = _snapshot((_limit("pids_cgroup", 64, 2, True), _limit("bogus_limit", 1, 1, True)))
+    assert r.get_sample_value("templ_thread_headroom", {"limit": "pids_cgroup"}) == 2
+    assert r.get_sample_value("templ_thread_limit", {"limit": "other"}) == 1
+    assert r.get_sample_value("templ_thread_headroom", {"limit": "rlimit_nproc"}) is None
+    assert r.get_sample_value("templ_pids_cgroup_refused_forks_total") is None  # unknown: no sample
+    current["snapshot"] = None  # the thread manager cannot be used: no limit samples, no error
+    assert r.get_sample_value("templ_thread_headroom", {"limit": "pids_cgroup"}) is None
+
+
+def test_headroom_follows_threads_started_elsewhere_without_any_executor_call():
+    """Real kernel: threads started after the last executor call show in the next scrape."""
+    from templ_pipeline.core.thread_manager import ThreadResourceManager
+
+    manager = ThreadResourceManager(cache_ttl=0.0)
+    r = TemplMetrics(CollectorRegistry(), process_collectors=False, snapshot=manager.snapshot).registry
+    binding = manager.snapshot().binding
+    if binding is None or binding.name not in ("threads_max", "pid_max", "pids_cgroup", "rlimit_nproc"):
+        pytest.skip(f"no task-counting limit binds here ({binding})")
+    before = r.get_sample_value("templ_thread_headroom", {"limit": binding.name})
+    stop = threading.Event()
+    threads = [threading.Thread(target=stop.wait) for _ in range(50)]
+    for t in threads:
+        t.start()
+    try:
+        during = r.get_sample_value("templ_thread_headroom", {"limit": binding.name})
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    # other tasks on the host come and go meanwhile: 50 threads of ours must show, give or take a few
+    assert before - during >= 40, (before, during)
+
+
+def test_live_thread_count(tel):
+    r = tel.registry
     before = r.get_sample_value("templ_threads_active")
     assert before == count_threads() >= 1
     assert r.get_sample_value("process_threads") == before  # the standard name, read the same way
@@ -212,3 +239,20 @@ def test_disabled_skips_per_batch_work_but_keeps_safety_events(tel):
     assert tel.exporter.get_finished_spans() == ()
     assert "select_best.batch_done" not in tel.stream.getvalue()
     assert "executor.fallback" in tel.stream.getvalue()
+
+
+def test_a_refused_start_counts_by_kind_and_cause_from_zero(tel):
+    r = tel.registry
+    kinds, causes = catalog.START_KINDS, catalog.METRICS_BY_SHORT["start_refusals"].label_values["cause"]
+    assert all(r.get_sample_value("templ_start_refusals_total", {"kind": k, "cause": c}) == 0
+               for k in kinds for c in causes)  # every series is there before the first refusal
+    telemetry.events.record_fallback("thread", "thread", "thread_start_failed", "pids_cgroup")
+    telemetry.events.record_fallback("process", "sequential", "process_start_failed", "rlimit_nproc")
+    telemetry.events.record_fallback("process", "sequential", "broken_pool", "none")  # not a refused start
+    counts = {(k, c): r.get_sample_value("templ_start_refusals_total", {"kind": k, "cause": c})
+              for k in kinds for c in causes}
+    assert {key: n for key, n in counts.items() if n} == {("thread", "pids_cgroup"): 1, ("process", "rlimit_nproc"): 1}
+    degraded = catalog.METRICS_BY_SHORT["telemetry_degraded"]
+    assert r.get_sample_value("templ_telemetry_degraded_total", {"component": "pushgateway",
+                                                                 "reason": "push_failed"}) == 0
+    assert len(degraded.initial_label_values()) == len(catalog.DEGRADED_COMPONENTS) * len(catalog.DEGRADED_REASONS)

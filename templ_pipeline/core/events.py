@@ -76,6 +76,20 @@ class FallbackReason(StrEnum):
     SCHEDULER_UNREACHABLE = "scheduler_unreachable"
 
 
+class StartKind(StrEnum):
+    """What the kernel refused to start: a thread, or a process (a pool worker)."""
+
+    THREAD = "thread"
+    PROCESS = "process"
+
+
+#: The fallback reasons that are a refused start, and what was refused.
+REFUSED_STARTS: dict[FallbackReason, StartKind] = {
+    FallbackReason.THREAD_START_FAILED: StartKind.THREAD,
+    FallbackReason.PROCESS_START_FAILED: StartKind.PROCESS,
+}
+
+
 FallbackCause = _limits_and("FallbackCause", ("SECCOMP", "seccomp"), ("UNKNOWN", "unknown"), ("NONE", "none"))
 """Which limit (or filter) refused a start; ``none`` when the fallback is not about a start."""
 
