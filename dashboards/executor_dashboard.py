@@ -10,10 +10,21 @@ trace of one batch.
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders.dashboard import Dashboard, DatasourceVariable, QueryVariable, Row
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from grafana_foundation_sdk.builders import stat, timeseries
+from grafana_foundation_sdk.builders.dashboard import (
+    Dashboard,
+    DashboardLink,
+    DatasourceVariable,
+    QueryVariable,
+    Row,
+    TextBoxVariable,
+)
 from grafana_foundation_sdk.models import dashboard
 
-from templ_pipeline.dashboards import dask_metrics, links
+from templ_pipeline.dashboards import dashboard_exporters, dask_metrics, links, panels_fleet
 from templ_pipeline.dashboards.annotations import PrometheusAnnotation
 from templ_pipeline.dashboards.names import (
     FAILED,
@@ -28,8 +39,17 @@ from templ_pipeline.dashboards.names import (
     metric,
     value,
 )
-from templ_pipeline.dashboards.panels import GAUGE_CALCS, PROMETHEUS, Query, stat_panel, time_series
-from templ_pipeline.dashboards.promql import finite, quantile, series, sum_rate
+from templ_pipeline.dashboards.panels import GAUGE_CALCS, PROMETHEUS, Query, event_bars, stat_panel, time_series
+from templ_pipeline.dashboards.promql import (
+    events,
+    events_total,
+    finite,
+    headroom_share,
+    quantile,
+    series,
+    sum_rate,
+    with_run,
+)
 from templ_pipeline.dashboards.thresholds import (
     CAMPAIGN_FAILURE_MINUTES,
     CAMPAIGN_FAILURE_RATIO,
@@ -44,6 +64,7 @@ from templ_pipeline.dashboards.thresholds import (
 )
 from templ_pipeline.telemetry.catalog import (
     ATTR_EXECUTOR_KIND,
+    DEGRADED_COMPONENTS,
     EVENT_FALLBACK,
     EVENT_QUERY_FINISHED,
     EVENT_WORKER_REPLACED,
@@ -53,19 +74,29 @@ from templ_pipeline.telemetry.catalog import (
     FALLBACK_CAUSES,
     FALLBACK_REASONS,
     LIMIT_NAMES,
+    METRICS_BY_SHORT,
+    OUTCOMES,
     QUERY_REASONS,
     REPLACEMENT_REASONS,
     RESUBMISSION_REASONS,
     SPAN_QUERY,
     SPAN_SELECT_BEST,
+    START_KINDS,
 )
 from templ_pipeline.core.limits.model import PIDS_CGROUP, STACK_MEMORY
+
+#: What can refuse a start (the cause label of templ_start_refusals_total) and a failed call's outcome.
+START_CAUSES: tuple[str, ...] = METRICS_BY_SHORT["start_refusals"].label_values["cause"]
+ERROR = value("error", OUTCOMES)
 
 UID = "templ-executor"
 TITLE = "TEMPL executor: thread exhaustion"
 
 HEADROOM = finite(series(metric("thread_headroom")))
 LIMIT = series(metric("thread_limit"))
+#: Headroom as a share of each limit that is known and enforced.
+SHARE = headroom_share(series(metric("thread_headroom")), LIMIT)
+BINDING_LIMIT_TITLE = "Binding limit"
 FALLBACKS = series(metric("fallbacks"))
 BROKEN_POOL = value("broken_pool", FALLBACK_REASONS)
 
@@ -80,34 +111,72 @@ def percent_steps(t: Thresholds) -> tuple[tuple[str, float | None], ...]:
     return (("red", None), ("orange", as_percent(t.critical_share)), ("green", as_percent(t.warning_share)))
 
 
+def share_steps(t: Thresholds) -> tuple[tuple[str, float | None], ...]:
+    """The same colours for headroom as a share (0..1) of the limit."""
+    return (("red", None), ("orange", t.critical_share), ("green", t.warning_share))
+
+
+def binding_limit(t: Thresholds) -> str:
+    """Per instance, the limit with the least headroom share, where some limit is within the warning alert's
+    thresholds: below its share of the limit, or below its tasks (a pids cgroup of 40 with 8 left is 20%)."""
+    near = (f"{SHARE}\n  < {t.warning_share}\nor\n  {SHARE}\n"
+            f"  and on (job, instance, limit) ({HEADROOM} < {t.warning_tasks})")
+    return f"bottomk by (job, instance) (1,\n  {near}\n)"
+
+
 def _variables() -> list:
+    """Datasources, then job -> host -> job_id -> instance, each narrowing the next; the exporters' jobs.
+
+    The instance list comes from the runs' info metric, so picking a host or a scheduler job id
+    narrows every panel's ``instance=~"$instance"``; "All" of instance is the list itself (no
+    ``.*``), so it stays narrowed.
+    """
     job = dashboard.VariableOption(text=JOB, value=JOB)
-    every_instance = dashboard.VariableOption(text="All", value="$__all")
+    every = dashboard.VariableOption(text="All", value="$__all")
+    refresh = dashboard.VariableRefresh.ON_TIME_RANGE_CHANGED
+
+    def pick(name: str, label: str, query: str, all_value: str | None) -> QueryVariable:
+        variable = (QueryVariable(name).label(label).datasource(PROMETHEUS).query(query).refresh(refresh)
+                    .multi(True).include_all(True).current(every))
+        return variable.all_value(all_value) if all_value else variable
+
+    def text(name: str, label: str, default: str, description: str) -> TextBoxVariable:
+        option = dashboard.VariableOption(text=default, value=default)
+        return TextBoxVariable(name).label(label).description(description).default_value(default).current(option)
+
+    run_info = metric("run_info")
     return [
         DatasourceVariable("datasource").label("Prometheus").type("prometheus"),
         DatasourceVariable("loki").label("Loki").type("loki"),
         DatasourceVariable("tempo").label("Tempo").type("tempo"),
-        QueryVariable("job").label("Job").datasource(PROMETHEUS).query("label_values(templ_build_info, job)")
-        .refresh(dashboard.VariableRefresh.ON_TIME_RANGE_CHANGED).current(job),
-        QueryVariable("instance").label("Instance").datasource(PROMETHEUS)
-        .query('label_values(templ_build_info{job="$job"}, instance)')
-        .refresh(dashboard.VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True).all_value(".*")
-        .current(every_instance),
+        QueryVariable("job").label("Job").datasource(PROMETHEUS).query(f"label_values({metric('build_info')}, job)")
+        .refresh(refresh).current(job),
+        pick("host", "Host", f'label_values({run_info}{{job="$job"}}, host)', ".*"),
+        pick("job_id", "Scheduler job", f'label_values({run_info}{{job="$job", host=~"$host"}}, job_id)', ".*"),
+        pick("instance", "Instance",
+             f'label_values({run_info}{{job="$job", host=~"$host", job_id=~"$job_id"}}, instance)', None),
+        text("node_job", "node_exporter job", dashboard_exporters.NODE_JOB,
+             "The scrape job of node_exporter (run with --collector.processes) for the Exporters row."),
+        text("cadvisor_job", "cAdvisor job", dashboard_exporters.CADVISOR_JOB,
+             "The scrape job of cAdvisor (or the kubelet's /metrics/cadvisor) for the Exporters row."),
     ]
 
 
 def _headroom_panels(t: Thresholds) -> list:
     return [
         stat_panel(
-            "Binding limit",
-            "Per instance, the kernel limit that refuses the next thread first (the least headroom among "
-            "the limits that are known and enforced) and its headroom in tasks (thread stacks for "
-            f"{STACK_MEMORY}). Red: below {t.critical_tasks}, a {t.smallest_pool}-worker process pool no longer "
-            f"fits and the executor runs sequentially; orange: below {t.warning_tasks}. Unknown (NaN) and "
-            "unlimited (+Inf) limits are left out; `templ doctor` on the host lists them all.",
-            "short",
-            [Query(f"bottomk by (instance) (1, {HEADROOM})", "{{instance}}: {{limit}}")],
-            threshold_steps=headroom_steps(t),
+            BINDING_LIMIT_TITLE,
+            "Per instance, the kernel limit with the least headroom as a share of the limit (headroom / limit, "
+            "so tasks and thread stacks compare), shown only while some limit is within the warning alert's "
+            f"thresholds: less than {percent(t.warning_share)} of it left (the warning pressure "
+            f"{t.warning_pressure:.2f} of the thread manager) or fewer than {t.warning_tasks} tasks. Red: below "
+            f"{percent(t.critical_share)} (critical); orange: below "
+            f"{percent(t.warning_share)}. Unknown (NaN) and unlimited (+Inf) limits are left out; `templ doctor` "
+            "on the host lists them all. The headroom graphs beside give the tasks left.",
+            "percentunit",
+            [Query(binding_limit(t), "{{instance}}: {{limit}}")],
+            threshold_steps=share_steps(t),
+            no_value=f"no limit within {percent(t.warning_share)} or {t.warning_tasks} tasks",
         ),
         time_series(
             "Headroom (tasks)",
@@ -127,7 +196,7 @@ def _headroom_panels(t: Thresholds) -> list:
             "and critical. A steady decline means the job, or its neighbours in the same cgroup or user, "
             "keeps more threads alive than before.",
             "percent",
-            [Query(f"100 * ({HEADROOM}) / ({LIMIT} > 0 < +Inf)", "{{instance}} {{limit}}")],
+            [Query(f"100 * {SHARE}", "{{instance}} {{limit}}")],
             width=9, calcs=GAUGE_CALCS, threshold_steps=percent_steps(t), min_value=0, max_value=100,
         ),
         time_series(
@@ -153,17 +222,7 @@ def _pids_evidence_panels() -> list:
     """What the pids controller itself recorded: it keeps what scrapes of the headroom miss."""
     pids_limit = series(metric("thread_limit"), f'limit="{value(PIDS_CGROUP, LIMIT_NAMES)}"')
     return [
-        time_series(
-            "Forks refused by the pids cgroup",
-            "The kernel's own count of forks (new threads and processes) that the pids controller refused in the "
-            "job's cgroup, from any process in it (pids.events max, summed over the cgroup's pids levels), per "
-            "instance. A step up is a thread or process that failed to start, even when the headroom above never "
-            "looked low: a refused pool start frees its tasks at once, so the next scrape sees room again. No "
-            "line: no pids cgroup is visible to the job. The refused-forks alert fires on any rise.",
-            "short",
-            [Query(series(metric("pids_refused_forks")), "{{instance}} refused so far")],
-            calcs=GAUGE_CALCS, step_lines=True,
-        ),
+        REFUSED_FORKS.build(),
         time_series(
             "pids cgroup: peak vs limit",
             "The most tasks the job's pids cgroup has held at once (pids.peak of the level whose pids.max binds), "
@@ -180,11 +239,164 @@ def _pids_evidence_panels() -> list:
     ]
 
 
+@dataclass(frozen=True)
+class EventPanel:
+    """A bar panel of one event counter: events per interval on the exact shape (``promql.events``)."""
+
+    title: str
+    short: str  # catalog short name of the counter
+    by: str  # labels the bars are split by, besides job and instance
+    legend: str  # after "{{instance}} {{run_id}}"
+    what: str  # the description's first sentences: what one event is
+    no_value: str  # shown when the range has no event
+    hide_zero: bool = True
+    width: int = 12
+
+    def query(self) -> str:
+        # job_id: pushed series of several jobs on one host share their instance (the host name)
+        by = ", ".join(("job, instance, job_id", self.by)) if self.by else "job, instance, job_id"
+        return with_run(events(metric(self.short), by, hide_zero=self.hide_zero))
+
+    def build(self, data_links: Sequence[DashboardLink] = ()) -> timeseries.Panel:
+        hidden = (" Label sets without an event in the range are left out (the query keeps only bars above 0), so "
+                  "the zero-initialised combinations do not crowd the legend.") if self.hide_zero else ""
+        return event_bars(
+            self.title, f"{self.what} {EVENT_BAR}{hidden}",
+            [Query(self.query(), " ".join(("{{instance}} {{run_id}}", self.legend)).strip())],
+            no_value=self.no_value, width=self.width, data_links=data_links,
+        )
+
+
+EVENT_BAR = ("One bar is the events of one interval ($__interval, never shorter than the scrape interval): "
+             "exact, the first event of a series born at 1 and the events after a restart of the process included, "
+             "unlike rate() or increase(); the bars of a range add up to its events (legend: sum). Legends carry "
+             "the run_id of the run behind each instance.")
+
+_CAUSES = listing(cause for cause in FALLBACK_CAUSES if cause != NO_CAUSE)
+_CAPS = listing((f"{reason} (capped at {MANAGER_CAPS[reason]} workers)" for reason in MANAGER_REASONS), " / ")
+_OTHERS = "".join(f"; {reason}: {meaning}" for reason, meaning in OTHER_REDUCTIONS.items())
+
+REDUCTIONS = EventPanel(
+    "Worker reductions per interval by task type and reason", "worker_reductions", "task_type, reason",
+    "{{task_type}}: {{reason}}",
+    "Times the executor granted fewer workers than requested, per task type and reason: the limit that bound "
+    f"({listing(LIMIT_NAMES)}), or {_CAPS} when the thread manager could not answer{_OTHERS}. Sustained bars cost "
+    "throughput. Click a series for its log lines.",
+    "no worker reduction in this range")
+FALLBACKS_BARS = EventPanel(
+    "Fallbacks per interval by from, to, reason and cause", "fallbacks", "from_kind, to_kind, reason, cause",
+    "{{from_kind}} -> {{to_kind}}: {{reason}} (cause {{cause}})",
+    f"Steps down the executor ladder (process pool, fewer processes, {SEQUENTIAL}). reason: what failed "
+    f"({listing(FALLBACK_REASONS)}); cause: what refused the start ({_CAUSES}; {NO_CAUSE} when the step is not "
+    "about a start). Each fallback is also an annotation on every graph. Click a series for its log lines; their "
+    "trace_id opens the trace.",
+    "no fallback in this range", width=16)
+START_REFUSALS = EventPanel(
+    "Refused thread and process starts per interval by kind and cause", "start_refusals", "kind, cause",
+    "{{kind}} refused by {{cause}}",
+    f"Thread and process starts the kernel refused ({listing(START_KINDS)}), by the limit or filter that refused "
+    f"them ({listing(START_CAUSES)}): one per fallback of reason thread_start_failed or process_start_failed, on "
+    "any rung, conformer generation's threads included.",
+    "no start refused in this range", width=8)
+POOL_RESTARTS = EventPanel(
+    "Broken pools replaced per interval", "pool_restarts", "executor_kind", "{{executor_kind}}",
+    "Worker pools found broken (a worker died: OOM killer, SIGKILL) and replaced, per executor kind. Each also "
+    f"shows as a {BROKEN_POOL} fallback; the unfinished batches were re-run on the next rung, not lost.",
+    "no pool replaced in this range", width=8)
+REFUSED_FORKS = EventPanel(
+    "Forks refused by the pids cgroup", "pids_refused_forks", "", "",
+    "The kernel's own count of forks (new threads and processes) the pids controller refused in the job's "
+    "cgroup, from any process in it (pids.events max, summed over the cgroup's pids levels). A bar is a thread "
+    "or process that failed to start, even when the headroom never looked low: a refused pool start frees its "
+    "tasks at once. The first scrape counts what the cgroup had refused before the process started.",
+    "no fork refused (or no pids cgroup visible to the job)", width=8)
+CONFORMER_FAILURES = EventPanel(
+    "Conformer failures per interval by reason", "conformers_failed", "reason", "{{reason}}",
+    f"Conformers that could not be scored, per reason ({listing(FAILURE_REASONS)}). These are input problems: a "
+    f"fallback never loses a conformer. The failure-ratio alert fires above {percent(FAILURE_RATIO)} for "
+    f"{FAILURE_MINUTES} minutes.",
+    "no conformer failed in this range", width=8)
+CALLS = EventPanel(
+    "select_best calls per interval by outcome", "select_best_calls", "outcome", "{{outcome}}",
+    "Calls of select_best that ended, ok or error (an exception left the call). A run of `templ select-best` is "
+    "one call; a campaign makes one per query.",
+    "no select_best call ended in this range", width=8)
+GENERATIONS_IN_PROGRESS_TITLE = "Conformer generations in progress"
+"""The panel of the generations running now: empty (its no-value text) whenever none runs."""
+GENERATIONS = EventPanel(
+    "Conformer generations per interval by outcome", "conformer_generations", "outcome", "{{outcome}}",
+    "Conformer generations (ETKDG) of select-best queries that ended, ok or error; campaign queries embed in "
+    "their workers and count as queries. ETKDG reports no progress while it embeds: the panel below shows the "
+    "generations still running, during which a job is busy though it scores nothing.",
+    "no conformer generation ended in this range", width=8)
+QUERIES = EventPanel(
+    "Queries finished per interval by status and reason", "campaign_queries", "status, reason",
+    "{{status}} {{reason}}",
+    f"Campaign queries finished, {OK} (reason none) or {FAILED} by reason "
+    f"({listing(reason for reason in QUERY_REASONS if reason != 'none')}). No bars while queries remain is a "
+    f"stall: the stall alert fires after {CAMPAIGN_STALL_MINUTES} minutes without a finished query; the failure "
+    f"alert fires above {percent(CAMPAIGN_FAILURE_RATIO)} of the queries for {CAMPAIGN_FAILURE_MINUTES} minutes. "
+    f"Click a series for its {EVENT_QUERY_FINISHED} lines: query id, reason and detail.",
+    "no campaign query finished in this range", hide_zero=False, width=9)
+SHORTFALLS = EventPanel(
+    "Queries short of conformers per interval", "campaign_shortfalls", "", "",
+    "Campaign queries that got some conformers but fewer than asked (ETKDG embedded fewer): their pose comes from "
+    "fewer candidates. A query with none is a failure (embedding_failed), counted in the panel beside.",
+    "no query short of conformers in this range", hide_zero=False, width=6)
+REPLACEMENTS = EventPanel(
+    "Worker replacements per interval by reason", "campaign_worker_replacements", "reason", "{{reason}}",
+    "Campaign workers ended because their query ran over --query-timeout "
+    f"({value('timeout', REPLACEMENT_REASONS)}) or found dead ({value('worker_lost', REPLACEMENT_REASONS)}: the "
+    "OOM killer, a crash in native code), and replaced. Their query is a failed row; the rest of the campaign "
+    "goes on. Click a series for the log lines.",
+    "no campaign worker replaced in this range", hide_zero=False, width=9)
+PREPARATIONS = EventPanel(
+    "Query preparations per interval by action", "query_preparations", "action", "{{action}}",
+    "What query preparation did: counterions and solvents removed, stereoisomers enumerated (capped: more than "
+    "--max-isomers), isotopes cleared, and queries refused before embedding (unsupported_element, too_small). A "
+    "query counts once under each thing done to it; the query.prepared log lines say which query.",
+    "no query prepared in this range", hide_zero=False, width=6)
+DEGRADED = EventPanel(
+    "Telemetry degraded per interval by component and reason", "telemetry_degraded", "component, reason",
+    "{{component}}: {{reason}}",
+    f"Telemetry components ({listing(DEGRADED_COMPONENTS)}) that could not start normally or lost data and run "
+    "degraded, by reason (e.g. push_failed: the Pushgateway refused or did not answer a push, counted on the next "
+    "push that succeeds). Scoring goes on; what the component would have delivered may be missing.",
+    "telemetry healthy: nothing degraded in this range", width=8)
+RESUBMISSIONS = EventPanel(
+    "Batch resubmissions per interval", "batch_resubmissions", "executor_kind, reason", "{{reason}}",
+    f"Batches sent again because the Dask worker running them ({value('worker_lost', RESUBMISSION_REASONS)}) or "
+    f"holding their result ({value('result_lost', RESUBMISSION_REASONS)}) left the cluster. Results are still "
+    "counted once.",
+    "no batch resubmitted in this range", width=6)
+
+_EVENT_SPECS: tuple[EventPanel, ...] = (REDUCTIONS, FALLBACKS_BARS, START_REFUSALS, POOL_RESTARTS, REFUSED_FORKS,
+                                        CONFORMER_FAILURES, CALLS, GENERATIONS, QUERIES, SHORTFALLS, REPLACEMENTS, PREPARATIONS,
+                                        DEGRADED, RESUBMISSIONS)
+EVENT_PANELS: tuple[tuple[str, str], ...] = tuple((spec.title, spec.short) for spec in _EVENT_SPECS)
+"""(panel title, catalog short name of its counter) of every event panel: the sum of a panel's bars over a range
+is the number of those events in it."""
+THROUGHPUT_COUNTERS: tuple[str, ...] = ("conformers_scored", "batches")
+"""The counters charted as rates, where a rate is the point (the work done per second), not as event bars."""
+
+
+def _event_totals() -> stat.Panel:
+    """Totals over the dashboard range: a short run reads as what it did, not as a 0/s rate."""
+    return stat_panel(
+        "Events over the range",
+        "Events of the selected instances over the whole dashboard range, exact (the bars of the event panels "
+        "summed): runs that ended inside the range included. A green 0 is a range without any.",
+        "short",
+        [Query(events_total(metric(spec.short), ""), label) for spec, label in (
+            (FALLBACKS_BARS, "fallbacks"), (START_REFUSALS, "refused starts"), (REDUCTIONS, "worker reductions"),
+            (POOL_RESTARTS, "pools replaced"), (REFUSED_FORKS, "forks refused by the pids cgroup"))],
+        threshold_steps=(("green", None), ("orange", 1)), width=8,
+    )
+
+
 def _decision_panels() -> list:
     reduction_logs = links.logs_url(links.event_logs(
         EVENT_WORKERS_REDUCED, 'task_type="${__field.labels.task_type}"', 'reason="${__field.labels.reason}"'))
-    caps = listing((f"{reason} (capped at {MANAGER_CAPS[reason]} workers)" for reason in MANAGER_REASONS), " / ")
-    others = "".join(f"; {reason}: {meaning}" for reason, meaning in OTHER_REDUCTIONS.items())
     return [
         time_series(
             "Workers requested vs granted",
@@ -197,49 +409,20 @@ def _decision_panels() -> list:
             ],
             calcs=GAUGE_CALCS, step_lines=True,
         ),
-        time_series(
-            "Worker reductions/s by task type and reason",
-            "How often the executor granted fewer workers than requested, per task type and reason: the "
-            f"limit that bound ({listing(LIMIT_NAMES)}), or {caps} when the thread manager could not answer"
-            f"{others}. "
-            "A sustained rate costs throughput. Click a series for its log lines.",
-            "eps",
-            [Query(sum_rate(metric("worker_reductions"), "instance, task_type, reason"),
-                   "{{instance}} {{task_type}}: {{reason}}")],
-            data_links=[links.link("Logs of these reductions", reduction_logs,
-                                   f"{EVENT_WORKERS_REDUCED} lines for this task type and reason")],
-        ),
+        REDUCTIONS.build([links.link("Logs of these reductions", reduction_logs,
+                                     f"{EVENT_WORKERS_REDUCED} lines for this task type and reason")]),
     ]
 
 
 def _fallback_panels() -> list:
     fallback_logs = links.logs_url(links.event_logs(
         EVENT_FALLBACK, 'reason="${__field.labels.reason}"', 'cause="${__field.labels.cause}"'))
-    causes = listing(cause for cause in FALLBACK_CAUSES if cause != NO_CAUSE)
     return [
-        time_series(
-            "Fallbacks/s by from, to, reason and cause",
-            f"Steps down the executor ladder (process pool, fewer processes, {SEQUENTIAL}). reason: what "
-            f"failed ({listing(FALLBACK_REASONS)}); cause: what refused the start ({causes}; {NO_CAUSE} when "
-            "the step is not about a start). Each fallback is also an annotation on every graph. Click a "
-            "series for its log lines; their trace_id opens the trace.",
-            "eps",
-            [Query(sum_rate(metric("fallbacks"), "instance, from_kind, to_kind, reason, cause"),
-                   "{{instance}} {{from_kind}} -> {{to_kind}}: {{reason}} (cause {{cause}})")],
-            width=16,
-            data_links=[links.link("Logs of these fallbacks", fallback_logs,
-                                   f"{EVENT_FALLBACK} lines for this reason and cause")],
-        ),
-        time_series(
-            "Broken pools replaced/s",
-            "Worker pools found broken (a worker died: OOM killer, SIGKILL) and replaced, per executor "
-            f"kind. Each also shows as a {BROKEN_POOL} fallback; the unfinished batches were re-run on the "
-            "next rung, not lost.",
-            "eps",
-            [Query(sum_rate(metric("pool_restarts"), "instance, executor_kind"),
-                   "{{instance}} {{executor_kind}}")],
-            width=8,
-        ),
+        FALLBACKS_BARS.build([links.link("Logs of these fallbacks", fallback_logs,
+                                         f"{EVENT_FALLBACK} lines for this reason and cause")]),
+        _event_totals(),
+        START_REFUSALS.build(),
+        POOL_RESTARTS.build(),
     ]
 
 
@@ -248,11 +431,22 @@ def _work_panels() -> list:
     return [
         time_series(
             "Conformers scored/s",
-            f"Throughput: conformers scored per second, per instance. A drop together with {SEQUENTIAL} "
-            "batches (next panel) is the cost of the fallbacks above.",
+            f"Throughput: conformers scored per second, per instance and run. A drop together with {SEQUENTIAL} "
+            "batches (next panel) is the cost of the fallbacks above. A run shorter than a few scrapes draws "
+            "little here: the stat beside counts what it scored.",
             "cps",
-            [Query(sum_rate(metric("conformers_scored"), "instance"), "{{instance}}")],
+            [Query(with_run(sum_rate(metric("conformers_scored"), "job, instance")), "{{instance}} {{run_id}}")],
             width=8,
+        ),
+        stat_panel(
+            "Conformers scored over the range",
+            "Conformers the selected instances scored over the whole dashboard range, exact (counted like the "
+            "event bars: a run that ended inside the range, or that lived for one scrape, included), and the "
+            "select_best calls that ended with an error.",
+            "short",
+            [Query(events_total(metric("conformers_scored"), ""), "conformers scored"),
+             Query(events_total(metric("select_best_calls"), "", f'outcome="{ERROR}"'), "select_best errors")],
+            threshold_steps=(("blue", None),), width=4,
         ),
         time_series(
             "Batches/s by executor kind",
@@ -260,31 +454,50 @@ def _work_panels() -> list:
             f"workers), {thread}, {dask} (a Dask cluster's workers) or {SEQUENTIAL} (in the calling thread, "
             "after a fallback: one CPU).",
             "ops",
-            [Query(sum_rate(metric("batches"), "instance, executor_kind"),
+            [Query(sum_rate(metric("batches"), "instance, executor_kind") + " > 0",
                    "{{instance}} {{executor_kind}}")],
-            width=8,
+            width=12, no_value="no batch finished in this range",
         ),
+        CONFORMER_FAILURES.build(),
+        CALLS.build(),
+        GENERATIONS.build(),
         time_series(
-            "Conformer failures/s by reason",
-            f"Conformers that could not be scored, per reason ({listing(FAILURE_REASONS)}). These are input "
-            "problems: a fallback never loses a conformer. The failure-ratio alert fires above "
-            f"{percent(FAILURE_RATIO)} for {FAILURE_MINUTES} minutes.",
-            "cps",
-            [Query(sum_rate(metric("conformers_failed"), "instance, reason"), "{{instance}} {{reason}}")],
-            width=8,
-        ),
-        time_series(
-            "Batch duration p50 / p95 / p99",
-            "Wall time of one conformer batch, quantiles per instance from the histogram buckets. Dots "
-            "are exemplars, single batches with their trace_id: click one to open its trace in Tempo. A "
-            f"rise together with {SEQUENTIAL} batches is the latency cost of a fallback.",
+            "Batch duration p50 / p95 / p99 by executor kind",
+            "Wall time of one conformer batch, quantiles per instance and executor kind (kinds are never mixed: a "
+            f"{SEQUENTIAL} batch runs on one CPU) from the histogram buckets. Dots are exemplars, single batches "
+            "with their trace_id: click one to open its trace in Tempo. A quantile inside the first bucket is "
+            "interpolated, not measured.",
             "s",
             [
-                Query(quantile(0.5, metric("batch_duration")), "{{instance}} p50", exemplar=True),
-                Query(quantile(0.95, metric("batch_duration")), "{{instance}} p95"),
-                Query(quantile(0.99, metric("batch_duration")), "{{instance}} p99"),
+                Query(quantile(q, metric("batch_duration"), by="instance, executor_kind") + " > 0",
+                      f"{{{{instance}}}} {{{{executor_kind}}}} p{round(q * 100)}", exemplar=q == 0.5)
+                for q in (0.5, 0.95, 0.99)
             ],
-            width=24,
+            width=12, no_value="no batch finished in this range",
+        ),
+        time_series(
+            "select_best call duration p50 / p95 / p99",
+            "Wall time of whole select_best calls (one per `templ select-best` run, one per campaign query), "
+            "quantiles per instance from the histogram buckets. The real cost of a fallback shows here: a call "
+            f"that fell back to {SEQUENTIAL} runs its batches on one CPU and takes as long as all of them. Dots are "
+            "exemplars: click one to open the call's trace.",
+            "s",
+            [
+                Query(quantile(q, metric("select_best_duration")) + " > 0", f"{{{{instance}}}} p{round(q * 100)}",
+                      exemplar=q == 0.5)
+                for q in (0.5, 0.95, 0.99)
+            ],
+            width=12, no_value="no select_best call ended in this range",
+        ),
+        time_series(
+            GENERATIONS_IN_PROGRESS_TITLE,
+            "Conformer generations (ETKDG) running now, per instance and run: embedding many conformers of a "
+            "flexible ligand takes minutes with no other sign of life, and the stall alert leaves a job alone "
+            "while this is above 0.",
+            "short",
+            [Query(with_run(f"sum by (job, instance) ({series(metric('conformer_generations_in_progress'))}) > 0"),
+                   "{{instance}} {{run_id}}")],
+            width=24, no_value="no conformer generation running",
         ),
     ]
 
@@ -308,11 +521,9 @@ def campaign_eta() -> str:
 
 def _campaign_panels() -> list:
     failed, ok = FAILED, OK
-    reasons = listing(reason for reason in QUERY_REASONS if reason != "none")
     failure_logs = links.logs_url(links.event_logs(EVENT_QUERY_FINISHED, f'status="{failed}"',
                                                    'reason="${__field.labels.reason}"'))
     replacement_logs = links.logs_url(links.event_logs(EVENT_WORKER_REPLACED, 'reason="${__field.labels.reason}"'))
-    timeout, worker_lost = (value(reason, REPLACEMENT_REASONS) for reason in ("timeout", "worker_lost"))
     return [
         stat_panel(
             "Campaign progress",
@@ -335,14 +546,8 @@ def _campaign_panels() -> list:
             ],
             width=9, calcs=GAUGE_CALCS,
         ),
-        time_series(
-            "Queries/s by status",
-            f"Queries finished per second, {ok} or {failed}. A drop to 0 while queries remain is a stall: the stall "
-            f"alert fires after {CAMPAIGN_STALL_MINUTES} minutes without a finished query.",
-            "ops",
-            [Query(sum_rate(metric("campaign_queries"), "instance, status"), "{{instance}} {{status}}")],
-            width=9,
-        ),
+        QUERIES.build([links.link("Logs of these failures", failure_logs,
+                                  f"{EVENT_QUERY_FINISHED} lines of failed queries for this reason")]),
         stat_panel(
             "ETA",
             "Time left, per instance, at the average rate of this run: the queries left over the queries finished "
@@ -352,22 +557,7 @@ def _campaign_panels() -> list:
             [Query(campaign_eta(), "{{instance}}")],
             threshold_steps=(("blue", None),),
         ),
-        time_series(
-            "Query failures/s by reason",
-            f"Queries without a pose per second, by reason ({reasons}), and queries that got fewer conformers "
-            f"than asked (their pose comes from fewer candidates). The failure alert fires above "
-            f"{percent(CAMPAIGN_FAILURE_RATIO)} of the queries for {CAMPAIGN_FAILURE_MINUTES} minutes. Click a "
-            f"series for its {EVENT_QUERY_FINISHED} lines: query id, reason and detail.",
-            "ops",
-            [
-                Query(sum_rate(metric("campaign_queries"), "instance, reason", f'status="{failed}"'),
-                      "{{instance}} {{reason}}"),
-                Query(sum_rate(metric("campaign_shortfalls"), "instance"), "{{instance}} fewer conformers"),
-            ],
-            width=9,
-            data_links=[links.link("Logs of these failures", failure_logs,
-                                   f"{EVENT_QUERY_FINISHED} lines of failed queries for this reason")],
-        ),
+        SHORTFALLS.build(),
         time_series(
             "Queries in flight vs workers",
             "Queries handed to a worker whose result has not arrived, next to the campaign's workers. In flight "
@@ -380,27 +570,9 @@ def _campaign_panels() -> list:
             ],
             width=9, calcs=GAUGE_CALCS, step_lines=True,
         ),
-        time_series(
-            "Worker replacements/s by reason",
-            f"Campaign workers ended because their query ran over --query-timeout ({timeout}) or found dead "
-            f"({worker_lost}: the OOM killer, a crash in native code), and replaced. Their query is a failed row; "
-            "the rest of the campaign goes on. Click a series for the log lines.",
-            "ops",
-            [Query(sum_rate(metric("campaign_worker_replacements"), "instance, reason"), "{{instance}} {{reason}}")],
-            width=8,
-            data_links=[links.link("Logs of these replacements", replacement_logs,
-                                   f"{EVENT_WORKER_REPLACED} lines for this reason")],
-        ),
-        time_series(
-            "Query preparation/s by action",
-            "What query preparation did, per second: counterions and solvents removed, stereoisomers enumerated "
-            "(capped: more than --max-isomers), isotopes cleared, and queries refused before embedding "
-            "(unsupported_element, too_small). A query counts once under each thing done to it; the "
-            "query.prepared log lines say which query.",
-            "ops",
-            [Query(sum_rate(metric("query_preparations"), "instance, action"), "{{instance}} {{action}}")],
-            width=8,
-        ),
+        REPLACEMENTS.build([links.link("Logs of these replacements", replacement_logs,
+                                       f"{EVENT_WORKER_REPLACED} lines for this reason")]),
+        PREPARATIONS.build(),
         time_series(
             "Query duration p50 / p95 / p99",
             f"Wall time of one {ok} query in its worker (conformer generation and scoring), quantiles per "
@@ -436,21 +608,19 @@ def _process_panels() -> list:
             width=8, calcs=GAUGE_CALCS,
         ),
         time_series(
-            "Open file descriptors",
-            "Open file descriptors of the TEMPL parent process and its limit (RLIMIT_NOFILE). Every "
-            "process worker holds pipes in the parent, so a large pool can run out of descriptors too.",
-            "short",
-            [
-                Query(series("process_open_fds"), "{{instance}} open"),
-                Query(series("process_max_fds"), "{{instance}} limit"),
-            ],
-            width=8, calcs=GAUGE_CALCS,
+            "Open file descriptors (% of the limit)",
+            "Open file descriptors of the TEMPL parent process as a share of its limit (RLIMIT_NOFILE, "
+            "process_open_fds / process_max_fds). Every process worker holds pipes in the parent, so a large pool "
+            "can run out of descriptors too: at 100% the next pool start fails with EMFILE.",
+            "percentunit",
+            [Query(f"{series('process_open_fds')}\n/\n({series('process_max_fds')} > 0)", "{{instance}}")],
+            width=8, calcs=GAUGE_CALCS, min_value=0, max_value=1,
         ),
+        DEGRADED.build(),
     ]
 
 
 def _dask_panels() -> list:
-    worker_lost, result_lost = (value(reason, RESUBMISSION_REASONS) for reason in ("worker_lost", "result_lost"))
     scheduler = f'job="{dask_metrics.SCHEDULER_JOB}"'
     workers = f'job="{dask_metrics.WORKERS_JOB}"'
     return [
@@ -484,14 +654,7 @@ def _dask_panels() -> list:
             [Query(f"sum(dask_worker_threads{{{workers}}})", "threads")],
             width=6, calcs=GAUGE_CALCS,
         ),
-        time_series(
-            "Batch resubmissions",
-            f"Batches sent again because the Dask worker running them ({worker_lost}) or holding their result "
-            f"({result_lost}) left the cluster, per second. Results are still counted once.",
-            "ops",
-            [Query(sum_rate(metric("batch_resubmissions"), "reason"), "{{reason}}")],
-            width=6,
-        ),
+        RESUBMISSIONS.build(),
     ]
 
 
@@ -548,6 +711,8 @@ def build() -> dashboard.Dashboard:
         ("Work", _work_panels()),
         ("Campaign", _campaign_panels()),
         ("Process", _process_panels()),
+        ("Fleet", panels_fleet.fleet_panels(t)),
+        ("Exporters", panels_fleet.exporter_panels()),
         ("Dask", _dask_panels()),
     ):
         builder = builder.with_row(Row(title))

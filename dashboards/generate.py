@@ -1,4 +1,4 @@
-"""Write the dashboard JSON, the alert rules and the README's alert table (``make dashboards``), or check them.
+"""Write the dashboard JSON, the alert rules, their promtool tests and the README's alert table, or check them.
 
     python -m templ_pipeline.dashboards.generate          # (re)write every generated file
     python -m templ_pipeline.dashboards.generate --check  # exit 1 and name the stale files
@@ -18,11 +18,12 @@ from pathlib import Path
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from templ_pipeline.dashboards import alerts, executor_dashboard
+from templ_pipeline.dashboards import alert_tests, alerts, executor_dashboard
 
 HERE = Path(__file__).parent
 OUTPUT_DIR = HERE / "grafana" / "dashboards"
 ALERTS = HERE / "prometheus" / "alerts.yml"
+ALERT_TESTS = HERE / "prometheus" / "alerts_test.yml"
 README = HERE / "README.md"
 
 #: The README's alert table sits between these two lines.
@@ -53,6 +54,7 @@ def outputs() -> dict[Path, str]:
     """Every generated file and the content the generator gives it now."""
     files = {OUTPUT_DIR / name: render(build) for name, build in DASHBOARDS.items()}
     files[ALERTS] = alerts.render()
+    files[ALERT_TESTS] = alert_tests.render()
     files[README] = with_alert_table(README.read_text())
     return files
 

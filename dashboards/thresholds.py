@@ -27,7 +27,7 @@ from templ_pipeline.campaign.runner import DEFAULT_QUERY_TIMEOUT
 from templ_pipeline.core import executor, pools
 from templ_pipeline.core.limits.grant import RESERVE_TASKS, max_workers
 from templ_pipeline.core.limits.model import PIDS_CGROUP, Limit, Snapshot, StackInfo
-from templ_pipeline.core.limits.worker_cost import WorkerCost, worker_cost
+from templ_pipeline.core.limits.worker_cost import START_METHOD_HELPER_TASKS, WorkerCost, worker_cost
 from templ_pipeline.core.thread_manager import CRITICAL_PRESSURE, WARNING_PRESSURE
 
 WARNING_HEADROOM = 32
@@ -36,13 +36,13 @@ WARNING_HEADROOM = 32
 FAILURE_RATIO = 0.10
 """Share of conformers failing to score above which the failure alert fires."""
 FAILURE_MINUTES = 10
-"""Minutes the failure ratio is measured over, and then must hold, before that alert fires."""
+"""Minutes the failure ratio is measured over (the alert fires at once: a 10 s job has no minutes to hold)."""
 
 CAMPAIGN_FAILURE_RATIO = 0.10
 """Share of a campaign's queries failing above which the campaign failure alert fires: a curated library
 loses well under 1% to unparsable records and embeddings that fail, so 10% is a broken input or a sick host."""
 CAMPAIGN_FAILURE_MINUTES = 10
-"""Minutes the query failure ratio is measured over, and then must hold, before that alert fires."""
+"""Minutes the query failure ratio is measured over (the alert fires at once, like the conformer one)."""
 CAMPAIGN_STALL_WINDOW = 5
 """Minutes of the window in which the stall alert looks for a finished query."""
 CAMPAIGN_STALL_MINUTES = math.ceil(DEFAULT_QUERY_TIMEOUT / 60) + CAMPAIGN_STALL_WINDOW
@@ -52,6 +52,20 @@ A query ends by the runner's time limit at the latest (``--query-timeout``, defa
 DEFAULT_QUERY_TIMEOUT: a timeout is a finished query too), so a campaign with queries in
 flight finishes one at least that often; one more window covers the pool's check and the
 scrapes. A campaign run with a longer ``--query-timeout`` can be quiet longer than this."""
+
+EVENT_WINDOW_MINUTES = 5
+"""Window of the event alerts ("this counter rose within the window") and of the gauge alerts' min/max over
+time: a 10 s job that ends between two rule evaluations is still in the window at the next one, and its alert
+clears at the first evaluation more than this after its last bad sample."""
+PUSH_FRESH_MINUTES = 5
+"""Pushed series older than this (the group's push_time_seconds) no longer feed the gauge alerts: a Pushgateway
+keeps a group's last values until it is deleted, so a finished job's last value would otherwise hold for hours."""
+MISSED_PUSHES = 3
+"""Push intervals (templ_push_interval_seconds) without a push after which a group with no end timestamp
+belongs to a job that died: one late push (a slow Pushgateway, a long garbage collection) is not a death."""
+NODE_PRESSURE = CRITICAL_PRESSURE
+"""Share of a node's (or container's) thread or pid limit in use above which the node-level alerts fire: the
+thread manager's critical pressure, where every program on the node is close to "can't start new thread"."""
 
 BLAS_THREADS = 1
 """BLAS threads of a process worker as pools start it (``pools.worker_env``)."""
@@ -160,3 +174,8 @@ MANAGER_CAPS: dict[str, int] = {
     value("manager_unavailable", MANAGER_REASONS): executor.CAP_MANAGER_UNAVAILABLE,
     value("manager_failed", MANAGER_REASONS): executor.CAP_MANAGER_FAILED,
 }
+
+
+def helper_tasks_by_start_method() -> dict[str, int]:
+    """Pool helper tasks (parent threads and start-method processes) per start method the cost model knows."""
+    return {method: process_cost(method).fixed_tasks for method in START_METHOD_HELPER_TASKS}

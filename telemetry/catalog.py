@@ -328,6 +328,20 @@ METRICS: tuple[MetricSpec, ...] = (
         label_values={"reason": _open(FAILURE_REASONS)}, initialize=True,
     ),
     MetricSpec(
+        "templ_conformer_generations_total", "counter",
+        "Conformer generations of select-best queries (ETKDG, in this process) by outcome (ok|error); campaign "
+        "queries, which embed in their workers, count in templ_campaign_queries_total instead.",
+        ("outcome",), "", short="conformer_generations",
+        label_values={"outcome": _open(OUTCOMES)}, initialize=True,
+    ),
+    MetricSpec(
+        "templ_conformer_generations_in_progress", "gauge",
+        "Conformer generations running in this process now: ETKDG reports no progress of its own, so a job "
+        "that embeds for many minutes is busy, not stalled, while this is above 0. Pushed while the run lasts "
+        "(0 in its final push).",
+        (), "", short="conformer_generations_in_progress",
+    ),
+    MetricSpec(
         "templ_select_best_calls_total", "counter",
         "select_best calls by outcome (ok|error).",
         ("outcome",), "", short="select_best_calls",
@@ -435,7 +449,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "templ_run_info", "gauge",
         "This run's identity; always 1. run_id is the id in its log lines and traces, job_id the batch "
         "scheduler's job id (else the run id), host the node's name: join on instance (or job_id for pushed "
-        "series) to tell successive runs on one port apart and to group jobs by host.",
+        "series) to tell successive runs on one port apart and to group jobs by host. On a file_sd target that "
+        "carries job_id, Prometheus keeps the target's and names this one exported_job_id (the same value).",
         ("run_id", "job_id", "host"), "", short="run_info",
     ),
     MetricSpec(

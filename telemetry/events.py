@@ -490,6 +490,7 @@ class ConformerStats:
         self.threads = threads_requested
 
     def __enter__(self) -> ConformerStats:
+        get_metrics().conformer_generations_in_progress.inc()
         self._span, self._token, self._t0 = _start_span(c.SPAN_CONFORMERS, {
             c.ATTR_CONFORMERS_REQUESTED: self.requested, c.ATTR_WORKERS_REQUESTED: self.threads_requested})
         return self
@@ -516,6 +517,9 @@ class ConformerStats:
                     {**common, "error_type": type(exc).__name__, "error": str(exc)}, ids))
         finally:
             _end_span(span, self._token)
+            metrics = get_metrics()
+            metrics.conformer_generations_in_progress.dec()
+            metrics.conformer_generations.labels(outcome="ok" if exc is None else "error").inc()
 
 
 def conformers_span(requested: int, threads_requested: int) -> ConformerStats:

@@ -184,6 +184,8 @@ class TemplMetrics:
     batch_duration: Histogram
     conformers_scored: Counter
     conformers_failed: Counter
+    conformer_generations: Counter
+    conformer_generations_in_progress: Gauge
     select_best_calls: Counter
     select_best_duration: Histogram
     pool_restarts: Counter

@@ -9,7 +9,8 @@ Each round runs, while time remains:
    taken while there is headroom, the headroom is used up by idle threads, and the new
    pool fails to start for real (``thread_start_failed``, cause ``pids_cgroup``: the fork
    server lives outside the tight cgroup, so the first task the pool needs here is its
-   manager thread); the executor falls back down to sequential. The process always moves
+   manager thread); the executor falls back down to sequential. The process stays a few
+   scrapes more, so the cgroup's refused forks (pids.events) are read, then always moves
    back and the cgroup is removed;
 3. ``killed_worker``: a process worker is killed with SIGKILL mid-call (``broken_pool``).
 
@@ -29,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rdkit import Chem
 
@@ -36,7 +38,9 @@ from templ_pipeline.core.batch import BatchResult
 from templ_pipeline.core.conformers import generate_conformers
 from templ_pipeline.core.events import WorkersGranted, WorkersReduced
 from templ_pipeline.core.executor import shutdown_pools
+from templ_pipeline.core.limits.cgroup import parse_pids_events
 from templ_pipeline.core.limits.grant import RESERVE_TASKS
+from templ_pipeline.core.limits.procfs import read_bytes
 from templ_pipeline.core.limits.worker_cost import worker_cost
 from templ_pipeline.core.scoring import Selection, select_best_with_report
 from templ_pipeline.core.thread_manager import reset_thread_manager
@@ -52,6 +56,7 @@ BURST_SECONDS = 1.0  # scoring per normal scenario
 CGROUP_HOLD_SECONDS = 4.0  # in the tight cgroup, so 1-5 s scrapes see the low headroom
 MAX_IDLE_THREADS = 4096  # the headroom eater stops here even if no limit binds
 REFUSALS = 3  # the eater stops after this many refused starts in a row, SETTLE_SECONDS apart,
+SETTLE_TIMEOUT = 10.0  # at most this long for a pool's workers to exit before the race
 SETTLE_SECONDS = 0.02  # so tasks that were still exiting (joined pool threads) are eaten too
 EXIT_SECONDS = 0.2  # a joined thread leaves the kernel's task count a moment after join() returns
 
@@ -84,6 +89,7 @@ class Tally:
     fallbacks: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     conformers_scored: int = 0
+    pids_refused_forks: int = 0  # the kernel's count of the tight cgroups (pids.events max), read before removal
 
     def add(self, selection: Selection) -> Selection:
         report = selection.report
@@ -102,6 +108,7 @@ class Tally:
             "fallbacks": dict(self.fallbacks),
             "errors": dict(self.errors),
             "conformers_scored": self.conformers_scored,
+            "pids_refused_forks": self.pids_refused_forks,
         }
 
 
@@ -170,6 +177,19 @@ def hold(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def wait_for_tasks(cgroup: Path, tasks: int, timeout: float) -> int:
+    """Wait until the cgroup holds at most ``tasks`` (the workers of the last pool have exited); the count.
+
+    Pool workers exit a while after ``shutdown_pools()`` returns: 0.2 s on an idle machine, over
+    a second on a loaded one, when a grant taken meanwhile finds no headroom and the pool is
+    never started. The wait is bounded: after ``timeout`` the race goes on as it is.
+    """
+    deadline = time.monotonic() + timeout
+    while (current := int((cgroup / "pids.current").read_text())) > tasks and time.monotonic() < deadline:
+        time.sleep(SETTLE_SECONDS)
+    return current
+
+
 def start_failure_race(workers: int, tally: Tally) -> str:
     """Take the grant while there is headroom, use the headroom up, then start the pool.
 
@@ -208,16 +228,23 @@ def pids_cgroup(workers: int, tally: Tally, hierarchy: Hierarchy, hold_seconds: 
     headroom = RESERVE_TASKS + cost.fixed_tasks + cost.per_worker * room_for + 1
     try:
         with tight_pids_cgroup(hierarchy, headroom) as cgroup:
+            baseline = int((cgroup / "pids.current").read_text())
             reset_thread_manager()
             load = workloads()[0]
             reduced = describe(tally.add(select_best_with_report(load.conformers, load.template, n_workers=workers,
                                                                  exact_workers=True)))
             hold(hold_seconds)
+            shutdown_pools()
+            wait_for_tasks(cgroup, baseline, SETTLE_TIMEOUT)
             race = start_failure_race(workers, tally)
+            # the cgroup's refused forks are this process's only while it is in the cgroup: stay so that
+            # scrapes read them (the race ends within a second of the refusals)
+            hold(hold_seconds)
+            tally.pids_refused_forks += parse_pids_events(read_bytes(str(cgroup / "pids.events"))) or 0
     finally:
         shutdown_pools()
         reset_thread_manager()
-    return f"in {cgroup} (headroom {headroom}): {reduced}; held {hold_seconds:.1f} s; race: {race}"
+    return f"in {cgroup} (headroom {headroom}): {reduced}; held {hold_seconds:.1f} s twice; race: {race}"
 
 
 def run(duration_seconds: float, workers: int, *, log: Log = print) -> dict:
@@ -227,7 +254,8 @@ def run(duration_seconds: float, workers: int, *, log: Log = print) -> dict:
     pids cgroup scenario ends in a real pool start failure. The summary has ``rounds``,
     ``scenarios`` (runs per scenario), ``skipped`` (scenario -> why), ``reductions`` and
     ``fallbacks`` (counts by reason), ``errors`` (exceptions that escaped ``select_best`` in
-    the start-failure race, by type: executor bugs) and ``conformers_scored``.
+    the start-failure race, by type: executor bugs), ``conformers_scored`` and ``pids_refused_forks``
+    (forks the tight cgroups refused, the kernel's count).
     """
     if workers < 2:
         raise ValueError(f"stress needs at least 2 workers to have pools to cut, got {workers}")

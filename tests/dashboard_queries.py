@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -23,9 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 from processes import stop
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, start_http_server
+from prometheus_client.core import Metric
 
-from templ_pipeline.dashboards import dask_metrics
+from templ_pipeline.dashboards import dashboard_exporters, dask_metrics
 from templ_pipeline.dashboards.executor_dashboard import UID
 from templ_pipeline.dashboards.generate import ALERTS, OUTPUT_DIR
 from templ_pipeline.telemetry.catalog import METRICS
@@ -33,7 +35,7 @@ from templ_pipeline.telemetry.catalog import METRICS
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_JSON = OUTPUT_DIR / f"{UID}.json"
 PROMETHEUS_DIR = ALERTS.parent
-ROWS = ("Headroom", "Decisions", "Fallbacks", "Work", "Campaign", "Process", "Dask")
+ROWS = ("Headroom", "Decisions", "Fallbacks", "Work", "Campaign", "Process", "Fleet", "Exporters", "Dask")
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _MATCHERS = re.compile(r"\{[^{}]*\}")
@@ -124,21 +126,48 @@ def allowed_metric_names() -> set[str]:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     names.update(sample.name for metric in registry.collect() for sample in metric.samples)
-    return names | set(dask_metrics.METRICS)
+    return names | set(dask_metrics.METRICS) | set(dashboard_exporters.METRICS)
 
 
 def allowed_label_names() -> set[str]:
-    """Labels of the catalog, the scrape's job/instance and the histogram's le."""
-    dask_labels = {label for labels in dask_metrics.METRICS.values() for label in labels}
-    return {label for spec in METRICS for label in spec.labels} | {"job", "instance", "le"} | dask_labels
+    """Labels of the catalog, the scrape's job/instance, the histogram's le and the other exporters' labels."""
+    other = {label for metrics in (dask_metrics.METRICS, dashboard_exporters.METRICS)
+             for labels in metrics.values() for label in labels}
+    return {label for spec in METRICS for label in spec.labels} | {"job", "instance", "le"} | other
 
 
-def fill_variables(expr: str, *, job: str, instance: str, rate_interval: str = "8s") -> str:
-    """The expression as Grafana sends it, template variables filled in."""
-    for name, value in (("$__rate_interval", rate_interval), ("$__interval", "2s"), ("$__range", "60s"),
-                        ("${job}", job), ("$job", job), ("${instance}", instance), ("$instance", instance)):
+def fill_variables(expr: str, *, job: str, instance: str, rate_interval: str = "8s", interval: str = "1s",
+                   range_: str = "60s", host: str = ".*", job_id: str = ".*", node_job: str = "node",
+                   cadvisor_job: str = "cadvisor") -> str:
+    """The expression as Grafana sends it, template variables filled in.
+
+    ``interval`` is ``$__interval``: Grafana sends a range query with a step of ``$__interval``, and
+    the event bars (``promql.events``) add up exactly only when the step equals it, so a range
+    query of a filled expression must use ``step=interval``. Longer names go first (``$job_id``
+    before ``$job``).
+    """
+    for name, value in (("$__rate_interval", rate_interval), ("$__interval", interval), ("$__range", range_),
+                        ("${job_id}", job_id), ("$job_id", job_id), ("${job}", job), ("$job", job),
+                        ("${instance}", instance), ("$instance", instance), ("${host}", host), ("$host", host),
+                        ("${node_job}", node_job), ("$node_job", node_job),
+                        ("${cadvisor_job}", cadvisor_job), ("$cadvisor_job", cadvisor_job)):
         expr = expr.replace(name, value)
     return expr
+
+
+def seconds(duration: str) -> float:
+    """``"2s"`` -> 2.0: a Prometheus duration in whole seconds, minutes or hours."""
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([smh])", duration).groups()
+    return float(number) * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def sum_of_bars(server: "Prometheus", expr: str, start: float, end: float, *, job: str, instance: str,
+                interval: str = "1s") -> float:
+    """The sum of every bar of a panel query over ``[start, end]``, as Grafana draws it (step = interval)."""
+    filled = fill_variables(expr, job=job, instance=instance, interval=interval)
+    answer = server.api("/api/v1/query_range", query=filled, start=start, end=end, step=seconds(interval))
+    assert answer["status"] == "success", (filled, answer)
+    return sum(float(value) for series in answer["data"]["result"] for _t, value in series["values"])
 
 
 PROMETHEUS = shutil.which("prometheus")
@@ -234,3 +263,49 @@ def prometheus() -> Iterator[Prometheus]:
         pytest.skip("prometheus is not installed (make test installs the Debian package)")
     with prometheus_server() as server:
         yield server
+
+
+class ScrapeTarget:
+    """A /metrics endpoint on 127.0.0.1 that serves exactly the metric families a test sets.
+
+    It stands in for a TEMPL process where a test needs series a real run cannot produce on
+    cue: a counter born at 1, a restart on the same instance, a tight limit then a healthy one.
+    """
+
+    def __init__(self) -> None:
+        self._families: list[Metric] = []
+        self._lock = threading.Lock()
+        registry = CollectorRegistry()
+        registry.register(self)
+        self.port = free_port()
+        self._server, self._thread = start_http_server(self.port, addr="127.0.0.1", registry=registry)
+
+    def collect(self) -> list[Metric]:
+        with self._lock:
+            return list(self._families)
+
+    def show(self, families: list[Metric]) -> None:
+        """Serve ``families`` from the next scrape on."""
+        with self._lock:
+            self._families = list(families)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+@contextmanager
+def scraped_target() -> Iterator[tuple[ScrapeTarget, Prometheus]]:
+    """A :class:`ScrapeTarget` and a Prometheus scraping it every second as job "templ" (no rules)."""
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (make test installs the Debian package)")
+    target = ScrapeTarget()
+    try:
+        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                  "scrape_configs": [{"job_name": "templ",
+                                      "static_configs": [{"targets": [f"127.0.0.1:{target.port}"]}]}]}
+        with prometheus_with(config, target.port) as server:
+            yield target, server
+    finally:
+        target.close()

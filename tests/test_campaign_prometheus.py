@@ -26,10 +26,11 @@ from dashboard_queries import (
     panel_queries,
     tail,
 )
+from templ_pipeline.dashboards import alerts
 from templ_pipeline.telemetry import catalog as c
 
 TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
-CAMPAIGN_ALERTS = ("TemplCampaignFailureRatioHigh", "TemplCampaignStalled")
+CAMPAIGN_ALERTS = (alerts.CAMPAIGN_FAILURES, alerts.STALLED)
 
 #: Small drug-like ligands (name last, as in a .smi file) and two records that are not SMILES.
 QUERIES = """\
@@ -185,7 +186,7 @@ def test_campaign_row_on_a_scraped_screen(templ_screen, prometheus, template_sdf
         N_QUERIES - N_INVALID)
 
     rules = alert_rules()
-    for name in CAMPAIGN_ALERTS:
+    for name in CAMPAIGN_ALERTS:  # 2 of 48 queries failed (4 %, under 10 %), and the campaign never stalled
         answer = prometheus.api("/api/v1/query", query=rules[name]["expr"], time=ended - HOLD_SECONDS / 2)
         assert answer["status"] == "success", (name, answer)
         assert "firing" not in alerts_seen.get(name, set()), (name, alerts_seen)

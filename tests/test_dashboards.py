@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
@@ -12,7 +13,11 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from dashboard_queries import (
     ROWS,
-    alert_rules,
+    Prometheus,
+    ScrapeTarget,
+    fill_variables,
+    scraped_target,
+    sum_of_bars,
     annotation_queries,
     allowed_label_names,
     allowed_metric_names,
@@ -22,11 +27,26 @@ from dashboard_queries import (
     panel_queries,
     variable_queries,
 )
-from templ_pipeline.dashboards import generate, names
+from templ_pipeline.dashboards import alerts, dashboard_exporters, generate, names
 from templ_pipeline.dashboards.annotations import EXTRA_KEYS
-from templ_pipeline.dashboards.executor_dashboard import TITLE
-from templ_pipeline.dashboards.thresholds import CAMPAIGN_FAILURE_MINUTES, CAMPAIGN_STALL_MINUTES
+from templ_pipeline.dashboards.executor_dashboard import (
+    BINDING_LIMIT_TITLE,
+    EVENT_PANELS,
+    START_CAUSES,
+    THROUGHPUT_COUNTERS,
+    TITLE,
+)
+from templ_pipeline.dashboards.promql import per_series_events
+from templ_pipeline.dashboards.thresholds import (
+    CAMPAIGN_FAILURE_MINUTES,
+    CAMPAIGN_FAILURE_RATIO,
+    CAMPAIGN_STALL_MINUTES,
+    thresholds,
+)
 from templ_pipeline.telemetry.catalog import (
+    METRICS,
+    METRICS_BY_SHORT,
+    START_KINDS,
     FAILURE_REASONS,
     FALLBACK_CAUSES,
     FALLBACK_REASONS,
@@ -38,8 +58,6 @@ from templ_pipeline.core.executor import CAP_MANAGER_FAILED, CAP_MANAGER_UNAVAIL
 from templ_pipeline.core.limits.grant import RESERVE_TASKS
 from templ_pipeline.core.limits.worker_cost import worker_cost
 
-CRITICAL_EXPR = re.compile(r"< (\d+)\n")
-SHARE_EXPR = re.compile(r"< ([0-9.]+) \*")
 
 
 @pytest.fixture(scope="module")
@@ -75,42 +93,45 @@ def test_cost_model_numbers_are_the_codes(dashboard, default_environment):
     assert f"{cost.helper_processes} helper process of the spawn start method" in text
 
 
-def test_thresholds_are_the_alerts(dashboard):
-    rules = alert_rules()
-    (critical,) = CRITICAL_EXPR.findall(rules["TemplThreadHeadroomCritical"]["expr"])
-    (warning,) = CRITICAL_EXPR.findall(rules["TemplThreadHeadroomLow"]["expr"])
-    for title in ("Binding limit", "Headroom (tasks)"):
-        panel = _panel(dashboard, title)
-        assert _steps(panel) == [int(critical), int(warning)], title
-        assert f"{critical}" in panel["description"] and f"{warning}" in panel["description"], title
-    shares = [float(SHARE_EXPR.findall(rules[name]["expr"])[0])
-              for name in ("TemplThreadHeadroomCritical", "TemplThreadHeadroomLow")]
-    assert _steps(_panel(dashboard, "Headroom (% of limit)")) == pytest.approx([100 * s for s in shares])
+def test_thresholds_are_the_thresholds_modules(dashboard):
+    t = thresholds()
+    tasks = _panel(dashboard, "Headroom (tasks)")
+    assert _steps(tasks) == [t.critical_tasks, t.warning_tasks]
+    assert f"{t.critical_tasks}" in tasks["description"] and f"{t.warning_tasks}" in tasks["description"]
+    assert _steps(_panel(dashboard, BINDING_LIMIT_TITLE)) == pytest.approx([t.critical_share, t.warning_share])
+    assert _steps(_panel(dashboard, "Headroom (% of limit)")) == pytest.approx(
+        [100 * t.critical_share, 100 * t.warning_share])
 
 
 def test_descriptions_list_the_catalogs_values(dashboard):
-    fallbacks = _panel(dashboard, "Fallbacks/s by from, to, reason and cause")["description"]
+    fallbacks = _panel(dashboard, "Fallbacks per interval by from, to, reason and cause")["description"]
     assert all(value in fallbacks for value in FALLBACK_REASONS + FALLBACK_CAUSES)
-    reductions = _panel(dashboard, "Worker reductions/s by task type and reason")["description"]
+    refusals = _panel(dashboard, "Refused thread and process starts per interval by kind and cause")["description"]
+    assert all(value in refusals for value in START_KINDS + START_CAUSES)
+    reductions = _panel(dashboard, "Worker reductions per interval by task type and reason")["description"]
     assert all(reason in reductions for reason in REDUCTION_REASONS)
     assert f"manager_unavailable (capped at {CAP_MANAGER_UNAVAILABLE} workers)" in reductions
     assert f"manager_failed (capped at {CAP_MANAGER_FAILED} workers)" in reductions
-    failures = _panel(dashboard, "Conformer failures/s by reason")["description"]
+    failures = _panel(dashboard, "Conformer failures per interval by reason")["description"]
     assert all(reason in failures for reason in FAILURE_REASONS)
-    queries = _panel(dashboard, "Query failures/s by reason")["description"]
+    queries = _panel(dashboard, "Queries finished per interval by status and reason")["description"]
     assert all(reason in queries for reason in QUERY_REASONS if reason != "none")
-    replacements = _panel(dashboard, "Worker replacements/s by reason")["description"]
+    replacements = _panel(dashboard, "Worker replacements per interval by reason")["description"]
     assert all(reason in replacements for reason in REPLACEMENT_REASONS)
 
 
-def test_campaign_panels_quote_the_alerts_thresholds(dashboard):
-    rules = alert_rules()
-    failures = _panel(dashboard, "Query failures/s by reason")["description"]
-    (ratio,) = re.findall(r"> ([0-9.]+)\n$", rules["TemplCampaignFailureRatioHigh"]["expr"])
-    assert f"above {round(float(ratio) * 100)}% of the queries for {CAMPAIGN_FAILURE_MINUTES} minutes" in failures
-    stalled = _panel(dashboard, "Queries/s by status")["description"]
-    assert f"after {CAMPAIGN_STALL_MINUTES} minutes" in stalled
-    assert f"for {CAMPAIGN_STALL_MINUTES} minutes" in rules["TemplCampaignStalled"]["annotations"]["summary"]
+def test_campaign_panels_quote_the_thresholds(dashboard):
+    queries = _panel(dashboard, "Queries finished per interval by status and reason")["description"]
+    ratio = round(CAMPAIGN_FAILURE_RATIO * 100)
+    assert f"above {ratio}% of the queries for {CAMPAIGN_FAILURE_MINUTES} minutes" in queries
+    assert f"after {CAMPAIGN_STALL_MINUTES} minutes" in queries
+
+
+def test_runbooks_name_panels_on_the_dashboard(dashboard):
+    rows = {q.panel: q.row for q in panel_queries(dashboard)}
+    named = {(value.row, value.title) for value in vars(alerts).values() if isinstance(value, alerts.Panel)}
+    missing = {(row, title) for row, title in named if rows.get(title) != row}
+    assert not missing, f"alerts.py sends operators to panels the dashboard lacks: {sorted(missing)}"
 
 
 def test_a_value_the_catalog_lacks_stops_the_generator():
@@ -137,8 +158,15 @@ def test_title_rows_and_variables(dashboard):
     assert {name: v["query"] for name, v in variables.items() if v["type"] == "datasource"} == {
         "datasource": "prometheus", "loki": "loki", "tempo": "tempo"}
     assert {name: label for name, (_selector, label) in variable_queries(dashboard).items()} == {
-        "job": "job", "instance": "instance"}
-    assert variables["instance"]["includeAll"] and variables["instance"]["multi"]
+        "job": "job", "host": "host", "job_id": "job_id", "instance": "instance"}
+    for name in ("host", "job_id", "instance"):
+        assert variables[name]["includeAll"] and variables[name]["multi"], name
+    # the instances are those of the chosen hosts and job ids, and "All" stays that list (no .*)
+    assert variable_queries(dashboard)["instance"][0] == (
+        'templ_run_info{job="$job", host=~"$host", job_id=~"$job_id"}')
+    assert not variables["instance"].get("allValue")
+    assert {name: v["query"] for name, v in variables.items() if v["type"] == "textbox"} == {
+        "node_job": dashboard_exporters.NODE_JOB, "cadvisor_job": dashboard_exporters.CADVISOR_JOB}
 
 
 def test_every_query_uses_catalog_metrics(dashboard):
@@ -182,8 +210,8 @@ def test_rows_hold_the_panels_the_issue_asks_for(dashboard):
     assert any("fallbacks_total" in e and "cause" in e for e in by_row["Fallbacks"])
     assert any("conformers_scored_total" in e for e in by_row["Work"])
     assert any("conformers_failed_total" in e for e in by_row["Work"])
-    assert sum("histogram_quantile" in e for e in by_row["Work"]) == 3
-    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"} <= {
+    assert sum("histogram_quantile" in e for e in by_row["Work"]) == 6  # batches by kind, and whole calls
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_max_fds"} <= {
         name for e in by_row["Process"] for name in metric_names(e)}
     campaign = {name for e in by_row["Campaign"] for name in metric_names(e)}
     assert {"templ_campaign_queries_total", "templ_campaign_queries_expected", "templ_campaign_queries_skipped",
@@ -193,8 +221,9 @@ def test_rows_hold_the_panels_the_issue_asks_for(dashboard):
 
 
 def test_batch_latency_shows_exemplars(dashboard):
-    targets = [t for p in dashboard["panels"] if p["title"].startswith("Batch duration") for t in p["targets"]]
-    assert any(t.get("exemplar") for t in targets)
+    for prefix in ("Batch duration", "select_best call duration"):
+        targets = [t for p in dashboard["panels"] if p["title"].startswith(prefix) for t in p["targets"]]
+        assert any(t.get("exemplar") for t in targets), prefix
 
 
 def test_fallbacks_are_annotated(dashboard):
@@ -213,3 +242,228 @@ def test_links_open_logs_and_traces_for_the_same_job_and_time(dashboard):
         assert url.startswith("/explore?") and "${__from}" in url and "${__to}" in url, url
         assert "${job}" in url, url
     assert any("executor.fallback" in u for u in loki)
+
+
+# --- events counted exactly, totals, the binding limit, run identity, the fleet, the exporters ----------------
+
+def _queries_by_title(dashboard: dict) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for query in panel_queries(dashboard):
+        found.setdefault(query.panel, []).append(query.expr)
+    return found
+
+
+def test_every_catalog_metric_is_on_some_panel(dashboard):
+    used = {name for q in panel_queries(dashboard) for name in metric_names(q.expr)}
+    shown = {spec.name for spec in METRICS if spec.name in used or f"{spec.name}_bucket" in used}
+    assert shown == {spec.name for spec in METRICS}, {spec.name for spec in METRICS} - shown
+
+
+def test_event_panels_cover_every_event_counter_with_the_exact_shape(dashboard):
+    counters = {spec.short for spec in METRICS if spec.kind == "counter"}
+    assert {short for _title, short in EVENT_PANELS} == counters - set(THROUGHPUT_COUNTERS)
+    assert len({title for title, _short in EVENT_PANELS}) == len(EVENT_PANELS)
+    by_title = _queries_by_title(dashboard)
+    for title, short in EVENT_PANELS:
+        panel = _panel(dashboard, title)
+        (expr,) = by_title[title]  # one counter per panel: its bars add up to that counter's events
+        name = METRICS_BY_SHORT[short].name
+        selector = f'{name}{{job="$job", instance=~"$instance"}}'
+        assert per_series_events(selector) in expr, title
+        assert "rate(" not in expr and "increase(" not in expr, title
+        assert panel["fieldConfig"]["defaults"]["custom"]["drawStyle"] == "bars", title
+        assert "sum" in panel["options"]["legend"]["calcs"], title
+        assert "One bar is the events of one interval" in panel["description"], title
+        assert panel["fieldConfig"]["defaults"].get("noValue"), title
+        assert "run_id" in panel["targets"][0]["legendFormat"], title
+
+
+def test_rates_only_where_a_rate_is_the_point(dashboard):
+    for query in panel_queries(dashboard):
+        for counter in re.findall(r"\b(?:rate|increase)\((\w+)", query.expr):
+            spec = next((s for s in METRICS if s.name == counter), None)
+            if spec is not None and spec.kind == "counter":
+                assert spec.short in THROUGHPUT_COUNTERS, (query.panel, counter)
+        if "rate(" in query.expr:
+            assert "$__rate_interval" in query.expr, query.panel
+
+
+def test_totals_over_the_range_are_exact_not_rates(dashboard):
+    for title in ("Events over the range", "Conformers scored over the range"):
+        panel = _panel(dashboard, title)
+        assert panel["type"] == "stat"
+        for target in panel["targets"]:
+            assert target["instant"] and "[$__range:$__interval]" in target["expr"], (title, target["expr"])
+            assert "sum_over_time(" in target["expr"] and "rate(" not in target["expr"], title
+
+
+def test_binding_limit_ranks_shares_and_names_nothing_when_healthy(dashboard):
+    t = thresholds()
+    panel = _panel(dashboard, BINDING_LIMIT_TITLE)
+    (expr,) = _queries_by_title(dashboard)[BINDING_LIMIT_TITLE]
+    assert expr.startswith("bottomk by (job, instance) (1,")
+    assert "templ_thread_headroom" in expr and "/\n(templ_thread_limit" in expr and "> 0 < +Inf" in expr
+    # shown only while some limit is within the warning alert's share or tasks
+    assert f"< {t.warning_share}\nor\n" in expr and "and on (job, instance, limit) (" in expr
+    assert expr.endswith(f"< {t.warning_tasks})\n)")
+    assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert panel["fieldConfig"]["defaults"]["noValue"] == (
+        f"no limit within {round(100 * t.warning_share)}% or {t.warning_tasks} tasks")
+
+
+def test_tasks_in_use_draws_no_line_for_an_unknown_or_unenforced_limit(dashboard):
+    used, limit, _threads = _queries_by_title(dashboard)["Tasks in use against each limit"]
+    assert used.endswith("> -Inf < +Inf")  # NaN and +Inf differences dropped
+    assert limit.endswith("< +Inf")  # NaN < +Inf is false too
+    (fds,) = _queries_by_title(dashboard)["Open file descriptors (% of the limit)"]
+    assert "process_open_fds" in fds and "/\n(process_max_fds" in fds
+
+
+def test_latency_never_mixes_executor_kinds(dashboard):
+    for expr in _queries_by_title(dashboard)["Batch duration p50 / p95 / p99 by executor kind"]:
+        assert "sum by (instance, executor_kind, le)" in expr
+    assert all("templ_select_best_duration_seconds_bucket" in e
+               for e in _queries_by_title(dashboard)["select_best call duration p50 / p95 / p99"])
+
+
+def test_fleet_tables_stay_short_and_cover_the_range(dashboard):
+    fleet = [p for p in dashboard["panels"] if p["type"] == "table" and p["title"].startswith("Fleet")]
+    assert len(fleet) == 2
+    for panel in fleet:
+        assert [t["id"] for t in panel["transformations"]] == ["merge", "organize"]
+        for target in panel["targets"]:
+            assert target["instant"] and target["format"] == "table", panel["title"]
+            assert re.match(r"(bottomk|topk)\(10, ", target["expr"]), target["expr"]
+            assert "$__range" in target["expr"], target["expr"]
+
+
+def test_exporter_row_uses_the_node_job_variable_and_says_how_to_enable(dashboard):
+    exporter = [q for q in panel_queries(dashboard) if q.row == "Exporters"]
+    names_used = {name for q in exporter for name in metric_names(q.expr)}
+    assert set(dashboard_exporters.NODE_METRICS) | set(dashboard_exporters.CADVISOR_METRICS) <= names_used
+    for query in exporter:
+        if any(n.startswith("node_") for n in metric_names(query.expr)):
+            assert 'job="$node_job"' in query.expr and 'job="node"' not in query.expr, query.expr
+    for panel in (p for p in dashboard["panels"] if p["title"].startswith(("Node ", "Containers"))):
+        assert panel["fieldConfig"]["defaults"]["noValue"].startswith("no data: "), panel["title"]
+    assert "--collector.processes" in _panel(dashboard, "Node threads vs threads-max")["fieldConfig"]["defaults"][
+        "noValue"]
+
+
+def test_fill_variables_fills_every_variable_the_dashboard_uses(dashboard):
+    exprs = [q.expr for q in panel_queries(dashboard)] + [s for s, _l in variable_queries(dashboard).values()]
+    for expr in exprs:
+        assert "$" not in fill_variables(expr, job="templ", instance="x"), expr
+
+
+# --- against a real Prometheus ------------------------------------------------------------------------------
+
+def _counter(name: str, label: str, values: dict[str, float]):
+    from prometheus_client.core import CounterMetricFamily
+    family = CounterMetricFamily(name.removesuffix("_total"), "test counter", labels=[label])
+    for value_, count in values.items():
+        family.add_metric([value_], count)
+    return family
+
+
+def _gauge(name: str, labels: list[str], samples: dict[tuple[str, ...], float]):
+    from prometheus_client.core import GaugeMetricFamily
+    family = GaugeMetricFamily(name, "test gauge", labels=labels)
+    for label_values, number in samples.items():
+        family.add_metric(list(label_values), number)
+    return family
+
+
+INF, NAN = float("inf"), float("nan")
+TIGHT = {"pids_cgroup": (8, 40), "threads_max": (100_000, 126_000), "pid_max": (4_000_000, 4_194_304),
+         "rlimit_nproc": (INF, INF), "stack_memory": (NAN, NAN)}
+# tight: 8 tasks left of 40 is 20% (not below the share) but below the warning's 32 tasks, as `templ stress`
+# makes it; the other limits are far, unknown or not enforced. Healthy: 60 of 64 left.
+HEALTHY = {**TIGHT, "pids_cgroup": (60, 64)}
+
+
+def _wait_for_state(server: Prometheus, state: int) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        result = server.api("/api/v1/query", query='test_state{job="templ"}')["data"]["result"]
+        if result and float(result[0]["value"][1]) == state:
+            return
+        assert time.monotonic() < deadline, f"Prometheus never scraped state {state}: {result}"
+        time.sleep(0.2)
+
+
+def _show(target: ScrapeTarget, state: int, run_id: str | None, restarts: dict[str, float],
+          limits: dict[str, tuple[float, float]]) -> None:
+    """One moment of a process: its run identity, its pool restart counter, its limits (none: restarting)."""
+    families = [_gauge("test_state", [], {(): state})]
+    if run_id is not None:
+        families += [
+            _gauge(METRICS_BY_SHORT["run_info"].name, ["run_id", "job_id", "host"], {(run_id, run_id, "node1"): 1}),
+            _gauge(METRICS_BY_SHORT["thread_headroom"].name, ["limit"], {(k,): h for k, (h, _l) in limits.items()}),
+            _gauge(METRICS_BY_SHORT["thread_limit"].name, ["limit"], {(k,): lim for k, (_h, lim) in limits.items()}),
+        ]
+        if restarts:
+            families.append(_counter(METRICS_BY_SHORT["pool_restarts"].name, "executor_kind", restarts))
+    target.show(families)
+
+
+def test_event_bars_count_a_counter_born_at_1_and_restarted_exactly_where_increase_does_not(dashboard):
+    # run a: no restart yet; process born at 1, rises twice, thread born at 1; a restart (no series);
+    # run b: process born at 1 again, rises once, dask born at 1. 3 + 1 + 2 + 1 events.
+    states = [("a", {}, TIGHT), ("a", {"process": 1}, TIGHT), ("a", {"process": 2}, TIGHT),
+              ("a", {"process": 3, "thread": 1}, TIGHT), (None, {}, {}), ("b", {}, HEALTHY),
+              ("b", {"process": 1}, HEALTHY), ("b", {"process": 2, "dask": 1}, HEALTHY)]
+    true_count = 7
+    bars_expr = _queries_by_title(dashboard)["Broken pools replaced per interval"][0]
+    total_expr = next(t["expr"] for t in _panel(dashboard, "Events over the range")["targets"]
+                      if t["legendFormat"] == "pools replaced")
+    (binding_expr,) = _queries_by_title(dashboard)[BINDING_LIMIT_TITLE]
+    with scraped_target() as (target, server):
+        instance = f"127.0.0.1:{target.port}"
+        start = time.time()
+        for number, (run_id, restarts, limits) in enumerate(states):
+            _show(target, number, run_id, restarts, limits)
+            _wait_for_state(server, number)
+            if number == 2:
+                tight_at = time.time()
+        _show(target, len(states), "b", states[-1][1], HEALTHY)
+        _wait_for_state(server, len(states))
+        end = time.time()
+
+        # any step adds up exactly, as long as the offset is the step; the range ends a step after the last
+        # scrape so that the last step's bar covers it (Grafana draws it at the next refresh)
+        for interval in ("1s", "3s"):
+            shown = sum_of_bars(server, bars_expr, start - 3, end + 3, job="templ", instance=instance,
+                                interval=interval)
+            assert shown == true_count, (interval, shown)
+        bars = server.api("/api/v1/query_range", query=fill_variables(bars_expr, job="templ", instance=instance),
+                          start=start - 3, end=end, step=1)["data"]["result"]
+        assert {s["metric"].get("run_id") for s in bars} == {"a", "b"}, bars  # the two runs told apart
+        assert all(s["metric"]["host"] == "node1" for s in bars), bars
+
+        span = f"{int(end - start) + 3}s"
+        total = server.api("/api/v1/query", time=end, query=fill_variables(
+            total_expr, job="templ", instance=instance, range_=span))["data"]["result"]
+        assert [float(r["value"][1]) for r in total] == [true_count], total
+        increase = server.api("/api/v1/query", time=end, query=(
+            f'sum(increase({METRICS_BY_SHORT["pool_restarts"].name}{{job="templ"}}[{span}]))'))["data"]["result"]
+        assert float(increase[0]["value"][1]) < true_count - 1, increase  # misses the births at 1
+
+        def binding(at: float) -> list[str]:
+            answer = server.api("/api/v1/query", time=at, query=fill_variables(binding_expr, job="templ",
+                                                                                 instance=instance))
+            assert answer["status"] == "success", answer
+            return [r["metric"]["limit"] for r in answer["data"]["result"]]
+
+        assert binding(tight_at) == ["pids_cgroup"]
+        assert binding(end) == []  # healthy: threads_max at 79% of its limit is not within 20%
+
+        first_seen = _queries_by_title(dashboard)["Runs in the range"][0]
+        runs = server.api("/api/v1/query", time=end, query=fill_variables(
+            first_seen, job="templ", instance=instance, range_=span))["data"]["result"]
+        assert sorted(r["metric"]["run_id"] for r in runs) == ["a", "b"], runs
+
+        for query in panel_queries(dashboard):  # every panel query is valid PromQL, as Grafana sends it
+            answer = server.api("/api/v1/query", time=end, query=fill_variables(query.expr, job="templ",
+                                                                                 instance=instance))
+            assert answer["status"] == "success", (query.panel, query.expr, answer)

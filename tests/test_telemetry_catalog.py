@@ -40,6 +40,8 @@ CONTRACT_METRICS = {
     "templ_telemetry_degraded_total": "counter",
     "templ_start_refusals_total": "counter",
     "templ_run_info": "gauge",
+    "templ_conformer_generations_total": "counter",
+    "templ_conformer_generations_in_progress": "gauge",
     "templ_push_interval_seconds": "gauge",
     "templ_last_success_timestamp_seconds": "gauge",
     "templ_last_failure_timestamp_seconds": "gauge",
@@ -53,6 +55,7 @@ CONTRACT_SHORTS = {
     "build_info", "campaign_queries", "campaign_in_flight", "campaign_expected", "campaign_skipped",
     "campaign_query_duration", "campaign_worker_replacements", "campaign_shortfalls", "query_preparations", "last_success",
     "last_failure", "start_refusals", "run_info", "push_interval",
+    "conformer_generations", "conformer_generations_in_progress",
 }
 
 
