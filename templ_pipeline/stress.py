@@ -36,7 +36,7 @@ from rdkit import Chem
 
 from templ_pipeline.core.batch import BatchResult
 from templ_pipeline.core.conformers import generate_conformers
-from templ_pipeline.core.events import WorkersGranted, WorkersReduced
+from templ_pipeline.core.events import FallbackReason, WorkersGranted, WorkersReduced
 from templ_pipeline.core.executor import shutdown_pools
 from templ_pipeline.core.limits.cgroup import parse_pids_events
 from templ_pipeline.core.limits.grant import RESERVE_TASKS
@@ -56,6 +56,7 @@ BURST_SECONDS = 1.0  # scoring per normal scenario
 CGROUP_HOLD_SECONDS = 4.0  # in the tight cgroup, so 1-5 s scrapes see the low headroom
 MAX_IDLE_THREADS = 4096  # the headroom eater stops here even if no limit binds
 REFUSALS = 3  # the eater stops after this many refused starts in a row, SETTLE_SECONDS apart,
+RACE_ATTEMPTS = 2  # a grant that finds the headroom already gone (tasks still exiting under load) races again
 SETTLE_TIMEOUT = 10.0  # at most this long for a pool's workers to exit before the race
 SETTLE_SECONDS = 0.02  # so tasks that were still exiting (joined pool threads) are eaten too
 EXIT_SECONDS = 0.2  # a joined thread leaves the kernel's task count a moment after join() returns
@@ -190,6 +191,10 @@ def wait_for_tasks(cgroup: Path, tasks: int, timeout: float) -> int:
     return current
 
 
+def _refused_starts(tally: Tally) -> int:
+    return tally.fallbacks[FallbackReason.THREAD_START_FAILED] + tally.fallbacks[FallbackReason.PROCESS_START_FAILED]
+
+
 def start_failure_race(workers: int, tally: Tally) -> str:
     """Take the grant while there is headroom, use the headroom up, then start the pool.
 
@@ -235,8 +240,13 @@ def pids_cgroup(workers: int, tally: Tally, hierarchy: Hierarchy, hold_seconds: 
                                                                  exact_workers=True)))
             hold(hold_seconds)
             shutdown_pools()
-            wait_for_tasks(cgroup, baseline, SETTLE_TIMEOUT)
-            race = start_failure_race(workers, tally)
+            race = ""
+            for _attempt in range(RACE_ATTEMPTS):
+                wait_for_tasks(cgroup, baseline, SETTLE_TIMEOUT)
+                refused = _refused_starts(tally)
+                race = start_failure_race(workers, tally)
+                if _refused_starts(tally) > refused:
+                    break
             # the cgroup's refused forks are this process's only while it is in the cgroup: stay so that
             # scrapes read them (the race ends within a second of the refusals)
             hold(hold_seconds)
