@@ -259,8 +259,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "templ_pids_cgroup_refused_forks_total", "counter",
         "Forks (new threads and processes) the pids cgroup controller has refused in this process's cgroup, from "
-        "any process in it: the kernel's own count (pids.events max, summed over the pids levels), read at scrape "
-        "time. It outlives the pressure: a refused pool start frees its tasks at once. No sample where no pids "
+        "any process in it: the kernel's own count (pids.events max, summed over every pids level this process has "
+        "been in, so it never goes down when the process moves to another cgroup), read at scrape time. It outlives the pressure: a refused pool start frees its tasks at once. No sample where no pids "
         "level is visible (root cgroup, no pids controller).",
         (), "", short="pids_refused_forks", scraped=True,
     ),
@@ -452,6 +452,14 @@ METRICS: tuple[MetricSpec, ...] = (
         "series) to tell successive runs on one port apart and to group jobs by host. On a file_sd target that "
         "carries job_id, Prometheus keeps the target's and names this one exported_job_id (the same value).",
         ("run_id", "job_id", "host"), "", short="run_info",
+    ),
+    MetricSpec(
+        "templ_run_start_time_seconds", "gauge",
+        "When this run started (Unix time), set as its telemetry starts. Unlike process_start_time_seconds it is "
+        "in the textfile and the Pushgateway push too, with the same labels as the run's other series, so a rule "
+        "can tell a counter of a run that started within its window (count it from 0) from one that was there "
+        "before (a Prometheus restart, a scrape gap, the first scrape of a Pushgateway).",
+        (), "seconds", short="run_start",
     ),
     MetricSpec(
         "templ_push_interval_seconds", "gauge",

@@ -67,6 +67,34 @@ def _gauge_value(value: int | float | None, enforced: bool | None) -> float:
     return math.inf if enforced is False else math.nan
 
 
+class RefusalCount:
+    """Refused forks over every pids level this process has been in: a count that never goes down.
+
+    The kernel's count of a level (pids.events ``max``) only rises while the cgroup lives,
+    but the levels are those of the process's cgroup now: a process moved out of a tight
+    cgroup (``templ stress``, a job step that moves its tasks) would see the sum drop back,
+    and a query over the counter would take the drop for a restart and count the remaining
+    levels' refusals again. So each level's last count is kept by its path, after the
+    process has left it too; a level whose count went down is a new cgroup at the same path,
+    and its predecessor's count is kept as retired.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the scrape thread and a textfile or push collect at once
+        self._levels: dict[str, int] = {}
+        self._retired = 0
+
+    def add(self, by_level: tuple[tuple[str, int], ...]) -> int | None:
+        """Take this reading's per-level counts; the total, or None while no level was ever readable."""
+        with self._lock:
+            for path, count in by_level:
+                last = self._levels.get(path)
+                if last is not None and count < last:
+                    self._retired += last
+                self._levels[path] = count
+            return self._retired + sum(self._levels.values()) if self._levels else None
+
+
 class LimitsCollector:
     """The kernel limits of this process, read at each scrape from one limits snapshot.
 
@@ -75,9 +103,9 @@ class LimitsCollector:
     :data:`~telemetry.catalog.LIMIT_NAMES` become "other". They follow the host while the
     process lives (threads other jobs start, a cgroup's pids.max changed, the time after
     the last batch while ``--hold-metrics`` serves), not only the executor's own calls.
-    ``templ_pids_cgroup_refused_forks_total`` is ``Snapshot.pids_refusals``: the ``max``
-    count of pids.events summed over this process's pids levels, which only the kernel
-    raises, hence a counter. ``templ_pids_cgroup_peak_tasks`` is the pids.peak of the level
+    ``templ_pids_cgroup_refused_forks_total`` is the ``max`` count of pids.events summed over
+    every pids level this process has been seen in (:class:`RefusalCount`), which only the
+    kernel raises, hence a counter. ``templ_pids_cgroup_peak_tasks`` is the pids.peak of the level
     whose pids.max the pids_cgroup limit reports. Unknown pids values have no sample.
 
     ``snapshot`` defaults to the thread manager's, cached for its TTL (0.5 s), so a scrape
@@ -89,6 +117,7 @@ class LimitsCollector:
                  snapshot: SnapshotSource = thread_manager_snapshot) -> None:
         self._limit, self._headroom, self._refused, self._peak = limit, headroom, refused, peak
         self._snapshot = snapshot
+        self._refusals = RefusalCount()
 
     def describe(self) -> list[Metric]:
         """The four families without samples: registering reads nothing."""
@@ -107,8 +136,8 @@ class LimitsCollector:
                 name = normalize_label(item.name, LIMIT_NAMES)
                 limit.add_metric([name], _gauge_value(item.limit, item.enforced))
                 headroom.add_metric([name], _gauge_value(item.headroom, item.enforced))
-            if snap.pids_refusals is not None:
-                refused.add_metric([], snap.pids_refusals)
+            if (count := self._refusals.add(snap.pids_refusals_by_level)) is not None:
+                refused.add_metric([], count)
             if (tasks := read_pids_peak(snap.limit(PIDS_CGROUP).source)) is not None:
                 peak.add_metric([], tasks)
         return [limit, headroom, refused, peak]
@@ -200,6 +229,7 @@ class TemplMetrics:
     telemetry_degraded: Counter
     start_refusals: Counter
     run_info: Gauge
+    run_start: Gauge
     push_interval: Gauge
     last_success: Gauge
     last_failure: Gauge

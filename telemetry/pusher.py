@@ -32,16 +32,19 @@ DEFAULT_PUSH_INTERVAL = 30.0
 """Seconds between pushes while a run lasts: two Prometheus scrapes of the Pushgateway at the usual 15 s."""
 PUSH_TIMEOUT = 10.0
 """Seconds one push may take before it counts as failed."""
+SIGNAL_PUSH_TIMEOUT = 2.0
+"""Seconds the last push (and the delete) may take when a signal ends the run: Slurm's KillWait and a pod's
+grace period are 30 s, and a hung Pushgateway must not use them up."""
 COMPONENT = "pushgateway"
 
 _log = get_logger("templ.telemetry")
 
 
-def push_once(url: str, job: str, grouping_key: Mapping[str, str]) -> bool:
+def push_once(url: str, job: str, grouping_key: Mapping[str, str], timeout: float = PUSH_TIMEOUT) -> bool:
     """Push the delivered metrics; on failure count it, log ``telemetry.push_failed`` and return False."""
     try:
         push_metrics(url, job=job, registry=get_metrics().registry, grouping_key=dict(grouping_key),
-                     timeout=PUSH_TIMEOUT)
+                     timeout=timeout)
     except PushError as exc:
         get_metrics().telemetry_degraded.labels(component=COMPONENT, reason="push_failed").inc()
         _log.warning("telemetry.push_failed", url=url, error=str(exc))
@@ -50,29 +53,45 @@ def push_once(url: str, job: str, grouping_key: Mapping[str, str]) -> bool:
 
 
 class PeriodicPusher:
-    """A daemon thread that pushes every ``interval`` seconds until :meth:`stop`."""
+    """A daemon thread that pushes every ``interval`` seconds until :meth:`stop`.
+
+    Pushes run under one lock, and the thread checks under it that it has not been
+    stopped: once :meth:`stop` holds the lock, no periodic push can land after the
+    run's last push (or the delete of its group) and bring the group back without its
+    end timestamp.
+    """
 
     def __init__(self, url: str, job: str, grouping_key: Mapping[str, str], interval: float) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be positive, not {interval}")
         self.url, self.job, self.grouping_key, self.interval = url, job, dict(grouping_key), interval
         self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def start(self) -> bool:
         """Start the thread; False (and a degraded count) where the kernel refuses it."""
         thread = threading.Thread(target=self._run, name="templ-pusher", daemon=True)
-        started = start_guarded(COMPONENT, lambda: (thread.start(), thread)[1])
-        self._thread = started
-        return started is not None
+        return start_guarded(COMPONENT, lambda: (thread.start(), thread)[1]) is not None
 
     def _run(self) -> None:
         while not self._stopped.wait(self.interval):
-            push_once(self.url, self.job, self.grouping_key)
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                try:
+                    push_once(self.url, self.job, self.grouping_key)
+                except Exception as exc:  # the thread must not die: a group no longer refreshed reads as a dead job
+                    get_metrics().telemetry_degraded.labels(component=COMPONENT, reason="push_failed").inc()
+                    _log.warning("telemetry.push_failed", url=self.url, error=f"{type(exc).__name__}: {exc}")
 
-    def stop(self) -> None:
-        """Stop pushing; waits for a push in flight, which its timeout bounds."""
+    def stop(self, timeout: float = PUSH_TIMEOUT) -> bool:
+        """Stop pushing; True once no periodic push can land any more.
+
+        Waits up to ``timeout`` for a push in flight (its own timeout bounds it); False when
+        that push is still hung (in a name lookup, which the push timeout does not cover).
+        """
         self._stopped.set()
-        if self._thread is not None:
-            self._thread.join(timeout=PUSH_TIMEOUT + 1)
-            self._thread = None
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._lock.release()
+        return True

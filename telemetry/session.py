@@ -31,7 +31,7 @@ from templ_pipeline.telemetry.catalog import JOB_LABEL
 from templ_pipeline.telemetry.exporters import ExporterConfigError, build_exporters
 from templ_pipeline.telemetry.logs import configure_logging, get_logger, get_run_id
 from templ_pipeline.telemetry.metrics import get_metrics
-from templ_pipeline.telemetry.pusher import PeriodicPusher, push_once
+from templ_pipeline.telemetry.pusher import PUSH_TIMEOUT, SIGNAL_PUSH_TIMEOUT, PeriodicPusher, push_once
 from templ_pipeline.telemetry.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -221,7 +221,7 @@ class TelemetrySession:
                           resource_attributes={"templ.run_id": get_run_id()})
         metrics = get_metrics()
         metrics.run_info.labels(run_id=get_run_id() or "", job_id=self.job_id, host=socket.gethostname()).set(1)
-        metrics.push_interval.set(self.push_interval)
+        metrics.run_start.set(time.time())
         self._start_server()
         self._start_pusher()
         return self
@@ -234,6 +234,7 @@ class TelemetrySession:
                                 self.push_interval)
         if pusher.start():
             self._pusher = pusher
+            get_metrics().push_interval.set(self.push_interval)  # 0 (end only) where the thread was refused
 
     def _start_server(self) -> None:
         if self._address is None:
@@ -280,14 +281,17 @@ class TelemetrySession:
         The target file, the endpoint and (with ``--push-delete-on-exit``) the Pushgateway group go
         whatever happens on the way, a signal during ``--hold-metrics`` included.
         """
+        push_timeout = PUSH_TIMEOUT if hold else SIGNAL_PUSH_TIMEOUT  # a signal: leave within seconds
         try:
             if self._pusher is not None:
-                self._pusher.stop()  # the final push below replaces whatever it pushed
+                if not self._pusher.stop(push_timeout):  # the final push below replaces what it pushed
+                    _log.warning("telemetry.push_failed", url=self.options.pushgateway,
+                                 error="a periodic push is still hung; it may land after the final one")
                 self._pusher = None
             shutdown_tracing()
             if delivered:
                 self._record_outcome(success)
-                self._deliver()
+                self._deliver(push_timeout)
                 if hold and self.server is not None and self.options.hold_metrics > 0:
                     _log.info("telemetry.holding_metrics", url=self.server.url, seconds=self.options.hold_metrics)
                     time.sleep(self.options.hold_metrics)
@@ -299,7 +303,7 @@ class TelemetrySession:
                 self.server.stop()
                 self.server = None
             if delivered and self.options.push_delete_on_exit:
-                self._delete_group()
+                self._delete_group(push_timeout)
             if self._log_stream is not None:
                 self._log_stream.close()
                 self._log_stream = None
@@ -321,12 +325,12 @@ class TelemetrySession:
         metrics = get_metrics()
         (metrics.last_success if success else metrics.last_failure).set(time.time())
 
-    def _deliver(self) -> None:
+    def _deliver(self, push_timeout: float) -> None:
         """The final push, then the textfile: a push that failed is counted in the textfile too."""
         from templ_pipeline.telemetry.export import write_textfile
 
         if self.options.pushgateway:
-            push_once(self.options.pushgateway, self.options.service_name, self.grouping_key())
+            push_once(self.options.pushgateway, self.options.service_name, self.grouping_key(), push_timeout)
         textfile = self.textfile
         if textfile is not None:
             try:
@@ -334,7 +338,7 @@ class TelemetrySession:
             except (InputError, OSError) as exc:
                 _log.warning("telemetry.textfile_failed", path=str(textfile), error=str(exc))
 
-    def _delete_group(self) -> None:
+    def _delete_group(self, timeout: float) -> None:
         """``--push-delete-on-exit``: nothing of the job stays on the Pushgateway once it has ended.
 
         The final push still happens (a scrape during ``--hold-metrics`` takes it); the delete
@@ -346,6 +350,7 @@ class TelemetrySession:
 
         assert self.options.pushgateway is not None
         try:
-            delete_pushed(self.options.pushgateway, job=self.options.service_name, grouping_key=self.grouping_key())
+            delete_pushed(self.options.pushgateway, job=self.options.service_name, grouping_key=self.grouping_key(),
+                          timeout=timeout)
         except PushError as exc:
             _log.warning("telemetry.push_delete_failed", url=self.options.pushgateway, error=str(exc))

@@ -36,7 +36,7 @@ from rdkit import Chem
 
 from templ_pipeline.core.batch import BatchResult
 from templ_pipeline.core.conformers import generate_conformers
-from templ_pipeline.core.events import FallbackReason, WorkersGranted, WorkersReduced
+from templ_pipeline.core.events import REFUSED_STARTS, WorkersGranted, WorkersReduced
 from templ_pipeline.core.executor import shutdown_pools
 from templ_pipeline.core.limits.cgroup import parse_pids_events
 from templ_pipeline.core.limits.grant import RESERVE_TASKS
@@ -192,7 +192,7 @@ def wait_for_tasks(cgroup: Path, tasks: int, timeout: float) -> int:
 
 
 def _refused_starts(tally: Tally) -> int:
-    return tally.fallbacks[FallbackReason.THREAD_START_FAILED] + tally.fallbacks[FallbackReason.PROCESS_START_FAILED]
+    return sum(tally.fallbacks[reason] for reason in REFUSED_STARTS)
 
 
 def start_failure_race(workers: int, tally: Tally) -> str:

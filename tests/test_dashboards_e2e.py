@@ -205,8 +205,11 @@ def test_dashboard_queries_and_alerts_on_a_scraped_stress_run(prometheus, tmp_pa
 
     binding = [expr for expr in by_title[BINDING_LIMIT_TITLE]]
     assert binding, f"no panel {BINDING_LIMIT_TITLE!r}"
-    first_done = min(_unix(line) for line in lines if line.get("event") == "select_best.done")
-    healthy = prometheus.api("/api/v1/query", query=_fill(binding[0], instance), time=first_done + 1)
+    # the healthy phase: from the start to the first reduced grant (or the first round's end without the cgroup)
+    normal_done = [_unix(line) for line in lines if line.get("event") == "select_best.done"]
+    cuts = [_unix(line) for line in lines if line.get("event") == "executor.workers_reduced"]
+    healthy = prometheus.api("/api/v1/query_range", query=_fill(binding[0], instance), start=started,
+                             end=min(cuts) - 1 if cuts else normal_done[0] + 1, step=STEP)
     assert healthy["status"] == "success" and healthy["data"]["result"] == [], (
         f"the healthy phase shows a binding limit: {healthy}")
 

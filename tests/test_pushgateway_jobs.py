@@ -19,6 +19,9 @@ from pushgateway_server import pushgateway  # noqa: F401 - the fixture
 TEMPL = Path(sys.executable).with_name("templ")
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 FLEXIBLE = "CC(C)Cc1ccc(cc1)C(C)C(=O)NCCCCCCNC(=O)c1ccccc1OCCOCC"  # 3000 conformers of it take minutes
+#: From SIGTERM to the exit with a hung Pushgateway: the pusher is not waited for past 2 s, the last push and
+#: the delete take 2 s each at most; a push timeout is 10 s, so waiting for them would take over 20 s.
+SIGNAL_EXIT_SECONDS = 15.0
 LIVE = ("templ_thread_headroom", "templ_thread_limit", "templ_threads_active", "templ_executor_workers_granted")
 
 
@@ -174,6 +177,8 @@ def test_a_running_job_pushes_and_a_killed_one_leaves_a_group_without_an_end(tem
         if proc.poll() is None:
             stop(proc, grace=10)
     group = _groups(pushgateway)["501"]
+    time.sleep(1.5)  # three push intervals: nothing refreshes the group of a dead job
+    assert _value(_groups(pushgateway)["501"], "push_time_seconds") == _value(group, "push_time_seconds")
     assert _value(group, "templ_push_interval_seconds") == 0.5
     assert _value(group, "templ_last_success_timestamp_seconds") == 0
     assert _value(group, "templ_last_failure_timestamp_seconds") == 0
@@ -207,3 +212,34 @@ def test_which_endings_are_a_success():
     for failure in (typer.Exit(1), typer.Exit(2), Interrupted(signal.SIGTERM), SystemExit(1), ValueError("x"),
                     KeyboardInterrupt()):
         assert not succeeded(failure), failure
+
+
+def test_sigterm_with_a_hung_pushgateway_exits_within_seconds(template_sdf, tmp_path):
+    """A Pushgateway that takes connections and never answers: a signal still ends the run promptly (the
+    periodic push in flight is not waited for, the last push and nothing else get a short timeout)."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)  # connections complete in the backlog; nothing ever reads or answers them
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        argv = [str(TEMPL), "select-best", "-t", str(template_sdf), "-q", FLEXIBLE, "-n", "3000", "-w", "1",
+                "-o", str(tmp_path / "o.sdf"), "--no-metrics-server", "--log-format", "json",
+                "--log-file", str(tmp_path / "run.jsonl"), "--pushgateway", url, "--push-interval", "0.2",
+                "--push-delete-on-exit"]
+        proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            log = tmp_path / "run.jsonl"
+            while '"event": "telemetry.push_failed"' not in (log.read_text() if log.exists() else ""):
+                assert proc.poll() is None, proc.communicate(timeout=10)[1][-3000:]
+                assert time.monotonic() < deadline, "no push was attempted"
+                time.sleep(0.2)
+            # a periodic push has timed out once: the next one hangs now, for up to 10 s
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=SIGNAL_EXIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"no exit within {SIGNAL_EXIT_SECONDS:.0f} s of SIGTERM with a hung Pushgateway")
+        finally:
+            if proc.poll() is None:
+                stop(proc, grace=10)
+    assert proc.returncode == 128 + signal.SIGTERM

@@ -40,6 +40,7 @@ CONTRACT_METRICS = {
     "templ_telemetry_degraded_total": "counter",
     "templ_start_refusals_total": "counter",
     "templ_run_info": "gauge",
+    "templ_run_start_time_seconds": "gauge",
     "templ_conformer_generations_total": "counter",
     "templ_conformer_generations_in_progress": "gauge",
     "templ_push_interval_seconds": "gauge",
@@ -54,7 +55,7 @@ CONTRACT_SHORTS = {
     "select_best_calls", "select_best_duration", "pool_restarts", "batch_resubmissions", "telemetry_degraded",
     "build_info", "campaign_queries", "campaign_in_flight", "campaign_expected", "campaign_skipped",
     "campaign_query_duration", "campaign_worker_replacements", "campaign_shortfalls", "query_preparations", "last_success",
-    "last_failure", "start_refusals", "run_info", "push_interval",
+    "last_failure", "start_refusals", "run_info", "run_start", "push_interval",
     "conformer_generations", "conformer_generations_in_progress",
 }
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import threading
 
 import pytest
+from cgroup_fixtures import child_pids_cgroup  # noqa: F401 - the fixture
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -124,8 +127,9 @@ def _limit(name: str, limit: int | None, headroom: int | None, enforced: bool | 
     return Limit(name, limit, used, headroom, enforced, source="test")
 
 
-def _snapshot(limits: tuple[Limit, ...], refusals: int | None = None) -> Snapshot:
-    return Snapshot(0.0, 5, 1000, limits, StackInfo(8 << 20, 8 << 20, -1, None, None), pids_refusals=refusals)
+def _snapshot(limits: tuple[Limit, ...], *by_level: tuple[str, int]) -> Snapshot:
+    refusals = sum(count for _path, count in by_level) if by_level else None
+    return Snapshot(0.0, 5, 1000, limits, StackInfo(8 << 20, 8 << 20, -1, None, None), refusals, by_level)
 
 
 def test_limits_are_read_at_each_scrape_and_thread_counts_live():
@@ -135,7 +139,7 @@ def test_limits_are_read_at_each_scrape_and_thread_counts_live():
         _limit("threads_max", None, None, None),  # unknown
         _limit("pid_max", 4194304, None, False),  # not enforced: the number, but no headroom
         _limit("stack_memory", None, None, None),
-    ), refusals=3)}
+    ), ("/job/pids.events", 3))}
     metrics = TemplMetrics(CollectorRegistry(), process_collectors=False, snapshot=lambda: current["snapshot"])
     r = metrics.registry
     assert r.get_sample_value("templ_thread_limit", {"limit": "pids_cgroup"}) == 64
@@ -150,37 +154,55 @@ def test_limits_are_read_at_each_scrape_and_thread_counts_live():
     assert r.get_sample_value("templ_pids_cgroup_refused_forks_total") == 3
 
     # the next scrape reads the next snapshot: no event of the executor is needed
-    current["snapshot"] = _snapshot((_limit("pids_cgroup", 64, 2, True), _limit("bogus_limit", 1, 1, True)))
+    current["snapshot"] = _snapshot((_limit("pids_cgroup", 64, 2, True), _limit("bogus_limit", 1, 1, True)),
+                                    ("/job/pids.events", 3), ("/job/tight/pids.events", 5))
     assert r.get_sample_value("templ_thread_headroom", {"limit": "pids_cgroup"}) == 2
     assert r.get_sample_value("templ_thread_limit", {"limit": "other"}) == 1
     assert r.get_sample_value("templ_thread_headroom", {"limit": "rlimit_nproc"}) is None
-    assert r.get_sample_value("templ_pids_cgroup_refused_forks_total") is None  # unknown: no sample
+    assert r.get_sample_value("templ_pids_cgroup_refused_forks_total") == 8  # moved into a child cgroup
+    # back out of the child: its refusals stay counted, so the counter never goes down
+    current["snapshot"] = _snapshot((_limit("pids_cgroup", 64, 2, True),), ("/job/pids.events", 3))
+    assert r.get_sample_value("templ_pids_cgroup_refused_forks_total") == 8
+    # a new cgroup at the child's path starts at 0 again: its predecessor's count is kept
+    current["snapshot"] = _snapshot((_limit("pids_cgroup", 64, 2, True),), ("/job/pids.events", 3),
+                                    ("/job/tight/pids.events", 1))
+    assert r.get_sample_value("templ_pids_cgroup_refused_forks_total") == 9
     current["snapshot"] = None  # the thread manager cannot be used: no limit samples, no error
     assert r.get_sample_value("templ_thread_headroom", {"limit": "pids_cgroup"}) is None
 
 
-def test_headroom_follows_threads_started_elsewhere_without_any_executor_call():
-    """Real kernel: threads started after the last executor call show in the next scrape."""
-    from templ_pipeline.core.thread_manager import ThreadResourceManager
+_THREADS_SCRIPT = """
+import threading
+from prometheus_client import CollectorRegistry
+from templ_pipeline.core.thread_manager import ThreadResourceManager
+from templ_pipeline.telemetry.metrics import TemplMetrics
 
-    manager = ThreadResourceManager(cache_ttl=0.0)
-    r = TemplMetrics(CollectorRegistry(), process_collectors=False, snapshot=manager.snapshot).registry
-    binding = manager.snapshot().binding
-    if binding is None or binding.name not in ("threads_max", "pid_max", "pids_cgroup", "rlimit_nproc"):
-        pytest.skip(f"no task-counting limit binds here ({binding})")
-    before = r.get_sample_value("templ_thread_headroom", {"limit": binding.name})
-    stop = threading.Event()
-    threads = [threading.Thread(target=stop.wait) for _ in range(50)]
-    for t in threads:
-        t.start()
-    try:
-        during = r.get_sample_value("templ_thread_headroom", {"limit": binding.name})
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    # other tasks on the host come and go meanwhile: 50 threads of ours must show, give or take a few
-    assert before - during >= 40, (before, during)
+manager = ThreadResourceManager(cache_ttl=0.0)
+registry = TemplMetrics(CollectorRegistry(), process_collectors=False, snapshot=manager.snapshot).registry
+def headroom():
+    return registry.get_sample_value("templ_thread_headroom", {"limit": "pids_cgroup"})
+before = headroom()
+stop = threading.Event()
+threads = [threading.Thread(target=stop.wait) for _ in range(50)]
+for t in threads:
+    t.start()
+during = headroom()
+stop.set()
+for t in threads:
+    t.join(60)
+print(before, during)
+"""
+
+
+def test_headroom_follows_threads_started_without_any_executor_call(child_pids_cgroup):
+    """Real kernel, a pids cgroup of one process: 50 threads it starts show in the next collection,
+    with no executor call in between."""
+    child_pids_cgroup.set_max(1000)
+    done = subprocess.run(child_pids_cgroup.wrap([sys.executable, "-c", _THREADS_SCRIPT]), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    before, during = map(float, done.stdout.split())
+    assert before - during == 50, (before, during)
 
 
 def test_live_thread_count(tel):

@@ -213,11 +213,16 @@ def events_path(level: Level) -> str:
     return level.limit_path[: -len("pids.max")] + "pids.events"
 
 
+def read_pids_refusals_by_level(levels: list[Level]) -> tuple[tuple[str, int], ...]:
+    """``(pids.events path, refused forks)`` of each level whose count is readable."""
+    counts = ((events_path(level), parse_pids_events(read_bytes(events_path(level)))) for level in levels)
+    return tuple((path, count) for path, count in counts if count is not None)
+
+
 def read_pids_refusals(levels: list[Level]) -> int | None:
     """Refused forks summed over ``levels`` (see :func:`parse_pids_events`); None if none is readable."""
-    counts = [parse_pids_events(read_bytes(events_path(level))) for level in levels]
-    known = [count for count in counts if count is not None]
-    return sum(known) if known else None
+    counts = read_pids_refusals_by_level(levels)
+    return sum(count for _path, count in counts) if counts else None
 
 
 def parse_pids_peak(data: bytes | str | None) -> int | None:

@@ -112,7 +112,9 @@ class Collector:
             self._sysctl(PID_MAX, tasks),
             self._stack_limit(stack, status.threads, memory_source),
         )
-        return Snapshot(taken_at, status.threads, uid, limits, stack, self.pids_refusals())
+        by_level = cgroup.read_pids_refusals_by_level(self.pids_levels)
+        refusals = sum(count for _path, count in by_level) if by_level else None
+        return Snapshot(taken_at, status.threads, uid, limits, stack, refusals, by_level)
 
     def pids_refusals(self) -> int | None:
         """Forks the pids controller has refused in this cgroup so far (``pids.events``), None if unknown."""

@@ -76,6 +76,8 @@ class Snapshot:
     limits: tuple[Limit, ...]  # in LIMIT_NAMES order
     stack: StackInfo
     pids_refusals: int | None = None  # forks refused by the pids controller so far (pids.events)
+    #: the same per level: (pids.events path, count), for a count that follows the process across cgroups
+    pids_refusals_by_level: tuple[tuple[str, int], ...] = ()
 
     def limit(self, name: str) -> Limit:
         """The limit called ``name`` (one of LIMIT_NAMES)."""
