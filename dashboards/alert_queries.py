@@ -4,12 +4,13 @@ A 10 s job is scraped once or twice, its counters are born at 1 (the first scrap
 after the event) and its series go stale when it ends, while rules run every 15 s. An
 instant selector misses such a job and ``increase()`` cannot count a series' first sample,
 so every shape here reads a range: the job stays in it for the window after its last
-sample, and the alert clears at the first evaluation after that.
+sample, and the alert clears at the first evaluation after that. Whether a series counts
+from 0 is decided by its run's start time, not by the series' own history.
 """
 
 from __future__ import annotations
 
-from templ_pipeline.dashboards.names import JOB
+from templ_pipeline.dashboards.names import JOB, metric
 
 
 def window(minutes: int) -> str:
@@ -17,19 +18,34 @@ def window(minutes: int) -> str:
     return f"{minutes}m"
 
 
-def events(counter: str, minutes: int) -> str:
-    """Per series: how much ``counter`` rose within the window, counting a series born in it from 0.
+def run_started(minutes: int) -> str:
+    """The runs (``job``, ``instance``, ``job_id``) that started within the window, by their own start time.
 
-    A series with no sample in the window before this one (``count_over_time(...
-    offset W)`` is empty) was born in the window, and its largest value is all it rose:
-    a labelled counter's first event creates it at 1, which ``increase()`` never counts.
-    Any other series has ``increase()``; the born branch comes first because ``or``
-    keeps the left side, and a born series with two samples has an increase of 0.
-    Range functions keep a job that ended (its series stale) for the window.
+    ``templ_run_start_time_seconds`` travels with the run's other series (scrape, textfile,
+    push), so a counter seen for the first time because Prometheus restarted, a scrape gap
+    outlasted the window or a Pushgateway group pushed long ago was first scraped, is not
+    mistaken for one born in the window.
+    """
+    return (f'max_over_time({metric("run_start")}{{job="{JOB}"}}[{window(minutes)}])'
+            f" > time() - {minutes * 60}")
+
+
+def events(counter: str, minutes: int) -> str:
+    """Per series: how much ``counter`` rose within the window, counting a run that started in it from 0.
+
+    A series of a run that started within the window (:func:`run_started`) rose by its last
+    value in the window: a labelled counter's first event creates it at 1, which
+    ``increase()`` never counts. Any other series has ``increase()``, which needs two samples
+    and so stays silent for old counters seen anew (after a Prometheus restart, a scrape gap,
+    a Pushgateway group scraped long after its push). The born branch comes first because
+    ``or`` keeps the left side. Counters of library users, whose process publishes no
+    ``templ_run_start_time_seconds``, always take ``increase()``: their series are
+    zero-initialised from process start, so two samples suffice. Range functions keep a job
+    that ended (its series stale) for the window.
     """
     w = window(minutes)
-    return (f"(\n  max_over_time({counter}[{w}])\n  unless count_over_time({counter}[{w}] offset {w})\n)\n"
-            f"or\nincrease({counter}[{w}])")
+    return (f"(\n  last_over_time({counter}[{w}])\n  and on (job, instance, job_id)\n"
+            f"  ({run_started(minutes)})\n)\nor\nincrease({counter}[{w}])")
 
 
 def indent(text: str, spaces: int = 2) -> str:

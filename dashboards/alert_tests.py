@@ -20,12 +20,15 @@ from enum import StrEnum
 
 from templ_pipeline.dashboards import alerts
 from templ_pipeline.dashboards.alerts import Rule
-from templ_pipeline.dashboards.names import CADVISOR_JOB, JOB, NODE_JOB, metric
+from templ_pipeline.dashboards.dashboard_exporters import CADVISOR_JOB, NODE_JOB
+from templ_pipeline.dashboards.names import JOB, metric
 from templ_pipeline.dashboards.thresholds import (
     CAMPAIGN_STALL_MINUTES,
+    DEAD_GROUP_HOURS,
     EVENT_WINDOW_MINUTES,
     FAILURE_MINUTES,
     PUSH_FRESH_MINUTES,
+    PUSH_SLACK_SECONDS,
     Thresholds,
     thresholds,
 )
@@ -95,6 +98,19 @@ def cleared_at(last_sample: int, window_minutes: int) -> int:
     """The first evaluation whose window no longer holds ``last_sample`` (ranges include both ends)."""
     end = last_sample + window_minutes * 60
     return end + 15 - end % 15
+
+
+RUN_LABELS = ("job", "instance", "job_id")  # the labels a run's templ_run_start_time_seconds shares with its series
+
+
+def run_start(labels: Mapping[str, str], values: str) -> tuple[str, str]:
+    """The ``templ_run_start_time_seconds`` row of the run behind series with ``labels``."""
+    return series(metric("run_start"), _pick(labels, RUN_LABELS)), values
+
+
+def short_run_start(start: int = START) -> str:
+    """The start time of a 10 s job (5 s before its first scrape) on each of its scrapes, as :func:`short_job`."""
+    return short_job(*([start - 5] * 3), start=start)
 
 
 def held(value: float | str, after: int = 4) -> str:
@@ -170,24 +186,46 @@ def _counter_cases(c: CounterAlert) -> list[Case]:
     clears = cleared_at(START + 10, c.window)
     later = 6 * 60  # the healthy case's 10 s job, once the long series have a window of history
     quiet = [(series(name, {**SCRAPED, **labels}), short_job(0, 1, 2, start=later)) for labels in c.quiet]
+    short_start = run_start(SCRAPED, short_run_start())
+    # a second run on the port, 7 minutes after the first ended: its first scrape (at 490 s) shows the event
+    second = START + 10 + 7 * 60
+    gap = f"_x{second // 5 - (START + 15) // 5 - 1}"
+    old = "-3600"  # a run that started an hour before the test's first sample
     return [
         Case(c.alert, Kind.SHORT, "a 10 s job, zero-initialised, counts 1 then 2 between two evaluations",
-             [(series(name, scraped), short_job(0, 1, 2))], [(seconds(45), []), (seconds(75), [fired_scraped])]),
+             [(series(name, scraped), short_job(0, 1, 2)), short_start],
+             [(seconds(45), []), (seconds(75), [fired_scraped])]),
         Case(c.alert, Kind.PUSHED, "pushed once at the end with the count at 1, then held for hours",
-             [(series(name, pushed), held(1)), (series("push_time_seconds", PUSHED), held(START))],
+             [(series(name, pushed), held(1)), (series("push_time_seconds", PUSHED), held(START)),
+              run_start(PUSHED, held(START - 10))],
              [(seconds(75), [fired_pushed]), ("16m", [])], interval=PUSHGATEWAY_SCRAPE),
         Case(c.alert, Kind.HEALTHY, "a 10 s job and a long one at 0, a long one flat at 4, and labels that do not "
              "count", [(series(name, scraped), short_job(0, 0, 0, start=later)),
+                       run_start(SCRAPED, short_run_start(later)),
                        (series(name, {**SCRAPED, **c.labels, "instance": "node2:9464"}), "0x1000"),
                        (series(name, {**SCRAPED, **c.labels, "instance": "node3:9464"}), "4x1000"),
                        (series(name, {**PUSHED, **c.labels}), held(0)), *quiet],
              [(seconds(later + 15), []), (seconds(later + 6 * 60), [])]),
+        Case(c.alert, Kind.HEALTHY, "a group pushed with its count at 3 15 minutes (3 windows) before Prometheus "
+             "first scrapes the Pushgateway: old events, not new ones",
+             [(series(name, pushed), f"_x60 3x{HOURS}"), (series("push_time_seconds", PUSHED), f"_x60 0x{HOURS}"),
+              run_start(PUSHED, f"_x60 -10x{HOURS}")],
+             [(seconds(915), []), (seconds(1200), [])], interval=PUSHGATEWAY_SCRAPE),
+        Case(c.alert, Kind.HEALTHY, "a job running for an hour, its count at 4, behind a 10-minute scrape gap "
+             "(a Prometheus restart): the count seen again is not new",
+             [(series(name, scraped), "4x20 _x120 4x100"), run_start(SCRAPED, f"{old}x20 _x120 {old}x100")],
+             [(seconds(90), []), (seconds(720), []), (seconds(900), [])]),
         Case(c.alert, Kind.RESOLVES, f"the 10 s job's alert holds for the {c.window}-minute window after its last "
-             "rise, then clears", [(series(name, scraped), short_job(0, 1, 2))],
+             "rise, then clears", [(series(name, scraped), short_job(0, 1, 2)), short_start],
              [(seconds(clears - 15), [fired_scraped]), (seconds(clears), [])]),
         Case(c.alert, Kind.BORN_AT_1, "no zero sample: the job's only scrape already shows 1",
-             [(series(name, scraped), short_job(1))],
+             [(series(name, scraped), short_job(1)), run_start(SCRAPED, short_job(START - 5))],
              [(seconds(75), [fired_scraped]), (minutes(c.window + 1), [])]),
+        Case(c.alert, Kind.BORN_AT_1, "a second run on the port, started 7 minutes after the first ended (its "
+             "series in the window before): its first event is born at 1 and fires",
+             [(series(name, scraped), f"{short_job(0, 1, 3)} {gap} 1 stale"),
+              run_start(SCRAPED, f"{short_run_start()} {gap} {second - 5} stale")],
+             [(seconds(clears), []), (seconds(second + 5), [fired_scraped])]),
     ]
 
 
@@ -201,23 +239,25 @@ def _ratio_cases(alert: str, numerator: tuple[str, Mapping[str, str]], others: t
         return [(series(metric(bad), {**base, **bad_labels}), failed),
                 (series(metric(good), {**base, **good_labels}), ok)]
 
-    pushed_time = [(series("push_time_seconds", PUSHED), held(START))]
+    pushed_time = [(series("push_time_seconds", PUSHED), held(START)), run_start(PUSHED, held(START - 10))]
+    short_start = [run_start(SCRAPED, short_run_start())]
     clears = cleared_at(START + 10, window)
     return [
         Case(alert, Kind.SHORT, "a 10 s job: 20 of 100 fail", inputs(SCRAPED, short_job(0, 10, 20),
-             short_job(0, 40, 80)), [(seconds(75), [Fired(_pick(SCRAPED, by), 0.2)])]),
+             short_job(0, 40, 80)) + short_start, [(seconds(75), [Fired(_pick(SCRAPED, by), 0.2)])]),
         Case(alert, Kind.PUSHED, "pushed once at the end, 30 failed and 100 not, held for hours",
              inputs(PUSHED, held(30), held(100)) + pushed_time,
              [(seconds(75), [Fired(_pick(PUSHED, by), 30 / 130)]), ("16m", [])], interval=PUSHGATEWAY_SCRAPE),
         Case(alert, Kind.HEALTHY, "2 of 100 fail; an idle job (0/0) says nothing",
-             inputs(SCRAPED, short_job(0, 1, 2), short_job(0, 49, 98))
+             inputs(SCRAPED, short_job(0, 1, 2), short_job(0, 49, 98)) + short_start
              + inputs({**SCRAPED, "instance": "node2:9464"}, "0x1000", "0x1000"),
              [(seconds(75), []), ("12m", [])]),
         Case(alert, Kind.RESOLVES, f"the 10 s job leaves the {window}-minute window", inputs(
-             SCRAPED, short_job(0, 10, 20), short_job(0, 40, 80)),
+             SCRAPED, short_job(0, 10, 20), short_job(0, 40, 80)) + short_start,
              [(seconds(clears - 15), [Fired(_pick(SCRAPED, by), 0.2)]), (seconds(clears), [])]),
         Case(alert, Kind.BORN_AT_1, "the only scrape: 1 failed, 1 not",
-             inputs(SCRAPED, short_job(1), short_job(1)), [(seconds(75), [Fired(_pick(SCRAPED, by), 0.5)])]),
+             inputs(SCRAPED, short_job(1), short_job(1)) + [run_start(SCRAPED, short_job(START - 5))],
+             [(seconds(75), [Fired(_pick(SCRAPED, by), 0.5)])]),
     ]
 
 
@@ -271,6 +311,11 @@ def _headroom_cases(alert: str, limit: str, low: int, host: bool) -> list[Case]:
              job(SCRAPED, short_job(low), short_job(1000), short_job(1)),
              [(seconds(75), [fired(SCRAPED, low)])]),
     ]
+    if host:  # a library user's process publishes no templ_run_info: it alerts on its own, its instance as host
+        library = {**SCRAPED, "instance": "node2:9464"}
+        cases.append(Case(alert, Kind.SHORT, "a library user's process (no templ_run_info) at the threshold",
+                          job(library, short_job(low, low, low), short_job(1000, 1000, 1000), scraped_run)[:2],
+                          [(seconds(75), [Fired({"job": JOB, "host": library["instance"], "limit": limit}, low)])]))
     if host:  # two runs on one port within the window: one match per host, not a many-to-many error
         cases.append(Case(alert, Kind.SHORT, "two successive runs on one port within the window",
                           job(SCRAPED, short_job(low, low, low), short_job(1000, 1000, 1000), scraped_run)
@@ -310,7 +355,7 @@ def _stall_cases() -> list[Case]:
             alive: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
         info = {**base, "run_id": "r1", "job_id": base.get("job_id", "r1"), "host": "node1"}
         started = [] if up is None else [(series("process_start_time_seconds", base), f"0x{steps}")]
-        rows = [(series(metric("run_info"), info), f"1x{steps}"), *started,
+        rows = [(series(metric("run_info"), info), f"1x{steps}"), run_start(base, f"0x{steps}"), *started,
                 (series(metric("last_success"), base), success), (series(metric("last_failure"), base), f"0x{steps}"),
                 (series(scored, base), progress),
                 (series(failed, {**base, "reason": "embedding_failed"}), f"0x{steps}"),
@@ -340,11 +385,12 @@ def _stall_cases() -> list[Case]:
         Case(name, Kind.RESOLVES, "progress again clears it at the next evaluation",
              run(SCRAPED, f"0+10x20 200x80 200+10x{steps - 102}"),  # flat from 5 to 25.5 minutes
              [(minutes(24), [fired]), (seconds(1530), [fired]), (seconds(1545), [])], interval="15s"),
-        Case(name, Kind.BORN_AT_1, "a campaign whose queries counter is born at 1 at 10 minutes: progress; flat "
-             f"for {w} minutes after it, it fires",
+        Case(name, Kind.BORN_AT_1, "a campaign whose queries counter is born at 1 at its first scrape, flat "
+             f"since: silent while the run is younger than {w} minutes, then it fires (a counter born later in a "
+             "run older than the window counts from its second sample: TEMPL's are zero-initialised)",
              [row for row in run(SCRAPED, f"0x{steps}") if not row[0].startswith(queries)]
-             + [(series(queries, {**SCRAPED, "status": "ok", "reason": "none"}), f"_x40 1x{steps - 40}")],
-             [(minutes(20), []), (minutes(24), []), (minutes(26), [fired])], interval="15s"),
+             + [(series(queries, {**SCRAPED, "status": "ok", "reason": "none"}), f"1x{steps}")],
+             [(minutes(w), []), (seconds(w * 60 + 15), [fired])], interval="15s"),
     ]
 
 
@@ -357,12 +403,22 @@ def _pushed_died_cases() -> list[Case]:
         return [(series("push_time_seconds", PUSHED), push_times), (series(interval, PUSHED), f"{every}x{steps}"),
                 (series(success, PUSHED), ended), (series(failure, PUSHED), f"0x{steps}")]
 
+    def other(push_times: str, every: int) -> list[tuple[str, str]]:
+        return [(series("push_time_seconds", OTHER_PUSHED), push_times),
+                *((series(m, OTHER_PUSHED), f"{v}x{HOURS}")
+                  for m, v in ((interval, every), (success, 0), (failure, 0)))]
+
     fired = Fired(PUSHED)
+    # 3 intervals of 5 s and the slack: the killed job's push at 10 s is too old from 10 + 15 + slack on
+    dead_at = 10 + 3 * 5 + PUSH_SLACK_SECONDS
+    hours = DEAD_GROUP_HOURS * 3600
     return [
-        Case(name, Kind.SHORT, "a 10 s job pushing every 5 s, killed after its push at 10 s",
-             group(f"_ 10x{HOURS}", 5), [(seconds(15), []), (seconds(30), [fired])], interval="15s"),
+        Case(name, Kind.SHORT, "a 10 s job pushing every 5 s, killed after its push at 10 s; beside it a live job "
+             "pushing every 5 s whose push reads 19 s old (the Pushgateway's scrape and the evaluation's lag)",
+             group(f"_ 10x{HOURS}", 5) + other(f"_x2 11+15x{HOURS}", 5),
+             [(seconds(30), []), (seconds(dead_at), []), (seconds(dead_at + 15), [fired])], interval="15s"),
         Case(name, Kind.PUSHED, "pushes every 30 s for 5 minutes, then none (SIGKILL)",
-             group(f"0+30x10 300x{HOURS}", 30), [(seconds(375), []), (seconds(405), [fired]), ("16m", [fired])],
+             group(f"0+30x10 300x{HOURS}", 30), [(seconds(435), []), (seconds(465), [fired]), ("16m", [fired])],
              interval="30s"),
         Case(name, Kind.HEALTHY, "its last push has the success timestamp; another pushes only at its end",
              group(f"0+30x10 300x{HOURS}", 30, ended=f"0x10 300x{HOURS}") + [
@@ -373,9 +429,14 @@ def _pushed_died_cases() -> list[Case]:
              [(seconds(405), []), ("16m", [])], interval="30s"),
         Case(name, Kind.RESOLVES, "the operator deletes the group",
              [(name, values + " stale") for name, values in group("0+30x10 300x20", 30, "0x30", 30)],
-             [(seconds(405), [fired]), (seconds(30 * 32 + 30), [])], interval="30s"),
+             [(seconds(465), [fired]), (seconds(30 * 32 + 30), [])], interval="30s"),
+        # the last push lies almost a day before the test's start (promtool would otherwise evaluate every rule
+        # every 15 s for a whole day): 5 minutes short of the bound at 0, past it at 360 s
+        Case(name, Kind.RESOLVES, f"nobody deletes the group: the alert clears {DEAD_GROUP_HOURS} hours after its "
+             "last push", group(f"{300 - hours}x10", 60, "0x10", 10),
+             [(seconds(60), [fired]), (seconds(285), [fired]), (seconds(315), [])], interval="60s"),
         Case(name, Kind.BORN_AT_1, "the group's first push is its last", group(f"_x4 60x{HOURS}", 30),
-             [(seconds(150), []), (seconds(165), [fired])], interval="15s"),
+             [(seconds(210), []), (seconds(225), [fired])], interval="15s"),
     ]
 
 
@@ -390,14 +451,18 @@ def _push_failed_cases() -> list[Case]:
     fired = Fired(PUSHED)
     return [
         Case(name, Kind.SHORT, "a 10 s job scraped directly counts a push it could not deliver",
-             [(series(degraded, {**SCRAPED, **pgw}), short_job(0, 1, 1))], [(seconds(75), [Fired(SCRAPED)])]),
+             [(series(degraded, {**SCRAPED, **pgw}), short_job(0, 1, 1)), run_start(SCRAPED, short_run_start())],
+             [(seconds(75), [Fired(SCRAPED)])]),
         Case(name, Kind.PUSHED, "the Pushgateway refused the push at 90 s (the last good one at 60 s)",
              times(held(START), f"_x4 0x2 90x{HOURS}"),
              [(seconds(75), []), (seconds(120), [fired]), (seconds(375), [fired])],
              interval="15s"),
-        Case(name, Kind.HEALTHY, "no failure (0), and a failure older than the last good push",
+        Case(name, Kind.HEALTHY, "no failure (0), a failure older than the last good push, and a pusher thread "
+             "the kernel refused (telemetry degraded, not a failed push)",
              times(held(START), held(0)) + [(series("push_time_seconds", OTHER_PUSHED), held(START)),
-                                            (series("push_failure_time_seconds", OTHER_PUSHED), held(30))],
+                                            (series("push_failure_time_seconds", OTHER_PUSHED), held(30)),
+                                            (series(degraded, {**PUSHED, **pgw, "reason": "thread_start_failed"}),
+                                             held(1)), run_start(PUSHED, held(START - 10))],
              [(seconds(120), []), ("16m", [])], interval="15s"),
         Case(name, Kind.RESOLVES, f"the next push succeeds; a failure older than {EVENT_WINDOW_MINUTES} minutes "
              "stops counting", times(f"_x4 60x4 120x{HOURS}", f"_x4 0x2 90x{HOURS}") + [
@@ -407,7 +472,7 @@ def _push_failed_cases() -> list[Case]:
               (seconds(405), [])], interval="15s"),
         Case(name, Kind.BORN_AT_1, "the job's next good push carries its failed-push count, born at 1",
              [(series(degraded, {**PUSHED, **pgw}), held(1)), (series("push_time_seconds", PUSHED), held(START)),
-              (series("push_failure_time_seconds", PUSHED), held(0))],
+              (series("push_failure_time_seconds", PUSHED), held(0)), run_start(PUSHED, held(START - 10))],
              [(seconds(75), [fired]), (minutes(EVENT_WINDOW_MINUTES + 1), [])], interval="15s"),
     ]
 
@@ -427,6 +492,10 @@ COUNTER_ALERTS: tuple[CounterAlert, ...] = (
                  quiet=({"outcome": "ok"},)),
     CounterAlert(alerts.TELEMETRY_DEGRADED, "telemetry_degraded",
                  {"component": "span_processor", "reason": "thread_start_failed"},
+                 ("job", "instance", "job_id", "component", "reason"),
+                 quiet=({"component": alerts.PUSHGATEWAY, "reason": "push_failed"},)),
+    CounterAlert(alerts.TELEMETRY_DEGRADED, "telemetry_degraded",
+                 {"component": alerts.PUSHGATEWAY, "reason": "thread_start_failed"},
                  ("job", "instance", "job_id", "component", "reason"),
                  quiet=({"component": alerts.PUSHGATEWAY, "reason": "push_failed"},)),
 )

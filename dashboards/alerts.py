@@ -30,13 +30,12 @@ from templ_pipeline.dashboards.alert_queries import (
     unless_stale_push,
     window,
 )
+from templ_pipeline.dashboards.dashboard_exporters import CADVISOR_JOB, NODE_JOB, UP
 from templ_pipeline.dashboards.executor_dashboard import UID
 from templ_pipeline.dashboards.names import (
-    CADVISOR_JOB,
     FAILED,
     JOB,
     MANAGER_REASONS,
-    NODE_JOB,
     SEQUENTIAL,
     event,
     listing,
@@ -47,12 +46,14 @@ from templ_pipeline.dashboards.thresholds import (
     CAMPAIGN_FAILURE_MINUTES,
     CAMPAIGN_FAILURE_RATIO,
     CAMPAIGN_STALL_MINUTES,
+    DEAD_GROUP_HOURS,
     EVENT_WINDOW_MINUTES,
     FAILURE_MINUTES,
     FAILURE_RATIO,
     MISSED_PUSHES,
     NODE_PRESSURE,
     PUSH_FRESH_MINUTES,
+    PUSH_SLACK_SECONDS,
     Thresholds,
     helper_tasks_by_start_method,
     percent,
@@ -60,6 +61,7 @@ from templ_pipeline.dashboards.thresholds import (
 )
 from templ_pipeline.telemetry.catalog import (
     DEGRADED_COMPONENTS,
+    DEGRADED_REASONS,
     EVENT_QUERY_FINISHED,
     EVENT_WORKER_REPLACED,
     FAILURE_REASONS,
@@ -197,6 +199,7 @@ WHO = "{{ $labels.instance }}{{ if $labels.job_id }} (job {{ $labels.job_id }}){
 #: The labels a TEMPL job's alerts keep apart: pushed groups of different jobs share job and instance.
 BY_JOB = "job, instance, job_id"
 PUSHGATEWAY = value("pushgateway", DEGRADED_COMPONENTS)
+PUSH_FAILED_REASON = value("push_failed", DEGRADED_REASONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,11 +245,14 @@ def _open(*panels: Panel) -> str:
 
 
 def _event_schedule(minutes: int) -> str:
-    return (f"Fires at the first evaluation after the count rises (a series born above 0, as a 10 s job's first "
-            f"scrape or a push shows it, included) and clears at the first one {in_words(minutes)} after its last "
-            f"rise ({in_words(minutes)} after its first sample for a series born above 0 and flat since), whether "
-            "the job still runs, ended or went stale. A pushed group holds its counters for hours: flat, it is "
-            "silent again after the window.")
+    return (f"Fires at the first evaluation after the count rises (the series of a run that started in the "
+            f"window count from 0, so a counter born above 0, as a 10 s job's first scrape or a push shows it, "
+            f"counts) and clears at the first one {in_words(minutes)} after its last rise (for a series born above "
+            f"0 and flat since: {in_words(minutes)} after its run started), whether the job still runs, ended or "
+            "went stale. A run's start time (templ_run_start_time_seconds), not the series' history, says what "
+            "is new: old counters seen anew, after a Prometheus restart, a scrape gap or the first scrape of a "
+            "group pushed long ago, do not fire. A pushed group holds its counters for hours: flat, it is silent "
+            "again after the window.")
 
 
 def _pool_helpers(t: Thresholds) -> str:
@@ -277,11 +283,18 @@ def _headroom_expr(limits: str, tasks: int, share: float) -> str:
 
 
 def _per_host(expr: str) -> str:
-    """``expr`` (per job) joined with the run's host and reduced to its lowest value per host."""
+    """``expr`` (per job) joined with the run's host and reduced to its lowest value per host.
+
+    An instance without ``templ_run_info`` (a library user's process, which starts no
+    telemetry session) has no host to join: it keeps its instance as its ``host``, so
+    host-limit exhaustion still alerts for it, once per instance.
+    """
     w = duration(EVENT_WINDOW_MINUTES)
-    run_info = _selector("run_info")
+    run_info = f"max_over_time({_selector('run_info')}[{w}])"
     return (f"min by (job, host, limit) (\n  (\n{indent(expr, 4)}\n  )\n  * on (job, instance) group_left (host)\n"
-            f"  max by (job, instance, host) (max_over_time({run_info}[{w}]))\n)\n")
+            f"  max by (job, instance, host) ({run_info})\n  or\n"
+            f"  label_replace(\n    (\n{indent(expr, 6)}\n    )\n    unless on (job, instance) {run_info},\n"
+            '    "host", "$1", "instance", "(.*)"\n  )\n)\n')
 
 
 _GAUGE_SCHEDULE = (f"Read over the last {in_words(EVENT_WINDOW_MINUTES)} (min_over_time), so a 10 s job's one "
@@ -314,7 +327,9 @@ def _headroom_rules(t: Thresholds) -> list[Rule]:
     job_panels, host_panels = (BINDING_PANEL, HEADROOM_PANEL), (HOST_PANEL,)
     host_link = f"/d/{UID}?var-job={{{{ $labels.job }}}}"
     host_note = (" One alert per host: every job on it sees the same limit (joined with templ_run_info for the "
-                 "host; max by (job, instance, host) first, so two runs on one port in the window are one match).")
+                 "host; max by (job, instance, host) first, so two runs on one port in the window are one match). "
+                 "An instance without templ_run_info (a library user) alerts on its own, its instance as host: the "
+                 "job-local rules leave the host-wide limits to these.")
     low_when = f"< {t.warning_tasks} tasks or < {percent(t.warning_share)} of the limit"
     critical_when = (f"< {t.critical_tasks} tasks (a {smallest}-worker pool no longer fits) or "
                      f"< {percent(t.critical_share)}")
@@ -418,7 +433,7 @@ def _fallback_rule() -> Rule:
     panels = (FALLBACKS_PANEL,)
     return Rule(
         FALLBACK_ALERT,
-        why="Every path to the sequential rung starts at 0, and a series born in the window counts from 0. "
+        why="Every path to the sequential rung starts at 0, and a run that started in the window counts from 0. "
             + _event_schedule(w),
         expr=rose(fallbacks, f"{BY_JOB}, from_kind, reason, cause", w),
         for_minutes=0,
@@ -485,21 +500,25 @@ def _select_best_errors_rule() -> Rule:
 
 def _telemetry_degraded_rule() -> Rule:
     w = EVENT_WINDOW_MINUTES
-    degraded = _selector("telemetry_degraded", f'component!="{PUSHGATEWAY}"')
+    others = _selector("telemetry_degraded", f'component!="{PUSHGATEWAY}"')
+    pusher = _selector("telemetry_degraded", f'component="{PUSHGATEWAY}"', f'reason!="{PUSH_FAILED_REASON}"')
+    by = f"{BY_JOB}, component, reason"
     panels = (TELEMETRY_PANEL,)
     return Rule(
         TELEMETRY_DEGRADED,
-        why="A telemetry component (span export, the /metrics server, the log handler) started degraded: the "
-            "work goes on, what the operator sees of it is partial. Push failures have their own alert "
-            f"({PUSH_FAILED}). " + _event_schedule(w),
-        expr=rose(degraded, f"{BY_JOB}, component, reason", w),
+        why="A telemetry component (span export, the /metrics server, the log handler, the pusher) started "
+            "degraded: the "
+            "work goes on, what the operator sees of it is partial; the pusher too (a pusher thread that could "
+            f"not start). Failed pushes have their own alert ({PUSH_FAILED}). " + _event_schedule(w),
+        expr=f"sum by ({by}) (\n{indent(events(others, w))}\n  or\n{indent(events(pusher, w))}\n) > 0\n",
         for_minutes=0,
         severity=Severity.WARNING,
         fires_when=f"a telemetry component ran degraded in the last {w} min",
         summary=f"{WHO}: telemetry {{{{ $labels.component }}}} degraded ({{{{ $labels.reason }}}})",
         description=f"In the last {in_words(w)} the {{{{ $labels.component }}}} of {WHO}'s telemetry could not "
                     "start normally ({{ $labels.reason }}) and runs degraded (synchronous span export, no "
-                    "/metrics, fewer log lines): the dashboard may show less than the job did.",
+                    "/metrics, fewer log lines, no pushes while it runs): the dashboard may show less than the job "
+                    "did.",
         runbook=" ".join([_open(*panels), "A reason of thread_start_failed, no_headroom or resource_unavailable "
                           "means the job was out of threads when telemetry started: check `templ doctor`.",
                           IN_THE_JOB, "The telemetry.* log lines name the component; permission_denied on the "
@@ -525,7 +544,7 @@ def _failures_rule() -> Rule:
     return Rule(
         SCORING_FAILURES,
         why=f"Failed over all conformers counted in the window, which a 10 s job fills from its first scrape "
-            "(events of a series born in the window count from 0): was a rate held for 10 minutes, which no "
+            "(the events of a run that started in the window count from 0): was a rate held for 10 minutes, which no "
             "batch job shows. No conformer in the window is 0/0, NaN, and never fires. Clears at the first "
             f"evaluation {in_words(w)} after the failures.",
         expr=expr,
@@ -578,13 +597,27 @@ def _campaign_failures_rule() -> Rule:
     )
 
 
+def _unfinished() -> str:
+    """Runs with no end timestamp (neither last success nor last failure): running, or dead without saying so."""
+    success, failure = _selector("last_success"), _selector("last_failure")
+    return f"{success} == 0\nand on ({BY_JOB}) {failure} == 0"
+
+
+def _push_bound() -> str:
+    """Seconds after its last push at which a group that pushes while it runs has missed its pushes.
+
+    MISSED_PUSHES intervals plus PUSH_SLACK_SECONDS: the age read at an evaluation includes the
+    Pushgateway's scrape interval and the evaluation's lag.
+    """
+    return f"{MISSED_PUSHES} * {_selector('push_interval')} + {PUSH_SLACK_SECONDS}"
+
+
 def _alive_and_unfinished() -> str:
     """Runs that are up (scraped and up, or pushing on schedule) and have no end timestamp."""
-    up, interval = f'up{{job="{JOB}"}}', _selector("push_interval")
-    success, failure = _selector("last_success"), _selector("last_failure")
-    return (f"(\n  {success} == 0\n  and on ({BY_JOB}) {failure} == 0\n)\n"
+    up = f'{UP}{{job="{JOB}"}}'
+    return (f"(\n{indent(_unfinished())}\n)\n"
             f"and on ({BY_JOB})\n(\n  {up} == 1\n  or\n  (time() - {push_time()})\n"
-            f"    < on ({BY_JOB}) ({MISSED_PUSHES} * {interval})\n)")
+            f"    < on ({BY_JOB}) ({_push_bound()})\n)")
 
 
 def _stall_rule() -> Rule:
@@ -605,15 +638,15 @@ def _stall_rule() -> Rule:
     return Rule(
         STALLED,
         why=f"Progress is a conformer scored or failed, a conformer generation finished (select-best) or a "
-            f"campaign query finished (a series born in the window counts from 0); none in "
+            f"campaign query finished (a run that started in the window counts from 0); none in "
             f"{in_words(w)}, longer than the runner's default query time limit ({limit}, after which every query "
             "ends, as a timeout at worst) plus a window. ETKDG reports no progress while it embeds, and 3000 "
             "conformers of a flexible ligand take many minutes: a job with a conformer generation in progress is "
             "busy, never stalled. The run must be that old (a scraped process started that long ago; a pushed "
             f"group's templ_run_info, run_id and all, was there {in_words(w)} ago: pushes have no process_*), up "
-            f"(its target up, or its group pushed within {MISSED_PUSHES} push intervals) "
+            f"(its target up, or its group pushed within {MISSED_PUSHES} push intervals plus {PUSH_SLACK_SECONDS} s) "
             "and unfinished (no success or failure timestamp): a finished job holding /metrics never fires. "
-            "Folds in TemplCampaignStalled. Clears at the first evaluation after progress, the end of the job "
+            "Clears at the first evaluation after progress, the end of the job "
             "(its target or group gone, or an end timestamp) or its pushes stopping "
             f"({PUSHED_JOB_DIED} takes over).",
         expr=expr,
@@ -623,7 +656,8 @@ def _stall_rule() -> Rule:
                    "embedding",
         summary=f"{WHO}: no progress for {in_words(w)}",
         description=f"{WHO} is up and has not ended, is not embedding conformers, yet scored no conformer, "
-                    f"finished no conformer generation and no campaign query in {in_words(w)}. With the default --query-timeout a campaign query ends within {limit} (a "
+                    f"finished no conformer generation and no campaign query in {in_words(w)}. With the default "
+                    f"--query-timeout a campaign query ends within {limit} (a "
                     "hung one as a timeout), so the job is not getting results: it holds its allocation and "
                     "computes nothing.",
         runbook=" ".join([_open(*panels), "Look at the job's last log lines (level warning and up): "
@@ -640,30 +674,37 @@ def _stall_rule() -> Rule:
 
 def _pushed_job_died_rule() -> Rule:
     interval = _selector("push_interval")
-    success, failure = _selector("last_success"), _selector("last_failure")
+    hours = DEAD_GROUP_HOURS
     panels = (PUSHES_PANEL,)
     return Rule(
         PUSHED_JOB_DIED,
         why=f"A run with --push-interval pushes every interval while it runs and once at its end, with its success "
-            f"or failure timestamp; a group whose last push is older than {MISSED_PUSHES} intervals and has "
-            "neither belongs to a job that died without its last push (SIGKILL, the OOM killer, a node that "
-            "went down, a scheduler that ended it). Fires at the first evaluation after that; clears when the "
-            "group is deleted. A run pushing only at its end (--push-interval 0) cannot be told apart from one "
+            f"or failure timestamp; a group whose last push is older than {MISSED_PUSHES} intervals plus "
+            f"{PUSH_SLACK_SECONDS} s (the Pushgateway's scrape and the evaluation's lag) and has neither belongs "
+            "to a job that died without its last push (SIGKILL, the OOM killer, a node that went down, a "
+            "scheduler that ended it). Fires at the first evaluation after that; clears when the group is "
+            f"deleted, or {hours} hours after its last push, whichever comes first. A run pushing only at its end "
+            "(--push-interval 0) cannot be told apart from one "
             "that has not ended, and a job that dies before its first push leaves no group.",
-        expr=(f"(time() - {push_time()})\n> on ({BY_JOB})\n  ({MISSED_PUSHES} * {interval} > 0)\n"
-              f"and on ({BY_JOB}) {success} == 0\nand on ({BY_JOB}) {failure} == 0\n"),
+        expr=(f"(time() - {push_time()})\n> on ({BY_JOB})\n  ({_push_bound()})\n< {hours * 3600}\n"
+              f"and on ({BY_JOB}) {interval} > 0\nand on ({BY_JOB})\n(\n{indent(_unfinished())}\n)\n"),
         for_minutes=0,
         severity=Severity.CRITICAL,
-        fires_when=f"a pushed job stopped pushing for {MISSED_PUSHES} push intervals without an end timestamp",
+        fires_when=f"a pushed job stopped pushing for {MISSED_PUSHES} push intervals + {PUSH_SLACK_SECONDS} s without "
+                   f"an end timestamp (for {hours} h at most)",
         summary=f"{WHO}: the job died without its last push",
         description=f"{WHO} pushed its metrics every templ_push_interval_seconds, then stopped more than "
                     f"{MISSED_PUSHES} intervals ago without recording an end: it was killed or its node died, "
-                    "and whatever it had not written is lost. Its last pushed counters are on the dashboard.",
+                    "and whatever it had not written is lost. Its last pushed counters are on the dashboard. "
+                    f"The alert clears when the group is deleted, or {hours} hours after its last push.",
         runbook=" ".join([_open(*panels), "Ask the scheduler how the job ended (`sacct -j JOBID -o "
                           "State,ExitCode,MaxRSS`, `kubectl describe pod POD`: OOMKilled, Evicted) and the node "
                           "(`dmesg` for the OOM killer). Rerun it (`templ screen --resume` keeps the finished "
-                          "queries). Then delete the group: `curl -X DELETE "
-                          "http://PUSHGATEWAY:9091/metrics/job/templ/instance/HOST/job_id/JOBID`."]),
+                          "queries). Then delete the group. A job id with `/`, `[`, `]` or other characters "
+                          "special in a URL (`123[4].server`) fails as it is: URL-encode it, or give it in the "
+                          "base64url form the Pushgateway accepts, `curl -X DELETE "
+                          "\"http://PUSHGATEWAY:9091/metrics/job/templ/instance/HOST/job_id@base64/$(printf %s "
+                          "'JOBID' | base64 -w0 | tr '+/' '-_')\"`."]),
         panels=panels,
     )
 
@@ -671,7 +712,7 @@ def _pushed_job_died_rule() -> Rule:
 def _push_failed_rule() -> Rule:
     w = EVENT_WINDOW_MINUTES
     failure_time = push_time("push_failure_time_seconds")
-    degraded = _selector("telemetry_degraded", f'component="{PUSHGATEWAY}"')
+    degraded = _selector("telemetry_degraded", f'component="{PUSHGATEWAY}"', f'reason="{PUSH_FAILED_REASON}"')
     panels = (PUSHES_PANEL, TELEMETRY_PANEL)
     return Rule(
         PUSH_FAILED,

@@ -2,7 +2,8 @@
 
 node_exporter serves the host-wide thread and process counts with ``--collector.processes``
 (off by default); cAdvisor (or the kubelet's ``/metrics/cadvisor``) serves a container's
-threads and its pids limit. The Pushgateway adds the time of each group's last push. The
+threads and its pids limit. The Pushgateway adds the time of each group's last push. The alert
+rules and the dashboard take these names from here, and nowhere else. The
 dashboard selects node_exporter and cAdvisor by a job variable, since every site names its
 scrape jobs its own way.
 """
@@ -10,9 +11,13 @@ scrape jobs its own way.
 from __future__ import annotations
 
 NODE_JOB = "node"
-"""Default of the dashboard's node job variable (the job name in the node_exporter docs)."""
+"""The scrape job of node_exporter (prometheus.yml; the job name in the node_exporter docs): the node-level
+exhaustion alerts select it and the dashboard's node job variable defaults to it."""
 CADVISOR_JOB = "cadvisor"
-"""Default of the dashboard's cAdvisor job variable."""
+"""The scrape job of cAdvisor (prometheus.yml, or the kubelet's /metrics/cadvisor): the container alert selects it
+and the dashboard's cAdvisor job variable defaults to it."""
+UP = "up"
+"""Prometheus's own series per target (1 when its last scrape succeeded); the stall alert reads it."""
 
 NODE_FLAG = "--collector.processes"
 """The node_exporter flag without which the node_processes_* metrics are not served."""
@@ -33,3 +38,5 @@ PUSHGATEWAY_METRICS: dict[str, tuple[str, ...]] = {
     "push_failure_time_seconds": ("job_id",),  # ... and of its last failed one
 }
 METRICS: dict[str, tuple[str, ...]] = {**NODE_METRICS, **CADVISOR_METRICS, **PUSHGATEWAY_METRICS}
+#: Every series the alert rules read that TEMPL does not export: the exporters' and Prometheus's ``up``.
+RULE_METRICS: dict[str, tuple[str, ...]] = {**METRICS, UP: ()}

@@ -45,6 +45,7 @@ from templ_pipeline.dashboards.promql import (
     events_total,
     finite,
     headroom_share,
+    per_series_events,
     quantile,
     series,
     sum_rate,
@@ -280,8 +281,8 @@ REDUCTIONS = EventPanel(
     "Worker reductions per interval by task type and reason", "worker_reductions", "task_type, reason",
     "{{task_type}}: {{reason}}",
     "Times the executor granted fewer workers than requested, per task type and reason: the limit that bound "
-    f"({listing(LIMIT_NAMES)}), or {_CAPS} when the thread manager could not answer{_OTHERS}. Sustained bars cost "
-    "throughput. Click a series for its log lines.",
+    f"({listing(LIMIT_NAMES)}), or {_CAPS} when the thread manager could not answer{_OTHERS}. Bars in every "
+    "interval cost throughput. Click a series for its log lines.",
     "no worker reduction in this range")
 FALLBACKS_BARS = EventPanel(
     "Fallbacks per interval by from, to, reason and cause", "fallbacks", "from_kind, to_kind, reason, cause",
@@ -310,11 +311,17 @@ REFUSED_FORKS = EventPanel(
     "or process that failed to start, even when the headroom never looked low: a refused pool start frees its "
     "tasks at once. The first scrape counts what the cgroup had refused before the process started.",
     "no fork refused (or no pids cgroup visible to the job)", width=8)
+def ratio_alert(what: str, ratio: float, minutes: int) -> str:
+    """When a failure-ratio alert fires, in words: its rule has no ``for``, so no "for N minutes"."""
+    return (f"fires above {percent(ratio)} of the {what} counted over the last {minutes} minutes, at the first "
+            "rule evaluation that sees it (no hold: a 10 s job has no minutes to hold)")
+
+
 CONFORMER_FAILURES = EventPanel(
     "Conformer failures per interval by reason", "conformers_failed", "reason", "{{reason}}",
     f"Conformers that could not be scored, per reason ({listing(FAILURE_REASONS)}). These are input problems: a "
-    f"fallback never loses a conformer. The failure-ratio alert fires above {percent(FAILURE_RATIO)} for "
-    f"{FAILURE_MINUTES} minutes.",
+    f"fallback never loses a conformer. The failure-ratio alert "
+    f"{ratio_alert('conformers', FAILURE_RATIO, FAILURE_MINUTES)}.",
     "no conformer failed in this range", width=8)
 CALLS = EventPanel(
     "select_best calls per interval by outcome", "select_best_calls", "outcome", "{{outcome}}",
@@ -335,7 +342,7 @@ QUERIES = EventPanel(
     f"Campaign queries finished, {OK} (reason none) or {FAILED} by reason "
     f"({listing(reason for reason in QUERY_REASONS if reason != 'none')}). No bars while queries remain is a "
     f"stall: the stall alert fires after {CAMPAIGN_STALL_MINUTES} minutes without a finished query; the failure "
-    f"alert fires above {percent(CAMPAIGN_FAILURE_RATIO)} of the queries for {CAMPAIGN_FAILURE_MINUTES} minutes. "
+    f"alert {ratio_alert('queries', CAMPAIGN_FAILURE_RATIO, CAMPAIGN_FAILURE_MINUTES)}. "
     f"Click a series for its {EVENT_QUERY_FINISHED} lines: query id, reason and detail.",
     "no campaign query finished in this range", hide_zero=False, width=9)
 SHORTFALLS = EventPanel(
@@ -658,11 +665,18 @@ def _dask_panels() -> list:
     ]
 
 
+FALLBACK_STEP = "15s"
+"""Step of the fallback annotation: each step marks the fallbacks of the step that ends there, exactly."""
+
+
 def _fallback_annotation() -> PrometheusAnnotation:
-    new_or_increased = f"increase({FALLBACKS}[1m]) > 0 or ({FALLBACKS} unless {FALLBACKS} offset 1m)"
+    # events of the step, exact (a series born at 1 included), and only steps with one: a zero-initialised
+    # combination draws no annotation
+    fallbacks = per_series_events(FALLBACKS, FALLBACK_STEP)
     return PrometheusAnnotation(
         "Executor fallbacks",
-        f"sum by (instance, from_kind, to_kind, reason, cause) ({new_or_increased})",
+        f"sum by (instance, from_kind, to_kind, reason, cause) ({fallbacks}) > 0",
+        step=FALLBACK_STEP,
         title="Fallback {{from_kind}} -> {{to_kind}}",
         text="{{instance}}: {{reason}} (cause {{cause}})",
         tags="reason,cause",

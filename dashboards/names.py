@@ -57,20 +57,3 @@ OTHER_REDUCTIONS: dict[str, str] = {
 FAILED = value("failed", catalog.QUERY_STATUSES)
 OK = value("ok", catalog.QUERY_STATUSES)
 SCREENING = value("screening", catalog.TASK_TYPES)
-
-NODE_JOB = "node"
-"""The scrape job of node_exporter (prometheus.yml); the node-level exhaustion alerts select it."""
-CADVISOR_JOB = "cadvisor"
-"""The scrape job of cAdvisor (prometheus.yml, or the kubelet's /metrics/cadvisor); the container alert selects it."""
-
-#: Series the alert rules read that other programs export, by the program that exports them.
-#: ``up`` is Prometheus's own per target; the Pushgateway adds the push times to every group.
-EXTERNAL_METRICS: dict[str, tuple[str, ...]] = {
-    "prometheus": ("up",),
-    "pushgateway": ("push_time_seconds", "push_failure_time_seconds"),
-    "node_exporter --collector.processes": ("node_processes_threads", "node_processes_max_threads",
-                                            "node_processes_pids", "node_processes_max_processes"),
-    "cadvisor": ("container_threads", "container_threads_max"),
-}
-#: Labels of those series that the rules group by: cAdvisor names a container by its cgroup ``id``.
-EXTERNAL_LABELS: tuple[str, ...] = ("id",)

@@ -32,13 +32,17 @@ def _runs_table() -> object:
         "Runs in the range",
         "Every run of the selected instances seen in the dashboard range, from the templ_run_info series each run "
         "publishes when it starts: run_id (the id in its log lines and traces), the scheduler's job id and the "
-        "host, with the first and last time Prometheus saw it. Successive runs on one instance are separate rows; the "
-        "TEMPL version of each instance (templ_build_info) is a row of its own.",
+        "host, with its start (templ_run_start_time_seconds, which the alert rules use to tell a run's new "
+        "counters from old ones seen anew) and the first and last time Prometheus saw it. Successive runs on one "
+        "instance are separate rows; the TEMPL version of each instance (templ_build_info) is a row of its own.",
         "dateTimeAsIso",
-        [Query(f"min by ({by}) (min_over_time(timestamp({info}){_RANGE}))", "{{run_id}} first seen"),
-         Query(f"max by ({by}) (max_over_time(timestamp({info}){_RANGE}))", "{{run_id}} last seen"),
+        # times * 1000: Grafana's dateTime units read milliseconds, Prometheus gives seconds
+        [Query(f"min by ({by}) (min_over_time(timestamp({info}){_RANGE})) * 1000", "{{run_id}} first seen"),
+         Query(f"max by ({by}) (max_over_time(timestamp({info}){_RANGE})) * 1000", "{{run_id}} last seen"),
          Query(f"max by (job, instance, version) (max_over_time({series(metric('build_info'))}[$__range]))",
-               "{{instance}} version {{version}}")],
+               "{{instance}} version {{version}}"),
+         Query(f"max by ({by}) (max_over_time(({with_run(series(metric('run_start')))}){_RANGE})) * 1000",
+               "{{run_id}} started")],
         no_value="no run published templ_run_info in this range", width=12,
     )
 

@@ -63,6 +63,14 @@ keeps a group's last values until it is deleted, so a finished job's last value 
 MISSED_PUSHES = 3
 """Push intervals (templ_push_interval_seconds) without a push after which a group with no end timestamp
 belongs to a job that died: one late push (a slow Pushgateway, a long garbage collection) is not a death."""
+PUSH_SLACK_SECONDS = 60
+"""Seconds added to MISSED_PUSHES push intervals before a group counts as dead. The age of push_time_seconds at a
+rule evaluation is the push's own age plus the Pushgateway's scrape interval (up to 15 s in prometheus.yml) plus
+the evaluation's lag behind that scrape (up to 15 s): with --push-interval 5 a live job's last push can read 19 s
+and more old, past 3 intervals. 60 s covers both lags twice over, and a push that takes its full timeout."""
+DEAD_GROUP_HOURS = 24
+"""Hours after a group's last push at which the dead-job alert clears on its own: a page that nobody can act on
+any more (the job is long gone, its group not deleted) should not page for days."""
 NODE_PRESSURE = CRITICAL_PRESSURE
 """Share of a node's (or container's) thread or pid limit in use above which the node-level alerts fire: the
 thread manager's critical pressure, where every program on the node is close to "can't start new thread"."""

@@ -28,13 +28,17 @@ from templ_pipeline.dashboards import alert_queries, alert_tests, alerts
 from templ_pipeline.dashboards.alert_tests import Kind
 from templ_pipeline.dashboards.alerts import Severity
 from templ_pipeline.dashboards.generate import ALERT_TESTS
-from templ_pipeline.dashboards.names import CADVISOR_JOB, EXTERNAL_LABELS, EXTERNAL_METRICS, JOB, NODE_JOB
+from templ_pipeline.dashboards.dashboard_exporters import CADVISOR_JOB, NODE_JOB, RULE_METRICS
+from templ_pipeline.dashboards.names import JOB, metric
 from templ_pipeline.dashboards.thresholds import (
     CAMPAIGN_FAILURE_MINUTES,
     CAMPAIGN_FAILURE_RATIO,
     CAMPAIGN_STALL_MINUTES,
+    DEAD_GROUP_HOURS,
     EVENT_WINDOW_MINUTES,
+    MISSED_PUSHES,
     PUSH_FRESH_MINUTES,
+    PUSH_SLACK_SECONDS,
     thresholds,
 )
 from templ_pipeline.telemetry.catalog import EVENT_QUERY_FINISHED, EVENT_WORKER_REPLACED, FAILURE_REASONS, LIMIT_NAMES, QUERY_REASONS
@@ -107,11 +111,13 @@ def test_every_alert_has_all_five_kinds_of_test():
             assert any(fired), case.note
         if case.kind is Kind.SHORT and case.interval == alert_tests.SCRAPE:  # a 10 s job: gone after 10 s
             assert all(values.endswith("stale") for _series, values in case.series), case.note
-    born = [case for case in cases if case.kind is Kind.BORN_AT_1 and case.alert in
-            {c.alert for c in alert_tests.COUNTER_ALERTS}]
-    for case in born:  # the counter's only sample is 1: nothing before it for increase() to see
-        (values,) = {values for _series, values in case.series}
-        assert values == alert_tests.short_job(1), case.alert
+    counters = {c.alert: metric(c.counter) for c in alert_tests.COUNTER_ALERTS}
+    born = [case for case in cases if case.kind is Kind.BORN_AT_1 and case.alert in counters]
+    assert born
+    for case in born:  # the counter's run shows it at 1 first: nothing of that run before it for increase() to see
+        (values,) = {values for name, values in case.series if name.startswith(counters[case.alert] + "{")}
+        assert values.split()[-3:][0].startswith(("_", "stale")) and values.split()[-2:] == ["1", "stale"], case.note
+        assert any(name.startswith(metric("run_start")) for name, _values in case.series), case.note
 
 
 def test_the_renderer_knows_only_the_template_subset():
@@ -123,11 +129,46 @@ def test_the_renderer_knows_only_the_template_subset():
         alert_tests.expand("{{ $labels.x | toUpper }}", {"x": "a"}, None)
 
 
-def test_counter_alerts_count_a_series_born_at_1():
+def test_counter_alerts_count_a_series_born_at_1_from_its_runs_start():
     shape = alert_queries.events("c", EVENT_WINDOW_MINUTES)
-    assert shape.index("max_over_time") < shape.index("or\nincrease(")  # or keeps the left side: born first
+    assert shape.index("last_over_time(c") < shape.index("or\nincrease(c")  # or keeps the left side: born first
+    started = alert_queries.run_started(EVENT_WINDOW_MINUTES)
+    assert f"and on (job, instance, job_id)\n  ({started})" in shape and "offset" not in shape
+    assert started.startswith(f"max_over_time({metric('run_start')}{{job=\"{JOB}\"}}[{EVENT_WINDOW_MINUTES}m])")
+    assert started.endswith(f"> time() - {EVENT_WINDOW_MINUTES * 60}")
     for counter in alert_tests.COUNTER_ALERTS:
-        assert "unless count_over_time(" in alert_rules()[counter.alert]["expr"], counter.alert
+        assert started in alert_rules()[counter.alert]["expr"], counter.alert
+    notes = {(case.alert, case.note) for case in alert_tests.cases()}
+    for counter in alert_tests.COUNTER_ALERTS:  # the cases the series' own history got wrong
+        for words in ("7 minutes after the first ended", "an hour before Prometheus first scrapes",
+                      "10-minute scrape gap"):
+            assert any(alert == counter.alert and words in note for alert, note in notes), (counter.alert, words)
+
+
+def test_a_pushed_job_is_dead_after_its_missed_pushes_and_the_lag_and_only_for_a_day():
+    rules = {rule.alert: rule for rule in alerts.rules()}
+    bound = f"{MISSED_PUSHES} * {metric('push_interval')}{{job=\"{JOB}\"}} + {PUSH_SLACK_SECONDS}"
+    died, stalled = rules[alerts.PUSHED_JOB_DIED], rules[alerts.STALLED]
+    assert f"({bound})\n< {DEAD_GROUP_HOURS * 3600}\n" in died.expr and bound in stalled.expr
+    assert f"{DEAD_GROUP_HOURS} hours after its last push" in died.why + died.description
+    assert PUSH_SLACK_SECONDS >= 30  # the Pushgateway's 15 s scrape plus the 15 s evaluation lag
+    assert "job_id@base64/" in died.runbook and "URL-encode" in died.runbook
+
+
+def test_only_failed_pushes_are_push_failures():
+    rules = {rule.alert: rule for rule in alerts.rules()}
+    push_failed, degraded = rules[alerts.PUSH_FAILED].expr, rules[alerts.TELEMETRY_DEGRADED].expr
+    assert f'component="{alerts.PUSHGATEWAY}", reason="{alerts.PUSH_FAILED_REASON}"' in push_failed
+    assert f'component="{alerts.PUSHGATEWAY}", reason!="{alerts.PUSH_FAILED_REASON}"' in degraded
+    assert f'component!="{alerts.PUSHGATEWAY}"' in degraded
+
+
+def test_host_limits_alert_for_instances_without_run_info():
+    rules = {rule.alert: rule for rule in alerts.rules()}
+    for name in (alerts.HOST_LOW, alerts.HOST_CRITICAL):
+        assert "unless on (job, instance) max_over_time(templ_run_info" in rules[name].expr, name
+        assert '"host", "$1", "instance", "(.*)"' in rules[name].expr, name
+    assert any(case.alert == alerts.HOST_LOW and "no templ_run_info" in case.note for case in alert_tests.cases())
 
 
 def test_the_batch_alerts_fire_without_waiting():
@@ -153,8 +194,8 @@ def test_which_rules_select_which_job():
 
 
 def test_rules_use_catalog_metrics_and_labels():
-    external = {name for names in EXTERNAL_METRICS.values() for name in names}
-    metrics, labels = allowed_metric_names() | external, allowed_label_names() | set(EXTERNAL_LABELS)
+    external_labels = {label for names in RULE_METRICS.values() for label in names}
+    metrics, labels = allowed_metric_names() | set(RULE_METRICS), allowed_label_names() | external_labels
     for name, rule in alert_rules().items():
         assert metric_names(rule["expr"]) and metric_names(rule["expr"]) <= metrics, name
         assert label_names(rule["expr"]) <= labels, name

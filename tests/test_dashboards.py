@@ -41,6 +41,7 @@ from templ_pipeline.dashboards.thresholds import (
     CAMPAIGN_FAILURE_MINUTES,
     CAMPAIGN_FAILURE_RATIO,
     CAMPAIGN_STALL_MINUTES,
+    FAILURE_MINUTES,
     thresholds,
 )
 from templ_pipeline.telemetry.catalog import (
@@ -123,7 +124,7 @@ def test_descriptions_list_the_catalogs_values(dashboard):
 def test_campaign_panels_quote_the_thresholds(dashboard):
     queries = _panel(dashboard, "Queries finished per interval by status and reason")["description"]
     ratio = round(CAMPAIGN_FAILURE_RATIO * 100)
-    assert f"above {ratio}% of the queries for {CAMPAIGN_FAILURE_MINUTES} minutes" in queries
+    assert f"above {ratio}% of the queries counted over the last {CAMPAIGN_FAILURE_MINUTES} minutes" in queries
     assert f"after {CAMPAIGN_STALL_MINUTES} minutes" in queries
 
 
@@ -231,6 +232,19 @@ def test_fallbacks_are_annotated(dashboard):
     assert "templ_executor_fallbacks_total" in annotation["expr"]
     assert annotation["datasource"]["uid"] == "${datasource}"
     assert "{{reason}}" in annotation["textFormat"] and "{{cause}}" in annotation["textFormat"]
+    # exact events of one step, a birth at 1 included, and only steps that had one (not the zero-initialised rest)
+    events = per_series_events('templ_executor_fallbacks_total{job="$job", instance=~"$instance"}', annotation["step"])
+    assert events in annotation["expr"] and annotation["expr"].endswith(") > 0")
+    assert "increase(" not in annotation["expr"]
+
+
+def test_no_text_quotes_an_alert_hold_or_name_that_is_gone(dashboard):
+    """The rules have no ``for`` (a 10 s job has no minutes to hold) and the old alert names are gone."""
+    texts = json.dumps(dashboard) + generate.README.read_text()
+    for stale in ("TemplCampaignStalled", "TemplWorkerReductionsSustained", "for 10 minutes", "sustained for"):
+        assert stale not in texts, stale
+    failures = _panel(dashboard, "Conformer failures per interval by reason")["description"]
+    assert f"counted over the last {FAILURE_MINUTES} minutes, at the first rule evaluation" in failures
 
 
 def test_links_open_logs_and_traces_for_the_same_job_and_time(dashboard):
