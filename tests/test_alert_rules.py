@@ -140,7 +140,7 @@ def test_counter_alerts_count_a_series_born_at_1_from_its_runs_start():
         assert started in alert_rules()[counter.alert]["expr"], counter.alert
     notes = {(case.alert, case.note) for case in alert_tests.cases()}
     for counter in alert_tests.COUNTER_ALERTS:  # the cases the series' own history got wrong
-        for words in ("7 minutes after the first ended", "an hour before Prometheus first scrapes",
+        for words in ("7 minutes after the first ended", "before Prometheus first scrapes",
                       "10-minute scrape gap"):
             assert any(alert == counter.alert and words in note for alert, note in notes), (counter.alert, words)
 
