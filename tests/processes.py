@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
 import time
+from pathlib import Path
 
 
 def stop(process: subprocess.Popen, grace: float = 10.0) -> None:
@@ -37,3 +39,25 @@ def read_pty_until_exit(master: int, proc: subprocess.Popen, timeout: float) -> 
         elif proc.poll() is not None:
             return b"".join(chunks), True
     return b"".join(chunks), False
+
+
+def catches(pid: int, signum: signal.Signals) -> bool:
+    """Whether ``pid`` has a handler for ``signum``: the SigCgt mask of /proc/PID/status (bit N-1)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught, 16) >> (signum - 1) & 1)
+
+
+def wait_until_catches(proc: subprocess.Popen, signum: signal.Signals, timeout: float) -> str | None:
+    """Wait until ``proc`` catches ``signum``; None then, else why not (it ended, or the time ran out)."""
+    deadline = time.monotonic() + timeout
+    while not catches(proc.pid, signum):
+        if proc.poll() is not None:
+            return f"the run ended (exit {proc.returncode}) before it caught {signum.name}"
+        if time.monotonic() > deadline:
+            return f"the run did not catch {signum.name} within {timeout:.0f} s"
+        time.sleep(0.05)
+    return None

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from processes import wait_until_catches
 from sdf_files import write_sdf
 
 from templ_pipeline.core.conformers import generate_conformers
@@ -89,26 +90,10 @@ def _wait_for_workers(proc: subprocess.Popen, out: Path, count: int, timeout: fl
     pytest.fail(f"no {count} worker processes within {timeout:.0f} s; descendants {_summary(_descendants(proc.pid))}")
 
 
-def _catches(pid: int, signum: signal.Signals) -> bool:
-    """Whether ``pid`` has a handler for ``signum``: the SigCgt mask of /proc/PID/status (bit N-1)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
-    return bool(int(caught, 16) >> (signum - 1) & 1)
-
-
 def _wait_for_handler(proc: subprocess.Popen, out: Path, signum: signal.Signals, timeout: float) -> None:
     """Return once the run catches ``signum``; fail if it ends or never does."""
-    deadline = time.monotonic() + timeout
-    while not _catches(proc.pid, signum):
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before it caught {signum.name}; "
-                        f"stderr tail {_stderr(out)[-3000:]!r}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"the run did not catch {signum.name} within {timeout:.0f} s")
-        time.sleep(0.05)
+    if (problem := wait_until_catches(proc, signum, timeout)) is not None:
+        pytest.fail(f"{problem}; stderr tail {_stderr(out)[-3000:]!r}")
 
 
 def _alive(process: psutil.Process) -> bool:
