@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -27,6 +26,7 @@ from processes import stop
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, start_http_server
 from prometheus_client.core import Metric
 
+from ports import free_port
 from templ_pipeline.dashboards import dashboard_exporters, dask_metrics
 from templ_pipeline.dashboards.executor_dashboard import UID
 from templ_pipeline.dashboards.generate import ALERTS, OUTPUT_DIR
@@ -171,12 +171,6 @@ def sum_of_bars(server: "Prometheus", expr: str, start: float, end: float, *, jo
 
 
 PROMETHEUS = shutil.which("prometheus")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tail(path: Path, chars: int = 4000) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from ports import free_port
 from distributed import Client, LocalCluster
 
 from templ_pipeline.core.executor import shutdown_dask
@@ -38,7 +38,4 @@ def dask_cluster() -> Iterator[Cluster]:
 
 def closed_port() -> str:
     """The address of a free TCP port on 127.0.0.1 that nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"tcp://127.0.0.1:{port}"
+    return f"tcp://127.0.0.1:{free_port()}"

@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,27 +20,12 @@ from pathlib import Path
 
 import pytest
 from dashboard_queries import PROMETHEUS, Prometheus, prometheus_with, tail
+from job_runs import job_env, select_best_argv
 from processes import stop
 
 from templ_pipeline.telemetry.export import scheduler_job_id
 
-TEMPL = Path(sys.executable).with_name("templ")
-QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 WAIT_SECONDS = 90
-
-
-def _env(**extra: str) -> dict[str, str]:
-    """The environment of a job: no scheduler variables but the ones given."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TEMPL_JOB_ID", "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")}
-    return {**env, **extra}
-
-
-def _select_best(template_sdf: Path, out: Path, *extra: object, conformers: Path | None = None) -> list[str]:
-    """A select-best run of the query; of ``conformers`` instead (``unscorable_conformers``: exit 1) when given."""
-    query = ["-c", str(conformers)] if conformers is not None else ["-q", QUERY, "-n", "4"]
-    return [str(TEMPL), "select-best", "-t", str(template_sdf), *query, "-w", "1", "-o", str(out),
-            "--log-format", "json", *map(str, extra)]
 
 
 @contextmanager
@@ -91,10 +75,10 @@ def test_two_jobs_are_discovered_and_scraped_and_their_files_go(template_sdf, tm
     targets.mkdir()
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     hold = ("--metrics-addr", "127.0.0.1:0", "--hold-metrics", "300")
-    a = (_select_best(template_sdf, tmp_path / "a.sdf", *hold, "--metrics-sd-file", targets / "a.json"),
-         _env(SLURM_JOB_ID="1001"), logs[0])
-    b = (_select_best(template_sdf, tmp_path / "b.sdf", *hold, "--metrics-sd-file", targets / "b.json"),
-         _env(PBS_JOBID="2002.pbs"), logs[1])
+    a = (select_best_argv(template_sdf, tmp_path / "a.sdf", *hold, "--metrics-sd-file", targets / "a.json"),
+         job_env(SLURM_JOB_ID="1001"), logs[0])
+    b = (select_best_argv(template_sdf, tmp_path / "b.sdf", *hold, "--metrics-sd-file", targets / "b.json"),
+         job_env(PBS_JOBID="2002.pbs"), logs[1])
     with _prometheus_on(targets) as prometheus, _jobs(a, b) as procs:
         _wait_for(lambda: (targets / "a.json").exists() and (targets / "b.json").exists(), "both target files",
                   procs, logs)
@@ -130,8 +114,8 @@ def test_target_file_goes_on_a_normal_exit_and_on_exit_1(template_sdf, unscorabl
     targets.mkdir()
     logs = [tmp_path / "ok.log", tmp_path / "fail.log"]
     sd = ("--metrics-addr", "127.0.0.1:0", "--metrics-sd-file")
-    ok = (_select_best(template_sdf, tmp_path / "ok.sdf", *sd, targets / "ok.json"), _env(), logs[0])
-    fail = (_select_best(template_sdf, tmp_path / "x.sdf", *sd, targets / "fail.json", conformers=unscorable_conformers), _env(),
+    ok = (select_best_argv(template_sdf, tmp_path / "ok.sdf", *sd, targets / "ok.json"), job_env(), logs[0])
+    fail = (select_best_argv(template_sdf, tmp_path / "x.sdf", *sd, targets / "fail.json", conformers=unscorable_conformers), job_env(),
             logs[1])
     with _jobs(ok, fail) as procs:
         codes = [proc.wait(timeout=240) for proc in procs]
@@ -146,8 +130,8 @@ def test_a_taken_port_says_how_to_run_several_jobs(template_sdf, tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        done = subprocess.run(_select_best(template_sdf, tmp_path / "o.sdf", "--metrics-addr", f"127.0.0.1:{port}"),
-                              env=_env(), capture_output=True, text=True, timeout=240)
+        done = subprocess.run(select_best_argv(template_sdf, tmp_path / "o.sdf", "--metrics-addr", f"127.0.0.1:{port}"),
+                              env=job_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 2, done.stderr
     assert "address in use" in done.stderr and "--metrics-addr 127.0.0.1:0" in done.stderr
     assert "--metrics-sd-file" in done.stderr and "Traceback" not in done.stderr
@@ -160,8 +144,8 @@ def test_a_taken_port_says_how_to_run_several_jobs(template_sdf, tmp_path):
     (("--metrics-textfile", "{tmp}/templ.txt"), "ending in .prom"),
 ])
 def test_bad_target_options_are_one_line_exit_2(template_sdf, tmp_path, args, message):
-    argv = _select_best(template_sdf, tmp_path / "o.sdf", *(a.format(tmp=tmp_path) for a in args))
-    done = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=240)
+    argv = select_best_argv(template_sdf, tmp_path / "o.sdf", *(a.format(tmp=tmp_path) for a in args))
+    done = subprocess.run(argv, env=job_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "o.sdf").exists()
 

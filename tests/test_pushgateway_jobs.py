@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
+from job_runs import job_env, select_best_argv
+from ports import free_port
 from processes import stop, wait_until_catches
 from pushgateway_server import pushgateway  # noqa: F401 - the fixture
 
-TEMPL = Path(sys.executable).with_name("templ")
-QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
+#: Runs here push their metrics and serve no /metrics (each test says otherwise where it needs the endpoint).
+_select_best_argv = functools.partial(select_best_argv, metrics_server=False)
 FLEXIBLE = "CC(C)Cc1ccc(cc1)C(C)C(=O)NCCCCCCNC(=O)c1ccccc1OCCOCC"  # 3000 conformers of it take minutes
 #: From SIGTERM to the exit with a hung Pushgateway: the pusher is not waited for past 2 s, the last push and
 #: the delete take 2 s each at most; a push timeout is 10 s, so waiting for them would take over 20 s.
@@ -38,26 +38,6 @@ def _value(group: dict, name: str) -> float | None:
     return None if family is None else float(family["metrics"][0]["value"])
 
 
-def _closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TEMPL_JOB_ID", "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")}
-    return {**env, **extra}
-
-
-def _argv(template_sdf: Path, out: Path, *extra: object, conformers: Path | None = None) -> list[str]:
-    """A select-best run of the query; of ``conformers`` instead (``unscorable_conformers``: exit 1) when given."""
-    query = ["-c", str(conformers)] if conformers is not None else ["-q", QUERY, "-n", "4"]
-    return [str(TEMPL), "select-best", "-t", str(template_sdf), *query, "-w", "1", "-o", str(out),
-            "--no-metrics-server", "--log-format", "json", *map(str, extra)]
-
-
 def _run_all(*jobs: tuple[list[str], dict[str, str]]) -> list[tuple[int, str]]:
     """Run the jobs at once; (exit status, output) of each. Every one is stopped however this ends."""
     procs = []
@@ -75,9 +55,9 @@ def _run_all(*jobs: tuple[list[str], dict[str, str]]) -> list[tuple[int, str]]:
 def test_two_jobs_push_two_groups_and_a_failure_says_so(template_sdf, unscorable_conformers, tmp_path, pushgateway):
     push = ("--pushgateway", pushgateway)
     results = _run_all(
-        (_argv(template_sdf, tmp_path / "a.sdf", *push), _env(SLURM_JOB_ID="71")),
-        (_argv(template_sdf, tmp_path / "b.sdf", *push), _env(SLURM_JOB_ID="72")),
-        (_argv(template_sdf, tmp_path / "c.sdf", *push, conformers=unscorable_conformers), _env(SLURM_JOB_ID="73")),
+        (_select_best_argv(template_sdf, tmp_path / "a.sdf", *push), job_env(SLURM_JOB_ID="71")),
+        (_select_best_argv(template_sdf, tmp_path / "b.sdf", *push), job_env(SLURM_JOB_ID="72")),
+        (_select_best_argv(template_sdf, tmp_path / "c.sdf", *push, conformers=unscorable_conformers), job_env(SLURM_JOB_ID="73")),
     )
     assert [code for code, _ in results] == [0, 0, 1], [output[-2000:] for _, output in results]
     assert not [out for _, out in results if "telemetry.push_failed" in out]
@@ -97,7 +77,7 @@ def test_two_jobs_push_two_groups_and_a_failure_says_so(template_sdf, unscorable
 
 def test_delete_on_exit_leaves_no_group(template_sdf, tmp_path, pushgateway):
     push = ("--pushgateway", pushgateway, "--push-delete-on-exit")
-    (code, output), = _run_all((_argv(template_sdf, tmp_path / "a.sdf", *push), _env(SLURM_JOB_ID="81")))
+    (code, output), = _run_all((_select_best_argv(template_sdf, tmp_path / "a.sdf", *push), job_env(SLURM_JOB_ID="81")))
     assert code == 0, output[-3000:]
     assert "telemetry.push_failed" not in output and "telemetry.push_delete_failed" not in output
     assert _groups(pushgateway) == {}
@@ -105,10 +85,9 @@ def test_delete_on_exit_leaves_no_group(template_sdf, tmp_path, pushgateway):
 
 def test_delete_on_exit_after_the_group_was_there_and_a_signal(template_sdf, tmp_path, pushgateway):
     """Pushed, held for a scrape, then SIGTERM (the scheduler ends the job): the group goes anyway."""
-    argv = _argv(template_sdf, tmp_path / "a.sdf", "--pushgateway", pushgateway, "--push-delete-on-exit",
-                 "--hold-metrics", "300", "--metrics-addr", "127.0.0.1:0")
-    argv.remove("--no-metrics-server")
-    proc = subprocess.Popen(argv, env=_env(SLURM_JOB_ID="91"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    argv = select_best_argv(template_sdf, tmp_path / "a.sdf", "--pushgateway", pushgateway, "--push-delete-on-exit",
+                            "--hold-metrics", "300", "--metrics-addr", "127.0.0.1:0")
+    proc = subprocess.Popen(argv, env=job_env(SLURM_JOB_ID="91"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
         deadline = time.monotonic() + 120
@@ -128,8 +107,8 @@ def test_delete_on_exit_after_the_group_was_there_and_a_signal(template_sdf, tmp
 
 def test_grouping_key_from_the_command_line(template_sdf, tmp_path, pushgateway):
     key = ("--push-grouping-key", "site=lab2", "--push-grouping-key", "job_id=nightly")
-    (code, output), = _run_all((_argv(template_sdf, tmp_path / "a.sdf", "--pushgateway", pushgateway, *key),
-                                _env(SLURM_JOB_ID="99")))
+    (code, output), = _run_all((_select_best_argv(template_sdf, tmp_path / "a.sdf", "--pushgateway", pushgateway, *key),
+                                job_env(SLURM_JOB_ID="99")))
     assert code == 0, output[-3000:]
     (group,) = _groups(pushgateway).values()
     assert group["labels"] == {"job": "templ", "instance": socket.gethostname(), "job_id": "nightly", "site": "lab2"}
@@ -142,7 +121,7 @@ def test_grouping_key_from_the_command_line(template_sdf, tmp_path, pushgateway)
     (("--push-grouping-key", "site="), "must not be empty"),
 ])
 def test_bad_grouping_keys_are_one_line_exit_2(template_sdf, tmp_path, pushgateway, args, message):
-    done = subprocess.run(_argv(template_sdf, tmp_path / "o.sdf", "--pushgateway", pushgateway, *args), env=_env(),
+    done = subprocess.run(_select_best_argv(template_sdf, tmp_path / "o.sdf", "--pushgateway", pushgateway, *args), env=job_env(),
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
@@ -150,7 +129,7 @@ def test_bad_grouping_keys_are_one_line_exit_2(template_sdf, tmp_path, pushgatew
 
 @pytest.mark.parametrize("option", [("--push-delete-on-exit",), ("--push-interval", "5")])
 def test_push_options_need_a_pushgateway(template_sdf, tmp_path, option):
-    done = subprocess.run(_argv(template_sdf, tmp_path / "o.sdf", *option), env=_env(),
+    done = subprocess.run(_select_best_argv(template_sdf, tmp_path / "o.sdf", *option), env=job_env(),
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 2 and f"{option[0]}: needs --pushgateway" in done.stderr, done.stderr
 
@@ -158,10 +137,9 @@ def test_push_options_need_a_pushgateway(template_sdf, tmp_path, option):
 def test_a_running_job_pushes_and_a_killed_one_leaves_a_group_without_an_end(template_sdf, tmp_path, pushgateway):
     """--push-interval: the group appears while the job runs; SIGKILL (the OOM killer) leaves it as it was:
     no end timestamp, a push time that stops moving, and the interval that tells a rule it is overdue."""
-    long_run = [str(TEMPL), "select-best", "-t", str(template_sdf), "-q", FLEXIBLE, "-n", "3000", "-w", "1",
-                "-o", str(tmp_path / "o.sdf"), "--no-metrics-server", "--log-format", "json",
-                "--pushgateway", pushgateway, "--push-interval", "0.5"]
-    proc = subprocess.Popen(long_run, env=_env(SLURM_JOB_ID="501"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    long_run = _select_best_argv(template_sdf, tmp_path / "o.sdf", "--pushgateway", pushgateway, "--push-interval",
+                                 "0.5", query=FLEXIBLE, num_conformers=3000)
+    proc = subprocess.Popen(long_run, env=job_env(SLURM_JOB_ID="501"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
         deadline = time.monotonic() + 120
@@ -192,10 +170,10 @@ def test_a_running_job_pushes_and_a_killed_one_leaves_a_group_without_an_end(tem
 def test_a_failed_push_is_counted_where_it_can_be_seen(template_sdf, tmp_path):
     """A Pushgateway that does not answer (a closed port on 127.0.0.1): the run succeeds, says so once per push,
     and its textfile, written after the final push, counts the failure."""
-    closed = _closed_port()
+    closed = free_port()
     textfile = tmp_path / "job.prom"
-    (code, output), = _run_all((_argv(template_sdf, tmp_path / "a.sdf", "--pushgateway", f"http://127.0.0.1:{closed}",
-                                      "--push-interval", "0", "--metrics-textfile", textfile), _env(TEMPL_JOB_ID="7")))
+    (code, output), = _run_all((_select_best_argv(template_sdf, tmp_path / "a.sdf", "--pushgateway", f"http://127.0.0.1:{closed}",
+                                      "--push-interval", "0", "--metrics-textfile", textfile), job_env(TEMPL_JOB_ID="7")))
     assert code == 0, output[-3000:]
     assert output.count('"event": "telemetry.push_failed"') == 1, output[-3000:]
     samples = textfile.read_text().splitlines()
@@ -222,11 +200,10 @@ def test_sigterm_with_a_hung_pushgateway_exits_within_seconds(template_sdf, tmp_
         hung.bind(("127.0.0.1", 0))
         hung.listen(64)  # connections complete in the backlog; nothing ever reads or answers them
         url = f"http://127.0.0.1:{hung.getsockname()[1]}"
-        argv = [str(TEMPL), "select-best", "-t", str(template_sdf), "-q", FLEXIBLE, "-n", "3000", "-w", "1",
-                "-o", str(tmp_path / "o.sdf"), "--no-metrics-server", "--log-format", "json",
-                "--log-file", str(tmp_path / "run.jsonl"), "--pushgateway", url, "--push-interval", "0.2",
-                "--push-delete-on-exit"]
-        proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        argv = _select_best_argv(template_sdf, tmp_path / "o.sdf", "--log-file", tmp_path / "run.jsonl",
+                                 "--pushgateway", url, "--push-interval", "0.2", "--push-delete-on-exit",
+                                 query=FLEXIBLE, num_conformers=3000)
+        proc = subprocess.Popen(argv, env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             problem = wait_until_catches(proc, signal.SIGTERM, 120)
             assert problem is None, f"{problem}: {proc.communicate(timeout=10)[1][-3000:]}"

@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from dashboard_queries import free_port
+from ports import free_port
 from pushgateway_server import pushgateway  # noqa: F401 - the fixture
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families

@@ -20,16 +20,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from ports import free_port
 from templ_pipeline.io import examples
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get(url: str, accept: str | None = None, timeout: float = 5) -> tuple[int, str, str]:
