@@ -31,7 +31,13 @@ from templ_pipeline.telemetry.catalog import JOB_LABEL
 from templ_pipeline.telemetry.exporters import ExporterConfigError, build_exporters
 from templ_pipeline.telemetry.logs import configure_logging, get_logger, get_run_id
 from templ_pipeline.telemetry.metrics import get_metrics
-from templ_pipeline.telemetry.pusher import PUSH_TIMEOUT, SIGNAL_PUSH_TIMEOUT, PeriodicPusher, push_once
+from templ_pipeline.telemetry.pusher import (
+    DEFAULT_PUSH_INTERVAL,
+    PUSH_TIMEOUT,
+    SIGNAL_PUSH_TIMEOUT,
+    PeriodicPusher,
+    push_once,
+)
 from templ_pipeline.telemetry.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -186,8 +192,6 @@ class TelemetrySession:
     @property
     def push_interval(self) -> float:
         """Seconds between pushes while the run lasts; 0 without a Pushgateway or with ``--push-interval 0``."""
-        from templ_pipeline.telemetry.pusher import DEFAULT_PUSH_INTERVAL
-
         if not self.options.pushgateway:
             return 0.0
         return DEFAULT_PUSH_INTERVAL if self.options.push_interval is None else self.options.push_interval

@@ -85,6 +85,11 @@ def _remove(child: Path, home: Path, timeout: float = 5.0) -> None:
             time.sleep(0.05)
 
 
+def tasks_in(cgroup: Path) -> int:
+    """The tasks the cgroup holds now (``pids.current``: threads of every process in it and below)."""
+    return int((cgroup / "pids.current").read_text())
+
+
 @contextmanager
 def tight_pids_cgroup(hierarchy: Hierarchy, headroom: int) -> Iterator[Path]:
     """Run the block in a new child cgroup whose ``pids.max`` is this process's tasks + ``headroom``.
@@ -99,7 +104,7 @@ def tight_pids_cgroup(hierarchy: Hierarchy, headroom: int) -> Iterator[Path]:
         raise CgroupUnavailable(f"cannot create {child}: {exc.strerror}") from exc
     try:
         _move(os.getpid(), child)
-        tasks = int((child / "pids.current").read_text())
+        tasks = tasks_in(child)
         (child / "pids.max").write_text(f"{tasks + headroom}\n")
         yield child
     finally:

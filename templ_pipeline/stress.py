@@ -45,7 +45,7 @@ from templ_pipeline.core.limits.worker_cost import worker_cost
 from templ_pipeline.core.scoring import Selection, select_best_with_report
 from templ_pipeline.core.thread_manager import reset_thread_manager
 from templ_pipeline.io import examples
-from templ_pipeline.pids_cgroup import CgroupUnavailable, Hierarchy, find_hierarchy, tight_pids_cgroup
+from templ_pipeline.pids_cgroup import CgroupUnavailable, Hierarchy, find_hierarchy, tasks_in, tight_pids_cgroup
 
 Log = Callable[[str], object]
 
@@ -186,7 +186,7 @@ def wait_for_tasks(cgroup: Path, tasks: int, timeout: float) -> int:
     never started. The wait is bounded: after ``timeout`` the race goes on as it is.
     """
     deadline = time.monotonic() + timeout
-    while (current := int((cgroup / "pids.current").read_text())) > tasks and time.monotonic() < deadline:
+    while (current := tasks_in(cgroup)) > tasks and time.monotonic() < deadline:
         time.sleep(SETTLE_SECONDS)
     return current
 
@@ -233,7 +233,7 @@ def pids_cgroup(workers: int, tally: Tally, hierarchy: Hierarchy, hold_seconds: 
     headroom = RESERVE_TASKS + cost.fixed_tasks + cost.per_worker * room_for + 1
     try:
         with tight_pids_cgroup(hierarchy, headroom) as cgroup:
-            baseline = int((cgroup / "pids.current").read_text())
+            baseline = tasks_in(cgroup)
             reset_thread_manager()
             load = workloads()[0]
             reduced = describe(tally.add(select_best_with_report(load.conformers, load.template, n_workers=workers,
