@@ -48,6 +48,7 @@ __all__ = [
     "record_campaign_done",
     "record_campaign_started",
     "record_query_finished",
+    "record_query_resubmitted",
     "record_query_started",
     "record_worker_replaced",
     "start_query_span",
@@ -88,6 +89,12 @@ def record_query_finished(
 def record_worker_replaced(executor_kind: str, reason: str, detail: str = "") -> None:
     """``templ_campaign_worker_replacements_total{reason}``, span event, warning log ``campaign.worker_replaced``."""
     _announce(_SPEC[c.EVENT_WORKER_REPLACED], {"executor_kind": executor_kind, "reason": reason, "detail": detail})
+
+
+def record_query_resubmitted(executor_kind: str, index: int, reason: str, worker: str = "") -> None:
+    """``templ_campaign_query_resubmissions_total{reason}``, span event, warning log ``campaign.query_resubmitted``."""
+    _announce(_SPEC[c.EVENT_QUERY_RESUBMITTED], {"executor_kind": executor_kind, "index": index, "reason": reason,
+                                                 "worker": worker})
 
 
 def record_campaign_done(done: int, ok: int, failed: int, seconds: float, interrupted: bool) -> None:

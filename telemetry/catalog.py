@@ -219,10 +219,12 @@ FALLBACK_PATHS: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], t
     ((_PROCESS,), (_PROCESS, _THREAD, _SEQUENTIAL), (FallbackReason.PROCESS_START_FAILED.value,), _START_CAUSES),
     ((_THREAD,), (_THREAD, _SEQUENTIAL), (FallbackReason.THREAD_START_FAILED.value,), _START_CAUSES),
     ((_DASK, _PROCESS, _THREAD), (_SEQUENTIAL,), (FallbackReason.NO_HEADROOM.value,), LIMIT_NAMES + _NO_CAUSE),
+    ((_DASK,), (_PROCESS,), (FallbackReason.NO_HEADROOM.value,), LIMIT_NAMES + _NO_CAUSE),  # no LocalCluster fits
     ((_PROCESS,), (_THREAD, _SEQUENTIAL), (FallbackReason.BROKEN_POOL.value,), _NO_CAUSE),
     ((_THREAD,), (_SEQUENTIAL,), (FallbackReason.BROKEN_POOL.value,), _NO_CAUSE),
     ((_DASK, _PROCESS), (_SEQUENTIAL,), (FallbackReason.DAEMON_PROCESS.value,), _NO_CAUSE),
     ((_DASK,), (_PROCESS, _THREAD, _SEQUENTIAL), (FallbackReason.SCHEDULER_UNREACHABLE.value,
+                                                FallbackReason.SCHEDULER_LOST.value, FallbackReason.NO_WORKERS.value,
                                                 FallbackReason.BROKEN_POOL.value), _NO_CAUSE),
 )
 FALLBACK_COMBINATIONS: tuple[tuple[str, str, str, str], ...] = tuple(
@@ -301,8 +303,10 @@ METRICS: tuple[MetricSpec, ...] = (
         combinations_rule="The steps the executor can take start at 0: a process start refused by a limit "
                           "(process -> process, thread or sequential) or a thread start (thread -> thread or "
                           "sequential), each with every limit, seccomp and unknown as the cause; no headroom "
-                          "(dask, process or thread -> sequential) with each limit or none; a broken pool, a "
-                          "daemon process and an unreachable scheduler with cause none.",
+                          "(dask, process or thread -> sequential; dask -> process for a campaign) with each "
+                          "limit or none; a broken pool, a "
+                          "daemon process, and a Dask scheduler that is unreachable, lost or without workers, "
+                          "with cause none.",
     ),
     MetricSpec(
         "templ_select_best_batches_total", "counter",
@@ -403,6 +407,13 @@ METRICS: tuple[MetricSpec, ...] = (
         label_values={"reason": _open(REPLACEMENT_REASONS)}, initialize=True,
     ),
     MetricSpec(
+        "templ_campaign_query_resubmissions_total", "counter",
+        "Campaign queries run again because the Dask worker running them (worker_lost) or holding their result "
+        "(result_lost) left the cluster; each query still has one row, counted once in templ_campaign_queries_total.",
+        ("reason",), "", short="campaign_query_resubmissions",
+        label_values={"reason": _open(RESUBMISSION_REASONS)}, initialize=True,
+    ),
+    MetricSpec(
         "templ_campaign_queries_short_of_conformers_total", "counter",
         "Campaign queries that got some conformers but fewer than requested (ETKDG embedded fewer); their poses "
         "come from fewer candidates. A query with none is a failure (embedding_failed), not counted here.",
@@ -497,6 +508,7 @@ EVENT_CAMPAIGN_STARTED = "campaign.started"
 EVENT_QUERY_STARTED = "campaign.query_started"
 EVENT_QUERY_FINISHED = "campaign.query_finished"
 EVENT_WORKER_REPLACED = "campaign.worker_replaced"
+EVENT_QUERY_RESUBMITTED = "campaign.query_resubmitted"
 EVENT_CAMPAIGN_DONE = "campaign.done"
 EVENT_QUERY_PREPARED = "query.prepared"
 
@@ -560,7 +572,7 @@ _EXECUTOR_EVENTS = (EVENT_WORKERS_REDUCED, EVENT_FALLBACK, EVENT_EXECUTOR_CREATE
 #: The campaign events that are span events of the campaign span. A query's start and end are
 #: the start and end of its own span instead: as span events they would be two per query on one
 #: span (the SDK keeps only the last 128 events of a span, and drops the rest after paying for them).
-_CAMPAIGN_EVENTS = (EVENT_CAMPAIGN_STARTED, EVENT_WORKER_REPLACED, EVENT_CAMPAIGN_DONE)
+_CAMPAIGN_EVENTS = (EVENT_CAMPAIGN_STARTED, EVENT_WORKER_REPLACED, EVENT_QUERY_RESUBMITTED, EVENT_CAMPAIGN_DONE)
 
 SPANS: tuple[SpanSpec, ...] = (
     SpanSpec(
@@ -773,6 +785,14 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
         (_field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS),
          _field("reason", ATTR_REASON, REPLACEMENT_REASONS, label=True), _DETAIL),
         counter="campaign_worker_replacements", logger="templ.campaign",
+    ),
+    EventSpec(
+        EVENT_QUERY_RESUBMITTED, "warning",
+        "A campaign query runs again because its Dask worker was lost (Dask reschedules it once; a second loss "
+        "makes it a worker_lost row).",
+        (_field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS), _field("index", ATTR_QUERY_INDEX),
+         _field("reason", ATTR_REASON, RESUBMISSION_REASONS, label=True), _field("worker", ATTR_WORKER)),
+        counter="campaign_query_resubmissions", logger="templ.campaign",
     ),
     EventSpec(
         EVENT_QUERY_PREPARED, "debug",

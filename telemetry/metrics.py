@@ -225,6 +225,7 @@ class TemplMetrics:
     campaign_skipped: Gauge
     campaign_query_duration: Histogram
     campaign_worker_replacements: Counter
+    campaign_query_resubmissions: Counter
     campaign_shortfalls: Counter
     telemetry_degraded: Counter
     start_refusals: Counter

@@ -47,6 +47,8 @@ def observe(event: ev.ExecutorEvent) -> None:
         record.record_batch_resubmission(event.kind, event.index, event.reason, event.worker)
     elif isinstance(event, ev.WorkerReplaced):
         campaign.record_worker_replaced(event.kind, event.reason, event.detail)
+    elif isinstance(event, ev.QueryResubmitted):
+        campaign.record_query_resubmitted(event.kind, event.index, event.reason, event.worker)
     elif isinstance(event, ev.CampaignStarted):
         campaign.record_campaign_started(event.total, event.skipped, event.templates)
     elif isinstance(event, ev.CampaignDone):

@@ -41,7 +41,7 @@ from templ_pipeline.core import native_call  # noqa: E402
 from templ_pipeline.core.batch import BatchResult  # noqa: E402
 from templ_pipeline.core.conformers import DEFAULT_SEED, generate_conformers, molecule_from_smiles  # noqa: E402
 from templ_pipeline.core.events import Fallback, PreparationAction, QueryPrepared, WorkersReduced  # noqa: E402
-from templ_pipeline.core.executor import ExecutorChoice, shutdown_dask, shutdown_pools  # noqa: E402
+from templ_pipeline.core.executor import ExecutorChoice, shutdown_dask, shutdown_pools, validate_executor  # noqa: E402
 from templ_pipeline.core.preparation import (  # noqa: E402
     DEFAULT_MAX_ISOMERS,
     FragmentPolicy,
@@ -166,7 +166,7 @@ def _start_progress(progress: Progress) -> None:
 
 def _run_selection(
     confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str, executor: str, scheduler: str | None,
-    exact_workers: bool = False, label: str = "scoring",
+    exact_workers: bool = False, label: str = "scoring", worker_timeout: float | None = None,
 ) -> Selection:
     """Score with a progress bar over batches (on stderr, only on a terminal)."""
     progress = Progress(
@@ -186,7 +186,8 @@ def _run_selection(
                 progress.refresh()
 
         return select_best_with_report(confs, template, n_workers=workers, align_metric=metric, on_batch=advance,
-                                       executor=executor, scheduler=scheduler, exact_workers=exact_workers)
+                                       executor=executor, scheduler=scheduler, exact_workers=exact_workers,
+                                       worker_timeout=worker_timeout)
     finally:
         progress.stop()
 
@@ -206,8 +207,8 @@ class Reporting:
 def _select_and_write(
     candidates: list[Candidate], templates: list[Chem.Mol], query: QueryIdentity, target: PoseTarget,
     reporting: Reporting, *, workers: int, metric: str, all_ranked: bool = False, executor: str = "auto",
-    scheduler: str | None = None, exact_workers: bool = False, preparation: Preparation | None = None,
-    conformers_requested: int = 0,
+    scheduler: str | None = None, worker_timeout: float | None = None, exact_workers: bool = False,
+    preparation: Preparation | None = None, conformers_requested: int = 0,
 ) -> None:
     """Score each prepared molecule against every template, write the best pair's pose(s) when any conformer
     scored, summarise."""
@@ -221,7 +222,7 @@ def _select_and_write(
             if len(candidates) > 1:
                 label = f"isomer {candidate.isomer}/{len(candidates)} {label}"
             selection = _run_selection(candidate.confs, template, workers, metric, executor, scheduler,
-                                       exact_workers, label)
+                                       exact_workers, label, worker_timeout)
             results.append(TemplateSelection(record, name, selection, candidate.isomer, candidate.smiles))
     outcome = RunOutcome(results, metric, target, best_template(results, metric),
                          conformer_events=list(CONFORMER_EVENTS), preparation=preparation,
@@ -313,6 +314,25 @@ ExecutorOption = Annotated[ExecutorChoice, typer.Option(
 SchedulerOption = Annotated[str | None, typer.Option(
     "--scheduler", help="Dask scheduler address (tcp://HOST:PORT) for --executor dask "
                         "(default: $DASK_SCHEDULER_ADDRESS). Unreachable: the run goes on locally.")]
+WorkerTimeoutOption = Annotated[float | None, typer.Option(
+    "--worker-timeout", min=0, help="Seconds --executor dask waits for the scheduler to have a worker (at the "
+                                    "start, or after every worker left) before the run goes on locally "
+                                    "(default: $TEMPL_DASK_WORKER_TIMEOUT, else 60).")]
+
+
+def _require_dask() -> None:
+    """``--executor dask`` without Dask installed is a bad option (exit 2, one line)."""
+    try:
+        validate_executor("dask", None)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--executor'") from None
+
+
+def _check_dask_options(executor: ExecutorChoice, scheduler: str | None, worker_timeout: float | None) -> None:
+    """``--scheduler`` and ``--worker-timeout`` mean something only with ``--executor dask``."""
+    for value, option in ((scheduler, "--scheduler"), (worker_timeout, "--worker-timeout")):
+        if value is not None and executor != ExecutorChoice.DASK:
+            raise typer.BadParameter(f"{option} needs --executor dask", param_hint=f"'{option}'")
 
 
 @app.command("select-best")
@@ -340,6 +360,7 @@ def select_best_command(
     seed: Annotated[int, typer.Option("--seed", help="Random seed for conformer generation.")] = 42,
     executor: ExecutorOption = ExecutorChoice.AUTO,
     scheduler: SchedulerOption = None,
+    worker_timeout: WorkerTimeoutOption = None,
     exact_workers: ExactWorkersOption = False,
     json_output: JsonOption = False,
     fragments: FragmentsOption = FragmentPolicy.LARGEST,
@@ -351,8 +372,7 @@ def select_best_command(
     """Score conformers of a query ligand against a template and write the best pose(s)."""
     if (query is None) == (conformers is None):
         raise typer.BadParameter("give exactly one of --query SMILES or --conformers FILE", param_hint="'--query'")
-    if scheduler is not None and executor != ExecutorChoice.DASK:
-        raise typer.BadParameter("--scheduler needs --executor dask", param_hint="'--scheduler'")
+    _check_dask_options(executor, scheduler, worker_timeout)
     if name is not None and query is None:
         raise typer.BadParameter("--name names a --query; --conformers poses keep their records' names",
                                  param_hint="'--name'")
@@ -375,7 +395,8 @@ def select_best_command(
                 candidates = [Candidate(0, identity.smiles, confs)]
             _select_and_write(candidates, templates, identity, target, Reporting.of(target, json_output),
                               workers=workers, metric=metric, all_ranked=all_ranked, executor=executor,
-                              scheduler=scheduler, exact_workers=exact_workers, preparation=preparation,
+                              scheduler=scheduler, worker_timeout=worker_timeout, exact_workers=exact_workers,
+                              preparation=preparation,
                               conformers_requested=num_conformers if preparation is not None
                               else confs.GetNumConformers())
     except InputError as exc:
@@ -454,6 +475,13 @@ def screen_command(
         "--query-timeout", min=0, help="Seconds one query may take before it is a timeout row (0: no limit).")] = 600.0,
     smiles_column: Annotated[str, typer.Option("--smiles-column", help="CSV column holding the SMILES.")] = "smiles",
     id_column: Annotated[str, typer.Option("--id-column", help="CSV column holding the query id.")] = "id",
+    executor: Annotated[ExecutorChoice, typer.Option(
+        "--executor", help="auto or process: local worker processes (fewer when some cannot start, this process "
+                           "when none can); dask: each query a task on a Dask cluster (without --scheduler or "
+                           "DASK_SCHEDULER_ADDRESS a LocalCluster sized from headroom), going on locally when "
+                           "the cluster is unreachable, lost or without workers.")] = ExecutorChoice.AUTO,
+    scheduler: SchedulerOption = None,
+    worker_timeout: WorkerTimeoutOption = None,
     exact_workers: ExactWorkersOption = False,
     json_output: JsonOption = False,
     fragments: FragmentsOption = FragmentPolicy.LARGEST,
@@ -466,13 +494,17 @@ def screen_command(
     stereoisomer, when its stereo is enumerated)."""
     from templ_pipeline.campaign import cli_screen
 
+    _check_dask_options(executor, scheduler, worker_timeout)
+    if executor == ExecutorChoice.DASK:
+        _require_dask()
     try:
         request = cli_screen.ScreenRequest(
             template=template, queries=queries, output_dir=output_dir, num_conformers=num_conformers, seed=seed,
             workers=workers or _default_workers(), metric=metric, resume=resume, per_template=per_template,
             use_input_conformers=use_input_conformers, query_timeout=query_timeout or None,
             smiles_column=smiles_column, id_column=id_column, exact_workers=exact_workers,
-            preparation=PreparationOptions(fragments, stereo, max_isomers, tautomer))
+            preparation=PreparationOptions(fragments, stereo, max_isomers, tautomer),
+            executor=str(executor), scheduler=scheduler, worker_timeout=worker_timeout)
         prepared = cli_screen.prepare(request)
         with _observed(session):
             tally = cli_screen.run(prepared, console=stderr, out=stdout, progress=PROGRESS,

@@ -1,15 +1,23 @@
-"""A real Dask LocalCluster for the dask tests: two single-threaded process workers on 127.0.0.1."""
+"""Real Dask clusters for the dask tests: a LocalCluster of two single-threaded process workers on
+127.0.0.1, a bare ``dask scheduler`` process, and a killer of the workers under chosen queries."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from ports import free_port
 from distributed import Client, LocalCluster
 
+from templ_pipeline.core.dask_backend import DaskFailure, check_reachable
 from templ_pipeline.core.executor import shutdown_dask
 
 
@@ -39,3 +47,60 @@ def dask_cluster() -> Iterator[Cluster]:
 def closed_port() -> str:
     """The address of a free TCP port on 127.0.0.1 that nothing listens on."""
     return f"tcp://127.0.0.1:{free_port()}"
+
+
+@contextlib.contextmanager
+def bare_scheduler() -> Iterator[str]:
+    """A ``dask scheduler`` process on 127.0.0.1 with no worker; its address. Ended (and reaped) on exit."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dask")), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+         "--dashboard-address", "127.0.0.1:0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                check_reachable(address, timeout=1.0)
+                break
+            except DaskFailure:
+                if time.monotonic() > deadline or scheduler.poll() is not None:
+                    raise RuntimeError(f"dask scheduler did not listen on {address}") from None
+                time.sleep(0.2)
+        yield address
+    finally:
+        scheduler.terminate()
+        try:
+            scheduler.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            scheduler.kill()
+            scheduler.wait(timeout=15)
+
+
+class QueryKiller:
+    """Kills the worker process of every query start ``select`` picks (as the OOM killer would).
+
+    It listens on the campaign's own start announcements (``templ-query-started``) through a client
+    of its own, so it knows the worker process the moment a query starts on it.
+    """
+
+    def __init__(self, address: str, select: Callable[[int, int], bool]) -> None:
+        from templ_pipeline.campaign.dask_task import START_TOPIC
+
+        self.kills: list[tuple[int, int]] = []  # (query index, worker pid)
+        self._select = select
+        self._starts: dict[int, int] = {}
+        self._client = Client(address, timeout=10, set_as_default=False)
+        self._client.subscribe_topic(START_TOPIC, self._on_start)
+
+    def _on_start(self, event: tuple[float, dict]) -> None:
+        message = event[1]
+        index = int(str(message["key"]).split("-")[2])  # templ-query-INDEX-RUN-SUBMISSION
+        self._starts[index] = self._starts.get(index, 0) + 1
+        if self._select(index, self._starts[index]):
+            self.kills.append((index, int(message["pid"])))
+            os.kill(int(message["pid"]), signal.SIGKILL)
+
+    def close(self) -> None:
+        self._client.close()

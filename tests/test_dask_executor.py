@@ -128,7 +128,7 @@ def test_scheduler_lost_mid_run_hands_unfinished_batches_to_local_run(confs, tem
     report = selection.report
     assert report.executor_kinds == ["dask", "process"]
     assert [(f.from_kind, f.to_kind, f.reason) for f in report.fallbacks] == [
-        ("dask", "process", "scheduler_unreachable")
+        ("dask", "process", "scheduler_lost")
     ]
     assert tel.registry.get_sample_value("templ_conformers_scored_total") == local.report.n_scored
     batches = [s for s in tel.exporter.get_finished_spans() if s.name == "select_best.batch"]

@@ -35,6 +35,7 @@ CONTRACT_METRICS = {
     "templ_campaign_queries_skipped": "gauge",
     "templ_campaign_query_duration_seconds": "histogram",
     "templ_campaign_worker_replacements_total": "counter",
+    "templ_campaign_query_resubmissions_total": "counter",
     "templ_campaign_queries_short_of_conformers_total": "counter",
     "templ_query_preparations_total": "counter",
     "templ_telemetry_degraded_total": "counter",
@@ -54,7 +55,7 @@ CONTRACT_SHORTS = {
     "worker_reductions", "fallbacks", "batches", "batch_duration", "conformers_scored", "conformers_failed",
     "select_best_calls", "select_best_duration", "pool_restarts", "batch_resubmissions", "telemetry_degraded",
     "build_info", "campaign_queries", "campaign_in_flight", "campaign_expected", "campaign_skipped",
-    "campaign_query_duration", "campaign_worker_replacements", "campaign_shortfalls", "query_preparations", "last_success",
+    "campaign_query_duration", "campaign_worker_replacements", "campaign_query_resubmissions", "campaign_shortfalls", "query_preparations", "last_success",
     "last_failure", "start_refusals", "run_info", "run_start", "push_interval",
     "conformer_generations", "conformer_generations_in_progress",
 }
@@ -111,7 +112,8 @@ def test_labels_are_snake_case_and_bounded():
 
 def test_contract_label_sets():
     assert c.FALLBACK_REASONS == ("thread_start_failed", "process_start_failed", "broken_pool", "manager_unavailable",
-                                  "daemon_process", "no_headroom", "submit_failed", "scheduler_unreachable")
+                                  "daemon_process", "no_headroom", "submit_failed", "scheduler_unreachable",
+                                  "scheduler_lost", "no_workers")
     assert c.FALLBACK_CAUSES == ("pids_cgroup", "rlimit_nproc", "threads_max", "pid_max", "stack_memory", "seccomp",
                                  "unknown", "none")
     assert c.EXECUTOR_KINDS == ("process", "thread", "sequential", "dask")
@@ -198,6 +200,7 @@ def test_every_campaign_event_has_one_entry():
 
     entries = {ev.CampaignStarted: c.EVENT_CAMPAIGN_STARTED, ev.QueryStarted: c.EVENT_QUERY_STARTED,
                ev.QueryFinished: c.EVENT_QUERY_FINISHED, ev.WorkerReplaced: c.EVENT_WORKER_REPLACED,
+               ev.QueryResubmitted: c.EVENT_QUERY_RESUBMITTED,
                ev.CampaignDone: c.EVENT_CAMPAIGN_DONE, ev.QueryPrepared: c.EVENT_QUERY_PREPARED}
     for event_class, name in entries.items():
         spec = c.EVENT_SPECS_BY_NAME[name]

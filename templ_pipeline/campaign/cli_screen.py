@@ -50,6 +50,9 @@ class ScreenRequest:
     id_column: str
     exact_workers: bool
     preparation: PreparationOptions = PreparationOptions()
+    executor: str = "auto"
+    scheduler: str | None = None
+    worker_timeout: float | None = None
 
 
 @dataclass
@@ -96,7 +99,8 @@ def prepare(request: ScreenRequest) -> PreparedCampaign:
     options = ScreenOptions(num_conformers=request.num_conformers, seed=request.seed, workers=request.workers,
                             metric=request.metric, query_timeout=request.query_timeout,
                             use_input_conformers=request.use_input_conformers, exact_workers=request.exact_workers,
-                            preparation=request.preparation)
+                            preparation=request.preparation, executor=request.executor,
+                            scheduler=request.scheduler, worker_timeout=request.worker_timeout)
     left = None if total is None else max(0, total - len(done))
     return PreparedCampaign(request, templates, template_names(templates), records, files, left, options)
 

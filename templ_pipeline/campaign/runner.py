@@ -17,12 +17,13 @@ campaign span, and its worker's conformer and scoring spans under it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rdkit import Chem
 
@@ -58,7 +59,7 @@ from templ_pipeline.core.events import (
     cause_of,
     no_room_reason,
 )
-from templ_pipeline.core.executor import grant_workers, observe_limits, release_grant
+from templ_pipeline.core.executor import grant_workers, observe_limits, release_grant, validate_executor
 from templ_pipeline.core.native_call import call_interruptibly
 from templ_pipeline.core.preparation import PreparationOptions
 from templ_pipeline.core.scoring import METRICS
@@ -79,6 +80,9 @@ query, and a scrape every 15 s or more sees a 5 s old reading at worst."""
 
 TASK_TYPE = TaskType.SCREENING
 
+if TYPE_CHECKING:  # Dask is an extra: imported only when a campaign runs on it
+    from templ_pipeline.campaign.dask_pool import DaskQueryPool
+
 
 @dataclass(frozen=True, slots=True)
 class ScreenOptions:
@@ -92,6 +96,9 @@ class ScreenOptions:
     use_input_conformers: bool = False
     exact_workers: bool = False
     preparation: PreparationOptions = PreparationOptions()
+    executor: str = "auto"  # auto / process: the local ladder; dask: a Dask cluster on top of it
+    scheduler: str | None = None  # the Dask scheduler (default $DASK_SCHEDULER_ADDRESS, else a LocalCluster)
+    worker_timeout: float | None = None  # seconds without a Dask worker before going on locally
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -100,6 +107,7 @@ class ScreenOptions:
             raise ValueError(f"num_conformers must be at least 1, got {self.num_conformers}")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        validate_executor(self.executor, self.scheduler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +225,11 @@ class _Campaign:
 
     def run(self, records: Iterator[QueryRecord], total: int | None) -> Iterator[QueryResult]:
         self._records = records
-        pool = self._start_pool(total)
+        pool: QueryPool | DaskQueryPool | None = None
+        if self._options.executor == "dask":
+            pool = self._start_dask(total)
+        if pool is None:
+            pool = self._start_pool(total)
         try:
             while pool is not None:
                 if not self._fill(pool):
@@ -226,7 +238,8 @@ class _Campaign:
                 if pool.gone is not None:
                     pool.shutdown(terminate=True)
                     self._requeue_in_flight()
-                    pool = None
+                    left = None if total is None else max(0, total - self.done)
+                    pool = self._start_pool(left) if pool.kind == ExecutorKind.DASK else None
             if pool is None:
                 yield from self._run_here()
             self.finished = True
@@ -265,8 +278,51 @@ class _Campaign:
         self._emit(ExecutorCreated(ExecutorKind.PROCESS, pool.workers, TASK_TYPE, False))
         return pool
 
-    def _fill(self, pool: QueryPool) -> bool:
-        """Give each idle worker a query; False when nothing is left to run or to wait for."""
+    def _start_dask(self, total: int | None) -> DaskQueryPool | None:
+        """Connect to the scheduler (or start a LocalCluster sized as its processes cost) and wait for a
+        worker; None when the campaign goes on locally (the fallback says why)."""
+        from templ_pipeline.campaign.dask_pool import DaskQueryPool
+        from templ_pipeline.core.dask_backend import scheduler_address
+
+        options = self._options
+        if total == 0:
+            return None
+        address = scheduler_address(options.scheduler)
+        grant = None
+        if address is None:  # a LocalCluster: its nannies, worker processes and event loops, granted here
+            work = plan_workers(options.workers, TASK_TYPE, exact=insists_on_workers(options.exact_workers),
+                                queries=total)
+            for reduction in work.reductions:
+                self._emit(reduction)
+            grant = grant_workers(work.workers, TASK_TYPE, "dask")
+            self._emit(grant.event(TASK_TYPE))
+            if grant.granted < 1:
+                release_grant(grant)
+                self._emit(Fallback(ExecutorKind.DASK, ExecutorKind.PROCESS, no_room_reason(grant.reason),
+                                    cause_of(grant.reason), grant.detail))
+                return None
+        settings = self._settings
+        if grant is not None:  # the LocalCluster's workers share this machine's CPUs
+            from templ_pipeline.core.limits.cpu import read_cpu_budget
+
+            cpus = read_cpu_budget().cpus or 1
+            settings = dataclasses.replace(settings, query_threads=max(1, cpus // max(1, grant.granted)))
+        pool = DaskQueryPool(address, settings, self._emit, query_timeout=options.query_timeout,
+                             wait_for_workers=options.worker_timeout,
+                             local_workers=grant.granted if grant is not None else 1)
+        try:
+            pool.start()
+        except NoWorkers:
+            return None
+        finally:
+            if grant is not None:
+                release_grant(grant)
+        self.workers = pool.workers
+        self._emit(ExecutorCreated(ExecutorKind.DASK, pool.workers, TASK_TYPE, pool.reused))
+        return pool
+
+    def _fill(self, pool: QueryPool | DaskQueryPool) -> bool:
+        """Give each idle worker (or free Dask slot) a query; False when nothing is left to run or to wait for."""
         for worker in pool.idle():
             task = self._next_task()
             if task is None:
@@ -277,13 +333,13 @@ class _Campaign:
                 self._retry.appendleft(task)  # the worker is gone; wait() finds it and replaces it
         return bool(self._in_flight) or pool.starting()
 
-    def _collect(self, pool: QueryPool) -> Iterator[QueryResult]:
+    def _collect(self, pool: QueryPool | DaskQueryPool) -> Iterator[QueryResult]:
         arrivals = pool.wait(WAIT_SECONDS)
         retry_first(arrivals.retry, self._retry)
         if arrivals.finished and pool.gone is None:
             self._fill(pool)  # the freed workers get their next query before the results are written
         for task, outcome in arrivals.finished:
-            yield self._finish(task.index, outcome, ExecutorKind.PROCESS)
+            yield self._finish(task.index, outcome, pool.kind)
         if arrivals.finished:
             self._observe_limits(f"{len(self._in_flight)} queries in flight on {pool.workers} workers")
 

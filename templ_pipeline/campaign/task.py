@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rdkit import Chem, rdBase
@@ -27,7 +28,7 @@ from rdkit import Chem, rdBase
 from templ_pipeline.telemetry.worker_spans import WorkerSpan, start_worker_span
 from templ_pipeline.campaign.poses import aligned_pose, pose_record
 from templ_pipeline.core.batch import BatchTask, batch_query, sanitized_copy_without_conformers, score_batch
-from templ_pipeline.core.embedding import embed_single_threaded
+from templ_pipeline.core.embedding import Embed, embed_on_this_thread, embed_prepared
 from templ_pipeline.core.events import PreparationAction, QueryFailureReason, QueryStatus
 from templ_pipeline.core.preparation import (
     Preparation,
@@ -51,6 +52,7 @@ class CampaignSettings:
     metric: str
     use_input_conformers: bool = False
     preparation: PreparationOptions = PreparationOptions()
+    query_threads: int = 0  # ETKDG threads per query on a Dask worker; 0: its machine's CPUs per task thread
 
     def conformers_requested(self, molblocks: tuple[str, ...]) -> int:
         """Conformers a query asks for: its input records' with ``use_input_conformers``, else ``num_conformers``."""
@@ -128,6 +130,7 @@ class QueryOutcome:
     seconds: float = 0.0
     pid: int = 0
     spans: list[SpanRecord] = field(default_factory=list)
+    events: list[object] = field(default_factory=list)  # reductions and fallbacks where it ran, for the driver
 
     @property
     def conformers(self) -> int:
@@ -166,10 +169,16 @@ class QueryError(Exception):
 
 
 class QueryRunner:
-    """Runs queries against a campaign's templates (prepared once per process)."""
+    """Runs queries against a campaign's templates (prepared once per process).
+
+    ``embed`` runs ETKDG (on this thread unless the caller gives more, as a Dask worker
+    does) and ``threads`` says on how many, for the conformer span.
+    """
 
     def __init__(self, settings: CampaignSettings) -> None:
         self.settings = settings
+        self.embed: Embed = embed_on_this_thread
+        self.threads: Callable[[], int] = lambda: 1
         self._templates = [Chem.Mol(binary) for binary in settings.templates]
         self._keys = [hashlib.sha1(binary).hexdigest() for binary in settings.templates]
 
@@ -226,12 +235,13 @@ class QueryRunner:
         """Embed (unless the conformers are ``given``) and score one prepared molecule of the query."""
         settings = self.settings
         clock = start_worker_span(task.carrier, outcome.pid)
-        confs = mol if given else embed_single_threaded(mol, settings.num_conformers, settings.seed)
+        confs = mol if given else embed_prepared(mol, settings.num_conformers, settings.seed, self.embed)
         isomer.conformers = confs.GetNumConformers()
         if clock is not None:
             outcome.spans.append(("conformers.generate", clock.finish(),
                                   {"templ.conformers.requested": settings.conformers_requested(task.molblocks),
-                                   "templ.conformers.generated": isomer.conformers, "templ.conformers.threads": 1,
+                                   "templ.conformers.generated": isomer.conformers,
+                                   "templ.conformers.threads": 1 if given else self.threads(),
                                    "templ.isomer": isomer.index}))
         if isomer.conformers == 0:
             isomer.status, isomer.reason = QueryStatus.FAILED, QueryFailureReason.EMBEDDING_FAILED

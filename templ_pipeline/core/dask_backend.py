@@ -7,6 +7,11 @@ call, like ``PoolRegistry`` does for pools; sessions are closed at exit.
 once, when it arrives. Dask reschedules a batch whose worker died (or died
 holding its result); the scheduler announces the loss on its ``all`` event topic,
 and the driver reports the batches concerned as resubmissions.
+
+Every wait is bounded (:class:`ClusterWatch`): a scheduler without a worker for
+``worker_timeout`` seconds (none came, or all left) is a ``no_workers`` failure, a
+scheduler the client lost is ``scheduler_lost``; the caller goes on locally. A
+scheduler that answers and keeps workers busy is never given up on.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import atexit
 import os
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
@@ -32,7 +38,20 @@ from templ_pipeline.core.pools import worker_env
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 CONNECT_TIMEOUT = 3.0
-"""Seconds to reach a scheduler before the run goes on locally."""
+"""Seconds to reach a scheduler before the run goes on locally; also the longest one round trip to it
+may take, and how long the client may be reconnecting before the scheduler counts as lost."""
+WORKER_TIMEOUT_ENV = "TEMPL_DASK_WORKER_TIMEOUT"
+WORKER_TIMEOUT = 60.0
+"""Seconds a run waits for the scheduler to have a worker (at the start, or after every worker left)
+before it goes on locally: long enough for ``dask worker`` processes to start and import RDKit on a
+busy node (2-5 s here), short enough that a campaign without a cluster does not sit idle."""
+HEALTH_SECONDS = 1.0
+"""How often, at most, a run asks the scheduler how many worker threads it has (one round trip)."""
+WAIT_SECONDS = 0.5
+"""The longest a run waits for results at a time before it checks the cluster (and signals run)."""
+ALLOWED_FAILURES = 1
+"""Losses of a worker under one task that a LocalCluster's scheduler tolerates: a task is run again once
+elsewhere; a second loss is ``KilledWorker`` (a batch: ``broken_pool``; a query: a ``worker_lost`` row)."""
 CLOSE_TIMEOUT = 5.0
 LOCAL = "local"
 TASK_PREFIX = "templ-batch"
@@ -45,6 +64,16 @@ OnResubmit = Callable[[int, ResubmissionReason, str], None]  # (batch index, rea
 
 class DaskFailure(RungFailure):
     """The cluster cannot run (the rest of) the batches: a fallback reason and the error."""
+
+
+def worker_timeout(explicit: float | None = None) -> float:
+    """Seconds to wait for a worker: ``explicit``, else ``$TEMPL_DASK_WORKER_TIMEOUT``, else 60."""
+    if explicit is not None:
+        return max(0.0, explicit)
+    try:
+        return max(0.0, float(os.environ.get(WORKER_TIMEOUT_ENV, WORKER_TIMEOUT)))
+    except ValueError:
+        return WORKER_TIMEOUT
 
 
 def scheduler_address(explicit: str | None) -> str | None:
@@ -79,18 +108,19 @@ def _in_event_loop() -> bool:
     return True
 
 
-class LossWatch:
-    """Relays the scheduler's ``remove-worker`` events to the runs listening on this client."""
+class TopicRelay:
+    """Relays the messages of one scheduler event topic that ``accept`` keeps to the runs listening."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, topic: str, accept: Callable[[object], bool]) -> None:
         self._lock = threading.Lock()
         self._listeners: set[queue.SimpleQueue] = set()
-        client.subscribe_topic("all", self._on_event)
+        self._accept = accept
+        client.subscribe_topic(topic, self._on_event)
 
-    def _on_event(self, event: tuple[float, dict]) -> None:
-        # Called on the client's event loop, before the results of the rescheduled tasks arrive.
+    def _on_event(self, event: tuple[float, object]) -> None:
+        # Called on the client's event loop; a loss is announced before the results of the rescheduled tasks.
         message = event[1]
-        if isinstance(message, dict) and message.get("action") == "remove-worker":
+        if self._accept(message):
             with self._lock:
                 for listener in self._listeners:
                     listener.put(message)
@@ -106,6 +136,35 @@ class LossWatch:
             self._listeners.discard(listener)
 
 
+def _worker_removed(message: object) -> bool:
+    return isinstance(message, dict) and message.get("action") == "remove-worker"
+
+
+def drain(listener: queue.SimpleQueue) -> list:
+    """Every message waiting in ``listener``, without waiting."""
+    messages = []
+    while not listener.empty():
+        messages.append(listener.get_nowait())
+    return messages
+
+
+def arrived(stream: as_completed, timeout: float) -> list:
+    """The futures of ``stream`` that finished, waiting up to ``timeout`` seconds for the first.
+
+    ``as_completed``'s iterator waits until a future finishes, however long; its ``queue``
+    (a ``queue.Queue`` of finished futures) is what the iterator reads, so a bounded ``get``
+    on it is the same stream with a bound.
+    """
+    found = []
+    try:
+        found.append(stream.queue.get(timeout=max(0.0, timeout)))
+        while True:
+            found.append(stream.queue.get_nowait())
+    except queue.Empty:
+        pass
+    return found
+
+
 class DaskSession:
     """A client (and the LocalCluster it owns, if any) that runs batches."""
 
@@ -113,7 +172,16 @@ class DaskSession:
         self.client = client
         self.cluster = cluster
         self.size = size
-        self._watch = LossWatch(client)
+        self.losses = TopicRelay(client, "all", _worker_removed)
+        self._relays: dict[str, TopicRelay] = {}
+        self._relay_lock = threading.Lock()
+
+    def relay(self, topic: str) -> TopicRelay:
+        """The relay of the worker event ``topic`` (``Worker.log_event``), subscribed on first use."""
+        with self._relay_lock:
+            if topic not in self._relays:
+                self._relays[topic] = TopicRelay(self.client, topic, lambda message: isinstance(message, dict))
+            return self._relays[topic]
 
     @classmethod
     def open(cls, address: str | None, workers: int) -> DaskSession:
@@ -129,7 +197,7 @@ class DaskSession:
             cluster = LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                 dashboard_address="127.0.0.1:0",  # None would still bind :8787; this is a free loopback port
-                env=worker_env(),
+                env=worker_env(), scheduler_kwargs={"allowed_failures": ALLOWED_FAILURES},
             )
         except Exception as error:  # a worker process could not start
             raise DaskFailure(FallbackReason.PROCESS_START_FAILED, error) from error
@@ -140,34 +208,45 @@ class DaskSession:
         running = self.client.status == "running"
         return running and (self.cluster is None or self.cluster.status == Status.running)
 
+    @property
+    def address(self) -> str:
+        return self.cluster.scheduler_address if self.cluster is not None else str(self.client.scheduler.address)
+
     def nthreads(self) -> int:
-        """Worker threads the cluster offers now (the LocalCluster's size for a local one)."""
-        if self.cluster is not None:
-            return self.size
-        return sum(self.client.nthreads().values())
+        """Worker threads the scheduler has now: one round trip, ``scheduler_lost`` when it does not answer."""
+        try:
+            return sum(self.client.nthreads(callback_timeout=CONNECT_TIMEOUT).values())
+        except Exception as error:  # closed, reconnecting, timed out: the scheduler is not there for us
+            raise DaskFailure(FallbackReason.SCHEDULER_LOST, error) from error
 
     def run(self, tasks: Iterable[BatchTask], fn: Callable[[BatchTask], BatchResult],
-            on_resubmit: OnResubmit) -> Iterator[BatchResult]:
+            on_resubmit: OnResubmit, watch: ClusterWatch) -> Iterator[BatchResult]:
         """Yield each batch's result once, as it arrives; ``on_resubmit`` hears of batches Dask runs again.
 
         Raises ``DaskFailure``: ``broken_pool`` when Dask gave up on a batch after losing
-        several workers on it, ``scheduler_unreachable`` when the scheduler was lost.
+        workers on it; ``scheduler_lost`` or ``no_workers`` when ``watch`` finds the cluster gone.
         """
         # Unique on a shared scheduler; Dask's task prefix (its metrics' task_prefix_name) is "templ-batch".
         run_id = uuid.uuid4().hex
         waiting = {f"{TASK_PREFIX}-{task.index}-{run_id}": task for task in tasks}
-        listener = self._watch.listen()
+        listener = self.losses.listen()
         futures = []
+        stream = as_completed(loop=self.client.loop)
         try:
-            futures = [self.client.submit(fn, task, key=key, pure=False) for key, task in waiting.items()]
-            for future in as_completed(futures, loop=self.client.loop):
-                result = self._result(future)
-                future.release()
-                self._report_losses(listener, waiting, on_resubmit)  # the loss was announced before this result
-                if waiting.pop(future.key, None) is not None:
-                    yield result
+            for key, task in waiting.items():
+                futures.append(self.client.submit(fn, task, key=key, pure=False))
+                stream.add(futures[-1])
+            while waiting:
+                done = arrived(stream, WAIT_SECONDS)
+                self._report_losses(listener, waiting, on_resubmit)  # the loss was announced before the result
+                for future in done:
+                    result = self._result(future)
+                    future.release()
+                    if waiting.pop(future.key, None) is not None:
+                        yield result
+                watch.check()
         finally:
-            self._watch.forget(listener)
+            self.losses.forget(listener)
             if self.client.status == "running":
                 self.client.cancel([future for future in futures if not future.done()])
 
@@ -180,12 +259,11 @@ class DaskSession:
         except (CancelledError, OSError, TimeoutError) as error:
             if future.status == "error":
                 raise  # the batch itself raised on its worker
-            raise DaskFailure(FallbackReason.SCHEDULER_UNREACHABLE, error) from error
+            raise DaskFailure(FallbackReason.SCHEDULER_LOST, error) from error
 
     @staticmethod
     def _report_losses(listener: queue.SimpleQueue, waiting: dict[str, BatchTask], on_resubmit: OnResubmit) -> None:
-        while not listener.empty():
-            message = listener.get_nowait()
+        for message in drain(listener):
             for field, reason in RESUBMIT_REASONS.items():
                 for key in sorted(map(str, message.get(field, ()))):
                     if key in waiting:
@@ -200,6 +278,57 @@ class DaskSession:
         finally:
             if self.cluster is not None:
                 self.cluster.close(timeout=CLOSE_TIMEOUT)
+
+
+class ClusterWatch:
+    """Bounded waits on a session's cluster: for a first worker, and for a scheduler or workers that left."""
+
+    def __init__(self, session: DaskSession, timeout: float) -> None:
+        self._session = session
+        self.timeout = timeout
+        self.threads = 0
+        self._checked = 0.0
+        self._without_since: float | None = None
+        self._down_since: float | None = None
+
+    def wait_for_workers(self) -> int:
+        """The scheduler's worker threads, once it has some; ``no_workers`` after ``timeout`` without."""
+        deadline = time.monotonic() + self.timeout
+        while (threads := self._session.nthreads()) == 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DaskFailure(FallbackReason.NO_WORKERS, TimeoutError(
+                    f"the Dask scheduler at {self._session.address} had no worker for {self.timeout:g} s"))
+            time.sleep(min(0.25, left))
+        self.threads, self._checked = threads, time.monotonic()
+        return threads
+
+    def check(self) -> None:
+        """Raise ``DaskFailure`` when the scheduler is lost or has had no worker for ``timeout`` seconds.
+
+        Asks the scheduler at most once per ``HEALTH_SECONDS``; a client that is reconnecting
+        gets ``CONNECT_TIMEOUT`` seconds before the scheduler counts as lost.
+        """
+        now = time.monotonic()
+        if not self._session.healthy:
+            self._down_since = self._down_since or now
+            if now - self._down_since >= CONNECT_TIMEOUT or self._session.client.status in ("closed", "closing"):
+                raise DaskFailure(FallbackReason.SCHEDULER_LOST, ConnectionError(
+                    f"lost the Dask scheduler at {self._session.address} (client {self._session.client.status})"))
+            return
+        self._down_since = None
+        if now - self._checked < HEALTH_SECONDS:
+            return
+        self._checked = now
+        self.threads = self._session.nthreads()
+        if self.threads:
+            self._without_since = None
+            return
+        self._without_since = self._without_since or now
+        if now - self._without_since >= self.timeout:
+            raise DaskFailure(FallbackReason.NO_WORKERS, TimeoutError(
+                f"every worker left the Dask scheduler at {self._session.address}, none came back "
+                f"within {self.timeout:g} s"))
 
 
 class DaskSessions:
@@ -260,32 +389,41 @@ class DaskBackend:
 
     kind = ExecutorKind.DASK
 
-    def __init__(self, address: str | None, emit: Observer) -> None:
+    def __init__(self, address: str | None, emit: Observer, worker_wait: float | None = None) -> None:
         self.address = address
         self._emit = emit
+        self._worker_wait = worker_timeout(worker_wait)
 
     def lease(self, workers: int) -> DaskLease:
         session, reused = SESSIONS.acquire(self.address, workers)
-        return DaskLease(session, reused, self._emit)
+        watch = ClusterWatch(session, self._worker_wait)
+        try:
+            watch.wait_for_workers()
+        except DaskFailure as failure:
+            if failure.reason == FallbackReason.SCHEDULER_LOST:
+                SESSIONS.discard(session)
+            raise
+        return DaskLease(session, reused, self._emit, watch)
 
 
 class DaskLease:
     """A Dask session running one call's batches; a lost scheduler's session is discarded."""
 
-    def __init__(self, session: DaskSession, reused: bool, emit: Observer) -> None:
+    def __init__(self, session: DaskSession, reused: bool, emit: Observer, watch: ClusterWatch) -> None:
         self._session = session
         self._emit = emit
+        self._watch = watch
         self.reused = reused
-        self.workers = max(1, session.nthreads())
+        self.workers = max(1, watch.threads)
 
     def run(self, tasks: list[BatchTask], fn: BatchFn) -> Iterator[BatchResult]:
         def resubmitted(index: int, reason: ResubmissionReason, worker: str) -> None:
             self._emit(BatchResubmitted(ExecutorKind.DASK, index, reason, worker))
 
         try:
-            yield from self._session.run(tasks, fn, resubmitted)
+            yield from self._session.run(tasks, fn, resubmitted, self._watch)
         except DaskFailure as failure:
-            if failure.reason == FallbackReason.SCHEDULER_UNREACHABLE:
+            if failure.reason in (FallbackReason.SCHEDULER_UNREACHABLE, FallbackReason.SCHEDULER_LOST):
                 SESSIONS.discard(self._session)
             raise
 

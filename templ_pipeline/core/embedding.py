@@ -11,6 +11,8 @@ Campaign workers import this module: RDKit only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
@@ -32,14 +34,28 @@ def embed(with_hs: Chem.Mol, num_conformers: int, seed: int, threads: int, *, ra
     return attempt
 
 
-def embed_single_threaded(mol: Chem.Mol, num_conformers: int, seed: int) -> Chem.Mol:
-    """The conformers of ``mol`` as ``generate_conformers`` makes them, on this thread; hydrogens removed.
+Embed = Callable[[Chem.Mol, int, int, bool], Chem.Mol]
+"""``(with_hs, num_conformers, seed, random_coords) -> embedded copy``: how a caller runs :func:`embed`."""
+
+
+def embed_on_this_thread(with_hs: Chem.Mol, num_conformers: int, seed: int, random_coords: bool) -> Chem.Mol:
+    """:func:`embed` on this thread only (starts no RDKit thread)."""
+    return embed(with_hs, num_conformers, seed, 1, random_coords=random_coords)
+
+
+def embed_prepared(mol: Chem.Mol, num_conformers: int, seed: int, run: Embed = embed_on_this_thread) -> Chem.Mol:
+    """The conformers of ``mol`` as ``generate_conformers`` makes them, embedded by ``run``; hydrogens removed.
 
     ETKDG first; where it embeds nothing (large or strained rings), random starts.
     The result may hold no conformer: the caller names that failure.
     """
     with_hs = Chem.AddHs(mol)
-    embedded = embed(with_hs, num_conformers, seed, 1, random_coords=False)
+    embedded = run(with_hs, num_conformers, seed, False)
     if embedded.GetNumConformers() == 0:
-        embedded = embed(with_hs, num_conformers, seed, 1, random_coords=True)
+        embedded = run(with_hs, num_conformers, seed, True)
     return Chem.RemoveHs(embedded) if embedded.GetNumConformers() else embedded
+
+
+def embed_single_threaded(mol: Chem.Mol, num_conformers: int, seed: int) -> Chem.Mol:
+    """:func:`embed_prepared` on this thread (a campaign worker's process runs one query at a time)."""
+    return embed_prepared(mol, num_conformers, seed)

@@ -73,7 +73,9 @@ class FallbackReason(StrEnum):
     DAEMON_PROCESS = "daemon_process"
     NO_HEADROOM = "no_headroom"
     SUBMIT_FAILED = "submit_failed"
-    SCHEDULER_UNREACHABLE = "scheduler_unreachable"
+    SCHEDULER_UNREACHABLE = "scheduler_unreachable"  # no scheduler answered at the address
+    SCHEDULER_LOST = "scheduler_lost"  # the scheduler went away while the run was on it
+    NO_WORKERS = "no_workers"  # the scheduler had no worker for the bounded wait (none came, or all left)
 
 
 class StartKind(StrEnum):
@@ -240,6 +242,16 @@ class BatchResubmitted:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryResubmitted:
+    """A campaign query runs again because its Dask worker was lost (its row is still written once)."""
+
+    kind: ExecutorKind
+    index: int
+    reason: ResubmissionReason
+    worker: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsObserved:
     """The thread limits as the executor saw them around its batches (a cached snapshot)."""
 
@@ -347,7 +359,7 @@ class CampaignDone:
 
 ExecutorEvent = (WorkersGranted | WorkersReduced | ExecutorCreated | Fallback | PoolRestarted | BatchResubmitted
                  | LimitsObserved | BatchDone | CallDone | CampaignStarted | QueryStarted | QueryFinished
-                 | WorkerReplaced | CampaignDone | QueryPrepared)
+                 | WorkerReplaced | QueryResubmitted | CampaignDone | QueryPrepared)
 
 Observer = Callable[[ExecutorEvent], None]
 """Anything that wants to hear of events: called in the emitting thread, in order."""

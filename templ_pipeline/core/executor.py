@@ -125,6 +125,18 @@ def plan_ladder(workers: int, profile: TaskProfile, in_daemon: bool) -> list[Run
     return rungs
 
 
+def _grant_kind(dask: bool, scheduler: str | None, in_daemon: bool) -> str:
+    """The cost model of the workers this process starts: a LocalCluster's, a pool's, or threads in a daemon."""
+    if in_daemon:
+        return "thread"
+    if dask:
+        from templ_pipeline.core.dask_backend import scheduler_address
+
+        if scheduler_address(scheduler) is None:
+            return "dask"  # a LocalCluster: nannies in this process, worker processes, its event loops
+    return "process"
+
+
 def grant_workers(requested: int, task_type: str, executor_kind: str) -> Grant:
     """Ask the thread resource manager; cap at 4, then 2, when it cannot answer."""
     try:
@@ -208,6 +220,7 @@ class MonitoredExecutor:
         observers: Iterable[Observer] = (),
         conformers: int | None = None,
         exact_workers: bool = False,
+        worker_timeout: float | None = None,
     ) -> None:
         self.requested = requested
         self.task_type = TaskType(task_type)
@@ -223,7 +236,7 @@ class MonitoredExecutor:
             warm=registry.warm_sizes(ExecutorKind.PROCESS))
         wanted = work.workers
         self.grant = (
-            grant_workers(wanted, task_type, "process" if not in_daemon else "thread")
+            grant_workers(wanted, task_type, _grant_kind(dask, scheduler, in_daemon))
             if wanted > 1 else Grant(wanted, wanted)
         )
         self._rungs = plan_ladder(self.grant.granted, profile, in_daemon)
@@ -233,7 +246,7 @@ class MonitoredExecutor:
         }
         self._planned: list[ExecutorEvent] = [*work.reductions, self.grant.event(self.task_type)]
         if dask:
-            self._plan_dask(scheduler, in_daemon)
+            self._plan_dask(scheduler, in_daemon, worker_timeout)
         if (wanted > 1 or dask) and self._rungs[0].kind == ExecutorKind.SEQUENTIAL:
             daemon_bound = in_daemon and (self.grant.granted >= 2 or dask)
             reason = FallbackReason.DAEMON_PROCESS if daemon_bound else no_room_reason(self.grant.reason)
@@ -290,7 +303,7 @@ class MonitoredExecutor:
             release_grant(self.grant)
         self._emit(CallDone(self.task_type, self.requested, self.grant.granted, tuple(self.kinds_used), batches))
 
-    def _plan_dask(self, scheduler: str | None, in_daemon: bool) -> None:
+    def _plan_dask(self, scheduler: str | None, in_daemon: bool, worker_timeout: float | None) -> None:
         """Put the dask rung first: a named scheduler, or a LocalCluster sized by the grant.
 
         Nothing connects here: the rung's backend connects when it first runs.
@@ -300,7 +313,7 @@ class MonitoredExecutor:
         address = scheduler_address(scheduler)
         if address is None and (in_daemon or self.grant.granted < 1):
             return  # no LocalCluster here: the daemon/no-headroom fallback names the reason
-        self._backends[ExecutorKind.DASK] = DaskBackend(address, self._emit)
+        self._backends[ExecutorKind.DASK] = DaskBackend(address, self._emit, worker_timeout)
         self._rungs.insert(0, Rung(ExecutorKind.DASK, max(1, self.grant.granted)))
 
     def _run_on(self, rung: Rung, pending: dict[int, BatchTask]) -> Iterator[BatchResult]:
@@ -331,7 +344,8 @@ class MonitoredExecutor:
 
     def _step_down(self, rung: Rung, failure: RungFailure) -> None:
         self._position += 1
-        no_cause = failure.reason in (FallbackReason.BROKEN_POOL, FallbackReason.SCHEDULER_UNREACHABLE)
+        no_cause = failure.reason in (FallbackReason.BROKEN_POOL, FallbackReason.SCHEDULER_UNREACHABLE,
+                                      FallbackReason.SCHEDULER_LOST, FallbackReason.NO_WORKERS)
         cause = FallbackCause.NONE if no_cause else classify_failure(failure.error, self._refusals_before)
         self._emit(Fallback(rung.kind, self.rung.kind, failure.reason, cause, str(failure.error), failure.error))
 
@@ -356,6 +370,7 @@ def validate_executor(executor: str, scheduler: str | None) -> None:
 def get_executor(
     n_workers: int, task_type: str = TaskType.SCORING, *, executor: str = "auto", scheduler: str | None = None,
     observers: Sequence[Observer] = (), conformers: int | None = None, exact_workers: bool = False,
+    worker_timeout: float | None = None,
 ) -> MonitoredExecutor:
     """A monitored executor for one call: sized for the work and from headroom, with its fallback ladder.
 
@@ -363,12 +378,13 @@ def get_executor(
     repay a cold one runs here (:mod:`templ_pipeline.core.sizing`), and no more
     workers start than the CPUs this process may use, unless ``exact_workers``.
     ``executor="dask"`` runs on the Dask scheduler at ``scheduler`` (default
-    ``$DASK_SCHEDULER_ADDRESS``), else on a LocalCluster of the granted size.
-    ``observers`` hear its events (``select_best`` passes telemetry's and its report's).
+    ``$DASK_SCHEDULER_ADDRESS``), else on a LocalCluster of the granted size; a scheduler
+    without a worker for ``worker_timeout`` seconds (default ``$TEMPL_DASK_WORKER_TIMEOUT``,
+    else 60) is a ``no_workers`` fallback to the local ladder. ``observers`` hear its events (``select_best`` passes telemetry's and its report's).
     """
     validate_executor(executor, scheduler)
     return MonitoredExecutor(n_workers, task_type, executor=executor, scheduler=scheduler, observers=observers,
-                             conformers=conformers, exact_workers=exact_workers)
+                             conformers=conformers, exact_workers=exact_workers, worker_timeout=worker_timeout)
 
 
 def shutdown_pools(*, terminate: bool = False) -> None:

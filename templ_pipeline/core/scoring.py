@@ -221,13 +221,16 @@ def select_best_with_report(
     scheduler: str | None = None,
     observers: Sequence[Observer] = (),
     exact_workers: bool = False,
+    worker_timeout: float | None = None,
 ) -> Selection:
     """``select_best`` with a ``SelectionReport``; ``on_batch`` sees each finished batch and
     ``observers`` every executor event (after telemetry and the report have).
 
     Work too small to repay a cold pool is scored here, and no more workers start
     than the CPUs this process may use (each a recorded reduction), unless
-    ``exact_workers`` (:mod:`templ_pipeline.core.sizing`).
+    ``exact_workers`` (:mod:`templ_pipeline.core.sizing`). With ``executor="dask"``, a
+    scheduler without a worker for ``worker_timeout`` seconds is a ``no_workers``
+    fallback to the local ladder.
     """
     _validate(confs, tpl, align_metric, n_workers)
     validate_executor(executor, scheduler)
@@ -247,6 +250,8 @@ def select_best_with_report(
             template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
             # entered through the TEMPL API's executor entry point, so a replaced one is used too
             dask = {"executor": executor, "scheduler": scheduler} if executor == "dask" else {}
+            if executor == "dask" and worker_timeout is not None:
+                dask["worker_timeout"] = worker_timeout
             sizing = {"conformers": len(conf_ids), "exact_workers": exact_workers}
             with _get_executor_for_context(n_workers, task_type="scoring", **dask, **sizing) as runner:
                 for observer in (observe_telemetry, report, *observers):
@@ -284,13 +289,13 @@ def select_best_with_report(
 
 def _get_executor_for_context(
     n_workers: int, task_type: str = "scoring", executor: str = "auto", scheduler: str | None = None,
-    conformers: int | None = None, exact_workers: bool = False,
+    conformers: int | None = None, exact_workers: bool = False, worker_timeout: float | None = None,
 ):
     """The TEMPL API's executor entry point: a monitored executor for ``n_workers`` workers."""
     from templ_pipeline.core.executor import get_executor
 
     return get_executor(n_workers, task_type=task_type, executor=executor, scheduler=scheduler,
-                        conformers=conformers, exact_workers=exact_workers)
+                        conformers=conformers, exact_workers=exact_workers, worker_timeout=worker_timeout)
 
 
 def _validate(confs: Any, tpl: Any, align_metric: str, n_workers: int) -> None:

@@ -1,0 +1,198 @@
+"""``templ screen --executor dask`` on real Dask clusters: the local campaign's rows, whatever the cluster does.
+
+Clusters are real: LocalClusters of process workers (the fixture's, or one ``templ`` starts), a bare
+``dask scheduler`` process without workers. Workers are killed with SIGKILL under chosen queries.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+from dask_fixtures import QueryKiller, bare_scheduler, dask_cluster  # noqa: F401  (fixture)
+from distributed import LocalCluster
+from test_screen import BAD, SERIES, _cleanup, _start, _wait_for_rows, rows_without_time, run_templ, screen_args, write_smi
+
+from templ_pipeline.campaign.queries import read_queries
+from templ_pipeline.campaign.runner import ScreenOptions, screen
+from templ_pipeline.core.events import (
+    ExecutorCreated,
+    ExecutorKind,
+    Fallback,
+    QueryFailureReason,
+    QueryResubmitted,
+    ResubmissionReason,
+)
+from templ_pipeline.core.executor import shutdown_dask
+
+QUERIES = SERIES[:12] + BAD
+N = 12
+
+
+@pytest.fixture(scope="module")
+def queries(tmp_path_factory):
+    return write_smi(tmp_path_factory.mktemp("dask_library") / "queries.smi", QUERIES)
+
+
+@pytest.fixture(scope="module")
+def local_rows(tmp_path_factory, template_sdf, queries):
+    """The campaign on local worker processes: what every Dask campaign must write."""
+    out = tmp_path_factory.mktemp("dask_local") / "local"
+    done = run_templ(*screen_args(template_sdf, queries, out, "-w", "2", "-n", N))
+    assert done.returncode == 0, done.stderr
+    return rows_without_time(out)
+
+
+@pytest.fixture(scope="module")
+def local_results(template, queries):
+    return _signatures(screen(read_queries(queries), [template], ScreenOptions(num_conformers=N, workers=2)))
+
+
+def _signatures(results) -> dict[str, tuple]:
+    found: dict[str, tuple] = {}
+    for result in results:
+        assert result.query_id not in found, f"{result.query_id} came twice"
+        found[result.query_id] = (result.outcome.status, result.outcome.reason,
+                                  [(t.template, t.conf_id, t.shape, t.color) for t in result.outcome.templates])
+    return found
+
+
+def _options(**dask) -> ScreenOptions:
+    return ScreenOptions(num_conformers=N, workers=2, executor="dask", **dask)
+
+
+def test_a_local_cluster_campaign_writes_the_local_rows(template_sdf, queries, local_rows, tmp_path):
+    out = tmp_path / "dask"
+    done = run_templ(*screen_args(template_sdf, queries, out, "-w", "2", "-n", N, "--executor", "dask", "--json"))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["executor_kinds"] == ["dask"] and not summary["fallbacks"], summary
+    assert summary["queries"]["done"] == len(QUERIES)
+    assert rows_without_time(out) == local_rows
+
+
+def test_a_campaign_on_a_scheduler_is_one_trace_counted_once_in_the_driver(dask_cluster, template, queries,
+                                                                           local_results, tel):
+    results = list(screen(read_queries(queries), [template], _options(scheduler=dask_cluster.address)))
+    assert _signatures(results) == local_results
+    assert {result.kind for result in results} == {ExecutorKind.DASK}
+    registry = tel.registry
+    ok = registry.get_sample_value("templ_campaign_queries_total", {"status": "ok", "reason": "none"})
+    assert ok == sum(result.ok for result in results)
+    spans = tel.exporter.get_finished_spans()
+    (campaign,) = [s for s in spans if s.name == "screen.campaign"]
+    query_spans = [s for s in spans if s.name == "screen.query"]
+    assert len(query_spans) == len(QUERIES)
+    assert all(s.parent.span_id == campaign.context.span_id for s in query_spans)
+    by_id = {s.context.span_id for s in query_spans}
+    worker_spans = [s for s in spans if s.name in ("conformers.generate", "screen.score")]
+    assert worker_spans and all(s.parent.span_id in by_id for s in worker_spans)
+    assert {s.context.trace_id for s in spans if s.name.startswith(("screen.", "conformers."))} == {
+        campaign.context.trace_id}
+    pids = set(dask_cluster.worker_pids().values())
+    assert {s.attributes["process.pid"] for s in worker_spans} <= pids
+
+
+def test_a_worker_killed_under_a_query_runs_it_once_more(dask_cluster, template, queries, local_results, tel):
+    """Runs after the tests that count the fixture's workers: it kills one (its nanny starts another)."""
+    killer = QueryKiller(dask_cluster.address, lambda index, start: index == 1 and start == 1)
+    events: list = []
+    try:
+        results = list(screen(read_queries(queries), [template], _options(scheduler=dask_cluster.address),
+                              observers=(events.append,)))
+    finally:
+        killer.close()
+    assert [index for index, _ in killer.kills] == [1]
+    assert _signatures(results) == local_results  # every query exactly once, the rerun's row as the local one
+    resubmitted = [event for event in events if isinstance(event, QueryResubmitted)]
+    assert [(event.index, event.reason) for event in resubmitted] == [(1, ResubmissionReason.WORKER_LOST)]
+    assert tel.registry.get_sample_value("templ_campaign_query_resubmissions_total", {"reason": "worker_lost"}) == 1
+
+
+def test_a_query_that_kills_every_worker_is_a_worker_lost_row(template, queries, local_results):
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address="127.0.0.1:0", scheduler_kwargs={"allowed_failures": 1})
+    killer = QueryKiller(cluster.scheduler_address, lambda index, start: index == 2)
+    events: list = []
+    try:
+        results = list(screen(read_queries(queries), [template], _options(scheduler=cluster.scheduler_address),
+                              observers=(events.append,)))
+    finally:
+        killer.close()
+        shutdown_dask()
+        cluster.close()
+    found = _signatures(results)
+    victim = QUERIES[2][0]
+    assert found[victim][:2] == ("failed", QueryFailureReason.WORKER_LOST)
+    assert {query: row for query, row in found.items() if query != victim} == {
+        query: row for query, row in local_results.items() if query != victim}
+    assert 2 <= len(killer.kills) <= 3  # the first run and its rerun (one more may start before it is cancelled)
+    resubmitted = [(event.index, event.reason) for event in events if isinstance(event, QueryResubmitted)]
+    # the victim once; a finished query whose result was still on a killed worker is computed again
+    assert [index for index, reason in resubmitted if reason == ResubmissionReason.WORKER_LOST] == [2], resubmitted
+    assert all(reason == ResubmissionReason.RESULT_LOST for index, reason in resubmitted if index != 2), resubmitted
+
+
+def test_a_scheduler_without_workers_falls_back_within_the_timeout(template_sdf, queries, local_rows, tmp_path):
+    out = tmp_path / "no_workers"
+    with bare_scheduler() as address:
+        started = time.monotonic()
+        done = run_templ(*screen_args(template_sdf, queries, out, "-w", "2", "-n", N, "--executor", "dask",
+                                      "--scheduler", address, "--worker-timeout", "2", "--json"))
+        seconds = time.monotonic() - started
+        best = run_templ("select-best", "--template", template_sdf, "--query", QUERIES[0][1], "-n", "8",
+                         "--output", tmp_path / "best.sdf", "--no-metrics-server", "--executor", "dask",
+                         "--scheduler", address, "--worker-timeout", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert [(f["from"], f["to"], f["reason"]) for f in summary["fallbacks"]] == [("dask", "process", "no_workers")]
+    assert "had no worker for 2 s" in summary["fallbacks"][0]["detail"]
+    assert summary["executor_kinds"] == ["process"]
+    assert seconds < 60, f"the campaign took {seconds:.0f} s: the 2 s wait for a worker was not the bound"
+    assert rows_without_time(out) == local_rows
+    assert best.returncode == 0, best.stderr
+    assert ("dask", "process", "no_workers") in [(f["from"], f["to"], f["reason"])
+                                                  for f in json.loads(best.stdout)["fallbacks"]]
+
+
+def test_a_scheduler_lost_mid_campaign_hands_the_rest_to_local_workers(template, queries, local_results):
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address="127.0.0.1:0")
+    events: list = []
+
+    def close_after_first(event: object) -> None:
+        if type(event).__name__ == "QueryFinished" and cluster.status.name == "running":
+            cluster.close()
+
+    try:
+        results = list(screen(read_queries(queries), [template], _options(scheduler=cluster.scheduler_address),
+                              observers=(events.append, close_after_first)))
+    finally:
+        shutdown_dask()
+        cluster.close()
+    assert _signatures(results) == local_results
+    fallbacks = [(e.from_kind, e.to_kind, e.reason) for e in events if isinstance(e, Fallback)]
+    assert fallbacks == [("dask", "process", "scheduler_lost")], fallbacks
+    assert [e.kind for e in events if isinstance(e, ExecutorCreated)] == ["dask", "process"]
+
+
+def test_resume_after_the_driver_is_killed_completes_the_local_rows(dask_cluster, template_sdf, queries, local_rows,
+                                                                    tmp_path):
+    out = tmp_path / "killed"
+    args = screen_args(template_sdf, queries, out, "-w", "2", "-n", N, "--executor", "dask",
+                       "--scheduler", dask_cluster.address)
+    proc = _start(args, tmp_path / "first.txt")
+    try:
+        _wait_for_rows(proc, out / "scores.csv", 3)
+        proc.send_signal(signal.SIGKILL)  # the driver only; the cluster forgets its client's tasks
+        proc.wait(timeout=30)
+    finally:
+        _cleanup(proc)
+    partial = rows_without_time(out)
+    assert 3 <= len(partial) < len(local_rows)
+    done = run_templ(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert "already done (resumed)" in done.stdout
+    assert rows_without_time(out) == local_rows
