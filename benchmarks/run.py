@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 BENCHMARKS = ("bench_select_best", "bench_telemetry_overhead", "bench_snapshot", "bench_scrape", "bench_dask",
-              "bench_worker_start", "bench_screen", "bench_preparation")
+              "bench_worker_start", "bench_screen", "bench_preparation", "bench_dask_screen")
 
 
 def main(argv: list[str] | None = None) -> int:

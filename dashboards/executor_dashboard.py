@@ -376,10 +376,17 @@ RESUBMISSIONS = EventPanel(
     f"holding their result ({value('result_lost', RESUBMISSION_REASONS)}) left the cluster. Results are still "
     "counted once.",
     "no batch resubmitted in this range", width=6)
+QUERY_RESUBMISSIONS = EventPanel(
+    "Query resubmissions per interval", "campaign_query_resubmissions", "reason", "{{reason}}",
+    f"Campaign queries (templ screen --executor dask) run again because the Dask worker running them "
+    f"({value('worker_lost', RESUBMISSION_REASONS)}) or holding their result "
+    f"({value('result_lost', RESUBMISSION_REASONS)}) left the cluster. Dask runs a query again once; a second "
+    "loss makes it a worker_lost row. Each query still has one row.",
+    "no query resubmitted in this range", width=6)
 
 _EVENT_SPECS: tuple[EventPanel, ...] = (REDUCTIONS, FALLBACKS_BARS, START_REFUSALS, POOL_RESTARTS, REFUSED_FORKS,
                                         CONFORMER_FAILURES, CALLS, GENERATIONS, QUERIES, SHORTFALLS, REPLACEMENTS, PREPARATIONS,
-                                        DEGRADED, RESUBMISSIONS)
+                                        DEGRADED, RESUBMISSIONS, QUERY_RESUBMISSIONS)
 EVENT_PANELS: tuple[tuple[str, str], ...] = tuple((spec.title, spec.short) for spec in _EVENT_SPECS)
 """(panel title, catalog short name of its counter) of every event panel: the sum of a panel's bars over a range
 is the number of those events in it."""
@@ -635,7 +642,8 @@ def _dask_panels() -> list:
             "Dask tasks by state",
             "Tasks on the Dask scheduler (--executor dask), from the scheduler's own /metrics: processing "
             "(on a worker now), queued (waiting for a free worker thread) and no-worker (no worker can "
-            "take them: a cluster that lost every worker). TEMPL submits one task per batch.",
+            "take them: a cluster that lost every worker). TEMPL submits one task per batch (select-best) "
+            "or per query (screen).",
             "short",
             [Query(f'sum by (state) (dask_scheduler_tasks{{{scheduler}, state=~"processing|queued|no-worker"}})',
                    "{{state}}")],
@@ -644,7 +652,7 @@ def _dask_panels() -> list:
         time_series(
             "Dask workers",
             "Workers known to the scheduler by state (idle, partially_saturated, saturated, paused, retiring), "
-            "and workers removed per second: a removed worker means its batches were resubmitted.",
+            "and workers removed per second: a removed worker means its batches or queries were resubmitted.",
             "short",
             [
                 Query(f"sum by (state) (dask_scheduler_workers{{{scheduler}}})", "{{state}}"),
@@ -656,12 +664,14 @@ def _dask_panels() -> list:
         time_series(
             "Dask worker threads",
             "Threads all Dask workers run tasks on, from the workers' /metrics. AlignMol holds the GIL, so "
-            "one thread per worker process is right; more threads cost tasks and buy nothing.",
+            "one thread per worker process is right; a campaign query's ETKDG uses the CPUs its machine has "
+            "per task thread.",
             "short",
             [Query(f"sum(dask_worker_threads{{{workers}}})", "threads")],
             width=6, calcs=GAUGE_CALCS,
         ),
         RESUBMISSIONS.build(),
+        QUERY_RESUBMISSIONS.build(),
     ]
 
 

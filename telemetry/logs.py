@@ -143,7 +143,8 @@ def configure_logging(
 
 def unconfigure_logging() -> None:
     """Remove the handler installed by :func:`configure_logging` and restore the default
-    structlog setup (events routed to stdlib logging as JSON strings). For tests."""
+    structlog setup (events routed to stdlib logging as JSON strings): for tests, and after a run whose
+    log file is closed."""
     global _handler
     if _handler is not None:
         logging.getLogger().removeHandler(_handler)

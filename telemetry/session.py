@@ -29,7 +29,7 @@ from templ_pipeline.safe_files import check_target, remove_quietly
 from templ_pipeline.telemetry.catalog import JOB_LABEL
 
 from templ_pipeline.telemetry.exporters import ExporterConfigError, build_exporters
-from templ_pipeline.telemetry.logs import configure_logging, get_logger, get_run_id
+from templ_pipeline.telemetry.logs import configure_logging, get_logger, get_run_id, unconfigure_logging
 from templ_pipeline.telemetry.metrics import get_metrics
 from templ_pipeline.telemetry.pusher import (
     DEFAULT_PUSH_INTERVAL,
@@ -309,6 +309,9 @@ class TelemetrySession:
             if delivered and self.options.push_delete_on_exit:
                 self._delete_group(push_timeout)
             if self._log_stream is not None:
+                # lines logged after the run (a LocalCluster closing at exit) must not meet a closed file:
+                # they go to the default handling (warnings and errors on stderr)
+                unconfigure_logging()
                 self._log_stream.close()
                 self._log_stream = None
 

@@ -26,6 +26,7 @@ from templ_pipeline.core.events import (
     ResubmissionReason,
 )
 from templ_pipeline.core.executor import shutdown_dask
+from templ_pipeline.core.limits.cpu import read_cpu_budget
 
 QUERIES = SERIES[:12] + BAD
 N = 12
@@ -93,6 +94,10 @@ def test_a_campaign_on_a_scheduler_is_one_trace_counted_once_in_the_driver(dask_
         campaign.context.trace_id}
     pids = set(dask_cluster.worker_pids().values())
     assert {s.attributes["process.pid"] for s in worker_spans} <= pids
+    # each worker sized ETKDG from its machine: the CPUs this process may use, per task thread of the worker
+    cpus = read_cpu_budget().cpus
+    assert {s.attributes["templ.conformers.threads"] for s in worker_spans if s.name == "conformers.generate"} == {
+        max(1, cpus)}
 
 
 def test_a_worker_killed_under_a_query_runs_it_once_more(dask_cluster, template, queries, local_results, tel):
@@ -196,3 +201,11 @@ def test_resume_after_the_driver_is_killed_completes_the_local_rows(dask_cluster
     assert done.returncode == 0, done.stderr
     assert "already done (resumed)" in done.stdout
     assert rows_without_time(out) == local_rows
+
+
+@pytest.mark.parametrize("option", [("--scheduler", "tcp://127.0.0.1:1"), ("--worker-timeout", "5")])
+def test_dask_options_without_the_dask_executor_are_bad_input(template_sdf, queries, tmp_path, option):
+    done = run_templ(*screen_args(template_sdf, queries, tmp_path / "out", *option))
+    assert done.returncode == 2
+    assert f"{option[0]} needs --executor dask" in done.stderr
+    assert not (tmp_path / "out").exists()

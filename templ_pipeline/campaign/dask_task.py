@@ -8,7 +8,8 @@ the rows do not depend on where a query ran.
 
 The worker sizes ETKDG's threads from its own machine: the CPUs it may use shared
 among the worker's task threads (or among a LocalCluster's workers, which the driver
-says in ``CampaignSettings.query_threads``), granted by its own thread resource manager
+says in ``CampaignSettings.query_threads``; or at most ``$TEMPL_QUERY_THREADS`` of the
+worker's environment), granted by its own thread resource manager
 for task type ``conformers``; a refused thread start is retried on fewer threads, down to one.
 ETKDG gives the same conformers at any thread count. The reductions and fallbacks the
 worker decides travel back in the outcome (``QueryOutcome.events``) and the driver
@@ -28,6 +29,9 @@ from templ_pipeline.core.events import Fallback, WorkersReduced
 from templ_pipeline.core.executor import pids_refusals
 from templ_pipeline.core.limits.classify import is_start_refusal
 
+QUERY_THREADS_ENV = "TEMPL_QUERY_THREADS"
+"""Set in a Dask worker's environment, the most ETKDG threads one query may use there (several workers
+started on one node with ``dask worker --nworkers N`` each see all of its CPUs)."""
 START_TOPIC = "templ-query-started"
 TASK_PREFIX = "templ-query"
 _RUNNERS_KEPT = 4
@@ -81,6 +85,9 @@ def _threads_wanted(task_threads: int, share: int) -> int:
 
     cpus = read_cpu_budget().cpus or len(os.sched_getaffinity(0)) or 1
     wanted = max(1, cpus // max(1, task_threads))
+    configured = os.environ.get(QUERY_THREADS_ENV, "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        wanted = min(wanted, int(configured))
     return min(wanted, share) if share > 0 else wanted
 
 

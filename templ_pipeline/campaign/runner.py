@@ -8,10 +8,13 @@ left), then granted from the kernel's limits for task type ``screening``: a
 process whose RDKit embeds on one thread, so a node never runs processes times
 RDKit threads.
 
-The ladder is the executor's: process workers, fewer when some cannot start or
-a replacement is refused, and this process when none is left. Every rung runs a
-query with the same code (:class:`~templ_pipeline.campaign.task.QueryRunner`),
-so the results never depend on the rung. Each query has its own span under the
+The ladder is the executor's: with ``executor="dask"`` a Dask cluster first
+(:class:`~templ_pipeline.campaign.dask_pool.DaskQueryPool`: each query a task; an
+unreachable, lost or worker-less cluster is a fallback and the queries in flight run
+again below), then process workers, fewer when some cannot start or a replacement
+is refused, and this process when none is left. Every rung runs a query with the
+same code (:class:`~templ_pipeline.campaign.task.QueryRunner`), so the results never
+depend on the rung. Each query has its own span under the
 campaign span, and its worker's conformer and scoring spans under it.
 """
 
