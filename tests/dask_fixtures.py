@@ -104,3 +104,23 @@ class QueryKiller:
 
     def close(self) -> None:
         self._client.close()
+
+
+@contextlib.contextmanager
+def dask_workers(address: str, count: int, *flags: str) -> Iterator[list[subprocess.Popen]]:
+    """``count`` single-threaded ``dask worker`` processes on 127.0.0.1 joined to ``address`` (``flags`` such
+    as ``--no-nanny``), once the scheduler sees them; killed and reaped on exit."""
+    workers = [subprocess.Popen(
+        [str(Path(sys.executable).with_name("dask")), "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+         "--dashboard-address", "127.0.0.1:0", *flags],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        for _ in range(count)]
+    try:
+        with Client(address, timeout=10, set_as_default=False) as client:
+            client.wait_for_workers(count, timeout=60)
+        yield workers
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=15)

@@ -173,3 +173,14 @@ def test_worker_killed_mid_run_is_resubmitted_and_counted_once(dask_cluster, con
     assert [e["index"] for e in logged] == [r.index for r in report.resubmissions]
     batches = [s for s in tel.exporter.get_finished_spans() if s.name == "select_best.batch"]
     assert sorted(s.attributes["templ.batch.index"] for s in batches) == list(range(report.n_batches))
+
+
+def test_local_cluster_cost_model_covers_a_real_local_cluster():
+    """The grant counts what a LocalCluster starts: its threads here and its processes' tasks (measured)."""
+    from templ_pipeline.core.limits.worker_cost import measure_local_cluster_tasks, worker_cost
+
+    cost = worker_cost("dask")
+    for workers in (1, 2):
+        measured = measure_local_cluster_tasks(workers)
+        predicted = cost.fixed_tasks + cost.per_worker * workers
+        assert predicted - 2 * workers <= measured <= predicted, (workers, measured, predicted)

@@ -10,10 +10,11 @@ import json
 import signal
 import time
 
+import psutil
 import pytest
-from dask_fixtures import QueryKiller, bare_scheduler, dask_cluster  # noqa: F401  (fixture)
+from dask_fixtures import QueryKiller, bare_scheduler, dask_cluster, dask_workers  # noqa: F401  (fixture)
 from distributed import LocalCluster
-from test_screen import BAD, SERIES, _cleanup, _start, _wait_for_rows, rows_without_time, run_templ, screen_args, write_smi
+from test_screen import BAD, SERIES, SLOW, _cleanup, _start, _wait_for_rows, rows_without_time, run_templ, screen_args, write_smi
 
 from templ_pipeline.campaign.queries import read_queries
 from templ_pipeline.campaign.runner import ScreenOptions, screen
@@ -181,6 +182,47 @@ def test_a_scheduler_lost_mid_campaign_hands_the_rest_to_local_workers(template,
     fallbacks = [(e.from_kind, e.to_kind, e.reason) for e in events if isinstance(e, Fallback)]
     assert fallbacks == [("dask", "process", "scheduler_lost")], fallbacks
     assert [e.kind for e in events if isinstance(e, ExecutorCreated)] == ["dask", "process"]
+
+
+def test_workers_that_all_leave_mid_campaign_hand_the_rest_to_local_workers(template, queries, local_results):
+    events: list = []
+    with bare_scheduler() as address, dask_workers(address, 2, "--no-nanny") as workers:
+        finished = 0
+
+        def kill_workers_after_three(event: object) -> None:
+            nonlocal finished
+            finished += type(event).__name__ == "QueryFinished"
+            if finished == 3:
+                for worker in workers:
+                    worker.kill()  # no nanny: nothing starts them again
+
+        started = time.monotonic()
+        results = list(screen(read_queries(queries), [template], _options(scheduler=address, worker_timeout=2),
+                              observers=(events.append, kill_workers_after_three)))
+        seconds = time.monotonic() - started
+    shutdown_dask()
+    assert _signatures(results) == local_results
+    fallbacks = [(e.from_kind, e.to_kind, e.reason) for e in events if isinstance(e, Fallback)]
+    assert fallbacks == [("dask", "process", "no_workers")], fallbacks
+    assert "every worker left" in [e.detail for e in events if isinstance(e, Fallback)][0]
+    assert seconds < 120, f"{seconds:.0f} s: the 2 s wait for a worker did not bound the campaign"
+
+
+def test_a_query_over_its_time_limit_on_a_worker_is_a_timeout_row(dask_cluster, template, tmp_path):
+    """ETKDG cannot be stopped inside a worker: the query's row says timeout and its worker is restarted."""
+    few = write_smi(tmp_path / "slow.smi", [QUERIES[0], SLOW, QUERIES[1]])
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    started = time.monotonic()
+    results = list(screen(read_queries(few), [template],
+                          _options(scheduler=dask_cluster.address, query_timeout=3.0)))
+    seconds = time.monotonic() - started
+    found = {result.query_id: result.outcome for result in results}
+    assert found[SLOW[0]].reason == QueryFailureReason.TIMEOUT, found[SLOW[0]]
+    assert "worker restarted" in found[SLOW[0]].detail
+    assert found[QUERIES[0][0]].status == found[QUERIES[1][0]].status == "ok"
+    assert seconds < 100, f"{seconds:.0f} s: ETKDG takes 148 s here for this chain, the 3 s limit did not cut it"
+    gone = before - {child.pid for child in psutil.Process().children(recursive=True) if child.is_running()}
+    assert gone, "the worker stuck in ETKDG was not restarted"
 
 
 def test_resume_after_the_driver_is_killed_completes_the_local_rows(dask_cluster, template_sdf, queries, local_rows,
