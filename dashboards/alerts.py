@@ -63,6 +63,7 @@ from templ_pipeline.telemetry.catalog import (
     DEGRADED_COMPONENTS,
     DEGRADED_REASONS,
     EVENT_QUERY_FINISHED,
+    EXECUTOR_KINDS,
     EVENT_WORKER_REPLACED,
     FAILURE_REASONS,
     FALLBACK_REASONS,
@@ -111,6 +112,7 @@ HOST_PANEL = Panel("Fleet", "Least headroom share per host and limit")
 FORKS_PANEL = Panel("Headroom", "Forks refused by the pids cgroup")
 REDUCTIONS_PANEL = Panel("Decisions", "Worker reductions per interval by task type and reason")
 FALLBACKS_PANEL = Panel("Fallbacks", "Fallbacks per interval by from, to, reason and cause")
+DASK_WORKERS_PANEL = Panel("Dask", "Dask workers")
 REFUSED_PANEL = Panel("Fallbacks", "Refused thread and process starts per interval by kind and cause")
 SCORED_PANEL = Panel("Work", "Conformers scored/s")
 FAILURES_PANEL = Panel("Work", "Conformer failures per interval by reason")
@@ -156,6 +158,17 @@ SEQUENTIAL_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
                           "select_best from a non-daemon process."),
 )
 
+#: What each reason a Dask run gave up its cluster for means for the operator.
+DASK_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("scheduler_unreachable",), "nothing answered at the scheduler address within 3 s: is `dask scheduler` "
+                                 "running, and is the address (--scheduler, DASK_SCHEDULER_ADDRESS) the job's?"),
+    (("no_workers",), "the scheduler had no worker for --worker-timeout seconds (none came, or all left): worker "
+                      "jobs still queued, ended (walltime) or killed; `dask worker` logs, `squeue -u USER`."),
+    (("scheduler_lost",), "the scheduler went away mid-run: its process or node ended (its log, walltime)."),
+    (("broken_pool",), "Dask gave up on a batch after losing workers under it: the OOM killer on the worker "
+                       "nodes (`dmesg` there, the workers' memory limit)."),
+)
+
 #: What to do about each reason a campaign query fails; together they cover every reason.
 QUERY_FAILURE_CHECKS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("invalid_smiles", "invalid_record"), "the input: the detail names the record; fix or drop those lines."),
@@ -180,6 +193,8 @@ REFUSED_STARTS_ALERT = "TemplStartsRefused"
 REFUSED_FORKS = "TemplPidsCgroupRefusedForks"
 FALLBACK_ALERT = "TemplExecutorFellBackToSequential"
 """Fires within one evaluation of the first fallback to the sequential rung (``for: 0``)."""
+DASK_FALLBACK_ALERT = "TemplDaskClusterGivenUp"
+"""Fires within one evaluation of a Dask run going on locally (``for: 0``)."""
 REDUCTIONS = "TemplWorkerReductions"
 SELECT_BEST_ERRORS = "TemplSelectBestErrors"
 TELEMETRY_DEGRADED = "TemplTelemetryDegraded"
@@ -446,6 +461,28 @@ def _fallback_rule() -> Rule:
                     f"complete but slower. The {event('executor.fallback')} log lines carry the detail and a "
                     "trace_id.",
         runbook=" ".join([_open(*panels), "reason", *reasons, IN_THE_JOB]),
+        panels=panels,
+    )
+
+
+def _dask_fallback_rule() -> Rule:
+    w = EVENT_WINDOW_MINUTES
+    fallbacks = _selector("fallbacks", f'from_kind="{value("dask", EXECUTOR_KINDS)}"')
+    reasons = _glossary(DASK_FALLBACKS, FALLBACK_REASONS)
+    panels = (FALLBACKS_PANEL, DASK_WORKERS_PANEL)
+    return Rule(
+        DASK_FALLBACK_ALERT,
+        why="A campaign meant for a cluster that runs on the driver's node takes as many times longer as the "
+            "cluster had workers; every Dask fallback path starts at 0. " + _event_schedule(w),
+        expr=rose(fallbacks, f"{BY_JOB}, to_kind, reason", w),
+        for_minutes=0,
+        severity=Severity.WARNING,
+        fires_when=f"a run with --executor dask went on locally in the last {w} min",
+        summary=f"{WHO}: Dask given up, running on {{{{ $labels.to_kind }}}} ({{{{ $labels.reason }}}})",
+        description=f"In the last {in_words(w)} {WHO} stopped using its Dask cluster (reason {{{{ $labels.reason }}}}) "
+                    "and goes on with local workers: results stay complete and identical, the run is slower. "
+                    f"The {event('executor.fallback')} log lines carry the scheduler address and the detail.",
+        runbook=" ".join([_open(*panels), "reason", *reasons]),
         panels=panels,
     )
 
@@ -790,7 +827,7 @@ def rules(t: Thresholds | None = None) -> list[Rule]:
     """Every alert, in the order of the file."""
     t = t or thresholds()
     return [*_headroom_rules(t), _refused_starts_rule(t), _refused_forks_rule(), _fallback_rule(),
-            _reductions_rule(), _select_best_errors_rule(), _telemetry_degraded_rule(), _failures_rule(),
+            _dask_fallback_rule(), _reductions_rule(), _select_best_errors_rule(), _telemetry_degraded_rule(), _failures_rule(),
             _campaign_failures_rule(), _stall_rule(), _pushed_job_died_rule(), _push_failed_rule(), *_node_rules()]
 
 
