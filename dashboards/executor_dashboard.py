@@ -641,8 +641,9 @@ def _dask_panels() -> list:
         time_series(
             "Dask tasks by state",
             "Tasks on the Dask scheduler (--executor dask), from the scheduler's own /metrics: processing "
-            "(on a worker now), queued (waiting for a free worker thread) and no-worker (no worker can "
-            "take them: a cluster that lost every worker). TEMPL submits one task per batch (select-best) "
+            "(assigned to a worker: running, or next in line there; a campaign keeps two per worker thread), "
+            "queued (held on the scheduler until a worker has room) and no-worker (no worker can take them: "
+            "a cluster that lost every worker). TEMPL submits one task per batch (select-best) "
             "or per query (screen).",
             "short",
             [Query(f'sum by (state) (dask_scheduler_tasks{{{scheduler}, state=~"processing|queued|no-worker"}})',

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -176,11 +178,16 @@ def test_worker_killed_mid_run_is_resubmitted_and_counted_once(dask_cluster, con
 
 
 def test_local_cluster_cost_model_covers_a_real_local_cluster():
-    """The grant counts what a LocalCluster starts: its threads here and its processes' tasks (measured)."""
-    from templ_pipeline.core.limits.worker_cost import measure_local_cluster_tasks, worker_cost
+    """The grant counts what a LocalCluster starts: its threads here and its processes' tasks, measured in a
+    fresh process (this one holds other tests' clusters and pools)."""
+    from templ_pipeline.core.limits.worker_cost import worker_cost
 
+    script = ("from templ_pipeline.core.limits.worker_cost import measure_local_cluster_tasks as m\n"
+              "if __name__ == '__main__':\n    print(m(1), m(2))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-2000:]
     cost = worker_cost("dask")
-    for workers in (1, 2):
-        measured = measure_local_cluster_tasks(workers)
+    for workers, measured in zip((1, 2), map(int, done.stdout.split())):
         predicted = cost.fixed_tasks + cost.per_worker * workers
         assert predicted - 2 * workers <= measured <= predicted, (workers, measured, predicted)

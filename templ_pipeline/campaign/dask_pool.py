@@ -92,7 +92,8 @@ class DaskQueryPool:
         self._run_id = uuid.uuid4().hex
         self._submissions = 0
         self._submitted: dict[str, _Submitted] = {}
-        self._orphans: list[QueryTask] = []  # tasks the scheduler dropped (cancelled): submitted again
+        self._orphans: list[QueryTask] = []  # tasks the scheduler dropped or gave up on: submitted again
+        self._dropped: dict[int, int] = {}  # query index -> times the driver submitted it again
         self._session: DaskSession | None = None
         self._watch: ClusterWatch | None = None
         self._stream: as_completed | None = None
@@ -151,12 +152,19 @@ class DaskQueryPool:
         done = arrived(self._stream, min(timeout, WAIT_SECONDS, self._next_deadline()))
         self._note_starts()
         self._handle_losses(arrivals)  # a loss is announced before the rerun's result
+        fetched: dict[str, _Submitted] = {}
         for future in done:
             entry = self._submitted.pop(future.key, None)
             outcome = self._outcome(entry) if entry is not None else None
             if outcome is not None:
                 arrivals.finished.append((entry.task, outcome))  # type: ignore[union-attr]
+                fetched[future.key] = entry  # type: ignore[assignment]
             future.release()
+        # fetching a result can take a while: what the scheduler announced meanwhile, in the same order
+        # (starts, then losses); a worker that died while its finished result was being fetched means Dask
+        # computed that result again
+        self._note_starts()
+        self._handle_losses(arrivals, fetched)
         self._enforce_deadlines(arrivals)
         try:
             self._watch.check()  # type: ignore[union-attr]
@@ -196,10 +204,15 @@ class DaskQueryPool:
         try:
             outcome = future.result(timeout=CLOSE_TIMEOUT)  # type: ignore[attr-defined]
         except KilledWorker as error:
+            # Dask counts every loss of a worker the task was assigned to, also while it only waited there
+            # behind another query: a query that never started on a lost worker is submitted again
+            if entry.losses == 0 and self._drop(task):
+                return None
             return self._worker_lost(task, f"Dask gave up on it after losing workers under it ({error})")
         except (CancelledError, OSError, TimeoutError):
-            self._orphans.append(task)
-            return None
+            if self._drop(task):
+                return None
+            return self._worker_lost(task, f"its Dask task was dropped {MAX_ATTEMPTS} times")
         except Exception as error:  # noqa: BLE001 - the task itself raised on its worker (its arguments broke)
             return failed(task.index, QueryFailureReason.ERROR, f"{type(error).__name__} on its Dask worker: {error}",
                           smiles=task.smiles or "")
@@ -207,6 +220,15 @@ class DaskQueryPool:
             self._emit(event)  # the worker's thread reductions and fallbacks, counted here, once
         outcome.events = []
         return outcome
+
+    def _drop(self, task: QueryTask) -> bool:
+        """Queue ``task`` to be submitted again (True), at most ``MAX_ATTEMPTS`` times per query."""
+        times = self._dropped.get(task.index, 0)
+        if times >= MAX_ATTEMPTS:
+            return False
+        self._dropped[task.index] = times + 1
+        self._orphans.append(task)
+        return True
 
     def _worker_lost(self, task: QueryTask, why: str) -> QueryOutcome:
         return failed(task.index, QueryFailureReason.WORKER_LOST, f"{why}, after {MAX_ATTEMPTS} runs",
@@ -219,7 +241,9 @@ class DaskQueryPool:
             if entry is not None:
                 entry.started, entry.worker = now, str(message.get("worker", ""))
 
-    def _handle_losses(self, arrivals: Arrivals) -> None:
+    def _handle_losses(self, arrivals: Arrivals, fetched: dict[str, _Submitted] | None = None) -> None:
+        """The scheduler's worker losses: queries in flight run again (or fail); ``fetched`` ones (their
+        result arrived after Dask computed it again) are only counted."""
         for message in drain(self._losses) if self._losses is not None else ():
             worker = str(message.get("worker", ""))
             for field, reason in RESUBMIT_REASONS.items():
@@ -227,6 +251,8 @@ class DaskQueryPool:
                     entry = self._submitted.get(key)
                     if entry is not None:
                         self._lost(key, entry, reason, worker, arrivals)
+                    elif fetched and key in fetched and reason == ResubmissionReason.RESULT_LOST:
+                        self._emit(QueryResubmitted(ExecutorKind.DASK, fetched[key].task.index, reason, worker))
 
     def _lost(self, key: str, entry: _Submitted, reason: ResubmissionReason, worker: str, arrivals: Arrivals) -> None:
         """The worker under (or holding) a query left: Dask runs it again once; a second loss fails it.
