@@ -7,19 +7,19 @@ started and its workers' templates prepared; the local pool is started by each c
 as the CLI does) and the variants are interleaved, best of ``repeats``.
 
 Each task carries a whole query (0.2-1.5 s here), so the cluster's round trips are a small
-share: the goal on this machine is at least 0.9x the local campaign. The driver's CPU per
-query is given twice: its main thread (the dispatch loop: submit, collect, write), and the
-whole process, which for a LocalCluster also holds the scheduler and the client's event
-loop (on a cluster the scheduler runs elsewhere).
+share: the goal on this machine is at least 0.9x the local campaign. The LocalCluster runs in
+a process of its own (scheduler and nannies), as a scheduler does on a cluster, so this
+process is the driver alone: its CPU per query is given for its main thread (the dispatch
+loop: submit, collect, write) and for the whole process (with the client's event loop).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from importlib import resources
 from pathlib import Path
-
-from distributed import LocalCluster
 
 from templ_pipeline.campaign.queries import read_queries
 from templ_pipeline.campaign.runner import ScreenOptions, screen
@@ -28,6 +28,16 @@ from templ_pipeline.io import read_template
 
 CONFORMERS = 50
 GOAL = 0.9
+CLUSTER = """
+import sys
+from distributed import LocalCluster
+from templ_pipeline.core.pools import worker_env
+if __name__ == "__main__":
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", env=worker_env()) as cluster:
+        print(cluster.scheduler_address, flush=True)
+        sys.stdin.read()  # until the benchmark closes it
+"""
 
 
 def _data(name: str) -> Path:
@@ -48,12 +58,14 @@ def _campaign(template, options: ScreenOptions) -> dict:
 def run(repeats: int = 3) -> dict:
     template = read_template(_data("mpro_template.sdf"))
     local = ScreenOptions(num_conformers=CONFORMERS, workers=2, exact_workers=True)
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0")
+    cluster = subprocess.Popen([sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
     try:
-        dask = ScreenOptions(num_conformers=CONFORMERS, workers=2, executor="dask",
-                             scheduler=cluster.scheduler_address)
-        warm = ScreenOptions(num_conformers=5, workers=2, executor="dask", scheduler=cluster.scheduler_address)
+        address = cluster.stdout.readline().strip()  # type: ignore[union-attr]
+        if not address.startswith("tcp://"):
+            raise RuntimeError(f"the LocalCluster process did not start (exit {cluster.poll()})")
+        dask = ScreenOptions(num_conformers=CONFORMERS, workers=2, executor="dask", scheduler=address)
+        warm = ScreenOptions(num_conformers=5, workers=2, executor="dask", scheduler=address)
         list(screen(["CCO", "CCCO"], [template], warm))
         runs: dict[str, list[dict]] = {"local_2": [], "dask_2": []}
         for _ in range(repeats):
@@ -61,7 +73,12 @@ def run(repeats: int = 3) -> dict:
             runs["dask_2"].append(_campaign(template, dask))
     finally:
         shutdown_dask()
-        cluster.close()
+        cluster.stdin.close()  # type: ignore[union-attr]
+        try:
+            cluster.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            cluster.kill()
+            cluster.wait(timeout=30)
     best = {name: min(found, key=lambda run: run["seconds"]) for name, found in runs.items()}
     ratio = best["local_2"]["seconds"] / best["dask_2"]["seconds"]
     return {
