@@ -37,11 +37,12 @@ system-deps:
 	fi
 
 # Test files run on PYTEST_WORKERS processes, each file's tests in one of them (its module fixtures
-# made once, its tests in order). `make test PYTEST_WORKERS=0` runs everything in one process.
+# made once, its tests in order), the files in the order tests/conftest.py gives them (slow ones first).
+# `make test PYTEST_WORKERS=0` runs everything in one process.
 PYTEST_WORKERS ?= 2
 
 test: $(TEST_STAMP) system-deps
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 docs: $(TEST_STAMP)
 	$(BIN)/python -m templ_pipeline.telemetry.docs
