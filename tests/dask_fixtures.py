@@ -49,6 +49,21 @@ def closed_port() -> str:
     return f"tcp://127.0.0.1:{free_port()}"
 
 
+def wait_for_scheduler(address: str, scheduler: subprocess.Popen, timeout: float = 60,
+                       why: Callable[[], str] = lambda: "") -> None:
+    """Until the ``dask scheduler`` process listens on ``address`` (workers started before it would wait out
+    their connect retries); what ``why`` says then (its log, say) goes into the error when it does not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check_reachable(address, timeout=1.0)
+            return
+        except DaskFailure:
+            if time.monotonic() > deadline or scheduler.poll() is not None:
+                raise RuntimeError(f"dask scheduler did not listen on {address}: {why()}") from None
+            time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def bare_scheduler() -> Iterator[str]:
     """A ``dask scheduler`` process on 127.0.0.1 with no worker; its address. Ended (and reaped) on exit."""
@@ -59,15 +74,7 @@ def bare_scheduler() -> Iterator[str]:
          "--dashboard-address", "127.0.0.1:0"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                check_reachable(address, timeout=1.0)
-                break
-            except DaskFailure:
-                if time.monotonic() > deadline or scheduler.poll() is not None:
-                    raise RuntimeError(f"dask scheduler did not listen on {address}") from None
-                time.sleep(0.2)
+        wait_for_scheduler(address, scheduler)
         yield address
     finally:
         scheduler.terminate()

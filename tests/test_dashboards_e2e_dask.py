@@ -39,13 +39,12 @@ from dashboard_queries import (  # noqa: E402
     sum_of_bars,
     tail,
 )
-from dask_fixtures import QueryKiller  # noqa: E402
+from dask_fixtures import QueryKiller, wait_for_scheduler  # noqa: E402
 from ports import free_port  # noqa: E402
 from processes import stop  # noqa: E402
 from test_screen import SERIES, TEMPL, write_smi  # noqa: E402
 
 from templ_pipeline.campaign.dask_pool import IN_FLIGHT_PER_THREAD  # noqa: E402
-from templ_pipeline.core.dask_backend import DaskFailure, check_reachable  # noqa: E402
 from templ_pipeline.dashboards import dask_metrics  # noqa: E402
 from templ_pipeline.dashboards.executor_dashboard import QUERY_RESUBMISSIONS, RESUBMISSIONS  # noqa: E402
 from templ_pipeline.telemetry.catalog import EVENT_SPECS  # noqa: E402
@@ -111,15 +110,8 @@ def _dask_cluster(workdir: Path, port: int, scheduler_http: int, worker_http: li
             with open(log, "w") as out:
                 processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
                                                   stderr=subprocess.STDOUT, start_new_session=True))
-            if name == "scheduler":  # workers started before it would wait out their connect retries
-                deadline = time.monotonic() + READY_TIMEOUT
-                while True:
-                    try:
-                        check_reachable(address, timeout=1.0)
-                        break
-                    except DaskFailure:
-                        assert time.monotonic() < deadline and processes[0].poll() is None, tail(log)
-                        time.sleep(0.2)
+            if name == "scheduler":
+                wait_for_scheduler(address, processes[0], READY_TIMEOUT, lambda: tail(log))
         yield logs
     finally:
         for process in reversed(processes):

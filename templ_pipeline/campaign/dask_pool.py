@@ -150,8 +150,7 @@ class DaskQueryPool:
         if self.gone is not None or self._stream is None:
             return arrivals
         done = arrived(self._stream, min(timeout, WAIT_SECONDS, self._next_deadline()))
-        self._note_starts()
-        self._handle_losses(arrivals)  # a loss is announced before the rerun's result
+        self._take_announcements(arrivals)  # a loss is announced before the rerun's result
         fetched: dict[str, _Submitted] = {}
         for future in done:
             entry = self._submitted.pop(future.key, None)
@@ -160,11 +159,9 @@ class DaskQueryPool:
                 arrivals.finished.append((entry.task, outcome))  # type: ignore[union-attr]
                 fetched[future.key] = entry  # type: ignore[assignment]
             future.release()
-        # fetching a result can take a while: what the scheduler announced meanwhile, in the same order
-        # (starts, then losses); a worker that died while its finished result was being fetched means Dask
-        # computed that result again
-        self._note_starts()
-        self._handle_losses(arrivals, fetched)
+        # fetching a result can take a while: what the scheduler announced meanwhile; a worker that died while
+        # its finished result was being fetched means Dask computed that result again
+        self._take_announcements(arrivals, fetched)
         self._enforce_deadlines(arrivals)
         try:
             self._watch.check()  # type: ignore[union-attr]
@@ -233,6 +230,11 @@ class DaskQueryPool:
     def _worker_lost(self, task: QueryTask, why: str) -> QueryOutcome:
         return failed(task.index, QueryFailureReason.WORKER_LOST, f"{why}, after {MAX_ATTEMPTS} runs",
                       smiles=task.smiles or "")
+
+    def _take_announcements(self, arrivals: Arrivals, fetched: dict[str, _Submitted] | None = None) -> None:
+        """The scheduler's news in the order it sent them: starts first, so a loss finds its query's worker."""
+        self._note_starts()
+        self._handle_losses(arrivals, fetched)
 
     def _note_starts(self) -> None:
         now = time.monotonic()

@@ -62,7 +62,7 @@ from templ_pipeline.core.events import (
     cause_of,
     no_room_reason,
 )
-from templ_pipeline.core.executor import grant_workers, observe_limits, release_grant, validate_executor
+from templ_pipeline.core.executor import Grant, grant_workers, observe_limits, release_grant, validate_executor
 from templ_pipeline.core.native_call import call_interruptibly
 from templ_pipeline.core.preparation import PreparationOptions
 from templ_pipeline.core.scoring import METRICS
@@ -254,23 +254,15 @@ class _Campaign:
 
     def _start_pool(self, total: int | None) -> QueryPool | None:
         """Size, grant and start the workers; None when the campaign runs in this process."""
-        options = self._options
         if total == 0:
             return None  # nothing left to run (a finished campaign resumed): no worker to start
-        work = plan_workers(options.workers, TASK_TYPE, exact=insists_on_workers(options.exact_workers),
-                            queries=total)
-        for reduction in work.reductions:
-            self._emit(reduction)
         # even one worker is a process: it can be ended when its query runs over the time limit,
         # and a query that crashes RDKit takes only its worker down
-        grant = grant_workers(work.workers, TASK_TYPE, ExecutorKind.PROCESS)
-        self._emit(grant.event(TASK_TYPE))
+        grant = self._grant(total, ExecutorKind.PROCESS, ExecutorKind.PROCESS, ExecutorKind.SEQUENTIAL)
+        if grant is None:
+            return None
         try:
-            if grant.granted < 1:
-                self._emit(Fallback(ExecutorKind.PROCESS, ExecutorKind.SEQUENTIAL, no_room_reason(grant.reason),
-                                    cause_of(grant.reason), grant.detail))
-                return None
-            pool = QueryPool(grant.granted, self._settings, self._emit, query_timeout=options.query_timeout)
+            pool = QueryPool(grant.granted, self._settings, self._emit, query_timeout=self._options.query_timeout)
             try:
                 pool.start()
             except NoWorkers:
@@ -280,6 +272,22 @@ class _Campaign:
         self.workers = pool.workers
         self._emit(ExecutorCreated(ExecutorKind.PROCESS, pool.workers, TASK_TYPE, False))
         return pool
+
+    def _grant(self, total: int | None, cost: str, from_kind: ExecutorKind, to_kind: ExecutorKind) -> Grant | None:
+        """Workers sized for the work, then granted from the limits at what a ``cost`` worker costs, each cut an
+        event; None, after a fallback ``from_kind -> to_kind``, when no worker fits. The caller releases it."""
+        options = self._options
+        work = plan_workers(options.workers, TASK_TYPE, exact=insists_on_workers(options.exact_workers),
+                            queries=total)
+        for reduction in work.reductions:
+            self._emit(reduction)
+        grant = grant_workers(work.workers, TASK_TYPE, cost)
+        self._emit(grant.event(TASK_TYPE))
+        if grant.granted >= 1:
+            return grant
+        release_grant(grant)
+        self._emit(Fallback(from_kind, to_kind, no_room_reason(grant.reason), cause_of(grant.reason), grant.detail))
+        return None
 
     def _start_dask(self, total: int | None) -> DaskQueryPool | None:
         """Connect to the scheduler (or start a LocalCluster sized as its processes cost) and wait for a
@@ -293,16 +301,8 @@ class _Campaign:
         address = scheduler_address(options.scheduler)
         grant = None
         if address is None:  # a LocalCluster: its nannies, worker processes and event loops, granted here
-            work = plan_workers(options.workers, TASK_TYPE, exact=insists_on_workers(options.exact_workers),
-                                queries=total)
-            for reduction in work.reductions:
-                self._emit(reduction)
-            grant = grant_workers(work.workers, TASK_TYPE, "dask")
-            self._emit(grant.event(TASK_TYPE))
-            if grant.granted < 1:
-                release_grant(grant)
-                self._emit(Fallback(ExecutorKind.DASK, ExecutorKind.PROCESS, no_room_reason(grant.reason),
-                                    cause_of(grant.reason), grant.detail))
+            grant = self._grant(total, ExecutorKind.DASK, ExecutorKind.DASK, ExecutorKind.PROCESS)
+            if grant is None:
                 return None
         settings = self._settings
         if grant is not None:  # the LocalCluster's workers share this machine's CPUs
