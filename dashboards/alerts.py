@@ -827,7 +827,8 @@ def rules(t: Thresholds | None = None) -> list[Rule]:
     """Every alert, in the order of the file."""
     t = t or thresholds()
     return [*_headroom_rules(t), _refused_starts_rule(t), _refused_forks_rule(), _fallback_rule(),
-            _dask_fallback_rule(), _reductions_rule(), _select_best_errors_rule(), _telemetry_degraded_rule(), _failures_rule(),
+            _dask_fallback_rule(), _reductions_rule(), _select_best_errors_rule(), _telemetry_degraded_rule(),
+            _failures_rule(),
             _campaign_failures_rule(), _stall_rule(), _pushed_job_died_rule(), _push_failed_rule(), *_node_rules()]
 
 

@@ -385,8 +385,8 @@ QUERY_RESUBMISSIONS = EventPanel(
     "no query resubmitted in this range", width=6)
 
 _EVENT_SPECS: tuple[EventPanel, ...] = (REDUCTIONS, FALLBACKS_BARS, START_REFUSALS, POOL_RESTARTS, REFUSED_FORKS,
-                                        CONFORMER_FAILURES, CALLS, GENERATIONS, QUERIES, SHORTFALLS, REPLACEMENTS, PREPARATIONS,
-                                        DEGRADED, RESUBMISSIONS, QUERY_RESUBMISSIONS)
+                                        CONFORMER_FAILURES, CALLS, GENERATIONS, QUERIES, SHORTFALLS, REPLACEMENTS,
+                                        PREPARATIONS, DEGRADED, RESUBMISSIONS, QUERY_RESUBMISSIONS)
 EVENT_PANELS: tuple[tuple[str, str], ...] = tuple((spec.title, spec.short) for spec in _EVENT_SPECS)
 """(panel title, catalog short name of its counter) of every event panel: the sum of a panel's bars over a range
 is the number of those events in it."""

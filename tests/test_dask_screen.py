@@ -14,7 +14,18 @@ import psutil
 import pytest
 from dask_fixtures import QueryKiller, bare_scheduler, dask_cluster, dask_workers  # noqa: F401  (fixture)
 from distributed import LocalCluster
-from test_screen import BAD, SERIES, SLOW, _cleanup, _start, _wait_for_rows, rows_without_time, run_templ, screen_args, write_smi
+from test_screen import (
+    BAD,
+    SERIES,
+    SLOW,
+    _cleanup,
+    _start,
+    _wait_for_rows,
+    rows_without_time,
+    run_templ,
+    screen_args,
+    write_smi,
+)
 
 from templ_pipeline.campaign.queries import read_queries
 from templ_pipeline.campaign.runner import ScreenOptions, screen

@@ -55,7 +55,8 @@ CONTRACT_SHORTS = {
     "worker_reductions", "fallbacks", "batches", "batch_duration", "conformers_scored", "conformers_failed",
     "select_best_calls", "select_best_duration", "pool_restarts", "batch_resubmissions", "telemetry_degraded",
     "build_info", "campaign_queries", "campaign_in_flight", "campaign_expected", "campaign_skipped",
-    "campaign_query_duration", "campaign_worker_replacements", "campaign_query_resubmissions", "campaign_shortfalls", "query_preparations", "last_success",
+    "campaign_query_duration", "campaign_worker_replacements", "campaign_query_resubmissions", "campaign_shortfalls",
+    "query_preparations", "last_success",
     "last_failure", "start_refusals", "run_info", "run_start", "push_interval",
     "conformer_generations", "conformer_generations_in_progress",
 }

@@ -380,7 +380,8 @@ def get_executor(
     ``executor="dask"`` runs on the Dask scheduler at ``scheduler`` (default
     ``$DASK_SCHEDULER_ADDRESS``), else on a LocalCluster of the granted size; a scheduler
     without a worker for ``worker_timeout`` seconds (default ``$TEMPL_DASK_WORKER_TIMEOUT``,
-    else 60) is a ``no_workers`` fallback to the local ladder. ``observers`` hear its events (``select_best`` passes telemetry's and its report's).
+    else 60) is a ``no_workers`` fallback to the local ladder. ``observers`` hear its events
+    (``select_best`` passes telemetry's and its report's).
     """
     validate_executor(executor, scheduler)
     return MonitoredExecutor(n_workers, task_type, executor=executor, scheduler=scheduler, observers=observers,
