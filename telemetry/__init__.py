@@ -47,6 +47,7 @@ __all__ = [
     "observe",
     "select_best_span",
     "start_query_span",
+    "templates_span",
 ]
 """The public names: set up, observe the executor's and the campaign's events, the spans of a
 call and of a campaign, and what a run reads back. The building blocks live in the submodules (``telemetry.events``,
@@ -54,7 +55,7 @@ call and of a campaign, and what a run reads back. The building blocks live in t
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "templ_pipeline.telemetry.campaign": ("campaign_span", "start_query_span"),
-    "templ_pipeline.telemetry.events": ("batch_span", "conformers_span", "select_best_span"),
+    "templ_pipeline.telemetry.events": ("batch_span", "conformers_span", "select_best_span", "templates_span"),
     "templ_pipeline.telemetry.logs": ("get_logger", "get_run_id"),
     "templ_pipeline.telemetry.metrics": ("get_metrics",),
     "templ_pipeline.telemetry.observer": ("observe",),

@@ -23,6 +23,8 @@ from templ_pipeline.core.events import (
     FallbackCause,
     FallbackReason,
     LimitName,
+    PinFallback,
+    PoseMethod,
     PreparationAction,
     QueryFailureReason,
     QueryStatus,
@@ -61,6 +63,9 @@ QUERY_REASONS: tuple[str, ...] = values(QueryFailureReason) + (NO_REASON,)
 REPLACEMENT_REASONS: tuple[str, ...] = values(ReplacementReason)
 #: What query preparation did to a query (a query may count under several).
 PREPARATION_ACTIONS: tuple[str, ...] = values(PreparationAction)
+#: How a query's kept pose was made from its template, and why its core was not pinned whole.
+POSE_METHODS: tuple[str, ...] = values(PoseMethod)
+PIN_FALLBACKS: tuple[str, ...] = values(PinFallback)
 
 # Additional bounded sets (not part of the original contract; extend as needed).
 OUTCOMES: tuple[str, ...] = ("ok", "error")
@@ -200,6 +205,9 @@ CALL_DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 #: The last bucket is the longest query the campaign alerts expect (their stall window).
 QUERY_DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
                                              1200.0, 1800.0)
+#: Choosing a query's templates: the 2D prefilter over a library of thousands takes milliseconds, the MCS
+#: searches on its best candidates tens to hundreds (each bounded by --mcs-timeout).
+TEMPLATE_SELECTION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: The (status, reason) pairs a finished query can have: ok has no reason, a failure always has one.
 QUERY_OUTCOMES: tuple[tuple[str, str], ...] = ((QueryStatus.OK.value, NO_REASON),) + tuple(
     (QueryStatus.FAILED.value, reason) for reason in values(QueryFailureReason))
@@ -429,6 +437,19 @@ METRICS: tuple[MetricSpec, ...] = (
         label_values={"action": _open(PREPARATION_ACTIONS)}, initialize=True,
     ),
     MetricSpec(
+        "templ_poses_total", "counter",
+        "Poses kept (one per select-best run or campaign query), by how their conformers were made from the "
+        "template: method pinned (the shared core on the template's coordinates), pinned_partial, free or input; "
+        "fallback says why the core was not pinned whole (none when it was).",
+        ("method", "fallback"), "", short="poses",
+        label_values={"method": _open(POSE_METHODS), "fallback": _open(PIN_FALLBACKS)}, initialize=True,
+    ),
+    MetricSpec(
+        "templ_template_selection_duration_seconds", "histogram",
+        "Time choosing one query's templates from the library (2D prefilter, then MCS on the best candidates).",
+        (), "seconds", buckets=TEMPLATE_SELECTION_BUCKETS, short="template_selection_duration",
+    ),
+    MetricSpec(
         "templ_telemetry_degraded_total", "counter",
         "Telemetry components that could not start normally and run degraded (e.g. synchronous span export).",
         ("component", "reason"), "", short="telemetry_degraded",
@@ -511,6 +532,8 @@ EVENT_WORKER_REPLACED = "campaign.worker_replaced"
 EVENT_QUERY_RESUBMITTED = "campaign.query_resubmitted"
 EVENT_CAMPAIGN_DONE = "campaign.done"
 EVENT_QUERY_PREPARED = "query.prepared"
+EVENT_TEMPLATES_CHOSEN = "templates.chosen"
+SPAN_TEMPLATES_CHOOSE = "templates.choose"
 
 ATTR_TASK_TYPE = "templ.executor.task_type"
 ATTR_EXECUTOR_KIND = "templ.executor.kind"
@@ -564,6 +587,18 @@ ATTR_QUERY_STEREOISOMERS_POSSIBLE = "templ.query.stereoisomers_possible"
 ATTR_QUERY_REMOVED = "templ.query.removed"
 ATTR_QUERY_ACTIONS = "templ.query.preparation"
 ATTR_QUERY_WARNING = "templ.query.warning"
+ATTR_TEMPLATES_LIBRARY = "templ.templates.library"
+ATTR_TEMPLATES_CHOSEN = "templ.templates.chosen"
+ATTR_TEMPLATES_MCS_SEARCHED = "templ.templates.mcs_searched"
+ATTR_TEMPLATES_MCS_TIMEOUTS = "templ.templates.mcs_timeouts"
+ATTR_TEMPLATE_NAME = "templ.template.name"
+ATTR_TEMPLATE_SIMILARITY = "templ.template.similarity"
+ATTR_TEMPLATE_CORE_ATOMS = "templ.template.core_atoms"
+ATTR_TEMPLATE_CORE_SMARTS = "templ.template.core_smarts"
+ATTR_POSE_METHOD = "templ.pose.method"
+ATTR_POSE_FALLBACK = "templ.pose.fallback"
+ATTR_POSE_PINNED_ATOMS = "templ.pose.pinned_atoms"
+ATTR_TEMPLATES_SECONDS = "templ.templates.duration_seconds"
 #: ``templ.query.status`` of a query span the runner never ended: the campaign ended first (a signal).
 QUERY_ABANDONED = "abandoned"
 
@@ -612,6 +647,14 @@ SPANS: tuple[SpanSpec, ...] = (
         "before its result arrived. Only made when spans are exported.",
         (ATTR_QUERY_INDEX, ATTR_QUERY_ID, ATTR_QUERY_STATUS, ATTR_QUERY_REASON, ATTR_QUERY_CONFORMERS, ATTR_QUERY_SCORED,
          ATTR_QUERY_FAILED),
+        (),
+    ),
+    SpanSpec(
+        SPAN_TEMPLATES_CHOOSE,
+        "Choosing one query's templates from the library (2D prefilter, MCS on the best candidates); in a campaign "
+        "timed in the worker under the query's span, in select-best under its span.",
+        (ATTR_TEMPLATES_LIBRARY, ATTR_TEMPLATES_CHOSEN, ATTR_TEMPLATES_MCS_SEARCHED, ATTR_TEMPLATES_MCS_TIMEOUTS,
+         ATTR_PROCESS_PID),
         (),
     ),
     SpanSpec(
@@ -807,6 +850,21 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
          _field("warning", ATTR_QUERY_WARNING), _field("warned", "templ.query.warned", ("true", "false"))),
         tallies=(("actions", "query_preparations", "action"),), escalations=(("warned", "true", "warning"),),
         span_event=False, logger="templ.preparation",
+    ),
+    EventSpec(
+        EVENT_TEMPLATES_CHOSEN, "debug",
+        "A query's templates were chosen and its pose made (select-best, or a campaign query in its worker): the "
+        "library's size, the templates chosen, the kept pose's template with its 2D similarity and shared core, "
+        "and how its conformers were made (pinned, or the fallback and why).",
+        (_field("query_id", ATTR_QUERY_ID), _field("library", ATTR_TEMPLATES_LIBRARY),
+         _field("chosen", ATTR_TEMPLATES_CHOSEN), _field("template", ATTR_TEMPLATE_NAME),
+         _field("similarity", ATTR_TEMPLATE_SIMILARITY), _field("core_atoms", ATTR_TEMPLATE_CORE_ATOMS),
+         _field("core_smarts", ATTR_TEMPLATE_CORE_SMARTS), _field("method", ATTR_POSE_METHOD, POSE_METHODS, label=True),
+         _field("fallback", ATTR_POSE_FALLBACK, PIN_FALLBACKS, label=True),
+         _field("pinned_atoms", ATTR_POSE_PINNED_ATOMS), _field("mcs_timeouts", ATTR_TEMPLATES_MCS_TIMEOUTS),
+         _field("seconds", ATTR_TEMPLATES_SECONDS)),
+        counter="poses", histogram=("seconds", "template_selection_duration"), span_event=False,
+        logger="templ.templates",
     ),
     EventSpec(
         EVENT_CAMPAIGN_DONE, "info",

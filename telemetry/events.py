@@ -529,3 +529,36 @@ def conformers_span(requested: int, threads_requested: int) -> ConformerStats:
     span events of this span. Kept when telemetry is disabled: one span per query costs nothing.
     """
     return ConformerStats(requested, threads_requested)
+
+
+class TemplateChoiceSpan:
+    """Yielded by :func:`templates_span`; set ``chosen``, ``searched`` and ``timeouts`` before it ends."""
+
+    __slots__ = ("library", "chosen", "searched", "timeouts", "_span", "_token", "_t0")
+
+    def __init__(self, library: int) -> None:
+        self.library = library
+        self.chosen = self.searched = self.timeouts = 0
+
+    def __enter__(self) -> TemplateChoiceSpan:
+        self._span, self._token, self._t0 = _start_span(c.SPAN_TEMPLATES_CHOOSE,
+                                                        {c.ATTR_TEMPLATES_LIBRARY: self.library})
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if _ids(self._span) is not None:
+                self._span.set_attributes({c.ATTR_TEMPLATES_CHOSEN: self.chosen,
+                                           c.ATTR_TEMPLATES_MCS_SEARCHED: self.searched,
+                                           c.ATTR_TEMPLATES_MCS_TIMEOUTS: self.timeouts})
+            if exc is not None:
+                _record_error(self._span, exc)
+        finally:
+            _end_span(self._span, self._token)
+
+
+def templates_span(library: int) -> TemplateChoiceSpan:
+    """Context manager for the span ``templates.choose`` of one query in this process (``select-best``)."""
+    return TemplateChoiceSpan(library)

@@ -29,6 +29,8 @@ def observe(event: ev.ExecutorEvent) -> None:
         preparation.record_query_prepared(event.query_id, event.input_smiles, event.smiles,
                                           event.stereoisomers_possible, event.removed, event.actions,
                                           event.conformers_requested, event.conformers, event.warning)
+    elif isinstance(event, ev.TemplatesChosen):
+        preparation.record_templates_chosen(event)
     elif isinstance(event, ev.QueryStarted):
         campaign.record_query_started(event.index, event.in_flight)
     elif isinstance(event, ev.WorkersGranted):

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from templ_pipeline.core.events import TemplatesChosen
 from templ_pipeline.telemetry import catalog as c
 from templ_pipeline.telemetry.events import _announce
 
-__all__ = ["record_query_prepared"]
+__all__ = ["record_query_prepared", "record_templates_chosen"]
 
 _SPEC = c.EVENT_SPECS_BY_NAME[c.EVENT_QUERY_PREPARED]
+_CHOSEN = c.EVENT_SPECS_BY_NAME[c.EVENT_TEMPLATES_CHOSEN]
 
 
 def record_query_prepared(
@@ -32,3 +34,13 @@ def record_query_prepared(
         "actions": tuple(actions) or (c.PreparationAction.UNCHANGED.value,),
         "conformers_requested": conformers_requested, "conformers": conformers, "warning": warning,
         "warned": "true" if warning else "false"})
+
+
+def record_templates_chosen(event: TemplatesChosen) -> None:
+    """``templ_poses_total{method, fallback}`` once, the selection time in its histogram, and the log line."""
+    _announce(_CHOSEN, {
+        "query_id": event.query_id, "library": event.library, "chosen": event.chosen, "template": event.template,
+        "similarity": None if event.similarity is None else round(event.similarity, 4),
+        "core_atoms": event.core_atoms, "core_smarts": event.core_smarts, "method": str(event.method),
+        "fallback": str(event.fallback), "pinned_atoms": event.pinned_atoms, "mcs_timeouts": event.mcs_timeouts,
+        "seconds": event.seconds})

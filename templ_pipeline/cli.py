@@ -11,6 +11,7 @@ from templ_pipeline.parent_threads import limit_parent_pools
 
 limit_parent_pools()  # before numpy is imported (by RDKit below): see templ_pipeline.parent_threads
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -39,8 +40,26 @@ from templ_pipeline.telemetry.logs import get_logger, get_run_id  # noqa: E402
 from templ_pipeline.telemetry.session import TelemetrySession, TelemetrySetupError  # noqa: E402
 from templ_pipeline.core import native_call  # noqa: E402
 from templ_pipeline.core.batch import BatchResult  # noqa: E402
-from templ_pipeline.core.conformers import DEFAULT_SEED, generate_conformers, molecule_from_smiles  # noqa: E402
-from templ_pipeline.core.events import Fallback, PreparationAction, QueryPrepared, WorkersReduced  # noqa: E402
+from templ_pipeline.core.conformers import DEFAULT_SEED, granted_embedding, molecule_from_smiles  # noqa: E402
+from templ_pipeline.core.events import (  # noqa: E402
+    Fallback,
+    PinFallback,
+    PoseMethod,
+    PreparationAction,
+    QueryPrepared,
+    TemplatesChosen,
+    WorkersReduced,
+)
+from templ_pipeline.core.pinning import PinnedConformers  # noqa: E402
+from templ_pipeline.core.template_choice import (  # noqa: E402
+    DEFAULT_MCS_TIMEOUT,
+    DEFAULT_PREFILTER,
+    DEFAULT_TOP,
+    ChoiceOptions,
+    choose_templates,
+)
+from templ_pipeline.core.template_library import TemplateLibrary  # noqa: E402
+from templ_pipeline.core.template_poses import TemplatePoses, template_conformers  # noqa: E402
 from templ_pipeline.core.executor import ExecutorChoice, shutdown_dask, shutdown_pools, validate_executor  # noqa: E402
 from templ_pipeline.core.preparation import (  # noqa: E402
     DEFAULT_MAX_ISOMERS,
@@ -57,7 +76,13 @@ from templ_pipeline.core.scoring import Metric, Selection, select_best_with_repo
 from templ_pipeline.cli_dashboards import app as dashboards_app  # noqa: E402
 from templ_pipeline.cli_telemetry import with_telemetry  # noqa: E402
 from templ_pipeline.interrupts import Interrupted, signals_raise  # noqa: E402
-from templ_pipeline.io import ExampleName, InputError, examples, read_conformers, read_templates  # noqa: E402
+from templ_pipeline.io import (  # noqa: E402
+    ExampleName,
+    InputError,
+    examples,
+    read_conformers,
+    read_template_library,
+)
 from templ_pipeline.pose_output import PoseTarget  # noqa: E402
 from templ_pipeline.stdout_pipe import StdoutPipe, silence_stdout  # noqa: E402
 from templ_pipeline.selection_summary import (  # noqa: E402
@@ -69,6 +94,7 @@ from templ_pipeline.selection_summary import (  # noqa: E402
     best_template,
     pose_records,
     print_summary,
+    runner_up_text,
     summary_json,
 )
 
@@ -121,19 +147,6 @@ PROGRESS = RunProgress()
 CONFORMER_EVENTS: list[Fallback | WorkersReduced] = []  # the conformer threads' fallbacks and reductions
 
 
-def _generate(query: str | Chem.Mol, num_conformers: int, seed: int, workers: int,
-              exact_workers: bool = False) -> Chem.Mol:
-    """Conformers for the query, remembering their fallbacks and reductions for the summary."""
-    _stage(f"generating {num_conformers} conformers")
-
-    def keep(event: object) -> None:
-        if isinstance(event, (Fallback, WorkersReduced)):
-            CONFORMER_EVENTS.append(event)
-
-    return generate_conformers(query, num_conformers, seed=seed, n_workers=workers, observers=(keep,),
-                               exact_workers=exact_workers)
-
-
 def _stage(stage: str, total: int = 0) -> None:
     PROGRESS.stage, PROGRESS.conformers_total, PROGRESS.conformers_done = stage, total, 0
 
@@ -166,7 +179,7 @@ def _start_progress(progress: Progress) -> None:
 
 def _run_selection(
     confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str, executor: str, scheduler: str | None,
-    exact_workers: bool = False, label: str = "scoring", worker_timeout: float | None = None,
+    exact_workers: bool = False, label: str = "scoring", worker_timeout: float | None = None, align: bool = True,
 ) -> Selection:
     """Score with a progress bar over batches (on stderr, only on a terminal)."""
     progress = Progress(
@@ -187,7 +200,7 @@ def _run_selection(
 
         return select_best_with_report(confs, template, n_workers=workers, align_metric=metric, on_batch=advance,
                                        executor=executor, scheduler=scheduler, exact_workers=exact_workers,
-                                       worker_timeout=worker_timeout)
+                                       worker_timeout=worker_timeout, align=align)
     finally:
         progress.stop()
 
@@ -205,28 +218,39 @@ class Reporting:
 
 
 def _select_and_write(
-    candidates: list[Candidate], templates: list[Chem.Mol], query: QueryIdentity, target: PoseTarget,
+    candidates: list[Candidate], library: TemplateLibrary, query: QueryIdentity, target: PoseTarget,
     reporting: Reporting, *, workers: int, metric: str, all_ranked: bool = False, executor: str = "auto",
     scheduler: str | None = None, worker_timeout: float | None = None, exact_workers: bool = False,
-    preparation: Preparation | None = None, conformers_requested: int = 0,
+    preparation: Preparation | None = None, conformers_requested: int = 0, align: bool = True,
 ) -> None:
-    """Score each prepared molecule against every template, write the best pair's pose(s) when any conformer
-    scored, summarise."""
-    from templ_pipeline.campaign.runner import template_names
-
-    names = template_names(templates)
+    """Score each prepared molecule against each template chosen for it, write the best pair's pose(s) when any
+    conformer scored, summarise."""
     results = []
     for candidate in candidates:
-        for record, (template, name) in enumerate(zip(templates, names, strict=True), start=1):
-            label = "scoring" if len(templates) == 1 else f"scoring vs {name} ({record}/{len(templates)})"
+        for number, poses in enumerate(candidate.posed, start=1):
+            name, record = library.names[poses.index], library.records[poses.index]
+            label = "scoring" if len(candidate.posed) == 1 else f"scoring vs {name} ({number}/{len(candidate.posed)})"
             if len(candidates) > 1:
                 label = f"isomer {candidate.isomer}/{len(candidates)} {label}"
-            selection = _run_selection(candidate.confs, template, workers, metric, executor, scheduler,
-                                       exact_workers, label, worker_timeout)
-            results.append(TemplateSelection(record, name, selection, candidate.isomer, candidate.smiles))
+            made = poses.conformers
+            if made.confs.GetNumConformers() == 0:
+                continue
+            selection = _run_selection(made.confs, library.mols[poses.index], workers, metric, executor, scheduler,
+                                       exact_workers, label, worker_timeout,
+                                       align=align or made.method in (PoseMethod.FREE, PoseMethod.INPUT))
+            results.append(TemplateSelection(record, name, selection, candidate.isomer, candidate.smiles,
+                                             poses.record(selection.report.n_conformers)))
+    if not results:
+        raise _fail("no conformer could be embedded for the query", EXIT_ERROR)
     outcome = RunOutcome(results, metric, target, best_template(results, metric),
                          conformer_events=list(CONFORMER_EVENTS), preparation=preparation,
-                         conformers_requested=conformers_requested)
+                         conformers_requested=conformers_requested, library=len(library),
+                         choices={c.isomer: c.choice for c in candidates},
+                         conformers_made={c.isomer: c.conformers for c in candidates})
+    if outcome.chosen is not None and outcome.chosen.choice is not None:
+        outcome.chosen = dataclasses.replace(outcome.chosen, choice=dataclasses.replace(
+            outcome.chosen.choice, runner_up=runner_up_text(outcome)))
+        _observe_choice(query, outcome)
     if outcome.chosen is not None:  # a failed run writes nothing: an earlier good file stays as it was
         _stage("writing the poses")
         outcome.written = target.write(pose_records(outcome.chosen, query, metric, all_ranked, preparation,
@@ -237,6 +261,20 @@ def _select_and_write(
         print_summary(reporting.console, outcome)
     if outcome.chosen is None:
         raise _fail(f"no conformer could be scored: {outcome.failure()}", EXIT_ERROR)
+
+
+def _observe_choice(query: QueryIdentity, outcome: RunOutcome) -> None:
+    """``templates.chosen`` for the kept pose: the telemetry of the template choice, once per run."""
+    from templ_pipeline.telemetry.observer import observe
+
+    chosen = outcome.chosen
+    assert chosen is not None and chosen.choice is not None
+    choice = chosen.choice
+    selections = outcome.choices.values()
+    observe(TemplatesChosen(query.name, outcome.library, len(outcome.of_isomer(chosen.isomer)), chosen.name,
+                            choice.similarity, choice.core_atoms, choice.core_smarts, choice.method, choice.fallback,
+                            choice.pinned_atoms, sum(s.mcs_timeouts for s in selections),
+                            sum(s.seconds for s in selections)))
 
 
 def _print_json(data: dict[str, Any]) -> None:
@@ -300,6 +338,43 @@ MaxIsomersOption = Annotated[int, typer.Option(
 TautomerOption = Annotated[TautomerPolicy, typer.Option(
     "--tautomer", rich_help_panel="Query preparation",
     help="as-is: the input's tautomer and protonation state; canonical: RDKit's canonical tautomer.")]
+
+
+def _top_templates(value: str) -> int | None:
+    """``--top-templates``: a count, or ``all``."""
+    if value.strip().lower() == "all":
+        return None
+    try:
+        top = int(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is neither a count nor 'all'") from None
+    if top < 1:
+        raise typer.BadParameter(f"{value!r}: at least 1 (or 'all')")
+    return top
+
+
+TopTemplatesOption = Annotated[str, typer.Option(
+    "--top-templates", rich_help_panel="Template choice", metavar="K|all",
+    help=f"Templates chosen per query by common substructure (after a 2D prefilter of "
+         f"{DEFAULT_PREFILTER}), each with its core pinned; all: score every template, free conformers.")]
+McsTimeoutOption = Annotated[float, typer.Option(
+    "--mcs-timeout", min=0.001, rich_help_panel="Template choice",
+    help="Seconds of MCS search per query; past it the candidates left keep their 2D rank, unpinned.")]
+ExcludeIdenticalOption = Annotated[bool, typer.Option(
+    "--exclude-identical", rich_help_panel="Template choice",
+    help="Leave out templates that are the query itself (same molecule), for leave-one-out benchmarks.")]
+PinOption = Annotated[bool, typer.Option(
+    "--pin/--no-pin", rich_help_panel="Template choice",
+    help="Pin the core shared with each chosen template while embedding (--no-pin: free conformers, scored "
+         "against every chosen template).")]
+KeepPinnedPoseOption = Annotated[bool, typer.Option(
+    "--keep-pinned-pose", rich_help_panel="Template choice",
+    help="Score pinned poses where they were made instead of aligning them onto the template by shape.")]
+
+
+def _choice(top_templates: str, mcs_timeout: float, exclude_identical: bool, pin: bool) -> ChoiceOptions:
+    return ChoiceOptions(top=_top_templates(top_templates), mcs_timeout=mcs_timeout,
+                         exclude_identical=exclude_identical, pin=pin)
 
 
 ExactWorkersOption = Annotated[bool, typer.Option(
@@ -367,9 +442,15 @@ def select_best_command(
     stereo: StereoOption = StereoPolicy.ENUMERATE,
     max_isomers: MaxIsomersOption = DEFAULT_MAX_ISOMERS,
     tautomer: TautomerOption = TautomerPolicy.AS_IS,
+    top_templates: TopTemplatesOption = str(DEFAULT_TOP),
+    mcs_timeout: McsTimeoutOption = DEFAULT_MCS_TIMEOUT,
+    exclude_identical: ExcludeIdenticalOption = False,
+    pin: PinOption = True,
+    keep_pinned_pose: KeepPinnedPoseOption = False,
     session: TelemetrySession | None = None,
 ) -> None:
-    """Score conformers of a query ligand against a template and write the best pose(s)."""
+    """Pose a query ligand on its templates: choose them from the library, embed conformers pinned on the shared
+    core, score them by shape and colour, and write the best pose(s)."""
     if (query is None) == (conformers is None):
         raise typer.BadParameter("give exactly one of --query SMILES or --conformers FILE", param_hint="'--query'")
     _check_dask_options(executor, scheduler, worker_timeout)
@@ -379,7 +460,8 @@ def select_best_command(
     workers = workers or _default_workers()
     try:
         target = _pose_target(output, json_output)
-        templates = read_templates(template)
+        choice = _choice(top_templates, mcs_timeout, exclude_identical, pin)
+        library = _read_library(template)
         confs = read_conformers(conformers) if conformers is not None else None
         query_mol = _parse_query(query) if query is not None else None
         if confs is not None:
@@ -389,16 +471,18 @@ def select_best_command(
         identity = _identity(confs, query, query_mol, name, hydrogens)
         with _observed(session):
             if preparation is not None:
-                candidates = _prepared_candidates(preparation, identity, num_conformers, seed, workers, exact_workers)
+                candidates = _prepared_candidates(preparation, identity, library, choice, num_conformers, seed,
+                                                  workers, exact_workers)
             else:
                 assert confs is not None
-                candidates = [Candidate(0, identity.smiles, confs)]
-            _select_and_write(candidates, templates, identity, target, Reporting.of(target, json_output),
+                candidates = [_candidate(0, identity.smiles, confs, library, choice, 0, seed, workers,
+                                         exact_workers, given=confs)]
+            _select_and_write(candidates, library, identity, target, Reporting.of(target, json_output),
                               workers=workers, metric=metric, all_ranked=all_ranked, executor=executor,
                               scheduler=scheduler, worker_timeout=worker_timeout, exact_workers=exact_workers,
                               preparation=preparation,
                               conformers_requested=num_conformers if preparation is not None
-                              else confs.GetNumConformers())
+                              else confs.GetNumConformers(), align=not keep_pinned_pose)
     except InputError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
 
@@ -411,6 +495,17 @@ def _prepare(mol: Chem.Mol, query: str, options: PreparationOptions) -> Preparat
         raise InputError(f"--query {query}: {exc.reason}: {exc}") from None
 
 
+def _read_library(path: Path) -> TemplateLibrary:
+    """The template library of ``path``, with one line on stderr for the records left out."""
+    library = read_template_library(path)
+    if library.problems:
+        listed = ", ".join(f"record {p.record} {p.reason}" for p in library.problems[:5])
+        more = f" and {len(library.problems) - 5} more" if len(library.problems) > 5 else ""
+        stderr.print(f"warning: {path}: {len(library.problems)} of {len(library) + len(library.problems)} records "
+                     f"left out ({listed}{more})", style="yellow", highlight=False, soft_wrap=True)
+    return library
+
+
 def _check_scorable(mol: Chem.Mol, what: str) -> None:
     try:
         refuse_unscorable(mol)
@@ -418,23 +513,52 @@ def _check_scorable(mol: Chem.Mol, what: str) -> None:
         raise InputError(f"{what}: {exc.reason}: {exc}") from None
 
 
-def _prepared_candidates(preparation: Preparation, identity: QueryIdentity, num_conformers: int, seed: int,
-                         workers: int, exact_workers: bool) -> list[Candidate]:
-    """Conformers of each prepared molecule (the query, or each stereoisomer); ``query.prepared`` says what
-    preparation did."""
+def _prepared_candidates(preparation: Preparation, identity: QueryIdentity, library: TemplateLibrary,
+                         choice: ChoiceOptions, num_conformers: int, seed: int, workers: int,
+                         exact_workers: bool) -> list[Candidate]:
+    """Each prepared molecule (the query, or each stereoisomer) with its templates chosen and its conformers for
+    each; ``query.prepared`` says what preparation did."""
     from templ_pipeline.telemetry.observer import observe
 
     for warning in preparation.warnings:
         stderr.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
-    candidates = [Candidate(isomer.index, isomer.smiles,
-                            _generate(isomer.mol, num_conformers, seed, workers, exact_workers))
+    candidates = [_candidate(isomer.index, isomer.smiles, isomer.mol, library, choice, num_conformers, seed, workers,
+                             exact_workers)
                   for isomer in preparation.isomers]
     observe(QueryPrepared(identity.name, preparation.input_smiles, tuple(c.smiles for c in candidates),
                           preparation.unassigned_stereo, ".".join(preparation.removed),
                           tuple(PreparationAction(a) for a in sorted(preparation.actions)),
-                          num_conformers * len(candidates), sum(c.confs.GetNumConformers() for c in candidates),
+                          num_conformers * len(candidates), sum(c.conformers for c in candidates),
                           "; ".join(preparation.warnings)))
     return candidates
+
+
+def _candidate(isomer: int, smiles: str, mol: Chem.Mol, library: TemplateLibrary, options: ChoiceOptions,
+               num_conformers: int, seed: int, workers: int, exact_workers: bool,
+               given: Chem.Mol | None = None) -> Candidate:
+    """One prepared molecule: its templates chosen (a ``templates.choose`` span), then its conformers for each
+    (pinned on each template's core, or ``given``)."""
+    from templ_pipeline import telemetry
+
+    _stage("choosing templates")
+    with telemetry.templates_span(len(library)) as span:
+        choice = choose_templates(mol, library, options)
+        span.chosen, span.searched, span.timeouts = len(choice.chosen), choice.searched, choice.mcs_timeouts
+    if given is not None:
+        as_given = PinnedConformers(given, PoseMethod.INPUT, PinFallback.NONE)
+        return Candidate(isomer, smiles, choice, tuple(TemplatePoses(m.index, m, as_given) for m in choice.chosen))
+    _stage(f"generating {num_conformers} conformers")
+
+    def keep(event: object) -> None:
+        if isinstance(event, (Fallback, WorkersReduced)):
+            CONFORMER_EVENTS.append(event)
+
+    with telemetry.conformers_span(num_conformers, workers) as stats, \
+            granted_embedding(workers, observers=(keep,), exact_workers=exact_workers) as (run, threads):
+        posed = template_conformers(mol, library, choice, num_conformers, seed, run, options)
+        stats.generated = sum({id(p.conformers): p.conformers.confs.GetNumConformers() for p in posed}.values())
+        stats.threads = threads.count
+    return Candidate(isomer, smiles, choice, tuple(posed))
 
 
 def _identity(confs: Chem.Mol | None, query: str | None, query_mol: Chem.Mol | None, name: str | None,
@@ -488,6 +612,14 @@ def screen_command(
     stereo: StereoOption = StereoPolicy.ENUMERATE,
     max_isomers: MaxIsomersOption = DEFAULT_MAX_ISOMERS,
     tautomer: TautomerOption = TautomerPolicy.AS_IS,
+    top_templates: TopTemplatesOption = str(DEFAULT_TOP),
+    mcs_timeout: McsTimeoutOption = DEFAULT_MCS_TIMEOUT,
+    exclude_identical: ExcludeIdenticalOption = False,
+    pin: PinOption = True,
+    keep_pinned_pose: KeepPinnedPoseOption = False,
+    reference: Annotated[Path | None, typer.Option(
+        "--reference", help="SDF of known poses (matched by query id, or by being the same molecule): each row and "
+                            "pose gets its heavy-atom RMSD in place (symmetry-aware, no superposition).")] = None,
     session: TelemetrySession | None = None,
 ) -> None:
     """Screen a library of query ligands against the template(s): one row and best pose per query (per
@@ -504,7 +636,9 @@ def screen_command(
             use_input_conformers=use_input_conformers, query_timeout=query_timeout or None,
             smiles_column=smiles_column, id_column=id_column, exact_workers=exact_workers,
             preparation=PreparationOptions(fragments, stereo, max_isomers, tautomer),
-            executor=str(executor), scheduler=scheduler, worker_timeout=worker_timeout)
+            executor=str(executor), scheduler=scheduler, worker_timeout=worker_timeout,
+            choice=_choice(top_templates, mcs_timeout, exclude_identical, pin), align=not keep_pinned_pose,
+            reference=reference)
         prepared = cli_screen.prepare(request)
         with _observed(session):
             tally = cli_screen.run(prepared, console=stderr, out=stdout, progress=PROGRESS,
@@ -542,8 +676,12 @@ def demo(
         identity = QueryIdentity(name=pair.name, smiles=Chem.MolToSmiles(Chem.MolFromSmiles(pair.query_smiles)))
         preparation = _prepare(_parse_query(pair.query_smiles), pair.query_smiles, PreparationOptions())
         with _observed(session):
-            candidates = _prepared_candidates(preparation, identity, num_conformers, DEFAULT_SEED, workers, False)
-            _select_and_write(candidates, [pair.template], identity, target, reporting, workers=workers,
+            from templ_pipeline.campaign.runner import as_library
+
+            library = as_library([pair.template])
+            candidates = _prepared_candidates(preparation, identity, library, ChoiceOptions(), num_conformers,
+                                              DEFAULT_SEED, workers, False)
+            _select_and_write(candidates, library, identity, target, reporting, workers=workers,
                               metric=metric, preparation=preparation, conformers_requested=num_conformers)
     except InputError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None

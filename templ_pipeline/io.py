@@ -23,10 +23,12 @@ from typing import BinaryIO
 from rdkit import Chem, rdBase
 
 from templ_pipeline.core.batch import has_coordinates
+from templ_pipeline.core.template_library import LibraryProblem, TemplateLibrary
 from templ_pipeline.errors import InputError
 
 __all__ = ["Example", "ExampleName", "InputError", "conformers_of_records", "example_names", "examples",
-           "read_conformers", "read_template", "read_templates", "record_properties"]
+           "read_conformers", "read_sdf_records", "read_template", "read_template_library", "read_templates",
+           "record_properties"]
 
 _RECORD_NAME = "_Name"  # RDKit's property for an SD record's first line
 
@@ -97,6 +99,51 @@ def read_template(path: str | os.PathLike[str]) -> Chem.Mol:
     if not has_coordinates(mol.GetConformer().GetPositions()) or not mol.GetConformer().Is3D():
         raise InputError(f"{path}: record 1 has no 3D coordinates; the template needs a 3D pose")
     return mol
+
+
+def read_sdf_records(path: str | os.PathLike[str], *, remove_hs: bool = True
+                     ) -> Iterator[tuple[int, Chem.Mol | None, str]]:
+    """Each record of an SDF file (plain or gzip) as ``(record, molecule, problem)``: the molecule is None when
+    RDKit cannot read the record, and ``problem`` says why (else "")."""
+    path = Path(path)
+    with _sdf_stream(path) as stream:
+        for number, mol in enumerate(_supplier(stream, remove_hs=remove_hs), start=1):
+            yield number, mol, "" if mol is not None else "not a readable molecule"
+
+
+def read_template_library(path: str | os.PathLike[str]) -> TemplateLibrary:
+    """The template library of an SDF file (the crystal ligands of one target, one reference frame).
+
+    Unreadable records, records without a 3D pose and exact duplicates are left out and
+    listed in ``problems``; ``InputError`` only when no record is usable, or when the
+    file is not an SDF (a ``.pdb``/``.cif`` protein, or a receptor saved as SDF: the
+    template is a ligand).
+    """
+    path = Path(path)
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    if any(suffixes.endswith(ext) for ext in (".pdb", ".pdb.gz", ".cif", ".cif.gz", ".mmcif", ".ent")):
+        raise InputError(f"{path}: a structure file; give the template ligand(s) as SDF (.sdf or .sdf.gz)")
+    records: list[tuple[int, Chem.Mol]] = []
+    problems: list[LibraryProblem] = []
+    for number, mol, problem in read_sdf_records(path):
+        if mol is None:
+            problems.append(LibraryProblem(number, "unreadable", problem))
+        elif not has_coordinates(mol.GetConformer().GetPositions()) or not mol.GetConformer().Is3D():
+            problems.append(LibraryProblem(number, "no_3d", "no 3D coordinates; a template needs a 3D pose"))
+        else:
+            records.append((number, mol))
+    if not records:
+        if not problems:
+            raise InputError(f"{path}: no molecule records")
+        first = problems[0]
+        raise InputError(f"{path}: no usable template: record {first.record} {first.detail}"
+                         + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    names = [(_record_name(mol) or f"template_{number}") for number, mol in records]
+    return TemplateLibrary.from_records(records, names, problems)
+
+
+def _record_name(mol: Chem.Mol) -> str:
+    return mol.GetProp(_RECORD_NAME).strip() if mol.HasProp(_RECORD_NAME) else ""
 
 
 def read_templates(path: str | os.PathLike[str]) -> list[Chem.Mol]:

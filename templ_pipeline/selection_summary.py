@@ -27,11 +27,13 @@ from templ_pipeline import __version__
 from templ_pipeline.core.events import Fallback, WorkersReduced
 from templ_pipeline.core.preparation import Preparation
 from templ_pipeline.core.scoring import METRICS, Selection
+from templ_pipeline.core.template_choice import TemplateChoice
+from templ_pipeline.core.template_poses import TemplateChoiceRecord, TemplatePoses
 from templ_pipeline.io import record_properties
 from templ_pipeline.pose_output import PoseRecord, PoseTarget
 
 __all__ = ["Candidate", "Hydrogens", "QueryIdentity", "RunOutcome", "TemplateSelection", "best_template", "pose_records",
-           "print_summary", "summary_json"]
+           "print_summary", "runner_up_text", "summary_json"]
 
 
 class Hydrogens(StrEnum):
@@ -62,12 +64,18 @@ class QueryIdentity:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One prepared molecule of the query with its conformers: the query itself (``isomer`` 0), or one of
-    its stereoisomers (1-based)."""
+    """One prepared molecule of the query: the query itself (``isomer`` 0), or one of its stereoisomers
+    (1-based), with the templates chosen for it and its conformers for each."""
 
     isomer: int
     smiles: str
-    confs: Chem.Mol
+    choice: TemplateChoice
+    posed: tuple[TemplatePoses, ...]
+
+    @property
+    def conformers(self) -> int:
+        """Conformers made (a free embedding shared by every template counts once)."""
+        return sum({id(p.conformers): p.conformers.confs.GetNumConformers() for p in self.posed}.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +87,7 @@ class TemplateSelection:
     selection: Selection
     isomer: int = 0
     smiles: str = ""  # the prepared molecule scored (its stereoisomer's SMILES)
+    choice: TemplateChoiceRecord | None = None  # why this template, how the conformers were made
 
     def best_score(self, metric: str) -> float | None:
         mol, scores = self.selection.best[metric]
@@ -97,6 +106,9 @@ class RunOutcome:
     conformer_events: list[Fallback | WorkersReduced] = field(default_factory=list)
     preparation: Preparation | None = None
     conformers_requested: int = 0  # per prepared molecule
+    library: int = 0  # templates in the library
+    choices: dict[int, TemplateChoice] = field(default_factory=dict)  # isomer -> how its templates were chosen
+    conformers_made: dict[int, int] = field(default_factory=dict)  # isomer -> conformers over its templates
 
     def of_isomer(self, isomer: int) -> list[TemplateSelection]:
         """The selections of one prepared molecule, one per template."""
@@ -138,18 +150,20 @@ def pose_records(chosen: TemplateSelection, query: QueryIdentity, metric: str, a
     else:
         mol, scores = selection.best[metric]
         ranked = [] if mol is None else [(mol.GetConformer().GetId(), scores, mol)]
-    prepared = {} if preparation is None else {
+    prepared: dict[str, str | int | float] = {} if preparation is None else {
         "input_smiles": preparation.input_smiles, "isomer": chosen.isomer, "isomers": len(preparation.isomers),
         "removed": ".".join(preparation.removed),
         "preparation": ",".join(sorted(preparation.actions)) or "unchanged",
         "n_conformers_requested": requested, "n_conformers": selection.report.n_conformers}
+    if chosen.choice is not None:
+        prepared = {**prepared, **chosen.choice.properties(chosen.record)}
     return [_record(chosen, query, selection.query, metric, rank, conf_id, scores, mol, prepared)
             for rank, (conf_id, scores, mol) in enumerate(ranked, start=1)]
 
 
 def _record(chosen: TemplateSelection, query: QueryIdentity, source: Chem.Mol, metric: str, rank: int,
             conf_id: int, scores: dict[str, float], pose: Chem.Mol,
-            prepared: dict[str, str | int] | None = None) -> PoseRecord:
+            prepared: dict[str, str | int | float] | None = None) -> PoseRecord:
     record_name, properties = record_properties(source, conf_id)
     pose = Chem.Mol(pose)
     for name in pose.GetPropNames():  # the molecule-level properties are record 1's: each pose gets its own
@@ -219,7 +233,12 @@ def summary_json(outcome: RunOutcome, query: QueryIdentity) -> dict[str, Any]:
         "query": {"name": query.name, "smiles": query.smiles},
         "template": None if outcome.chosen is None else {
             "record": outcome.chosen.record, "name": outcome.chosen.name,
-            "of": len(outcome.of_isomer(outcome.chosen.isomer))},
+            "of": len(outcome.of_isomer(outcome.chosen.isomer)), "library": outcome.library,
+            **_choice_json(outcome.chosen.choice),
+            "runner_up": [{"record": result.record, "name": result.name,
+                           "score": result.best_score(outcome.metric)}
+                          for result in _runners_up(outcome)]},
+        "template_selection": {str(isomer): _selection_json(choice) for isomer, choice in outcome.choices.items()},
         "best": (_best_json(outcome.chosen, query) if outcome.chosen is not None
                  else dict.fromkeys(METRICS)),
         "conformers": _counts_json(chosen.selection) if chosen is not None else None,
@@ -232,7 +251,7 @@ def summary_json(outcome: RunOutcome, query: QueryIdentity) -> dict[str, Any]:
         "output": None if not outcome.written else str(outcome.target),
         "written": outcome.written,
         "templates": [{"record": result.record, "name": result.name, "isomer": result.isomer,
-                       "smiles": result.smiles, "best": _best_json(result, query),
+                       "smiles": result.smiles, **_choice_json(result.choice), "best": _best_json(result, query),
                        "conformers": _counts_json(result.selection)} for result in outcome.templates],
         "conformers_requested": outcome.conformers_requested,
         "preparation": None if outcome.preparation is None else {
@@ -242,6 +261,32 @@ def summary_json(outcome: RunOutcome, query: QueryIdentity) -> dict[str, Any]:
             "capped": outcome.preparation.capped},
         "failure": None if outcome.chosen is not None else outcome.failure(),
     }
+
+
+def _choice_json(choice: TemplateChoiceRecord | None) -> dict[str, Any]:
+    if choice is None:
+        return {}
+    return {"similarity": None if choice.similarity is None else round(choice.similarity, 4),
+            "core_atoms": choice.core_atoms, "core_smarts": choice.core_smarts, "pose_method": str(choice.method),
+            "pin_fallback": str(choice.fallback), "pinned_atoms": choice.pinned_atoms, "pin_detail": choice.detail}
+
+
+def _selection_json(choice: TemplateChoice) -> dict[str, Any]:
+    return {"library": choice.library_size, "chosen": len(choice.chosen), "excluded_identical": choice.excluded,
+            "mcs_searched": choice.searched, "mcs_timeouts": choice.mcs_timeouts, "seconds": round(choice.seconds, 4)}
+
+
+def _runners_up(outcome: RunOutcome) -> list[TemplateSelection]:
+    """The chosen isomer's other templates, best first by the metric (then record)."""
+    if outcome.chosen is None:
+        return []
+    others = [r for r in outcome.of_isomer(outcome.chosen.isomer) if r.record != outcome.chosen.record]
+    return sorted(others, key=lambda r: (-(r.best_score(outcome.metric) or -1.0), r.record))
+
+
+def runner_up_text(outcome: RunOutcome) -> str:
+    """The runner-up templates as a pose property: ``name score; ...``, best first."""
+    return "; ".join(f"{r.name} {_score_text(r.best_score(outcome.metric))}" for r in _runners_up(outcome))
 
 
 def print_summary(out: Console, outcome: RunOutcome) -> None:
@@ -267,20 +312,23 @@ def print_summary(out: Console, outcome: RunOutcome) -> None:
         highlight=False, soft_wrap=True,
     )
     templates = outcome.of_isomer(chosen.isomer)
-    if 0 < report.n_conformers < outcome.conformers_requested:
-        out.print(f"fewer conformers than asked: ETKDG embedded {report.n_conformers} of "
-                  f"{outcome.conformers_requested}", style="yellow", highlight=False, soft_wrap=True)
+    made = outcome.conformers_made.get(chosen.isomer, report.n_conformers)
+    if 0 < made < outcome.conformers_requested:
+        out.print(f"fewer conformers than asked: ETKDG embedded {made} of {outcome.conformers_requested}",
+                  style="yellow", highlight=False, soft_wrap=True)
     _print_preparation(out, outcome)
     if len(templates) > 1 and outcome.chosen is not None:
         others = ", ".join(f"record {result.record} {result.name} "
                            f"{_score_text(result.best_score(outcome.metric))}"
-                           for result in templates if result is not outcome.chosen)
-        out.print(f"template: record {outcome.chosen.record} of {len(templates)} ({outcome.chosen.name}) "
-                  f"scored best by {outcome.metric} "
+                           for result in templates if result.record != outcome.chosen.record)
+        out.print(f"template: {outcome.chosen.name} (record {outcome.chosen.record}) scored best of the "
+                  f"{len(templates)} scored, by {outcome.metric} "
                   f"({_score_text(outcome.chosen.best_score(outcome.metric))}); others: {others}",
                   highlight=False, soft_wrap=True)
     elif outcome.chosen is not None:
         out.print(f"template: {outcome.chosen.name}", highlight=False, soft_wrap=True)
+    if outcome.chosen is not None and outcome.chosen.choice is not None:
+        out.print(_choice_text(outcome), highlight=False, soft_wrap=True)
     lines: dict[str, int] = {}  # one line per distinct event, with how often it came (each template, isomer)
     for event in _events(outcome):
         if isinstance(event, WorkersReduced):
@@ -312,6 +360,25 @@ def _print_preparation(out: Console, outcome: RunOutcome) -> None:
         out.print(f"stereo: {len(isomers)} stereoisomers scored{cap} (by {outcome.metric}: {listed})"
                   + (f"; the pose is isomer {chosen.isomer}: {chosen.smiles}" if chosen is not None else ""),
                   highlight=False, soft_wrap=True)
+
+
+def _choice_text(outcome: RunOutcome) -> str:
+    """``chosen from 770 templates: similarity 0.81, common core 24 atoms; pose pinned on 24 atoms``."""
+    chosen = outcome.chosen
+    assert chosen is not None and chosen.choice is not None
+    choice = chosen.choice
+    made = {"pinned": f"pose pinned on {choice.pinned_atoms} core atoms",
+            "pinned_partial": f"pose pinned on {choice.pinned_atoms} of {choice.core_atoms} core atoms "
+                              f"({choice.fallback}: {choice.detail})",
+            "free": f"free conformers ({choice.fallback}{': ' + choice.detail if choice.detail else ''})",
+            "input": "the input conformers"}[str(choice.method)]
+    selection = outcome.choices.get(chosen.isomer)
+    timeouts = f", {selection.mcs_timeouts} MCS searches out of time" if selection and selection.mcs_timeouts else ""
+    if choice.similarity is None:
+        return f"template choice: none (every template scored); {made}"
+    return (f"template choice: {len(outcome.of_isomer(chosen.isomer))} of {outcome.library} by common core"
+            f"{f' in {selection.seconds:.2f} s' if selection else ''}{timeouts}; this one: similarity "
+            f"{choice.similarity:.2f}, core {choice.core_atoms} atoms; {made}")
 
 
 def _score_text(score: float | None) -> str:

@@ -220,7 +220,9 @@ def test_every_template_record_is_scored_and_the_best_is_used(template_sdf, name
     done = select_best(templates, out, "-c", named_conformers, "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    assert summary["template"] == {"record": 2, "name": "self", "of": 3}
+    assert {key: summary["template"][key] for key in ("record", "name", "of", "library")} == {
+        "record": 2, "name": "self", "of": 3, "library": 3}
+    assert summary["template"]["pose_method"] == "input" and summary["template"]["core_atoms"] > 0
     by_record = {item["record"]: item for item in summary["templates"]}
     assert sorted(by_record) == [1, 2, 3]
     assert [by_record[n]["name"] for n in (1, 2, 3)] == [_name(template_sdf), "self", "egfr_template"]
@@ -230,4 +232,4 @@ def test_every_template_record_is_scored_and_the_best_is_used(template_sdf, name
     assert pose.GetProp("template_name") == "self" and pose.GetIntProp("template_record") == 2
     assert pose.GetDoubleProp("combo") == pytest.approx(by_record[2]["best"]["combo"]["combo"], abs=1e-12)
     done = select_best(templates, tmp_path / "human.sdf", "-c", named_conformers)
-    assert "template: record 2 of 3 (self) scored best by combo" in done.stdout
+    assert "template: self (record 2) scored best of the 3 scored, by combo" in done.stdout

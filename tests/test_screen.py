@@ -330,31 +330,37 @@ def test_sigterm_stops_taking_queries_and_leaves_consistent_files(series, templa
 
 # --- several templates ------------------------------------------------------------------------------
 
-def test_two_templates_give_each_query_the_better_single_template_result(template_sdf, tmp_path):
+def test_two_templates_scored_whole_give_each_query_the_better_single_template_result(template_sdf, tmp_path):
+    # --top-templates all: every template scores the same free conformers, so the better template's row is the
+    # row that template gives alone (only the runner-up column, naming the other template, differs)
     other = next(example.template for example in examples() if example.name == "egfr")
     both = write_templates(tmp_path / "both.sdf", [Chem.SDMolSupplier(str(template_sdf))[0], other])
     second = write_templates(tmp_path / "second.sdf", [other])
     queries = write_smi(tmp_path / "few.smi", GOOD[:3])
+    every = ("--top-templates", "all")
     single = {}
     for name, path in (("first", template_sdf), ("second", second)):
-        done = run_templ(*screen_args(path, queries, tmp_path / name, "-w", "2"))
+        done = run_templ(*screen_args(path, queries, tmp_path / name, "-w", "2", *every))
         assert done.returncode == 0, done.stderr
         single[name] = rows_without_time(tmp_path / name)
-    done = run_templ(*screen_args(both, queries, tmp_path / "both", "-w", "2"))
+    done = run_templ(*screen_args(both, queries, tmp_path / "both", "-w", "2", *every))
     assert done.returncode == 0, done.stderr
     rows = rows_without_time(tmp_path / "both")
     assert sorted(single["first"]) == ["aspirin", "ibuprofen#1", "ibuprofen#2", "mpro_query"]
     for query in single["first"]:  # each stereoisomer of ibuprofen on its own, too
         best = max(single.values(), key=lambda by_id: float(by_id[query]["combo"]))[query]
-        assert rows[query] == best
-    done = run_templ(*screen_args(both, queries, tmp_path / "per", "-w", "2", "--per-template"))
+        assert {**rows[query], "runner_up": ""} == best
+        assert rows[query]["pose_method"] == "free" and rows[query]["pin_fallback"] == "not_selected"
+    done = run_templ(*screen_args(both, queries, tmp_path / "per", "-w", "2", "--per-template", *every))
     assert done.returncode == 0, done.stderr
     per = read_scores(tmp_path / "per" / "scores.csv")
     assert len(per) == 2 * len(single["first"])
     for row in per:
         source = single["first"] if row["template"] == single["first"][row["query_id"]]["template"] else (
             single["second"])
-        assert {k: v for k, v in row.items() if k != "seconds"} == source[row["query_id"]]
+        ignored = ("seconds", "runner_up", "template_record")  # a record of its own file, alone
+        assert {k: v for k, v in row.items() if k not in ignored} == {
+            k: v for k, v in source[row["query_id"]].items() if k not in ignored}
 
 
 # --- a campaign under a tight pids cgroup ---------------------------------------------------------

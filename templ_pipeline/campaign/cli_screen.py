@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rdkit import Chem
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
@@ -24,11 +23,14 @@ from rich.text import Text
 from templ_pipeline import __version__
 from templ_pipeline.campaign.outputs import CampaignFiles
 from templ_pipeline.campaign.queries import QueryRecord, count_queries, read_queries
-from templ_pipeline.campaign.report import CampaignTally, rows_and_poses
-from templ_pipeline.campaign.runner import ScreenOptions, screen, template_names, templates_digest
+from templ_pipeline.campaign.report import CampaignTally, rows_and_poses, with_rmsd
+from templ_pipeline.campaign.runner import ScreenOptions, screen, templates_digest
 from templ_pipeline.core.events import Fallback, WorkersReduced
 from templ_pipeline.core.preparation import PreparationOptions
-from templ_pipeline.io import InputError, read_templates
+from templ_pipeline.core.template_choice import ChoiceOptions
+from templ_pipeline.core.template_library import TemplateLibrary
+from templ_pipeline.io import InputError, read_template_library
+from templ_pipeline.reference import ReferencePoses
 
 
 @dataclass(frozen=True)
@@ -53,26 +55,31 @@ class ScreenRequest:
     executor: str = "auto"
     scheduler: str | None = None
     worker_timeout: float | None = None
+    choice: ChoiceOptions = ChoiceOptions()
+    align: bool = True
+    reference: Path | None = None
 
 
 @dataclass
 class PreparedCampaign:
-    """Everything checked and opened: templates, the query stream, the files, the total."""
+    """Everything checked and opened: the template library, the query stream, the files, the total."""
 
     request: ScreenRequest
-    templates: list[Chem.Mol]
-    names: list[str]
+    library: TemplateLibrary
     records: Iterator[QueryRecord]
     files: CampaignFiles
     total: int | None
     options: ScreenOptions
+    references: ReferencePoses | None = None
 
 
-def parameters(request: ScreenRequest, templates: list[Chem.Mol]) -> dict[str, Any]:
+def parameters(request: ScreenRequest, library: TemplateLibrary) -> dict[str, Any]:
     """What decides a campaign's rows: a resumed run must have the same."""
     return {
-        "templates_sha256": templates_digest(templates),
-        "templates": template_names(templates),
+        "templates_sha256": templates_digest(library),
+        "templates": list(library.names),
+        "template_choice": request.choice.as_dict(),
+        "align_pinned_poses": request.align,
         "num_conformers": request.num_conformers,
         "seed": request.seed,
         "metric": request.metric,
@@ -84,15 +91,16 @@ def parameters(request: ScreenRequest, templates: list[Chem.Mol]) -> dict[str, A
 
 def prepare(request: ScreenRequest) -> PreparedCampaign:
     """Read the templates, open the query stream and the campaign's files; ``InputError`` when unusable."""
-    templates = read_templates(request.template)
+    library = read_template_library(request.template)
+    references = ReferencePoses.read(request.reference) if request.reference is not None else None
     reading = {"smiles_column": request.smiles_column, "id_column": request.id_column,
                "group_conformers": request.use_input_conformers}
     stream = read_queries(request.queries, **reading)
     first = next(stream, None)
     if first is None:
         raise InputError(f"{request.queries}: no query records")
-    files = CampaignFiles.open(request.output_dir, parameters(request, templates), resume=request.resume,
-                               rows_per_query=len(templates) if request.per_template else 1)
+    files = CampaignFiles.open(request.output_dir, parameters(request, library), resume=request.resume,
+                               rows_per_query=rows_per_isomer(request, library) if request.per_template else 1)
     total = count_queries(request.queries, **reading)
     done = files.done
     records = (record for record in itertools.chain((first,), stream) if record.query_id not in done)
@@ -100,9 +108,16 @@ def prepare(request: ScreenRequest) -> PreparedCampaign:
                             metric=request.metric, query_timeout=request.query_timeout,
                             use_input_conformers=request.use_input_conformers, exact_workers=request.exact_workers,
                             preparation=request.preparation, executor=request.executor,
-                            scheduler=request.scheduler, worker_timeout=request.worker_timeout)
+                            scheduler=request.scheduler, worker_timeout=request.worker_timeout,
+                            choice=request.choice, align=request.align)
     left = None if total is None else max(0, total - len(done))
-    return PreparedCampaign(request, templates, template_names(templates), records, files, left, options)
+    return PreparedCampaign(request, library, records, files, left, options, references)
+
+
+def rows_per_isomer(request: ScreenRequest, library: TemplateLibrary) -> int:
+    """Rows of one prepared molecule with ``--per-template``: one per template scored."""
+    top = request.choice.top
+    return len(library) if top is None else min(top, len(library))
 
 
 class QueryRate(ProgressColumn):
@@ -151,9 +166,12 @@ def run(prepared: PreparedCampaign, *, console: Console, out: Console, progress:
         start_progress(display)
         try:
             bar = display.add_task("screening", total=prepared.total, failed=0)
-            for result in screen(prepared.records, prepared.templates, prepared.options, total=prepared.total,
+            for result in screen(prepared.records, prepared.library, prepared.options, total=prepared.total,
                                  skipped=tally.skipped, observers=(keep,)):
-                rows, poses = rows_and_poses(result, prepared.names, request.metric, request.per_template)
+                rows, poses = rows_and_poses(result, prepared.library, request.metric, request.per_template,
+                                             rows_per_isomer(request, prepared.library))
+                if prepared.references is not None:
+                    poses = with_rmsd(rows, poses, prepared.references)
                 files.write(rows, poses)
                 tally.add(result)
                 display.update(bar, advance=1, failed=tally.failed)

@@ -66,6 +66,15 @@ class ScoreRow:
     status: str
     reason: str
     template: str
+    template_record: int | None  # the template's 1-based record in the template file
+    template_similarity: float | None  # 2D (Morgan) Tanimoto similarity to the query; empty without a choice
+    core_atoms: int  # atoms of the common substructure with the template
+    core_smarts: str
+    pose_method: str  # how the conformers were made: pinned, pinned_partial, free, input (PoseMethod)
+    pin_fallback: str  # why the core was not pinned whole: none, small_core, stereo_mismatch, ... (PinFallback)
+    pinned_atoms: int
+    runner_up: str  # the other chosen templates' best scores by the metric: "name score; ..."
+    rmsd: float | None  # heavy-atom RMSD in place to the reference pose (--reference); empty without one
     n_conformers_requested: int
     n_conformers: int
     n_scored: int

@@ -2,43 +2,45 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from rdkit import Chem, rdBase
 
 from templ_pipeline.campaign.outputs import ScoreRow
 from templ_pipeline.campaign.runner import QueryResult
 from templ_pipeline.campaign.task import IsomerOutcome, TemplateResult, isomer_id
 from templ_pipeline.core.events import PreparationAction, QueryStatus
+from templ_pipeline.core.template_library import TemplateLibrary
+from templ_pipeline.reference import ReferencePoses
 
 FEWER_CONFORMERS = "fewer_conformers"
 """The ``reason`` of an ``ok`` row whose query got fewer conformers than asked (ETKDG gave up on some)."""
 
 
-def rows_and_poses(result: QueryResult, names: Sequence[str], metric: str,
-                   per_template: bool) -> tuple[list[ScoreRow], list[str | None]]:
+def rows_and_poses(result: QueryResult, library: TemplateLibrary, metric: str, per_template: bool,
+                   rows_per_isomer: int = 1) -> tuple[list[ScoreRow], list[str | None]]:
     """For each prepared molecule of the query (itself, or each stereoisomer): one row (its best template's)
-    or one row per template, each with its pose (None when it has none). A query that failed before it was
-    embedded has one row (or one per template) and no pose."""
+    or one row per template scored, each with its pose (None when it has none). A query that failed before it
+    was embedded has one row (``rows_per_isomer`` with ``per_template``) and no pose."""
     outcome = result.outcome
     isomers: list[IsomerOutcome | None] = list(outcome.isomers) or [None]
     rows, poses = [], []
     for isomer in isomers:
         if per_template:
             templates = isomer.templates if isomer is not None else []
-            chosen: list[TemplateResult | None] = list(templates) or [None] * len(names)
-            template_of = list(range(len(names)))
+            chosen: list[TemplateResult | None] = list(templates) or [None] * rows_per_isomer
         else:
-            best = isomer.best(metric) if isomer is not None else None
-            chosen, template_of = [best], [best.template if best is not None else -1]
-        for number, item in zip(template_of, chosen):
+            chosen = [isomer.best(metric) if isomer is not None else None]
+        for item in chosen:
             pose = item.record if item is not None and item.record else None
-            rows.append(_row(result, isomer, item, names[number] if number >= 0 else "", pose is not None))
+            rows.append(_row(result, isomer, item, library, pose is not None))
             poses.append(pose)
     return rows, poses
 
 
-def _row(result: QueryResult, isomer: IsomerOutcome | None, item: TemplateResult | None, template: str,
+def _row(result: QueryResult, isomer: IsomerOutcome | None, item: TemplateResult | None, library: TemplateLibrary,
          posed: bool) -> ScoreRow:
     outcome = result.outcome
     conformers = isomer.conformers if isomer is not None else 0
@@ -48,19 +50,49 @@ def _row(result: QueryResult, isomer: IsomerOutcome | None, item: TemplateResult
         status = QueryStatus.FAILED
         reason = (isomer.reason if isomer is not None and isomer.reason else outcome.reason) or "no_conformer_scored"
     index = isomer.index if isomer is not None else 0
+    choice = item.choice if item is not None else None
     input_smiles = outcome.smiles or (result.record.smiles or "")
     return ScoreRow(
         query_id=isomer_id(result.query_id, index), input_id=result.query_id,
         smiles=isomer.smiles if isomer is not None else "", input_smiles=input_smiles, isomer=index,
         isomers=len(outcome.isomers), removed=outcome.removed,
         preparation=",".join(outcome.actions) or (str(PreparationAction.UNCHANGED) if outcome.isomers else ""),
-        status=str(status), reason=str(reason), template=template,
+        status=str(status), reason=str(reason), template=library.names[item.template] if item is not None else "",
+        template_record=library.records[item.template] if item is not None else None,
+        template_similarity=(round(choice.similarity, 4) if choice is not None and choice.similarity is not None
+                             else None),
+        core_atoms=choice.core_atoms if choice is not None else 0,
+        core_smarts=choice.core_smarts if choice is not None else "",
+        pose_method=str(choice.method) if choice is not None else "",
+        pin_fallback=str(choice.fallback) if choice is not None else "",
+        pinned_atoms=choice.pinned_atoms if choice is not None else 0,
+        runner_up=choice.runner_up if choice is not None else "", rmsd=None,
         n_conformers_requested=result.conformers_requested, n_conformers=conformers,
         n_scored=item.scored if item is not None else 0, n_failed=item.failed if item is not None else 0,
         shape=item.shape if posed and item else None, color=item.color if posed and item else None,
         combo=item.combo if posed and item else None, conformer_id=item.conf_id if posed and item else None,
         seconds=round(outcome.seconds, 3),
     )
+
+
+def with_rmsd(rows: list[ScoreRow], poses: list[str | None], references: ReferencePoses) -> list[str | None]:
+    """Each posed row's heavy-atom RMSD in place to its reference (``--reference``), set on the row and added
+    to its pose record; the poses, with the property."""
+    updated: list[str | None] = []
+    for position, (row, record) in enumerate(zip(rows, poses, strict=True)):
+        if record is None:
+            updated.append(None)
+            continue
+        with rdBase.BlockLogs():
+            pose = Chem.MolFromMolBlock(record, removeHs=False)
+        rmsd = references.rmsd(row.input_id, pose) if pose is not None else None
+        if rmsd is None:
+            updated.append(record)
+            continue
+        rows[position] = dataclasses.replace(row, rmsd=rmsd)
+        body, end = record.rsplit("$$$$", 1)
+        updated.append(f"{body}>  <rmsd>  \n{rmsd}\n\n$$$${end}")
+    return updated
 
 
 @dataclass

@@ -59,6 +59,7 @@ from templ_pipeline.core.events import (
     QueryStarted,
     QueryStatus,
     TaskType,
+    TemplatesChosen,
     cause_of,
     no_room_reason,
 )
@@ -67,6 +68,8 @@ from templ_pipeline.core.native_call import call_interruptibly
 from templ_pipeline.core.preparation import PreparationOptions
 from templ_pipeline.core.scoring import METRICS
 from templ_pipeline.core.sizing import insists_on_workers, plan_workers
+from templ_pipeline.core.template_choice import ChoiceOptions
+from templ_pipeline.core.template_library import TemplateLibrary
 
 DEFAULT_QUERY_TIMEOUT = 600.0
 """Seconds one query may take. Conformer generation of large flexible ligands takes 15-35 s
@@ -102,6 +105,8 @@ class ScreenOptions:
     executor: str = "auto"  # auto / process: the local ladder; dask: a Dask cluster on top of it
     scheduler: str | None = None  # the Dask scheduler (default $DASK_SCHEDULER_ADDRESS, else a LocalCluster)
     worker_timeout: float | None = None  # seconds without a Dask worker before going on locally
+    choice: ChoiceOptions = ChoiceOptions()  # how each query's templates are chosen (top=None: all, free ETKDG)
+    align: bool = True  # False: pinned poses are scored where they were made (--keep-pinned-pose)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -148,15 +153,23 @@ def _record_name(mol: Chem.Mol) -> str:
     return mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
 
 
+def as_library(templates: TemplateLibrary | Sequence[Chem.Mol]) -> TemplateLibrary:
+    """``templates`` as a library (a list of molecules: records 1, 2, ... named as :func:`template_names`)."""
+    if isinstance(templates, TemplateLibrary):
+        return templates
+    return TemplateLibrary([Chem.Mol(t, confId=t.GetConformer().GetId()) for t in templates],
+                           template_names(templates))
+
+
 def template_names(templates: Sequence[Chem.Mol]) -> list[str]:
     """Each template's record name, or ``template_<n>`` when it has none."""
     return [_record_name(mol) or f"template_{number}" for number, mol in enumerate(templates, start=1)]
 
 
-def templates_digest(templates: Sequence[Chem.Mol]) -> str:
+def templates_digest(templates: TemplateLibrary | Sequence[Chem.Mol]) -> str:
     """A digest of the templates' molecules and poses: a resumed campaign must use the same ones."""
     digest = hashlib.sha256()
-    for mol in templates:
+    for mol in (templates.mols if isinstance(templates, TemplateLibrary) else templates):
         digest.update(Chem.MolToMolBlock(mol).encode())
     return digest.hexdigest()
 
@@ -174,7 +187,7 @@ def as_records(queries: Iterable[QueryRecord | str | Chem.Mol]) -> Iterator[Quer
 
 def screen(
     queries: Iterable[QueryRecord | str | Chem.Mol],
-    templates: Sequence[Chem.Mol],
+    templates: TemplateLibrary | Sequence[Chem.Mol],
     options: ScreenOptions = ScreenOptions(),
     *,
     total: int | None = None,
@@ -183,19 +196,23 @@ def screen(
 ) -> Iterator[QueryResult]:
     """Run every query against ``templates``; yield one :class:`QueryResult` per query, as each finishes.
 
-    ``queries`` may be ``QueryRecord``s (from :func:`~templ_pipeline.campaign.queries.read_queries`),
+    ``templates`` is a :class:`~templ_pipeline.core.template_library.TemplateLibrary` (or a list of template
+    molecules): each query's templates are chosen from it as ``options.choice`` says. ``queries`` may be
+    ``QueryRecord``s (from :func:`~templ_pipeline.campaign.queries.read_queries`),
     SMILES strings or RDKit molecules, and is read lazily. ``total`` (the queries
     to run, when known) sizes the workers; ``skipped`` says how many of the input's
     an earlier run did (progress counts both). Results come in the order queries finish. Closing the
     generator, or an exception in it (such as an interrupt), ends the workers at
     once: queries in flight are abandoned, never half-reported.
     """
-    if not templates:
+    if not len(templates):
         raise ValueError("screen needs at least one template")
     emit = Emitter((observe_telemetry, *observers))
-    settings = CampaignSettings(tuple(mol_to_bytes(Chem.Mol(t, confId=t.GetConformer().GetId())) for t in templates),
-                                tuple(template_names(templates)), options.num_conformers, options.seed,
-                                options.metric, options.use_input_conformers, options.preparation)
+    library = as_library(templates)
+    settings = CampaignSettings(tuple(mol_to_bytes(mol) for mol in library.mols), tuple(library.names),
+                                options.num_conformers, options.seed, options.metric, options.use_input_conformers,
+                                options.preparation, choice=options.choice, align=options.align,
+                                template_records=tuple(library.records))
     campaign = _Campaign(settings, options, emit)
     whole = None if total is None else total + skipped  # the input's size, as progress and alerts count it
     with telemetry.campaign_span(total=whole, templates=len(templates), workers_requested=options.workers) as stats:
@@ -410,6 +427,14 @@ class _Campaign:
                                      outcome.stereoisomers_possible, outcome.removed,
                                      tuple(PreparationAction(a) for a in outcome.actions), requested * len(outcome.isomers),
                                      outcome.conformers, "; ".join(outcome.warnings)))
+        chosen_isomer, chosen = outcome.best_isomer(options.metric)
+        if chosen_isomer is not None and chosen is not None and chosen.choice is not None:
+            choice = chosen.choice
+            self._emit(TemplatesChosen(record.query_id, len(self._settings.templates), len(chosen_isomer.templates),
+                                       self._settings.template_names[chosen.template], choice.similarity,
+                                       choice.core_atoms, choice.core_smarts, choice.method, choice.fallback,
+                                       choice.pinned_atoms, sum(i.mcs_timeouts for i in outcome.isomers),
+                                       sum(i.choice_seconds for i in outcome.isomers)))
         # conformers asked and made over all the query's stereoisomers, so a shortfall of one isomer shows
         self._emit(QueryFinished(record.query_id, kind, outcome.status, outcome.reason, outcome.seconds,
                                  requested * max(1, len(outcome.isomers)), outcome.conformers,

@@ -27,9 +27,24 @@ from rdkit import Chem, rdBase
 
 from templ_pipeline.telemetry.worker_spans import WorkerSpan, start_worker_span
 from templ_pipeline.campaign.poses import aligned_pose, pose_record
-from templ_pipeline.core.batch import BatchTask, batch_query, sanitized_copy_without_conformers, score_batch
-from templ_pipeline.core.embedding import Embed, embed_on_this_thread, embed_prepared
-from templ_pipeline.core.events import PreparationAction, QueryFailureReason, QueryStatus
+from templ_pipeline.core.batch import (
+    BatchTask,
+    ConformerFailure,
+    ConformerScore,
+    batch_query,
+    sanitized_copy_without_conformers,
+    score_batch,
+)
+from templ_pipeline.core.embedding import Embed, embed_on_this_thread
+from templ_pipeline.core.events import (
+    FailureReason,
+    PinFallback,
+    PoseMethod,
+    PreparationAction,
+    QueryFailureReason,
+    QueryStatus,
+)
+from templ_pipeline.core.pinning import PinnedConformers
 from templ_pipeline.core.preparation import (
     Preparation,
     PreparationError,
@@ -37,6 +52,9 @@ from templ_pipeline.core.preparation import (
     prepare,
     refuse_unscorable,
 )
+from templ_pipeline.core.template_choice import ChoiceOptions, TemplateChoice, choose_templates
+from templ_pipeline.core.template_library import TemplateLibrary
+from templ_pipeline.core.template_poses import TemplateChoiceRecord, TemplatePoses, template_conformers
 
 SpanRecord = tuple[str, WorkerSpan, dict[str, object]]
 
@@ -53,6 +71,9 @@ class CampaignSettings:
     use_input_conformers: bool = False
     preparation: PreparationOptions = PreparationOptions()
     query_threads: int = 0  # ETKDG threads per query on a Dask worker; 0: its machine's CPUs per task thread
+    choice: ChoiceOptions = ChoiceOptions()  # how each query's templates are chosen from the library
+    align: bool = True  # False: a pinned pose is scored where it was made, not aligned onto its template
+    template_records: tuple[int, ...] = ()  # each template's 1-based record in the template file
 
     def conformers_requested(self, molblocks: tuple[str, ...]) -> int:
         """Conformers a query asks for: its input records' with ``use_input_conformers``, else ``num_conformers``."""
@@ -83,6 +104,7 @@ class TemplateResult:
     record: str = ""  # the best conformer aligned onto the template, as its SDF record (poses.pose_record)
     failure: str = ""  # the first conformer failure's detail, for the log
     failures_alike: bool = False  # every conformer failed, all with that one detail
+    choice: TemplateChoiceRecord | None = None  # why this template, and how its conformers were made
 
     @property
     def combo(self) -> float | None:
@@ -104,6 +126,8 @@ class IsomerOutcome:
     detail: str = ""
     conformers: int = 0
     templates: list[TemplateResult] = field(default_factory=list)
+    choice_seconds: float = 0.0  # choosing its templates (prefilter and MCS)
+    mcs_timeouts: int = 0
 
     def best(self, metric: str) -> TemplateResult | None:
         """The template that scored this isomer best (the first one on a tie), None when none scored."""
@@ -179,7 +203,8 @@ class QueryRunner:
         self.settings = settings
         self.embed: Embed = embed_on_this_thread
         self.threads: Callable[[], int] = lambda: 1
-        self._templates = [Chem.Mol(binary) for binary in settings.templates]
+        self.library = TemplateLibrary([Chem.Mol(binary) for binary in settings.templates], settings.template_names,
+                                       settings.template_records or None)
         self._keys = [hashlib.sha1(binary).hexdigest() for binary in settings.templates]
 
     def run(self, task: QueryTask) -> QueryOutcome:
@@ -232,11 +257,26 @@ class QueryRunner:
 
     def _isomer(self, task: QueryTask, outcome: QueryOutcome, isomer: IsomerOutcome, mol: Chem.Mol,
                 given: bool = False) -> IsomerOutcome:
-        """Embed (unless the conformers are ``given``) and score one prepared molecule of the query."""
+        """Choose its templates, embed (unless the conformers are ``given``) and score one prepared molecule."""
         settings = self.settings
         clock = start_worker_span(task.carrier, outcome.pid)
-        confs = mol if given else embed_prepared(mol, settings.num_conformers, settings.seed, self.embed)
-        isomer.conformers = confs.GetNumConformers()
+        choice = choose_templates(mol, self.library, settings.choice)
+        isomer.choice_seconds, isomer.mcs_timeouts = choice.seconds, choice.mcs_timeouts
+        if clock is not None:
+            outcome.spans.append(("templates.choose", clock.finish(),
+                                  {"templ.templates.library": len(self.library),
+                                   "templ.templates.chosen": len(choice.chosen),
+                                   "templ.templates.mcs_searched": choice.searched,
+                                   "templ.templates.mcs_timeouts": choice.mcs_timeouts,
+                                   "templ.isomer": isomer.index}))
+        clock = start_worker_span(task.carrier, outcome.pid)
+        if given:
+            as_given = PinnedConformers(mol, PoseMethod.INPUT, PinFallback.NONE)
+            posed = [TemplatePoses(match.index, match, as_given) for match in choice.chosen]
+        else:
+            posed = template_conformers(mol, self.library, choice, settings.num_conformers, settings.seed,
+                                        self.embed, settings.choice)
+        isomer.conformers = _distinct_conformers(posed)
         if clock is not None:
             outcome.spans.append(("conformers.generate", clock.finish(),
                                   {"templ.conformers.requested": settings.conformers_requested(task.molblocks),
@@ -249,11 +289,11 @@ class QueryRunner:
             return isomer
         clock = start_worker_span(task.carrier, outcome.pid)
         name = isomer_id(task.query_id, isomer.index)
-        isomer.templates = self._score(confs, name, isomer.smiles, outcome, isomer,
+        isomer.templates = self._score(posed, choice, name, isomer.smiles, outcome, isomer,
                                        settings.conformers_requested(task.molblocks))
         if clock is not None:
             outcome.spans.append(("screen.score", clock.finish(),
-                                  {"templ.templates": len(self._templates),
+                                  {"templ.templates": len(posed),
                                    "templ.conformers.scored": sum(r.scored for r in isomer.templates),
                                    "templ.conformers.failed": sum(r.failed for r in isomer.templates),
                                    "templ.isomer": isomer.index}))
@@ -287,34 +327,59 @@ class QueryRunner:
         except InputError as error:
             raise QueryError(QueryFailureReason.INVALID_RECORD, str(error)) from None
 
-    def _score(self, confs: Chem.Mol, name: str, smiles: str, outcome: QueryOutcome,
-               isomer: IsomerOutcome, requested: int) -> list[TemplateResult]:
-        """Each template's best conformer by the campaign's metric (ties to the lowest conformer id),
-        with its pose as the SDF record the campaign writes."""
+    def _score(self, posed: list[TemplatePoses], choice: TemplateChoice, name: str, smiles: str,
+               outcome: QueryOutcome, isomer: IsomerOutcome, requested: int) -> list[TemplateResult]:
+        """Each template's best conformer by the campaign's metric (ties to the lowest conformer id), with its
+        pose as the SDF record the campaign writes and why the template was chosen."""
         metric = self.settings.metric
-        topology = Chem.Mol(confs)
-        topology.RemoveAllConformers()
-        conf_ids = tuple(conformer.GetId() for conformer in confs.GetConformers())
-        base = sanitized_copy_without_conformers(confs)
-        results = []
-        for number, (template, key) in enumerate(zip(self._templates, self._keys)):
+        library = self.library
+        found: list[tuple[TemplatePoses, list[ConformerScore], list[ConformerFailure]]] = []
+        for poses in posed:
+            confs = poses.conformers.confs
+            conf_ids = tuple(conformer.GetId() for conformer in confs.GetConformers())
+            base = sanitized_copy_without_conformers(confs) if conf_ids else None
             if base is None:
-                results.append(TemplateResult(number, 0, len(conf_ids), failure="query molecule failed sanitization"))
+                detail = "query molecule failed sanitization" if conf_ids else "no conformer embedded"
+                found.append((poses, [], [ConformerFailure(cid, FailureReason.SANITIZATION_FAILED, detail)
+                                          for cid in conf_ids]))
                 continue
-            batch = score_batch(BatchTask(number, template, key, batch_query(base, confs, conf_ids), conf_ids))
-            top = min(batch.scored, key=lambda item: (-getattr(item, metric), item.conf_id), default=None)
-            failure = batch.failed[0].detail if batch.failed else ""
+            align = self.settings.align or poses.conformers.method in (PoseMethod.FREE, PoseMethod.INPUT)
+            batch = score_batch(BatchTask(poses.index, library.mols[poses.index], self._keys[poses.index],
+                                          batch_query(base, confs, conf_ids), conf_ids, align=align))
+            found.append((poses, batch.scored, batch.failed))
+        tops = [min(scored, key=lambda item: (-getattr(item, metric), item.conf_id), default=None)
+                for _, scored, _ in found]
+        results = []
+        for position, ((poses, scored, failed_), top) in enumerate(zip(found, tops, strict=True)):
+            failure = failed_[0].detail if failed_ else ""
+            others = sorted(((getattr(other, metric), found[number][0].index)
+                             for number, other in enumerate(tops) if other is not None and number != position),
+                            key=lambda pair: (-pair[0], pair[1]))
+            record = poses.record(len(scored) + len(failed_),
+                                    "; ".join(f"{library.names[index]} {score:.4f}" for score, index in others))
             if top is None:
-                alike = bool(batch.failed) and all(item.detail == failure for item in batch.failed)
-                results.append(TemplateResult(number, 0, len(batch.failed), failure=failure, failures_alike=alike))
-            else:
-                record = pose_record(aligned_pose(topology, top.conf_id, top.positions), name=name, smiles=smiles,
-                                     template=self.settings.template_names[number], shape=top.shape,
-                                     color=top.color, combo=top.combo, conformer_id=top.conf_id,
-                                     preparation=preparation_properties(outcome, isomer, requested))
-                results.append(TemplateResult(number, len(batch.scored), len(batch.failed), top.conf_id,
-                                              top.shape, top.color, record, failure))
+                alike = bool(failed_) and all(item.detail == failure for item in failed_)
+                results.append(TemplateResult(poses.index, 0, len(failed_), failure=failure, failures_alike=alike,
+                                              choice=record))
+                continue
+            topology = Chem.Mol(poses.conformers.confs)
+            topology.RemoveAllConformers()
+            properties = {**preparation_properties(outcome, isomer, requested),
+                          **record.properties(library.records[poses.index])}
+            pose = pose_record(aligned_pose(topology, top.conf_id, top.positions), name=name, smiles=smiles,
+                               template=library.names[poses.index], shape=top.shape, color=top.color,
+                               combo=top.combo, conformer_id=top.conf_id, preparation=properties)
+            results.append(TemplateResult(poses.index, len(scored), len(failed_), top.conf_id, top.shape, top.color,
+                                          pose, failure, choice=record))
         return results
+
+
+def _distinct_conformers(posed: list[TemplatePoses]) -> int:
+    """Conformers made for the query (a free embedding shared by every template counts once)."""
+    seen: dict[int, int] = {}
+    for poses in posed:
+        seen[id(poses.conformers)] = poses.conformers.confs.GetNumConformers()
+    return sum(seen.values())
 
 
 def _refused(error: PreparationError, outcome: QueryOutcome) -> QueryError:

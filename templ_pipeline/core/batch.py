@@ -78,9 +78,11 @@ class BatchTask:
 
     In-process runs use the molecules as they are; when the task crosses a process
     boundary it pickles them with double-precision coordinates (``__getstate__``).
+    ``align=False`` scores each conformer where it is (a pose pinned on the template's
+    core, kept as made) instead of aligning it onto the template first.
     """
 
-    __slots__ = ("index", "template", "template_key", "query", "conf_ids", "carrier")
+    __slots__ = ("index", "template", "template_key", "query", "conf_ids", "carrier", "align")
 
     def __init__(
         self,
@@ -90,8 +92,10 @@ class BatchTask:
         query: Chem.Mol,
         conf_ids: tuple[int, ...],
         carrier: dict[str, str] | None = None,
+        align: bool = True,
     ) -> None:
         self.index = index
+        self.align = align
         self.template = template
         self.template_key = template_key
         self.query = query
@@ -106,6 +110,7 @@ class BatchTask:
             "query": mol_to_bytes(self.query),
             "conf_ids": self.conf_ids,
             "carrier": self.carrier,
+            "align": self.align,
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -115,6 +120,7 @@ class BatchTask:
         self.query = Chem.Mol(state["query"])
         self.conf_ids = state["conf_ids"]
         self.carrier = state["carrier"]
+        self.align = state["align"]
 
 
 class _ShapeCache:
@@ -138,6 +144,8 @@ class _ShapeCache:
 
 
 _SHAPES = _ShapeCache()
+_IN_PLACE = rdShapeAlign.ShapeInputOptions()
+_IN_PLACE.useColors = True  # the colour (pharmacophore) score, as AlignMol's useColors=True
 
 
 def has_coordinates(positions: np.ndarray) -> bool:
@@ -184,9 +192,12 @@ def score_batch(task: BatchTask) -> BatchResult:
                 ConformerFailure(conf_id, FailureReason.NO_COORDINATES, "coordinates missing or not finite"))
             continue
         try:
-            shape_score, color_score = rdShapeAlign.AlignMol(
-                shape, query, probeConfId=conf_id, useColors=True, applyRefShift=True
-            )
+            if task.align:
+                shape_score, color_score = rdShapeAlign.AlignMol(
+                    shape, query, probeConfId=conf_id, useColors=True, applyRefShift=True
+                )
+            else:
+                shape_score, color_score = rdShapeAlign.ScoreMol(shape, query, _IN_PLACE, molConfId=conf_id)
         except (RuntimeError, ValueError) as exc:
             result.failed.append(
                 ConformerFailure(conf_id, FailureReason.ALIGNMENT_FAILED, f"{type(exc).__name__}: {exc}"))

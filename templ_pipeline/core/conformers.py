@@ -12,11 +12,14 @@ bit-identical coordinates), and every attempt starts from a fresh copy of the mo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from rdkit import Chem, rdBase
 
 from templ_pipeline import telemetry
 from templ_pipeline.telemetry.observer import observe as observe_telemetry
-from templ_pipeline.core.embedding import embed
+from templ_pipeline.core.embedding import Embed, Pins, embed
 from templ_pipeline.core.events import (
     Emitter,
     ExecutorKind,
@@ -83,6 +86,23 @@ def generate_conformers(
     return Chem.RemoveHs(embedded)
 
 
+@contextmanager
+def granted_embedding(n_workers: int = 1, *, observers: tuple[Observer, ...] = (),
+                      exact_workers: bool = False) -> Iterator[tuple[Embed, EmbeddingThreads]]:
+    """An :class:`~templ_pipeline.core.embedding.Embed` on the RDKit threads granted for ``n_workers`` (fewer
+    after a refused start, as :func:`generate_conformers`), and the threads; the grant is released on exit."""
+    threads = EmbeddingThreads(n_workers, Emitter((observe_telemetry, *observers)), exact_workers=exact_workers)
+
+    def run(with_hs: Chem.Mol, num_conformers: int, seed: int, random_coords: bool,
+            pins: Pins | None = None) -> Chem.Mol:
+        return embed_conformers(with_hs, num_conformers, seed, threads, random_coords=random_coords, pins=pins)
+
+    try:
+        yield run, threads
+    finally:
+        threads.release()
+
+
 class EmbeddingThreads:
     """How many RDKit threads the next embedding uses: the grant, then fewer after each refusal.
 
@@ -119,13 +139,14 @@ class EmbeddingThreads:
 
 
 def embed_conformers(with_hs: Chem.Mol, num_conformers: int, seed: int, threads: EmbeddingThreads,
-           *, random_coords: bool) -> Chem.Mol:
+                     *, random_coords: bool, pins: Pins | None = None) -> Chem.Mol:
     """A copy of ``with_hs`` holding the conformers ETKDG embeds, on as many threads as can start."""
     while True:
         count = threads.count
         before = pids_refusals() if count > 1 else None
         try:
-            return call_interruptibly(lambda: embed(with_hs, num_conformers, seed, count, random_coords=random_coords),
+            return call_interruptibly(lambda: embed(with_hs, num_conformers, seed, count, random_coords=random_coords,
+                                                    pins=pins),
                                       name="templ-embed", on_inline=_warn_inline)
         except (RuntimeError, OSError) as error:
             if threads.count == 1 or not is_start_refusal(error):

@@ -149,6 +149,29 @@ class PreparationAction(StrEnum):
     TOO_SMALL = "too_small"
 
 
+class PoseMethod(StrEnum):
+    """How a query's conformers were made for a template (``core.pinning``): the shared core pinned on the
+    template's coordinates, part of it pinned (a stereocentre or unmet constraints left some free), or free
+    ETKDG (no core to pin, or no template selection)."""
+
+    PINNED = "pinned"
+    PINNED_PARTIAL = "pinned_partial"
+    INPUT = "input"  # the conformers given (--use-input-conformers), scored as they are
+    FREE = "free"
+
+
+class PinFallback(StrEnum):
+    """Why the core was not pinned whole; ``none`` when it was."""
+
+    NONE = "none"
+    NOT_SELECTED = "not_selected"  # --top-templates all: every template scored, no core chosen
+    PIN_OFF = "pin_off"  # --no-pin: templates chosen, conformers free
+    SMALL_CORE = "small_core"  # the common substructure is too small to fix an orientation
+    MCS_TIMEOUT = "mcs_timeout"  # the MCS search had no time left for this template
+    STEREO_MISMATCH = "stereo_mismatch"  # the template would invert a stereocentre of the query
+    CONSTRAINTS_UNMET = "constraints_unmet"  # ETKDG could not embed with the pins
+
+
 class ReplacementReason(StrEnum):
     """Why a campaign worker was ended and replaced: its query ran over the time limit, or it died."""
 
@@ -338,6 +361,29 @@ class QueryPrepared:
 
 
 @dataclass(frozen=True, slots=True)
+class TemplatesChosen:
+    """A query's templates were chosen from the library and its pose made: once per query (select-best or a
+    campaign query), for the pose kept (its best stereoisomer's best template).
+
+    ``method`` and ``fallback`` are bounded (``PoseMethod``, ``PinFallback``); the query id, the template's
+    name and the core's SMARTS are for the log line only, never for a label.
+    """
+
+    query_id: str
+    library: int
+    chosen: int
+    template: str
+    similarity: float | None
+    core_atoms: int
+    core_smarts: str
+    method: PoseMethod
+    fallback: PinFallback
+    pinned_atoms: int
+    mcs_timeouts: int
+    seconds: float  # choosing the templates (prefilter and MCS), summed over the query's stereoisomers
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerReplaced:
     """A campaign worker was ended (or found dead) and another started in its place."""
 
@@ -359,7 +405,7 @@ class CampaignDone:
 
 ExecutorEvent = (WorkersGranted | WorkersReduced | ExecutorCreated | Fallback | PoolRestarted | BatchResubmitted
                  | LimitsObserved | BatchDone | CallDone | CampaignStarted | QueryStarted | QueryFinished
-                 | WorkerReplaced | QueryResubmitted | CampaignDone | QueryPrepared)
+                 | WorkerReplaced | QueryResubmitted | CampaignDone | QueryPrepared | TemplatesChosen)
 
 Observer = Callable[[ExecutorEvent], None]
 """Anything that wants to hear of events: called in the emitting thread, in order."""

@@ -222,6 +222,7 @@ def select_best_with_report(
     observers: Sequence[Observer] = (),
     exact_workers: bool = False,
     worker_timeout: float | None = None,
+    align: bool = True,
 ) -> Selection:
     """``select_best`` with a ``SelectionReport``; ``on_batch`` sees each finished batch and
     ``observers`` every executor event (after telemetry and the report have).
@@ -230,7 +231,8 @@ def select_best_with_report(
     than the CPUs this process may use (each a recorded reduction), unless
     ``exact_workers`` (:mod:`templ_pipeline.core.sizing`). With ``executor="dask"``, a
     scheduler without a worker for ``worker_timeout`` seconds is a ``no_workers``
-    fallback to the local ladder.
+    fallback to the local ladder. ``align=False`` scores each conformer where it is (a pose pinned on the
+    template's core, :mod:`templ_pipeline.core.pinning`) instead of aligning it onto the template.
     """
     _validate(confs, tpl, align_metric, n_workers)
     validate_executor(executor, scheduler)
@@ -259,7 +261,8 @@ def select_best_with_report(
                 batch_size = choose_batch_size(len(conf_ids), runner.workers)
                 carrier = current_carrier()  # workers time their batch spans under this call's trace
                 tasks = [
-                    BatchTask(index, template, template_key, batch_query(base, confs, chunk), tuple(chunk), carrier)
+                    BatchTask(index, template, template_key, batch_query(base, confs, chunk), tuple(chunk), carrier,
+                              align=align)
                     for index, chunk in enumerate(_chunks(conf_ids, batch_size))
                 ]
                 report.batch_size = batch_size

@@ -1,0 +1,125 @@
+"""A template library: the crystal ligands of one target, in one reference frame, prepared once per run.
+
+A chemist's templates are hundreds to tens of thousands of ligands of one target.
+They are read once (:func:`templ_pipeline.io.read_template_library`) and prepared
+here once per process: heavy-atom molecules with their poses, a Morgan fingerprint
+each for the 2D prefilter, and an identity key each, so that ``--exclude-identical``
+can drop the query itself from its own library. A campaign sends the library to each
+worker once (it pickles as its molecules and names; a worker rebuilds the
+fingerprints, about 0.1 ms a ligand).
+
+Records that repeat an earlier record exactly (same molecule, same pose) add nothing
+and are dropped as duplicates; the same ligand in another pose (another crystal
+structure) is kept, as it is another template.
+
+Worker processes import this module: RDKit and numpy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from rdkit import Chem, DataStructs, rdBase
+from rdkit.Chem import rdFingerprintGenerator
+from rdkit.Chem.MolStandardize import rdMolStandardize
+
+FINGERPRINT_RADIUS = 2
+FINGERPRINT_BITS = 2048
+"""Morgan (ECFP4-like) bit vectors: the usual 2D similarity for choosing analogues."""
+
+_DUPLICATE_DECIMALS = 2
+"""Poses equal to 0.01 A are the same pose (SDF writes coordinates to 1e-4 A)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryProblem:
+    """A record of the template file that is not in the library, and why (``unreadable``, ``no_3d``,
+    ``duplicate``); ``record`` is 1-based."""
+
+    record: int
+    reason: str
+    detail: str
+
+
+def identity_key(mol: Chem.Mol) -> str:
+    """What makes two ligands the same molecule: the canonical isomeric SMILES of the neutralised heavy-atom
+    molecule (a protonation state is not another molecule)."""
+    with rdBase.BlockLogs():
+        heavy = Chem.RemoveHs(mol, sanitize=False)
+        try:
+            heavy = rdMolStandardize.Uncharger().uncharge(heavy)
+        except (RuntimeError, ValueError):  # an unchargeable valence: the molecule as given
+            pass
+        return Chem.MolToSmiles(heavy)
+
+
+def fingerprint_generator() -> rdFingerprintGenerator.FingerprintGenerator64:
+    return rdFingerprintGenerator.GetMorganGenerator(radius=FINGERPRINT_RADIUS, fpSize=FINGERPRINT_BITS)
+
+
+def pose_key(mol: Chem.Mol) -> tuple[str, bytes]:
+    """The molecule and its pose in canonical atom order, rounded: equal keys are duplicate records."""
+    order = list(Chem.CanonicalRankAtoms(mol, breakTies=True))
+    positions = mol.GetConformer().GetPositions()
+    ranked = np.empty_like(positions)
+    ranked[order] = positions
+    return identity_key(mol), np.round(ranked, _DUPLICATE_DECIMALS).tobytes()
+
+
+class TemplateLibrary:
+    """The templates of one run, in file order: heavy-atom molecules with a 3D pose, their names, their
+    1-based record numbers in the file, and what was left out (``problems``)."""
+
+    def __init__(self, mols: Sequence[Chem.Mol], names: Sequence[str], records: Sequence[int] | None = None,
+                 problems: Sequence[LibraryProblem] = ()) -> None:
+        if len(mols) != len(names):
+            raise ValueError("a template library needs one name per molecule")
+        self.mols = list(mols)
+        self.names = list(names)
+        self.records = list(records) if records is not None else list(range(1, len(mols) + 1))
+        self.problems = tuple(problems)
+
+    def __len__(self) -> int:
+        return len(self.mols)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # molecules as RDKit binaries with double-precision coordinates; fingerprints are rebuilt where used
+        from templ_pipeline.core.batch import mol_to_bytes
+
+        return (_rebuild, (tuple(mol_to_bytes(mol) for mol in self.mols), tuple(self.names), tuple(self.records),
+                           self.problems))
+
+    @cached_property
+    def fingerprints(self) -> list[DataStructs.ExplicitBitVect]:
+        generator = fingerprint_generator()
+        return [generator.GetFingerprint(mol) for mol in self.mols]
+
+    @cached_property
+    def identity_keys(self) -> list[str]:
+        return [identity_key(mol) for mol in self.mols]
+
+    @classmethod
+    def from_records(cls, records: Sequence[tuple[int, Chem.Mol]], names: Sequence[str],
+                     problems: Sequence[LibraryProblem] = ()) -> TemplateLibrary:
+        """The library of the readable ``(record, molecule)`` pairs, exact duplicates left out as problems."""
+        seen: dict[tuple[str, bytes], int] = {}
+        kept: list[tuple[int, Chem.Mol, str]] = []
+        found = list(problems)
+        for (record, mol), name in zip(records, names, strict=True):
+            key = pose_key(mol)
+            if key in seen:
+                found.append(LibraryProblem(record, "duplicate", f"the same molecule and pose as record {seen[key]}"))
+                continue
+            seen[key] = record
+            kept.append((record, mol, name))
+        found.sort(key=lambda problem: problem.record)
+        return cls([mol for _, mol, _ in kept], [name for _, _, name in kept], [record for record, _, _ in kept],
+                   found)
+
+
+def _rebuild(binaries: tuple[bytes, ...], names: tuple[str, ...], records: tuple[int, ...],
+             problems: tuple[LibraryProblem, ...]) -> TemplateLibrary:
+    return TemplateLibrary([Chem.Mol(binary) for binary in binaries], names, records, problems)
