@@ -41,7 +41,7 @@ from templ_pipeline.core.template_choice import ChoiceOptions, choose_templates
 from templ_pipeline.core.template_library import TemplateLibrary, identity_key
 
 LIBRARY = Path(__file__).parent / "data" / "polaris" / "train_sarsmols.sdf.gz"
-SUBSET = 40
+SUBSET = 80
 CONFORMER_COUNTS = (25, 50, 100, 200)
 DEFAULT_CONFORMERS = 200
 SUCCESS_RMSD = 2.0

@@ -363,6 +363,14 @@ PREPARATIONS = EventPanel(
     "--max-isomers), isotopes cleared, and queries refused before embedding (unsupported_element, too_small). A "
     "query counts once under each thing done to it; the query.prepared log lines say which query.",
     "no query prepared in this range", hide_zero=False, width=6)
+POSES = EventPanel(
+    "Poses per interval by method and fallback", "poses", "method, fallback", "{{method}} {{fallback}}",
+    "How each kept pose (one per select-best run or campaign query) was made from its template: pinned (the "
+    "core shared with the template embedded at its coordinates), pinned_partial, free or input, and why the core "
+    "was not pinned whole (stereo_mismatch, constraints_unmet, small_core, mcs_timeout; not_selected with "
+    "--top-templates all, pin_off with --no-pin). Many free poses mean the library holds no close analogue of "
+    "the queries; the templates.chosen log lines (debug) name each query's template.",
+    "no pose kept in this range", hide_zero=False, width=12)
 DEGRADED = EventPanel(
     "Telemetry degraded per interval by component and reason", "telemetry_degraded", "component, reason",
     "{{component}}: {{reason}}",
@@ -386,7 +394,7 @@ QUERY_RESUBMISSIONS = EventPanel(
 
 _EVENT_SPECS: tuple[EventPanel, ...] = (REDUCTIONS, FALLBACKS_BARS, START_REFUSALS, POOL_RESTARTS, REFUSED_FORKS,
                                         CONFORMER_FAILURES, CALLS, GENERATIONS, QUERIES, SHORTFALLS, REPLACEMENTS,
-                                        PREPARATIONS, DEGRADED, RESUBMISSIONS, QUERY_RESUBMISSIONS)
+                                        PREPARATIONS, POSES, DEGRADED, RESUBMISSIONS, QUERY_RESUBMISSIONS)
 EVENT_PANELS: tuple[tuple[str, str], ...] = tuple((spec.title, spec.short) for spec in _EVENT_SPECS)
 """(panel title, catalog short name of its counter) of every event panel: the sum of a panel's bars over a range
 is the number of those events in it."""
@@ -598,6 +606,18 @@ def _campaign_panels() -> list:
                 for q in (0.5, 0.95, 0.99)
             ],
             width=16,
+        ),
+        POSES.build(),
+        time_series(
+            "Template choice p50 / p95",
+            "Time choosing one query's templates from the library (the 2D prefilter, then MCS on the best "
+            "candidates, bounded by --mcs-timeout), quantiles per instance from the histogram buckets.",
+            "s",
+            [
+                Query(quantile(q, metric("template_selection_duration")), f"{{{{instance}}}} p{round(q * 100)}")
+                for q in (0.5, 0.95)
+            ],
+            width=12,
         ),
     ]
 

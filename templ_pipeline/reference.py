@@ -3,7 +3,8 @@
 A methods developer benchmarks against poses known from crystal structures. Each
 query is matched to its reference by name (the reference record's name is the
 query's id, as in a leave-one-out over a library) or else by being the same
-molecule (:func:`~templ_pipeline.core.template_library.identity_key`). The distance
+molecule (:func:`~templ_pipeline.core.template_library.identity_key`, then the same
+molecule ignoring stereo). The distance
 is the heavy-atom RMSD *in place*: no superposition (the poses share the
 reference's frame, as the templates do), symmetry-aware (RDKit's ``CalcRMS`` tries
 the molecule's automorphisms, so a flipped phenyl ring is not an error). A pose whose
@@ -37,6 +38,7 @@ class ReferencePoses:
 
     by_name: dict[str, Chem.Mol] = field(default_factory=dict)
     by_identity: dict[str, Chem.Mol] = field(default_factory=dict)
+    by_graph: dict[str, Chem.Mol] = field(default_factory=dict)  # by the molecule without its stereo
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> ReferencePoses:
@@ -51,6 +53,7 @@ class ReferencePoses:
             if name:
                 references.by_name.setdefault(name, heavy)
             references.by_identity.setdefault(identity_key(heavy), heavy)
+            references.by_graph.setdefault(graph_key(heavy), heavy)
         if not references.by_identity:
             raise InputError(f"{path}: no readable reference pose (--reference)")
         return references
@@ -58,14 +61,23 @@ class ReferencePoses:
     def find(self, name: str, pose: Chem.Mol) -> Chem.Mol | None:
         """The reference pose of the query called ``name`` whose pose is ``pose``; None when there is none."""
         reference = self.by_name.get(name)
-        if reference is not None and identity_key(reference) == identity_key(pose):
+        if reference is not None and graph_key(reference) == graph_key(pose):
             return reference
-        return self.by_identity.get(identity_key(pose))
+        return self.by_identity.get(identity_key(pose)) or self.by_graph.get(graph_key(pose))
 
     def rmsd(self, name: str, pose: Chem.Mol) -> float | None:
         """The pose's heavy-atom RMSD in place to its reference (A), None without one."""
         reference = self.find(name, pose)
         return None if reference is None else rmsd_in_place(pose, reference)
+
+
+def graph_key(mol: Chem.Mol) -> str:
+    """The molecule without stereo. A pose read back from its SD record has the stereo RDKit perceives in its
+    coordinates, which a strained pose can change (a sulfonyl sulphur read as trigonal-bipyramidal): the
+    pose is still of its query, and the RMSD (which ignores stereo tags) is still its distance."""
+    flat = Chem.Mol(mol)
+    Chem.RemoveStereochemistry(flat)
+    return identity_key(flat)
 
 
 def rmsd_in_place(pose: Chem.Mol, reference: Chem.Mol) -> float | None:

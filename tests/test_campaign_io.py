@@ -324,6 +324,15 @@ def _row(query_id: str, template: str = "t1", combo: float | None = 1.25, **chan
         status="ok" if combo is not None else "failed",
         reason="" if combo is not None else "no conformer",
         template=template,
+        template_record=1,
+        template_similarity=0.5 if combo is not None else None,
+        core_atoms=6,
+        core_smarts="c1:c:c:c:c:c:1",
+        pose_method="pinned",
+        pin_fallback="none",
+        pinned_atoms=6,
+        runner_up="",
+        rmsd=None,
         n_conformers_requested=10,
         n_conformers=10,
         n_scored=10 if combo is not None else 0,
@@ -631,6 +640,7 @@ _WRITER = textwrap.dedent(
     while True:
         number += 1
         rows = [ScoreRow(f"q{number}", f"q{number}", "OCc1ccccc1", "OCc1ccccc1", 0, 1, "", "", "ok", "", template,
+                         1, 0.5, 6, "c1:c:c:c:c:c:1", "pinned", "none", 6, "", None,
                          10, 10, 10, 0, 0.5, 0.25, 0.75, 1, 0.1)
                 for template in ("t1", "t2")]
         files.write(rows, [Chem.Mol(mol), Chem.Mol(mol)])

@@ -119,7 +119,10 @@ def test_select_best_json_is_the_only_thing_on_stdout(template_sdf, tmp_path):
     assert best["conformer_id"] == pose.GetIntProp("conformer_id")
     assert best["combo"] == pytest.approx(pose.GetDoubleProp("combo"), abs=1e-12)
     assert summary["workers"]["requested"] == 1 and summary["executor_kinds"]
-    assert summary["template"] == {"record": 1, "name": summary["templates"][0]["name"], "of": 1}
+    template = summary["template"]
+    assert {key: template[key] for key in ("record", "name", "of", "library")} == {
+        "record": 1, "name": summary["templates"][0]["name"], "of": 1, "library": 1}
+    assert template["pose_method"] == "pinned" and template["pinned_atoms"] == template["core_atoms"] > 0
     assert isinstance(summary["reductions"], list) and isinstance(summary["fallbacks"], list)
     assert summary["query"]["smiles"] == Chem.MolToSmiles(Chem.MolFromSmiles(QUERY))
 

@@ -38,6 +38,8 @@ CONTRACT_METRICS = {
     "templ_campaign_query_resubmissions_total": "counter",
     "templ_campaign_queries_short_of_conformers_total": "counter",
     "templ_query_preparations_total": "counter",
+    "templ_poses_total": "counter",
+    "templ_template_selection_duration_seconds": "histogram",
     "templ_telemetry_degraded_total": "counter",
     "templ_start_refusals_total": "counter",
     "templ_run_info": "gauge",
@@ -56,7 +58,7 @@ CONTRACT_SHORTS = {
     "select_best_calls", "select_best_duration", "pool_restarts", "batch_resubmissions", "telemetry_degraded",
     "build_info", "campaign_queries", "campaign_in_flight", "campaign_expected", "campaign_skipped",
     "campaign_query_duration", "campaign_worker_replacements", "campaign_query_resubmissions", "campaign_shortfalls",
-    "query_preparations", "last_success",
+    "query_preparations", "poses", "template_selection_duration", "last_success",
     "last_failure", "start_refusals", "run_info", "run_start", "push_interval",
     "conformer_generations", "conformer_generations_in_progress",
 }
@@ -144,7 +146,7 @@ def test_normalize_label_is_always_bounded(value):
 
 def test_spans_and_log_events_documented():
     assert {s.name for s in c.SPANS} == {"select_best", "select_best.batch", "conformers.generate",
-                                         "screen.campaign", "screen.query", "screen.score"}
+                                         "screen.campaign", "screen.query", "screen.score", "templates.choose"}
     for s in c.SPANS:
         assert s.help.strip()
         # our own attributes are namespaced; the rest are OpenTelemetry semantic conventions
@@ -202,14 +204,15 @@ def test_every_campaign_event_has_one_entry():
     entries = {ev.CampaignStarted: c.EVENT_CAMPAIGN_STARTED, ev.QueryStarted: c.EVENT_QUERY_STARTED,
                ev.QueryFinished: c.EVENT_QUERY_FINISHED, ev.WorkerReplaced: c.EVENT_WORKER_REPLACED,
                ev.QueryResubmitted: c.EVENT_QUERY_RESUBMITTED,
-               ev.CampaignDone: c.EVENT_CAMPAIGN_DONE, ev.QueryPrepared: c.EVENT_QUERY_PREPARED}
+               ev.CampaignDone: c.EVENT_CAMPAIGN_DONE, ev.QueryPrepared: c.EVENT_QUERY_PREPARED,
+               ev.TemplatesChosen: c.EVENT_TEMPLATES_CHOSEN}
     for event_class, name in entries.items():
         spec = c.EVENT_SPECS_BY_NAME[name]
         assert spec.metrics, name
         assert name in c.LOG_EVENTS_BY_NAME, name
         # every field of the event reaches the log line (under its catalog name)
         assert len(spec.fields) >= len(event_class.__dataclass_fields__), name
-    per_query = {c.EVENT_QUERY_STARTED, c.EVENT_QUERY_FINISHED, c.EVENT_QUERY_PREPARED}
+    per_query = {c.EVENT_QUERY_STARTED, c.EVENT_QUERY_FINISHED, c.EVENT_QUERY_PREPARED, c.EVENT_TEMPLATES_CHOSEN}
     assert {e.name for e in c.EVENT_SPECS if not e.span_event} == per_query  # their own spans carry them
     campaign = c.SPANS_BY_NAME[c.SPAN_CAMPAIGN]
     assert set(campaign.events) >= set(entries.values()) - per_query

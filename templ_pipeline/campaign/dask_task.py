@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import os
 
-from rdkit import Chem
 
 from templ_pipeline.campaign.task import CampaignSettings, QueryOutcome, QueryRunner, QueryTask
-from templ_pipeline.core.conformers import EmbeddingThreads
-from templ_pipeline.core.embedding import embed
+from templ_pipeline.core.conformers import EmbeddingThreads, embed_conformers
 from templ_pipeline.core.events import Fallback, WorkersReduced
-from templ_pipeline.core.executor import pids_refusals
-from templ_pipeline.core.limits.classify import is_start_refusal
 
 QUERY_THREADS_ENV = "TEMPL_QUERY_THREADS"
 """Set in a Dask worker's environment, the most ETKDG threads one query may use there (several workers
@@ -46,7 +42,8 @@ def run_query(settings: CampaignSettings, task: QueryTask) -> QueryOutcome:
     events: list[object] = []
     threads = EmbeddingThreads(_threads_wanted(nthreads, settings.query_threads), events.append)
     try:
-        runner.embed = lambda with_hs, count, seed, random_coords: _embed(threads, with_hs, count, seed, random_coords)
+        runner.embed = lambda with_hs, count, seed, random_coords, pins=None: embed_conformers(
+            with_hs, count, seed, threads, random_coords=random_coords, pins=pins)
         runner.threads = lambda: threads.count
         outcome = runner.run(task)
     finally:
@@ -89,15 +86,3 @@ def _threads_wanted(task_threads: int, share: int) -> int:
     if configured.isdigit() and int(configured) > 0:
         wanted = min(wanted, int(configured))
     return min(wanted, share) if share > 0 else wanted
-
-
-def _embed(threads: EmbeddingThreads, with_hs: Chem.Mol, count: int, seed: int, random_coords: bool) -> Chem.Mol:
-    """:func:`embed` on ``threads.count`` RDKit threads, on fewer after a refused start."""
-    while True:
-        before = pids_refusals() if threads.count > 1 else None
-        try:
-            return embed(with_hs, count, seed, threads.count, random_coords=random_coords)
-        except (RuntimeError, OSError) as error:
-            if threads.count == 1 or not is_start_refusal(error):
-                raise
-            threads.step_down(error, before)

@@ -97,7 +97,10 @@ def inverted_centres(query: Chem.Mol, template: Chem.Mol, atom_map: tuple[tuple[
     if not centres:
         return []
     template_positions = template.GetConformer().GetPositions()
-    positions = np.zeros((query.GetNumAtoms(), 3))
+    # unmapped atoms far away, each at its own place: RDKit assigns every centre it sees and refuses
+    # neighbours at one point ("Cannot normalize a zero length vector"); only the checked centres are read
+    steps = np.arange(query.GetNumAtoms(), dtype=float)
+    positions = np.column_stack((1000.0 + 3.0 * steps, 50.0 * np.sin(steps), 50.0 * np.cos(steps)))
     for query_atom, template_atom in atom_map:
         positions[query_atom] = template_positions[template_atom]
     for centre in centres:
@@ -113,8 +116,11 @@ def inverted_centres(query: Chem.Mol, template: Chem.Mol, atom_map: tuple[tuple[
     conformer.SetPositions(positions)
     conformer.Set3D(True)
     probe.AddConformer(conformer, assignId=True)
-    with rdBase.BlockLogs():
-        Chem.AssignAtomChiralTagsFromStructure(probe, replaceExistingTags=True)
+    try:
+        with rdBase.BlockLogs():
+            Chem.AssignAtomChiralTagsFromStructure(probe, replaceExistingTags=True)
+    except RuntimeError:  # degenerate template geometry: no centre can be checked, so none is trusted
+        return centres
     return [centre for centre in centres
             if probe.GetAtomWithIdx(centre).GetChiralTag() != query.GetAtomWithIdx(centre).GetChiralTag()]
 
