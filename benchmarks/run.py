@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("bench_templates", "bench_select_best", "bench_telemetry_overhead", "bench_snapshot", "bench_scrape", "bench_dask",
+BENCHMARKS = ("bench_templates",
+              "bench_select_best", "bench_telemetry_overhead", "bench_snapshot", "bench_scrape", "bench_dask",
               "bench_worker_start", "bench_screen", "bench_preparation", "bench_dask_screen")
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from distributed import KilledWorker, as_completed
 
-from templ_pipeline.campaign.dask_task import START_TOPIC, TASK_PREFIX, run_query
+from templ_pipeline.campaign.dask_task import START_TOPIC, TASK_PREFIX, CampaignSettingsPlugin, run_query
 from templ_pipeline.campaign.pool import MAX_ATTEMPTS, Arrivals, NoWorkers
 from templ_pipeline.campaign.task import CampaignSettings, QueryOutcome, QueryTask, failed
 from templ_pipeline.core.dask_backend import (
@@ -99,6 +99,8 @@ class DaskQueryPool:
         self._stream: as_completed | None = None
         self._losses: queue.SimpleQueue | None = None
         self._starts: queue.SimpleQueue | None = None
+        self._settings_ref: CampaignSettings | str = settings  # the plugin's key once installed
+        self._plugin: str | None = None
         self.gone: Fallback | None = None
         self.reused = False
 
@@ -116,9 +118,22 @@ class DaskQueryPool:
         except DaskFailure as failure:
             self._give_up(failure)
             raise NoWorkers(self.gone) from failure  # type: ignore[arg-type]
+        self._install_settings()
         self._stream = as_completed(loop=self._session.client.loop)
         self._losses = self._session.losses.listen()
         self._starts = self._session.relay(START_TOPIC).listen()
+
+    def _install_settings(self) -> None:
+        """Send the settings (the template library) to every worker once, as a worker plugin, so that each task
+        carries the campaign's key instead of the library; a scheduler that refuses the plugin gets the
+        settings with every task, as before."""
+        assert self._session is not None
+        plugin = CampaignSettingsPlugin(self._run_id, self._settings)
+        try:
+            self._session.client.register_plugin(plugin, name=plugin.name)
+        except Exception:  # noqa: BLE001 - an old scheduler or a lost one: tasks carry the settings
+            return
+        self._plugin, self._settings_ref = plugin.name, plugin.key
 
     def idle(self) -> list[None]:
         """One slot per query the cluster may take now (a slot is a place, not a worker)."""
@@ -137,7 +152,7 @@ class DaskQueryPool:
         self._submissions += 1  # a key per submission: a query dropped by the scheduler is submitted anew
         key = f"{TASK_PREFIX}-{task.index}-{self._run_id}-{self._submissions}"
         try:
-            future = self._session.client.submit(run_query, self._settings, task, key=key, pure=False)
+            future = self._session.client.submit(run_query, self._settings_ref, task, key=key, pure=False)
         except Exception:  # a closed client: the next wait's check names the loss
             return False
         self._submitted[key] = _Submitted(task, future)
@@ -189,6 +204,12 @@ class DaskQueryPool:
                 session.client.cancel([entry.future for entry in submitted])
             except Exception:  # the scheduler went away meanwhile: nothing is left to cancel
                 pass
+        if self._plugin is not None and session.client.status == "running":
+            try:  # the workers drop the campaign's settings
+                session.client.unregister_worker_plugin(self._plugin)
+            except Exception:  # noqa: BLE001 - the scheduler went away meanwhile: so did the workers' copies
+                pass
+            self._plugin = None
         if self.gone is not None and self.gone.reason == FallbackReason.SCHEDULER_LOST:
             SESSIONS.discard(session)
 

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import os
 
+from distributed import Worker
+from distributed.diagnostics.plugin import WorkerPlugin
+
 
 from templ_pipeline.campaign.task import CampaignSettings, QueryOutcome, QueryRunner, QueryTask
 from templ_pipeline.core.conformers import EmbeddingThreads, embed_conformers
@@ -33,11 +36,37 @@ TASK_PREFIX = "templ-query"
 _RUNNERS_KEPT = 4
 
 _runners: dict[CampaignSettings, QueryRunner] = {}
+_settings: dict[str, CampaignSettings] = {}  # campaign key -> its settings, installed by CampaignSettingsPlugin
 
 
-def run_query(settings: CampaignSettings, task: QueryTask) -> QueryOutcome:
-    """Run ``task`` on this Dask worker; never raises (as :meth:`QueryRunner.run`)."""
+class CampaignSettingsPlugin(WorkerPlugin):
+    """A Dask worker plugin holding a campaign's settings (its template library): the scheduler sends it to
+    every worker once, and to every worker that joins later, so a task carries the campaign's key only.
+
+    Registered by the driver (``Client.register_plugin``); ``setup`` runs on each worker before it runs
+    the campaign's tasks, ``teardown`` when the driver unregisters it at the campaign's end.
+    """
+
+    def __init__(self, key: str, settings: CampaignSettings) -> None:
+        super().__init__()
+        self.name = f"templ-campaign-{key}"
+        self.key = key
+        self.settings = settings
+
+    def setup(self, worker: Worker) -> None:
+        _settings[self.key] = self.settings
+
+    def teardown(self, worker: Worker) -> None:
+        _settings.pop(self.key, None)
+        _runners.pop(self.settings, None)
+
+
+def run_query(settings: CampaignSettings | str, task: QueryTask) -> QueryOutcome:
+    """Run ``task`` on this Dask worker; never raises (as :meth:`QueryRunner.run`). ``settings`` is the
+    campaign's, or the key its :class:`CampaignSettingsPlugin` installed them under."""
     nthreads = _announce_start()
+    if isinstance(settings, str):
+        settings = _settings[settings]
     runner = _runner(settings)
     events: list[object] = []
     threads = EmbeddingThreads(_threads_wanted(nthreads, settings.query_threads), events.append)

@@ -3,9 +3,10 @@
 The steps are the ones ``templ select-best --query`` takes, through the same
 functions: :func:`~templ_pipeline.core.preparation.prepare` turns the input into the
 molecules to embed (the largest organic fragment, one molecule per stereoisomer),
-:func:`~templ_pipeline.core.embedding.embed_single_threaded` makes the
-conformers ``generate_conformers`` makes (ETKDG gives the same coordinates at any
-thread count), and :func:`~templ_pipeline.core.batch.score_batch` aligns them on
+:func:`~templ_pipeline.core.template_choice.choose_templates` picks each one's
+templates from the library, :func:`~templ_pipeline.core.template_poses.template_conformers`
+embeds it for each (the shared core pinned; ETKDG gives the same coordinates at any
+thread count), and :func:`~templ_pipeline.core.batch.score_batch` scores them on
 the same sanitized topology. So a query gives the same best pose and scores in
 both commands, whichever worker, rung or worker count ran it.
 

@@ -4,11 +4,12 @@
 conformers here, so the same query, library, options and seed give the same
 conformers in both, whatever ran them.
 
-With templates chosen (``ChoiceOptions.top``) and pinning on (``ChoiceOptions.pin``), the query's ``num_conformers`` are spread
-over them, the better-ranked first getting the remainder (200 over 5 templates: 40
-each), and each template's share is embedded with its core pinned
-(:func:`~templ_pipeline.core.pinning.pinned_conformers`). Without a choice (``top=None``)
-or without pinning, the query is embedded once, freely, and those conformers serve every template.
+With templates chosen (``ChoiceOptions.top``) and pinning on (``ChoiceOptions.pin``), the
+query's ``num_conformers`` are spread over them, the better-ranked first getting the
+remainder (200 over 5 templates: 40 each), and each template's share is embedded with
+its core pinned (:func:`~templ_pipeline.core.pinning.pinned_conformers`). Without a
+choice (``top=None``) or without pinning, the query is embedded once, freely, and those
+conformers serve every template.
 
 Worker processes import this module: RDKit and numpy only.
 """
