@@ -43,14 +43,12 @@ from templ_pipeline.core.batch import BatchResult  # noqa: E402
 from templ_pipeline.core.conformers import DEFAULT_SEED, granted_embedding, molecule_from_smiles  # noqa: E402
 from templ_pipeline.core.events import (  # noqa: E402
     Fallback,
-    PinFallback,
     PoseMethod,
     PreparationAction,
     QueryPrepared,
     TemplatesChosen,
     WorkersReduced,
 )
-from templ_pipeline.core.pinning import PinnedConformers  # noqa: E402
 from templ_pipeline.core.template_choice import (  # noqa: E402
     DEFAULT_MCS_TIMEOUT,
     DEFAULT_PREFILTER,
@@ -59,7 +57,11 @@ from templ_pipeline.core.template_choice import (  # noqa: E402
     choose_templates,
 )
 from templ_pipeline.core.template_library import TemplateLibrary  # noqa: E402
-from templ_pipeline.core.template_poses import TemplatePoses, template_conformers  # noqa: E402
+from templ_pipeline.core.template_poses import (  # noqa: E402
+    distinct_conformers,
+    given_conformers,
+    template_conformers,
+)
 from templ_pipeline.core.executor import ExecutorChoice, shutdown_dask, shutdown_pools, validate_executor  # noqa: E402
 from templ_pipeline.core.preparation import (  # noqa: E402
     DEFAULT_MAX_ISOMERS,
@@ -545,8 +547,7 @@ def _candidate(isomer: int, smiles: str, mol: Chem.Mol, library: TemplateLibrary
         choice = choose_templates(mol, library, options)
         span.chosen, span.searched, span.timeouts = len(choice.chosen), choice.searched, choice.mcs_timeouts
     if given is not None:
-        as_given = PinnedConformers(given, PoseMethod.INPUT, PinFallback.NONE)
-        return Candidate(isomer, smiles, choice, tuple(TemplatePoses(m.index, m, as_given) for m in choice.chosen))
+        return Candidate(isomer, smiles, choice, tuple(given_conformers(given, choice)))
     _stage(f"generating {num_conformers} conformers")
 
     def keep(event: object) -> None:
@@ -556,7 +557,7 @@ def _candidate(isomer: int, smiles: str, mol: Chem.Mol, library: TemplateLibrary
     with telemetry.conformers_span(num_conformers, workers) as stats, \
             granted_embedding(workers, observers=(keep,), exact_workers=exact_workers) as (run, threads):
         posed = template_conformers(mol, library, choice, num_conformers, seed, run, options)
-        stats.generated = sum({id(p.conformers): p.conformers.confs.GetNumConformers() for p in posed}.values())
+        stats.generated = distinct_conformers(posed)
         stats.threads = threads.count
     return Candidate(isomer, smiles, choice, tuple(posed))
 

@@ -23,12 +23,11 @@ from typing import BinaryIO
 from rdkit import Chem, rdBase
 
 from templ_pipeline.core.batch import has_coordinates
-from templ_pipeline.core.template_library import LibraryProblem, TemplateLibrary
+from templ_pipeline.core.template_library import LibraryProblem, TemplateLibrary, record_name
 from templ_pipeline.errors import InputError
 
 __all__ = ["Example", "ExampleName", "InputError", "conformers_of_records", "example_names", "examples",
-           "read_conformers", "read_sdf_records", "read_template", "read_template_library", "read_templates",
-           "record_properties"]
+           "read_conformers", "read_sdf_records", "read_template", "read_template_library", "record_properties"]
 
 _RECORD_NAME = "_Name"  # RDKit's property for an SD record's first line
 
@@ -138,28 +137,8 @@ def read_template_library(path: str | os.PathLike[str]) -> TemplateLibrary:
         first = problems[0]
         raise InputError(f"{path}: no usable template: record {first.record} {first.detail}"
                          + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    names = [(_record_name(mol) or f"template_{number}") for number, mol in records]
+    names = [record_name(mol) or f"template_{number}" for number, mol in records]
     return TemplateLibrary.from_records(records, names, problems)
-
-
-def _record_name(mol: Chem.Mol) -> str:
-    return mol.GetProp(_RECORD_NAME).strip() if mol.HasProp(_RECORD_NAME) else ""
-
-
-def read_templates(path: str | os.PathLike[str]) -> list[Chem.Mol]:
-    """Every record of an SDF file (the crystal ligands of one target, say); each needs a 3D pose."""
-    path = Path(path)
-    templates = []
-    with _sdf_stream(path) as stream:
-        for number, mol in enumerate(_supplier(stream, remove_hs=True), start=1):
-            if mol is None:
-                raise InputError(f"{path}: record {number} is not a readable molecule")
-            if not has_coordinates(mol.GetConformer().GetPositions()) or not mol.GetConformer().Is3D():
-                raise InputError(f"{path}: record {number} has no 3D coordinates; a template needs a 3D pose")
-            templates.append(mol)
-    if not templates:
-        raise InputError(f"{path}: no molecule records")
-    return templates
 
 
 def read_conformers(path: str | os.PathLike[str]) -> Chem.Mol:

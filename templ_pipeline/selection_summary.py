@@ -28,7 +28,7 @@ from templ_pipeline.core.events import Fallback, WorkersReduced
 from templ_pipeline.core.preparation import Preparation
 from templ_pipeline.core.scoring import METRICS, Selection
 from templ_pipeline.core.template_choice import TemplateChoice
-from templ_pipeline.core.template_poses import TemplateChoiceRecord, TemplatePoses
+from templ_pipeline.core.template_poses import TemplateChoiceRecord, TemplatePoses, distinct_conformers
 from templ_pipeline.io import record_properties
 from templ_pipeline.pose_output import PoseRecord, PoseTarget
 
@@ -75,7 +75,7 @@ class Candidate:
     @property
     def conformers(self) -> int:
         """Conformers made (a free embedding shared by every template counts once)."""
-        return sum({id(p.conformers): p.conformers.confs.GetNumConformers() for p in self.posed}.values())
+        return distinct_conformers(self.posed)
 
 
 @dataclass(frozen=True, slots=True)

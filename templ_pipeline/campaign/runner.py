@@ -69,7 +69,7 @@ from templ_pipeline.core.preparation import PreparationOptions
 from templ_pipeline.core.scoring import METRICS
 from templ_pipeline.core.sizing import insists_on_workers, plan_workers
 from templ_pipeline.core.template_choice import ChoiceOptions
-from templ_pipeline.core.template_library import TemplateLibrary
+from templ_pipeline.core.template_library import TemplateLibrary, record_name, template_names
 
 DEFAULT_QUERY_TIMEOUT = 600.0
 """Seconds one query may take. Conformer generation of large flexible ligands takes 15-35 s
@@ -149,21 +149,12 @@ class QueryResult:
         return next(iter(supplier), None)
 
 
-def _record_name(mol: Chem.Mol) -> str:
-    return mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
-
-
 def as_library(templates: TemplateLibrary | Sequence[Chem.Mol]) -> TemplateLibrary:
     """``templates`` as a library (a list of molecules: records 1, 2, ... named as :func:`template_names`)."""
     if isinstance(templates, TemplateLibrary):
         return templates
     return TemplateLibrary([Chem.Mol(t, confId=t.GetConformer().GetId()) for t in templates],
                            template_names(templates))
-
-
-def template_names(templates: Sequence[Chem.Mol]) -> list[str]:
-    """Each template's record name, or ``template_<n>`` when it has none."""
-    return [_record_name(mol) or f"template_{number}" for number, mol in enumerate(templates, start=1)]
 
 
 def templates_digest(templates: TemplateLibrary | Sequence[Chem.Mol]) -> str:
@@ -180,7 +171,7 @@ def as_records(queries: Iterable[QueryRecord | str | Chem.Mol]) -> Iterator[Quer
         if isinstance(query, QueryRecord):
             yield query
         elif isinstance(query, Chem.Mol):
-            yield QueryRecord(number, _record_name(query) or f"query_{number}", None, (Chem.MolToMolBlock(query),))
+            yield QueryRecord(number, record_name(query) or f"query_{number}", None, (Chem.MolToMolBlock(query),))
         else:
             yield QueryRecord(number, f"query_{number}", str(query), ())
 

@@ -39,13 +39,11 @@ from templ_pipeline.core.batch import (
 from templ_pipeline.core.embedding import Embed, embed_on_this_thread
 from templ_pipeline.core.events import (
     FailureReason,
-    PinFallback,
     PoseMethod,
     PreparationAction,
     QueryFailureReason,
     QueryStatus,
 )
-from templ_pipeline.core.pinning import PinnedConformers
 from templ_pipeline.core.preparation import (
     Preparation,
     PreparationError,
@@ -55,7 +53,13 @@ from templ_pipeline.core.preparation import (
 )
 from templ_pipeline.core.template_choice import ChoiceOptions, TemplateChoice, choose_templates
 from templ_pipeline.core.template_library import TemplateLibrary
-from templ_pipeline.core.template_poses import TemplateChoiceRecord, TemplatePoses, template_conformers
+from templ_pipeline.core.template_poses import (
+    TemplateChoiceRecord,
+    TemplatePoses,
+    distinct_conformers,
+    given_conformers,
+    template_conformers,
+)
 
 SpanRecord = tuple[str, WorkerSpan, dict[str, object]]
 
@@ -272,12 +276,11 @@ class QueryRunner:
                                    "templ.isomer": isomer.index}))
         clock = start_worker_span(task.carrier, outcome.pid)
         if given:
-            as_given = PinnedConformers(mol, PoseMethod.INPUT, PinFallback.NONE)
-            posed = [TemplatePoses(match.index, match, as_given) for match in choice.chosen]
+            posed = given_conformers(mol, choice)
         else:
             posed = template_conformers(mol, self.library, choice, settings.num_conformers, settings.seed,
                                         self.embed, settings.choice)
-        isomer.conformers = _distinct_conformers(posed)
+        isomer.conformers = distinct_conformers(posed)
         if clock is not None:
             outcome.spans.append(("conformers.generate", clock.finish(),
                                   {"templ.conformers.requested": settings.conformers_requested(task.molblocks),
@@ -373,14 +376,6 @@ class QueryRunner:
             results.append(TemplateResult(poses.index, len(scored), len(failed_), top.conf_id, top.shape, top.color,
                                           pose, failure, choice=record))
         return results
-
-
-def _distinct_conformers(posed: list[TemplatePoses]) -> int:
-    """Conformers made for the query (a free embedding shared by every template counts once)."""
-    seen: dict[int, int] = {}
-    for poses in posed:
-        seen[id(poses.conformers)] = poses.conformers.confs.GetNumConformers()
-    return sum(seen.values())
 
 
 def _refused(error: PreparationError, outcome: QueryOutcome) -> QueryError:

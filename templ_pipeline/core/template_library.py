@@ -44,6 +44,16 @@ class LibraryProblem:
     detail: str
 
 
+def record_name(mol: Chem.Mol) -> str:
+    """An SD record's title line, stripped ("" when it has none)."""
+    return mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
+
+
+def template_names(templates: Sequence[Chem.Mol]) -> list[str]:
+    """Each template's record name, or ``template_<n>`` (1-based) when it has none."""
+    return [record_name(mol) or f"template_{number}" for number, mol in enumerate(templates, start=1)]
+
+
 def identity_key(mol: Chem.Mol) -> str:
     """What makes two ligands the same molecule: the canonical isomeric SMILES of the neutralised heavy-atom
     molecule (a protonation state is not another molecule)."""

@@ -16,6 +16,7 @@ Worker processes import this module: RDKit and numpy only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rdkit import Chem
@@ -95,3 +96,14 @@ def template_conformers(mol: Chem.Mol, library: TemplateLibrary, choice: Templat
     return [TemplatePoses(match.index, match,
                           pinned_conformers(mol, library.mols[match.index], match, share, seed, run))
             for match, share in zip(choice.chosen, shares, strict=True)]
+
+
+def given_conformers(confs: Chem.Mol, choice: TemplateChoice) -> list[TemplatePoses]:
+    """The conformers given (``--conformers``, ``--use-input-conformers``) for each template of ``choice``."""
+    as_given = PinnedConformers(confs, PoseMethod.INPUT, PinFallback.NONE)
+    return [TemplatePoses(match.index, match, as_given) for match in choice.chosen]
+
+
+def distinct_conformers(posed: Sequence[TemplatePoses]) -> int:
+    """Conformers made for the query (a free embedding shared by every template counts once)."""
+    return sum({id(poses.conformers): poses.conformers.confs.GetNumConformers() for poses in posed}.values())
