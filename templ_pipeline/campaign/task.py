@@ -51,7 +51,7 @@ from templ_pipeline.core.preparation import (
     prepare,
     refuse_unscorable,
 )
-from templ_pipeline.core.template_choice import ChoiceOptions, TemplateChoice, choose_templates
+from templ_pipeline.core.template_choice import ChoiceOptions, choose_templates
 from templ_pipeline.core.template_library import TemplateLibrary
 from templ_pipeline.core.template_poses import (
     TemplateChoiceRecord,
@@ -293,7 +293,7 @@ class QueryRunner:
             return isomer
         clock = start_worker_span(task.carrier, outcome.pid)
         name = isomer_id(task.query_id, isomer.index)
-        isomer.templates = self._score(posed, choice, name, isomer.smiles, outcome, isomer,
+        isomer.templates = self._score(posed, name, isomer.smiles, outcome, isomer,
                                        settings.conformers_requested(task.molblocks))
         if clock is not None:
             outcome.spans.append(("screen.score", clock.finish(),
@@ -331,7 +331,7 @@ class QueryRunner:
         except InputError as error:
             raise QueryError(QueryFailureReason.INVALID_RECORD, str(error)) from None
 
-    def _score(self, posed: list[TemplatePoses], choice: TemplateChoice, name: str, smiles: str,
+    def _score(self, posed: list[TemplatePoses], name: str, smiles: str,
                outcome: QueryOutcome, isomer: IsomerOutcome, requested: int) -> list[TemplateResult]:
         """Each template's best conformer by the campaign's metric (ties to the lowest conformer id), with its
         pose as the SDF record the campaign writes and why the template was chosen."""

@@ -78,8 +78,3 @@ def embed_prepared(mol: Chem.Mol, num_conformers: int, seed: int, run: Embed = e
     if embedded.GetNumConformers() == 0:
         embedded = run(with_hs, num_conformers, seed, True)
     return Chem.RemoveHs(embedded) if embedded.GetNumConformers() else embedded
-
-
-def embed_single_threaded(mol: Chem.Mol, num_conformers: int, seed: int) -> Chem.Mol:
-    """:func:`embed_prepared` on this thread (a campaign worker's process runs one query at a time)."""
-    return embed_prepared(mol, num_conformers, seed)
