@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -85,6 +86,9 @@ def bare_scheduler() -> Iterator[str]:
             scheduler.wait(timeout=15)
 
 
+_PROBE_TOPIC = "templ-test-killer-probe"
+
+
 class QueryKiller:
     """Kills the worker process of every query start ``select`` picks (as the OOM killer would).
 
@@ -98,8 +102,20 @@ class QueryKiller:
         self.kills: list[tuple[int, int]] = []  # (query index, worker pid)
         self._select = select
         self._starts: dict[int, int] = {}
+        self._probed = threading.Event()
         self._client = Client(address, timeout=10, set_as_default=False)
         self._client.subscribe_topic(START_TOPIC, self._on_start)
+        self._wait_until_subscribed()
+
+    def _wait_until_subscribed(self) -> None:
+        """A subscription is a message the client sends without waiting for the scheduler: a query that starts
+        before the scheduler took it in is never heard of (the killer then kills nothing). The scheduler takes
+        one client's messages in order, so once an event of a topic subscribed after it comes back, it is in."""
+        self._client.subscribe_topic(_PROBE_TOPIC, lambda event: self._probed.set())
+        deadline = time.monotonic() + 30
+        while not self._probed.wait(0.2):
+            assert time.monotonic() < deadline, "the scheduler never took in the killer's subscription"
+            self._client.log_event(_PROBE_TOPIC, {"probe": True})
 
     def _on_start(self, event: tuple[float, dict]) -> None:
         message = event[1]
