@@ -127,6 +127,10 @@ class _Handler(WSGIRequestHandler):
 class _MetricsHTTPServer(WSGIServer):
     """wsgiref's single-threaded WSGI server, IPv4 or IPv6 by the host's form."""
 
+    # socketserver's listen backlog is 5: with 50 clients at once (the endpoint test) a connection was
+    # reset now and then while one scrape was being served; a backlog of 128 queues them instead
+    request_queue_size = 128
+
     def __init__(self, address: Address, app: WSGIApp) -> None:
         self.address_family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         super().__init__((address.host, address.port), _Handler)
