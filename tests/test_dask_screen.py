@@ -27,14 +27,18 @@ from test_screen import (
     write_smi,
 )
 
+from templ_pipeline.campaign.dask_task import CampaignSettingsPlugin, run_query
 from templ_pipeline.campaign.queries import read_queries
 from templ_pipeline.campaign.runner import ScreenOptions, screen
+from templ_pipeline.campaign.task import CampaignSettings, QueryTask
+from templ_pipeline.core.batch import mol_to_bytes
 from templ_pipeline.core.events import (
     ExecutorCreated,
     ExecutorKind,
     Fallback,
     QueryFailureReason,
     QueryResubmitted,
+    QueryStatus,
     ResubmissionReason,
 )
 from templ_pipeline.core.executor import shutdown_dask
@@ -110,6 +114,28 @@ def test_a_campaign_on_a_scheduler_is_one_trace_counted_once_in_the_driver(dask_
     cpus = read_cpu_budget().cpus
     assert {s.attributes["templ.conformers.threads"] for s in worker_spans if s.name == "conformers.generate"} == {
         max(1, cpus)}
+
+
+def _holds_settings(key: str) -> bool:
+    from templ_pipeline.campaign import dask_task
+
+    return key in dask_task._settings
+
+
+def test_the_campaign_settings_reach_each_worker_once_as_a_plugin(dask_cluster, template):
+    """A task carries the campaign's key: its settings (the template library) are on every worker already."""
+    settings = CampaignSettings((mol_to_bytes(template),), ("mpro",), 6, 42, "combo")
+    plugin = CampaignSettingsPlugin("plugin-test", settings)
+    client = dask_cluster.client
+    client.register_plugin(plugin, name=plugin.name)
+    try:
+        assert all(client.run(_holds_settings, plugin.key).values())  # every worker, before any task
+        outcome = client.submit(run_query, plugin.key, QueryTask(0, "q", "CC(=O)Nc1ccc(O)cc1"),
+                                pure=False).result(timeout=120)
+        assert outcome.status == QueryStatus.OK and outcome.best("combo") is not None
+    finally:
+        client.unregister_worker_plugin(plugin.name)
+    assert not any(client.run(_holds_settings, plugin.key).values())  # gone with the campaign
 
 
 def test_a_worker_killed_under_a_query_runs_it_once_more(dask_cluster, template, queries, local_results, tel):
