@@ -404,7 +404,7 @@ class _Campaign:
     def _finish(self, index: int, outcome: QueryOutcome, kind: ExecutorKind) -> QueryResult:
         record, span = self._in_flight.pop(index)
         options = self._options
-        best = outcome.best(options.metric)
+        chosen_isomer, best = outcome.best_isomer(options.metric)
         scored = sum(result.scored for result in outcome.templates)
         failures = sum(result.failed for result in outcome.templates)
         span.end(status=outcome.status, reason=outcome.reason, conformers=outcome.conformers, scored=scored,
@@ -418,11 +418,10 @@ class _Campaign:
                                      outcome.stereoisomers_possible, outcome.removed,
                                      tuple(PreparationAction(a) for a in outcome.actions), requested * len(outcome.isomers),
                                      outcome.conformers, "; ".join(outcome.warnings)))
-        chosen_isomer, chosen = outcome.best_isomer(options.metric)
-        if chosen_isomer is not None and chosen is not None and chosen.choice is not None:
-            choice = chosen.choice
+        if chosen_isomer is not None and best is not None and best.choice is not None:
+            choice = best.choice
             self._emit(TemplatesChosen(record.query_id, len(self._settings.templates), len(chosen_isomer.templates),
-                                       self._settings.template_names[chosen.template], choice.similarity,
+                                       self._settings.template_names[best.template], choice.similarity,
                                        choice.core_atoms, choice.core_smarts, choice.method, choice.fallback,
                                        choice.pinned_atoms, sum(i.mcs_timeouts for i in outcome.isomers),
                                        sum(i.choice_seconds for i in outcome.isomers)))

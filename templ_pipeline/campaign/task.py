@@ -338,10 +338,13 @@ class QueryRunner:
         metric = self.settings.metric
         library = self.library
         found: list[tuple[TemplatePoses, list[ConformerScore], list[ConformerFailure]]] = []
+        bases: dict[int, Chem.Mol | None] = {}  # one sanitized topology per conformer set (a free set serves all)
         for poses in posed:
             confs = poses.conformers.confs
             conf_ids = tuple(conformer.GetId() for conformer in confs.GetConformers())
-            base = sanitized_copy_without_conformers(confs) if conf_ids else None
+            if id(confs) not in bases:
+                bases[id(confs)] = sanitized_copy_without_conformers(confs) if conf_ids else None
+            base = bases[id(confs)]
             if base is None:
                 detail = "query molecule failed sanitization" if conf_ids else "no conformer embedded"
                 found.append((poses, [], [ConformerFailure(cid, FailureReason.SANITIZATION_FAILED, detail)

@@ -13,7 +13,8 @@ What is pinned is decided here, and every step down is recorded (``PinFallback``
   for an inverted centre, which it refuses (chirality is enforced) after many failed
   attempts, or would distort the core. So each stereocentre whose configuration the
   pinned neighbours fix is checked first (below), and a centre the template would
-  invert is left free, with its mapped neighbours: ``stereo_mismatch``.
+  invert is left free, with the core atoms up to ``STEREO_FREE_BONDS`` bonds from it:
+  ``stereo_mismatch``.
 - **Too small a core** (fewer than ``MIN_PINNED_ATOMS``): nothing to pin, free
   embedding: ``small_core`` (or ``mcs_timeout`` when the search had no time).
 - **Constraints that cannot be met**: a core atom whose template distances to the other
