@@ -500,12 +500,17 @@ def _prepare(mol: Chem.Mol, query: str, options: PreparationOptions) -> Preparat
 def _read_library(path: Path) -> TemplateLibrary:
     """The template library of ``path``, with one line on stderr for the records left out."""
     library = read_template_library(path)
+    _warn_left_out(path, library)
+    return library
+
+
+def _warn_left_out(path: Path, library: TemplateLibrary) -> None:
+    """One line on stderr naming the template records left out (unreadable, 2D, duplicate), if any."""
     if library.problems:
         listed = ", ".join(f"record {p.record} {p.reason}" for p in library.problems[:5])
         more = f" and {len(library.problems) - 5} more" if len(library.problems) > 5 else ""
         stderr.print(f"warning: {path}: {len(library.problems)} of {len(library) + len(library.problems)} records "
                      f"left out ({listed}{more})", style="yellow", highlight=False, soft_wrap=True)
-    return library
 
 
 def _check_scorable(mol: Chem.Mol, what: str) -> None:
@@ -641,6 +646,7 @@ def screen_command(
             choice=_choice(top_templates, mcs_timeout, exclude_identical, pin), align=not keep_pinned_pose,
             reference=reference)
         prepared = cli_screen.prepare(request)
+        _warn_left_out(template, prepared.library)
         with _observed(session):
             tally = cli_screen.run(prepared, console=stderr, out=stdout, progress=PROGRESS,
                                    start_progress=_start_progress,

@@ -263,6 +263,14 @@ def test_bad_template_records_are_reported_and_skipped(library, tmp_path):
     assert all(f"record {number} {reason}" in line for number, reason in
                ((2, "unreadable"), (4, "no_3d"), (6, "duplicate"))), line
 
+    queries = write_smi(tmp_path / "one.smi", [("q", Chem.MolToSmiles(library.mols[0]))])
+    done = run_templ("screen", "-t", path, "-q", queries, "-o", tmp_path / "campaign", "-n", 4, "-w", 1,
+                     "--no-metrics-server", "--log-format", "json", "--log-file", tmp_path / "screen.jsonl")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and all(f"record {number} {reason}" in warnings[0] for number, reason in
+                                      ((2, "unreadable"), (4, "no_3d"), (6, "duplicate"))), done.stderr
+
 
 def test_a_file_of_bad_records_or_a_structure_file_is_refused_in_one_line(library, tmp_path):
     flat = Chem.Mol(library.mols[0])
