@@ -49,6 +49,8 @@ EXECUTOR_KINDS: tuple[str, ...] = values(ExecutorKind)
 FAILURE_REASONS: tuple[str, ...] = values(FailureReason)
 LIMIT_NAMES: tuple[str, ...] = values(LimitName)
 REDUCTION_REASONS: tuple[str, ...] = values(ReductionReason)
+#: Reductions that are sizing decisions, not refusals: routine, so logged at info.
+SIZING_REASONS: tuple[str, ...] = (ReductionReason.SMALL_WORK.value, ReductionReason.CPU_LIMIT.value)
 #: Why a batch was run again: its worker died while running it, or died holding its result.
 RESUBMISSION_REASONS: tuple[str, ...] = values(ResubmissionReason)
 
@@ -728,11 +730,13 @@ class EventSpec:
     #: counters incremented for some values of a field only
     mapped: tuple[MappedCounter, ...] = ()
     #: (field, value, level): the log level when the field has that value, instead of ``level``
-    escalations: tuple[tuple[str, str, str], ...] = ()
+    levels_by_value: tuple[tuple[str, str, str], ...] = ()
     #: whether the event is a span event of the current span (with its trace as the counter's exemplar)
     span_event: bool = True
     #: the structlog logger of its log line
     logger: str = "templ.executor"
+    #: the only fields its line shows on a console (a person at a terminal); empty: every field
+    console_fields: tuple[str, ...] = ()
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -745,7 +749,7 @@ class EventSpec:
 
     def level_for(self, log_fields: Mapping[str, object]) -> str:
         """The log level for these (normalised) field values."""
-        for name, value, level in self.escalations:
+        for name, value, level in self.levels_by_value:
             if log_fields.get(name) == value:
                 return level
         return self.level
@@ -761,11 +765,14 @@ _KIND = _field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS, label=True)
 
 EVENT_SPECS: tuple[EventSpec, ...] = (
     EventSpec(
-        EVENT_WORKERS_REDUCED, "warning", "The executor factory granted fewer workers than requested.",
+        EVENT_WORKERS_REDUCED, "warning",
+        "The executor factory granted fewer workers than requested: a warning when a limit or the thread "
+        "manager refused them (the user may act on it), info when sizing chose fewer (work too small to repay "
+        "a pool, fewer CPUs than workers).",
         (_TASK_TYPE, _field("workers_requested", ATTR_WORKERS_REQUESTED),
          _field("workers_granted", ATTR_WORKERS_GRANTED),
          _field("reason", ATTR_REASON, REDUCTION_REASONS, label=True), _DETAIL, _field("headroom", ATTR_HEADROOM)),
-        counter="worker_reductions",
+        counter="worker_reductions", levels_by_value=tuple(("reason", reason, "info") for reason in SIZING_REASONS),
     ),
     EventSpec(
         EVENT_FALLBACK, "warning", "The executor fell back one step down the ladder.",
@@ -819,7 +826,8 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
          _field("shortfall", ATTR_QUERY_SHORTFALL), _field("in_flight", ATTR_QUERY_IN_FLIGHT)),
         counter="campaign_queries", gauges=(("in_flight", "campaign_in_flight"),),
         histogram=("duration_seconds", "campaign_query_duration"), flags=(("shortfall", "campaign_shortfalls"),),
-        escalations=(("status", QueryStatus.FAILED.value, "warning"),), span_event=False, logger="templ.campaign",
+        levels_by_value=(("status", QueryStatus.FAILED.value, "warning"),), span_event=False,
+        logger="templ.campaign", console_fields=("query_id", "reason", "detail"),
     ),
     EventSpec(
         EVENT_WORKER_REPLACED, "warning",
@@ -848,8 +856,8 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
          _field("actions", ATTR_QUERY_ACTIONS, PREPARATION_ACTIONS),
          _field("conformers_requested", ATTR_QUERY_CONFORMERS_REQUESTED), _field("conformers", ATTR_QUERY_CONFORMERS),
          _field("warning", ATTR_QUERY_WARNING), _field("warned", "templ.query.warned", ("true", "false"))),
-        tallies=(("actions", "query_preparations", "action"),), escalations=(("warned", "true", "warning"),),
-        span_event=False, logger="templ.preparation",
+        tallies=(("actions", "query_preparations", "action"),), levels_by_value=(("warned", "true", "warning"),),
+        span_event=False, logger="templ.preparation", console_fields=("query_id", "warning"),
     ),
     EventSpec(
         EVENT_TEMPLATES_CHOSEN, "debug",
@@ -875,6 +883,8 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
     ),
 )
 EVENT_SPECS_BY_NAME: Mapping[str, EventSpec] = {e.name: e for e in EVENT_SPECS}
+#: The fields a console line shows, for the events that name them (``logs.configure_logging``).
+CONSOLE_FIELDS: Mapping[str, tuple[str, ...]] = {e.name: e.console_fields for e in EVENT_SPECS if e.console_fields}
 
 #: Attributes carried by each span event (derived from EVENT_SPECS).
 SPAN_EVENT_ATTRIBUTES: Mapping[str, tuple[str, ...]] = {
@@ -931,7 +941,7 @@ def _log_spec(event: EventSpec) -> LogEventSpec:
 
 LOG_EVENTS: tuple[LogEventSpec, ...] = tuple(_log_spec(event) for event in EVENT_SPECS) + (
     LogEventSpec(
-        "select_best.batch_done", "info",
+        "select_best.batch_done", "debug",
         "One conformer batch finished.",
         ("index", "size", "scored", "failed", "duration_seconds", "executor_kind") + _TRACE_FIELDS,
     ),

@@ -318,7 +318,7 @@ def _events_section() -> str:
     for event in c.EVENT_SPECS:
         metrics = "<br>".join(f"`{c.METRICS_BY_SHORT[short].name}`" for short in event.metrics) or "-"
         levels = event.level + "".join(f"<br>{level} when {field} is {value}"
-                                       for field, value, level in event.escalations)
+                                       for field, value, level in event.levels_by_value)
         rows.append(f"| `{event.name}` | {metrics} | {'yes' if event.span_event else 'no'} | {levels} "
                     f"| `{event.logger}` |")
     return _EVENTS_INTRO + "\n" + "\n".join(rows) + "\n"

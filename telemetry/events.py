@@ -183,7 +183,8 @@ def record_worker_reduction(
     detail: str = "",
     headroom: int | None = None,
 ) -> None:
-    """Workers granted < requested: gauges, counter, span event and warning log ``executor.workers_reduced``."""
+    """Workers granted < requested: gauges, counter, span event and log ``executor.workers_reduced`` (a warning
+    for a refusal, info for a sizing decision: ``catalog.SIZING_REASONS``)."""
     rendered = _announce(_SPEC[c.EVENT_WORKERS_REDUCED], {
         "task_type": task_type, "workers_requested": requested, "workers_granted": granted, "reason": reason,
         "detail": detail, "headroom": headroom})
@@ -304,7 +305,7 @@ def _batch_metrics_and_log(
     m.batches.labels(executor_kind=kind).inc()
     m.batch_duration.labels(executor_kind=kind).observe(duration, exemplar=exemplar)
     if exc is None:
-        _select_log.info(
+        _select_log.debug(  # one per batch: a line at the default level would be thousands per campaign
             "select_best.batch_done",
             **_add_ids({"index": index, "size": size, "scored": scored, "failed": failed,
                         "duration_seconds": duration, "executor_kind": kind, **fields}, ids),
@@ -372,7 +373,7 @@ def batch_span(index: int, size: int, executor_kind: str) -> BatchStats:
     """Context manager for one conformer batch (child span ``select_best.batch``).
 
     On exit: ``templ_select_best_batches_total{executor_kind}`` +1, batch duration
-    observed (with a trace exemplar when the span is exported), info log ``select_best.batch_done``; an escaping
+    observed (with a trace exemplar when the span is exported), debug log ``select_best.batch_done``; an escaping
     exception sets span status ERROR, logs ``select_best.batch_failed`` and re-raises.
     The final ``executor_kind`` on the yielded object labels the metrics.
     """

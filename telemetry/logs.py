@@ -1,10 +1,12 @@
 """Structured logging: structlog and stdlib ``logging`` through one processor pipeline.
 
-Every line carries ``timestamp`` (ISO 8601 UTC), ``level``, ``logger``,
+Every JSON line carries ``timestamp`` (ISO 8601 UTC), ``level``, ``logger``,
 ``event``, ``run_id`` and, inside a recording span, ``trace_id``/``span_id``.
-Output is JSON lines unless the stream is a TTY (or ``fmt="console"``).
-Exception tracebacks (``exception`` in JSON, rich's in the console) never carry
-frame locals.
+Output is JSON lines unless the stream is a TTY (or ``fmt="console"``). A console
+line is for a person at a terminal: one line of level, event and the event's own
+fields, without the correlation keys (timestamp, logger, run and trace ids) that
+the JSON keeps for machines. Exception tracebacks (``exception`` in JSON, rich's
+in the console) never carry frame locals.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from collections.abc import Mapping
 from typing import IO, Any, Literal, MutableMapping
 
 import structlog
@@ -89,18 +92,59 @@ def _is_tty(stream: Any) -> bool:
         return False
 
 
+#: Keys a console line leaves out: they correlate lines for machines, and the JSON keeps them.
+_CONSOLE_HIDDEN = ("timestamp", "logger", "run_id", "trace_id", "span_id")
+
+
+def _console_fields(fields: Mapping[str, tuple[str, ...]]) -> Any:
+    """structlog processor: drop the correlation keys; keep only ``fields[event]`` where given, in that order."""
+
+    def processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key in _CONSOLE_HIDDEN:
+            event_dict.pop(key, None)
+        shown = fields.get(event_dict.get("event", ""))
+        if shown is None:
+            return event_dict
+        kept = ("event", "level", "exc_info", "exception", *shown)
+        return {key: event_dict[key] for key in kept if key in event_dict}
+
+    return processor
+
+
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler writing to ``sys.stderr`` as it is at each write, not as it was when configured.
+
+    rich's progress display (``Live``) replaces ``sys.stderr`` while it runs with a proxy that
+    prints above the bar; a handler that kept the original stream would draw over the bar.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        """The stream is always the current ``sys.stderr``."""
+
+
 def configure_logging(
     *,
     level: str | int = "INFO",
     fmt: Literal["json", "console", "auto"] = "auto",
     stream: IO[str] | None = None,
     run_id: str | None = None,
+    console_fields: Mapping[str, tuple[str, ...]] | None = None,
 ) -> None:
     """Configure structlog and the stdlib root logger (idempotent; safe to call again).
 
-    ``stream`` defaults to ``sys.stderr``. ``run_id`` defaults to a fresh
-    12-hex id so all lines of one run can be grouped. Only the handler
-    installed by a previous call is replaced; other root handlers are kept.
+    ``stream`` defaults to ``sys.stderr``, looked up at each write (so a progress display that
+    redirects stderr shows the lines above itself). ``run_id`` defaults to a fresh
+    12-hex id so all lines of one run can be grouped. ``console_fields`` names, per event, the
+    only fields a console line shows. Only the handler installed by a previous call is replaced;
+    other root handlers are kept.
     """
     global _run_id, _handler
     _run_id = run_id if run_id is not None else uuid.uuid4().hex[:12]
@@ -110,7 +154,9 @@ def configure_logging(
         renderer: Any = structlog.processors.JSONRenderer()
         final = [_JSON_TRACEBACKS, _order_keys, renderer]
     else:
-        final = [structlog.dev.ConsoleRenderer(colors=_is_tty(out), exception_formatter=_console_tracebacks(out))]
+        final = [_console_fields(console_fields or {}),
+                 structlog.dev.ConsoleRenderer(colors=_is_tty(out), pad_event_to=0, sort_keys=False,
+                                               exception_formatter=_console_tracebacks(out))]
 
     shared = _shared_processors()
     structlog.configure(
@@ -130,7 +176,7 @@ def configure_logging(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
     )
-    handler = logging.StreamHandler(out)
+    handler = _CurrentStderr() if stream is None else logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     if _handler is not None:
@@ -157,7 +203,8 @@ def unconfigure_logging() -> None:
 def _configure_default() -> None:
     """Before :func:`configure_logging`: route structlog through stdlib logging (no stdout output).
 
-    With no handlers installed, stdlib's last-resort handler prints WARNING+ to stderr.
+    The package's loggers have a ``NullHandler`` (``templ_pipeline/__init__.py``), so a library user who
+    configured no logging sees nothing of them.
     """
     if structlog.is_configured():
         return

@@ -26,7 +26,7 @@ from typing import IO
 
 from templ_pipeline.errors import InputError
 from templ_pipeline.safe_files import check_target, remove_quietly
-from templ_pipeline.telemetry.catalog import JOB_LABEL
+from templ_pipeline.telemetry.catalog import CONSOLE_FIELDS, JOB_LABEL
 
 from templ_pipeline.telemetry.exporters import ExporterConfigError, build_exporters
 from templ_pipeline.telemetry.logs import configure_logging, get_logger, get_run_id, unconfigure_logging
@@ -212,11 +212,12 @@ class TelemetrySession:
         options = self.options
         if options.log_file is not None:
             self._log_stream = open(options.log_file, "a", buffering=1)
-        stream = self._log_stream or sys.stderr
         to_console = self._log_stream is None and self._interactive
         level = options.log_level or ("WARNING" if to_console else "INFO")
         fmt = options.log_format if options.log_format != "auto" or self._log_stream is None else "json"
-        configure_logging(level=level.upper(), fmt=fmt, stream=stream)  # type: ignore[arg-type]
+        # no log file: sys.stderr as it is at each line, so a progress display prints the lines above its bar
+        configure_logging(level=level.upper(), fmt=fmt, stream=self._log_stream,  # type: ignore[arg-type]
+                          console_fields=CONSOLE_FIELDS)
         try:
             exporters = build_exporters(options.traces_file)
         except ExporterConfigError as exc:

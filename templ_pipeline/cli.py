@@ -76,6 +76,7 @@ from templ_pipeline.core.preparation import (  # noqa: E402
 )
 from templ_pipeline.core.scoring import Metric, Selection, select_best_with_report  # noqa: E402
 from templ_pipeline.cli_dashboards import app as dashboards_app  # noqa: E402
+from templ_pipeline.cli_help import TemplTyper  # noqa: E402
 from templ_pipeline.cli_telemetry import with_telemetry  # noqa: E402
 from templ_pipeline.interrupts import Interrupted, signals_raise  # noqa: E402
 from templ_pipeline.io import (  # noqa: E402
@@ -102,7 +103,7 @@ from templ_pipeline.selection_summary import (  # noqa: E402
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
-app = typer.Typer(
+app = TemplTyper(
     name="templ",
     help="Template-based pose selection: score ligand conformers against a template ligand.",
     no_args_is_help=True,

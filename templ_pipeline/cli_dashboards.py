@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from templ_pipeline.cli_help import TemplTyper
 from templ_pipeline.errors import InputError
 from templ_pipeline.safe_files import check_target, write_atomically
 
@@ -24,7 +25,7 @@ __all__ = ["DEPLOYED", "app", "deployed_files", "export"]
 #: The folders of ``templ_pipeline.dashboards`` that hold deployable files.
 DEPLOYED = ("grafana", "prometheus", "compose")
 
-app = typer.Typer(name="dashboards", help="The Grafana dashboard and Prometheus rules for operators.",
+app = TemplTyper(name="dashboards", help="The Grafana dashboard and Prometheus rules for operators.",
                   no_args_is_help=True)
 
 

@@ -192,7 +192,7 @@ def test_event_specs_name_metrics_whose_labels_are_their_label_fields():
             spec, f = c.METRICS_BY_SHORT[short], next(f for f in event.fields if f.name == name)
             assert spec.kind == "counter" and spec.labels == (label,) and spec.label_values[label] == f.values
         assert all(c.METRICS_BY_SHORT[short].kind == "gauge" for short in event.resets), event.name
-        for name, value, level in event.escalations:
+        for name, value, level in event.levels_by_value:
             f = next(f for f in event.fields if f.name == name)
             assert f.values is not None and value in f.values and level in c.LOG_LEVELS, event.name
         assert event.level in c.LOG_LEVELS and event.logger.startswith("templ."), event.name

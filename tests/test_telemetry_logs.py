@@ -140,4 +140,29 @@ def test_auto_format_and_console(exporter):
     telemetry.logs.configure_logging(fmt="console", stream=console, run_id="c1")
     get_logger("t").warning("console.event", a=1)
     out = console.getvalue()
-    assert "console.event" in out and "run_id" in out and not out.lstrip().startswith("{")
+    assert "console.event" in out and "a=1" in out and not out.lstrip().startswith("{")
+    assert "run_id" not in out and "2026" not in out  # correlation keys are the JSON's, not a person's
+
+
+def test_a_console_line_of_a_failed_query_is_one_line_of_its_own_fields(exporter):
+    from templ_pipeline.telemetry.catalog import CONSOLE_FIELDS
+
+    console = io.StringIO()
+    telemetry.logs.configure_logging(fmt="console", stream=console, run_id="c2", console_fields=CONSOLE_FIELDS)
+    with telemetry.tracing.get_tracer().start_as_current_span("query"):
+        telemetry.campaign.record_query_finished("broken", "process", "failed", "invalid_smiles", 0.01, 4, 0, 0, 0,
+                                                 1, "cannot parse SMILES 'C1CC('")
+    (line,) = console.getvalue().splitlines()
+    assert line.index("query_id=broken") < line.index("reason=invalid_smiles") < line.index("detail=")
+    assert "trace_id" not in line and "in_flight" not in line and "duration_seconds" not in line
+
+
+def test_without_a_stream_lines_go_to_stderr_as_it_is_at_each_line(exporter, monkeypatch):
+    telemetry.logs.configure_logging(fmt="json", run_id="now")
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    get_logger("t").warning("one")
+    monkeypatch.setattr("sys.stderr", second)  # what a progress display does while it runs
+    get_logger("t").warning("two")
+    assert [line["event"] for line in _json_lines(first)] == ["one"]
+    assert [line["event"] for line in _json_lines(second)] == ["two"]
