@@ -991,12 +991,14 @@ LOG_EVENTS: tuple[LogEventSpec, ...] = tuple(_log_spec(event) for event in EVENT
     ),
     LogEventSpec(
         "telemetry.metrics_serving", "info",
-        "The /metrics and /healthz endpoint is up.",
-        ("url",),
+        "The /metrics and /healthz endpoint is up; default_port_taken: another run had the default port, so "
+        "this one serves on a free port of the same host.",
+        ("url", "default_port_taken"),
     ),
     LogEventSpec(
         "telemetry.metrics_server_unavailable", "warning",
-        "The default metrics address could not be bound; the run goes on without /metrics.",
+        "The default metrics address, and a free port of its host, could not be bound; the run goes on "
+        "without /metrics.",
         ("error", "note"),
     ),
     LogEventSpec(

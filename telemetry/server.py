@@ -51,7 +51,12 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class MetricsServerError(RuntimeError):
-    """The endpoint could not be started (address in use, bad address, ...)."""
+    """The endpoint could not be started (address in use, bad address, ...); ``in_use``: another socket has
+    the address."""
+
+    def __init__(self, message: str, *, in_use: bool = False) -> None:
+        super().__init__(message)
+        self.in_use = in_use
 
 
 @dataclass(frozen=True)
@@ -177,8 +182,9 @@ def serve_metrics(address: Address, registry: CollectorRegistry) -> MetricsServe
     try:
         httpd = _MetricsHTTPServer(address, metrics_app(registry))
     except OSError as exc:
-        reason = "address in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-        raise MetricsServerError(f"cannot listen on {address}: {reason}") from exc
+        in_use = exc.errno == errno.EADDRINUSE
+        reason = "address in use" if in_use else (exc.strerror or str(exc))
+        raise MetricsServerError(f"cannot listen on {address}: {reason}", in_use=in_use) from exc
     bound = Address(address.host, httpd.server_address[1])
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                               name="templ-metrics", daemon=True)

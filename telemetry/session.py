@@ -3,8 +3,9 @@
 Nothing needs a server: by default logs go to stderr, spans are recorded (for
 trace ids in logs and exemplars) and exported only where the standard
 OpenTelemetry variables or ``--traces-file`` say, and ``/metrics`` is served on
-127.0.0.1:9464. A default endpoint whose port is taken costs a warning; an
-address the user named must work, or the run does not start.
+127.0.0.1:9464. Where another run has the default port, this one serves on a
+free port of the same host (``default_port_taken``, and the file_sd target file
+names it); an address the user named must work, or the run does not start.
 
 Several jobs on one node each take a free port (``--metrics-addr 127.0.0.1:0``)
 and announce it in a file_sd target file (``--metrics-sd-file``), removed when
@@ -116,12 +117,19 @@ def _sd_target(address: Address) -> str:
     return str(address)
 
 
+def _unavailable(error: MetricsServerError) -> None:
+    """The run goes on without ``/metrics``: one warning saying why."""
+    _log.warning("telemetry.metrics_server_unavailable", error=str(error),
+                 note=f"the run goes on without /metrics; {SEVERAL_JOBS_HINT}")
+
+
 class TelemetrySession:
     """Context manager around one run; ``server`` is the endpoint, if one is up."""
 
     def __init__(self, options: TelemetryOptions, *, interactive: bool | None = None) -> None:
         self.options = options
         self.server: MetricsServer | None = None
+        self.default_port_taken = False  # the default port was another's: ``server`` has a free one
         self.sd_file: Path | None = None  # the target file while it exists
         self._sd_content = b""
         self._job_id: str | None = None
@@ -249,13 +257,18 @@ class TelemetrySession:
         try:
             self.server = serve_metrics(self._address, get_metrics().registry)
         except MetricsServerError as exc:
-            if self.options.metrics_addr:
+            if self.options.metrics_addr:  # an address the user named is kept to
                 self.close(delivered=False)
-                hint = f"; {SEVERAL_JOBS_HINT}" if "in use" in str(exc) and self._address.port != 0 else ""
+                hint = f"; {SEVERAL_JOBS_HINT}" if exc.in_use and self._address.port != 0 else ""
                 raise TelemetrySetupError(f"--metrics-addr: {exc}{hint}") from None
-            _log.warning("telemetry.metrics_server_unavailable", error=str(exc),
-                         note=f"the run goes on without /metrics; {SEVERAL_JOBS_HINT}")
-            return
+            if not exc.in_use:
+                return _unavailable(exc)
+            # another run on this host has the default port: this one takes a free port of the same host
+            self.default_port_taken = True
+            try:
+                self.server = serve_metrics(Address(self._address.host, 0), get_metrics().registry)
+            except MetricsServerError as again:
+                return _unavailable(again)
         if self.server is not None and not self._address.is_loopback:
             _log.warning("telemetry.metrics_exposed", address=str(self._address),
                          note="/metrics is reachable from other hosts")

@@ -292,9 +292,11 @@ def _observed(session: TelemetrySession) -> Iterator[TelemetrySession]:
     try:
         with session:
             if session.server is not None:
-                _log.info("telemetry.metrics_serving", url=session.server.url)
+                _log.info("telemetry.metrics_serving", url=session.server.url,
+                          default_port_taken=session.default_port_taken)
                 if stderr.is_terminal:
-                    stderr.print(f"metrics: {session.server.url} (run {get_run_id()})", highlight=False)
+                    taken = "; the default port is another run's" if session.default_port_taken else ""
+                    stderr.print(f"metrics: {session.server.url} (run {get_run_id()}{taken})", highlight=False)
             yield session
     except TelemetrySetupError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None

@@ -36,8 +36,8 @@ class LogLevelChoice(str, Enum):
 
 
 MetricsAddr = Annotated[str | None, typer.Option(
-    "--metrics-addr", help="Serve /metrics and /healthz here (default 127.0.0.1:9464; a taken default port only "
-                           "warns). 127.0.0.1:0 takes a free port (several jobs on one host).",
+    "--metrics-addr", help="Serve /metrics and /healthz here (default 127.0.0.1:9464, or a free port when "
+                           "another run has it). 127.0.0.1:0 takes a free port (several jobs on one host).",
     rich_help_panel="Telemetry")]
 MetricsSdFile = Annotated[Path | None, typer.Option(
     "--metrics-sd-file", help="Write a Prometheus file_sd target file (*.json) naming this run's /metrics "

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -181,3 +182,28 @@ def test_a_target_file_another_run_replaced_is_left_in_place(tmp_path):
         telemetry.testing.reset()
     assert path.read_text() == '[{"targets": ["127.0.0.1:1"], "labels": {}}]\n'
     assert '"event": "telemetry.sd_file_replaced"' in (tmp_path / "templ.log").read_text()
+
+
+def test_a_run_finding_the_default_port_taken_serves_on_a_free_port_its_target_file_names(template_sdf, tmp_path):
+    from templ_pipeline.telemetry.server import DEFAULT_PORT
+
+    target_file, log = tmp_path / "second.json", tmp_path / "second.log"
+    argv = select_best_argv(template_sdf, tmp_path / "o.sdf", "--metrics-sd-file", target_file, "--hold-metrics", "300")
+    with socket.socket() as first:
+        try:
+            first.bind(("127.0.0.1", DEFAULT_PORT))
+            first.listen(1)
+        except OSError:  # another process has the default port: taken all the same
+            pass
+        with _jobs((argv, job_env(), log)) as procs:
+            _wait_for(target_file.exists, "the target file", procs, [log])
+            (target,) = json.loads(target_file.read_text())[0]["targets"]
+            host, port = target.rsplit(":", 1)
+            assert host == "127.0.0.1" and int(port) != DEFAULT_PORT
+            with urllib.request.urlopen(f"http://{target}/healthz", timeout=10) as answer:
+                assert answer.read() == b"ok\n"
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    (serving,) = [line for line in lines if line["event"] == "telemetry.metrics_serving"]
+    assert serving["url"] == f"http://{target}/metrics" and serving["default_port_taken"] is True
+    assert [line for line in lines if line["level"] in ("warning", "error")] == []
+    assert "Traceback" not in log.read_text()
