@@ -18,6 +18,8 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from rdkit.Geometry import Point3D
 
+from templ_pipeline.core.native_call import native_call_starting
+
 Pins = Mapping[int, tuple[float, float, float]]
 """Atom index -> the coordinates ETKDG must reproduce for it (a template's core, :mod:`core.pinning`)."""
 
@@ -49,8 +51,9 @@ def embed(with_hs: Chem.Mol, num_conformers: int, seed: int, threads: int, *, ra
           pins: Pins | None = None) -> Chem.Mol:
     """A copy of ``with_hs`` holding the conformers ETKDG embeds (possibly fewer than asked, or none)."""
     attempt = Chem.Mol(with_hs)
-    AllChem.EmbedMultipleConfs(attempt, numConfs=num_conformers,
-                               params=etkdg_parameters(seed, threads, random_coords=random_coords, pins=pins))
+    params = etkdg_parameters(seed, threads, random_coords=random_coords, pins=pins)
+    native_call_starting()
+    AllChem.EmbedMultipleConfs(attempt, numConfs=num_conformers, params=params)
     return attempt
 
 

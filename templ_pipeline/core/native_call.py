@@ -6,24 +6,46 @@ handler raised only after a 33 s ``EmbedMultipleConfs`` returned. RDKit releases
 the GIL while it embeds, so when the call runs in a helper thread the main thread
 waits in short, interruptible steps and an interrupt ends the wait at once.
 
+RDKit (2025.03 and later) also takes SIGINT for itself: ``EmbedMultipleConfs``,
+RascalMCES and others install their own handler for the length of the call
+(``ControlCHandler``), and on Ctrl-C the embedding returns *no conformer* without
+an error (checked on 2026.09: 0 of 200, exit 0). Taken as an embedding failure,
+that answer was retried with random coordinates and the run went on with another
+result. While it waits, the main thread therefore puts the process's SIGINT
+disposition back whenever it finds RDKit's in its place (:class:`SigintKeeper`),
+so Ctrl-C reaches Python's handler and stops the run. RDKit installs its handler
+a few milliseconds into a call; the waiting thread checks every millisecond for
+the first :data:`FAST_SECONDS` of the call and of every RDKit call that
+announces itself with :func:`native_call_starting`, and every :data:`POLL_SECONDS`
+otherwise (polling every millisecond throughout costs 3 % of a core). A SIGINT
+within that millisecond can still be taken by RDKit.
+
 The helper thread is optional: where it cannot start (no thread headroom) the call
 runs in the calling thread, with one warning per process, and signals wait for it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import signal
+import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
 
-POLL_SECONDS = 0.2
-"""How often the waiting main thread wakes up (and can run a signal handler)."""
+POLL_SECONDS = 0.05
+"""How often the waiting main thread wakes up (runs a signal handler, checks the SIGINT disposition)."""
+FAST_POLL_SECONDS = 0.001
+FAST_SECONDS = 0.25
+"""How long after a native call starts the waiting thread checks the SIGINT disposition every millisecond."""
 
 _running: set[threading.Thread] = set()  # helper threads whose call has not returned
 _lock = threading.Lock()
 _warned = False
+_native_started = threading.Event()
 
 
 def busy() -> bool:
@@ -34,6 +56,55 @@ def busy() -> bool:
     """
     with _lock:
         return any(thread.is_alive() for thread in _running)
+
+
+def native_call_starting() -> None:
+    """Announce an RDKit call that may install its own SIGINT handler (the waiting thread then checks often)."""
+    _native_started.set()
+
+
+class _SigAction(ctypes.Structure):
+    """glibc's ``struct sigaction`` (Linux; the handler is all that is compared)."""
+
+    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                ("restorer", ctypes.c_void_p)]
+
+
+class SigintKeeper:
+    """Keeps the SIGINT disposition this process had when it was made, undoing a native library's replacement.
+
+    Python's ``signal`` module reports only the handlers it installed itself, not one a C++
+    library put in with ``std::signal``, so the disposition is read and restored with
+    ``sigaction(2)`` through ctypes.
+    """
+
+    def __init__(self, libc: ctypes.CDLL, saved: _SigAction) -> None:
+        self._libc = libc
+        self._saved = saved
+        self.restored = 0  # times a replaced disposition was put back
+
+    @classmethod
+    def capture(cls) -> SigintKeeper | None:
+        """The current disposition, or None where it cannot be read (not Linux, no libc)."""
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            saved = _SigAction()
+            if libc.sigaction(signal.SIGINT, None, ctypes.byref(saved)) != 0:
+                return None
+        except (OSError, AttributeError):
+            return None
+        return cls(libc, saved)
+
+    def keep(self) -> None:
+        """Put the captured disposition back if something replaced it."""
+        current = _SigAction()
+        if self._libc.sigaction(signal.SIGINT, None, ctypes.byref(current)) != 0:
+            return
+        if current.handler != self._saved.handler:
+            self._libc.sigaction(signal.SIGINT, ctypes.byref(self._saved), None)
+            self.restored += 1
 
 
 def call_interruptibly(fn: Callable[[], T], *, name: str, on_inline: Callable[[BaseException], None] | None = None) -> T:
@@ -59,6 +130,7 @@ def call_interruptibly(fn: Callable[[], T], *, name: str, on_inline: Callable[[B
                 _running.discard(thread)
 
     thread = threading.Thread(target=run, name=name, daemon=True)
+    keeper = SigintKeeper.capture()
     with _lock:
         _running.add(thread)
     try:
@@ -70,8 +142,23 @@ def call_interruptibly(fn: Callable[[], T], *, name: str, on_inline: Callable[[B
         if first and on_inline is not None:
             on_inline(error)
         return fn()
-    while thread.is_alive():
-        thread.join(POLL_SECONDS)
+    _wait(thread, keeper)
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]
+
+
+def _wait(thread: threading.Thread, keeper: SigintKeeper | None) -> None:
+    """Wait for ``thread`` in short steps, keeping the SIGINT disposition, often while a native call starts."""
+    _native_started.clear()
+    fast_until = time.monotonic() + FAST_SECONDS
+    while thread.is_alive():
+        if keeper is None:
+            thread.join(POLL_SECONDS)
+            continue
+        if time.monotonic() < fast_until:
+            thread.join(FAST_POLL_SECONDS)
+        elif _native_started.wait(POLL_SECONDS):
+            _native_started.clear()
+            fast_until = time.monotonic() + FAST_SECONDS
+        keeper.keep()

@@ -34,6 +34,7 @@ import numpy as np
 from rdkit import Chem, DataStructs, rdBase
 from rdkit.Chem import rdRascalMCES
 
+from templ_pipeline.core.native_call import call_interruptibly, native_call_starting
 from templ_pipeline.core.template_library import TemplateLibrary, fingerprint_generator, identity_key
 
 DEFAULT_TOP = 5
@@ -119,7 +120,17 @@ def choose_templates(query: Chem.Mol, library: TemplateLibrary, options: ChoiceO
     # stable sort on -similarity: equal similarities keep library order
     order = [int(index) for index in np.argsort(-similarities, kind="stable") if allowed[index]]
     candidates = order[:max(options.prefilter, options.top or 0)]
-    deadline = started + options.mcs_timeout
+    # off the main thread: a search does not hold up SIGINT or SIGTERM (RascalMCES ignores Python's handlers)
+    matches, searched, timeouts = call_interruptibly(
+        lambda: _search(query, library, candidates, similarities, started + options.mcs_timeout), name="templ-mcs")
+    matches.sort(key=lambda match: (-match.core_atoms, -match.similarity, match.index))
+    return TemplateChoice(tuple(matches[:options.top]), len(library), int((~allowed).sum()), searched, timeouts,
+                          time.perf_counter() - started)
+
+
+def _search(query: Chem.Mol, library: TemplateLibrary, candidates: list[int], similarities: np.ndarray,
+            deadline: float) -> tuple[list[TemplateMatch], int, int]:
+    """The MCS of ``query`` with each candidate until ``deadline``; the searches run and the timeouts."""
     matches: list[TemplateMatch] = []
     searched = timeouts = 0
     for index in candidates:
@@ -132,9 +143,7 @@ def choose_templates(query: Chem.Mol, library: TemplateLibrary, options: ChoiceO
         searched += 1
         timeouts += match.mcs_timed_out
         matches.append(match)
-    matches.sort(key=lambda match: (-match.core_atoms, -match.similarity, match.index))
-    return TemplateChoice(tuple(matches[:options.top]), len(library), int((~allowed).sum()), searched, timeouts,
-                          time.perf_counter() - started)
+    return matches, searched, timeouts
 
 
 def _mcs(query: Chem.Mol, template: Chem.Mol, index: int, similarity: float, timeout: int) -> TemplateMatch:
@@ -145,6 +154,7 @@ def _mcs(query: Chem.Mol, template: Chem.Mol, index: int, similarity: float, tim
     options.ringMatchesRingOnly = True
     options.completeAromaticRings = True
     options.timeout = max(1, timeout)
+    native_call_starting()
     with rdBase.BlockLogs():
         results = rdRascalMCES.FindMCES(query, template, options)
     if not results:

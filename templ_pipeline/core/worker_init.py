@@ -209,10 +209,15 @@ def init_worker(parent_pid: int) -> None:
 
     A terminal's Ctrl-C reaches the whole process group; the parent decides what
     to do and ends its workers, so a worker does not die half-way with a traceback.
+    SIGINT is blocked as well as ignored: RDKit installs its own SIGINT handler for
+    the length of an embedding or MCS search (over the ignored disposition) and, on
+    Ctrl-C, returns no conformer as if embedding had failed. A blocked signal reaches
+    no handler; the threads the worker starts later inherit the block.
     """
     global _parent_pid
     _parent_pid = parent_pid
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     signal.signal(parent_death_signal(), _exit_if_orphaned)
     if _arm_parent_death_signal():
         _exit_if_orphaned()  # the parent may have died before the signal was armed

@@ -1,0 +1,161 @@
+"""Ctrl-C while RDKit embeds conformers stops the run: no retry, no other answer, no output replaced.
+
+RDKit takes SIGINT for itself while it embeds (its ``ControlCHandler``) and returns no
+conformer, which looked like an embedding failure and was retried with random coordinates:
+the run went on and ended with another answer. These tests send SIGINT in the middle of an
+embedding (to the process group, as a terminal does) and check that ``select-best``,
+``screen`` and a script calling the library stop at once and change nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from processes import wait_until_catches
+
+from templ_pipeline.campaign.outputs import read_scores
+
+TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
+# a flexible chain: ETKDG needs many seconds for these conformer counts, so a signal 1.5 s in lands mid-embedding
+FLEXIBLE = "CC(C)Cc1ccc(cc1)C(C)C(=O)NCCCCCCNC(=O)c1ccccc1OCCOCC"
+SLOW_CONFORMERS = "1500"
+FAST = ("aspirin", "CC(=O)Oc1ccccc1C(=O)O")
+START_TIMEOUT = 120.0  # imports and setup under the suite's load: "does not hang"
+EMBEDDING_SECONDS = 1.5  # after the handler is in place: the run is embedding
+STOP_TIMEOUT = 5.0  # seconds from SIGINT to the exit (about 0.05 s idle; the suite's load adds to it)
+GONE_TIMEOUT = 5.0
+
+
+def _start(argv: list[object], directory: Path) -> subprocess.Popen:
+    with open(directory / "stdout.txt", "w") as stdout, open(directory / "stderr.txt", "w") as stderr:
+        return subprocess.Popen([*TEMPL, *map(str, argv), "--no-metrics-server"], stdin=subprocess.DEVNULL,
+                                stdout=stdout, stderr=stderr, start_new_session=True)
+
+
+def _stderr(directory: Path) -> str:
+    return (directory / "stderr.txt").read_text(errors="replace")
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _interrupt(proc: subprocess.Popen, directory: Path, *, ready: Path | None = None) -> tuple[float, list[str]]:
+    """SIGINT to ``proc``'s process group mid-embedding; (seconds to exit, processes left running)."""
+    collected: list[psutil.Process] = []
+    try:
+        if (problem := wait_until_catches(proc, signal.SIGINT, START_TIMEOUT)) is not None:
+            pytest.fail(f"{problem}; stderr {_stderr(directory)[-2000:]!r}")
+        deadline = time.monotonic() + START_TIMEOUT
+        while ready is not None and not (ready.exists() and len(read_scores(ready)) >= 1):
+            assert proc.poll() is None, f"the run ended first; stderr {_stderr(directory)[-2000:]!r}"
+            assert time.monotonic() < deadline, "the fast query never got its row"
+            time.sleep(0.05)
+        time.sleep(EMBEDDING_SECONDS)
+        collected = _descendants(proc.pid)
+        assert proc.poll() is None, f"the run finished before the signal (exit {proc.returncode})"
+        os.killpg(proc.pid, signal.SIGINT)
+        signalled = time.monotonic()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"no exit within 60 s of SIGINT; stderr {_stderr(directory)[-2000:]!r}")
+        took = time.monotonic() - signalled
+        deadline = time.monotonic() + GONE_TIMEOUT
+        while (left := [p for p in collected if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return took, [" ".join(p.cmdline())[:120] for p in left if p.is_running()]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        for process in collected:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+
+
+def _one_interrupt_line(directory: Path) -> str:
+    lines = [line for line in _stderr(directory).splitlines() if line.startswith("interrupted by SIGINT")]
+    assert len(lines) == 1, f"{len(lines)} 'interrupted by SIGINT' lines in {_stderr(directory)[-2000:]!r}"
+    return lines[0]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigint_while_select_best_embeds_stops_at_once_and_keeps_the_old_output(workers, template_sdf, tmp_path):
+    out = tmp_path / "pose.sdf"
+    out.write_text("the previous answer\n")
+    proc = _start(["select-best", "-t", template_sdf, "-q", FLEXIBLE, "-n", SLOW_CONFORMERS, "-w", workers,
+                   "-o", out], tmp_path)
+    took, left = _interrupt(proc, tmp_path)
+    line = _one_interrupt_line(tmp_path)
+    assert proc.returncode == 130, f"exit {proc.returncode}; {_stderr(tmp_path)[-2000:]!r}"
+    assert took < STOP_TIMEOUT, f"{took:.1f} s from SIGINT to the exit"
+    assert "while generating" in line, line
+    assert out.read_text() == "the previous answer\n"
+    assert not list(tmp_path.glob(".pose.sdf.*")), "a temporary output file was left"
+    assert not left, f"still running after the exit: {left}"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigint_while_a_campaign_embeds_keeps_the_rows_written_and_adds_none(workers, template_sdf, tmp_path):
+    queries = tmp_path / "queries.smi"
+    queries.write_text(f"{FAST[1]} {FAST[0]}\n{FLEXIBLE} flexible\n")
+    campaign = tmp_path / "campaign"
+    proc = _start(["screen", "-t", template_sdf, "--queries", queries, "--output-dir", campaign,
+                   "-n", SLOW_CONFORMERS, "-w", workers], tmp_path)
+    took, left = _interrupt(proc, tmp_path, ready=campaign / "scores.csv")
+    _one_interrupt_line(tmp_path)
+    assert proc.returncode == 130, f"exit {proc.returncode}; {_stderr(tmp_path)[-2000:]!r}"
+    assert took < STOP_TIMEOUT, f"{took:.1f} s from SIGINT to the exit"
+    rows = read_scores(campaign / "scores.csv")
+    assert [(row["query_id"], row["status"]) for row in rows] == [(FAST[0], "ok")], rows
+    assert not left, f"still running after the exit: {left}"
+
+
+def test_sigint_while_the_library_embeds_raises_keyboard_interrupt_at_once(tmp_path):
+    script = tmp_path / "embed.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        from templ_pipeline.core.conformers import generate_conformers
+        print("embedding", flush=True)
+        try:
+            mol = generate_conformers({FLEXIBLE!r}, {SLOW_CONFORMERS}, n_workers=1)
+        except KeyboardInterrupt:
+            print("stopped", flush=True)
+            os._exit(7)
+        print("finished with", mol.GetNumConformers(), flush=True)
+    """))
+    with open(tmp_path / "stdout.txt", "w") as stdout, open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=stdout, stderr=stderr,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "embedding" not in (tmp_path / "stdout.txt").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, _stderr(tmp_path)[-2000:]
+            time.sleep(0.05)
+        time.sleep(EMBEDDING_SECONDS)
+        os.killpg(proc.pid, signal.SIGINT)
+        signalled = time.monotonic()
+        proc.wait(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert (tmp_path / "stdout.txt").read_text().split() == ["embedding", "stopped"], _stderr(tmp_path)[-2000:]
+    assert proc.returncode == 7
+    assert took < STOP_TIMEOUT, f"{took:.1f} s from SIGINT to KeyboardInterrupt"
