@@ -14,6 +14,7 @@ limit_parent_pools()  # before numpy is imported (by RDKit below): see templ_pip
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
@@ -785,7 +786,9 @@ def _stopped(stop: Interrupted) -> int:
 def _run(argv: list[str] | None, pipe: StdoutPipe | None = None) -> int:
     try:
         code = app(args=argv, prog_name=PROG_NAME, standalone_mode=False)
-    except typer.Abort:
+    except typer.Abort as abort:
+        if isinstance(abort.__context__, KeyboardInterrupt):  # click's name for a KeyboardInterrupt
+            raise Interrupted(signal.SIGINT) from None
         stderr.print("aborted")
         return EXIT_ERROR
     except typer.TyperException as exc:  # usage errors: one line, exit 2
@@ -802,9 +805,8 @@ def _run(argv: list[str] | None, pipe: StdoutPipe | None = None) -> int:
     except TelemetrySetupError as exc:  # a telemetry option the session cannot set up: bad input
         stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        stderr.print("interrupted")
-        return 130
+    except KeyboardInterrupt:  # raised by a native call that took SIGINT itself (RDKit): the same stop
+        raise Interrupted(signal.SIGINT) from None
     except BrokenPipeError:
         raise
     except SystemExit as exit_:  # rich and typer end a write into a closed pipe so: see stdout_pipe
