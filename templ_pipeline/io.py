@@ -23,6 +23,7 @@ from typing import BinaryIO
 from rdkit import Chem, rdBase
 
 from templ_pipeline.core.batch import has_coordinates
+from templ_pipeline.core.canonical import canonical_order
 from templ_pipeline.core.template_library import LibraryProblem, TemplateLibrary, record_name
 from templ_pipeline.errors import InputError
 
@@ -144,8 +145,8 @@ def read_template_library(path: str | os.PathLike[str]) -> TemplateLibrary:
 def read_conformers(path: str | os.PathLike[str]) -> Chem.Mol:
     """One molecule whose conformers are the SDF's records, conformer id = record number - 1.
 
-    Every record must be the same molecule as record 1 (atoms may come in another
-    order: they are renumbered to record 1's order). Explicit hydrogens are kept:
+    Every record must be the same molecule as record 1 (atoms may come in any order:
+    every record is renumbered in the molecule's canonical order). Explicit hydrogens are kept:
     shape and colour scores ignore them (measured: identical scores with and without),
     and the written pose is the user's molecule, hydrogens and all.
     """
@@ -158,6 +159,9 @@ def conformers_of_records(records: Iterable[Chem.Mol | None], source: str) -> Ch
     """One molecule holding each record's conformer (id = record number - 1), or an ``InputError``
     naming ``source`` and the record that is unreadable or another molecule than record 1.
 
+    Atoms are in the molecule's canonical order (:func:`~templ_pipeline.core.canonical.canonical_order`),
+    whatever order the file wrote them in, the coordinates following them: the same molecule and poses give
+    the same templates, scores and written poses from any file.
     Each conformer carries its record's name and SD properties (conformer properties,
     which survive RDKit's pickles), so a pose written for conformer 17 says what
     record 18 said: :func:`record_properties` gives them back.
@@ -167,12 +171,13 @@ def conformers_of_records(records: Iterable[Chem.Mol | None], source: str) -> Ch
     for number, mol in enumerate(records, start=1):
         if mol is None:
             raise InputError(f"{source}: record {number} is not a readable molecule")
+        properties = {name: mol.GetProp(name) for name in mol.GetPropNames()}  # text: "1.50" stays "1.50"
+        record_name = mol.GetProp(_RECORD_NAME) if mol.HasProp(_RECORD_NAME) else ""
+        mol = canonical_order(mol)  # RDKit's renumbering keeps no property: they are read first
         if reference is None:
             reference = Chem.Mol(mol)
             reference.RemoveAllConformers()
             reference_smiles = Chem.MolToSmiles(mol)
-        properties = {name: mol.GetProp(name) for name in mol.GetPropNames()}  # text: "1.50" stays "1.50"
-        record_name = mol.GetProp(_RECORD_NAME) if mol.HasProp(_RECORD_NAME) else ""
         mol = _in_reference_order(mol, reference, reference_smiles, source, number)
         conformer = Chem.Conformer(mol.GetConformer())
         conformer.SetId(number - 1)

@@ -19,6 +19,7 @@ from rdkit import Chem, rdBase
 
 from templ_pipeline import telemetry
 from templ_pipeline.telemetry.observer import observe as observe_telemetry
+from templ_pipeline.core.canonical import canonical_molecule
 from templ_pipeline.core.embedding import Embed, Pins, embed
 from templ_pipeline.core.events import (
     Emitter,
@@ -61,6 +62,8 @@ def generate_conformers(
 ) -> Chem.Mol:
     """Embed ``num_conformers`` conformers with ETKDGv3 and a fixed seed.
 
+    The query is put in canonical atom order first (:func:`~templ_pipeline.core.canonical.canonical_molecule`),
+    so every spelling of a molecule gives the same conformers, in that order.
     Hydrogens are added for embedding and removed afterwards. ``n_workers`` is the
     number of RDKit threads asked for; the thread manager may grant fewer, and a
     refused thread start is retried with fewer, and no more threads start than the
@@ -69,7 +72,7 @@ def generate_conformers(
     """
     if num_conformers < 1:
         raise ValueError(f"num_conformers must be at least 1, got {num_conformers}")
-    mol = molecule_from_smiles(query) if isinstance(query, str) else Chem.Mol(query)
+    mol = canonical_molecule(molecule_from_smiles(query) if isinstance(query, str) else query)
     with_hs = Chem.AddHs(mol)
     with telemetry.conformers_span(num_conformers, n_workers) as stats:
         threads = EmbeddingThreads(n_workers, Emitter((observe_telemetry, *observers)), exact_workers=exact_workers)

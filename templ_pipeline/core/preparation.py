@@ -15,6 +15,10 @@ Shared by ``select-best --query`` and every query of ``templ screen``. By defaul
   way whatever the input spelled: a CD3 analogue kept its deuteriums as explicit
   atoms and its best pose lay 1.5 A from the CH3 analogue's.
 - Charges, assigned stereo, tautomers and protonation states are kept as given.
+- Atom order: the input and every isomer made of it are put in one canonical form
+  (:func:`~templ_pipeline.core.canonical.canonical_molecule`) before anything that depends
+  on atom order (fragment choice, stereoisomer sampling, template choice, embedding), so
+  any spelling of a molecule, and its SD record, is prepared and embedded the same way.
 
 Refused before any conformer is made: elements the shape model has no radius for
 (measured per element on the installed RDKit, see :func:`element_supported`), and
@@ -31,6 +35,7 @@ from rdkit import Chem, rdBase
 from rdkit.Chem.EnumerateStereoisomers import EnumerateStereoisomers, GetStereoisomerCount, StereoEnumerationOptions
 from rdkit.Chem.MolStandardize import rdMolStandardize
 
+from templ_pipeline.core.canonical import canonical_molecule
 from templ_pipeline.core.events import PreparationAction, QueryFailureReason
 
 __all__ = [
@@ -107,7 +112,7 @@ class PreparationOptions:
 
 @dataclass(frozen=True)
 class PreparedIsomer:
-    """One molecule to embed: hydrogen-free, isotope-free, stereo as chosen."""
+    """One molecule to embed: hydrogen-free, isotope-free, stereo as chosen, in canonical atom order."""
 
     mol: Chem.Mol
     smiles: str
@@ -175,6 +180,7 @@ def prepare(mol: Chem.Mol, options: PreparationOptions = PreparationOptions(),
     given = input_smiles if input_smiles is not None else Chem.MolToSmiles(mol)
     actions: set[PreparationAction] = set()
     warnings: list[str] = []
+    mol = canonical_molecule(mol)
     _refuse_elements(mol)  # the whole input: a metal complex written as ions must not lose its metal silently
     kept, removed = _choose_fragment(mol, options.fragments, actions, warnings)
     _refuse_small(kept)
@@ -182,6 +188,8 @@ def prepare(mol: Chem.Mol, options: PreparationOptions = PreparationOptions(),
     if options.tautomer is TautomerPolicy.CANONICAL:
         kept = _canonical_tautomer(kept, actions)
     isomers, possible = _stereoisomers(kept, options, actions)
+    isomers = tuple(PreparedIsomer(canonical_molecule(isomer.mol), isomer.smiles, isomer.index, isomer.count)
+                    for isomer in isomers)
     return Preparation(input_smiles=given, isomers=isomers, removed=removed, actions=frozenset(actions),
                        unassigned_stereo=possible, warnings=tuple(warnings))
 
