@@ -536,6 +536,14 @@ EVENT_CAMPAIGN_DONE = "campaign.done"
 EVENT_QUERY_PREPARED = "query.prepared"
 EVENT_TEMPLATES_CHOSEN = "templates.chosen"
 SPAN_TEMPLATES_CHOOSE = "templates.choose"
+#: The ``templ`` commands that run with telemetry: each run is one trace, under the root span ``templ.<command>``.
+TRACED_COMMANDS: tuple[str, ...] = ("select-best", "screen", "demo", "stress")
+
+
+def command_span_name(command: str) -> str:
+    """The root span of a ``templ`` command's run: ``templ.select_best`` for ``select-best``."""
+    return "templ." + command.replace("-", "_")
+
 
 ATTR_TASK_TYPE = "templ.executor.task_type"
 ATTR_EXECUTOR_KIND = "templ.executor.kind"
@@ -668,6 +676,11 @@ SPANS: tuple[SpanSpec, ...] = (
     ),
 )
 
+SPANS += tuple(SpanSpec(
+    command_span_name(command),
+    f"One templ {command} run, the root of its trace: every other span of the run (template choice, conformer "
+    "generation, scoring, the campaign) nests under it. Status ERROR when the run failed or was stopped.",
+    (ATTR_OUTCOME,), ()) for command in TRACED_COMMANDS)
 SPANS_BY_NAME: Mapping[str, SpanSpec] = {s.name: s for s in SPANS}
 
 

@@ -39,6 +39,7 @@ from templ_pipeline.telemetry.worker_spans import WorkerSpan
 
 __all__ = [
     "BatchStats",
+    "CommandSpan",
     "ConformerStats",
     "conformers_span",
     "SelectBestStats",
@@ -530,6 +531,24 @@ def conformers_span(requested: int, threads_requested: int) -> ConformerStats:
     span events of this span. Kept when telemetry is disabled: one span per query costs nothing.
     """
     return ConformerStats(requested, threads_requested)
+
+
+class CommandSpan:
+    """The root span of one ``templ`` command's run (``catalog.command_span_name``), current from its start to
+    :meth:`end`: every span the run makes nests under it, so the run is one trace."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, command: str) -> None:
+        self._span, self._token, _ = _start_span(c.command_span_name(command), {})
+
+    def end(self, success: bool) -> None:
+        """End the span, in the thread that started it: outcome ``ok``, or ``error`` with status ERROR."""
+        if _ids(self._span) is not None:
+            self._span.set_attribute(c.ATTR_OUTCOME, "ok" if success else "error")
+            if not success:
+                self._span.set_status(Status(StatusCode.ERROR, "the run failed or was stopped"))
+        _end_span(self._span, self._token)
 
 
 class TemplateChoiceSpan:

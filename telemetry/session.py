@@ -29,6 +29,7 @@ from templ_pipeline.errors import InputError
 from templ_pipeline.safe_files import check_target, remove_quietly
 from templ_pipeline.telemetry.catalog import CONSOLE_FIELDS, JOB_LABEL
 
+from templ_pipeline.telemetry.events import CommandSpan
 from templ_pipeline.telemetry.exporters import ExporterConfigError, build_exporters
 from templ_pipeline.telemetry.logs import configure_logging, get_logger, get_run_id, unconfigure_logging
 from templ_pipeline.telemetry.metrics import get_metrics
@@ -79,6 +80,7 @@ class TelemetryOptions:
     log_file: Path | None = None
     log_level: str | None = None
     service_name: str = "templ"
+    command: str | None = None  # the templ command run: its root span holds the run's trace (None: no root span)
 
 
 def _writable_file(option: str, path: Path) -> None:
@@ -134,6 +136,7 @@ class TelemetrySession:
         self._sd_content = b""
         self._job_id: str | None = None
         self._pusher: PeriodicPusher | None = None
+        self._command_span: CommandSpan | None = None
         self._log_stream: IO[str] | None = None
         self._interactive = sys.stderr.isatty() if interactive is None else interactive
         self._address = self._check(options)
@@ -232,6 +235,8 @@ class TelemetrySession:
             raise TelemetrySetupError(str(exc)) from None
         configure_tracing(exporters, service_name=os.environ.get("OTEL_SERVICE_NAME", options.service_name),
                           resource_attributes={"templ.run_id": get_run_id()})
+        if options.command is not None:
+            self._command_span = CommandSpan(options.command)
         metrics = get_metrics()
         metrics.run_info.labels(run_id=get_run_id() or "", job_id=self.job_id, host=socket.gethostname()).set(1)
         metrics.run_start.set(time.time())
@@ -306,6 +311,9 @@ class TelemetrySession:
                     _log.warning("telemetry.push_failed", url=self.options.pushgateway,
                                  error="a periodic push is still hung; it may land after the final one")
                 self._pusher = None
+            if self._command_span is not None:
+                self._command_span.end(success and delivered)
+                self._command_span = None
             shutdown_tracing()
             if delivered:
                 self._record_outcome(success)

@@ -89,6 +89,7 @@ def _telemetry(
     pushgateway: str | None, push_grouping_key: list[str] | None, push_delete_on_exit: bool,
     push_interval: float | None, hold_metrics: float,
     traces_file: Path | None, log_format: LogFormatChoice, log_file: Path | None, log_level: LogLevelChoice | None,
+    command: str | None = None,
 ) -> TelemetrySession:
     """The telemetry session of a run; bad options raise ``typer.BadParameter`` or ``TelemetrySetupError`` (exit 2)."""
     options = TelemetryOptions(
@@ -96,10 +97,12 @@ def _telemetry(
         metrics_sd_file=metrics_sd_file, pushgateway=pushgateway, push_grouping_key=_grouping_key(push_grouping_key),
         push_delete_on_exit=push_delete_on_exit, push_interval=push_interval, hold_metrics=hold_metrics, traces_file=traces_file,
         log_format=LogFormatChoice(log_format).value, log_file=log_file,
-        log_level=None if log_level is None else LogLevelChoice(log_level).value,
+        log_level=None if log_level is None else LogLevelChoice(log_level).value, command=command,
     )
     return TelemetrySession(options)
 
+
+_CONTEXT = "telemetry_context"  # typer hands the command's context to a parameter of this type: its name is the command
 
 _TELEMETRY_OPTIONS: dict[str, tuple[Any, Any]] = {
     "metrics_addr": (MetricsAddr, None),
@@ -122,17 +125,19 @@ def with_telemetry(command: Callable[..., None]) -> Callable[..., None]:
     """Give a command the telemetry options; it receives the run's ``TelemetrySession`` as ``session``.
 
     The options are declared once (``_TELEMETRY_OPTIONS``) and appended to the
-    command's signature, which is what typer reads to build the CLI.
+    command's signature, which is what typer reads to build the CLI; so is the
+    command's context, whose name names the run's root span.
     """
     signature = inspect.signature(command, eval_str=True)
     own = [param for name, param in signature.parameters.items() if name != "session"]
     extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
              for name, (annotation, default) in _TELEMETRY_OPTIONS.items()]
+    extra.append(inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> None:
         options = {name: kwargs.pop(name) for name in _TELEMETRY_OPTIONS}
-        command(session=_telemetry(**options), **kwargs)
+        command(session=_telemetry(**options, command=kwargs.pop(_CONTEXT).info_name), **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=own + extra)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {param.name: param.annotation for param in own + extra}

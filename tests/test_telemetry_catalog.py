@@ -144,9 +144,21 @@ def test_normalize_label_is_always_bounded(value):
             assert out == value or value not in allowed
 
 
+def test_every_command_with_telemetry_has_its_root_span():
+    import typer
+
+    from templ_pipeline.cli import app
+
+    commands = typer.main.get_command(app).commands
+    traced = {name for name, command in commands.items()
+              if any(param.name == "traces_file" for param in command.params)}
+    assert traced == set(c.TRACED_COMMANDS)
+
+
 def test_spans_and_log_events_documented():
     assert {s.name for s in c.SPANS} == {"select_best", "select_best.batch", "conformers.generate",
-                                         "screen.campaign", "screen.query", "screen.score", "templates.choose"}
+                                         "screen.campaign", "screen.query", "screen.score", "templates.choose",
+                                         "templ.select_best", "templ.screen", "templ.demo", "templ.stress"}
     for s in c.SPANS:
         assert s.help.strip()
         # our own attributes are namespaced; the rest are OpenTelemetry semantic conventions

@@ -220,7 +220,7 @@ def test_trace_file_has_the_conformer_generation_span(run):
 
 
 def test_log_file_has_json_events_with_trace_and_run_ids(run):
-    job = run(n=40, workers=2, hold=0)
+    job = run("--log-level", "debug", n=40, workers=2, hold=0)  # the per-batch lines are debug: asked for here
     job.finish()
     events = [json.loads(line) for line in job.log.read_text().splitlines()]
     assert {"executor.created", "select_best.batch_done", "select_best.done"} <= {e["event"] for e in events}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 
 import pytest
 from opentelemetry import trace
@@ -169,3 +172,26 @@ def test_no_headroom_uses_synchronous_export(tel):
     assert tel.registry.get_sample_value(
         "templ_telemetry_degraded_total", {"component": "span_processor", "reason": "no_headroom"}) == 1
     assert tel.stream.getvalue().count('"event": "telemetry.degraded"') == 1
+
+
+def _exported_spans(path) -> list[dict]:
+    return [span for line in path.read_text().splitlines() for resource in json.loads(line)["resourceSpans"]
+            for scope in resource["scopeSpans"] for span in scope["spans"]]
+
+
+def test_one_select_best_run_is_one_trace_under_its_command_span(template_sdf, tmp_path):
+    traces = tmp_path / "traces.jsonl"
+    done = subprocess.run([sys.executable, "-m", "templ_pipeline.cli", "select-best", "-t", str(template_sdf),
+                           "-q", "O=C(Nc1cccnc1)c1ccc(F)cc1OC", "-n", "8", "-w", "2", "-o", str(tmp_path / "o.sdf"),
+                           "--no-metrics-server", "--traces-file", str(traces)],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    spans = _exported_spans(traces)
+    (root,) = [span for span in spans if "parentSpanId" not in span or not span["parentSpanId"]]
+    assert root["name"] == "templ.select_best"
+    assert {span["traceId"] for span in spans} == {root["traceId"]}
+    by_id = {span["spanId"]: span for span in spans}
+    parents = {span["name"]: by_id[span["parentSpanId"]]["name"] for span in spans if span is not root}
+    assert parents == {"templates.choose": "templ.select_best", "conformers.generate": "templ.select_best",
+                       "select_best": "templ.select_best", "select_best.batch": "select_best"}
+    assert {a["key"]: a["value"]["stringValue"] for a in root["attributes"]} == {c.ATTR_OUTCOME: "ok"}
