@@ -607,8 +607,12 @@ def screen_command(
                                        "conformers.")] = False,
     query_timeout: Annotated[float, typer.Option(
         "--query-timeout", min=0, help="Seconds one query may take before it is a timeout row (0: no limit).")] = 600.0,
-    smiles_column: Annotated[str, typer.Option("--smiles-column", help="CSV column holding the SMILES.")] = "smiles",
-    id_column: Annotated[str, typer.Option("--id-column", help="CSV column holding the query id.")] = "id",
+    smiles_column: Annotated[str | None, typer.Option(
+        "--smiles-column", help="CSV/TSV column holding the SMILES (default: smiles, canonical_smiles, ...).")] = None,
+    id_column: Annotated[str | None, typer.Option(
+        "--id-column", help="CSV/TSV column holding the query id (default: id, name, title, compound_id, ...).")] = None,
+    top: Annotated[int, typer.Option(
+        "--top", min=0, help="Poses of the best-ranked queries in hits.sdf (0: all).")] = 100,
     executor: Annotated[ExecutorChoice, typer.Option(
         "--executor", help="auto or process: local worker processes (fewer when some cannot start, this process "
                            "when none can); dask: each query a task on a Dask cluster (without --scheduler or "
@@ -648,7 +652,7 @@ def screen_command(
             preparation=PreparationOptions(fragments, stereo, max_isomers, tautomer),
             executor=str(executor), scheduler=scheduler, worker_timeout=worker_timeout,
             choice=_choice(top_templates, mcs_timeout, exclude_identical, pin), align=not keep_pinned_pose,
-            reference=reference)
+            reference=reference, top=top or None)
         prepared = cli_screen.prepare(request)
         _warn_left_out(template, prepared.library)
         with _observed(session):

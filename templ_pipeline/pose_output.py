@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rdkit import Chem
 
+from templ_pipeline.core.vocabulary import format_value
 from templ_pipeline.errors import InputError
 from templ_pipeline.safe_files import check_target, write_atomically
 
@@ -107,9 +108,5 @@ def render_sdf(records: Iterable[PoseRecord]) -> tuple[bytes, int]:
 
 
 def _set_prop(mol: Chem.Mol, name: str, value: str | int | float) -> None:
-    if isinstance(value, bool) or isinstance(value, str):
-        mol.SetProp(name, str(value))
-    elif isinstance(value, int):
-        mol.SetIntProp(name, value)
-    else:
-        mol.SetDoubleProp(name, float(value))
+    """A property as text: scores with the decimals :mod:`~templ_pipeline.core.vocabulary` fixes."""
+    mol.SetProp(name, format_value(name, float(value) if isinstance(value, float) else value))

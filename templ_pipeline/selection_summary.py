@@ -8,7 +8,8 @@ used; the JSON summary gives every template's best.
 
 Pose records keep the query's identity: the record name and SD properties of the
 conformer's own input record (``--conformers``), or the ``--name`` / SMILES of a
-``--query``; ``query_smiles`` and ``template_name`` say what was compared. They keep
+``--query``; ``query_smiles`` and ``template_name`` say what was compared, with the
+names ``templ screen`` writes (:class:`~templ_pipeline.core.vocabulary.Field`). They keep
 the hydrogens the input had (:class:`Hydrogens`).
 """
 
@@ -29,6 +30,7 @@ from templ_pipeline.core.preparation import Preparation
 from templ_pipeline.core.scoring import METRICS, Selection
 from templ_pipeline.core.template_choice import TemplateChoice
 from templ_pipeline.core.template_poses import TemplateChoiceRecord, TemplatePoses, distinct_conformers
+from templ_pipeline.core.vocabulary import Field, rounded
 from templ_pipeline.io import record_properties
 from templ_pipeline.pose_output import PoseRecord, PoseTarget
 
@@ -173,9 +175,9 @@ def _record(chosen: TemplateSelection, query: QueryIdentity, source: Chem.Mol, m
     elif query.hydrogens == Hydrogens.ADD:
         pose = Chem.AddHs(pose, addCoords=True)
     ours: dict[str, str | int | float] = {
-        **scores, "conformer_id": conf_id, "rank": rank, "metric": metric,
-        "query_smiles": chosen.smiles or query.smiles, **(prepared or {}),
-        "template_name": chosen.name, "template_record": chosen.record,
+        **scores, Field.CONFORMER_ID: conf_id, Field.RANK: rank, Field.POSE_RANK: rank, Field.METRIC: metric,
+        Field.QUERY_SMILES: chosen.smiles or query.smiles, **(prepared or {}),
+        Field.TEMPLATE_NAME: chosen.name, Field.TEMPLATE_RECORD: chosen.record,
     }
     name = record_name or (f"{query.name}#{chosen.isomer}" if chosen.isomer else query.name)
     return PoseRecord(pose, name, {**properties, **ours})
@@ -191,7 +193,8 @@ def _best_json(result: TemplateSelection, query: QueryIdentity) -> dict[str, Any
         conf_id = mol.GetConformer().GetId()
         record_name, _ = record_properties(result.selection.query, conf_id)
         name = record_name or (f"{query.name}#{result.isomer}" if result.isomer else query.name)
-        best[metric] = {"conformer_id": conf_id, "name": name, **scores}
+        best[metric] = {"conformer_id": conf_id, "name": name,
+                        **{key: rounded(key, value) for key, value in scores.items()}}
     return best
 
 
@@ -236,7 +239,7 @@ def summary_json(outcome: RunOutcome, query: QueryIdentity) -> dict[str, Any]:
             "of": len(outcome.of_isomer(outcome.chosen.isomer)), "library": outcome.library,
             **_choice_json(outcome.chosen.choice),
             "runner_up": [{"record": result.record, "name": result.name,
-                           "score": result.best_score(outcome.metric)}
+                           "score": _rounded_score(outcome.metric, result.best_score(outcome.metric))}
                           for result in _runners_up(outcome)]},
         "template_selection": {str(isomer): _selection_json(choice) for isomer, choice in outcome.choices.items()},
         "best": (_best_json(outcome.chosen, query) if outcome.chosen is not None
@@ -261,6 +264,10 @@ def summary_json(outcome: RunOutcome, query: QueryIdentity) -> dict[str, Any]:
             "capped": outcome.preparation.capped},
         "failure": None if outcome.chosen is not None else outcome.failure(),
     }
+
+
+def _rounded_score(metric: str, score: float | None) -> float | None:
+    return None if score is None else rounded(metric, score)
 
 
 def _choice_json(choice: TemplateChoiceRecord | None) -> dict[str, Any]:

@@ -315,7 +315,8 @@ def _row(query_id: str, template: str = "t1", combo: float | None = 1.25, **chan
     values = dict(
         query_id=query_id,
         input_id=changes.pop("input_id", query_id),
-        smiles="OCc1ccccc1",
+        input_record=1,
+        query_smiles="OCc1ccccc1",
         input_smiles="OCc1ccccc1.Cl",
         isomer=0,
         isomers=1,
@@ -323,7 +324,8 @@ def _row(query_id: str, template: str = "t1", combo: float | None = 1.25, **chan
         preparation="fragments_removed",
         status="ok" if combo is not None else "failed",
         reason="" if combo is not None else "no conformer",
-        template=template,
+        detail="" if combo is not None else "none of 10 conformers could be scored",
+        template_name=template,
         template_record=1,
         template_similarity=0.5 if combo is not None else None,
         core_atoms=6,
@@ -337,10 +339,12 @@ def _row(query_id: str, template: str = "t1", combo: float | None = 1.25, **chan
         n_conformers=10,
         n_scored=10 if combo is not None else 0,
         n_failed=0,
+        metric="combo",
         shape=None if combo is None else combo * 0.6,
         color=None if combo is None else combo * 0.4,
         combo=combo,
         conformer_id=None if combo is None else 3,
+        pose_rank=None if combo is None else 1,
         seconds=0.5,
     )
     values.update(changes)
@@ -369,17 +373,18 @@ def test_fresh_campaign_writes_parameters_header_rows_and_poses(tmp_path, pose):
     files.write([_row("q1"), _row("q1", "t2", combo=None)], [Chem.Mol(pose), None])
     files.close()
     files.close()  # idempotent
-    assert json.loads((directory / "campaign.json").read_text()) == {"parameters": PARAMETERS}
+    stored = json.loads((directory / "campaign.json").read_text())
+    assert stored["parameters"] == PARAMETERS and set(stored["versions"]) == {"templ", "rdkit", "python"}
     assert (directory / "scores.csv").read_text().splitlines()[0] == ",".join(SCORES_COLUMNS)
     rows = read_scores(directory / "scores.csv")
-    assert [(row["query_id"], row["template"], row["status"]) for row in rows] == [
+    assert [(row["query_id"], row["template_name"], row["status"]) for row in rows] == [
         ("q1", "t1", "ok"),
         ("q1", "t2", "failed"),
     ]
     assert rows[1]["combo"] == rows[1]["conformer_id"] == ""
     (written,) = Chem.SDMolSupplier(str(directory / "poses.sdf"), removeHs=False)
     assert written.GetProp("_Name") == "q1"
-    assert written.GetProp("smiles") == "OCc1ccccc1" and written.GetProp("template") == "t1"
+    assert written.GetProp("query_smiles") == "OCc1ccccc1" and written.GetProp("template_name") == "t1"
     assert written.GetDoubleProp("combo") == 1.25 and written.GetIntProp("conformer_id") == 3
     assert written.GetNumAtoms() == pose.GetNumAtoms() and written.GetConformer().Is3D()
     assert sorted(os.listdir(directory)) == ["campaign.json", "poses.sdf", "scores.csv"]
@@ -405,15 +410,20 @@ def test_each_write_is_on_disk_before_close(tmp_path, pose):
         assert _pose_names(directory / "poses.sdf") == ["q1", "q2"]
 
 
-def test_floats_round_trip_exactly(tmp_path, pose):
-    values = [0.1 + 0.2, 1 / 3, 5e-324, 1.7976931348623157e308, -0.0, 0.9999999999999999]
+def test_scores_have_four_decimals_and_rmsd_and_seconds_three(tmp_path, pose):
+    values = [0.1 + 0.2, 1 / 3, 5e-324, 0.99995, -0.0, 0.9999999999999999]
     with CampaignFiles.open(tmp_path / "run", PARAMETERS, resume=False) as files:
         for number, value in enumerate(values):
-            files.write([_row(f"q{number}", combo=value, shape=value / 7, seconds=value * 3)], [None])
+            files.write([_row(f"q{number}", combo=value, shape=value / 7, rmsd=value * 2, seconds=value * 3)],
+                        [Chem.Mol(pose)])
     rows = read_scores(tmp_path / "run" / "scores.csv")
-    assert [float(row["combo"]) for row in rows] == values
-    assert [float(row["shape"]) for row in rows] == [value / 7 for value in values]
-    assert [float(row["seconds"]) for row in rows] == [value * 3 for value in values]
+    assert [row["combo"] for row in rows] == ["0.3000", "0.3333", "0.0000", "1.0000", "-0.0000", "1.0000"]
+    assert [row["shape"] for row in rows] == [f"{value / 7:.4f}" for value in values]
+    assert [row["rmsd"] for row in rows] == [f"{value * 2:.3f}" for value in values]
+    assert [row["seconds"] for row in rows] == [f"{value * 3:.3f}" for value in values]
+    written = list(Chem.SDMolSupplier(str(tmp_path / "run" / "poses.sdf"), removeHs=False))
+    assert [mol.GetProp("combo") for mol in written] == [row["combo"] for row in rows]
+    assert [mol.GetProp("pose_rank") for mol in written] == ["1"] * len(values)
 
 
 def test_text_fields_are_quoted(tmp_path):
@@ -639,9 +649,9 @@ _WRITER = textwrap.dedent(
     number = len(files.done)
     while True:
         number += 1
-        rows = [ScoreRow(f"q{number}", f"q{number}", "OCc1ccccc1", "OCc1ccccc1", 0, 1, "", "", "ok", "", template,
-                         1, 0.5, 6, "c1:c:c:c:c:c:1", "pinned", "none", 6, "", None,
-                         10, 10, 10, 0, 0.5, 0.25, 0.75, 1, 0.1)
+        rows = [ScoreRow(f"q{number}", f"q{number}", number, "OCc1ccccc1", "OCc1ccccc1", 0, 1, "", "", "ok", "", "",
+                         template, 1, 0.5, 6, "c1:c:c:c:c:c:1", "pinned", "none", 6, "", None,
+                         10, 10, 10, 0, "combo", 0.5, 0.25, 0.75, 1, 1, 0.1)
                 for template in ("t1", "t2")]
         files.write(rows, [Chem.Mol(mol), Chem.Mol(mol)])
     """

@@ -109,7 +109,7 @@ def test_screen_rows_say_what_preparation_did(campaign, case):
         ("ok", case.removed, case.actions, str(case.isomers))}
     if case.isomers > 1:
         assert sorted(row["query_id"] for row in rows) == [f"{case.name}#{n}" for n in range(1, case.isomers + 1)]
-        assert len({row["smiles"] for row in rows}) == case.isomers
+        assert len({row["query_smiles"] for row in rows}) == case.isomers
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
@@ -139,7 +139,7 @@ def test_the_best_pose_is_the_screen_s_best_isomer(campaign, select_best):
         best = max((row for row in rows.values() if row["input_id"] == name), key=lambda row: float(row["combo"]))
         assert pose.GetProp("_Name") == best["query_id"] == f"{name}#{summary['preparation']['isomer']}"
         assert pose.GetDoubleProp("combo") == pytest.approx(float(best["combo"]), rel=1e-12)
-        assert pose.GetProp("query_smiles") == best["smiles"]
+        assert pose.GetProp("query_smiles") == best["query_smiles"]
 
 
 @pytest.mark.parametrize("case", [case for case in CASES if case.same_as], ids=lambda case: case.name)
@@ -150,7 +150,7 @@ def test_salts_isotopes_and_explicit_h_give_the_parent_s_pose_and_scores(campaig
     suffixes = [f"#{n}" for n in range(1, case.isomers + 1)] if case.isomers > 1 else [""]
     for suffix in suffixes:
         mine, theirs = rows[case.name + suffix], rows[parent.name + suffix]
-        for column in ("smiles", "conformer_id", "shape", "color", "combo"):
+        for column in ("query_smiles", "conformer_id", "shape", "color", "combo"):
             assert mine[column] == theirs[column], (case.name, column)
         assert _heavy_positions(poses[case.name + suffix]) == _heavy_positions(poses[parent.name + suffix])
     (mine_pose,), (parent_pose,) = select_best[case.name][2], select_best[parent.name][2]
@@ -165,8 +165,8 @@ def test_each_isomer_s_pose_has_its_own_assigned_stereo(campaign):
     for row in rows:
         pose = Chem.Mol(poses[row["query_id"]])
         Chem.AssignStereochemistryFrom3D(pose)
-        assert Chem.MolToSmiles(Chem.RemoveHs(pose)) == row["smiles"], row["query_id"]
-        assert pose.GetProp("smiles") == row["smiles"] and pose.GetIntProp("isomer") == int(row["isomer"])
+        assert Chem.MolToSmiles(Chem.RemoveHs(pose)) == row["query_smiles"], row["query_id"]
+        assert pose.GetProp("query_smiles") == row["query_smiles"] and pose.GetIntProp("isomer") == int(row["isomer"])
         assert (pose.GetIntProp("n_conformers_requested"), pose.GetIntProp("n_conformers")) == (
             int(row["n_conformers_requested"]), int(row["n_conformers"]))
 

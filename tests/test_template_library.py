@@ -45,7 +45,7 @@ STEREO_TEMPLATE = "mpro_46"  # O=C(Nc1cncc2ccccc12)[C@@H]1CCOc2ccc(Cl)cc21: its 
 def rows_by_template(directory: Path) -> dict[tuple[str, str], dict[str, str]]:
     """scores.csv by (query id, template), without the ``seconds`` column."""
     rows = read_scores(directory / "scores.csv")
-    found = {(row["query_id"], row["template"]): {k: v for k, v in row.items() if k != "seconds"} for row in rows}
+    found = {(row["query_id"], row["template_name"]): {k: v for k, v in row.items() if k != "seconds"} for row in rows}
     assert len(found) == len(rows), "a (query, template) pair appears twice"
     return found
 
@@ -317,7 +317,7 @@ def test_select_best_gives_the_pose_and_template_screen_gave(screens, queries, t
     best, template = summary["best"]["combo"], summary["template"]
     assert best["combo"] == pytest.approx(float(row["combo"]), abs=1e-9)
     assert best["conformer_id"] == int(row["conformer_id"])
-    assert template["name"] == row["template"] == "mpro_76"
+    assert template["name"] == row["template_name"] == "mpro_76"
     assert (template["record"], template["core_atoms"], template["pinned_atoms"]) == (
         int(row["template_record"]), int(row["core_atoms"]), int(row["pinned_atoms"]))
     assert (template["core_smarts"], template["pose_method"], template["pin_fallback"]) == (

@@ -4,7 +4,8 @@ Unusable input as a whole (no template, an unreadable queries file, no query at
 all, an output directory that holds another campaign) is an ``InputError`` before
 anything is written. From then on, nothing a single query does stops the campaign:
 each result is written (pose, then row) and flushed as it arrives, so an
-interrupted or killed run leaves files that ``--resume`` completes.
+interrupted or killed run leaves files that ``--resume`` completes. A run that
+finishes the campaign ranks it from those files (hits.csv, hits.sdf).
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from templ_pipeline import __version__
-from templ_pipeline.campaign.outputs import CampaignFiles
-from templ_pipeline.campaign.queries import QueryRecord, count_queries, read_queries
+from templ_pipeline.campaign.hits import DEFAULT_TOP, HitList, write_hits
+from templ_pipeline.campaign.outputs import (
+    CAMPAIGN_FILE,
+    HIT_POSES_FILE,
+    HITS_FILE,
+    CampaignFiles,
+    CampaignInputs,
+)
+from templ_pipeline.campaign.queries import QueryRecord, count_queries, data_columns, read_queries
 from templ_pipeline.campaign.report import CampaignTally, rows_and_poses, with_rmsd
 from templ_pipeline.campaign.runner import ScreenOptions, screen, templates_digest
 from templ_pipeline.core.events import Fallback, WorkersReduced
@@ -48,8 +56,8 @@ class ScreenRequest:
     per_template: bool
     use_input_conformers: bool
     query_timeout: float | None
-    smiles_column: str
-    id_column: str
+    smiles_column: str | None
+    id_column: str | None
     exact_workers: bool
     preparation: PreparationOptions = PreparationOptions()
     executor: str = "auto"
@@ -58,6 +66,7 @@ class ScreenRequest:
     choice: ChoiceOptions = ChoiceOptions()
     align: bool = True
     reference: Path | None = None
+    top: int | None = DEFAULT_TOP  # poses in hits.sdf; None: every ranked query's
 
 
 @dataclass
@@ -99,8 +108,12 @@ def prepare(request: ScreenRequest) -> PreparedCampaign:
     first = next(stream, None)
     if first is None:
         raise InputError(f"{request.queries}: no query records")
+    resuming = request.resume and (request.output_dir / CAMPAIGN_FILE).exists()
+    columns = () if resuming else data_columns(request.queries, smiles_column=request.smiles_column,
+                                               id_column=request.id_column)  # a resume keeps the stored ones
     files = CampaignFiles.open(request.output_dir, parameters(request, library), resume=request.resume,
-                               rows_per_query=rows_per_isomer(request, library) if request.per_template else 1)
+                               rows_per_query=rows_per_isomer(request, library) if request.per_template else 1,
+                               inputs=CampaignInputs(request.template, request.queries, columns))
     total = count_queries(request.queries, **reading)
     done = files.done
     records = (record for record in itertools.chain((first,), stream) if record.query_id not in done)
@@ -137,6 +150,7 @@ class CampaignSummary:
     seconds: float
     reductions: list[WorkersReduced]
     fallbacks: list[Fallback]
+    hits: HitList | None = None
 
 
 def run(prepared: PreparedCampaign, *, console: Console, out: Console, progress: Any,
@@ -172,7 +186,7 @@ def run(prepared: PreparedCampaign, *, console: Console, out: Console, progress:
                                              rows_per_isomer(request, prepared.library))
                 if prepared.references is not None:
                     poses = with_rmsd(rows, poses, prepared.references)
-                files.write(rows, poses)
+                files.write(rows, poses, result.record.data)
                 tally.add(result)
                 display.update(bar, advance=1, failed=tally.failed)
                 if not display.live.auto_refresh:
@@ -180,7 +194,8 @@ def run(prepared: PreparedCampaign, *, console: Console, out: Console, progress:
                 progress.campaign = _stop_note(tally, request.output_dir)
         finally:
             display.stop()
-    summary = CampaignSummary(request, tally, time.monotonic() - started, reductions, fallbacks)
+    hits = write_hits(request.output_dir, request.metric, request.top)
+    summary = CampaignSummary(request, tally, time.monotonic() - started, reductions, fallbacks, hits)
     if on_summary is not None:
         on_summary(summary)
     else:
@@ -218,6 +233,9 @@ def summary_json(summary: CampaignSummary) -> dict[str, Any]:
         "output_dir": str(request.output_dir),
         "scores": str(request.output_dir / "scores.csv"),
         "poses": str(request.output_dir / "poses.sdf"),
+        "hits": str(request.output_dir / HITS_FILE),
+        "hit_poses": str(request.output_dir / HIT_POSES_FILE),
+        "ranked": None if summary.hits is None else summary.hits.ranked,
     }
 
 
@@ -232,6 +250,12 @@ def _summary(out: Console, summary: CampaignSummary) -> None:
         f"({tally.failures()}){fewer}{skipped}; executor {' -> '.join(tally.kinds) or '-'}; "
         f"wrote {request.output_dir / 'scores.csv'} and {request.output_dir / 'poses.sdf'}",
         highlight=False, soft_wrap=True)
+    if summary.hits is not None:
+        hits = summary.hits
+        unranked = f", {hits.unranked} without a pose after them" if hits.unranked else ""
+        out.print(f"hits: {hits.ranked} queries ranked by {request.metric}{unranked} in "
+                  f"{request.output_dir / HITS_FILE}; the best {hits.poses} poses in "
+                  f"{request.output_dir / HIT_POSES_FILE}", highlight=False, soft_wrap=True)
     prepared = tally.preparation()
     if prepared:
         out.print(f"preparation: {prepared}", highlight=False, soft_wrap=True)

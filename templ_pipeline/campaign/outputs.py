@@ -2,11 +2,18 @@
 
 In the campaign directory DIR:
 
-- ``campaign.json``: the parameters the campaign was started with (written once, atomically).
-- ``scores.csv``: one row per prepared molecule of each query (the query itself, or each of
-  its stereoisomers as ``ID#n``), or per molecule and template, ``SCORES_COLUMNS``. The
-  rows of one query share its ``input_id`` and are written together.
-- ``poses.sdf``: the chosen pose of each row that has one, named by the row's ``query_id``.
+- ``campaign.json``: the parameters the campaign was started with (compared on resume), the
+  TEMPL, RDKit and Python versions, the input files (absolute paths and SHA-256: a resume
+  with a changed file is refused) and the input data columns (written once, atomically).
+- ``scores.csv``: one row per pose kept of each prepared molecule of each query (the query
+  itself, or each of its stereoisomers as ``ID#n``), or per molecule and template:
+  ``SCORES_COLUMNS``, then the query's input data as ``input.NAME`` columns (fixed at the
+  campaign's start). The rows of one query share its ``input_id`` and are written together.
+- ``poses.sdf``: the pose of each row that has one, named by the row's ``query_id``, with
+  the row's fields and input data as SD properties
+  (:mod:`~templ_pipeline.core.vocabulary` names them and fixes their decimals).
+- ``hits.csv`` and ``hits.sdf``: the ranked hit list, rebuilt from the two files above at
+  the end of each run (:mod:`~templ_pipeline.campaign.hits`).
 
 Durability: a query's poses go out in one write(2), then its rows in another, both
 on plain file descriptors (no user-space buffer). Once ``write`` returns, the data
@@ -16,7 +23,7 @@ is in the page cache, which outlives the process (kill -9) though not the machin
 ``_scan_scores`` and ``_scan_poses``). Writing poses first means a row in
 scores.csv always has its pose on disk; a pose without a row is dropped on resume.
 
-The three files must be regular files: a symlink (even to a regular file), FIFO,
+The campaign's files must be regular files: a symlink (even to a regular file), FIFO,
 device or directory in their place is refused, never opened, followed or
 replaced (``lstat`` first, then ``O_NOFOLLOW``/``O_NONBLOCK`` opens checked with
 ``fstat``). Nothing is written outside DIR; files are created with mode 0666
@@ -28,44 +35,57 @@ from __future__ import annotations
 import csv
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
+import platform
+import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import BinaryIO
 
-from rdkit import Chem
+from rdkit import Chem, rdBase
 
-from templ_pipeline.campaign.poses import pose_record
+from templ_pipeline import __version__
+from templ_pipeline.campaign.poses import pose_record, with_properties
+from templ_pipeline.core.vocabulary import Field, format_value, input_name
 from templ_pipeline.io import InputError
-from templ_pipeline.safe_files import describe_mode
+from templ_pipeline.safe_files import describe_mode, write_atomically
 
 CAMPAIGN_FILE = "campaign.json"
 SCORES_FILE = "scores.csv"
 POSES_FILE = "poses.sdf"
-_TEMPORARY = (f".{CAMPAIGN_FILE}.tmp", f".{POSES_FILE}.tmp")  # our own, left behind only by a crash
+HITS_FILE = "hits.csv"
+HIT_POSES_FILE = "hits.sdf"
+_TEMPORARY = (f".{POSES_FILE}.tmp",)  # our own, left behind only by a crash
+# write_atomically's temporary files (".NAME.<8 hex>.tmp"), left behind only by a crash
+_ATOMIC_TEMPORARY = re.compile(r"\.(%s)\.[0-9a-f]{8}\.tmp" % "|".join(
+    re.escape(name) for name in (CAMPAIGN_FILE, HITS_FILE, HIT_POSES_FILE)))
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO swapped in must not hang us
 _FILE_MODE = 0o666  # less the umask
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreRow:
-    """One row of scores.csv: one prepared molecule of a query (against one template)."""
+    """One row of scores.csv: one pose (or failure) of one prepared molecule of a query (against one template).
+    The field names are :class:`~templ_pipeline.core.vocabulary.Field` values."""
 
     query_id: str  # the input id, or ``input_id#n`` for its n-th stereoisomer
     input_id: str
-    smiles: str  # the molecule embedded, after preparation
+    input_record: int  # the query's 1-based position in the input file
+    query_smiles: str  # the molecule embedded, after preparation
     input_smiles: str  # as given
     isomer: int  # 1-based stereoisomer index; 0 when none were enumerated
     isomers: int  # molecules preparation made of the query (0 when it was refused or unreadable)
     removed: str  # fragments dropped (counterions, solvents), dot-separated SMILES
     preparation: str  # what preparation did: PreparationAction values, comma-separated
     status: str
-    reason: str
-    template: str
+    reason: str  # one bounded word
+    detail: str  # the reason as a sentence (empty on an ok row that got every conformer)
+    template_name: str
     template_record: int | None  # the template's 1-based record in the template file
     template_similarity: float | None  # 2D (Morgan) Tanimoto similarity to the query; empty without a choice
     core_atoms: int  # atoms of the common substructure with the template
@@ -79,26 +99,39 @@ class ScoreRow:
     n_conformers: int
     n_scored: int
     n_failed: int
+    metric: str  # the campaign's ranking metric
     shape: float | None
     color: float | None
     combo: float | None
     conformer_id: int | None
+    pose_rank: int | None  # 1 for the molecule's best pose, 2 for the next distinct one, ...; empty without a pose
     seconds: float
 
 
 SCORES_COLUMNS: tuple[str, ...] = tuple(field.name for field in fields(ScoreRow))
-"""The header of scores.csv: the ``ScoreRow`` fields, in order."""
+"""Our columns of scores.csv: the ``ScoreRow`` fields, in order (the input data columns follow)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignInputs:
+    """The input files of a campaign and the data columns its queries carry (fixed when it starts)."""
+
+    templates: Path
+    queries: Path
+    columns: tuple[str, ...] = ()  # input data columns or SD tags, unprefixed (queries.data_columns)
 
 
 class CampaignFiles:
     """The open output files of one campaign; ``write`` one query at a time, then ``close``."""
 
-    __slots__ = ("directory", "done", "resumed_rows", "_scores", "_poses", "_closed")
+    __slots__ = ("directory", "done", "resumed_rows", "input_columns", "_scores", "_poses", "_closed")
 
-    def __init__(self, directory: Path, done: frozenset[str], resumed_rows: int, scores: int, poses: int) -> None:
+    def __init__(self, directory: Path, done: frozenset[str], resumed_rows: int, scores: int, poses: int,
+                 input_columns: tuple[str, ...] = ()) -> None:
         self.directory = directory
         self.done = done  # input ids of the queries already in scores.csv when opened (after repairs)
         self.resumed_rows = resumed_rows  # rows already in scores.csv when opened (after repairs)
+        self.input_columns = input_columns  # the campaign's input data columns, as stored when it started
         self._scores = _Appender(scores)
         self._poses = _Appender(poses)
         self._closed = False
@@ -111,19 +144,24 @@ class CampaignFiles:
         *,
         resume: bool,
         rows_per_query: int = 1,
+        inputs: CampaignInputs | None = None,
     ) -> CampaignFiles:
         """Start a campaign in ``directory``, or with ``resume`` continue the one there.
 
         ``parameters`` (JSON-serialisable) are stored when starting and must be
-        equal on resume. ``rows_per_query`` is the number of rows a complete query
-        has per prepared molecule (one per template): a last query with fewer than
-        that times its ``isomers`` is dropped on resume.
+        equal on resume; so must the checksums of the ``inputs`` files. Their data
+        columns are those stored when the campaign started. ``rows_per_query`` is the
+        number of rows a complete query has at least per prepared molecule (one per
+        template): a last query with fewer than that times its ``isomers`` is dropped
+        on resume.
         """
         if rows_per_query < 1:
             raise ValueError(f"rows_per_query must be at least 1, not {rows_per_query}")
         directory = Path(directory)
         _make_directory(directory)
         campaign, scores, poses = (directory / name for name in (CAMPAIGN_FILE, SCORES_FILE, POSES_FILE))
+        for name in (HITS_FILE, HIT_POSES_FILE):
+            _is_regular_file(directory / name)  # rewritten at the end of the run: refused before any work
         if _has_entries(directory):
             if not resume:
                 raise InputError(
@@ -133,15 +171,18 @@ class CampaignFiles:
             existing = [path for path in (campaign, scores, poses) if _is_regular_file(path)]
             if campaign not in existing:
                 raise InputError(f"{campaign}: no such file; {directory} is not empty and holds no campaign to resume")
-            _check_parameters(campaign, parameters)
+            stored = _check_campaign(campaign, parameters, inputs)
+            columns = tuple(stored.get("input_columns", ()))
         else:
             for name in _TEMPORARY:
                 _remove_temporary(directory / name)
-            _write_atomically(campaign, (json.dumps({"parameters": parameters}, indent=2) + "\n").encode())
+            columns = inputs.columns if inputs is not None else ()
+            write_atomically(campaign, (json.dumps(_campaign_record(parameters, inputs), indent=2) + "\n").encode())
+        header = (*SCORES_COLUMNS, *(input_name(column) for column in columns))
         scores_fd = _open_regular(scores, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
             _lock(scores, scores_fd)
-            done, row_ids, rows = _repair_scores(scores, scores_fd, rows_per_query)
+            done, row_ids, rows = _repair_scores(scores, scores_fd, rows_per_query, header)
             poses_fd = _open_regular(poses, os.O_RDWR | os.O_APPEND | os.O_CREAT)
             try:
                 poses_fd = _repair_poses(poses, poses_fd, row_ids)
@@ -152,16 +193,19 @@ class CampaignFiles:
             os.close(scores_fd)
             raise
         _sync_directory(directory)
-        return cls(directory, frozenset(done), rows, scores_fd, poses_fd)
+        return cls(directory, frozenset(done), rows, scores_fd, poses_fd, columns)
 
-    def write(self, rows: Sequence[ScoreRow], poses: Sequence[Chem.Mol | str | None]) -> None:
+    def write(self, rows: Sequence[ScoreRow], poses: Sequence[Chem.Mol | str | None],
+              inputs: Mapping[str, str] | Sequence[tuple[str, str]] = ()) -> None:
         """Append all rows of one query, with a pose (or None) per row: poses first, then rows.
 
         A pose is a molecule or its SDF record already made
         (:func:`~templ_pipeline.campaign.poses.pose_record`, as campaign workers do). A
-        molecule gets its row's query id as name and the properties ``smiles``,
-        ``template``, ``shape``, ``color``, ``combo`` and ``conformer_id`` (those
-        that are not None); the molecule passed in is modified.
+        molecule gets its row's query id as name and the properties ``query_smiles``,
+        ``template_name``, ``metric``, ``shape``, ``color``, ``combo``, ``conformer_id``
+        and ``pose_rank`` (those that are not None); the molecule passed in is modified.
+        ``inputs`` is the query's input data (``QueryRecord.data``): each of the
+        campaign's input columns goes to every row and pose (empty when the query has none).
         """
         if self._closed:
             raise ValueError(f"{self.directory}: the campaign files are closed")
@@ -169,9 +213,12 @@ class CampaignFiles:
             raise ValueError(f"{len(rows)} rows but {len(poses)} poses; pass a pose or None per row")
         if not rows or any(row.input_id != rows[0].input_id for row in rows):
             raise ValueError("write takes the rows of one query: at least one, all with the same input_id")
-        sdf = _pose_records(rows, poses)  # built first: a pose RDKit cannot write leaves both files untouched
+        given = dict(inputs)
+        data = [(input_name(column), given.get(column, "")) for column in self.input_columns]
+        sdf = _pose_records(rows, poses, data)  # built first: a pose RDKit cannot write leaves both files untouched
+        values = [value for _, value in data]
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerows(_fields(row) for row in rows)
+        csv.writer(buffer, lineterminator="\n").writerows([*_fields(row), *values] for row in rows)
         try:
             self._poses.append(sdf.encode("utf-8"))
             self._scores.append(buffer.getvalue().encode("utf-8"))
@@ -209,30 +256,49 @@ def read_scores(path: str | os.PathLike[str]) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes (as stored: a ``.gz`` file's compressed bytes)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return digest.hexdigest()
+
+
+def _campaign_record(parameters: dict, inputs: CampaignInputs | None) -> dict:
+    """What campaign.json holds: the parameters, the versions, the input files and data columns."""
+    record: dict = {"parameters": parameters,
+                    "versions": {"templ": __version__, "rdkit": rdBase.rdkitVersion,
+                                 "python": platform.python_version()}}
+    if inputs is not None:
+        record["inputs"] = {name: {"path": str(Path(path).absolute()), "sha256": file_sha256(path)}
+                            for name, path in (("templates", inputs.templates), ("queries", inputs.queries))}
+        record["input_columns"] = list(inputs.columns)
+    return record
+
+
 def _fields(row: ScoreRow) -> list[str]:
-    return [_field(getattr(row, name)) for name in SCORES_COLUMNS]
+    return [format_value(name, getattr(row, name)) for name in SCORES_COLUMNS]
 
 
-def _field(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)  # the shortest text that parses back to the same float
-    return str(value)
-
-
-def _pose_records(rows: Sequence[ScoreRow], poses: Sequence[Chem.Mol | str | None]) -> str:
-    """The SDF text of a query's poses: records made by the workers as they are, molecules written here."""
+def _pose_records(rows: Sequence[ScoreRow], poses: Sequence[Chem.Mol | str | None],
+                  data: Sequence[tuple[str, str]]) -> str:
+    """The SDF text of a query's poses: records made by the workers as they are, molecules written here; each
+    with the query's input data."""
     records = []
     for row, pose in zip(rows, poses):
         if pose is None:
             continue
-        if isinstance(pose, str):
-            records.append(pose)
-        else:
-            records.append(pose_record(pose, name=row.query_id, smiles=row.smiles, template=row.template,
-                                       shape=row.shape, color=row.color, combo=row.combo,
-                                       conformer_id=row.conformer_id))
+        if not isinstance(pose, str):
+            record = {} if row.template_record is None else {Field.TEMPLATE_RECORD: row.template_record}
+            pose = pose_record(pose, name=row.query_id, query_smiles=row.query_smiles,
+                               template_name=row.template_name, metric=row.metric, shape=row.shape,
+                               color=row.color, combo=row.combo, conformer_id=row.conformer_id,
+                               pose_rank=row.pose_rank, preparation=record)
+        records.append(with_properties(pose, data) if data else pose)
     return "".join(records)
 
 
@@ -292,7 +358,8 @@ def _has_entries(directory: Path) -> bool:
     """Whether ``directory`` holds anything but temporary files a crash of ours left."""
     try:
         with os.scandir(directory) as entries:
-            return any(entry.name not in _TEMPORARY for entry in entries)
+            return any(entry.name not in _TEMPORARY and not _ATOMIC_TEMPORARY.fullmatch(entry.name)
+                       for entry in entries)
     except OSError as exc:
         raise InputError(f"{directory}: cannot list the campaign directory ({exc.strerror})") from None
 
@@ -340,22 +407,6 @@ def _remove_temporary(path: Path) -> None:
         raise InputError(f"{path}: cannot remove this leftover temporary file ({exc.strerror})") from None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` by a file holding ``data``: a temporary file in the same directory, fsync, rename."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    _remove_temporary(temporary)
-    fd = _open_regular(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(temporary)
-        raise
-    os.close(fd)
-    os.replace(temporary, path)
-
-
 def _sync_directory(directory: Path) -> None:
     """fsync the directory, so created and renamed entries survive a crash of the machine."""
     try:
@@ -380,8 +431,9 @@ def _lock(path: Path, fd: int) -> None:
         pass
 
 
-def _check_parameters(path: Path, parameters: dict) -> None:
-    """``InputError`` unless campaign.json holds the same parameters (as JSON values)."""
+def read_campaign(path: str | os.PathLike[str]) -> dict:
+    """campaign.json as stored; ``InputError`` when it is not one."""
+    path = Path(path)
     fd = _open_regular(path, os.O_RDONLY)
     try:
         with open(fd, "rb", closefd=False) as handle:
@@ -389,11 +441,32 @@ def _check_parameters(path: Path, parameters: dict) -> None:
     finally:
         os.close(fd)
     try:
-        stored = json.loads(text)["parameters"]
+        record = json.loads(text)
+        stored = record["parameters"]
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{path}: not a campaign file ({type(exc).__name__}: {exc})") from None
     if not isinstance(stored, dict):
         raise InputError(f"{path}: not a campaign file (parameters is not an object)")
+    return record
+
+
+def _check_campaign(path: Path, parameters: dict, inputs: CampaignInputs | None) -> dict:
+    """campaign.json, after checking that this run asks for the same parameters and gives the same files."""
+    record = read_campaign(path)
+    _check_parameters(path, record["parameters"], parameters)
+    stored = record.get("inputs")
+    if inputs is not None and isinstance(stored, dict):
+        for name, given in (("templates", inputs.templates), ("queries", inputs.queries)):
+            before = stored.get(name, {}).get("sha256")
+            if before is not None and file_sha256(given) != before:
+                raise InputError(f"{given}: the {name} file changed since the campaign in {path.parent} started "
+                                 f"(it was {stored[name].get('path', '?')}, sha256 {before[:12]}...); resume "
+                                 "with the file it started with, or start a new campaign in another directory")
+    return record
+
+
+def _check_parameters(path: Path, stored: dict, parameters: dict) -> None:
+    """``InputError`` unless campaign.json holds the same parameters (as JSON values)."""
     wanted = json.loads(json.dumps(parameters))  # tuples as lists, keys as strings: as they were stored
     differ = [key for key in {**stored, **wanted} if stored.get(key, _UNSET) != wanted.get(key, _UNSET)]
     if not differ:
@@ -418,19 +491,23 @@ def _shown(parameters: dict, key: str) -> str:
 # --- resume repairs -----------------------------------------------------------------
 
 
-def _repair_scores(path: Path, fd: int, rows_per_query: int) -> tuple[set[str], set[str], int]:
+def _repair_scores(path: Path, fd: int, rows_per_query: int,
+                   header: Sequence[str] = SCORES_COLUMNS) -> tuple[set[str], set[str], int]:
     """Cut scores.csv to its complete queries (writing the header when it has none): their input ids,
     their rows' ids and their row count."""
     with open(os.dup(fd), "rb") as handle:
-        end, done, row_ids, rows = _scan_scores(path, handle, rows_per_query)
+        end, done, row_ids, rows = _scan_scores(path, handle, rows_per_query, header)
     if end < os.fstat(fd).st_size:
         os.ftruncate(fd, end)
     if end == 0:
-        _write_all(fd, (",".join(SCORES_COLUMNS) + "\n").encode())
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(header)
+        _write_all(fd, buffer.getvalue().encode())
     return done, row_ids, rows
 
 
-def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int) -> tuple[int, set[str], set[str], int]:
+def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int,
+                 columns: Sequence[str] = SCORES_COLUMNS) -> tuple[int, set[str], set[str], int]:
     """(byte offset after the last complete query, the input ids of complete queries, their rows' ids,
     their row count).
 
@@ -442,7 +519,7 @@ def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int) -> tuple[int
     - fewer than ``rows_per_query`` times ``isomers`` rows of the last input id: the
       query's single write was cut between rows. Dropped. (A query that always
       writes fewer rows, say one failed row, is then recomputed when it is last.)
-    The header, if complete, must be ``SCORES_COLUMNS``; any other damage (a wrong
+    The header, if complete, must be ``columns``; any other damage (a wrong
     field count, undecodable text) is an ``InputError``: the file is not what we wrote.
     """
     handle.seek(0)
@@ -477,10 +554,10 @@ def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int) -> tuple[int
     try:
         for row in reader:
             if not header:
-                if row != list(SCORES_COLUMNS):
+                if row != list(columns):
                     raise InputError(
-                        f"{path}: the header is not that of a campaign's scores.csv "
-                        f"(expected {','.join(SCORES_COLUMNS)}, found {','.join(row)})"
+                        f"{path}: the header is not that of this campaign's scores.csv "
+                        f"(expected {','.join(columns)}, found {','.join(row)})"
                     )
                 header = True
                 end = group_start = consumed
@@ -488,8 +565,8 @@ def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int) -> tuple[int
             if not row:  # a blank line (an editor's): no row
                 end = consumed
                 continue
-            if len(row) != len(SCORES_COLUMNS):
-                expected = len(SCORES_COLUMNS)
+            if len(row) != len(columns):
+                expected = len(columns)
                 raise InputError(f"{path}: line {reader.line_num} has {len(row)} fields, expected {expected}")
             if row[1] != group_id:
                 if group_id is not None:

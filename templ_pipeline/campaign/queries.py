@@ -11,11 +11,15 @@ Formats, by suffix (case-insensitive), each optionally gzip-compressed (``.gz``)
   line, stripped. Blank lines and lines starting with ``#`` are skipped, and so is a
   first (non-skipped) line whose first token is ``smiles`` in any case: a header.
 - ``.csv``/``.tsv``: a header row, then one row per query; the SMILES and id columns
-  are found by name, case-insensitively. Without an id column ids are generated.
+  are found by name, case-insensitively: the one named (``smiles_column``,
+  ``id_column``; absent is an ``InputError`` listing the header), else the first of
+  :data:`SMILES_COLUMNS` / :data:`ID_COLUMNS` in that order of preference. Without an
+  id column ids are generated. Every other column is the query's data (:attr:`QueryRecord.data`).
   Blank rows are skipped; an empty SMILES field is a query (it fails in the worker).
 - ``.sdf``/``.sd``: records separated by ``$$$$`` lines; the id is the record's first
-  line (the molecule name). With ``group_conformers`` consecutive records of the same
-  (non-empty) name are one query, its conformers.
+  line (the molecule name) and the record's SD tags are its data. With
+  ``group_conformers`` consecutive records of the same (non-empty) name are one
+  query, its conformers (its data: the first record's tags).
 
 Ids: a record without one is ``query_<number>``. Ids are made unique in file order:
 the second ``X`` becomes ``X~2``, the third ``X~3`` (the next free ``X~k`` when the
@@ -54,6 +58,14 @@ _BLANKS = b" \t\r\x0b\x0c"
 _TEXT = re.compile(rb"\S")  # bytes \S: not one of the bytes.strip() whitespace
 
 
+SMILES_COLUMNS: tuple[str, ...] = ("smiles", "canonical_smiles", "isomeric_smiles", "smi")
+"""Headers recognised as the SMILES column without ``--smiles-column`` (case-insensitive), first found wins."""
+
+ID_COLUMNS: tuple[str, ...] = ("id", "name", "title", "compound_id", "compound_name", "compound", "molecule_id",
+                               "molecule_name", "molecule", "mol_id", "chembl_id", "identifier")
+"""Headers recognised as the id column without ``--id-column`` (case-insensitive), first found wins."""
+
+
 @dataclass(frozen=True, slots=True)
 class QueryRecord:
     """One query as split from the input; a worker parses its molecule."""
@@ -62,6 +74,7 @@ class QueryRecord:
     query_id: str  # unique within the input, the same on every read
     smiles: str | None  # the SMILES text as given (.smi, .csv, .tsv; surrounding whitespace removed); None for SDF
     molblocks: tuple[str, ...]  # SDF: each record's text, up to (not including) its "$$$$" line; () otherwise
+    data: tuple[tuple[str, str], ...] = ()  # (column or SD tag, value): the input's other fields, in file order
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +87,8 @@ class _Source:
 def read_queries(
     path: str | os.PathLike[str],
     *,
-    smiles_column: str = "smiles",
-    id_column: str = "id",
+    smiles_column: str | None = None,
+    id_column: str | None = None,
     group_conformers: bool = False,
 ) -> Iterator[QueryRecord]:
     """The queries in ``path``, one record at a time.
@@ -93,8 +106,8 @@ def read_queries(
 def count_queries(
     path: str | os.PathLike[str],
     *,
-    smiles_column: str = "smiles",
-    id_column: str = "id",
+    smiles_column: str | None = None,
+    id_column: str | None = None,
     group_conformers: bool = False,
 ) -> int | None:
     """How many records ``read_queries`` yields for the same arguments; None for a ``.gz`` file.
@@ -109,6 +122,29 @@ def count_queries(
     if group_conformers:
         return sum(1 for _ in _groups(_sdf_blocks(source), True))
     return _count_sdf(source.path)
+
+
+def data_columns(
+    path: str | os.PathLike[str],
+    *,
+    smiles_column: str | None = None,
+    id_column: str | None = None,
+) -> tuple[str, ...]:
+    """The names of the data every record of ``path`` may carry: a table's columns other than its SMILES and id
+    columns, or every SD tag found in the file (in order of first appearance; the whole file is read once)."""
+    source = _source(path)
+    if source.kind == "smi":
+        return ()
+    if source.kind == "sdf":
+        names: dict[str, None] = {}
+        for _, lines in _sdf_blocks(source):
+            for name in _sd_tag_names(lines):
+                names.setdefault(name, None)
+        return tuple(names)
+    lines = _text_lines(source)
+    header = _header(source.path, csv.reader(lines, delimiter=_delimiter(source)))
+    smiles_index, id_index = _key_columns(source.path, header, smiles_column, id_column)
+    return _data_names(header, (smiles_index, id_index))
 
 
 def _source(path: str | os.PathLike[str]) -> _Source:
@@ -176,15 +212,22 @@ def _text_lines(source: _Source) -> Iterator[str]:
         yield text
 
 
-def _rows(source: _Source, smiles_column: str, id_column: str) -> Iterator[tuple[str, str]]:
-    """(SMILES, id as given) per query of a SMILES or table file; the id may be empty."""
+Row = tuple[str, str, tuple[tuple[str, str], ...]]  # SMILES, id as given (may be empty), data
+
+
+def _delimiter(source: _Source) -> str:
+    return "\t" if source.kind == "tsv" else ","
+
+
+def _rows(source: _Source, smiles_column: str | None, id_column: str | None) -> Iterator[Row]:
+    """(SMILES, id as given, data) per query of a SMILES or table file; the id may be empty."""
     lines = _text_lines(source)
     if source.kind == "smi":
         return _smi_rows(lines)
-    return _table_rows(source.path, lines, "\t" if source.kind == "tsv" else ",", smiles_column, id_column)
+    return _table_rows(source.path, lines, _delimiter(source), smiles_column, id_column)
 
 
-def _smi_rows(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+def _smi_rows(lines: Iterable[str]) -> Iterator[Row]:
     first = True
     for line in lines:
         text = line.strip()
@@ -195,47 +238,82 @@ def _smi_rows(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
             first = False
             if parts[0].lower() == "smiles":
                 continue
-        yield parts[0], parts[1] if len(parts) == 2 else ""
+        yield parts[0], parts[1] if len(parts) == 2 else "", ()
 
 
-def _table_rows(
-    path: Path, lines: Iterator[str], delimiter: str, smiles_column: str, id_column: str
-) -> Iterator[tuple[str, str]]:
-    """Reads the header now (so a missing column is reported at once), the rows lazily."""
-    reader = csv.reader(lines, delimiter=delimiter)
+def _header(path: Path, reader) -> list[str]:
+    """The first non-blank row of a table: its header."""
     try:
         header = next((row for row in reader if row), None)
     except csv.Error as exc:
         raise InputError(f"{path}: line {reader.line_num}: {exc}") from None
     if header is None:
+        delimiter = getattr(reader.dialect, "delimiter", ",")
         raise InputError(f"{path}: no header row; a {delimiter!r}-separated file needs one naming its columns")
-    names = [name.strip().lower() for name in header]
-    if smiles_column.lower() not in names:
-        raise InputError(
-            f"{path}: no column {smiles_column!r} (the SMILES column); the header has: "
-            + ", ".join(repr(name.strip()) for name in header)
-        )
-    smiles_index = names.index(smiles_column.lower())
-    id_index = names.index(id_column.lower()) if id_column.lower() in names else None
-    return _table_data(path, reader, smiles_index, id_index)
+    return [name.strip() for name in header]
 
 
-def _table_data(path: Path, reader, smiles_index: int, id_index: int | None) -> Iterator[tuple[str, str]]:
+def _key_columns(path: Path, header: list[str], smiles_column: str | None,
+                 id_column: str | None) -> tuple[int, int | None]:
+    """The indexes of the SMILES and id columns: the named ones (``InputError`` when absent), else the first
+    recognised header."""
+    names = [name.lower() for name in header]
+    listed = ", ".join(repr(name) for name in header)
+    if smiles_column is not None:
+        if smiles_column.strip().lower() not in names:
+            raise InputError(f"{path}: no column {smiles_column!r} (--smiles-column); the header has: {listed}")
+        smiles_index = names.index(smiles_column.strip().lower())
+    else:
+        found = next((name for name in SMILES_COLUMNS if name in names), None)
+        if found is None:
+            raise InputError(f"{path}: no column 'smiles' (the SMILES column; name it with --smiles-column); "
+                             f"the header has: {listed}")
+        smiles_index = names.index(found)
+    if id_column is not None:
+        if id_column.strip().lower() not in names:
+            raise InputError(f"{path}: no column {id_column!r} (--id-column); the header has: {listed}")
+        return smiles_index, names.index(id_column.strip().lower())
+    found = next((name for name in ID_COLUMNS if name in names and names.index(name) != smiles_index), None)
+    return smiles_index, None if found is None else names.index(found)
+
+
+def _data_names(header: list[str], keys: tuple[int | None, ...]) -> tuple[str, ...]:
+    """The header's other columns, a repeated or empty name made unique (``activity~2``, ``column_3``)."""
+    unique = _UniqueIds()
+    return tuple(unique.unique(name or f"column_{index + 1}") for index, name in enumerate(header)
+                 if index not in keys)
+
+
+def _table_rows(
+    path: Path, lines: Iterator[str], delimiter: str, smiles_column: str | None, id_column: str | None
+) -> Iterator[Row]:
+    """Reads the header now (so a missing column is reported at once), the rows lazily."""
+    reader = csv.reader(lines, delimiter=delimiter)
+    header = _header(path, reader)
+    smiles_index, id_index = _key_columns(path, header, smiles_column, id_column)
+    names = _data_names(header, (smiles_index, id_index))
+    others = [index for index in range(len(header)) if index not in (smiles_index, id_index)]
+    return _table_data(path, reader, smiles_index, id_index, tuple(zip(names, others)))
+
+
+def _table_data(path: Path, reader, smiles_index: int, id_index: int | None,
+                others: tuple[tuple[str, int], ...]) -> Iterator[Row]:
     try:
         for row in reader:
             if not row:
                 continue
             smiles = row[smiles_index].strip() if smiles_index < len(row) else ""
             query_id = row[id_index].strip() if id_index is not None and id_index < len(row) else ""
-            yield smiles, query_id
+            data = tuple((name, row[index].strip() if index < len(row) else "") for name, index in others)
+            yield smiles, query_id, data
     except csv.Error as exc:
         raise InputError(f"{path}: line {reader.line_num}: {exc}") from None
 
 
-def _smiles_records(rows: Iterator[tuple[str, str]]) -> Iterator[QueryRecord]:
+def _smiles_records(rows: Iterator[Row]) -> Iterator[QueryRecord]:
     ids = _UniqueIds()
-    for number, (smiles, query_id) in enumerate(rows, start=1):
-        yield QueryRecord(number, ids.unique(query_id or f"query_{number}"), smiles, ())
+    for number, (smiles, query_id, data) in enumerate(rows, start=1):
+        yield QueryRecord(number, ids.unique(query_id or f"query_{number}"), smiles, (), data)
 
 
 def _sdf_blocks(source: _Source) -> Iterator[tuple[int, list[bytes]]]:
@@ -283,7 +361,41 @@ def _sdf_records(source: _Source, group: bool) -> Iterator[QueryRecord]:
     for number, blocks in enumerate(_groups(_sdf_blocks(source), group), start=1):
         molblocks = tuple(_decode_block(source.path, start, lines) for start, lines in blocks)
         name = molblocks[0].partition("\n")[0].strip()
-        yield QueryRecord(number, ids.unique(name or f"query_{number}"), None, molblocks)
+        yield QueryRecord(number, ids.unique(name or f"query_{number}"), None, molblocks, sd_tags(molblocks[0]))
+
+
+_TAG = re.compile(r">.*?<([^>]*)>")
+
+
+def sd_tags(molblock: str) -> tuple[tuple[str, str], ...]:
+    """The SD data items of a record's text, (tag, value) in order; a value of several lines keeps them."""
+    _, end, data = molblock.partition("M  END")
+    if not end:
+        return ()
+    items: list[tuple[str, str]] = []
+    name: str | None = None
+    value: list[str] = []
+    for line in data.split("\n")[1:]:
+        line = line.rstrip("\r")
+        if name is None:
+            match = _TAG.match(line)
+            if match:
+                name, value = match.group(1), []
+        elif line.strip():
+            value.append(line)
+        else:
+            items.append((name, "\n".join(value)))
+            name = None
+    if name is not None:
+        items.append((name, "\n".join(value)))
+    return tuple(items)
+
+
+def _sd_tag_names(lines: list[bytes]) -> Iterator[str]:
+    """The SD tags of one record's lines (bytes, as :func:`_sdf_blocks` splits them)."""
+    text = b"".join(lines).decode("utf-8", "replace")
+    for name, _ in sd_tags(text):
+        yield name
 
 
 def _decode_block(path: Path, start: int, lines: list[bytes]) -> str:

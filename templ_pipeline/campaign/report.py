@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from rdkit import Chem, rdBase
 
 from templ_pipeline.campaign.outputs import ScoreRow
+from templ_pipeline.campaign.poses import with_properties
 from templ_pipeline.campaign.runner import QueryResult
 from templ_pipeline.campaign.task import IsomerOutcome, TemplateResult, isomer_id
 from templ_pipeline.core.events import PreparationAction, QueryStatus
 from templ_pipeline.core.template_library import TemplateLibrary
+from templ_pipeline.core.vocabulary import Field
 from templ_pipeline.reference import ReferencePoses
 
 FEWER_CONFORMERS = "fewer_conformers"
@@ -35,29 +37,33 @@ def rows_and_poses(result: QueryResult, library: TemplateLibrary, metric: str, p
             chosen = [isomer.best(metric) if isomer is not None else None]
         for item in chosen:
             pose = item.record if item is not None and item.record else None
-            rows.append(_row(result, isomer, item, library, pose is not None))
+            rows.append(_row(result, isomer, item, library, pose is not None, metric))
             poses.append(pose)
     return rows, poses
 
 
 def _row(result: QueryResult, isomer: IsomerOutcome | None, item: TemplateResult | None, library: TemplateLibrary,
-         posed: bool) -> ScoreRow:
+         posed: bool, metric: str) -> ScoreRow:
     outcome = result.outcome
     conformers = isomer.conformers if isomer is not None else 0
     if posed and item is not None:
         status, reason = QueryStatus.OK, (FEWER_CONFORMERS if conformers < result.conformers_requested else "")
+        detail = (f"ETKDG embedded {conformers} of {result.conformers_requested} conformers" if reason else "")
     else:
         status = QueryStatus.FAILED
         reason = (isomer.reason if isomer is not None and isomer.reason else outcome.reason) or "no_conformer_scored"
+        detail = (isomer.detail if isomer is not None and isomer.reason else outcome.detail) or (
+            item.failure if item is not None else "")
     index = isomer.index if isomer is not None else 0
     choice = item.choice if item is not None else None
     input_smiles = outcome.smiles or (result.record.smiles or "")
     return ScoreRow(
-        query_id=isomer_id(result.query_id, index), input_id=result.query_id,
-        smiles=isomer.smiles if isomer is not None else "", input_smiles=input_smiles, isomer=index,
+        query_id=isomer_id(result.query_id, index), input_id=result.query_id, input_record=result.record.number,
+        query_smiles=isomer.smiles if isomer is not None else "", input_smiles=input_smiles, isomer=index,
         isomers=len(outcome.isomers), removed=outcome.removed,
         preparation=",".join(outcome.actions) or (str(PreparationAction.UNCHANGED) if outcome.isomers else ""),
-        status=str(status), reason=str(reason), template=library.names[item.template] if item is not None else "",
+        status=str(status), reason=str(reason), detail=" ".join(detail.split()),
+        template_name=library.names[item.template] if item is not None else "",
         template_record=library.records[item.template] if item is not None else None,
         template_similarity=(round(choice.similarity, 4) if choice is not None and choice.similarity is not None
                              else None),
@@ -69,9 +75,9 @@ def _row(result: QueryResult, isomer: IsomerOutcome | None, item: TemplateResult
         runner_up=choice.runner_up if choice is not None else "", rmsd=None,
         n_conformers_requested=result.conformers_requested, n_conformers=conformers,
         n_scored=item.scored if item is not None else 0, n_failed=item.failed if item is not None else 0,
-        shape=item.shape if posed and item else None, color=item.color if posed and item else None,
+        metric=metric, shape=item.shape if posed and item else None, color=item.color if posed and item else None,
         combo=item.combo if posed and item else None, conformer_id=item.conf_id if posed and item else None,
-        seconds=round(outcome.seconds, 3),
+        pose_rank=1 if posed and item else None, seconds=round(outcome.seconds, 3),
     )
 
 
@@ -90,8 +96,7 @@ def with_rmsd(rows: list[ScoreRow], poses: list[str | None], references: Referen
             updated.append(record)
             continue
         rows[position] = dataclasses.replace(row, rmsd=rmsd)
-        body, end = record.rsplit("$$$$", 1)
-        updated.append(f"{body}>  <rmsd>  \n{rmsd}\n\n$$$${end}")
+        updated.append(with_properties(record, [(Field.RMSD, rmsd)]))
     return updated
 
 

@@ -373,9 +373,9 @@ class QueryRunner:
             topology.RemoveAllConformers()
             properties = {**preparation_properties(outcome, isomer, requested),
                           **record.properties(library.records[poses.index])}
-            pose = pose_record(aligned_pose(topology, top.conf_id, top.positions), name=name, smiles=smiles,
-                               template=library.names[poses.index], shape=top.shape, color=top.color,
-                               combo=top.combo, conformer_id=top.conf_id, preparation=properties)
+            pose = pose_record(aligned_pose(topology, top.conf_id, top.positions), name=name, query_smiles=smiles,
+                               template_name=library.names[poses.index], metric=metric, shape=top.shape,
+                               color=top.color, combo=top.combo, conformer_id=top.conf_id, preparation=properties)
             results.append(TemplateResult(poses.index, len(scored), len(failed_), top.conf_id, top.shape, top.color,
                                           pose, failure, choice=record))
         return results

@@ -1,0 +1,168 @@
+"""A campaign's ranked hit list, ``hits.csv`` and ``hits.sdf``, rebuilt from ``scores.csv`` and ``poses.sdf``.
+
+The list is made from the files, never from what a run holds in memory, so a
+campaign finished over several runs (``--resume``) gets the list one run gives.
+
+Ranking, the same whatever order queries finished in:
+
+- a query is represented by its best row: the highest value of the metric as
+  written (4 decimals), then the lowest ``isomer``, ``template_record`` and ``pose_rank``;
+- queries are ranked by that value, best first; a tie goes to the query earlier in
+  the input (``input_record``); ``rank`` counts from 1;
+- queries with no pose (every row failed) follow, unranked (``rank`` empty), in
+  input order, each with its first row: hits.csv names every query once.
+
+``hits.csv`` is ``rank`` followed by the scores.csv columns, each row's text copied
+as it is there (the same quoting and decimals). ``hits.sdf`` holds the pose of each
+of the ``top`` best-ranked rows, in rank order, each with a ``rank`` property. Both
+are written atomically (:func:`~templ_pipeline.safe_files.write_atomically`): a
+reader sees the previous list or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from templ_pipeline.campaign.outputs import HIT_POSES_FILE, HITS_FILE, POSES_FILE, SCORES_FILE
+from templ_pipeline.campaign.poses import with_properties
+from templ_pipeline.campaign.queries import sd_tags
+from templ_pipeline.core.vocabulary import Field
+from templ_pipeline.errors import InputError
+from templ_pipeline.safe_files import write_atomically
+
+DEFAULT_TOP = 100
+"""Poses in hits.sdf by default: a shortlist a viewer opens at once (poses.sdf has them all)."""
+
+PoseKey = tuple[str, str, str]  # (query_id, template_record, pose_rank) as written: names one pose
+
+
+@dataclass(frozen=True, slots=True)
+class HitList:
+    """What was written: queries ranked, queries without a pose, poses in hits.sdf."""
+
+    ranked: int
+    unranked: int
+    poses: int
+
+
+@dataclass(slots=True)
+class _Hit:
+    key: tuple  # the sort key: ranked by it, best first
+    text: str  # the row as written in scores.csv, line end included
+    pose: PoseKey | None  # None: the query has no pose
+
+
+def write_hits(directory: str | os.PathLike[str], metric: str, top: int | None = DEFAULT_TOP) -> HitList:
+    """Rank the campaign in ``directory`` by ``metric``; write hits.csv and the ``top`` best poses (all with
+    None) to hits.sdf."""
+    directory = Path(directory)
+    header, hits = _best_rows(directory / SCORES_FILE, metric)
+    ranked = sorted((hit for hit in hits if hit.pose is not None), key=lambda hit: hit.key)
+    unranked = sorted((hit for hit in hits if hit.pose is None), key=lambda hit: hit.key)
+    table = io.StringIO()
+    csv.writer(table, lineterminator="\n").writerow([Field.RANK, *header])
+    for rank, hit in enumerate(ranked, start=1):
+        table.write(f"{rank},{hit.text}")
+    for hit in unranked:
+        table.write(f",{hit.text}")
+    shown = ranked if top is None else ranked[:top]
+    records = _pose_texts(directory / POSES_FILE, [hit.pose for hit in shown if hit.pose is not None])
+    poses = [with_properties(records[hit.pose], [(Field.RANK, rank)])
+             for rank, hit in enumerate(shown, start=1) if hit.pose in records]
+    write_atomically(directory / HITS_FILE, table.getvalue().encode("utf-8"))
+    write_atomically(directory / HIT_POSES_FILE, "".join(poses).encode("utf-8"))
+    return HitList(len(ranked), len(unranked), len(poses))
+
+
+def _best_rows(path: Path, metric: str) -> tuple[list[str], list[_Hit]]:
+    """The header of scores.csv and each query's best row (its first row when none has a pose)."""
+    best: dict[str, _Hit] = {}
+    try:
+        with open(path, "rb") as handle:
+            rows = _raw_rows(path, handle)
+            header, _ = next(rows, ([], ""))
+            index = {name: position for position, name in enumerate(header)}
+            missing = [name for name in (Field.INPUT_ID, Field.INPUT_RECORD, Field.STATUS, metric)
+                       if name not in index]
+            if missing:
+                raise InputError(f"{path}: not a campaign's scores.csv (no column {', '.join(missing)})")
+            for row, text in rows:
+                if len(row) != len(header):
+                    continue
+                hit = _hit(row, text, index, metric)
+                kept = best.get(hit_id := row[index[Field.INPUT_ID]])
+                if kept is None or (hit.pose is not None and (kept.pose is None or hit.key < kept.key)):
+                    best[hit_id] = hit
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return header, list(best.values())
+
+
+def _hit(row: list[str], text: str, index: dict[str, int], metric: str) -> _Hit:
+    def number(name: str) -> int:
+        value = row[index[name]] if name in index else ""
+        return int(value) if value.lstrip("-").isdigit() else 0
+
+    value = row[index[metric]]
+    order = (number(Field.INPUT_RECORD), number(Field.ISOMER), number(Field.TEMPLATE_RECORD),
+             number(Field.POSE_RANK))
+    if row[index[Field.STATUS]] != "ok" or not value:
+        return _Hit(order, text, None)
+    pose = (row[index[Field.QUERY_ID]], row[index[Field.TEMPLATE_RECORD]], row[index[Field.POSE_RANK]] or "1")
+    return _Hit((-float(value), *order), text, pose)
+
+
+def _raw_rows(path: Path, handle: BinaryIO) -> Iterator[tuple[list[str], str]]:
+    """Each CSV row with the text it was read from (a quoted field may span lines)."""
+    pending: list[str] = []
+
+    def lines() -> Iterator[str]:
+        for raw in handle:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{path}: not UTF-8 text") from None
+            pending.append(text)
+            yield text
+
+    reader = csv.reader(lines(), strict=True)
+    try:
+        for row in reader:
+            text = "".join(pending)
+            pending.clear()
+            if row:
+                yield row, text if text.endswith("\n") else text + "\n"
+    except csv.Error as exc:
+        raise InputError(f"{path}: line {reader.line_num}: {exc}") from None
+
+
+def _pose_texts(path: Path, wanted: list[PoseKey]) -> dict[PoseKey, str]:
+    """The SDF records of poses.sdf named by ``wanted`` (query id, template record and pose rank)."""
+    names = {key[0] for key in wanted}
+    keys = set(wanted)
+    found: dict[PoseKey, str] = {}
+    if not names:
+        return found
+    try:
+        with open(path, "rb") as handle:
+            record: list[bytes] = []
+            for line in handle:
+                record.append(line)
+                if line.startswith(b"$$$$") and line.rstrip() == b"$$$$":
+                    name = record[0].decode("utf-8", "replace").rstrip("\r\n")
+                    if name in names:
+                        text = b"".join(record).decode("utf-8", "replace")
+                        tags = dict(sd_tags(text))
+                        key = (name, tags.get(Field.TEMPLATE_RECORD, ""), tags.get(Field.POSE_RANK, "1"))
+                        if key in keys:
+                            found.setdefault(key, text)
+                    record = []
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return found
