@@ -78,6 +78,7 @@ from templ_pipeline.core.preparation import (  # noqa: E402
 from templ_pipeline.core.scoring import Metric, Selection, select_best_with_report  # noqa: E402
 from templ_pipeline.cli_dashboards import app as dashboards_app  # noqa: E402
 from templ_pipeline.cli_help import TemplTyper  # noqa: E402
+from templ_pipeline.cli_progress import embedding_progress  # noqa: E402
 from templ_pipeline.cli_telemetry import with_telemetry  # noqa: E402
 from templ_pipeline.interrupts import Interrupted, signals_raise  # noqa: E402
 from templ_pipeline.io import (  # noqa: E402
@@ -250,7 +251,8 @@ def _select_and_write(
                          conformer_events=list(CONFORMER_EVENTS), preparation=preparation,
                          conformers_requested=conformers_requested, library=len(library),
                          choices={c.isomer: c.choice for c in candidates},
-                         conformers_made={c.isomer: c.conformers for c in candidates})
+                         conformers_made={c.isomer: c.conformers for c in candidates},
+                         embedding_seconds=sum(c.embedding_seconds for c in candidates))
     if outcome.chosen is not None and outcome.chosen.choice is not None:
         outcome.chosen = dataclasses.replace(outcome.chosen, choice=dataclasses.replace(
             outcome.chosen.choice, runner_up=runner_up_text(outcome)))
@@ -259,6 +261,7 @@ def _select_and_write(
         _stage("writing the poses")
         outcome.written = target.write(pose_records(outcome.chosen, query, metric, all_ranked, preparation,
                                                     conformers_requested))
+    outcome.wall_seconds = time.monotonic() - PROGRESS.started if PROGRESS.started else 0.0
     if reporting.json_output:
         _print_json(summary_json(outcome, query))
     else:
@@ -548,7 +551,7 @@ def _candidate(isomer: int, smiles: str, mol: Chem.Mol, library: TemplateLibrary
                num_conformers: int, seed: int, workers: int, exact_workers: bool,
                given: Chem.Mol | None = None) -> Candidate:
     """One prepared molecule: its templates chosen (a ``templates.choose`` span), then its conformers for each
-    (pinned on each template's core, or ``given``)."""
+    (pinned on each template's core, with their progress on a terminal, or ``given``)."""
     from templ_pipeline import telemetry
 
     _stage("choosing templates")
@@ -560,15 +563,18 @@ def _candidate(isomer: int, smiles: str, mol: Chem.Mol, library: TemplateLibrary
     _stage(f"generating {num_conformers} conformers")
 
     def keep(event: object) -> None:
+        shown(event)  # the embedding's progress, bound by the with-statement below before any event comes
         if isinstance(event, (Fallback, WorkersReduced)):
             CONFORMER_EVENTS.append(event)
 
+    label = f"isomer {isomer}: embedding" if isomer else "embedding"
     with telemetry.conformers_span(num_conformers, workers) as stats, \
+            embedding_progress(stderr, label, num_conformers, _start_progress) as shown, \
             granted_embedding(workers, observers=(keep,), exact_workers=exact_workers) as (run, threads):
         posed = template_conformers(mol, library, choice, num_conformers, seed, run, options)
         stats.generated = distinct_conformers(posed)
         stats.threads = threads.count
-    return Candidate(isomer, smiles, choice, tuple(posed))
+    return Candidate(isomer, smiles, choice, tuple(posed), embedding_seconds=shown.seconds)
 
 
 def _identity(confs: Chem.Mol | None, query: str | None, query_mol: Chem.Mol | None, name: str | None,

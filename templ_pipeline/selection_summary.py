@@ -73,6 +73,7 @@ class Candidate:
     smiles: str
     choice: TemplateChoice
     posed: tuple[TemplatePoses, ...]
+    embedding_seconds: float = 0.0  # spent embedding its conformers (0 for conformers given)
 
     @property
     def conformers(self) -> int:
@@ -111,6 +112,13 @@ class RunOutcome:
     library: int = 0  # templates in the library
     choices: dict[int, TemplateChoice] = field(default_factory=dict)  # isomer -> how its templates were chosen
     conformers_made: dict[int, int] = field(default_factory=dict)  # isomer -> conformers over its templates
+    embedding_seconds: float = 0.0  # embedding every prepared molecule's conformers
+    wall_seconds: float = 0.0  # the whole run, from the command's start to its summary
+
+    @property
+    def scoring_seconds(self) -> float:
+        """Scoring every template's conformers."""
+        return sum(result.selection.report.duration_seconds for result in self.templates)
 
     def of_isomer(self, isomer: int) -> list[TemplateSelection]:
         """The selections of one prepared molecule, one per template."""
@@ -249,6 +257,8 @@ def summary_json(outcome: RunOutcome, query: QueryIdentity) -> dict[str, Any]:
                                                 "granted": report.workers_granted},
         "executor_kinds": kinds,
         "conformers_per_second": None if report is None else round(report.conformers_per_second, 1),
+        "seconds": {"total": round(outcome.wall_seconds, 3), "embedding": round(outcome.embedding_seconds, 3),
+                    "scoring": round(outcome.scoring_seconds, 3)},
         "reductions": [_event_json(event) for event in events if isinstance(event, WorkersReduced)],
         "fallbacks": [_event_json(event) for event in events if isinstance(event, Fallback)],
         "output": None if not outcome.written else str(outcome.target),
@@ -315,9 +325,12 @@ def print_summary(out: Console, outcome: RunOutcome) -> None:
         f"conformers {report.n_conformers}: scored {report.n_scored}, failed {report.n_failed} ({failed}); "
         f"workers {report.workers_granted} of {report.workers_requested} requested, "
         f"executor {' -> '.join(report.executor_kinds)}; "
-        f"{report.conformers_per_second:,.0f} conformers/s; {wrote}",
+        f"scored {report.conformers_per_second:,.0f} conformers/s; {wrote}",
         highlight=False, soft_wrap=True,
     )
+    if outcome.wall_seconds:
+        out.print(f"time: {outcome.wall_seconds:.1f} s in all (embedding {outcome.embedding_seconds:.1f} s, "
+                  f"scoring {outcome.scoring_seconds:.1f} s)", highlight=False, soft_wrap=True)
     templates = outcome.of_isomer(chosen.isomer)
     made = outcome.conformers_made.get(chosen.isomer, report.n_conformers)
     if 0 < made < outcome.conformers_requested:

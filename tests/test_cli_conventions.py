@@ -125,6 +125,8 @@ def test_select_best_json_is_the_only_thing_on_stdout(template_sdf, tmp_path):
     assert template["pose_method"] == "pinned" and template["pinned_atoms"] == template["core_atoms"] > 0
     assert isinstance(summary["reductions"], list) and isinstance(summary["fallbacks"], list)
     assert summary["query"]["smiles"] == Chem.MolToSmiles(Chem.MolFromSmiles(QUERY))
+    seconds = summary["seconds"]  # the whole run, and the parts of it spent embedding and scoring
+    assert seconds["total"] >= seconds["embedding"] + seconds["scoring"] and seconds["embedding"] > 0
 
 
 def test_a_failed_run_with_json_still_prints_its_summary_and_exits_1(template_sdf, tmp_path):

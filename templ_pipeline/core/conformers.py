@@ -12,6 +12,7 @@ bit-identical coordinates), and every attempt starts from a fresh copy of the mo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,6 +23,7 @@ from templ_pipeline.telemetry.observer import observe as observe_telemetry
 from templ_pipeline.core.canonical import canonical_molecule
 from templ_pipeline.core.embedding import Embed, Pins, embed
 from templ_pipeline.core.events import (
+    ConformersEmbedded,
     Emitter,
     ExecutorKind,
     Fallback,
@@ -101,9 +103,23 @@ def granted_embedding(n_workers: int = 1, *, observers: tuple[Observer, ...] = (
         return embed_conformers(with_hs, num_conformers, seed, threads, random_coords=random_coords, pins=pins)
 
     try:
-        yield run, threads
+        yield _reporting(run, Emitter(observers)), threads
     finally:
         threads.release()
+
+
+def _reporting(run: Embed, emit: Observer) -> Embed:
+    """``run``, each call reported to ``emit`` as a :class:`ConformersEmbedded` (RDKit reports nothing while it
+    embeds: a display learns of progress only when a call returns)."""
+
+    def reported(with_hs: Chem.Mol, num_conformers: int, seed: int, random_coords: bool,
+                 pins: Pins | None = None) -> Chem.Mol:
+        started = time.perf_counter()
+        embedded = run(with_hs, num_conformers, seed, random_coords, pins)
+        emit(ConformersEmbedded(num_conformers, embedded.GetNumConformers(), time.perf_counter() - started))
+        return embedded
+
+    return reported
 
 
 class EmbeddingThreads:

@@ -303,6 +303,20 @@ class CallDone:
 
 
 @dataclass(frozen=True, slots=True)
+class ConformersEmbedded:
+    """One embedding call returned ``embedded`` of the ``requested`` conformers after ``seconds``.
+
+    RDKit's ``EmbedMultipleConfs`` reports nothing while it runs, and splitting a call would change the
+    conformers, so a call is the finest step there is: one per prepared molecule, or one per template
+    share when the core is pinned (more when pinning steps down to fewer pins or to free embedding).
+    """
+
+    requested: int
+    embedded: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class CampaignStarted:
     """A screening campaign starts: ``total`` queries in the input when cheap to know (else None),
     ``skipped`` of them already done by an earlier run (``--resume``)."""
@@ -405,7 +419,8 @@ class CampaignDone:
 
 ExecutorEvent = (WorkersGranted | WorkersReduced | ExecutorCreated | Fallback | PoolRestarted | BatchResubmitted
                  | LimitsObserved | BatchDone | CallDone | CampaignStarted | QueryStarted | QueryFinished
-                 | WorkerReplaced | QueryResubmitted | CampaignDone | QueryPrepared | TemplatesChosen)
+                 | WorkerReplaced | QueryResubmitted | CampaignDone | QueryPrepared | TemplatesChosen
+                 | ConformersEmbedded)
 
 Observer = Callable[[ExecutorEvent], None]
 """Anything that wants to hear of events: called in the emitting thread, in order."""
