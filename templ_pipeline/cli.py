@@ -619,6 +619,8 @@ def screen_command(
         "--id-column", help="CSV/TSV column holding the query id (default: id, name, title, compound_id, ...).")] = None,
     top: Annotated[int, typer.Option(
         "--top", min=0, help="Poses of the best-ranked queries in hits.sdf (0: all).")] = 100,
+    poses_per_query: Annotated[int, typer.Option(
+        "--poses-per-query", min=1, help="Distinct poses kept per query molecule (heavy-atom RMSD over 0.5 A).")] = 1,
     executor: Annotated[ExecutorChoice, typer.Option(
         "--executor", help="auto or process: local worker processes (fewer when some cannot start, this process "
                            "when none can); dask: each query a task on a Dask cluster (without --scheduler or "
@@ -658,7 +660,7 @@ def screen_command(
             preparation=PreparationOptions(fragments, stereo, max_isomers, tautomer),
             executor=str(executor), scheduler=scheduler, worker_timeout=worker_timeout,
             choice=_choice(top_templates, mcs_timeout, exclude_identical, pin), align=not keep_pinned_pose,
-            reference=reference, top=top or None)
+            reference=reference, top=top or None, poses_per_query=poses_per_query)
         prepared = cli_screen.prepare(request)
         _warn_left_out(template, prepared.library)
         with _observed(session):

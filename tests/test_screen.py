@@ -463,3 +463,30 @@ def test_input_conformers_are_scored_as_given_and_are_not_a_shortfall(template_s
     (row,) = read_scores(out / "scores.csv")
     assert (row["query_id"], row["status"], row["reason"], row["n_conformers"]) == ("mpro_query", "ok", "", "3")
     assert "fewer conformers" not in done.stdout, done.stdout
+
+
+def test_poses_per_query_keeps_the_best_distinct_poses_after_the_same_best_row(campaign, template_sdf, library,
+                                                                                tmp_path):
+    import numpy as np
+
+    out = tmp_path / "three"
+    done = run_templ(*screen_args(template_sdf, library, out, "-w", "2", "--poses-per-query", "3"))
+    assert done.returncode == 0, done.stderr
+    best = rows_without_time(campaign)
+    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in read_scores(out / "scores.csv")]
+    by_id: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_id.setdefault(row["query_id"], []).append(row)
+    assert sorted(by_id) == ROW_IDS
+    found = list(Chem.SDMolSupplier(str(out / "poses.sdf"), removeHs=False))
+    for query_id, kept in by_id.items():
+        assert kept[0] == best[query_id]
+        if kept[0]["status"] != "ok":
+            continue
+        assert [row["pose_rank"] for row in kept] == [str(n) for n in range(1, len(kept) + 1)] and len(kept) <= 3
+        assert [float(row["combo"]) for row in kept] == sorted((float(row["combo"]) for row in kept), reverse=True)
+        mine = [Chem.RemoveHs(mol).GetConformer().GetPositions() for mol in found if mol.GetProp("_Name") == query_id]
+        assert len(mine) == len(kept)
+        for first in range(len(mine)):
+            for second in range(first + 1, len(mine)):
+                assert np.sqrt(((mine[first] - mine[second]) ** 2).sum(axis=1).mean()) > 0.5

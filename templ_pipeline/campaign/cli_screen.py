@@ -67,6 +67,7 @@ class ScreenRequest:
     align: bool = True
     reference: Path | None = None
     top: int | None = DEFAULT_TOP  # poses in hits.sdf; None: every ranked query's
+    poses_per_query: int = 1  # distinct poses kept per prepared molecule (and template)
 
 
 @dataclass
@@ -94,6 +95,7 @@ def parameters(request: ScreenRequest, library: TemplateLibrary) -> dict[str, An
         "metric": request.metric,
         "per_template": request.per_template,
         "use_input_conformers": request.use_input_conformers,
+        "poses_per_query": request.poses_per_query,
         "preparation": request.preparation.as_dict(),
     }
 
@@ -122,7 +124,7 @@ def prepare(request: ScreenRequest) -> PreparedCampaign:
                             use_input_conformers=request.use_input_conformers, exact_workers=request.exact_workers,
                             preparation=request.preparation, executor=request.executor,
                             scheduler=request.scheduler, worker_timeout=request.worker_timeout,
-                            choice=request.choice, align=request.align)
+                            choice=request.choice, align=request.align, poses_per_query=request.poses_per_query)
     left = None if total is None else max(0, total - len(done))
     return PreparedCampaign(request, library, records, files, left, options, references)
 

@@ -24,7 +24,8 @@ FEWER_CONFORMERS = "fewer_conformers"
 def rows_and_poses(result: QueryResult, library: TemplateLibrary, metric: str, per_template: bool,
                    rows_per_isomer: int = 1) -> tuple[list[ScoreRow], list[str | None]]:
     """For each prepared molecule of the query (itself, or each stereoisomer): one row (its best template's)
-    or one row per template scored, each with its pose (None when it has none). A query that failed before it
+    or one row per template scored, each with its pose (None when it has none), then a row per further
+    distinct pose of that template (``--poses-per-query``, ``pose_rank`` 2, 3, ...). A query that failed before it
     was embedded has one row (``rows_per_isomer`` with ``per_template``) and no pose."""
     outcome = result.outcome
     isomers: list[IsomerOutcome | None] = list(outcome.isomers) or [None]
@@ -37,8 +38,12 @@ def rows_and_poses(result: QueryResult, library: TemplateLibrary, metric: str, p
             chosen = [isomer.best(metric) if isomer is not None else None]
         for item in chosen:
             pose = item.record if item is not None and item.record else None
-            rows.append(_row(result, isomer, item, library, pose is not None, metric))
+            rows.append(row := _row(result, isomer, item, library, pose is not None, metric))
             poses.append(pose)
+            for rank, other in enumerate(item.alternatives if pose is not None and item is not None else (), start=2):
+                rows.append(dataclasses.replace(row, shape=other.shape, color=other.color, combo=other.combo,
+                                                conformer_id=other.conf_id, pose_rank=rank))
+                poses.append(other.record)
     return rows, poses
 
 

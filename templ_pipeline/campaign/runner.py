@@ -107,6 +107,7 @@ class ScreenOptions:
     worker_timeout: float | None = None  # seconds without a Dask worker before going on locally
     choice: ChoiceOptions = ChoiceOptions()  # how each query's templates are chosen (top=None: all, free ETKDG)
     align: bool = True  # False: pinned poses are scored where they were made (--keep-pinned-pose)
+    poses_per_query: int = 1  # distinct poses kept per prepared molecule (and template)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -203,7 +204,7 @@ def screen(
     settings = CampaignSettings(tuple(mol_to_bytes(mol) for mol in library.mols), tuple(library.names),
                                 options.num_conformers, options.seed, options.metric, options.use_input_conformers,
                                 options.preparation, choice=options.choice, align=options.align,
-                                template_records=tuple(library.records))
+                                template_records=tuple(library.records), poses_per_query=options.poses_per_query)
     campaign = _Campaign(settings, options, emit)
     whole = None if total is None else total + skipped  # the input's size, as progress and alerts count it
     with telemetry.campaign_span(total=whole, templates=len(templates), workers_requested=options.workers) as stats:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from rdkit import Chem, rdBase
 
 from templ_pipeline.telemetry.worker_spans import WorkerSpan, start_worker_span
@@ -79,6 +80,7 @@ class CampaignSettings:
     choice: ChoiceOptions = ChoiceOptions()  # how each query's templates are chosen from the library
     align: bool = True  # False: a pinned pose is scored where it was made, not aligned onto its template
     template_records: tuple[int, ...] = ()  # each template's 1-based record in the template file
+    poses_per_query: int = 1  # distinct poses kept per prepared molecule and template (distinct_poses)
 
     def conformers_requested(self, molblocks: tuple[str, ...]) -> int:
         """Conformers a query asks for: its input records' with ``use_input_conformers``, else ``num_conformers``."""
@@ -96,6 +98,39 @@ class QueryTask:
     carrier: dict[str, str] = field(default_factory=dict)
 
 
+DISTINCT_RMSD = 0.5
+"""Angstrom: a pose is distinct from the poses kept before it when its heavy-atom RMSD in place (same atom order,
+no superposition: the poses share the template's frame) to each of them is above this."""
+
+
+@dataclass(frozen=True, slots=True)
+class AlternativePose:
+    """A further distinct pose of a query against one template: its conformer, scores and SDF record."""
+
+    conf_id: int
+    shape: float
+    color: float
+    record: str
+
+    @property
+    def combo(self) -> float:
+        return 0.5 * (self.shape + self.color)
+
+
+def distinct_poses(ranked: list[ConformerScore], heavy: np.ndarray, count: int) -> list[ConformerScore]:
+    """The first ``count`` of ``ranked`` (best first) each more than :data:`DISTINCT_RMSD` from those kept
+    before it, over the ``heavy`` atom indexes."""
+    kept: list[ConformerScore] = []
+    for item in ranked:
+        if len(kept) == count:
+            break
+        here = item.positions[heavy]
+        if all(np.sqrt(((here - other.positions[heavy]) ** 2).sum(axis=1).mean()) > DISTINCT_RMSD
+               for other in kept):
+            kept.append(item)
+    return kept
+
+
 @dataclass(frozen=True, slots=True)
 class TemplateResult:
     """The query against one template: how many conformers scored, and the best one (None if none)."""
@@ -110,6 +145,7 @@ class TemplateResult:
     failure: str = ""  # the first conformer failure's detail, for the log
     failures_alike: bool = False  # every conformer failed, all with that one detail
     choice: TemplateChoiceRecord | None = None  # why this template, and how its conformers were made
+    alternatives: tuple[AlternativePose, ...] = ()  # the next distinct poses (--poses-per-query), best first
 
     @property
     def combo(self) -> float | None:
@@ -376,8 +412,20 @@ class QueryRunner:
             pose = pose_record(aligned_pose(topology, top.conf_id, top.positions), name=name, query_smiles=smiles,
                                template_name=library.names[poses.index], metric=metric, shape=top.shape,
                                color=top.color, combo=top.combo, conformer_id=top.conf_id, preparation=properties)
+            alternatives: tuple[AlternativePose, ...] = ()
+            if self.settings.poses_per_query > 1:
+                heavy = np.array([atom.GetIdx() for atom in topology.GetAtoms() if atom.GetAtomicNum() > 1])
+                ranked = sorted(scored, key=lambda item: (-getattr(item, metric), item.conf_id))
+                alternatives = tuple(
+                    AlternativePose(item.conf_id, item.shape, item.color, pose_record(
+                        aligned_pose(topology, item.conf_id, item.positions), name=name, query_smiles=smiles,
+                        template_name=library.names[poses.index], metric=metric, shape=item.shape,
+                        color=item.color, combo=item.combo, conformer_id=item.conf_id, pose_rank=rank,
+                        preparation=properties))
+                    for rank, item in enumerate(distinct_poses(ranked, heavy, self.settings.poses_per_query)[1:],
+                                                start=2))
             results.append(TemplateResult(poses.index, len(scored), len(failed_), top.conf_id, top.shape, top.color,
-                                          pose, failure, choice=record))
+                                          pose, failure, choice=record, alternatives=alternatives))
         return results
 
 
