@@ -16,7 +16,9 @@ Configurations, each a campaign at 2 workers on the same queries, same run:
   scored against each by shape and colour: choosing templates without pinning;
 - ``pinned_k1``: the one template with the largest core, its core pinned (upstream TEMPL's method);
 - ``pinned_k5_nN``: 5 templates, each core pinned, N conformers per query (spread over them),
-  for N in ``CONFORMER_COUNTS``: how many conformers a pinned core needs.
+  for N in ``CONFORMER_COUNTS``: how many conformers a pinned core needs;
+- ``pinned_k5_n200_prune0.5``: the default with ``--prune-rms 0.5``: near-duplicate conformers
+  dropped (fewer scored), whether accuracy holds.
 
 Also: the median time to choose a query's templates from all 770 (goal < 1 s), and the wall
 time of one ``templ select-best`` query against the library at 2 workers (goal < 15 s; the whole
@@ -44,6 +46,7 @@ LIBRARY = Path(__file__).parent / "data" / "polaris" / "train_sarsmols.sdf.gz"
 SUBSET = 80
 CONFORMER_COUNTS = (25, 50, 100, 200)
 DEFAULT_CONFORMERS = 200
+PRUNE_RMS = 0.5
 SUCCESS_RMSD = 2.0
 TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 _QUIET: list[str] = []
@@ -99,6 +102,7 @@ def _campaign(queries: Path, reference: Path, directory: Path, *options: str) ->
         "ligands": len(rows),
         "success_rate": round(sum(r < SUCCESS_RMSD for r in rmsds) / len(rows), 4),
         "median_rmsd": round(statistics.median(rmsds), 3),
+        "mean_conformers": round(statistics.mean(int(row["n_conformers"] or 0) for row in rows), 1),
         "median_seconds_per_ligand_one_worker": round(statistics.median(float(row["seconds"]) for row in rows), 2),
         "wall_seconds_per_ligand_two_workers": round(wall / len(rows), 2),
         "pose_methods": methods,
@@ -142,6 +146,9 @@ def run(size: int = SUBSET) -> dict[str, object]:
             "free": ["--no-pin", "--top-templates", "5", "-n", str(DEFAULT_CONFORMERS)],
             "pinned_k1": ["--top-templates", "1", "-n", str(DEFAULT_CONFORMERS)],
             **{f"pinned_k5_n{n}": ["--top-templates", "5", "-n", str(n)] for n in CONFORMER_COUNTS},
+            f"pinned_k5_n{DEFAULT_CONFORMERS}_prune{PRUNE_RMS}": ["--top-templates", "5", "-n",
+                                                                   str(DEFAULT_CONFORMERS), "--prune-rms",
+                                                                   str(PRUNE_RMS)],
         }
         for name, options in configs.items():
             print(f"  {name} ...", file=sys.stderr, flush=True)

@@ -42,6 +42,7 @@ from templ_pipeline.telemetry.session import TelemetrySession, TelemetrySetupErr
 from templ_pipeline.core import native_call  # noqa: E402
 from templ_pipeline.core.batch import BatchResult  # noqa: E402
 from templ_pipeline.core.conformers import DEFAULT_SEED, granted_embedding, molecule_from_smiles  # noqa: E402
+from templ_pipeline.core.embedding import DEFAULT_PRUNE_RMS  # noqa: E402
 from templ_pipeline.core.events import (  # noqa: E402
     Fallback,
     PoseMethod,
@@ -57,7 +58,11 @@ from templ_pipeline.core.template_choice import (  # noqa: E402
     ChoiceOptions,
     choose_templates,
 )
-from templ_pipeline.core.template_library import TemplateLibrary  # noqa: E402
+from templ_pipeline.core.template_library import (  # noqa: E402
+    MAX_TEMPLATE_HEAVY_ATOMS,
+    RECEPTOR_RESIDUES,
+    TemplateLibrary,
+)
 from templ_pipeline.core.template_poses import (  # noqa: E402
     distinct_conformers,
     given_conformers,
@@ -227,6 +232,7 @@ def _select_and_write(
     reporting: Reporting, *, workers: int, metric: str, all_ranked: bool = False, executor: str = "auto",
     scheduler: str | None = None, worker_timeout: float | None = None, exact_workers: bool = False,
     preparation: Preparation | None = None, conformers_requested: int = 0, align: bool = True,
+    prune_rms: float = DEFAULT_PRUNE_RMS,
 ) -> None:
     """Score each prepared molecule against each template chosen for it, write the best pair's pose(s) when any
     conformer scored, summarise."""
@@ -249,7 +255,7 @@ def _select_and_write(
         raise _fail("no conformer could be embedded for the query", EXIT_ERROR)
     outcome = RunOutcome(results, metric, target, best_template(results, metric),
                          conformer_events=list(CONFORMER_EVENTS), preparation=preparation,
-                         conformers_requested=conformers_requested, library=len(library),
+                         conformers_requested=conformers_requested, prune_rms=prune_rms, library=len(library),
                          choices={c.isomer: c.choice for c in candidates},
                          conformers_made={c.isomer: c.conformers for c in candidates},
                          embedding_seconds=sum(c.embedding_seconds for c in candidates))
@@ -376,6 +382,14 @@ PinOption = Annotated[bool, typer.Option(
     "--pin/--no-pin", rich_help_panel="Template choice",
     help="Pin the core shared with each chosen template while embedding (--no-pin: free conformers, scored "
          "against every chosen template).")]
+PruneRmsOption = Annotated[float, typer.Option(
+    "--prune-rms", min=0.0, metavar="A",
+    help="Drop each generated conformer within this heavy-atom RMSD (angstrom) of an earlier one (RDKit's "
+         "pruning: fewer, more varied conformers); 0: off.")]
+AllowLargeTemplatesOption = Annotated[bool, typer.Option(
+    "--allow-large-templates", rich_help_panel="Template choice",
+    help=f"Keep template records that look like a receptor (over {MAX_TEMPLATE_HEAVY_ATOMS} heavy atoms, or a "
+         f"peptide backbone of {RECEPTOR_RESIDUES}+ residues), which are left out otherwise.")]
 KeepPinnedPoseOption = Annotated[bool, typer.Option(
     "--keep-pinned-pose", rich_help_panel="Template choice",
     help="Score pinned poses where they were made instead of aligning them onto the template by shape.")]
@@ -456,6 +470,8 @@ def select_best_command(
     exclude_identical: ExcludeIdenticalOption = False,
     pin: PinOption = True,
     keep_pinned_pose: KeepPinnedPoseOption = False,
+    prune_rms: PruneRmsOption = DEFAULT_PRUNE_RMS,
+    allow_large_templates: AllowLargeTemplatesOption = False,
     session: TelemetrySession | None = None,
 ) -> None:
     """Pose a query ligand on its templates: choose them from the library, embed conformers pinned on the shared
@@ -470,7 +486,7 @@ def select_best_command(
     try:
         target = _pose_target(output, json_output)
         choice = _choice(top_templates, mcs_timeout, exclude_identical, pin)
-        library = _read_library(template)
+        library = _read_library(template, allow_large_templates)
         confs = read_conformers(conformers) if conformers is not None else None
         query_mol = _parse_query(query) if query is not None else None
         if confs is not None:
@@ -481,7 +497,7 @@ def select_best_command(
         with _observed(session):
             if preparation is not None:
                 candidates = _prepared_candidates(preparation, identity, library, choice, num_conformers, seed,
-                                                  workers, exact_workers)
+                                                  workers, exact_workers, prune_rms=prune_rms)
             else:
                 assert confs is not None
                 candidates = [_candidate(0, identity.smiles, confs, library, choice, 0, seed, workers,
@@ -491,7 +507,8 @@ def select_best_command(
                               scheduler=scheduler, worker_timeout=worker_timeout, exact_workers=exact_workers,
                               preparation=preparation,
                               conformers_requested=num_conformers if preparation is not None
-                              else confs.GetNumConformers(), align=not keep_pinned_pose)
+                              else confs.GetNumConformers(), align=not keep_pinned_pose,
+                              prune_rms=prune_rms if preparation is not None else DEFAULT_PRUNE_RMS)
     except InputError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
 
@@ -504,9 +521,9 @@ def _prepare(mol: Chem.Mol, query: str, options: PreparationOptions) -> Preparat
         raise InputError(f"--query {query}: {exc.reason}: {exc}") from None
 
 
-def _read_library(path: Path) -> TemplateLibrary:
+def _read_library(path: Path, allow_large: bool = False) -> TemplateLibrary:
     """The template library of ``path``, with one line on stderr for the records left out."""
-    library = read_template_library(path)
+    library = read_template_library(path, allow_large=allow_large)
     _warn_left_out(path, library)
     return library
 
@@ -529,7 +546,7 @@ def _check_scorable(mol: Chem.Mol, what: str) -> None:
 
 def _prepared_candidates(preparation: Preparation, identity: QueryIdentity, library: TemplateLibrary,
                          choice: ChoiceOptions, num_conformers: int, seed: int, workers: int,
-                         exact_workers: bool) -> list[Candidate]:
+                         exact_workers: bool, *, prune_rms: float = DEFAULT_PRUNE_RMS) -> list[Candidate]:
     """Each prepared molecule (the query, or each stereoisomer) with its templates chosen and its conformers for
     each; ``query.prepared`` says what preparation did."""
     from templ_pipeline.telemetry.observer import observe
@@ -537,7 +554,7 @@ def _prepared_candidates(preparation: Preparation, identity: QueryIdentity, libr
     for warning in preparation.warnings:
         stderr.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
     candidates = [_candidate(isomer.index, isomer.smiles, isomer.mol, library, choice, num_conformers, seed, workers,
-                             exact_workers)
+                             exact_workers, prune_rms=prune_rms)
                   for isomer in preparation.isomers]
     observe(QueryPrepared(identity.name, preparation.input_smiles, tuple(c.smiles for c in candidates),
                           preparation.unassigned_stereo, ".".join(preparation.removed),
@@ -549,7 +566,7 @@ def _prepared_candidates(preparation: Preparation, identity: QueryIdentity, libr
 
 def _candidate(isomer: int, smiles: str, mol: Chem.Mol, library: TemplateLibrary, options: ChoiceOptions,
                num_conformers: int, seed: int, workers: int, exact_workers: bool,
-               given: Chem.Mol | None = None) -> Candidate:
+               given: Chem.Mol | None = None, *, prune_rms: float = DEFAULT_PRUNE_RMS) -> Candidate:
     """One prepared molecule: its templates chosen (a ``templates.choose`` span), then its conformers for each
     (pinned on each template's core, with their progress on a terminal, or ``given``)."""
     from templ_pipeline import telemetry
@@ -570,7 +587,8 @@ def _candidate(isomer: int, smiles: str, mol: Chem.Mol, library: TemplateLibrary
     label = f"isomer {isomer}: embedding" if isomer else "embedding"
     with telemetry.conformers_span(num_conformers, workers) as stats, \
             embedding_progress(stderr, label, num_conformers, _start_progress) as shown, \
-            granted_embedding(workers, observers=(keep,), exact_workers=exact_workers) as (run, threads):
+            granted_embedding(workers, observers=(keep,), exact_workers=exact_workers,
+                              prune_rms=prune_rms) as (run, threads):
         posed = template_conformers(mol, library, choice, num_conformers, seed, run, options)
         stats.generated = distinct_conformers(posed)
         stats.threads = threads.count
@@ -642,6 +660,8 @@ def screen_command(
     reference: Annotated[Path | None, typer.Option(
         "--reference", help="SDF of known poses (matched by query id, or by being the same molecule): each row and "
                             "pose gets its heavy-atom RMSD in place (symmetry-aware, no superposition).")] = None,
+    prune_rms: PruneRmsOption = DEFAULT_PRUNE_RMS,
+    allow_large_templates: AllowLargeTemplatesOption = False,
     session: TelemetrySession | None = None,
 ) -> None:
     """Screen a library of query ligands against the template(s): one row and best pose per query (per
@@ -660,7 +680,8 @@ def screen_command(
             preparation=PreparationOptions(fragments, stereo, max_isomers, tautomer),
             executor=str(executor), scheduler=scheduler, worker_timeout=worker_timeout,
             choice=_choice(top_templates, mcs_timeout, exclude_identical, pin), align=not keep_pinned_pose,
-            reference=reference, top=top or None, poses_per_query=poses_per_query)
+            reference=reference, top=top or None, poses_per_query=poses_per_query, prune_rms=prune_rms,
+            allow_large_templates=allow_large_templates)
         prepared = cli_screen.prepare(request)
         _warn_left_out(template, prepared.library)
         with _observed(session):

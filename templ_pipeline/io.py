@@ -24,7 +24,7 @@ from rdkit import Chem, rdBase
 
 from templ_pipeline.core.batch import has_coordinates
 from templ_pipeline.core.canonical import canonical_order
-from templ_pipeline.core.template_library import LibraryProblem, TemplateLibrary, record_name
+from templ_pipeline.core.template_library import LeftOut, LibraryProblem, TemplateLibrary, receptor_like, record_name
 from templ_pipeline.errors import InputError
 
 __all__ = ["Example", "ExampleName", "InputError", "conformers_of_records", "example_names", "examples",
@@ -34,6 +34,10 @@ _RECORD_NAME = "_Name"  # RDKit's property for an SD record's first line
 
 #: The first two bytes of every gzip member (RFC 1952): compressed input is recognised by content, not name.
 _GZIP_MAGIC = b"\x1f\x8b"
+#: Protein structure files, each also gzip-compressed: never a template (a template is a ligand, as SDF).
+_STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdbqt")
+#: How a PDB file's first line starts (its record names), or an mmCIF file's (a data block).
+_STRUCTURE_STARTS = ("HEADER", "TITLE ", "COMPND", "REMARK", "CRYST1", "ATOM  ", "HETATM", "MODEL ", "data_")
 
 
 @dataclass(frozen=True)
@@ -111,28 +115,35 @@ def read_sdf_records(path: str | os.PathLike[str], *, remove_hs: bool = True
             yield number, mol, "" if mol is not None else "not a readable molecule"
 
 
-def read_template_library(path: str | os.PathLike[str]) -> TemplateLibrary:
+def read_template_library(path: str | os.PathLike[str], *, allow_large: bool = False) -> TemplateLibrary:
     """The template library of an SDF file (the crystal ligands of one target, one reference frame).
 
-    Unreadable records, records without a 3D pose and exact duplicates are left out and
-    listed in ``problems``; ``InputError`` only when no record is usable, or when the
-    file is not an SDF (a ``.pdb``/``.cif`` protein, or a receptor saved as SDF: the
-    template is a ligand).
+    Unreadable records, records without a 3D pose, records that look like a receptor
+    (:func:`~templ_pipeline.core.template_library.receptor_like`; kept with ``allow_large``)
+    and exact duplicates are left out and listed in ``problems``; ``InputError`` only when
+    no record is usable, or when the file is a protein structure (PDB or mmCIF, by name
+    or content): the template is a ligand, given as SDF.
     """
     path = Path(path)
     suffixes = "".join(path.suffixes[-2:]).lower()
-    if any(suffixes.endswith(ext) for ext in (".pdb", ".pdb.gz", ".cif", ".cif.gz", ".mmcif", ".ent")):
-        raise InputError(f"{path}: a structure file; give the template ligand(s) as SDF (.sdf or .sdf.gz)")
+    if any(suffixes.endswith(ext + gz) for ext in _STRUCTURE_SUFFIXES for gz in ("", ".gz")):
+        raise InputError(_structure_file(path))
     records: list[tuple[int, Chem.Mol]] = []
     problems: list[LibraryProblem] = []
     for number, mol, problem in read_sdf_records(path):
         if mol is None:
-            problems.append(LibraryProblem(number, "unreadable", problem))
+            problems.append(LibraryProblem(number, LeftOut.UNREADABLE, problem))
         elif not has_coordinates(mol.GetConformer().GetPositions()) or not mol.GetConformer().Is3D():
-            problems.append(LibraryProblem(number, "no_3d", "no 3D coordinates; a template needs a 3D pose"))
+            problems.append(LibraryProblem(number, LeftOut.NO_3D, "no 3D coordinates; a template needs a 3D pose"))
+        elif not allow_large and (why := receptor_like(mol)):
+            problems.append(LibraryProblem(number, LeftOut.RECEPTOR,
+                                           f"looks like a receptor, not a ligand: {why}; give the ligand's pose "
+                                           "(or allow large templates: --allow-large-templates)"))
         else:
             records.append((number, mol))
     if not records:
+        if _structure_text(path):
+            raise InputError(_structure_file(path))
         if not problems:
             raise InputError(f"{path}: no molecule records")
         first = problems[0]
@@ -140,6 +151,18 @@ def read_template_library(path: str | os.PathLike[str]) -> TemplateLibrary:
                          + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     names = [record_name(mol) or f"template_{number}" for number, mol in records]
     return TemplateLibrary.from_records(records, names, problems)
+
+
+def _structure_file(path: Path) -> str:
+    return (f"{path}: a protein structure file (PDB/mmCIF); the template must be the ligand's 3D pose as SDF "
+            "(.sdf or .sdf.gz), e.g. the ligand extracted from this structure")
+
+
+def _structure_text(path: Path) -> bool:
+    """Whether the file's first line is a PDB record or an mmCIF data block: a structure under another name."""
+    with _sdf_stream(path) as stream:
+        first = stream.readline(256).decode("ascii", "replace")
+    return first.startswith(_STRUCTURE_STARTS)
 
 
 def read_conformers(path: str | os.PathLike[str]) -> Chem.Mol:

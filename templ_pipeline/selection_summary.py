@@ -109,6 +109,7 @@ class RunOutcome:
     conformer_events: list[Fallback | WorkersReduced] = field(default_factory=list)
     preparation: Preparation | None = None
     conformers_requested: int = 0  # per prepared molecule
+    prune_rms: float = 0.0  # A: ETKDG's RMSD pruning of the generated conformers (0: off)
     library: int = 0  # templates in the library
     choices: dict[int, TemplateChoice] = field(default_factory=dict)  # isomer -> how its templates were chosen
     conformers_made: dict[int, int] = field(default_factory=dict)  # isomer -> conformers over its templates
@@ -267,6 +268,7 @@ def summary_json(outcome: RunOutcome, query: QueryIdentity) -> dict[str, Any]:
                        "smiles": result.smiles, **_choice_json(result.choice), "best": _best_json(result, query),
                        "conformers": _counts_json(result.selection)} for result in outcome.templates],
         "conformers_requested": outcome.conformers_requested,
+        "prune_rms": outcome.prune_rms,
         "preparation": None if outcome.preparation is None else {
             **outcome.preparation.fields(), "removed": list(outcome.preparation.removed),
             "actions": sorted(outcome.preparation.actions), "warnings": list(outcome.preparation.warnings),
@@ -333,7 +335,10 @@ def print_summary(out: Console, outcome: RunOutcome) -> None:
                   f"scoring {outcome.scoring_seconds:.1f} s)", highlight=False, soft_wrap=True)
     templates = outcome.of_isomer(chosen.isomer)
     made = outcome.conformers_made.get(chosen.isomer, report.n_conformers)
-    if 0 < made < outcome.conformers_requested:
+    if 0 < made < outcome.conformers_requested and outcome.prune_rms:
+        out.print(f"conformers: {made} of {outcome.conformers_requested} kept after pruning at "
+                  f"{outcome.prune_rms:g} A RMSD", highlight=False, soft_wrap=True)
+    elif 0 < made < outcome.conformers_requested:
         out.print(f"fewer conformers than asked: ETKDG embedded {made} of {outcome.conformers_requested}",
                   style="yellow", highlight=False, soft_wrap=True)
     _print_preparation(out, outcome)

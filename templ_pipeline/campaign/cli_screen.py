@@ -33,6 +33,7 @@ from templ_pipeline.campaign.outputs import (
 from templ_pipeline.campaign.queries import QueryRecord, count_queries, data_columns, read_queries
 from templ_pipeline.campaign.report import CampaignTally, rows_and_poses, with_rmsd
 from templ_pipeline.campaign.runner import ScreenOptions, screen, templates_digest
+from templ_pipeline.core.embedding import DEFAULT_PRUNE_RMS
 from templ_pipeline.core.events import Fallback, WorkersReduced
 from templ_pipeline.core.preparation import PreparationOptions
 from templ_pipeline.core.template_choice import ChoiceOptions
@@ -66,6 +67,8 @@ class ScreenRequest:
     choice: ChoiceOptions = ChoiceOptions()
     align: bool = True
     reference: Path | None = None
+    prune_rms: float = DEFAULT_PRUNE_RMS
+    allow_large_templates: bool = False
     top: int | None = DEFAULT_TOP  # poses in hits.sdf; None: every ranked query's
     poses_per_query: int = 1  # distinct poses kept per prepared molecule (and template)
 
@@ -92,6 +95,7 @@ def parameters(request: ScreenRequest, library: TemplateLibrary) -> dict[str, An
         "align_pinned_poses": request.align,
         "num_conformers": request.num_conformers,
         "seed": request.seed,
+        "prune_rms": request.prune_rms,
         "metric": request.metric,
         "per_template": request.per_template,
         "use_input_conformers": request.use_input_conformers,
@@ -102,7 +106,7 @@ def parameters(request: ScreenRequest, library: TemplateLibrary) -> dict[str, An
 
 def prepare(request: ScreenRequest) -> PreparedCampaign:
     """Read the templates, open the query stream and the campaign's files; ``InputError`` when unusable."""
-    library = read_template_library(request.template)
+    library = read_template_library(request.template, allow_large=request.allow_large_templates)
     references = ReferencePoses.read(request.reference) if request.reference is not None else None
     reading = {"smiles_column": request.smiles_column, "id_column": request.id_column,
                "group_conformers": request.use_input_conformers}
@@ -124,7 +128,8 @@ def prepare(request: ScreenRequest) -> PreparedCampaign:
                             use_input_conformers=request.use_input_conformers, exact_workers=request.exact_workers,
                             preparation=request.preparation, executor=request.executor,
                             scheduler=request.scheduler, worker_timeout=request.worker_timeout,
-                            choice=request.choice, align=request.align, poses_per_query=request.poses_per_query)
+                            choice=request.choice, align=request.align, poses_per_query=request.poses_per_query,
+                            prune_rms=request.prune_rms)
     left = None if total is None else max(0, total - len(done))
     return PreparedCampaign(request, library, records, files, left, options, references)
 

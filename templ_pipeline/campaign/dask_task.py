@@ -72,7 +72,7 @@ def run_query(settings: CampaignSettings | str, task: QueryTask) -> QueryOutcome
     threads = EmbeddingThreads(_threads_wanted(nthreads, settings.query_threads), events.append)
     try:
         runner.embed = lambda with_hs, count, seed, random_coords, pins=None: embed_conformers(
-            with_hs, count, seed, threads, random_coords=random_coords, pins=pins)
+            with_hs, count, seed, threads, random_coords=random_coords, pins=pins, prune_rms=settings.prune_rms)
         runner.threads = lambda: threads.count
         outcome = runner.run(task)
     finally:

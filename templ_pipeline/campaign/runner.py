@@ -44,6 +44,7 @@ from templ_pipeline.campaign.task import (
 )
 from templ_pipeline.core.batch import mol_to_bytes
 from templ_pipeline.core.conformers import DEFAULT_SEED
+from templ_pipeline.core.embedding import DEFAULT_PRUNE_RMS
 from templ_pipeline.core.events import (
     CampaignDone,
     CampaignStarted,
@@ -108,6 +109,7 @@ class ScreenOptions:
     choice: ChoiceOptions = ChoiceOptions()  # how each query's templates are chosen (top=None: all, free ETKDG)
     align: bool = True  # False: pinned poses are scored where they were made (--keep-pinned-pose)
     poses_per_query: int = 1  # distinct poses kept per prepared molecule (and template)
+    prune_rms: float = DEFAULT_PRUNE_RMS  # A: ETKDG's RMSD pruning (--prune-rms; 0: off)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -116,6 +118,8 @@ class ScreenOptions:
             raise ValueError(f"num_conformers must be at least 1, got {self.num_conformers}")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.prune_rms < 0:
+            raise ValueError(f"prune_rms must be 0 (off) or more, got {self.prune_rms}")
         validate_executor(self.executor, self.scheduler)
 
 
@@ -204,7 +208,8 @@ def screen(
     settings = CampaignSettings(tuple(mol_to_bytes(mol) for mol in library.mols), tuple(library.names),
                                 options.num_conformers, options.seed, options.metric, options.use_input_conformers,
                                 options.preparation, choice=options.choice, align=options.align,
-                                template_records=tuple(library.records), poses_per_query=options.poses_per_query)
+                                template_records=tuple(library.records), poses_per_query=options.poses_per_query,
+                                prune_rms=options.prune_rms)
     campaign = _Campaign(settings, options, emit)
     whole = None if total is None else total + skipped  # the input's size, as progress and alerts count it
     with telemetry.campaign_span(total=whole, templates=len(templates), workers_requested=options.workers) as stats:

@@ -18,6 +18,7 @@ with a bounded reason, and the detail for the log.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -37,7 +38,7 @@ from templ_pipeline.core.batch import (
     sanitized_copy_without_conformers,
     score_batch,
 )
-from templ_pipeline.core.embedding import Embed, embed_on_this_thread
+from templ_pipeline.core.embedding import DEFAULT_PRUNE_RMS, Embed, embed_on_this_thread
 from templ_pipeline.core.events import (
     FailureReason,
     PoseMethod,
@@ -81,6 +82,7 @@ class CampaignSettings:
     align: bool = True  # False: a pinned pose is scored where it was made, not aligned onto its template
     template_records: tuple[int, ...] = ()  # each template's 1-based record in the template file
     poses_per_query: int = 1  # distinct poses kept per prepared molecule and template (distinct_poses)
+    prune_rms: float = DEFAULT_PRUNE_RMS  # A: ETKDG drops a conformer this close to an earlier one (0: off)
 
     def conformers_requested(self, molblocks: tuple[str, ...]) -> int:
         """Conformers a query asks for: its input records' with ``use_input_conformers``, else ``num_conformers``."""
@@ -242,7 +244,7 @@ class QueryRunner:
 
     def __init__(self, settings: CampaignSettings) -> None:
         self.settings = settings
-        self.embed: Embed = embed_on_this_thread
+        self.embed: Embed = functools.partial(embed_on_this_thread, prune_rms=settings.prune_rms)
         self.threads: Callable[[], int] = lambda: 1
         self.library = TemplateLibrary([Chem.Mol(binary) for binary in settings.templates], settings.template_names,
                                        settings.template_records or None)

@@ -21,7 +21,7 @@ from rdkit import Chem, rdBase
 from templ_pipeline import telemetry
 from templ_pipeline.telemetry.observer import observe as observe_telemetry
 from templ_pipeline.core.canonical import canonical_molecule
-from templ_pipeline.core.embedding import Embed, Pins, embed
+from templ_pipeline.core.embedding import DEFAULT_PRUNE_RMS, Embed, Pins, embed
 from templ_pipeline.core.events import (
     ConformersEmbedded,
     Emitter,
@@ -61,8 +61,10 @@ def generate_conformers(
     n_workers: int = 1,
     observers: tuple[Observer, ...] = (),
     exact_workers: bool = False,
+    prune_rms: float = DEFAULT_PRUNE_RMS,
 ) -> Chem.Mol:
-    """Embed ``num_conformers`` conformers with ETKDGv3 and a fixed seed.
+    """Embed ``num_conformers`` conformers with ETKDGv3 and a fixed seed (fewer with ``prune_rms``, which drops
+    each conformer within that heavy-atom RMSD of an earlier one).
 
     The query is put in canonical atom order first (:func:`~templ_pipeline.core.canonical.canonical_molecule`),
     so every spelling of a molecule gives the same conformers, in that order.
@@ -79,10 +81,12 @@ def generate_conformers(
     with telemetry.conformers_span(num_conformers, n_workers) as stats:
         threads = EmbeddingThreads(n_workers, Emitter((observe_telemetry, *observers)), exact_workers=exact_workers)
         try:
-            embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=False)
+            embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=False,
+                                        prune_rms=prune_rms)
             if embedded.GetNumConformers() == 0:
                 # large or strained rings: random starts embed where ETKDG alone fails
-                embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=True)
+                embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=True,
+                                            prune_rms=prune_rms)
         finally:
             threads.release()
         stats.generated, stats.threads = embedded.GetNumConformers(), threads.count
@@ -92,15 +96,17 @@ def generate_conformers(
 
 
 @contextmanager
-def granted_embedding(n_workers: int = 1, *, observers: tuple[Observer, ...] = (),
-                      exact_workers: bool = False) -> Iterator[tuple[Embed, EmbeddingThreads]]:
+def granted_embedding(n_workers: int = 1, *, observers: tuple[Observer, ...] = (), exact_workers: bool = False,
+                      prune_rms: float = DEFAULT_PRUNE_RMS) -> Iterator[tuple[Embed, EmbeddingThreads]]:
     """An :class:`~templ_pipeline.core.embedding.Embed` on the RDKit threads granted for ``n_workers`` (fewer
-    after a refused start, as :func:`generate_conformers`), and the threads; the grant is released on exit."""
+    after a refused start, as :func:`generate_conformers`), pruning at ``prune_rms``, and the threads; the grant
+    is released on exit."""
     threads = EmbeddingThreads(n_workers, Emitter((observe_telemetry, *observers)), exact_workers=exact_workers)
 
     def run(with_hs: Chem.Mol, num_conformers: int, seed: int, random_coords: bool,
             pins: Pins | None = None) -> Chem.Mol:
-        return embed_conformers(with_hs, num_conformers, seed, threads, random_coords=random_coords, pins=pins)
+        return embed_conformers(with_hs, num_conformers, seed, threads, random_coords=random_coords, pins=pins,
+                                prune_rms=prune_rms)
 
     try:
         yield _reporting(run, Emitter(observers)), threads
@@ -158,14 +164,15 @@ class EmbeddingThreads:
 
 
 def embed_conformers(with_hs: Chem.Mol, num_conformers: int, seed: int, threads: EmbeddingThreads,
-                     *, random_coords: bool, pins: Pins | None = None) -> Chem.Mol:
+                     *, random_coords: bool, pins: Pins | None = None,
+                     prune_rms: float = DEFAULT_PRUNE_RMS) -> Chem.Mol:
     """A copy of ``with_hs`` holding the conformers ETKDG embeds, on as many threads as can start."""
     while True:
         count = threads.count
         before = pids_refusals() if count > 1 else None
         try:
             return call_interruptibly(lambda: embed(with_hs, num_conformers, seed, count, random_coords=random_coords,
-                                                    pins=pins),
+                                                    pins=pins, prune_rms=prune_rms),
                                       name="templ-embed", on_inline=_warn_inline)
         except (RuntimeError, OSError) as error:
             if threads.count == 1 or not is_start_refusal(error):

@@ -12,6 +12,15 @@ Records that repeat an earlier record exactly (same molecule, same pose) add not
 and are dropped as duplicates; the same ligand in another pose (another crystal
 structure) is kept, as it is another template.
 
+A template is a ligand. A record that looks like the receptor (:func:`receptor_like`)
+is left out unless the caller allows large templates: a protein saved as SDF was
+scored without a word (combo 0.07) and posed nothing. The rule: more than
+:data:`MAX_TEMPLATE_HEAVY_ATOMS` heavy atoms, or a peptide backbone of
+:data:`RECEPTOR_RESIDUES` residues or more (a protein chain, or pocket residues cut
+out of one). Drug-like ligands stay far below both (the 770 Polaris Mpro ligands: at
+most 41 heavy atoms and 2 residues), and so do large ligands: cyclosporin A has 85
+heavy atoms and 11 residues. A 40-residue peptide has 329 heavy atoms.
+
 Worker processes import this module: RDKit and numpy only.
 """
 
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cached_property
 
 import numpy as np
@@ -33,15 +43,41 @@ FINGERPRINT_BITS = 2048
 _DUPLICATE_DECIMALS = 2
 """Poses equal to 0.01 A are the same pose (SDF writes coordinates to 1e-4 A)."""
 
+MAX_TEMPLATE_HEAVY_ATOMS = 150
+"""More heavy atoms than this is a receptor (or a complex), not a ligand template."""
+RECEPTOR_RESIDUES = 16
+"""Peptide residues (N-CA-C(=O), counted by alpha carbon) from which a record is a protein chain or pocket:
+a chain of 16 glycines has only 65 heavy atoms."""
+_RESIDUE = Chem.MolFromSmarts("[NX3,NX4+][CX4][CX3](=[OX1])")
+
+
+class LeftOut(StrEnum):
+    """Why a record of the template file is not in the library."""
+
+    UNREADABLE = "unreadable"
+    NO_3D = "no_3d"
+    DUPLICATE = "duplicate"
+    RECEPTOR = "receptor"  # looks like a receptor (a polymer, far larger than a ligand)
+
 
 @dataclass(frozen=True, slots=True)
 class LibraryProblem:
-    """A record of the template file that is not in the library, and why (``unreadable``, ``no_3d``,
-    ``duplicate``); ``record`` is 1-based."""
+    """A record of the template file that is not in the library, and why; ``record`` is 1-based."""
 
     record: int
-    reason: str
+    reason: LeftOut
     detail: str
+
+
+def receptor_like(mol: Chem.Mol) -> str:
+    """Why ``mol`` looks like a receptor rather than a ligand template, in a few words; "" when it does not."""
+    heavy = mol.GetNumHeavyAtoms()
+    if heavy > MAX_TEMPLATE_HEAVY_ATOMS:
+        return f"{heavy} heavy atoms (a ligand template has at most {MAX_TEMPLATE_HEAVY_ATOMS})"
+    residues = len({match[1] for match in mol.GetSubstructMatches(_RESIDUE, maxMatches=10 * heavy)})
+    if residues >= RECEPTOR_RESIDUES:
+        return f"a peptide backbone of {residues} residues (a ligand template has fewer than {RECEPTOR_RESIDUES})"
+    return ""
 
 
 def record_name(mol: Chem.Mol) -> str:
@@ -121,7 +157,8 @@ class TemplateLibrary:
         for (record, mol), name in zip(records, names, strict=True):
             key = pose_key(mol)
             if key in seen:
-                found.append(LibraryProblem(record, "duplicate", f"the same molecule and pose as record {seen[key]}"))
+                found.append(LibraryProblem(record, LeftOut.DUPLICATE,
+                                            f"the same molecule and pose as record {seen[key]}"))
                 continue
             seen[key] = record
             kept.append((record, mol, name))
