@@ -456,10 +456,11 @@ class SelectBestStats:
                 )
             else:
                 _record_error(span, exc)
-                _select_log.error(
-                    "select_best.failed",
-                    **_add_ids({**common, "error_type": type(exc).__name__, "error": str(exc)}, ids),
-                )
+                if isinstance(exc, Exception):  # an interrupt is the CLI's one line, not a failure
+                    _select_log.error(
+                        "select_best.failed",
+                        **_add_ids({**common, "error_type": type(exc).__name__, "error": str(exc)}, ids),
+                    )
         finally:
             _end_span(span, self._token)
 
@@ -515,8 +516,9 @@ class ConformerStats:
                     {**common, "generated": self.generated, "threads": self.threads}, ids))
             else:
                 _record_error(span, exc)
-                _conformers_log.error("conformers.failed", **_add_ids(
-                    {**common, "error_type": type(exc).__name__, "error": str(exc)}, ids))
+                if isinstance(exc, Exception):  # an interrupt is the CLI's one line, not a failure
+                    _conformers_log.error("conformers.failed", **_add_ids(
+                        {**common, "error_type": type(exc).__name__, "error": str(exc)}, ids))
         finally:
             _end_span(span, self._token)
             metrics = get_metrics()

@@ -7,7 +7,12 @@ SDF of ``-o -``, the JSON of ``--json``); progress, warnings and logs go to stde
 
 from __future__ import annotations
 
-from templ_pipeline.parent_threads import limit_parent_pools
+if __name__ == "__main__":  # ``python -m templ_pipeline.cli``; the ``templ`` script does this in entry.py
+    from templ_pipeline.interrupts import exit_while_starting
+
+    exit_while_starting()  # Ctrl-C during the imports below: one line, exit 130, no traceback
+
+from templ_pipeline.parent_threads import limit_parent_pools  # noqa: E402
 
 limit_parent_pools()  # before numpy is imported (by RDKit below): see templ_pipeline.parent_threads
 

@@ -11,6 +11,7 @@ and every ``finally`` and context manager on the way runs.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -60,3 +61,21 @@ def signals_raise(signals: tuple[signal.Signals, ...] = HANDLED_SIGNALS) -> Iter
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+def exit_while_starting(signals: tuple[signal.Signals, ...] = HANDLED_SIGNALS) -> None:
+    """Until :func:`signals_raise` takes over, the first of ``signals`` ends the process with one line.
+
+    The command's imports (RDKit, numpy, OpenTelemetry) take a second or more; a
+    Ctrl-C then was a ``KeyboardInterrupt`` traceback from inside an import. Nothing
+    has started or been written yet, so the process leaves at once with the shell's
+    status for the signal.
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        os.write(2, f"interrupted by {name}: stopped while starting; no output written\n".encode())
+        os._exit(128 + signum)
+
+    for signum in signals:
+        signal.signal(signum, handler)

@@ -105,6 +105,7 @@ def test_sigint_while_select_best_embeds_stops_at_once_and_keeps_the_old_output(
     assert proc.returncode == 130, f"exit {proc.returncode}; {_stderr(tmp_path)[-2000:]!r}"
     assert took < STOP_TIMEOUT, f"{took:.1f} s from SIGINT to the exit"
     assert "while generating" in line, line
+    assert '"level": "error"' not in _stderr(tmp_path), "an interrupt was logged as a failure"
     assert out.read_text() == "the previous answer\n"
     assert not list(tmp_path.glob(".pose.sdf.*")), "a temporary output file was left"
     assert not left, f"still running after the exit: {left}"
@@ -159,3 +160,28 @@ def test_sigint_while_the_library_embeds_raises_keyboard_interrupt_at_once(tmp_p
     assert (tmp_path / "stdout.txt").read_text().split() == ["embedding", "stopped"], _stderr(tmp_path)[-2000:]
     assert proc.returncode == 7
     assert took < STOP_TIMEOUT, f"{took:.1f} s from SIGINT to KeyboardInterrupt"
+
+
+LIBRARY = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "polaris" / "train_sarsmols.sdf.gz"
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.9, 1.5, 2.5])
+def test_sigint_at_any_point_of_a_library_run_exits_130_with_one_line_and_no_output(delay, tmp_path):
+    # Reading the 770 templates, choosing them (RascalMCES in a helper thread), embedding: wherever the signal
+    # lands. An interrupted MCS search once made interpreter finalization abort the process (exit 134).
+    out = tmp_path / "pose.sdf"
+    out.write_text("the previous answer\n")
+    proc = _start(["select-best", "-t", LIBRARY, "-q", FLEXIBLE, "-n", "200", "-w", "2", "-o", out], tmp_path)
+    try:
+        if (problem := wait_until_catches(proc, signal.SIGINT, START_TIMEOUT)) is not None:
+            pytest.fail(f"{problem}; stderr {_stderr(tmp_path)[-2000:]!r}")
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    _one_interrupt_line(tmp_path)
+    assert proc.returncode == 130, f"exit {proc.returncode}; {_stderr(tmp_path)[-2000:]!r}"
+    assert out.read_text() == "the previous answer\n"

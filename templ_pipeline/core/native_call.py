@@ -18,7 +18,9 @@ a few milliseconds into a call; the waiting thread checks every millisecond for
 the first :data:`FAST_SECONDS` of the call and of every RDKit call that
 announces itself with :func:`native_call_starting`, and every :data:`POLL_SECONDS`
 otherwise (polling every millisecond throughout costs 3 % of a core). A SIGINT
-within that millisecond can still be taken by RDKit.
+within that millisecond can still be taken by RDKit: a cancelled RascalMCES search
+raises, and :mod:`~templ_pipeline.core.template_choice` makes that the stop it is;
+a cancelled embedding still looks like no conformer.
 
 The helper thread is optional: where it cannot start (no thread headroom) the call
 runs in the calling thread, with one warning per process, and signals wait for it.
@@ -45,6 +47,7 @@ FAST_SECONDS = 0.25
 _running: set[threading.Thread] = set()  # helper threads whose call has not returned
 _lock = threading.Lock()
 _warned = False
+_abandoned = False  # an interrupt ended a wait: its native call may still be finishing
 _native_started = threading.Event()
 
 
@@ -52,10 +55,13 @@ def busy() -> bool:
     """Whether a native call abandoned by an interrupt may still be running in a helper thread.
 
     Such a thread cannot be stopped; a process that ends now should leave with
-    ``os._exit`` rather than run interpreter finalization under it.
+    ``os._exit`` rather than run interpreter finalization under it. A helper that
+    Python already counts as finished is no proof: after an interrupted MCS search
+    (its helper just ended), interpreter finalization aborted the process in 2 of 6
+    runs here ("terminate called without an active exception", exit 134).
     """
     with _lock:
-        return any(thread.is_alive() for thread in _running)
+        return _abandoned or any(thread.is_alive() for thread in _running)
 
 
 def native_call_starting() -> None:
@@ -142,7 +148,12 @@ def call_interruptibly(fn: Callable[[], T], *, name: str, on_inline: Callable[[B
         if first and on_inline is not None:
             on_inline(error)
         return fn()
-    _wait(thread, keeper)
+    try:
+        _wait(thread, keeper)
+    except BaseException:
+        global _abandoned
+        _abandoned = True
+        raise
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]

@@ -155,8 +155,13 @@ def _mcs(query: Chem.Mol, template: Chem.Mol, index: int, similarity: float, tim
     options.completeAromaticRings = True
     options.timeout = max(1, timeout)
     native_call_starting()
-    with rdBase.BlockLogs():
-        results = rdRascalMCES.FindMCES(query, template, options)
+    try:
+        with rdBase.BlockLogs():
+            results = rdRascalMCES.FindMCES(query, template, options)
+    except RuntimeError as error:
+        if "cancelled" in str(error).lower():  # RDKit took a SIGINT itself ("Rascal cancelled."): the user's stop
+            raise KeyboardInterrupt(str(error)) from error
+        raise
     if not results:
         return TemplateMatch(index, similarity)
     best = results[0]
