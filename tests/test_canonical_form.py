@@ -185,7 +185,7 @@ def _answers(directory: Path) -> dict[str, dict[str, str]]:
     return {row["query_id"]: {column: value for column, value in row.items() if column in ANSWER} for row in rows}
 
 
-def test_smi_csv_and_sdf_query_files_give_the_same_scores_and_poses(held_out, tmp_path):
+def test_smi_csv_and_sdf_query_files_give_the_same_scores_poses_and_ranks_with_their_own_data(held_out, tmp_path):
     """The same ligands as a .smi of randomly rooted SMILES, a .csv of canonical SMILES with an extra column,
     and an .sdf of their crystal records (3D, stereo perceived from the coordinates)."""
     names = list(held_out)
@@ -202,8 +202,10 @@ def test_smi_csv_and_sdf_query_files_give_the_same_scores_and_poses(held_out, tm
         for name in names:
             record = Chem.Mol(held_out[name])
             record.SetProp("_Name", name)
+            record.SetProp("pIC50", "6.5")
             writer.write(record)
     found = {}
+    hits: dict[str, list[dict[str, str]]] = {}
     for path in (smi, csv_path, sdf):
         out = tmp_path / f"screen_{path.suffix[1:]}"
         done = run_templ("screen", "-t", LIBRARY, "-q", path, "-o", out, "-n", CONFORMERS, "-w", "1",
@@ -211,7 +213,13 @@ def test_smi_csv_and_sdf_query_files_give_the_same_scores_and_poses(held_out, tm
         assert done.returncode == 0, done.stderr
         found[path.suffix] = (_answers(out), {name: pose.GetConformer().GetPositions().round(4).tobytes()
                                               for name, pose in poses(out).items()})
+        with (out / "hits.csv").open(newline="") as handle:
+            hits[path.suffix] = list(csv.DictReader(handle))
     reference = found[".smi"]
+    ranks = {suffix: [(row["rank"], row["query_id"], row["combo"]) for row in rows] for suffix, rows in hits.items()}
+    assert ranks[".csv"] == ranks[".smi"] and ranks[".sdf"] == ranks[".smi"], ranks
+    assert {row["input.vendor"] for row in hits[".csv"]} == {"x"}
+    assert {row["input.pIC50"] for row in hits[".sdf"]} == {"6.5"}
     assert len(reference[0]) == len(names) and all(row["combo"] for row in reference[0].values())
     assert found[".csv"] == reference
     assert found[".sdf"] == reference

@@ -186,11 +186,12 @@ CONFORMERS = textwrap.dedent("""
     import structlog
     from rdkit import Chem
     from templ_pipeline import telemetry
+    from templ_pipeline.core.canonical import canonical_molecule
     from templ_pipeline.core.conformers import EmbeddingThreads, embed_conformers
     from templ_pipeline.telemetry.observer import observe
 
     telemetry.configure(synchronous=True, log_format="json", log_stream=sys.stderr)
-    with_hs = Chem.AddHs(Chem.MolFromSmiles(%(query)r))
+    with_hs = Chem.AddHs(canonical_molecule(Chem.MolFromSmiles(%(query)r)))
     print("READY", flush=True)
     sys.stdin.readline()  # the test sets pids.max now: room for the grant
     with structlog.testing.capture_logs() as logs:
