@@ -620,8 +620,8 @@ def screen_command(
         "--queries", "-q", help="Query ligands: .smi (SMILES, whitespace, id), .csv/.tsv (smiles and id columns) "
                                 "or .sdf (one record per query); any of them .gz.")],
     output_dir: Annotated[Path, typer.Option(
-        "--output-dir", "-o", help="Directory for scores.csv, poses.sdf and campaign.json (created; an existing "
-                                   "non-empty one needs --resume).")],
+        "--output-dir", "-o", help="Directory for scores.csv, poses.sdf, hits.csv, hits.sdf and campaign.json "
+                                   "(created; an existing non-empty one needs --resume).")],
     num_conformers: Annotated[int, typer.Option("--num-conformers", "-n", min=1, help="Conformers per query.")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Random seed for conformer generation.")] = DEFAULT_SEED,
     workers: WorkersOption = None,
