@@ -17,8 +17,9 @@ Configurations, each a campaign at 2 workers on the same queries, same run:
 - ``pinned_k1``: the one template with the largest core, its core pinned (upstream TEMPL's method);
 - ``pinned_k5_nN``: 5 templates, each core pinned, N conformers per query (spread over them),
   for N in ``CONFORMER_COUNTS``: how many conformers a pinned core needs;
-- ``pinned_k5_n200_prune0.5``: the default with ``--prune-rms 0.5``: near-duplicate conformers
-  dropped (fewer scored), whether accuracy holds.
+- ``pinned_k5_n200_prune0.5`` and ``free_prune0.5``: the default, and free conformers, with
+  ``--prune-rms 0.5``: near-duplicate conformers dropped (fewer scored), whether accuracy holds
+  (it sets the default of ``--prune-rms``).
 
 Also: the median time to choose a query's templates from all 770 (goal < 1 s), and the wall
 time of one ``templ select-best`` query against the library at 2 workers (goal < 15 s; the whole
@@ -144,6 +145,8 @@ def run(size: int = SUBSET) -> dict[str, object]:
         queries, reference = _inputs(records, chosen, directory)
         configs: dict[str, list[str]] = {
             "free": ["--no-pin", "--top-templates", "5", "-n", str(DEFAULT_CONFORMERS)],
+            f"free_prune{PRUNE_RMS}": ["--no-pin", "--top-templates", "5", "-n", str(DEFAULT_CONFORMERS),
+                                       "--prune-rms", str(PRUNE_RMS)],
             "pinned_k1": ["--top-templates", "1", "-n", str(DEFAULT_CONFORMERS)],
             **{f"pinned_k5_n{n}": ["--top-templates", "5", "-n", str(n)] for n in CONFORMER_COUNTS},
             f"pinned_k5_n{DEFAULT_CONFORMERS}_prune{PRUNE_RMS}": ["--top-templates", "5", "-n",
