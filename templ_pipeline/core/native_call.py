@@ -29,6 +29,7 @@ runs in the calling thread, with one warning per process, and signals wait for i
 from __future__ import annotations
 
 import ctypes
+import functools
 import signal
 import sys
 import threading
@@ -69,6 +70,17 @@ def native_call_starting() -> None:
     _native_started.set()
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library's ``sigaction`` (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
 class _SigAction(ctypes.Structure):
     """glibc's ``struct sigaction`` (Linux; the handler is all that is compared)."""
 
@@ -92,10 +104,10 @@ class SigintKeeper:
     @classmethod
     def capture(cls) -> SigintKeeper | None:
         """The current disposition, or None where it cannot be read (not Linux, no libc)."""
-        if not sys.platform.startswith("linux"):
+        libc = _libc()
+        if libc is None:
             return None
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
             saved = _SigAction()
             if libc.sigaction(signal.SIGINT, None, ctypes.byref(saved)) != 0:
                 return None
@@ -121,7 +133,7 @@ def call_interruptibly(fn: Callable[[], T], *, name: str, on_inline: Callable[[B
     ``on_inline(error)`` is called the first time in this process. If the wait is
     interrupted, the exception propagates and the helper's result is dropped.
     """
-    global _warned
+    global _warned, _abandoned
     if threading.current_thread() is not threading.main_thread():
         return fn()
     outcome: dict[str, object] = {}
@@ -151,7 +163,6 @@ def call_interruptibly(fn: Callable[[], T], *, name: str, on_inline: Callable[[B
     try:
         _wait(thread, keeper)
     except BaseException:
-        global _abandoned
         _abandoned = True
         raise
     if "error" in outcome:
