@@ -105,6 +105,9 @@ def test_a_pruned_campaign_records_the_value_and_gives_the_same_rows_at_one_and_
                          for row in read_scores(out / "scores.csv")}
     assert len(rows["1"]) == len(queries) and rows["1"] == rows["2"]
     assert any(int(row["n_conformers"]) < 20 for row in rows["1"].values())
+    pruned = [row for row in rows["1"].values() if int(row["n_conformers"]) < 20]
+    assert all(row["status"] == "ok" and row["reason"] == "" and "kept after pruning at 0.5 A" in row["detail"]
+               for row in pruned), pruned  # pruning's doing, not a fewer_conformers shortfall
     resumed = run_templ("screen", "-t", LIBRARY, "-q", smi, "-o", tmp_path / "w1", "-n", "20", "--resume",
                         "--no-metrics-server")
     assert resumed.returncode == 2 and "prune_rms" in resumed.stderr

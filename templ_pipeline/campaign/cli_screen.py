@@ -167,7 +167,7 @@ def run(prepared: PreparedCampaign, *, console: Console, out: Console, progress:
     ``on_summary`` instead (``--json``). ``progress`` is the CLI's :class:`RunProgress`, which says what
     was done when a signal stops the run."""
     request, files = prepared.request, prepared.files
-    tally = CampaignTally(skipped=len(files.done))
+    tally = CampaignTally(skipped=len(files.done), prune_rms=request.prune_rms)
     reductions: list[WorkersReduced] = []
     fallbacks: list[Fallback] = []
 
@@ -190,7 +190,7 @@ def run(prepared: PreparedCampaign, *, console: Console, out: Console, progress:
             for result in screen(prepared.records, prepared.library, prepared.options, total=prepared.total,
                                  skipped=tally.skipped, observers=(keep,)):
                 rows, poses = rows_and_poses(result, prepared.library, request.metric, request.per_template,
-                                             rows_per_isomer(request, prepared.library))
+                                             rows_per_isomer(request, prepared.library), request.prune_rms)
                 if prepared.references is not None:
                     poses = with_rmsd(rows, poses, prepared.references)
                 files.write(rows, poses, result.record.data)

@@ -22,11 +22,12 @@ FEWER_CONFORMERS = "fewer_conformers"
 
 
 def rows_and_poses(result: QueryResult, library: TemplateLibrary, metric: str, per_template: bool,
-                   rows_per_isomer: int = 1) -> tuple[list[ScoreRow], list[str | None]]:
+                   rows_per_isomer: int = 1, prune_rms: float = 0.0) -> tuple[list[ScoreRow], list[str | None]]:
     """For each prepared molecule of the query (itself, or each stereoisomer): one row (its best template's)
     or one row per template scored, each with its pose (None when it has none), then a row per further
     distinct pose of that template (``--poses-per-query``, ``pose_rank`` 2, 3, ...). A query that failed before it
-    was embedded has one row (``rows_per_isomer`` with ``per_template``) and no pose."""
+    was embedded has one row (``rows_per_isomer`` with ``per_template``) and no pose. With ``prune_rms``
+    (``--prune-rms``) fewer conformers than asked is what pruning does, not a ``fewer_conformers`` reason."""
     outcome = result.outcome
     isomers: list[IsomerOutcome | None] = list(outcome.isomers) or [None]
     rows, poses = [], []
@@ -38,7 +39,7 @@ def rows_and_poses(result: QueryResult, library: TemplateLibrary, metric: str, p
             chosen = [isomer.best(metric) if isomer is not None else None]
         for item in chosen:
             pose = item.record if item is not None and item.record else None
-            rows.append(row := _row(result, isomer, item, library, pose is not None, metric))
+            rows.append(row := _row(result, isomer, item, library, pose is not None, metric, prune_rms))
             poses.append(pose)
             for rank, other in enumerate(item.alternatives if pose is not None and item is not None else (), start=2):
                 rows.append(dataclasses.replace(row, shape=other.shape, color=other.color, combo=other.combo,
@@ -48,12 +49,15 @@ def rows_and_poses(result: QueryResult, library: TemplateLibrary, metric: str, p
 
 
 def _row(result: QueryResult, isomer: IsomerOutcome | None, item: TemplateResult | None, library: TemplateLibrary,
-         posed: bool, metric: str) -> ScoreRow:
+         posed: bool, metric: str, prune_rms: float) -> ScoreRow:
     outcome = result.outcome
     conformers = isomer.conformers if isomer is not None else 0
     if posed and item is not None:
-        status, reason = QueryStatus.OK, (FEWER_CONFORMERS if conformers < result.conformers_requested else "")
-        detail = (f"ETKDG embedded {conformers} of {result.conformers_requested} conformers" if reason else "")
+        fewer = conformers < result.conformers_requested
+        status, reason = QueryStatus.OK, (FEWER_CONFORMERS if fewer and not prune_rms else "")
+        detail = (f"ETKDG embedded {conformers} of {result.conformers_requested} conformers" if reason
+                  else f"{conformers} of {result.conformers_requested} conformers kept after pruning at "
+                       f"{prune_rms:g} A" if fewer else "")
     else:
         status = QueryStatus.FAILED
         reason = (isomer.reason if isomer is not None and isomer.reason else outcome.reason) or "no_conformer_scored"
@@ -110,6 +114,7 @@ class CampaignTally:
     """What the campaign did in this run, for its progress display and summary."""
 
     skipped: int = 0
+    prune_rms: float = 0.0  # --prune-rms: fewer conformers than asked is then no shortfall
     done: int = 0
     ok: int = 0
     fewer_conformers: int = 0
@@ -128,8 +133,8 @@ class CampaignTally:
         outcome = result.outcome
         if result.ok:
             self.ok += 1
-            self.fewer_conformers += any(isomer.conformers < result.conformers_requested
-                                         for isomer in outcome.isomers)
+            self.fewer_conformers += not self.prune_rms and any(
+                isomer.conformers < result.conformers_requested for isomer in outcome.isomers)
         else:
             reason = str(outcome.reason)
             self.failed_by_reason[reason] += 1
