@@ -639,7 +639,8 @@ def screen_command(
     smiles_column: Annotated[str | None, typer.Option(
         "--smiles-column", help="CSV/TSV column holding the SMILES (default: smiles, canonical_smiles, ...).")] = None,
     id_column: Annotated[str | None, typer.Option(
-        "--id-column", help="CSV/TSV column holding the query id (default: id, name, title, compound_id, ...).")] = None,
+        "--id-column",
+        help="CSV/TSV column holding the query id (default: id, name, title, compound_id, ...).")] = None,
     top: Annotated[int, typer.Option(
         "--top", min=0, help="Poses of the best-ranked queries in hits.sdf (0: all).")] = 100,
     poses_per_query: Annotated[int, typer.Option(
