@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import pty
 import select
 import signal
 import subprocess
+import termios
 import time
 from pathlib import Path
+
+import psutil
 
 
 def stop(process: subprocess.Popen, grace: float = 10.0) -> None:
@@ -61,3 +65,32 @@ def wait_until_catches(proc: subprocess.Popen, signum: signal.Signals, timeout: 
             return f"the run did not catch {signum.name} within {timeout:.0f} s"
         time.sleep(0.05)
     return None
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every process below ``pid`` (none once it is gone)."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def run_on_a_terminal(argv: list[str], columns: int, timeout: float = 300) -> tuple[int, bytes]:
+    """Run ``argv`` with stdin, stdout and stderr on a pty ``columns`` wide; (exit code, raw output).
+
+    ``COLUMNS`` and ``LINES`` are left out of its environment (pytest's own would win over the pty's size).
+    """
+    master, slave = pty.openpty()
+    termios.tcsetwinsize(slave, (50, columns))
+    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True, env=env)
+    os.close(slave)
+    try:
+        output, finished = read_pty_until_exit(master, proc, timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        os.close(master)
+    assert finished, output[-3000:]
+    return proc.returncode, output

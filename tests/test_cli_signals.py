@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from processes import wait_until_catches
+from processes import descendants, wait_until_catches
 from sdf_files import write_sdf
 
 from templ_pipeline.core.conformers import generate_conformers
@@ -70,10 +70,7 @@ def _is_worker(process: psutil.Process) -> bool:
 
 
 def _descendants(pid: int) -> dict[int, psutil.Process]:
-    try:
-        return {p.pid: p for p in psutil.Process(pid).children(recursive=True)}
-    except psutil.NoSuchProcess:
-        return {}
+    return {p.pid: p for p in descendants(pid)}
 
 
 def _wait_for_workers(proc: subprocess.Popen, out: Path, count: int, timeout: float) -> dict[int, psutil.Process]:

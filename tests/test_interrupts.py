@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from processes import wait_until_catches
+from processes import descendants, wait_until_catches
 
 from templ_pipeline.campaign.outputs import read_scores
 
@@ -44,13 +44,6 @@ def _stderr(directory: Path) -> str:
     return (directory / "stderr.txt").read_text(errors="replace")
 
 
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
 def _interrupt(proc: subprocess.Popen, directory: Path, *, ready: Path | None = None) -> tuple[float, list[str]]:
     """SIGINT to ``proc``'s process group mid-embedding; (seconds to exit, processes left running)."""
     collected: list[psutil.Process] = []
@@ -63,7 +56,7 @@ def _interrupt(proc: subprocess.Popen, directory: Path, *, ready: Path | None = 
             assert time.monotonic() < deadline, "the fast query never got its row"
             time.sleep(0.05)
         time.sleep(EMBEDDING_SECONDS)
-        collected = _descendants(proc.pid)
+        collected = descendants(proc.pid)
         assert proc.poll() is None, f"the run finished before the signal (exit {proc.returncode})"
         os.killpg(proc.pid, signal.SIGINT)
         signalled = time.monotonic()

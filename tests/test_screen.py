@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from processes import descendants, run_on_a_terminal
 from rdkit import Chem
 
 from templ_pipeline.campaign.outputs import read_scores
@@ -260,13 +261,6 @@ def _wait_for_rows(proc: subprocess.Popen, scores: Path, count: int, timeout: fl
     pytest.fail(f"fewer than {count} rows after {timeout:.0f} s")
 
 
-def _processes_of(proc: subprocess.Popen) -> list[psutil.Process]:
-    try:
-        return psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
 def _gone(processes: list[psutil.Process], timeout: float = 15) -> list[psutil.Process]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -289,7 +283,7 @@ def test_sigkill_half_way_then_resume_holds_every_query_once(series, template_sd
     proc = _start(screen_args(template_sdf, queries, out, "-w", "2", "-n", "30"), tmp_path / "first.txt")
     try:
         _wait_for_rows(proc, out / "scores.csv", 5)
-        workers = _processes_of(proc)
+        workers = descendants(proc.pid)
         proc.send_signal(signal.SIGKILL)  # the parent only, as the OOM killer would
         proc.wait(timeout=30)
         assert not _gone(workers), "workers outlived their killed parent"
@@ -310,7 +304,7 @@ def test_sigterm_stops_taking_queries_and_leaves_consistent_files(series, templa
     proc = _start(screen_args(template_sdf, queries, out, "-w", "2", "-n", "30"), tmp_path / "stderr.txt")
     try:
         _wait_for_rows(proc, out / "scores.csv", 3)
-        workers = _processes_of(proc)
+        workers = descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
         assert proc.returncode == 143
@@ -424,25 +418,10 @@ def test_a_campaign_worker_costs_what_the_grant_counts(template):
 
 
 def test_a_terminal_shows_done_of_total_rate_failures_and_time_left(template_sdf, library, tmp_path):
-    import pty
-    import termios
-
-    from processes import read_pty_until_exit
-
-    master, slave = pty.openpty()
-    termios.tcsetwinsize(slave, (40, 160))  # rows, columns: rich draws its bar to this width
-    proc = subprocess.Popen([*TEMPL, *map(str, screen_args(template_sdf, library, tmp_path / "tty", "-w", "2"))],
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
-    os.close(slave)
-    try:
-        output, finished = read_pty_until_exit(master, proc, 300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        os.close(master)
+    argv = [*TEMPL, *map(str, screen_args(template_sdf, library, tmp_path / "tty", "-w", "2"))]
+    code, output = run_on_a_terminal(argv, 160)  # rich draws its bar to the pty's width
     text = output.decode(errors="replace")
-    assert finished and proc.returncode == 0, text[-3000:]
+    assert code == 0, text[-3000:]
     assert "7/7" in text and "queries/s" in text and "2 failed" in text and "ETA" in text, text[-3000:]
 
 

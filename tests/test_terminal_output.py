@@ -10,14 +10,11 @@ terminal: no per-batch lines at the default level; the JSON log file keeps them 
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
 import subprocess
 import sys
-import termios
 
-from processes import read_pty_until_exit
+from processes import run_on_a_terminal
 
 TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
@@ -26,22 +23,9 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def on_a_terminal(*args: object, columns: int = 200) -> tuple[int, str]:
-    """Run ``templ args`` with stdin, stdout and stderr on a pty ``columns`` wide; (exit code, raw output)."""
-    master, slave = pty.openpty()
-    termios.tcsetwinsize(slave, (50, columns))
-    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}  # the pty's size rules
-    proc = subprocess.Popen([*TEMPL, *map(str, args)], stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-                            env=env)
-    os.close(slave)
-    try:
-        output, finished = read_pty_until_exit(master, proc, 300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        os.close(master)
-    assert finished, output[-3000:]
-    return proc.returncode, output.decode(errors="replace")
+    """Run ``templ args`` on a pty ``columns`` wide; (exit code, raw output as text)."""
+    code, output = run_on_a_terminal([*TEMPL, *map(str, args)], columns)
+    return code, output.decode(errors="replace")
 
 
 def screen_lines(raw: str) -> list[str]:
