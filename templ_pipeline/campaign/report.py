@@ -53,11 +53,14 @@ def _row(result: QueryResult, isomer: IsomerOutcome | None, item: TemplateResult
     outcome = result.outcome
     conformers = isomer.conformers if isomer is not None else 0
     if posed and item is not None:
-        fewer = conformers < result.conformers_requested
-        status, reason = QueryStatus.OK, (FEWER_CONFORMERS if fewer and not prune_rms else "")
-        detail = (f"ETKDG embedded {conformers} of {result.conformers_requested} conformers" if reason
-                  else f"{conformers} of {result.conformers_requested} conformers kept after pruning at "
-                       f"{prune_rms:g} A" if fewer else "")
+        status, reason, detail = QueryStatus.OK, "", ""
+        asked = result.conformers_requested
+        if conformers < asked:
+            if prune_rms:
+                detail = f"{conformers} of {asked} conformers kept after pruning at {prune_rms:g} A"
+            else:
+                reason = FEWER_CONFORMERS
+                detail = f"ETKDG embedded {conformers} of {asked} conformers"
     else:
         status = QueryStatus.FAILED
         reason = (isomer.reason if isomer is not None and isomer.reason else outcome.reason) or "no_conformer_scored"
