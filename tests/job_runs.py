@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
-TEMPL = Path(sys.executable).with_name("templ")
+from templ_runs import TEMPL_SCRIPT, templ_env
+
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 #: The variables ``telemetry.export.scheduler_job_id`` reads a job id from.
 SCHEDULER_VARIABLES = ("TEMPL_JOB_ID", "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")
@@ -14,7 +13,7 @@ SCHEDULER_VARIABLES = ("TEMPL_JOB_ID", "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID",
 
 def job_env(**extra: str) -> dict[str, str]:
     """The environment of a job: no scheduler variables but the ones given."""
-    return {**{k: v for k, v in os.environ.items() if k not in SCHEDULER_VARIABLES}, **extra}
+    return templ_env(SCHEDULER_VARIABLES, **extra)
 
 
 def select_best_argv(template_sdf: Path, out: Path, *extra: object, query: str = QUERY, num_conformers: int = 4,
@@ -22,5 +21,5 @@ def select_best_argv(template_sdf: Path, out: Path, *extra: object, query: str =
     """A select-best run of ``query``; of ``conformers`` instead (``unscorable_conformers``: exit 1) when given."""
     source = ["-c", str(conformers)] if conformers is not None else ["-q", query, "-n", str(num_conformers)]
     server = [] if metrics_server else ["--no-metrics-server"]
-    return [str(TEMPL), "select-best", "-t", str(template_sdf), *source, "-w", "1", "-o", str(out), *server,
+    return [str(TEMPL_SCRIPT), "select-best", "-t", str(template_sdf), *source, "-w", "1", "-o", str(out), *server,
             "--log-format", "json", *map(str, extra)]

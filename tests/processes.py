@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+from templ_runs import templ_env
 
 
 def stop(process: subprocess.Popen, grace: float = 10.0) -> None:
@@ -82,8 +83,8 @@ def run_on_a_terminal(argv: list[str], columns: int, timeout: float = 300) -> tu
     """
     master, slave = pty.openpty()
     termios.tcsetwinsize(slave, (50, columns))
-    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True, env=env)
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                            env=templ_env(("COLUMNS", "LINES")))
     os.close(slave)
     try:
         output, finished = read_pty_until_exit(master, proc, timeout)

@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from processes import stop
-
-from dashboard_queries import prometheus  # noqa: F401  (fixture)
 from dashboard_queries import (
     Prometheus,
     alert_rules,
     fill_variables,
     load_dashboard,
     panel_queries,
+    prometheus,  # noqa: F401  (fixture)
     tail,
 )
+from processes import stop
+from templ_runs import TEMPL
+
 from templ_pipeline.dashboards import alerts
 from templ_pipeline.telemetry import catalog as c
 
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 CAMPAIGN_ALERTS = (alerts.CAMPAIGN_FAILURES, alerts.STALLED)
 
 #: Small drug-like ligands (name last, as in a .smi file) and two records that are not SMILES.

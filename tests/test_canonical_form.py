@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem
-from test_screen import poses, run_templ
+from templ_runs import run_templ
+from test_screen import poses
 
 from templ_pipeline.campaign.outputs import read_scores
 from templ_pipeline.campaign.task import CampaignSettings, QueryRunner, QueryTask

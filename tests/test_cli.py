@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from rdkit import Chem
+from templ_runs import run_templ
 
 from templ_pipeline.core.conformers import generate_conformers
-
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
-
-
-def run_templ(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*TEMPL, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import json
 import os
 import select
 import subprocess
-import sys
 from importlib import resources
 
 import pytest
 from rdkit import Chem
+from templ_runs import TEMPL, run_templ, templ_env
 
 import templ_pipeline
 from templ_pipeline.core.conformers import generate_conformers
@@ -21,14 +21,8 @@ from templ_pipeline.core.executor import EXECUTOR_CHOICES, ExecutorChoice
 from templ_pipeline.core.scoring import METRICS, Metric
 from templ_pipeline.io import ExampleName, example_names, examples
 
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 QUIET = ("--no-metrics-server",)
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
-
-
-def run_templ(*args: object, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*TEMPL, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env=env)
 
 
 def _usage_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -69,10 +63,10 @@ def test_the_example_enum_is_the_bundled_pairs():
 
 
 def test_help_lists_the_choices():
-    done = run_templ("select-best", "--help", env={**os.environ, "COLUMNS": "200"})
+    done = run_templ("select-best", "--help", env=templ_env(COLUMNS="200"))
     assert done.returncode == 0, done.stderr
     assert "shape|color|combo" in done.stdout and "auto|process|dask" in done.stdout
-    done = run_templ("demo", "--help", env={**os.environ, "COLUMNS": "200"})
+    done = run_templ("demo", "--help", env=templ_env(COLUMNS="200"))
     assert "|".join(example_names()) in done.stdout
 
 
@@ -83,7 +77,7 @@ def test_an_unknown_choice_is_a_usage_error_naming_the_option():
 
 
 def test_show_completion_prints_a_bash_script_for_templ():
-    done = run_templ("--show-completion", "bash", env={**os.environ, "SHELL": "/bin/bash"})
+    done = run_templ("--show-completion", "bash", env=templ_env(SHELL="/bin/bash"))
     assert done.returncode == 0, done.stderr
     assert "complete -o default -F _templ_completion templ" in done.stdout
     assert "_TEMPL_COMPLETE=complete_bash" in done.stdout
@@ -202,7 +196,7 @@ def _read_one_line_then_close(command: list[str], env: dict[str, str], timeout: 
 
 @pytest.mark.parametrize("args", [("doctor",), ("select-best", "--help")], ids=["doctor", "help"])
 def test_a_closed_stdout_pipe_ends_the_command_quietly_with_0(args):
-    first, code, stderr = _read_one_line_then_close([*TEMPL, *args], {**os.environ, "COLUMNS": "80"})
+    first, code, stderr = _read_one_line_then_close([*TEMPL, *args], templ_env(COLUMNS="80"))
     assert first.endswith(b"\n"), "the command printed no line"
     assert code == 0, stderr
     assert "Traceback" not in stderr and "error" not in stderr.lower(), stderr
@@ -212,7 +206,7 @@ def test_a_big_output_into_a_closed_pipe_still_ends_with_0(template_sdf):
     """``templ select-best -o - --all-ranked | head -1``: the SDF is far larger than a pipe's buffer."""
     command = [*TEMPL, "select-best", "-t", str(template_sdf), "-q", QUERY, "-n", "60", "-w", "1", "-o", "-",
                "--all-ranked", *QUIET]
-    first, code, stderr = _read_one_line_then_close(command, dict(os.environ))
+    first, code, stderr = _read_one_line_then_close(command, templ_env())
     assert first.strip() == QUERY.encode()  # the first line of the SDF: the pose's name, the SMILES
     assert code == 0, stderr
     assert "Traceback" not in stderr, stderr

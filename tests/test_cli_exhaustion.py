@@ -21,31 +21,22 @@ import time
 from pathlib import Path
 
 import pytest
-from rdkit import Chem
-
 from cgroup_fixtures import child_pids_cgroup  # noqa: F401  (fixture)
 from processes import read_pty_until_exit
+from rdkit import Chem
 from sdf_files import write_sdf
+from templ_runs import TEMPL, THREAD_VARIABLES, templ_env
+
 from templ_pipeline.core.conformers import generate_conformers
 
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 TESTS_DIR = Path(__file__).resolve().parent
 
-# Variables that size native thread pools: the test must not set them for the CLI.
-THREAD_ENV = (
-    "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-    "BLIS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_THREAD_LIMIT", "RAYON_NUM_THREADS",
-)
+# Left out of the CLI's environment: limiting native thread pools is its job; the default start method and
+# plain (not forced-colour) output.
+LEFT_OUT = (*THREAD_VARIABLES, "TEMPL_MP_START_METHOD", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
 RUN_TIMEOUT = 120.0  # "does not hang", not a speed claim
 HERD_ROUND_TIMEOUT = 150.0
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
-    for name in ("TEMPL_MP_START_METHOD", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
-        env.pop(name, None)
-    return env
 
 
 def _argv(template: Path, out: Path, *source: str, workers: int, log: Path | None = None) -> list[str]:
@@ -57,7 +48,7 @@ def _argv(template: Path, out: Path, *source: str, workers: int, log: Path | Non
 
 
 def _run(argv: list[str], timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=templ_env(LEFT_OUT))
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -205,7 +196,7 @@ def test_herd_of_six_runs_in_one_cgroup_all_finish_with_the_reference_pose(child
     cgroup.set_max(40)
     ledger = tmp_path / "ledger"
     ledger.mkdir(mode=0o700)
-    env = {**_env(), "TEMPL_LEDGER_DIR": str(ledger)}
+    env = templ_env(LEFT_OUT, TEMPL_LEDGER_DIR=str(ledger))
     refused_before = _pids_events_max(cgroup)
     jobs, rounds = 6, 5
     grants: list[str | None] = []
@@ -271,7 +262,7 @@ def test_progress_bar_on_a_terminal_with_every_task_of_the_cgroup_taken(child_pi
     cgroup = child_pids_cgroup
     cgroup.set_max(48)
     filler = subprocess.Popen(cgroup.wrap([sys.executable, "-c", FILLER]), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=templ_env(LEFT_OUT))
     master = slave = -1
     proc = None
     try:
@@ -290,7 +281,7 @@ def test_progress_bar_on_a_terminal_with_every_task_of_the_cgroup_taken(child_pi
         assert os.isatty(slave)
         proc = subprocess.Popen(
             cgroup.wrap(_argv(inputs["template"], out, "--conformers", str(inputs["conformers"]), workers=1)),
-            stdin=slave, stdout=slave, stderr=slave, env=_env(), close_fds=True)
+            stdin=slave, stdout=slave, stderr=slave, env=templ_env(LEFT_OUT), close_fds=True)
         os.close(slave)
         slave = -1
         output, finished = read_pty_until_exit(master, proc, RUN_TIMEOUT)

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import typer
+from templ_runs import run_templ, templ_env
 
 from templ_pipeline.cli import app
-
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 
 
 def _commands(command, path=()):
@@ -25,8 +20,7 @@ COMMANDS = list(_commands(typer.main.get_command(app)))
 
 
 def _help(words: tuple[str, ...]) -> str:
-    done = subprocess.run([*TEMPL, *words, "--help"], capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "80"})
+    done = run_templ(*words, "--help", timeout=120, env=templ_env(COLUMNS="80"))
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -12,7 +12,6 @@ import ast
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,10 +19,10 @@ import psutil
 import pytest
 from processes import descendants, wait_until_catches
 from sdf_files import write_sdf
+from templ_runs import TEMPL
 
 from templ_pipeline.core.conformers import generate_conformers
 
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 REPO = Path(__file__).resolve().parent.parent
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 FLEXIBLE = "CC(C)Cc1ccc(cc1)C(C)C(=O)NCCCCCCNC(=O)c1ccccc1OCCOCC"

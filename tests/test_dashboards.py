@@ -55,7 +55,7 @@ from templ_pipeline.telemetry.catalog import (
     REDUCTION_REASONS,
     REPLACEMENT_REASONS,
 )
-from templ_pipeline.core.executor import CAP_MANAGER_FAILED, CAP_MANAGER_UNAVAILABLE
+from templ_pipeline.core.grants import CAP_MANAGER_FAILED, CAP_MANAGER_UNAVAILABLE
 from templ_pipeline.core.limits.grant import RESERVE_TASKS
 from templ_pipeline.core.limits.worker_cost import worker_cost
 

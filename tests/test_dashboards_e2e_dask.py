@@ -42,7 +42,8 @@ from dashboard_queries import (  # noqa: E402
 from dask_fixtures import QueryKiller, wait_for_scheduler  # noqa: E402
 from ports import free_port  # noqa: E402
 from processes import stop  # noqa: E402
-from test_screen import SERIES, TEMPL, write_smi  # noqa: E402
+from templ_runs import TEMPL  # noqa: E402
+from test_screen import SERIES, write_smi  # noqa: E402
 
 from templ_pipeline.campaign.dask_pool import IN_FLIGHT_PER_THREAD  # noqa: E402
 from templ_pipeline.dashboards import dask_metrics  # noqa: E402

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from dask_fixtures import closed_port, dask_cluster  # noqa: F401  (fixture)
 from rdkit import Chem
+from templ_runs import run_templ
 
 from templ_pipeline import doctor
 from templ_pipeline.core.thread_manager import LIMIT_NAMES
-
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
-
-
-def run_templ(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([*TEMPL, *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import psutil
 import pytest
 from dask_fixtures import QueryKiller, bare_scheduler, dask_cluster, dask_workers  # noqa: F401  (fixture)
 from distributed import LocalCluster
+from templ_runs import run_templ
 from test_screen import (
     BAD,
     SERIES,
@@ -22,7 +23,6 @@ from test_screen import (
     _start,
     _wait_for_rows,
     rows_without_time,
-    run_templ,
     screen_args,
     write_smi,
 )

@@ -22,8 +22,7 @@ SCENARIO = textwrap.dedent(
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from templ_pipeline import telemetry
     from templ_pipeline.core.conformers import generate_conformers
-    from templ_pipeline.core.events import as_fields
-    from templ_pipeline.core.executor import get_executor
+    from templ_pipeline.core.events import WorkersGranted, WorkersReduced, as_fields
     from templ_pipeline.core.scoring import select_best_with_report
     from templ_pipeline.io import examples
 
@@ -34,20 +33,21 @@ SCENARIO = textwrap.dedent(
     mode = sys.argv[1]
     print("READY", flush=True)
     sys.stdin.readline()  # the test sets pids.max now, a known headroom above what this process uses
-    blockers, release = [], threading.Event()
-    if mode == "race":
+    blockers, release, granted = [], threading.Event(), []
+
+    def use_up_the_headroom(event):
         # the grant is taken while there is headroom; then other tasks of the cgroup use it up
-        executor = get_executor(4)
-        granted = executor.workers
-        while True:
-            try:
-                t = threading.Thread(target=release.wait); t.start(); blockers.append(t)
-            except RuntimeError:
-                break
-        import templ_pipeline.core.scoring as scoring
-        scoring._get_executor_for_context = lambda n, task_type="scoring", **_: executor
+        if isinstance(event, (WorkersGranted, WorkersReduced)) and not granted:
+            granted.append(event.granted)
+            while True:
+                try:
+                    t = threading.Thread(target=release.wait); t.start(); blockers.append(t)
+                except RuntimeError:
+                    break
+
+    race = {"observers": [use_up_the_headroom], "exact_workers": True} if mode == "race" else {}
     with structlog.testing.capture_logs() as logs:
-        selection = select_best_with_report(confs, template, n_workers=4)
+        selection = select_best_with_report(confs, template, n_workers=4, **race)
     release.set()
     for t in blockers:
         t.join()
@@ -73,7 +73,7 @@ SCENARIO = textwrap.dedent(
                         "trace_id")} for e in logs if e["event"].startswith("executor.")],
         "scored_total": registry.get_sample_value("templ_conformers_scored_total"),
         "blockers": len(blockers),
-        "granted": granted if mode == "race" else None,
+        "granted": granted[0] if mode == "race" else None,
     }))
     """
 ) % {"query": QUERY}

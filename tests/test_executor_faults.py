@@ -12,7 +12,7 @@ import textwrap
 import psutil
 import pytest
 
-from templ_pipeline.core.executor import Rung, TaskProfile, plan_ladder
+from templ_pipeline.core.executor import Rung, plan_ladder
 from templ_pipeline.core.scoring import select_best_with_report
 
 
@@ -27,15 +27,13 @@ def big_query():
     return generate_conformers("O=C(Nc1cccnc1)c1ccc(F)cc1OC", 120, seed=3)
 
 
-def test_ladder_for_scoring_skips_threads_and_ends_sequential():
-    assert plan_ladder(8, TaskProfile(threads_help=False), in_daemon=False) == [
+def test_ladder_for_scoring_halves_the_processes_and_ends_sequential():
+    assert plan_ladder(8, in_daemon=False) == [
         Rung("process", 8), Rung("process", 4), Rung("process", 2), Rung("sequential", 1)
     ]
-    assert plan_ladder(4, TaskProfile(threads_help=True), in_daemon=False) == [
-        Rung("process", 4), Rung("thread", 4), Rung("thread", 2), Rung("sequential", 1)
-    ]
-    assert plan_ladder(4, TaskProfile(threads_help=False), in_daemon=True) == [Rung("sequential", 1)]
-    assert plan_ladder(1, TaskProfile(threads_help=True), in_daemon=False) == [Rung("sequential", 1)]
+    assert plan_ladder(5, in_daemon=False) == [Rung("process", 5), Rung("process", 2), Rung("sequential", 1)]
+    assert plan_ladder(4, in_daemon=True) == [Rung("sequential", 1)]
+    assert plan_ladder(1, in_daemon=False) == [Rung("sequential", 1)]
 
 
 def test_worker_killed_mid_batch_gives_identical_results(big_query, template, tel):

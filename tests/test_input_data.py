@@ -9,25 +9,19 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from rdkit import Chem
+from templ_runs import run_templ
 
 from templ_pipeline.campaign.queries import data_columns, read_queries, sd_tags
 from templ_pipeline.core.vocabulary import Field
 from templ_pipeline.errors import InputError
 
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 QUERIES = [("aspirin", "CC(=O)Oc1ccccc1C(=O)O", "1.5", 'Enamine, "REAL"'),
            ("mpro_query", "O=C(Nc1cccnc1)c1ccc(F)cc1OC", "0.2", "Mcule"),
            ("broken", "C1CC(", "9", "none")]
-
-
-def run_templ(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([*TEMPL, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
 
 
 def write_csv(path: Path, header: list[str], rows: list[tuple[str, ...]]) -> Path:

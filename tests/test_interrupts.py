@@ -20,10 +20,10 @@ from pathlib import Path
 import psutil
 import pytest
 from processes import descendants, wait_until_catches
+from templ_runs import TEMPL
 
 from templ_pipeline.campaign.outputs import read_scores
 
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 # a flexible chain: ETKDG needs many seconds for these conformer counts, so a signal 1.5 s in lands mid-embedding
 FLEXIBLE = "CC(C)Cc1ccc(cc1)C(C)C(=O)NCCCCCCNC(=O)c1ccccc1OCCOCC"
 SLOW_CONFORMERS = "1500"

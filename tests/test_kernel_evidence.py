@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,16 +11,16 @@ from pathlib import Path
 
 import pytest
 from cgroup_fixtures import PidsCgroup, child_pids_cgroup  # noqa: F401  (fixture)
-from prometheus_client import CollectorRegistry, generate_latest
 from proc_samples import collector, make_tree
+from prometheus_client import CollectorRegistry, generate_latest
 from rich.console import Console
+from templ_runs import templ_env
 
 from templ_pipeline import doctor
 from templ_pipeline.core.limits import cgroup
 from templ_pipeline.core.thread_manager import ThreadResourceManager
 from templ_pipeline.telemetry.metrics import TemplMetrics
 
-TESTS = Path(__file__).resolve().parent
 REFUSED = "templ_pids_cgroup_refused_forks_total"
 PEAK = "templ_pids_cgroup_peak_tasks"
 LEAF = "sys/fs/cgroup/pids/jobs/job42"
@@ -151,7 +150,7 @@ REFUSE = textwrap.dedent("""
 
 def test_a_real_refusal_is_counted_and_the_peak_kept(child_pids_cgroup: PidsCgroup):
     child_pids_cgroup.set_max(20)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(TESTS), os.environ.get("PYTHONPATH"))))}
+    env = templ_env(tests_importable=True)
     proc = subprocess.Popen(child_pids_cgroup.wrap([sys.executable, "-c", REFUSE]), env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

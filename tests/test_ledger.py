@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cgroup_fixtures import child_pids_cgroup  # noqa: F401  (fixture)
 from proc_samples import make_tree
+from templ_runs import templ_env
 
 from templ_pipeline.core.limits.collect import Collector
 from templ_pipeline.core.limits.ledger import (
@@ -24,7 +25,6 @@ from templ_pipeline.core.limits.ledger import (
 )
 from templ_pipeline.core.thread_manager import ThreadResourceManager
 
-TESTS = Path(__file__).resolve().parent
 NOBODY = 65534
 KEY = "pids:test"
 
@@ -196,7 +196,7 @@ JOB = textwrap.dedent("""
 def test_a_killed_jobs_reservation_is_reclaimed(child_pids_cgroup, tmp_path):
     """Job A holds its reservation; B is cut by it; A is killed with SIGKILL; C is granted as if alone."""
     ledger_root = _private(tmp_path / "ledger")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(TESTS), os.environ.get("PYTHONPATH"))))}
+    env = templ_env(tests_importable=True)
 
     def job(mode: str) -> subprocess.Popen:
         return subprocess.Popen(child_pids_cgroup.wrap([sys.executable, "-c", JOB, str(ledger_root), mode]),

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -18,13 +16,16 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from job_runs import job_env
+from ports import free_port
 from processes import stop
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from templ_runs import TEMPL_SCRIPT
 
+from templ_pipeline.core.thread_manager import ThreadResourceManager
 from templ_pipeline.telemetry.metrics import TemplMetrics
 from templ_pipeline.telemetry.server import Address, serve_metrics
-from templ_pipeline.core.thread_manager import ThreadResourceManager
 
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
 START_SECONDS = 30
@@ -32,12 +33,6 @@ START_SECONDS = 30
 pytestmark = pytest.mark.skipif(
     NODE_EXPORTER is None,
     reason="prometheus-node-exporter is not installed (make test installs the Debian package)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _get(url: str) -> str:
@@ -64,7 +59,7 @@ class NodeExporter:
 @contextmanager
 def _node_exporter(*collectors: str) -> Iterator[NodeExporter]:
     """node_exporter on a free loopback port with only ``collectors`` (slow defaults off)."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryFile(mode="w+") as log:
         process = subprocess.Popen(
             [NODE_EXPORTER, "--collector.disable-defaults", *collectors, f"--web.listen-address=127.0.0.1:{port}"],
@@ -115,20 +110,18 @@ def test_threads_max_and_pid_max_agree_with_node_exporter(node_exporter):
     assert pid_max == int(Path("/proc/sys/kernel/pid_max").read_text())
 
 
-TEMPL = Path(sys.executable).with_name("templ")
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 
 
 def _jobs_write_textfiles(template_sdf: Path, directory: Path, tmp_path: Path, job_ids: list[str]) -> None:
     """Real ``templ select-best`` jobs at once, each with its scheduler job id and --metrics-textfile DIR."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TEMPL_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")}
     procs = []
     try:
         for job in job_ids:
             procs.append(subprocess.Popen(
-                [str(TEMPL), "select-best", "-t", str(template_sdf), "-q", QUERY, "-n", "4", "-w", "1",
+                [str(TEMPL_SCRIPT), "select-best", "-t", str(template_sdf), "-q", QUERY, "-n", "4", "-w", "1",
                  "-o", str(tmp_path / f"{job}.sdf"), "--no-metrics-server", "--metrics-textfile", str(directory)],
-                env={**env, "SLURM_JOB_ID": job}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                env=job_env(SLURM_JOB_ID=job), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         for proc in procs:
             output, _ = proc.communicate(timeout=240)
             assert proc.returncode == 0, output[-3000:]

@@ -4,27 +4,20 @@ OpenTelemetry variables overriding them, read back from ``--traces-file``."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from templ_runs import run_templ, templ_env
 
 from templ_pipeline import __version__
-
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 
 
 def _run(tmp: Path, env: dict[str, str]) -> tuple[list[dict[str, object]], str]:
     """Run ``templ demo`` with ``env`` added to an environment without OTEL_* variables:
     (the resource of every exported batch, as {key: value}; the run id of the log lines)."""
-    clean = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
     traces, log = tmp / "traces.jsonl", tmp / "run.log"
-    result = subprocess.run(
-        [*TEMPL, "demo", "-n", "4", "-w", "1", "-o", str(tmp / "demo.sdf"), "--no-metrics-server",
-         "--traces-file", str(traces), "--log-file", str(log)],
-        capture_output=True, text=True, timeout=120, env={**clean, **env})
+    result = run_templ("demo", "-n", "4", "-w", "1", "-o", tmp / "demo.sdf", "--no-metrics-server",
+                       "--traces-file", traces, "--log-file", log, timeout=120, env=templ_env(["OTEL_*"], **env))
     assert result.returncode == 0, result.stderr
     resources = []
     for line in traces.read_text().splitlines():

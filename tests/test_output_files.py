@@ -9,23 +9,17 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from rdkit import Chem
+from templ_runs import run_templ
 
 from templ_pipeline.core.conformers import generate_conformers
 from templ_pipeline.io import examples
 
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 QUIET = ("--no-metrics-server",)
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
-
-
-def run_templ(*args: object, umask: int = -1, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*TEMPL, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, umask=umask)
 
 
 def select_best(template: Path, output: object, *extra: object, umask: int = -1) -> subprocess.CompletedProcess:

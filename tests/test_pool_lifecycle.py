@@ -9,17 +9,16 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 from cgroup_fixtures import child_pids_cgroup  # noqa: F401  (fixture)
+from templ_runs import templ_env
 
 from templ_pipeline.core.conformers import generate_conformers
 from templ_pipeline.core.pools import PoolRegistry
 from templ_pipeline.core.scoring import select_best_with_report
 
-TESTS = Path(__file__).resolve().parent
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 
 
@@ -49,28 +48,30 @@ def test_an_acquired_pool_needs_no_new_task(query_confs, template):
                                                                   if "resource_tracker" in " ".join(child.cmdline())}
 
 
-def test_workers_outlive_the_thread_that_started_their_pool(query_confs, template, monkeypatch):
+def test_workers_outlive_the_thread_that_started_their_pool(query_confs, template):
     """The parent-death signal follows the starting thread; workers exit only when the process is gone."""
-    import templ_pipeline.core.scoring as scoring
-    from templ_pipeline.core.executor import MonitoredExecutor
+    from templ_pipeline.core.events import ExecutorCreated
+    from templ_pipeline.core.executor import shutdown_pools
 
-    registry = PoolRegistry()
+    shutdown_pools()  # the pool is started by the thread below, not left warm by an earlier test
     started: list = []
-    starter = threading.Thread(target=lambda: started.append(registry.acquire("process", 2)[0]))
+    starter = threading.Thread(target=lambda: started.append(
+        select_best_with_report(query_confs, template, n_workers=2, exact_workers=True)))
     starter.start()
-    starter.join(60)
+    starter.join(120)
     assert started and not starter.is_alive()
-    registry.release(started[0])
+    assert started[0].report.executor_kinds == ["process"]
     time.sleep(1.0)  # the workers got their parent-death signal when the starter exited
-    monkeypatch.setattr(scoring, "_get_executor_for_context",
-                        lambda n, task_type="scoring", **_: MonitoredExecutor(n, registry=registry))
+    created: list[ExecutorCreated] = []
     try:
         reference = select_best_with_report(query_confs, template, n_workers=1)
-        selection = select_best_with_report(query_confs, template, n_workers=2)
+        selection = select_best_with_report(query_confs, template, n_workers=2, exact_workers=True,
+                                            observers=[lambda e: isinstance(e, ExecutorCreated) and created.append(e)])
+        assert [(e.kind, e.workers, e.reused) for e in created] == [("process", 2, True)]
         assert selection.report.executor_kinds == ["process"] and not selection.report.fallbacks
         assert _signature(selection) == _signature(reference)
     finally:
-        registry.shutdown_all()
+        shutdown_pools()
 
 
 FILLER = textwrap.dedent("""
@@ -87,8 +88,8 @@ FILLER = textwrap.dedent("""
 SCENARIO = textwrap.dedent("""
     import json, sys
     from concurrent.futures import ProcessPoolExecutor
-    import templ_pipeline.core.scoring as scoring
-    from templ_pipeline.core.events import as_fields
+    from templ_pipeline.core.batch import BatchTask, batch_query, sanitized_copy_without_conformers
+    from templ_pipeline.core.events import Fallback, as_fields
     from templ_pipeline.core.executor import MonitoredExecutor
     from templ_pipeline.core.pools import PoolRegistry, new_pool, pool_context
     from templ_pipeline.core.conformers import generate_conformers
@@ -103,24 +104,28 @@ SCENARIO = textwrap.dedent("""
     registry = PoolRegistry(lazy_feeder_pool if sys.argv[1] == "lazy" else new_pool)
     template = next(e.template for e in examples() if e.name == "mpro")
     confs = generate_conformers(%(query)r, 40, seed=3)
-    executor = MonitoredExecutor(2, registry=registry)
+    events = []
+    executor = MonitoredExecutor(2, registry=registry, exact_workers=True, observers=[events.append])
     pool, _ = registry.acquire("process", 2)
     registry.release(pool)
     print("READY", flush=True)
     sys.stdin.readline()
-    scoring._get_executor_for_context = lambda n, task_type="scoring", **_: executor
-    selection = scoring.select_best_with_report(confs, template, n_workers=2)
+    base, ids = sanitized_copy_without_conformers(confs), [conf.GetId() for conf in confs.GetConformers()]
+    chunks = [ids[start:start + 10] for start in range(0, len(ids), 10)]
+    tasks = [BatchTask(index, template, "mpro", batch_query(base, confs, chunk), tuple(chunk))
+             for index, chunk in enumerate(chunks)]
+    scored = [item for result in executor.run(tasks) for item in result.scored]
     print(json.dumps({
-        "signature": [[i.conf_id, i.shape, i.color] for i in selection.ordered],
-        "kinds": selection.report.executor_kinds,
-        "fallbacks": [as_fields(f) for f in selection.report.fallbacks],
+        "signature": sorted([i.conf_id, i.shape, i.color] for i in scored),
+        "kinds": executor.kinds_used,
+        "fallbacks": [as_fields(e) for e in events if isinstance(e, Fallback)],
     }))
     registry.shutdown_all()
 """) % {"query": QUERY}
 
 
 def _popen(argv: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(TESTS), os.environ.get("PYTHONPATH"))))}
+    env = templ_env(tests_importable=True)
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
 
@@ -169,14 +174,14 @@ def reference():
 
 def test_a_pool_acquired_before_the_cgroup_filled_up_scores_without_a_new_task(child_pids_cgroup, reference):
     out, _ = _run_filled(child_pids_cgroup, "eager")
-    assert out["signature"] == reference
+    assert out["signature"] == sorted(reference)
     assert out["kinds"] == ["process"] and out["fallbacks"] == []
 
 
 def test_a_pool_whose_feeder_thread_is_refused_is_broken_not_hung(child_pids_cgroup, reference):
     out, err = _run_filled(child_pids_cgroup, "lazy")
     assert "can't start new thread" in err  # the manager thread died of the refused feeder
-    assert out["signature"] == reference
+    assert out["signature"] == sorted(reference)
     assert out["kinds"] == ["process", "sequential"]
     assert [(f["from_kind"], f["reason"]) for f in out["fallbacks"]] == [("process", "broken_pool")]
 

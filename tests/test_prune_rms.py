@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rdkit import Chem
-from test_screen import run_templ
+from templ_runs import run_templ
 
 from templ_pipeline.campaign.outputs import read_scores
 from templ_pipeline.core.conformers import generate_conformers, granted_embedding

@@ -8,17 +8,15 @@ CLI in subprocesses, few conformers.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from rdkit import Chem
+from templ_runs import run_templ
 
 from templ_pipeline.campaign.outputs import read_scores
 
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 CONFORMERS = "8"
 IBUPROFEN_ANION = "CC(C)Cc1ccc(C(C)C(=O)[O-])cc1"
 PARACETAMOL = "CC(=O)Nc1ccc(O)cc1"
@@ -53,11 +51,6 @@ CASES = [
     Case("anisamide_explicit_h", "[H]C([H])([H])Oc1ccccc1C(N)=O", same_as="anisamide"),
 ]
 BY_NAME = {case.name: case for case in CASES}
-
-
-def run_templ(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TEMPL, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
 
 
 def _heavy_positions(mol: Chem.Mol) -> list[tuple[float, ...]]:
@@ -203,7 +196,13 @@ def test_a_conformer_shortfall_is_said(template, query_confs, tmp_path):
 
     from templ_pipeline.core.scoring import select_best_with_report
     from templ_pipeline.pose_output import PoseTarget
-    from templ_pipeline.selection_summary import QueryIdentity, RunOutcome, TemplateSelection, print_summary, summary_json
+    from templ_pipeline.selection_summary import (
+        QueryIdentity,
+        RunOutcome,
+        TemplateSelection,
+        print_summary,
+        summary_json,
+    )
 
     selection = select_best_with_report(query_confs, template, n_workers=1)
     result = TemplateSelection(1, "mpro", selection)

@@ -7,10 +7,11 @@ cleared, so asking 4 workers for a few conformers is a reduction, as it is outsi
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
+
+from templ_runs import templ_env
 
 LOOP = textwrap.dedent("""
     import logging, sys
@@ -29,9 +30,8 @@ LOOP = textwrap.dedent("""
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "TEMPL_EXACT_WORKERS"}
     return subprocess.run([sys.executable, "-c", LOOP, *args], capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL, env=env)
+                          stdin=subprocess.DEVNULL, env=templ_env(["TEMPL_EXACT_WORKERS"]))
 
 
 def test_a_script_that_configured_no_logging_prints_nothing_in_a_select_best_loop():

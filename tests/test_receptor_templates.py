@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem
-from test_screen import run_templ
+from templ_runs import run_templ
 
 from templ_pipeline.core.template_library import LeftOut, receptor_like
 from templ_pipeline.errors import InputError

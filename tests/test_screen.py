@@ -11,7 +11,6 @@ import gzip
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,13 +18,13 @@ import psutil
 import pytest
 from processes import descendants, run_on_a_terminal
 from rdkit import Chem
+from templ_runs import TEMPL, run_templ, templ_env
 
 from templ_pipeline.campaign.outputs import read_scores
 from templ_pipeline.campaign.runner import ScreenOptions, screen
 from templ_pipeline.core.events import QueryFailureReason, ReplacementReason, WorkerReplaced
 from templ_pipeline.io import examples
 
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 CONFORMERS = "12"
 GOOD = [
     ("mpro_query", "O=C(Nc1cccnc1)c1ccc(F)cc1OC"),
@@ -42,11 +41,6 @@ SERIES = [(f"amide_{k}_{n}", f"{'C' * k}Oc1ccc(cc1)C(=O)N{r}")
           for k in range(1, 6) for n, r in enumerate(["C", "CC", "C1CC1", "c1ccccc1", "CCO", "CCN", "C(C)C", "CC#N"])]
 # measured here: ETKDG takes 148 s for 10 conformers of this chain; any limit of a few seconds cuts it
 SLOW = ("peg60", "C" + "OCC" * 60 + "O")
-
-
-def run_templ(*args: object, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*TEMPL, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env=env)
 
 
 def write_smi(path: Path, queries: list[tuple[str, str]]) -> Path:
@@ -174,8 +168,8 @@ def test_sixteen_workers_are_cut_to_the_cpus_and_the_campaign_says_why(campaign,
     from templ_pipeline.core.sizing import EXACT_WORKERS_ENV
 
     cpus = read_cpu_budget().cpus
-    env = {name: value for name, value in os.environ.items() if name != EXACT_WORKERS_ENV}
-    done = run_templ(*screen_args(template_sdf, library, tmp_path / "wide", "-w", "16"), env=env)
+    done = run_templ(*screen_args(template_sdf, library, tmp_path / "wide", "-w", "16"),
+                     env=templ_env([EXACT_WORKERS_ENV]))
     assert done.returncode == 0, done.stderr
     assert f"workers 16 -> {cpus}: cpu_limit" in done.stdout, done.stdout
     log = (tmp_path / "wide.log.jsonl").read_text()

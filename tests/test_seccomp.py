@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,28 +16,20 @@ from pathlib import Path
 import pytest
 from rdkit import Chem
 from sdf_files import write_sdf
+from templ_runs import TEMPL, TESTS, THREAD_VARIABLES, templ_env
 
 from templ_pipeline.core.conformers import generate_conformers
 
-TESTS = Path(__file__).resolve().parent
 LAUNCHER = [sys.executable, str(TESTS / "seccomp_exec.py")]
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
-THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOTO_NUM_THREADS")
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("pyseccomp") is None,
                                 reason="pyseccomp (libseccomp bindings) is not installed: `make test` installs it")
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(TESTS), env.get("PYTHONPATH"))))
-    return env
-
-
 def _run(argv: list[str], filtered: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([*LAUNCHER, *argv] if filtered else argv, capture_output=True, text=True,
-                          timeout=240, env=_env())
+                          timeout=240, env=templ_env(THREAD_VARIABLES, tests_importable=True))
 
 
 @pytest.fixture(scope="module", autouse=True)

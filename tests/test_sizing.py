@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from templ_runs import templ_env
 
 from templ_pipeline.core.conformers import generate_conformers
 from templ_pipeline.core.events import ReductionReason, TaskType, WorkersReduced
@@ -99,7 +100,7 @@ def test_a_process_pinned_to_one_cpu_plans_one_worker():
             "from templ_pipeline.core.sizing import plan_workers; from templ_pipeline.core.events import TaskType;"
             "p = plan_workers(2, TaskType.SCREENING);"
             "print(json.dumps([p.workers, [str(r.reason) for r in p.reductions]]))")
-    env = {k: v for k, v in os.environ.items() if k != EXACT_WORKERS_ENV}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env=templ_env([EXACT_WORKERS_ENV]))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [1, ["cpu_limit"]]

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,14 +15,14 @@ from pathlib import Path
 import pytest
 from google.protobuf.json_format import ParseDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from ports import free_port
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
+from templ_runs import TEMPL, templ_env
 
-from ports import free_port
 from templ_pipeline.io import examples
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 
 
 def get(url: str, accept: str | None = None, timeout: float = 5) -> tuple[int, str, str]:
@@ -57,9 +55,8 @@ class Run:
                 "--hold-metrics", str(hold), "--log-file", str(self.log), *extra]
         if traces:
             args += ["--traces-file", str(self.traces)]
-        env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
         self.proc = subprocess.Popen([*TEMPL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=env)
+                                     env=templ_env(["OTEL_*"]))
 
     def wait_up(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

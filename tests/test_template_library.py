@@ -17,7 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rdkit import Chem
 from rdkit.Chem import AllChem, rdMolAlign
-from test_screen import poses, run_templ, screen_args, write_smi
+from templ_runs import run_templ
+from test_screen import poses, screen_args, write_smi
 
 from templ_pipeline.campaign.outputs import read_scores
 from templ_pipeline.core.events import PinFallback, PoseMethod

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 
 from processes import run_on_a_terminal
+from templ_runs import TEMPL
 
-TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 TWO_ISOMERS = "O=C(NC(C)c1cccnc1)c1ccc(F)cc1OC"  # one unassigned stereocentre: two isomers embedded
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -13,16 +13,14 @@ from pathlib import Path
 
 import pytest
 from cgroup_fixtures import PidsCgroup, child_pids_cgroup  # noqa: F401  (fixture)
+from templ_runs import templ_env
 
 from templ_pipeline.core.limits.grant import RESERVE_TASKS
 from templ_pipeline.core.limits.worker_cost import measure_process_worker_tasks, worker_cost
 from templ_pipeline.core.thread_manager import (
     LIMIT_NAMES,
     ThreadResourceManager,
-    check_thread_health,
-    check_thread_pressure,
     get_thread_manager,
-    is_safe_to_create_threads,
     log_thread_status,
     probe_native_thread,
 )
@@ -35,8 +33,7 @@ _THREADS = "import re; print(re.search(r'Threads:\\s+(\\d+)', open('/proc/self/s
 def run_python(code: str, argv_prefix: list[str] | None = None, **kwargs) -> dict:
     """Run ``python -c code`` (optionally behind ``argv_prefix``) and parse its last stdout line."""
     argv = [sys.executable, "-c", code]
-    env = dict(kwargs.pop("env", os.environ))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path(__file__).parent), env.get("PYTHONPATH"))))
+    env = kwargs.pop("env", None) or templ_env(tests_importable=True)
     proc = subprocess.run(argv if argv_prefix is None else argv_prefix(argv), cwd=REPO, text=True,
                           capture_output=True, timeout=60, env=env, **kwargs)
     assert proc.returncode == 0, proc.stderr
@@ -79,15 +76,15 @@ def test_snapshot_reads_this_process():
         thread.join(30)
 
 
-def test_module_helpers_on_this_machine(caplog):
-    health = check_thread_health()
+def test_thread_status_on_this_machine_is_logged_with_its_binding_limit(caplog):
+    health = get_thread_manager().health()
     assert health["status"] == "ok" and health["threads"] >= health["python_threads"] >= 1
     assert health["binding_limit"] in LIMIT_NAMES and health["headroom"] > RESERVE_TASKS
-    assert 0.0 <= check_thread_pressure() == health["pressure"] < 0.8
-    assert is_safe_to_create_threads(1) and not is_safe_to_create_threads(health["headroom"])
+    assert 0.0 <= health["pressure"] < 0.8
     with caplog.at_level("DEBUG", logger="templ_pipeline.thread_manager"):
         log_thread_status("before scoring")
-    assert any(r.message.startswith("before scoring: ") for r in caplog.records)
+    (line,) = [r.message for r in caplog.records if r.message.startswith("before scoring: ")]
+    assert f"binding limit {health['binding_limit']}" in line and line.endswith("status ok")
 
 
 def test_forked_child_gets_its_own_manager():
@@ -280,9 +277,8 @@ print(json.dumps(dict(binding=snap.binding.name, headroom=snap.binding.headroom,
     (None, 12, 4, 4),  # default arenas: each new thread may reserve a 64 MiB heap as well
 ])
 def test_rlimit_as_makes_stack_memory_bind(arena_max, stacks, heaps, fit):
-    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
-    if arena_max:
-        env["MALLOC_ARENA_MAX"] = arena_max
+    arena = {"MALLOC_ARENA_MAX": arena_max} if arena_max else {}
+    env = templ_env(("MALLOC_ARENA_MAX", "GLIBC_TUNABLES"), tests_importable=True, **arena)
     out = run_python(STACK_SCRIPT.format(stacks=stacks, heaps=heaps), env=env)
     assert out["binding"] == "stack_memory" and out["headroom"] == out["as_fit"] == fit, out
     # the granted threads (each mallocs) all started: the barrier above would have failed

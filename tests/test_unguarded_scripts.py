@@ -11,14 +11,16 @@ uses the pool, and runs on the default start method (spawn).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+from templ_runs import TEMPL_SCRIPT, templ_env
 
 TIMEOUT = 180
+#: Left out of the runs' environment: the default start method, spawn, is the one that imports __main__.
+DEFAULT_START_METHOD = ("TEMPL_MP_START_METHOD",)
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 
 # The top level every script starts with: one line per run, then the imports.
@@ -113,19 +115,13 @@ MAIN_FUNCTION = textwrap.dedent(f'''
 ''')
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "TEMPL_EXACT_WORKERS": "1"}
-    env.pop("TEMPL_MP_START_METHOD", None)  # the default, spawn: the start method that imports __main__
-    return env
-
-
 def _run(tmp_path: Path, body: str, *, name: str = "script.py") -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run ``PRELUDE + body`` as a script in ``tmp_path``; the process and the lines its top level wrote."""
     runs = tmp_path / "runs.txt"
     script = tmp_path / name
     script.write_text(PRELUDE.replace("RUNS", repr(str(runs)), 1) + body)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
-                          env=_env(), timeout=TIMEOUT)
+                          env=templ_env(DEFAULT_START_METHOD, TEMPL_EXACT_WORKERS="1"), timeout=TIMEOUT)
     return done, runs.read_text().splitlines() if runs.exists() else []
 
 
@@ -188,10 +184,10 @@ def test_a_batch_function_of_the_script_is_refused_by_name(tmp_path):
 
 def test_the_templ_launchers_workers_still_start(tmp_path, template_sdf):
     # the console script is a file that imports the CLI: spawn's init_main_from_path case
-    templ = Path(sys.executable).with_name("templ")
-    done = subprocess.run([str(templ), "select-best", "-t", str(template_sdf), "-q", QUERY, "-n", "8", "-w", "2",
+    done = subprocess.run([str(TEMPL_SCRIPT), "select-best", "-t", str(template_sdf), "-q", QUERY, "-n", "8", "-w", "2",
                            "-o", str(tmp_path / "best.sdf"), "--json", "--metrics-addr", "127.0.0.1:0"],
-                          capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=TIMEOUT)
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env=templ_env(DEFAULT_START_METHOD, TEMPL_EXACT_WORKERS="1"), timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["executor_kinds"] == ["process"]

@@ -10,30 +10,25 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from templ_runs import templ_env
 
 from templ_pipeline import telemetry
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
+REPO = Path(__file__).resolve().parents[1]
 TELEMETRY = "templ_pipeline.telemetry"
 FORBIDDEN = ("rich", "structlog", "prometheus_client", "opentelemetry.sdk", "typer")
 TIMEOUT = 120
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(TESTS), os.environ.get("PYTHONPATH"))))}
-
-
 def _python(*argv: str, cwd: Path | None = None) -> str:
-    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=_env(), cwd=cwd,
-                          timeout=TIMEOUT)
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd,
+                          env=templ_env(tests_importable=True), timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -80,8 +75,8 @@ def test_worker_spans_loads_only_opentelemetry_api():
 # The parent of a one-worker pool. It runs a batch on the worker, then reports what the
 # worker has loaded: first for a pool from a PoolRegistry (as the executor gets them),
 # then, as a control, for a pool on the stdlib's spawn context. argv[1]:
-#   "module": the CLI is the main module as `python -m templ_pipeline.cli` records it
-#             (``__main__.__spec__`` names the CLI: all that spawn's preparation data reads);
+#   "module": the CLI is an importable main module (``__main__.__spec__`` names the CLI's root
+#             module: all that spawn's preparation data reads);
 #   "script": run as a file that imports the CLI's ``main``, as the ``templ`` launcher does;
 #   "other":  an ordinary script, which the workers must not run again.
 PARENT = textwrap.dedent('''
@@ -98,7 +93,7 @@ PARENT = textwrap.dedent('''
     if sys.argv[1] == "script":
         from templ_pipeline.cli import main  # noqa: F401  the templ launcher's import
     elif sys.argv[1] == "module":
-        import templ_pipeline.cli  # noqa: F401
+        import templ_pipeline.cli.root  # noqa: F401
 
 
     def defined_in_main():
@@ -131,7 +126,7 @@ PARENT = textwrap.dedent('''
 
     if __name__ == "__main__":
         if sys.argv[1] == "module":
-            sys.modules["__main__"].__spec__ = importlib.util.find_spec("templ_pipeline.cli")
+            sys.modules["__main__"].__spec__ = importlib.util.find_spec("templ_pipeline.cli.root")
         from rdkit import Chem
         from rdkit.Chem import AllChem
 

@@ -37,7 +37,7 @@ from templ_pipeline.core.events import (
     ReplacementReason,
     WorkerReplaced,
 )
-from templ_pipeline.core.executor import classify_failure, pids_refusals
+from templ_pipeline.core.grants import classify_failure, pids_refusals
 from templ_pipeline.core.pools import end_process, pool_context, worker_environment
 
 START_SECONDS = 120.0

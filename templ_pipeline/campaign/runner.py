@@ -64,11 +64,11 @@ from templ_pipeline.core.events import (
     cause_of,
     no_room_reason,
 )
-from templ_pipeline.core.executor import Grant, grant_workers, observe_limits, release_grant, validate_executor
+from templ_pipeline.core.executor import validate_executor
+from templ_pipeline.core.grants import Grant, grant_for_work, observe_limits, release_grant
 from templ_pipeline.core.native_call import call_interruptibly
 from templ_pipeline.core.preparation import PreparationOptions
 from templ_pipeline.core.scoring import METRICS
-from templ_pipeline.core.sizing import insists_on_workers, plan_workers
 from templ_pipeline.core.template_choice import ChoiceOptions
 from templ_pipeline.core.template_library import TemplateLibrary, record_name, template_names
 
@@ -290,13 +290,12 @@ class _Campaign:
     def _grant(self, total: int | None, cost: str, from_kind: ExecutorKind, to_kind: ExecutorKind) -> Grant | None:
         """Workers sized for the work, then granted from the limits at what a ``cost`` worker costs, each cut an
         event; None, after a fallback ``from_kind -> to_kind``, when no worker fits. The caller releases it."""
-        options = self._options
-        work = plan_workers(options.workers, TASK_TYPE, exact=insists_on_workers(options.exact_workers),
-                            queries=total)
-        for reduction in work.reductions:
-            self._emit(reduction)
-        grant = grant_workers(work.workers, TASK_TYPE, cost)
-        self._emit(grant.event(TASK_TYPE))
+        # even one worker is a process, and costs tasks like any other
+        work = grant_for_work(self._options.workers, TASK_TYPE, cost, exact_workers=self._options.exact_workers,
+                              queries=total, one_starts_a_worker=True)
+        for event in work.events:
+            self._emit(event)
+        grant = work.grant
         if grant.granted >= 1:
             return grant
         release_grant(grant)

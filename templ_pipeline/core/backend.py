@@ -5,7 +5,7 @@ result once as it arrives. Whatever goes wrong on the way (a pool that cannot
 start, a worker that dies, a scheduler that is gone) is one exception type,
 :class:`RungFailure`, with a typed reason; the results yielded before it stand.
 The executor walks its ladder over backends and knows nothing else about them.
-``PoolBackend`` is the local process (or thread) pool; ``dask_backend.DaskBackend`` the cluster.
+``PoolBackend`` is the local process pool; ``dask_backend.DaskBackend`` the cluster.
 """
 
 from __future__ import annotations
@@ -68,13 +68,13 @@ def start_failure_reason(kind: ExecutorKind, error: BaseException) -> FallbackRe
     """The fallback reason of a pool that failed to start or to take work."""
     if isinstance(error, (BrokenExecutor, CancelledError)):
         return FallbackReason.BROKEN_POOL
-    if "can't start new thread" in str(error) or kind == ExecutorKind.THREAD:
+    if "can't start new thread" in str(error):
         return FallbackReason.THREAD_START_FAILED
     return FallbackReason.PROCESS_START_FAILED
 
 
 class PoolBackend:
-    """Process (or thread) pools from a ``PoolRegistry``: started whole, checked while they work."""
+    """Process pools from a ``PoolRegistry``: started whole, checked while they work."""
 
     def __init__(self, kind: ExecutorKind, registry: PoolRegistry, emit: Observer,
                  stall_timeout: float = STALL_SECONDS) -> None:

@@ -33,7 +33,7 @@ from templ_pipeline.core.events import (
     cause_of,
     no_room_reason,
 )
-from templ_pipeline.core.executor import Grant, classify_failure, grant_workers, pids_refusals, release_grant
+from templ_pipeline.core.grants import Grant, classify_failure, grant_workers, pids_refusals, release_grant
 from templ_pipeline.core.limits.classify import is_start_refusal
 from templ_pipeline.core.native_call import call_interruptibly
 from templ_pipeline.core.sizing import insists_on_workers, plan_workers

@@ -1,8 +1,8 @@
 """The monitored executor factory: pools sized from headroom, and a fallback ladder.
 
-``get_executor(n, task_type)`` asks the thread resource manager how many workers
-the kernel's limits allow, plans a ladder of rungs (process pool, thread pool
-where threads help, fewer workers, sequential) and runs batches down that ladder:
+``get_executor(n, task_type)`` sizes the workers for the work and asks how many the
+kernel's limits allow (:func:`~templ_pipeline.core.grants.grant_for_work`), plans a
+ladder of rungs (process pool, fewer processes, sequential) and runs batches down it:
 a rung whose backend cannot start, refuses work or breaks mid-run hands its
 unfinished batches to the next rung. Finished batches are yielded exactly once,
 so nothing is lost and nothing is counted twice, whichever rung ran them.
@@ -23,7 +23,6 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from templ_pipeline.core.backend import STALL_SECONDS, Backend, PoolBackend, RungFailure
 from templ_pipeline.core.batch import BatchResult, BatchTask, score_batch
@@ -37,38 +36,15 @@ from templ_pipeline.core.events import (
     Fallback,
     FallbackCause,
     FallbackReason,
-    LimitsObserved,
     Observer,
-    ReductionReason,
     TaskType,
-    WorkersGranted,
-    WorkersReduced,
     cause_of,
     no_room_reason,
     values,
 )
+from templ_pipeline.core.grants import classify_failure, grant_for_work, observe_limits, pids_refusals, release_grant
 from templ_pipeline.core.pools import POOLS, PoolRegistry
-from templ_pipeline.core.sizing import WorkPlan, insists_on_workers, plan_workers
 
-
-@dataclass(frozen=True)
-class TaskProfile:
-    """How a task type uses workers."""
-
-    # AlignMol holds the GIL: measured here, two threads score 395 conformers/s
-    # against 407/s for one thread alone (benchmarks/bench_select_best.py reports
-    # it on every run). A thread pool would cost threads and buy nothing, so for
-    # scoring the rung below the process pool is "fewer processes", then sequential.
-    threads_help: bool = False
-
-
-TASK_PROFILES: dict[str, TaskProfile] = {
-    TaskType.SCORING: TaskProfile(threads_help=False),
-}
-
-# Caps used when the thread manager cannot be asked: a few workers start almost anywhere.
-CAP_MANAGER_UNAVAILABLE = 4
-CAP_MANAGER_FAILED = 2
 
 class ExecutorChoice(StrEnum):
     """Values of ``executor=`` (``--executor``): the local ladder (auto, process), or Dask on top of it."""
@@ -89,38 +65,20 @@ class Rung:
     workers: int
 
 
-@dataclass(frozen=True)
-class Grant:
-    """Workers granted for a request, and why fewer when fewer."""
+def plan_ladder(workers: int, in_daemon: bool) -> list[Rung]:
+    """The rungs to try, best first: the process pool, then half as many processes down to 2, then sequential.
 
-    requested: int
-    granted: int
-    reason: str | None = None
-    detail: str = ""
-    headroom: int | None = None
-    answer: Any = None  # the thread manager's WorkerGrant, whose ledger claim release_grant gives back
-
-    def event(self, task_type: TaskType) -> WorkersGranted | WorkersReduced:
-        """The grant as an event: a reduction when fewer were granted than requested."""
-        if self.granted >= self.requested:
-            return WorkersGranted(task_type, self.requested, self.granted)
-        reason = ReductionReason(self.reason) if self.reason in ReductionReason._value2member_map_ else (
-            ReductionReason.MANAGER_FAILED)
-        return WorkersReduced(task_type, self.requested, self.granted, reason, self.detail, self.headroom)
-
-
-def plan_ladder(workers: int, profile: TaskProfile, in_daemon: bool) -> list[Rung]:
-    """The rungs to try, best first; the last one is always sequential."""
+    No rung is a thread pool: AlignMol holds the GIL, and measured here two threads score
+    395 conformers/s against 407/s for one thread alone (``benchmarks/bench_select_best.py``
+    reports it on every run), so threads would cost tasks and buy nothing. A daemon process
+    may not start children: its only rung is sequential.
+    """
     rungs: list[Rung] = []
-    if workers >= 2:
-        kinds = ([] if in_daemon else [ExecutorKind.PROCESS]) + ([ExecutorKind.THREAD] if profile.threads_help else [])
-        for kind in kinds:
-            rungs.append(Rung(kind, workers))
-        if kinds:
-            count = workers // 2
-            while count >= 2:
-                rungs.append(Rung(kinds[-1], count))
-                count //= 2
+    if workers >= 2 and not in_daemon:
+        count = workers
+        while count >= 2:
+            rungs.append(Rung(ExecutorKind.PROCESS, count))
+            count //= 2
     rungs.append(Rung(ExecutorKind.SEQUENTIAL, 1))
     return rungs
 
@@ -135,68 +93,6 @@ def _grant_kind(dask: bool, scheduler: str | None, in_daemon: bool) -> str:
         if scheduler_address(scheduler) is None:
             return "dask"  # a LocalCluster: nannies in this process, worker processes, its event loops
     return "process"
-
-
-def grant_workers(requested: int, task_type: str, executor_kind: str) -> Grant:
-    """Ask the thread resource manager; cap at 4, then 2, when it cannot answer."""
-    try:
-        from templ_pipeline.core.thread_manager import get_thread_manager
-    except Exception as exc:  # the manager is optional: never let it stop the run
-        granted = min(requested, CAP_MANAGER_UNAVAILABLE)
-        return Grant(requested, granted, ReductionReason.MANAGER_UNAVAILABLE, f"thread manager not importable: {exc}")
-    try:
-        answer = get_thread_manager().claim_workers(requested, task_type, executor_kind=executor_kind)
-    except Exception as exc:
-        granted = min(requested, CAP_MANAGER_FAILED)
-        return Grant(requested, granted, ReductionReason.MANAGER_FAILED, f"thread manager failed: {exc}")
-    return Grant(requested, answer.granted, answer.reason, answer.detail, answer.headroom, answer)
-
-
-def release_grant(grant: Grant) -> None:
-    """Give back the shared-ledger reservation of ``grant``: its workers have started, or never will."""
-    if grant.answer is None or grant.answer.claim is None:
-        return
-    try:
-        from templ_pipeline.core.thread_manager import get_thread_manager
-
-        get_thread_manager().release(grant.answer)
-    except Exception:  # an expired claim is reclaimed by the next grant anyway
-        pass
-
-
-def observe_limits(emit: Observer, context: str) -> None:
-    """Emit the manager's (cached) snapshot of the limits, and log thread status at debug level."""
-    try:
-        from templ_pipeline.core.thread_manager import get_thread_manager, log_thread_status
-
-        emit(LimitsObserved(get_thread_manager().snapshot(), context))
-        log_thread_status(context)
-    except Exception:  # best effort; grant_workers already reported a broken manager
-        pass
-
-
-def classify_failure(error: BaseException, refusals_before: int | None = None) -> FallbackCause:
-    """The limit (or seccomp) that refused a thread or process start, per the manager.
-
-    ``refusals_before`` is the pids controller's refusal count read before the attempt
-    (:func:`pids_refusals`): a rise since then names the pids cgroup.
-    """
-    try:
-        from templ_pipeline.core.thread_manager import classify_start_failure
-
-        return FallbackCause(classify_start_failure(error, refusals_before=refusals_before).cause)
-    except Exception:
-        return FallbackCause.UNKNOWN
-
-
-def pids_refusals() -> int | None:
-    """The pids controller's count of refused forks in this cgroup now (None when unknown)."""
-    try:
-        from templ_pipeline.core.thread_manager import get_thread_manager
-
-        return get_thread_manager().pids_refusals()
-    except Exception:
-        return None
 
 
 class MonitoredExecutor:
@@ -227,24 +123,18 @@ class MonitoredExecutor:
         self._fn = fn
         self._emit = Emitter(observers)
         self._refusals_before: int | None = None
-        profile = TASK_PROFILES.get(self.task_type, TaskProfile())
         in_daemon = bool(multiprocessing.current_process().daemon)
         dask = executor == "dask"
         # a Dask cluster's size is the cluster's: work-aware sizing is for the local ladder
-        work = WorkPlan(requested) if dask else plan_workers(
-            requested, self.task_type, exact=insists_on_workers(exact_workers), conformers=conformers,
-            warm=registry.warm_sizes(ExecutorKind.PROCESS))
-        wanted = work.workers
-        self.grant = (
-            grant_workers(wanted, task_type, _grant_kind(dask, scheduler, in_daemon))
-            if wanted > 1 else Grant(wanted, wanted)
-        )
-        self._rungs = plan_ladder(self.grant.granted, profile, in_daemon)
+        work = grant_for_work(requested, self.task_type, _grant_kind(dask, scheduler, in_daemon),
+                              exact_workers=dask or exact_workers, conformers=conformers,
+                              warm=registry.warm_sizes(ExecutorKind.PROCESS))
+        wanted = work.grant.requested
+        self.grant = work.grant
+        self._rungs = plan_ladder(self.grant.granted, in_daemon)
         self._backends: dict[ExecutorKind, Backend] = {
-            kind: PoolBackend(kind, registry, self._emit, stall_timeout)
-            for kind in (ExecutorKind.PROCESS, ExecutorKind.THREAD)
-        }
-        self._planned: list[ExecutorEvent] = [*work.reductions, self.grant.event(self.task_type)]
+            ExecutorKind.PROCESS: PoolBackend(ExecutorKind.PROCESS, registry, self._emit, stall_timeout)}
+        self._planned: list[ExecutorEvent] = list(work.events)
         if dask:
             self._plan_dask(scheduler, in_daemon, worker_timeout)
         if (wanted > 1 or dask) and self._rungs[0].kind == ExecutorKind.SEQUENTIAL:

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -125,20 +125,13 @@ def start_process_pool(workers: int) -> ProcessPoolExecutor:
     return pool
 
 
-def start_thread_pool(workers: int) -> ThreadPoolExecutor:
-    """A thread pool (its threads start at submit; a refusal there is a failed submit)."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="templ-worker")
-
-
 PoolFactory = Callable[[str, int], Executor]
 
 
 def new_pool(kind: str, workers: int) -> Executor:
-    """The pool of ``kind`` ("process" or "thread") the registry starts by default."""
+    """The pool of ``kind`` the registry starts by default: only "process" has one."""
     if kind == "process":
         return start_process_pool(workers)
-    if kind == "thread":
-        return start_thread_pool(workers)
     raise ValueError(f"no pool for executor kind {kind!r}")
 
 
@@ -279,7 +272,7 @@ def _shutdown(pool: Executor, *, terminate: bool = False, grace: float = SHUTDOW
     # outside and then failed by the manager when a worker dies raises InvalidStateError there.
     pool.shutdown(wait=False, cancel_futures=True)
     if not isinstance(pool, ProcessPoolExecutor):
-        return  # threads cannot be ended; they finish their task
+        return  # a factory's other executor: it has no processes to end
     if terminate:
         for process in processes:
             end_process(process, 0)

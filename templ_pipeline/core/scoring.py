@@ -2,9 +2,8 @@
 
 ``score_and_align`` and ``select_best`` have the TEMPL API's names and signatures. The work runs
 in batches (``templ_pipeline.core.batch``) on an executor chosen by the monitored
-executor factory (``templ_pipeline.core.executor``), entered through
-``_get_executor_for_context``. Results never depend on the executor: every score
-is computed from double-precision coordinates and ranking breaks ties by conformer id.
+executor factory (``templ_pipeline.core.executor.get_executor``). Results never depend on the
+executor: every score is computed from double-precision coordinates and ranking breaks ties by conformer id.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ from templ_pipeline.core.events import (
     WorkersReduced,
     values,
 )
-from templ_pipeline.core.executor import validate_executor
+from templ_pipeline.core.executor import get_executor, validate_executor
 
 class Metric(StrEnum):
     """What poses are ranked by (``align_metric``, ``--metric``): shape or colour Tanimoto, or their mean."""
@@ -250,12 +249,8 @@ def select_best_with_report(
         else:
             template = Chem.Mol(tpl, confId=tpl.GetConformer().GetId())
             template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
-            # entered through the TEMPL API's executor entry point, so a replaced one is used too
-            dask = {"executor": executor, "scheduler": scheduler} if executor == "dask" else {}
-            if executor == "dask" and worker_timeout is not None:
-                dask["worker_timeout"] = worker_timeout
-            sizing = {"conformers": len(conf_ids), "exact_workers": exact_workers}
-            with _get_executor_for_context(n_workers, task_type="scoring", **dask, **sizing) as runner:
+            with get_executor(n_workers, executor=executor, scheduler=scheduler, conformers=len(conf_ids),
+                              exact_workers=exact_workers, worker_timeout=worker_timeout) as runner:
                 for observer in (observe_telemetry, report, *observers):
                     runner.subscribe(observer)
                 batch_size = choose_batch_size(len(conf_ids), runner.workers)
@@ -288,17 +283,6 @@ def select_best_with_report(
     ordered = sorted(scored.values(), key=lambda item: (-getattr(item, align_metric), item.conf_id))
     report.duration_seconds = time.perf_counter() - started
     return Selection(ordered=ordered, report=report, query=confs, no_realign=no_realign)
-
-
-def _get_executor_for_context(
-    n_workers: int, task_type: str = "scoring", executor: str = "auto", scheduler: str | None = None,
-    conformers: int | None = None, exact_workers: bool = False, worker_timeout: float | None = None,
-):
-    """The TEMPL API's executor entry point: a monitored executor for ``n_workers`` workers."""
-    from templ_pipeline.core.executor import get_executor
-
-    return get_executor(n_workers, task_type=task_type, executor=executor, scheduler=scheduler,
-                        conformers=conformers, exact_workers=exact_workers, worker_timeout=worker_timeout)
 
 
 def _validate(confs: Any, tpl: Any, align_metric: str, n_workers: int) -> None:

@@ -51,12 +51,9 @@ __all__ = [
     "Snapshot",
     "ThreadResourceManager",
     "WorkerGrant",
-    "check_thread_health",
-    "check_thread_pressure",
     "classify_start_failure",
     "get_safe_worker_count",
     "get_thread_manager",
-    "is_safe_to_create_threads",
     "log_thread_status",
     "pressure",
     "probe_native_thread",
@@ -278,8 +275,9 @@ class ThreadResourceManager:
                                       "started: the failure was transient")
         return classify_errno(err, exhausted)
 
-    def health(self) -> dict:
-        """Summary of the binding limit: see :func:`check_thread_health`."""
+    def health(self) -> dict[str, object]:
+        """Threads of this process, the binding limit with its headroom and pressure, and a status
+        ("ok" | "warning" | "critical", see :func:`thread_status`)."""
         snap = self.snapshot()
         binding = snap.binding
         return {
@@ -401,26 +399,10 @@ def classify_start_failure(exc: BaseException | None = None, *, refusals_before:
     return get_thread_manager().classify_start_failure(exc, refusals_before=refusals_before)
 
 
-def check_thread_health() -> dict:
-    """Threads of this process, the binding limit with its headroom and pressure, and a status
-    ("ok" | "warning" | "critical", see :func:`thread_status`)."""
-    return get_thread_manager().health()
-
-
-def is_safe_to_create_threads(n: int) -> bool:
-    """Whether ``n`` more threads fit under every limit with the reserve left over."""
-    return n <= 0 or get_safe_worker_count(n, "threads", executor_kind="thread").granted >= n
-
-
-def check_thread_pressure() -> float:
-    """Usage ratio (0..1) of the binding limit; 0.0 when no limit is known."""
-    return pressure(get_thread_manager().snapshot().binding)
-
-
 def log_thread_status(context: str) -> None:
     """Log the thread health at debug level on ``templ_pipeline.thread_manager``."""
     if logger.isEnabledFor(logging.DEBUG):
-        health = check_thread_health()
+        health = get_thread_manager().health()
         logger.debug("%s: %s OS threads, binding limit %s with headroom %s, status %s",
                      context, health["threads"], health["binding_limit"], health["headroom"],
                      health["status"])
