@@ -11,7 +11,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # a real node_exporter.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench install system-deps dashboards docs dist clean
+.PHONY: demo test test-fast lint bench install system-deps dashboards docs dist clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,17 @@ PYTEST_WORKERS ?= 2
 
 test: $(TEST_STAMP) system-deps
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+# ruff over the whole tree, then mypy over the package as it installs (see [tool.mypy] in pyproject.toml):
+# build/mypy/templ_pipeline links to templ_pipeline/'s entries and to telemetry/ and dashboards/.
+MYPY_TREE := build/mypy
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	mkdir -p $(MYPY_TREE)/templ_pipeline
+	find $(MYPY_TREE)/templ_pipeline -maxdepth 1 -type l -delete
+	ln -s $(CURDIR)/templ_pipeline/* $(CURDIR)/telemetry $(CURDIR)/dashboards $(MYPY_TREE)/templ_pipeline/
+	cd $(MYPY_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p templ_pipeline
 
 docs: $(TEST_STAMP)
 	$(BIN)/python -m templ_pipeline.telemetry.docs

@@ -24,6 +24,7 @@ from grafana_foundation_sdk.builders.dashboard import (
 )
 from grafana_foundation_sdk.models import dashboard
 
+from templ_pipeline.core.limits.model import PIDS_CGROUP, STACK_MEMORY
 from templ_pipeline.dashboards import dashboard_exporters, dask_metrics, links, panels_fleet
 from templ_pipeline.dashboards.annotations import PrometheusAnnotation
 from templ_pipeline.dashboards.names import (
@@ -84,7 +85,6 @@ from templ_pipeline.telemetry.catalog import (
     SPAN_SELECT_BEST,
     START_KINDS,
 )
-from templ_pipeline.core.limits.model import PIDS_CGROUP, STACK_MEMORY
 
 #: What can refuse a start (the cause label of templ_start_refusals_total) and a failed call's outcome.
 START_CAUSES: tuple[str, ...] = METRICS_BY_SHORT["start_refusals"].label_values["cause"]

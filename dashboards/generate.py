@@ -65,7 +65,8 @@ def stale() -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m templ_pipeline.dashboards.generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m templ_pipeline.dashboards.generate",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="do not write; exit 1 if a file is out of date")
     args = parser.parse_args(argv)
     if args.check:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
 from grafana_foundation_sdk.builders.dashboard import DashboardLink, ThresholdsConfig
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.variants import Dataquery
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, DataTransformerConfig, Threshold, ThresholdsMode
@@ -36,8 +38,8 @@ def thresholds(*steps: tuple[str, float | None]) -> ThresholdsConfig:
         [Threshold(value=value, color=color) for color, value in steps])
 
 
-def _targets(queries: Sequence[Query], instant: bool, as_table: bool = False) -> list[prometheus.Dataquery]:
-    targets = []
+def _targets(queries: Sequence[Query], instant: bool, as_table: bool = False) -> list[Builder[Dataquery]]:
+    targets: list[Builder[Dataquery]] = []
     for ref_id, query in zip("ABCDEFGH", queries, strict=False):
         target = (prometheus.Dataquery().expr(query.expr).legend_format(query.legend)
                   .ref_id(ref_id).datasource(PROMETHEUS))
@@ -161,5 +163,5 @@ def table_panel(
         .align(common.FieldTextAlignment.AUTO).inspect(False)  # what Grafana assumes: the JSON reads back the same
         .with_transformation(DataTransformerConfig(id_val="merge", options={}))
         .with_transformation(DataTransformerConfig(
-            id_val="organize", options={"excludeByName": {column: True for column in hidden_columns}}))
+            id_val="organize", options={"excludeByName": dict.fromkeys(hidden_columns, True)}))
     )

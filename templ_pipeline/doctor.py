@@ -133,7 +133,7 @@ def _warnings(snap: Snapshot, grants: dict[str, WorkerGrant], probe_errno: int,
                  for lim in snap.limits if lim.enforced is None]
     warnings += _cut_warnings(snap, grants) + _stack_warnings(snap)
     binding = snap.binding
-    if binding is not None and binding.headroom <= reserve:
+    if binding is not None and binding.headroom is not None and binding.headroom <= reserve:
         warnings.append(f"only {binding.headroom} headroom left under {binding.name}: "
                         "new threads and processes will fail")
     if probe_errno:

@@ -60,7 +60,7 @@ def example_names() -> tuple[str, ...]:
 
 
 #: The bundled pairs (``templ demo --example``), one member per row of ``examples.csv``.
-ExampleName = StrEnum("ExampleName", [(name, name) for name in example_names()])
+ExampleName = StrEnum("ExampleName", [(name, name) for name in example_names()])  # type: ignore[misc]  # from the data
 
 
 @contextmanager
@@ -80,7 +80,7 @@ def _sdf_stream(path: Path) -> Iterator[BinaryIO]:
             if compressed:
                 stream: BinaryIO = io.BytesIO(gzip.GzipFile(fileobj=handle, mode="rb").read())
             else:
-                stream = open(path, "rb")
+                stream = open(path, "rb")  # noqa: SIM115 - the with below closes it
     except OSError as exc:  # gzip.BadGzipFile is an OSError
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (EOFError, zlib.error) as exc:
@@ -239,7 +239,8 @@ def _in_reference_order(mol: Chem.Mol, reference: Chem.Mol, smiles: str, path: s
 def _graph(mol: Chem.Mol) -> tuple[tuple[int, ...], frozenset[tuple[int, int]]]:
     """Elements in atom order and bonds by atom index: equal graphs share one atom order."""
     elements = tuple(atom.GetAtomicNum() for atom in mol.GetAtoms())
-    bonds = frozenset(tuple(sorted((bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()))) for bond in mol.GetBonds())
+    ends = ((bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()) for bond in mol.GetBonds())
+    bonds = frozenset((min(a, b), max(a, b)) for a, b in ends)
     return elements, bonds
 
 

@@ -138,10 +138,11 @@ def killed_worker(workers: int, tally: Tally) -> str:
 
     def kill_one(_result: BatchResult) -> None:
         children = multiprocessing.active_children()
-        if not killed and children:
-            victim = max(children, key=lambda child: child.pid or 0)
-            os.kill(victim.pid, signal.SIGKILL)
-            killed.append(victim.pid)
+        pids = [child.pid for child in children if child.pid is not None]
+        if not killed and pids:
+            victim = max(pids)
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
 
     load = workloads()[0]
     selection = tally.add(select_best_with_report(load.conformers, load.template, n_workers=workers,

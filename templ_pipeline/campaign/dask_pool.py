@@ -131,7 +131,7 @@ class DaskQueryPool:
         plugin = CampaignSettingsPlugin(self._run_id, self._settings)
         try:
             self._session.client.register_plugin(plugin, name=plugin.name)
-        except Exception:  # noqa: BLE001 - an old scheduler or a lost one: tasks carry the settings
+        except Exception:  # an old scheduler or a lost one: tasks carry the settings
             return
         self._plugin, self._settings_ref = plugin.name, plugin.key
 
@@ -207,7 +207,7 @@ class DaskQueryPool:
         if self._plugin is not None and session.client.status == "running":
             try:  # the workers drop the campaign's settings
                 session.client.unregister_worker_plugin(self._plugin)
-            except Exception:  # noqa: BLE001 - the scheduler went away meanwhile: so did the workers' copies
+            except Exception:  # the scheduler went away meanwhile: so did the workers' copies
                 pass
             self._plugin = None
         if self.gone is not None and self.gone.reason == FallbackReason.SCHEDULER_LOST:
@@ -231,7 +231,7 @@ class DaskQueryPool:
             if self._drop(task):
                 return None
             return self._worker_lost(task, f"its Dask task was dropped {MAX_ATTEMPTS} times")
-        except Exception as error:  # noqa: BLE001 - the task itself raised on its worker (its arguments broke)
+        except Exception as error:  # the task itself raised on its worker (its arguments broke)
             return failed(task.index, QueryFailureReason.ERROR, f"{type(error).__name__} on its Dask worker: {error}",
                           smiles=task.smiles or "")
         for event in outcome.events:

@@ -193,8 +193,8 @@ class QueryPool:
 
     def _spawn(self) -> _Worker:
         parent_end, child_end = self._context.Pipe(duplex=True)
-        process = self._context.Process(target=serve, args=(child_end, os.getpid(), self._settings),
-                                        name="templ-campaign-worker", daemon=True)
+        process = self._context.Process(  # type: ignore[attr-defined]  # every concrete context has Process
+            target=serve, args=(child_end, os.getpid(), self._settings), name="templ-campaign-worker", daemon=True)
         try:
             with worker_environment():
                 process.start()

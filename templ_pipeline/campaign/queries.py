@@ -141,8 +141,8 @@ def data_columns(
             for name in _sd_tag_names(lines):
                 names.setdefault(name, None)
         return tuple(names)
-    lines = _text_lines(source)
-    header = _header(source.path, csv.reader(lines, delimiter=_delimiter(source)))
+    text = _text_lines(source)
+    header = _header(source.path, csv.reader(text, delimiter=_delimiter(source)))
     smiles_index, id_index = _key_columns(source.path, header, smiles_column, id_column)
     return _data_names(header, (smiles_index, id_index))
 
@@ -293,7 +293,7 @@ def _table_rows(
     smiles_index, id_index = _key_columns(path, header, smiles_column, id_column)
     names = _data_names(header, (smiles_index, id_index))
     others = [index for index in range(len(header)) if index not in (smiles_index, id_index)]
-    return _table_data(path, reader, smiles_index, id_index, tuple(zip(names, others)))
+    return _table_data(path, reader, smiles_index, id_index, tuple(zip(names, others, strict=True)))
 
 
 def _table_data(path: Path, reader, smiles_index: int, id_index: int | None,

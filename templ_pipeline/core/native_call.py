@@ -125,7 +125,8 @@ class SigintKeeper:
             self.restored += 1
 
 
-def call_interruptibly(fn: Callable[[], T], *, name: str, on_inline: Callable[[BaseException], None] | None = None) -> T:
+def call_interruptibly(fn: Callable[[], T], *, name: str,
+                       on_inline: Callable[[BaseException], None] | None = None) -> T:
     """``fn()``, run in a daemon helper thread while the main thread waits interruptibly.
 
     Off the main thread, ``fn`` simply runs in the caller's thread (signals do not

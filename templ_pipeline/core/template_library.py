@@ -99,7 +99,7 @@ def identity_key(mol: Chem.Mol) -> str:
             heavy = rdMolStandardize.Uncharger().uncharge(heavy)
         except (RuntimeError, ValueError):  # an unchargeable valence: the molecule as given
             pass
-        return Chem.MolToSmiles(heavy)
+        return str(Chem.MolToSmiles(heavy))
 
 
 def fingerprint_generator() -> rdFingerprintGenerator.FingerprintGenerator64:

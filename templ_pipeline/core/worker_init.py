@@ -33,12 +33,13 @@ import signal
 import sys
 from multiprocessing import context as mp_context
 from multiprocessing import popen_spawn_posix, reduction, spawn, util
+from typing import Any
 
 MAIN_KEYS = ("init_main_from_name", "init_main_from_path")
 """The preparation data that makes a spawned child run the parent's main module again."""
 
 
-def worker_preparation_data(name: str) -> dict:
+def worker_preparation_data(name: str) -> dict[str, Any]:
     """What a spawned worker sets up before it runs: the stdlib's data, less the parent's main module.
 
     ``multiprocessing.spawn.get_preparation_data`` tells each child to run the
@@ -98,7 +99,7 @@ class MainPickler(reduction.ForkingPickler):
     so the check costs one Python call per other object pickled.
     """
 
-    def reducer_override(self, obj: object) -> object:
+    def reducer_override(self, obj: Any) -> Any:
         named = isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__"))
         if named and getattr(obj, "__module__", None) == "__main__":
             raise MainModuleReference(f"__main__.{obj.__qualname__}")
@@ -123,6 +124,8 @@ def refuse_main_references(obj: object) -> None:
 class _WorkerPopen(popen_spawn_posix.Popen):
     """The stdlib spawn ``Popen`` with :func:`worker_preparation_data` and :class:`MainPickler` for the child."""
 
+    _fds: list[int]  # the stdlib's, undeclared in its stubs
+
     def _launch(self, process_obj: multiprocessing.process.BaseProcess) -> None:
         # popen_spawn_posix.Popen._launch (unchanged from Python 3.9 to 3.13) with two
         # differences: the preparation data, and the pickler that refuses __main__ references.
@@ -130,12 +133,12 @@ class _WorkerPopen(popen_spawn_posix.Popen):
         from multiprocessing import resource_tracker
 
         tracker_fd = resource_tracker.getfd()
-        self._fds.append(tracker_fd)
-        prep_data = worker_preparation_data(process_obj._name)
+        self._fds.append(tracker_fd)  # type: ignore[arg-type]  # an int on POSIX
+        prep_data = worker_preparation_data(process_obj.name)
         fp = io.BytesIO()
         mp_context.set_spawning_popen(self)
         try:
-            mp_context.reduction.dump(prep_data, fp)
+            mp_context.reduction.dump(prep_data, fp)  # type: ignore[attr-defined]  # the reducer in force
             MainPickler(fp).dump(process_obj)
         finally:
             mp_context.set_spawning_popen(None)
@@ -145,12 +148,13 @@ class _WorkerPopen(popen_spawn_posix.Popen):
             child_r, parent_w = os.pipe()
             cmd = spawn.get_command_line(tracker_fd=tracker_fd, pipe_handle=child_r)
             self._fds.extend([child_r, child_w])
-            self.pid = util.spawnv_passfds(spawn.get_executable(), cmd, self._fds)
+            self.pid = util.spawnv_passfds(spawn.get_executable(), cmd, self._fds)  # type: ignore[arg-type]  # str, as the stdlib passes
             self.sentinel = parent_r
             with open(parent_w, "wb", closefd=False) as f:
                 f.write(fp.getbuffer())
         finally:
-            self.finalizer = util.Finalize(self, util.close_fds, [fd for fd in (parent_r, parent_w) if fd is not None])
+            opened = [fd for fd in (parent_r, parent_w) if fd is not None]
+            self.finalizer = util.Finalize(self, util.close_fds, opened)  # type: ignore[attr-defined]  # not in its stubs
             for fd in (child_r, child_w):
                 if fd is not None:
                     os.close(fd)
@@ -165,7 +169,7 @@ class _WorkerProcess(mp_context.SpawnProcess):
     """
 
     @staticmethod
-    def _Popen(process_obj: multiprocessing.process.BaseProcess) -> _WorkerPopen:  # noqa: N802 (stdlib name)
+    def _Popen(process_obj: multiprocessing.process.BaseProcess) -> _WorkerPopen:  # the name the stdlib calls
         return _WorkerPopen(process_obj)
 
 
@@ -199,7 +203,7 @@ def _arm_parent_death_signal() -> bool:
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, parent_death_signal(), 0, 0, 0) == 0
+        return bool(libc.prctl(PR_SET_PDEATHSIG, parent_death_signal(), 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 
