@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 from templ_pipeline.dashboards.names import MANAGER_REASONS, SEQUENTIAL, value
 from templ_pipeline.campaign.runner import DEFAULT_QUERY_TIMEOUT
-from templ_pipeline.core import executor, pools
+from templ_pipeline.core import executor, grants, pools
 from templ_pipeline.core.limits.grant import RESERVE_TASKS, max_workers
 from templ_pipeline.core.limits.model import PIDS_CGROUP, Limit, Snapshot, StackInfo
 from templ_pipeline.core.limits.worker_cost import START_METHOD_HELPER_TASKS, WorkerCost, worker_cost
@@ -142,9 +142,8 @@ def workers_that_fit(headroom: int, cost: WorkerCost, reserve: int = RESERVE_TAS
 
 def smallest_pool() -> int:
     """The fewest workers for which the executor's ladder has a pool rung (fewer run sequentially)."""
-    profile = executor.TASK_PROFILES["scoring"]
     return next(n for n in range(1, 1 << 10)
-                if any(rung.kind != SEQUENTIAL for rung in executor.plan_ladder(n, profile, False)))
+                if any(rung.kind != SEQUENTIAL for rung in executor.plan_ladder(n, in_daemon=False)))
 
 
 def thresholds(start_method: str | None = None) -> Thresholds:
@@ -177,10 +176,10 @@ def percent(share: float) -> str:
     return f"{as_percent(share)}%"
 
 
-#: Worker caps the executor applies when the thread manager cannot answer, by reduction reason.
+#: Worker caps the grants apply when the thread manager cannot answer, by reduction reason.
 MANAGER_CAPS: dict[str, int] = {
-    value("manager_unavailable", MANAGER_REASONS): executor.CAP_MANAGER_UNAVAILABLE,
-    value("manager_failed", MANAGER_REASONS): executor.CAP_MANAGER_FAILED,
+    value("manager_unavailable", MANAGER_REASONS): grants.CAP_MANAGER_UNAVAILABLE,
+    value("manager_failed", MANAGER_REASONS): grants.CAP_MANAGER_FAILED,
 }
 
 
