@@ -87,7 +87,7 @@ def _campaign_cpu(queries: Path, output_dir: Path, workers: int) -> tuple[float,
     from rich.console import Console
     from rich.progress import Progress
 
-    from templ_pipeline.campaign import cli_screen
+    from templ_pipeline.cli import screen as cli_screen
     from templ_pipeline.core.template_choice import ChoiceOptions
 
     request = cli_screen.ScreenRequest(
@@ -116,13 +116,15 @@ def parent_cpu(workers: int, root: Path, queries: list[tuple[str, str]]) -> dict
     so, the rate at which 64 workers would deliver drug-like queries. The per-conformer figure
     is the per-query cost over the 50 conformers of a query: the parent never sees a conformer.
     """
+    from benchmarks.bench_telemetry_overhead import DropSpans
     from templ_pipeline import telemetry
 
-    from benchmarks.bench_telemetry_overhead import DropSpans
+    from templ_pipeline.core import events
 
     with open(os.devnull, "w") as devnull:
         # spans are made and handed to a batch processor, as in a traced run, then dropped
         telemetry.configure(span_exporter=DropSpans(), log_format="json", log_stream=devnull, log_level="INFO")
+        events.subscribe_process(telemetry.observe)  # as the CLI's session does
         small, library, busy = root / "small.smi", root / "library.smi", root / "busy.smi"
         small.write_text("".join(f"{smiles} {name}\n" for smiles, name in queries[:2]))
         library.write_text("".join(f"{smiles} {name}\n" for smiles, name in queries))

@@ -4,23 +4,19 @@ Installed as ``templ_pipeline.telemetry`` (the repository keeps it in ``telemetr
 Typical use::
 
     from templ_pipeline import telemetry
+    from templ_pipeline.core import events
     telemetry.configure(run_id="abc123")
-    with telemetry.select_best_span(n_conformers=40, workers_requested=8) as call:
-        runner = get_executor(8, observers=[telemetry.observe])  # metrics, span events, logs
-        ...
-        call.scored = 20
+    events.subscribe_process(telemetry.observe)  # every select_best, embedding and campaign is recorded
+    best = select_best(conformers, template, n_workers=8)
 
-    with telemetry.campaign_span(total=None, templates=1, workers_requested=8) as campaign:
-        query = telemetry.start_query_span(0)   # not current: queries overlap
-        ...                                     # the worker times its spans under query.carrier
-        query.end(status="ok", reason=None, conformers=10, scored=10, failed=0, worker_spans=spans)
-
-``telemetry.disabled()`` (context manager) or ``configure(enabled=False)`` turns the
-per-batch/per-call helpers into near no-ops for overhead measurements.
+The chemistry and the campaign emit typed events and import nothing from here; ``observe`` (a
+``telemetry.recorder.Recorder``) turns each into its metrics, spans and log line as the catalog says.
+``telemetry.disabled()`` (context manager) or ``configure(enabled=False)`` leaves the per-call and
+per-batch events unrecorded, for overhead measurements.
 
 The names below are imported on first use (PEP 562 module ``__getattr__``), so
 importing one submodule costs only that submodule. Process workers import
-``templ_pipeline.telemetry.worker_spans``, which needs OpenTelemetry's API alone (about 10 ms
+``templ_pipeline.core.trace_context``, which needs OpenTelemetry's API alone (about 10 ms
 once RDKit is loaded). Were the whole stack imported here, every worker would
 load prometheus_client, the OpenTelemetry SDK, structlog (which configures
 itself at import) and rich: measured on 2 cores, ``import
@@ -34,39 +30,31 @@ import importlib
 from typing import Any, Literal
 
 __all__ = [
-    "batch_span",
-    "campaign_span",
     "catalog",
     "configure",
-    "conformers_span",
     "current_trace_ids",
     "disabled",
     "get_logger",
     "get_metrics",
     "get_run_id",
     "observe",
-    "select_best_span",
-    "start_query_span",
-    "templates_span",
 ]
 """The public names: set up, observe the executor's and the campaign's events, the spans of a
-call and of a campaign, and what a run reads back. The building blocks live in the submodules (``telemetry.events``,
+call and of a campaign, and what a run reads back. The building blocks live in the submodules (``telemetry.recorder``,
 ``telemetry.metrics``, ``telemetry.tracing``, ...); test-only resets in ``telemetry.testing``."""
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "templ_pipeline.telemetry.campaign": ("campaign_span", "start_query_span"),
-    "templ_pipeline.telemetry.events": ("batch_span", "conformers_span", "select_best_span", "templates_span"),
     "templ_pipeline.telemetry.logs": ("get_logger", "get_run_id"),
     "templ_pipeline.telemetry.metrics": ("get_metrics",),
-    "templ_pipeline.telemetry.observer": ("observe",),
+    "templ_pipeline.telemetry.recorder": ("observe",),
     "templ_pipeline.telemetry.state": ("disabled",),
     "templ_pipeline.telemetry.tracing": ("current_trace_ids",),
 }
 _HOME: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
 
 #: Submodules reachable as attributes after a bare ``from templ_pipeline import telemetry``.
-_SUBMODULES = frozenset(("campaign", "catalog", "events", "export", "exporters", "guard", "logs", "metrics", "observer",
-                         "otlp_json", "server", "session", "state", "testing", "tracing", "worker_spans"))
+_SUBMODULES = frozenset(("catalog", "command_span", "docs", "export", "exporters", "guard", "logs", "metrics",
+                         "otlp_json", "recorder", "server", "session", "state", "testing", "tracing"))
 
 
 def __getattr__(name: str) -> Any:

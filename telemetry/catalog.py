@@ -13,10 +13,13 @@ unexpected exception type can never create an unbounded number of series.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from enum import StrEnum
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
+from templ_pipeline.core import events as ev
 from templ_pipeline.core.events import (
     ExecutorKind,
     FailureReason,
@@ -609,6 +612,9 @@ ATTR_POSE_METHOD = "templ.pose.method"
 ATTR_POSE_FALLBACK = "templ.pose.fallback"
 ATTR_POSE_PINNED_ATOMS = "templ.pose.pinned_atoms"
 ATTR_TEMPLATES_SECONDS = "templ.templates.duration_seconds"
+ATTR_DURATION = "templ.duration_seconds"
+ATTR_QUERY_ISOMER = "templ.query.isomer"
+ATTR_QUERY_TEMPLATES = "templ.query.templates"
 #: ``templ.query.status`` of a query span the runner never ended: the campaign ended first (a signal).
 QUERY_ABANDONED = "abandoned"
 
@@ -617,7 +623,7 @@ _EXECUTOR_EVENTS = (EVENT_WORKERS_REDUCED, EVENT_FALLBACK, EVENT_EXECUTOR_CREATE
 #: The campaign events that are span events of the campaign span. A query's start and end are
 #: the start and end of its own span instead: as span events they would be two per query on one
 #: span (the SDK keeps only the last 128 events of a span, and drops the rest after paying for them).
-_CAMPAIGN_EVENTS = (EVENT_CAMPAIGN_STARTED, EVENT_WORKER_REPLACED, EVENT_QUERY_RESUBMITTED, EVENT_CAMPAIGN_DONE)
+_CAMPAIGN_EVENTS = (EVENT_WORKER_REPLACED, EVENT_QUERY_RESUBMITTED)
 
 SPANS: tuple[SpanSpec, ...] = (
     SpanSpec(
@@ -686,16 +692,27 @@ SPANS_BY_NAME: Mapping[str, SpanSpec] = {s.name: s for s in SPANS}
 
 @dataclass(frozen=True)
 class EventField:
-    """One field of an executor event: its log key, its span attribute, and its bounded values if any.
+    """One field of an event: its log key, its span attribute, and its bounded values if any.
 
-    A field with ``values`` is normalised against them (see :func:`normalize_label`);
-    with ``label`` it is also a label of the event's counter.
+    The value is the event's attribute ``source`` (``name`` when empty). A field with ``values`` is
+    normalised against them (see :func:`normalize_label`); with ``label`` it is also a label of the event's
+    metrics. ``none_as`` stands in for a ``None`` value; ``digits`` rounds a float.
     """
 
     name: str
     attribute: str
     values: tuple[str, ...] | None = None
     label: bool = False
+    source: str = ""
+    none_as: str | None = None
+    digits: int | None = None
+
+    def read(self, event: object) -> object:
+        """The field's raw value on ``event``."""
+        value = getattr(event, self.source or self.name)
+        if value is None:
+            return self.none_as
+        return round(value, self.digits) if self.digits is not None and isinstance(value, float) else value
 
 
 @dataclass(frozen=True)
@@ -712,10 +729,13 @@ class MappedCounter:
     label: str
 
 
+SpanRole = Literal["", "event", "opens", "closes", "opens_detached", "closes_detached"]
+
+
 @dataclass(frozen=True)
 class EventSpec:
-    """One executor or campaign event, declared once: its span event and log event (one name), its fields
-    and the metrics it updates.
+    """One event, declared once: the class it renders, its span role and log event (one name), its fields and
+    the metrics it updates. The recorder (``telemetry.recorder``) renders every event from its spec alone.
 
     Metrics are named by short name (:attr:`MetricSpec.short`); a metric's labels are the
     event's ``label`` fields it has.
@@ -725,6 +745,8 @@ class EventSpec:
     level: str
     help: str
     fields: tuple[EventField, ...]
+    #: the event class (``templ_pipeline.core.events``) this spec renders
+    event: type | None = None
     #: the counter incremented once per event, if any
     counter: str | None = None
     #: whether the event carries the exception that caused it (recorded on the span, logged by type)
@@ -735,29 +757,51 @@ class EventSpec:
     histogram: tuple[str, str] | None = None
     #: (field, counter): the counter is incremented when the field is true
     flags: tuple[tuple[str, str], ...] = ()
+    #: (field, counter): the counter is incremented by the field's value
+    amounts: tuple[tuple[str, str], ...] = ()
     #: (field, counter, label): the counter is incremented once for each of the field's values (a sequence
-    #: of bounded values), with that value as ``label``
+    #: of bounded values), with that value as ``label``; for a mapping, by each value's count
     tallies: tuple[tuple[str, str, str], ...] = ()
     #: gauges set to 0 by the event
     resets: tuple[str, ...] = ()
+    #: gauges raised by one, and lowered by one, by the event
+    raises: tuple[str, ...] = ()
+    lowers: tuple[str, ...] = ()
     #: counters incremented for some values of a field only
     mapped: tuple[MappedCounter, ...] = ()
     #: (field, value, level): the log level when the field has that value, instead of ``level``
     levels_by_value: tuple[tuple[str, str, str], ...] = ()
-    #: whether the event is a span event of the current span (with its trace as the counter's exemplar)
-    span_event: bool = True
+    #: what the event does to spans: ``event``, a span event of the current span (with its trace as the
+    #: counter's exemplar); ``opens``/``closes`` the span ``span`` (made current, its attributes from the
+    #: fields); ``opens_detached``/``closes_detached`` a span of its own per ``index`` (queries overlap)
+    span_role: SpanRole = "event"
+    span: str = ""
+    #: the log event written instead of ``name``, at error level, when the event's error is an ``Exception``
+    #: (an interrupt logs nothing: it is the CLI's one line)
+    failure: str = ""
+    #: whether the event has a log line at all
+    logged: bool = True
+    #: whether it is recorded while telemetry is switched off (``telemetry.disabled()``): the safety and
+    #: progress events are; the per-call detail is not
+    always: bool = True
     #: the structlog logger of its log line
     logger: str = "templ.executor"
     #: the only fields its line shows on a console (a person at a terminal); empty: every field
     console_fields: tuple[str, ...] = ()
 
     @property
+    def span_event(self) -> bool:
+        """Whether the event is a span event of the current span."""
+        return self.span_role == "event"
+
+    @property
     def metrics(self) -> tuple[str, ...]:
         """Short names of every metric the event updates, in declaration order."""
         named = ([self.counter] if self.counter else []) + [short for _f, short in self.gauges]
         named += [self.histogram[1]] if self.histogram else []
-        named += [short for _f, short in self.flags] + [short for _f, short, _l in self.tallies] + list(self.resets)
-        named += [mapped.counter for mapped in self.mapped]
+        named += [short for _f, short in self.flags] + [short for _f, short in self.amounts]
+        named += [short for _f, short, _l in self.tallies] + list(self.resets) + list(self.raises)
+        named += list(self.lowers) + [mapped.counter for mapped in self.mapped]
         return tuple(dict.fromkeys(named))
 
     def level_for(self, log_fields: Mapping[str, object]) -> str:
@@ -768,13 +812,24 @@ class EventSpec:
         return self.level
 
 
-def _field(name: str, attribute: str, vocabulary: tuple[str, ...] | None = None, label: bool = False) -> EventField:
-    return EventField(name, attribute, None if vocabulary is None else _open(vocabulary), label)
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage a worker times and returns as data (``core.events.StageTiming``): the span the parent makes of
+    it, named ``name``, with its fields as attributes (and the worker's ``process.pid``)."""
+
+    name: str
+    event: type
+    fields: tuple[EventField, ...]
+
+
+def _field(name: str, attribute: str, vocabulary: tuple[str, ...] | None = None, label: bool = False,
+           **how: Any) -> EventField:
+    return EventField(name, attribute, None if vocabulary is None else _open(vocabulary), label, **how)
 
 
 _TASK_TYPE = _field("task_type", ATTR_TASK_TYPE, TASK_TYPES, label=True)
 _DETAIL = _field("detail", ATTR_DETAIL)
-_KIND = _field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS, label=True)
+_KIND = _field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS, label=True, source="kind")
 
 EVENT_SPECS: tuple[EventSpec, ...] = (
     EventSpec(
@@ -782,9 +837,11 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
         "The executor factory granted fewer workers than requested: a warning when a limit or the thread "
         "manager refused them (the user may act on it), info when sizing chose fewer (work too small to repay "
         "a pool, fewer CPUs than workers).",
-        (_TASK_TYPE, _field("workers_requested", ATTR_WORKERS_REQUESTED),
-         _field("workers_granted", ATTR_WORKERS_GRANTED),
+        (_TASK_TYPE, _field("workers_requested", ATTR_WORKERS_REQUESTED, source="requested"),
+         _field("workers_granted", ATTR_WORKERS_GRANTED, source="granted"),
          _field("reason", ATTR_REASON, REDUCTION_REASONS, label=True), _DETAIL, _field("headroom", ATTR_HEADROOM)),
+        event=ev.WorkersReduced, gauges=(("workers_requested", "workers_requested"),
+                                         ("workers_granted", "workers_granted")),
         counter="worker_reductions", levels_by_value=tuple(("reason", reason, "info") for reason in SIZING_REASONS),
     ),
     EventSpec(
@@ -793,70 +850,76 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
          _field("to_kind", ATTR_TO_KIND, EXECUTOR_KINDS, label=True),
          _field("reason", ATTR_REASON, FALLBACK_REASONS, label=True),
          _field("cause", ATTR_CAUSE, FALLBACK_CAUSES, label=True), _DETAIL),
-        counter="fallbacks", has_error=True,
+        event=ev.Fallback, counter="fallbacks", has_error=True,
         mapped=(MappedCounter("start_refusals", "reason", {reason.value: kind.value
                                                            for reason, kind in REFUSED_STARTS.items()}, "kind"),),
     ),
     EventSpec(
         EVENT_EXECUTOR_CREATED, "info", "An executor was created or reused.",
         (_KIND, _field("workers", ATTR_WORKERS), _TASK_TYPE, _field("reused", ATTR_REUSED)),
+        event=ev.ExecutorCreated, always=False,
     ),
     EventSpec(
         EVENT_POOL_RESTARTED, "warning", "A broken worker pool was replaced.",
         (_KIND, _field("reason", ATTR_REASON, FALLBACK_REASONS), _DETAIL),
-        counter="pool_restarts", has_error=True,
+        event=ev.PoolRestarted, counter="pool_restarts", has_error=True,
     ),
     EventSpec(
         EVENT_BATCH_RESUBMITTED, "warning",
         "A batch is run again because its worker was lost (Dask reschedules it; the driver counts it once).",
         (_KIND, _field("index", ATTR_BATCH_INDEX), _field("reason", ATTR_REASON, RESUBMISSION_REASONS, label=True),
          _field("worker", ATTR_WORKER)),
-        counter="batch_resubmissions",
+        event=ev.BatchResubmitted, counter="batch_resubmissions",
     ),
     EventSpec(
         EVENT_CAMPAIGN_STARTED, "info",
         "A screening campaign started: queries in the input (null when not known up front), queries an earlier "
         "run already finished (--resume), templates.",
         (_field("total", ATTR_CAMPAIGN_TOTAL), _field("skipped", ATTR_CAMPAIGN_SKIPPED),
-         _field("templates", ATTR_CAMPAIGN_TEMPLATES)),
+         _field("templates", ATTR_CAMPAIGN_TEMPLATES), _field("workers_requested", ATTR_WORKERS_REQUESTED)),
+        event=ev.CampaignStarted, span_role="opens", span=SPAN_CAMPAIGN,
         gauges=(("total", "campaign_expected"), ("skipped", "campaign_skipped")), logger="templ.campaign",
     ),
     EventSpec(
         EVENT_QUERY_STARTED, "debug", "A campaign query was handed to a worker (in_flight counts it).",
         (_field("index", ATTR_QUERY_INDEX), _field("in_flight", ATTR_QUERY_IN_FLIGHT)),
-        gauges=(("in_flight", "campaign_in_flight"),), span_event=False, logger="templ.campaign",
+        event=ev.QueryStarted, span_role="opens_detached", span=SPAN_QUERY,
+        gauges=(("in_flight", "campaign_in_flight"),), logger="templ.campaign",
     ),
     EventSpec(
         EVENT_QUERY_FINISHED, "debug",
         "A campaign query's result arrived: debug when ok (a million-query campaign logs nothing per query at "
         "the default level), warning when it failed, with the query id, the reason and the detail.",
-        (_field("query_id", ATTR_QUERY_ID), _field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS),
+        (_field("query_id", ATTR_QUERY_ID), _field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS, source="kind"),
          _field("status", ATTR_QUERY_STATUS, QUERY_STATUSES, label=True),
-         _field("reason", ATTR_QUERY_REASON, QUERY_REASONS, label=True), _DETAIL,
-         _field("duration_seconds", ATTR_QUERY_SECONDS),
+         _field("reason", ATTR_QUERY_REASON, QUERY_REASONS, label=True, none_as=NO_REASON), _DETAIL,
+         _field("duration_seconds", ATTR_QUERY_SECONDS, source="seconds"),
          _field("conformers_requested", ATTR_QUERY_CONFORMERS_REQUESTED), _field("conformers", ATTR_QUERY_CONFORMERS),
          _field("scored", ATTR_QUERY_SCORED), _field("failed", ATTR_QUERY_FAILED),
-         _field("shortfall", ATTR_QUERY_SHORTFALL), _field("in_flight", ATTR_QUERY_IN_FLIGHT)),
+         _field("shortfall", ATTR_QUERY_SHORTFALL), _field("in_flight", ATTR_QUERY_IN_FLIGHT),
+         _field("index", ATTR_QUERY_INDEX)),
         counter="campaign_queries", gauges=(("in_flight", "campaign_in_flight"),),
         histogram=("duration_seconds", "campaign_query_duration"), flags=(("shortfall", "campaign_shortfalls"),),
-        levels_by_value=(("status", QueryStatus.FAILED.value, "warning"),), span_event=False,
+        levels_by_value=(("status", QueryStatus.FAILED.value, "warning"),),
+        event=ev.QueryFinished, span_role="closes_detached", span=SPAN_QUERY,
         logger="templ.campaign", console_fields=("query_id", "reason", "detail"),
     ),
     EventSpec(
         EVENT_WORKER_REPLACED, "warning",
         "A campaign worker was ended (its query ran over the time limit) or found dead, and another started in "
         "its place.",
-        (_field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS),
+        (_field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS, source="kind"),
          _field("reason", ATTR_REASON, REPLACEMENT_REASONS, label=True), _DETAIL),
-        counter="campaign_worker_replacements", logger="templ.campaign",
+        event=ev.WorkerReplaced, counter="campaign_worker_replacements", logger="templ.campaign",
     ),
     EventSpec(
         EVENT_QUERY_RESUBMITTED, "warning",
         "A campaign query runs again because its Dask worker was lost (Dask reschedules it once; a second loss "
         "makes it a worker_lost row).",
-        (_field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS), _field("index", ATTR_QUERY_INDEX),
+        (_field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS, source="kind"),
+         _field("index", ATTR_QUERY_INDEX),
          _field("reason", ATTR_REASON, RESUBMISSION_REASONS, label=True), _field("worker", ATTR_WORKER)),
-        counter="campaign_query_resubmissions", logger="templ.campaign",
+        event=ev.QueryResubmitted, counter="campaign_query_resubmissions", logger="templ.campaign",
     ),
     EventSpec(
         EVENT_QUERY_PREPARED, "debug",
@@ -870,7 +933,7 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
          _field("conformers_requested", ATTR_QUERY_CONFORMERS_REQUESTED), _field("conformers", ATTR_QUERY_CONFORMERS),
          _field("warning", ATTR_QUERY_WARNING), _field("warned", "templ.query.warned", ("true", "false"))),
         tallies=(("actions", "query_preparations", "action"),), levels_by_value=(("warned", "true", "warning"),),
-        span_event=False, logger="templ.preparation", console_fields=("query_id", "warning"),
+        event=ev.QueryPrepared, span_role="", logger="templ.preparation", console_fields=("query_id", "warning"),
     ),
     EventSpec(
         EVENT_TEMPLATES_CHOSEN, "debug",
@@ -879,22 +942,120 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
         "and how its conformers were made (pinned, or the fallback and why).",
         (_field("query_id", ATTR_QUERY_ID), _field("library", ATTR_TEMPLATES_LIBRARY),
          _field("chosen", ATTR_TEMPLATES_CHOSEN), _field("template", ATTR_TEMPLATE_NAME),
-         _field("similarity", ATTR_TEMPLATE_SIMILARITY), _field("core_atoms", ATTR_TEMPLATE_CORE_ATOMS),
+         _field("similarity", ATTR_TEMPLATE_SIMILARITY, digits=4), _field("core_atoms", ATTR_TEMPLATE_CORE_ATOMS),
          _field("core_smarts", ATTR_TEMPLATE_CORE_SMARTS), _field("method", ATTR_POSE_METHOD, POSE_METHODS, label=True),
          _field("fallback", ATTR_POSE_FALLBACK, PIN_FALLBACKS, label=True),
          _field("pinned_atoms", ATTR_POSE_PINNED_ATOMS), _field("mcs_timeouts", ATTR_TEMPLATES_MCS_TIMEOUTS),
          _field("seconds", ATTR_TEMPLATES_SECONDS)),
-        counter="poses", histogram=("seconds", "template_selection_duration"), span_event=False,
-        logger="templ.templates",
+        counter="poses", histogram=("seconds", "template_selection_duration"), event=ev.TemplatesChosen,
+        span_role="", logger="templ.templates",
     ),
     EventSpec(
         EVENT_CAMPAIGN_DONE, "info",
         "A campaign ended: queries finished in this run, by outcome, and whether a signal interrupted it.",
         (_field("done", ATTR_CAMPAIGN_DONE), _field("ok", ATTR_CAMPAIGN_OK), _field("failed", ATTR_CAMPAIGN_FAILED),
-         _field("duration_seconds", ATTR_CAMPAIGN_SECONDS), _field("interrupted", ATTR_CAMPAIGN_INTERRUPTED)),
+         _field("duration_seconds", ATTR_CAMPAIGN_SECONDS, source="seconds"),
+         _field("interrupted", ATTR_CAMPAIGN_INTERRUPTED), _field("workers_granted", ATTR_WORKERS_GRANTED)),
+        event=ev.CampaignDone, span_role="closes", span=SPAN_CAMPAIGN, has_error=True, failure="campaign.failed",
         resets=("campaign_in_flight",), logger="templ.campaign",
     ),
+    EventSpec(
+        "executor.workers_granted", "debug", "The grant met the request (no reduction).",
+        (_TASK_TYPE, _field("workers_requested", ATTR_WORKERS_REQUESTED, source="requested"),
+         _field("workers_granted", ATTR_WORKERS_GRANTED, source="granted")),
+        event=ev.WorkersGranted, gauges=(("workers_requested", "workers_requested"),
+                                         ("workers_granted", "workers_granted")),
+        span_role="", logged=False, always=False,
+    ),
+    EventSpec(
+        "select_best.started", "debug", "A select_best call starts (the span select_best opens).",
+        (_field("n_conformers", ATTR_N_CONFORMERS), _field("workers_requested", ATTR_WORKERS_REQUESTED)),
+        event=ev.SelectBestStarted, span_role="opens", span=SPAN_SELECT_BEST, logged=False, always=False,
+        logger="templ.select_best",
+    ),
+    EventSpec(
+        "select_best.done", "info", "A select_best call finished; select_best.failed when an exception escaped it.",
+        (_field("n_conformers", ATTR_N_CONFORMERS), _field("workers_requested", ATTR_WORKERS_REQUESTED),
+         _field("workers_granted", ATTR_WORKERS_GRANTED),
+         _field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS, none_as=None),
+         _field("scored", ATTR_SCORED), _field("failed", ATTR_FAILED),
+         _field("failed_by_reason", "", FAILURE_REASONS),
+         _field("duration_seconds", ATTR_DURATION, source="seconds"),
+         _field("outcome", ATTR_OUTCOME, OUTCOMES, label=True)),
+        event=ev.SelectBestFinished, span_role="closes", span=SPAN_SELECT_BEST, has_error=True,
+        failure="select_best.failed", amounts=(("scored", "conformers_scored"),),
+        tallies=(("failed_by_reason", "conformers_failed", "reason"),), counter="select_best_calls",
+        histogram=("duration_seconds", "select_best_duration"), always=False, logger="templ.select_best",
+    ),
+    EventSpec(
+        "conformers.started", "debug", "Conformer generation for one query starts (the span conformers.generate).",
+        (_field("requested", ATTR_CONFORMERS_REQUESTED), _field("threads_requested", ATTR_WORKERS_REQUESTED)),
+        event=ev.ConformersStarted, span_role="opens", span=SPAN_CONFORMERS, logged=False,
+        raises=("conformer_generations_in_progress",), logger="templ.conformers",
+    ),
+    EventSpec(
+        "conformers.done", "info",
+        "Conformer generation for one query finished (threads: the RDKit threads of the attempt that worked); "
+        "conformers.failed when an exception escaped it.",
+        (_field("requested", ATTR_CONFORMERS_REQUESTED), _field("threads_requested", ATTR_WORKERS_REQUESTED),
+         _field("generated", ATTR_CONFORMERS_GENERATED), _field("threads", ATTR_WORKERS_GRANTED),
+         _field("duration_seconds", ATTR_DURATION, source="seconds"),
+         _field("outcome", ATTR_OUTCOME, OUTCOMES, label=True)),
+        event=ev.ConformersFinished, span_role="closes", span=SPAN_CONFORMERS, has_error=True,
+        failure="conformers.failed", counter="conformer_generations", lowers=("conformer_generations_in_progress",),
+        logger="templ.conformers",
+    ),
+    EventSpec(
+        "conformers.embedding_inline", "warning",
+        "No thread could start to run the embedding off the main thread; it runs there, and a signal "
+        "takes effect when it returns (logged once per process).",
+        (_field("error", ""), _field("note", "")),
+        event=ev.EmbeddingInline, span_role="", logger="templ.conformers",
+    ),
+    EventSpec(
+        "templates.choosing", "debug", "Choosing one query's templates starts (the span templates.choose).",
+        (_field("library", ATTR_TEMPLATES_LIBRARY),),
+        event=ev.TemplatesChoosing, span_role="opens", span=SPAN_TEMPLATES_CHOOSE, logged=False, always=False,
+        logger="templ.templates",
+    ),
+    EventSpec(
+        "templates.choice_done", "debug", "Choosing one query's templates ended.",
+        (_field("chosen", ATTR_TEMPLATES_CHOSEN), _field("mcs_searched", ATTR_TEMPLATES_MCS_SEARCHED),
+         _field("mcs_timeouts", ATTR_TEMPLATES_MCS_TIMEOUTS)),
+        event=ev.TemplatesChoiceDone, span_role="closes", span=SPAN_TEMPLATES_CHOOSE, has_error=True,
+        logged=False, always=False, logger="templ.templates",
+    ),
 )
+EVENT_SPECS_BY_TYPE: Mapping[type, EventSpec] = {e.event: e for e in EVENT_SPECS if e.event is not None}
+
+_ISOMER = _field("isomer", ATTR_QUERY_ISOMER)
+#: The stages a campaign worker times under its query's span, rendered as spans of the query's trace.
+STAGE_SPECS: tuple[StageSpec, ...] = (
+    StageSpec(SPAN_TEMPLATES_CHOOSE, ev.TemplatesChoiceTimed,
+              (_ISOMER, _field("library", ATTR_TEMPLATES_LIBRARY), _field("chosen", ATTR_TEMPLATES_CHOSEN),
+               _field("mcs_searched", ATTR_TEMPLATES_MCS_SEARCHED),
+               _field("mcs_timeouts", ATTR_TEMPLATES_MCS_TIMEOUTS))),
+    StageSpec(SPAN_CONFORMERS, ev.ConformersTimed,
+              (_ISOMER, _field("requested", ATTR_CONFORMERS_REQUESTED), _field("generated", ATTR_CONFORMERS_GENERATED),
+               _field("threads", ATTR_WORKERS_GRANTED))),
+    StageSpec(SPAN_SCREEN_SCORE, ev.ScoringTimed,
+              (_ISOMER, _field("templates", ATTR_QUERY_TEMPLATES), _field("scored", ATTR_QUERY_SCORED),
+               _field("failed", ATTR_QUERY_FAILED))),
+)
+STAGE_SPECS_BY_TYPE: Mapping[type, StageSpec] = {stage.event: stage for stage in STAGE_SPECS}
+
+
+def _with_rendered_attributes(span: SpanSpec) -> SpanSpec:
+    """``span`` with every attribute the events that open or close it, and the stages timed as it, set."""
+    from_events = [f.attribute for e in EVENT_SPECS if e.span == span.name and not e.span_event for f in e.fields]
+    from_stages = [f.attribute for stage in STAGE_SPECS if stage.name == span.name for f in stage.fields]
+    pid = [ATTR_PROCESS_PID] if from_stages else []
+    named = [name for name in (*span.attributes, *from_events, *from_stages, *pid) if name]
+    return dataclasses.replace(span, attributes=tuple(dict.fromkeys(named)))
+
+
+SPANS = tuple(_with_rendered_attributes(span) for span in SPANS)
+SPANS_BY_NAME = {s.name: s for s in SPANS}
 EVENT_SPECS_BY_NAME: Mapping[str, EventSpec] = {e.name: e for e in EVENT_SPECS}
 #: The fields a console line shows, for the events that name them (``logs.configure_logging``).
 CONSOLE_FIELDS: Mapping[str, tuple[str, ...]] = {e.name: e.console_fields for e in EVENT_SPECS if e.console_fields}
@@ -914,28 +1075,42 @@ class RenderedEvent:
     log_fields: dict[str, object]
 
 
-def render(spec: EventSpec, values: Mapping[str, object]) -> RenderedEvent:
-    """Labels, span attributes and log fields of one event, from its spec.
+def render(spec: EventSpec | StageSpec, event: object) -> RenderedEvent:
+    """Labels, span attributes and log fields of one event, from its spec and the event's own fields.
 
     Bounded values are normalised (an unknown one becomes the catch-all, and the log
-    line keeps the raw value as ``<field>_raw``); ``None`` values are left out of the
-    span attributes (OpenTelemetry attributes cannot be null) but kept in the log.
+    line keeps the raw value as ``<field>_raw``); a sequence of bounded values is normalised
+    item by item, a mapping of them key by key (counts of one catch-all add up). ``None`` values
+    are left out of the span attributes (OpenTelemetry attributes cannot be null) but kept in the
+    log, as are mappings and fields without an attribute; other sequences become one space-separated string.
     """
     labels: dict[str, str] = {}
     attributes: dict[str, object] = {}
     log_fields: dict[str, object] = {}
     for f in spec.fields:
-        value = values.get(f.name)
-        if f.values is not None and isinstance(value, (tuple, list)):  # several bounded values (a tally)
-            value = tuple(normalize_label(str(item), f.values) for item in value)
-        elif f.values is not None:
+        value = f.read(event)
+        if isinstance(value, Mapping):
+            if f.values is not None:
+                merged: dict[str, int] = {}
+                for key, count in value.items():
+                    label = normalize_label(str(key), f.values)
+                    merged[label] = merged.get(label, 0) + count
+                value = merged
+            log_fields[f.name] = value
+            continue
+        if isinstance(value, (tuple, list)):
+            value = (tuple(normalize_label(str(item), f.values) for item in value) if f.values is not None
+                     else " ".join(str(item) for item in value))
+        elif f.values is not None and value is not None:
             raw = str(value)
             value = normalize_label(raw, f.values)
             if value != raw:
                 log_fields[f.name + "_raw"] = raw
             if f.label:
                 labels[f.name] = value
-        if value is not None:
+        elif isinstance(value, StrEnum):
+            value = value.value
+        if value is not None and f.attribute:
             attributes[f.attribute] = value
         log_fields[f.name] = value
     return RenderedEvent(labels, attributes, log_fields)
@@ -946,13 +1121,20 @@ def render(spec: EventSpec, values: Mapping[str, object]) -> RenderedEvent:
 # ---------------------------------------------------------------------------
 _TRACE_FIELDS = ("trace_id", "span_id")
 
-def _log_spec(event: EventSpec) -> LogEventSpec:
-    errors = ("error_type", "error") if event.has_error else ()
-    return LogEventSpec(event.name, event.level, event.help, tuple(f.name for f in event.fields) + errors
-                        + _TRACE_FIELDS)
+def _log_specs(event: EventSpec) -> tuple[LogEventSpec, ...]:
+    """The log events of ``event``: its line, and its failure line if it has one."""
+    if not event.logged:
+        return ()
+    fields = tuple(f.name for f in event.fields)
+    errors = ("error_type", "error") if event.has_error and not event.failure else ()
+    specs = (LogEventSpec(event.name, event.level, event.help, fields + errors + _TRACE_FIELDS),)
+    if event.failure:
+        specs += (LogEventSpec(event.failure, "error", f"An exception escaped: the {event.name} line of a failure.",
+                               fields + ("error_type", "error") + _TRACE_FIELDS),)
+    return specs
 
 
-LOG_EVENTS: tuple[LogEventSpec, ...] = tuple(_log_spec(event) for event in EVENT_SPECS) + (
+LOG_EVENTS: tuple[LogEventSpec, ...] = tuple(spec for event in EVENT_SPECS for spec in _log_specs(event)) + (
     LogEventSpec(
         "select_best.batch_done", "debug",
         "One conformer batch finished.",
@@ -962,40 +1144,6 @@ LOG_EVENTS: tuple[LogEventSpec, ...] = tuple(_log_spec(event) for event in EVENT
         "select_best.batch_failed", "error",
         "An exception escaped a conformer batch.",
         ("index", "size", "duration_seconds", "executor_kind", "error_type", "error") + _TRACE_FIELDS,
-    ),
-    LogEventSpec(
-        "select_best.done", "info",
-        "A select_best call finished.",
-        ("n_conformers", "workers_requested", "workers_granted", "executor_kind", "scored", "failed",
-         "failed_by_reason", "duration_seconds", "outcome") + _TRACE_FIELDS,
-    ),
-    LogEventSpec(
-        "select_best.failed", "error",
-        "An exception escaped select_best.",
-        ("n_conformers", "workers_requested", "workers_granted", "executor_kind", "scored", "duration_seconds",
-         "outcome", "error_type", "error") + _TRACE_FIELDS,
-    ),
-    LogEventSpec(
-        "conformers.done", "info",
-        "Conformer generation for one query finished (threads: the RDKit threads of the attempt that worked).",
-        ("requested", "generated", "threads_requested", "threads", "duration_seconds", "outcome") + _TRACE_FIELDS,
-    ),
-    LogEventSpec(
-        "conformers.embedding_inline", "warning",
-        "No thread could start to run the embedding off the main thread; it runs there, and a signal "
-        "takes effect when it returns (logged once per process).",
-        ("error", "note"),
-    ),
-    LogEventSpec(
-        "conformers.failed", "error",
-        "An exception escaped conformer generation.",
-        ("requested", "threads_requested", "duration_seconds", "outcome", "error_type", "error") + _TRACE_FIELDS,
-    ),
-    LogEventSpec(
-        "campaign.failed", "error",
-        "An exception escaped a screening campaign.",
-        ("total", "templates", "workers_requested", "workers_granted", "done", "ok", "failed", "error_type",
-         "error") + _TRACE_FIELDS,
     ),
     LogEventSpec(
         "telemetry.degraded", "warning",

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import errno
-import threading
 from typing import Callable, TypeVar
 
+from templ_pipeline.telemetry import state
 from templ_pipeline.telemetry.catalog import DEGRADED_COMPONENTS, DEGRADED_REASONS, normalize_label
 from templ_pipeline.telemetry.logs import get_logger
 from templ_pipeline.telemetry.metrics import get_metrics
 
 T = TypeVar("T")
 
-__all__ = ["classify_start_error", "start_guarded", "reset_guard_for_tests"]
+__all__ = ["classify_start_error", "start_guarded"]
 
 _ERRNO_REASONS = {
     errno.EAGAIN: "resource_unavailable",
     errno.ENOMEM: "out_of_memory",
     errno.EPERM: "permission_denied",
 }
-
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
 
 
 def classify_start_error(exc: BaseException) -> str | None:
@@ -37,9 +34,10 @@ def _degrade(component: str, reason: str, exc: BaseException | None) -> None:
     comp_label = normalize_label(component, DEGRADED_COMPONENTS + ("other",))
     reason_label = normalize_label(reason, DEGRADED_REASONS + ("other",))
     get_metrics().telemetry_degraded.labels(component=comp_label, reason=reason_label).inc()
-    with _warned_lock:
-        first = component not in _warned
-        _warned.add(component)
+    current = state.current()
+    with current.lock:
+        first = component not in current.degraded_warned
+        current.degraded_warned.add(component)
     if first:
         get_logger("templ.telemetry").warning(
             "telemetry.degraded",
@@ -79,8 +77,3 @@ def start_guarded(
         _degrade(component, reason, exc)
         return None
 
-
-def reset_guard_for_tests() -> None:
-    """Forget which components already warned."""
-    with _warned_lock:
-        _warned.clear()

@@ -20,21 +20,20 @@ from typing import IO, Any, Literal, MutableMapping
 import structlog
 from opentelemetry import trace
 
+from templ_pipeline.telemetry import state
+
 __all__ = ["add_run_id", "add_trace_ids", "configure_logging", "get_logger", "get_run_id", "unconfigure_logging"]
-
-_run_id: str | None = None
-_handler: logging.Handler | None = None
-
 
 def get_run_id() -> str | None:
     """The run id stamped on every log line (set by :func:`configure_logging`)."""
-    return _run_id
+    return state.current().run_id
 
 
 def add_run_id(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: add ``run_id``."""
-    if _run_id is not None:
-        event_dict.setdefault("run_id", _run_id)
+    run_id = state.current().run_id
+    if run_id is not None:
+        event_dict.setdefault("run_id", run_id)
     return event_dict
 
 
@@ -146,8 +145,8 @@ def configure_logging(
     only fields a console line shows. Only the handler installed by a previous call is replaced;
     other root handlers are kept.
     """
-    global _run_id, _handler
-    _run_id = run_id if run_id is not None else uuid.uuid4().hex[:12]
+    current = state.current()
+    current.run_id = run_id if run_id is not None else uuid.uuid4().hex[:12]
     out = stream if stream is not None else sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not _is_tty(out))
     if use_json:
@@ -179,23 +178,23 @@ def configure_logging(
     handler = _CurrentStderr() if stream is None else logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
-    if _handler is not None:
-        root.removeHandler(_handler)
-        _handler.close()  # StreamHandler.close() never closes the stream itself
+    if current.log_handler is not None:
+        root.removeHandler(current.log_handler)
+        current.log_handler.close()  # StreamHandler.close() never closes the stream itself
     root.addHandler(handler)
     root.setLevel(level if isinstance(level, int) else level.upper())
-    _handler = handler
+    current.log_handler = handler
 
 
 def unconfigure_logging() -> None:
     """Remove the handler installed by :func:`configure_logging` and restore the default
     structlog setup (events routed to stdlib logging as JSON strings): for tests, and after a run whose
     log file is closed."""
-    global _handler
-    if _handler is not None:
-        logging.getLogger().removeHandler(_handler)
-        _handler.close()
-        _handler = None
+    current = state.current()
+    if current.log_handler is not None:
+        logging.getLogger().removeHandler(current.log_handler)
+        current.log_handler.close()
+        current.log_handler = None
     structlog.reset_defaults()
     _configure_default()
 

@@ -18,6 +18,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from templ_pipeline.telemetry import state
 from templ_pipeline.telemetry.catalog import LIMIT_NAMES, METRICS, MetricSpec, normalize_label
 from templ_pipeline.core.limits.cgroup import read_pids_peak
 from templ_pipeline.core.limits.model import PIDS_CGROUP, Snapshot
@@ -278,25 +279,21 @@ class TemplMetrics:
         return self._by_name[name]
 
 
-_lock = threading.Lock()
-_metrics: TemplMetrics | None = None
-
-
 def get_metrics() -> TemplMetrics:
-    """The process-wide :class:`TemplMetrics` (created on first use)."""
-    global _metrics
-    m = _metrics
-    if m is None:
-        with _lock:
-            if _metrics is None:
-                _metrics = TemplMetrics()
-            m = _metrics
-    return m
+    """The :class:`TemplMetrics` of the process's telemetry state (``telemetry.state``), made on first use."""
+    current = state.current()
+    metrics = current.metrics
+    if metrics is None:
+        with current.lock:
+            if current.metrics is None:
+                current.metrics = TemplMetrics()
+            metrics = current.metrics
+    return metrics
 
 
 def reset_metrics_for_tests() -> TemplMetrics:
-    """Replace the singleton with a fresh instance on a new registry and return it."""
-    global _metrics
-    with _lock:
-        _metrics = TemplMetrics()
-        return _metrics
+    """Give the telemetry state fresh metrics on a new registry and return them."""
+    current = state.current()
+    with current.lock:
+        current.metrics = TemplMetrics()
+        return current.metrics

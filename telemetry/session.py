@@ -29,7 +29,11 @@ from templ_pipeline.errors import InputError
 from templ_pipeline.safe_files import check_target, remove_quietly
 from templ_pipeline.telemetry.catalog import CONSOLE_FIELDS, JOB_LABEL
 
-from templ_pipeline.telemetry.events import CommandSpan
+from templ_pipeline.core.events import subscribe_process, unsubscribe_process
+from templ_pipeline.telemetry.command_span import CommandSpan
+from templ_pipeline.telemetry.recorder import Recorder
+from templ_pipeline.telemetry.state import TelemetryState
+from templ_pipeline.telemetry.state import begin as begin_state
 from templ_pipeline.telemetry.exporters import ExporterConfigError, build_exporters
 from templ_pipeline.telemetry.logs import configure_logging, get_logger, get_run_id, unconfigure_logging
 from templ_pipeline.telemetry.metrics import get_metrics
@@ -137,6 +141,8 @@ class TelemetrySession:
         self._job_id: str | None = None
         self._pusher: PeriodicPusher | None = None
         self._command_span: CommandSpan | None = None
+        self.state: TelemetryState | None = None  # made when the session starts: everything telemetry holds
+        self.recorder: Recorder | None = None  # hears every event of the run's calls while the session is open
         self._log_stream: IO[str] | None = None
         self._interactive = sys.stderr.isatty() if interactive is None else interactive
         self._address = self._check(options)
@@ -221,6 +227,10 @@ class TelemetrySession:
 
     def __enter__(self) -> TelemetrySession:
         options = self.options
+        # the run's own telemetry state: metrics made before it (a library call's) stay on its registry
+        shutdown_tracing()
+        unconfigure_logging()
+        self.state = begin_state(previous_metrics=True)
         if options.log_file is not None:
             self._log_stream = open(options.log_file, "a", buffering=1)
         to_console = self._log_stream is None and self._interactive
@@ -238,6 +248,8 @@ class TelemetrySession:
         if options.command is not None:
             self._command_span = CommandSpan(options.command)
         metrics = get_metrics()
+        self.recorder = Recorder(metrics)
+        subscribe_process(self.recorder)
         metrics.run_info.labels(run_id=get_run_id() or "", job_id=self.job_id, host=socket.gethostname()).set(1)
         metrics.run_start.set(time.time())
         self._start_server()
@@ -311,6 +323,9 @@ class TelemetrySession:
                     _log.warning("telemetry.push_failed", url=self.options.pushgateway,
                                  error="a periodic push is still hung; it may land after the final one")
                 self._pusher = None
+            if self.recorder is not None:
+                unsubscribe_process(self.recorder)
+                self.recorder = None
             if self._command_span is not None:
                 self._command_span.end(success and delivered)
                 self._command_span = None

@@ -1,34 +1,80 @@
-"""Process-wide on/off switch for telemetry (used by the overhead benchmark)."""
+"""Everything telemetry holds, in one object: the metrics registry, the tracer provider and its processor,
+the log configuration, the on/off switch and the degraded components already warned of.
+
+A run's session makes a fresh one (:func:`begin`) and the process uses it until the next: the
+accessors the rest of telemetry calls (``get_metrics``, ``get_tracer``, ``get_run_id``...) read it, so two
+configurations never mix and a test starts from a clean one in one call. Nothing else in telemetry
+keeps state between calls.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-#: When False, per-call/per-batch helpers in ``telemetry.events`` return early and
-#: ``telemetry.tracing.get_tracer()`` hands out a no-op tracer. Rare safety events
-#: (worker reductions, fallbacks, degraded telemetry) are still counted and logged.
-enabled: bool = True
+if TYPE_CHECKING:
+    import logging
+
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+    from templ_pipeline.telemetry.metrics import TemplMetrics
+
+__all__ = ["TelemetryState", "begin", "current", "disabled", "is_enabled", "set_enabled"]
+
+
+@dataclass
+class TelemetryState:
+    """One configuration of telemetry. ``enabled`` False leaves per-call and per-batch events unrecorded and
+    hands out a no-op tracer; the safety events (reductions, fallbacks, degraded telemetry) are still recorded."""
+
+    enabled: bool = True
+    metrics: TemplMetrics | None = None  # made on first use
+    provider: TracerProvider | None = None
+    processor: SpanProcessor | None = None  # where finished spans go; None: spans are recorded, not exported
+    tracer: Any = None  # the provider's tracer; None: a no-op tracer
+    run_id: str | None = None  # on every log line, the resource's service.instance.id
+    log_handler: logging.Handler | None = None  # the root handler this configuration installed
+    degraded_warned: set[str] = field(default_factory=set)  # components whose degradation was logged
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+
+_current = TelemetryState()
+
+
+def current() -> TelemetryState:
+    """The process's telemetry state."""
+    return _current
+
+
+def begin(previous_metrics: bool = False) -> TelemetryState:
+    """Make a fresh state the process's and return it; with ``previous_metrics`` it keeps the current metrics
+    (a run's session does: counts made before it, such as a library call's, stay on the same registry)."""
+    global _current
+    fresh = TelemetryState(metrics=_current.metrics if previous_metrics else None)
+    _current = fresh
+    return fresh
 
 
 def is_enabled() -> bool:
     """True when telemetry is on."""
-    return enabled
+    return _current.enabled
 
 
 def set_enabled(value: bool) -> None:
     """Turn telemetry on or off for the whole process."""
-    global enabled
-    enabled = bool(value)
+    _current.enabled = bool(value)
 
 
 @contextmanager
 def disabled() -> Iterator[None]:
     """Temporarily turn telemetry off (restores the previous state on exit)."""
-    global enabled
-    previous = enabled
-    enabled = False
+    state = _current
+    previous = state.enabled
+    state.enabled = False
     try:
         yield
     finally:
-        enabled = previous
+        state.enabled = previous

@@ -1,26 +1,22 @@
-"""Test-only resets of telemetry's process-wide state."""
+"""Test-only resets of telemetry's state."""
 
 from __future__ import annotations
 
-from templ_pipeline.telemetry.campaign import forget_open_campaign
-from templ_pipeline.telemetry.guard import reset_guard_for_tests
+from templ_pipeline.telemetry import state
 from templ_pipeline.telemetry.logs import unconfigure_logging
-from templ_pipeline.telemetry.metrics import TemplMetrics, reset_metrics_for_tests
-from templ_pipeline.telemetry.state import set_enabled
+from templ_pipeline.telemetry.metrics import TemplMetrics, get_metrics, reset_metrics_for_tests
 from templ_pipeline.telemetry.tracing import shutdown_tracing
 
 
 def reset() -> TemplMetrics:
-    """Shut tracing down, re-enable telemetry, drop our log handler, forget degraded warnings and an
-    open campaign, and return a fresh metrics singleton."""
+    """Shut tracing down, drop our log handler, and start from a fresh telemetry state (on, new metrics on a
+    new registry, no degraded component warned of); return its metrics."""
     shutdown_tracing()
-    forget_open_campaign()
-    set_enabled(True)
     unconfigure_logging()
-    reset_guard_for_tests()
-    return reset_metrics_for_tests()
+    state.begin()
+    return get_metrics()
 
 
 def reset_metrics() -> TemplMetrics:
-    """A fresh metrics singleton (its own registry), as at process start."""
+    """Fresh metrics (their own registry) in the current state, as at process start."""
     return reset_metrics_for_tests()

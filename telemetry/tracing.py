@@ -1,7 +1,7 @@
-"""OpenTelemetry tracing: a module-owned SDK TracerProvider with a guarded batch processor.
+"""OpenTelemetry tracing: an SDK TracerProvider in the telemetry state, with a guarded batch processor.
 
-The global ``trace.set_tracer_provider`` works only once per process, so this
-module keeps its own provider and hands out tracers with :func:`get_tracer`;
+The global ``trace.set_tracer_provider`` works only once per process, so the provider lives in
+the telemetry state (``telemetry.state``) and tracers are handed out by :func:`get_tracer`;
 :func:`configure_tracing` may be called any number of times (tests do).
 Context propagation (current span) is global and independent of the provider.
 """
@@ -34,7 +34,7 @@ from templ_pipeline import __version__
 from templ_pipeline.telemetry import state
 from templ_pipeline.telemetry.logs import get_run_id
 from templ_pipeline.telemetry.guard import start_guarded
-from templ_pipeline.telemetry.worker_spans import WorkerSpan
+from templ_pipeline.core.trace_context import WorkerSpan
 
 __all__ = [
     "FanOutExporter", "configure_tracing", "current_trace_ids", "export_worker_span", "get_provider", "get_tracer",
@@ -44,11 +44,7 @@ __all__ = [
 TRACER_NAME = "templ"
 
 _NOOP_TRACER: trace.Tracer = trace.NoOpTracer()
-_lock = threading.RLock()
-_provider: TracerProvider | None = None
-_processor: SpanProcessor | None = None
-_tracer: trace.Tracer = _NOOP_TRACER
-_atexit_registered = False
+_lock = threading.RLock()  # configuring and shutting down, from any thread
 
 
 class FanOutExporter(SpanExporter):
@@ -96,9 +92,9 @@ def configure_tracing(
     - ``set_global=True`` also installs the provider globally (only effective once per process).
     Any previous provider is flushed and shut down first.
     """
-    global _provider, _processor, _tracer, _atexit_registered
     with _lock:
         shutdown_tracing()
+        current = state.current()
         if not enabled:
             return None
         provider = TracerProvider(resource=_resource(service_name, resource_attributes), shutdown_on_exit=False)
@@ -111,14 +107,11 @@ def configure_tracing(
             if processor is None:
                 processor = SimpleSpanProcessor(exporter)
             provider.add_span_processor(processor)
-            _processor = processor
-        _provider = provider
-        _tracer = provider.get_tracer(TRACER_NAME)
+            current.processor = processor
+        current.provider = provider
+        current.tracer = provider.get_tracer(TRACER_NAME)
         if set_global:
             trace.set_tracer_provider(provider)
-        if not _atexit_registered:
-            atexit.register(shutdown_tracing)
-            _atexit_registered = True
         return provider
 
 
@@ -151,11 +144,10 @@ def _resource(service_name: str, defaults: Mapping[str, Any] | None) -> Resource
 
 def shutdown_tracing() -> None:
     """Flush and shut down the current provider; tracing becomes no-op until reconfigured."""
-    global _provider, _processor, _tracer
     with _lock:
-        provider, _provider = _provider, None
-        _processor = None
-        _tracer = _NOOP_TRACER
+        current = state.current()
+        provider, current.provider = current.provider, None
+        current.processor = current.tracer = None
         if provider is not None:
             try:
                 provider.force_flush()
@@ -165,8 +157,9 @@ def shutdown_tracing() -> None:
 
 def export_worker_span(name: str, record: WorkerSpan, attributes: Mapping[str, Any]) -> None:
     """Export a span a worker timed under this process's trace, through this process's pipeline."""
-    provider, processor = _provider, _processor
-    if provider is None or processor is None or not state.enabled:
+    current = state.current()
+    provider, processor = current.provider, current.processor
+    if provider is None or processor is None or not current.enabled:
         return
     flags = TraceFlags(record.trace_flags)
     processor.on_end(ReadableSpan(
@@ -183,17 +176,19 @@ def export_worker_span(name: str, record: WorkerSpan, attributes: Mapping[str, A
 
 def is_exporting() -> bool:
     """Whether finished spans go anywhere: telemetry is on and an exporter is configured."""
-    return _processor is not None and state.enabled
+    current = state.current()
+    return current.processor is not None and current.enabled
 
 
 def get_provider() -> TracerProvider | None:
     """The current SDK provider, or None when tracing is off."""
-    return _provider
+    return state.current().provider
 
 
 def get_tracer() -> trace.Tracer:
-    """Tracer from the module provider; a ``NoOpTracer`` when unconfigured or telemetry is disabled."""
-    return _tracer if state.enabled else _NOOP_TRACER
+    """Tracer from the state's provider; a ``NoOpTracer`` when unconfigured or telemetry is disabled."""
+    current = state.current()
+    return current.tracer if current.tracer is not None and current.enabled else _NOOP_TRACER
 
 
 def current_trace_ids() -> tuple[str, str] | None:
@@ -203,3 +198,6 @@ def current_trace_ids() -> tuple[str, str] | None:
         return None
     ctx = span.get_span_context()
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+atexit.register(shutdown_tracing)  # spans still queued at exit are flushed, whichever state holds them

@@ -17,15 +17,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-
-from dashboard_queries import prometheus  # noqa: F401  (fixture)
 from dashboard_queries import (
     ROWS,
     Prometheus,
@@ -34,9 +31,12 @@ from dashboard_queries import (
     fill_variables,
     load_dashboard,
     panel_queries,
+    prometheus,  # noqa: F401  (fixture)
     tail,
     variable_queries,
 )
+from templ_runs import TEMPL
+
 from templ_pipeline.dashboards.alerts import FALLBACK_ALERT, REFUSED_STARTS_ALERT
 from templ_pipeline.dashboards.executor_dashboard import (
     BINDING_LIMIT_TITLE,
@@ -57,7 +57,7 @@ pytestmark = pytest.mark.slow
 
 def _run_stress(prometheus: Prometheus, workdir: Path) -> dict[str, set[str]]:
     """Run ``templ stress`` to the end; return the states each alert was seen in meanwhile."""
-    command = [sys.executable, "-m", "templ_pipeline.cli", "stress", "--duration", str(STRESS_SECONDS),
+    command = [*TEMPL, "stress", "--duration", str(STRESS_SECONDS),
                "--workers", "4", "--metrics-addr", f"127.0.0.1:{prometheus.target_port}",
                "--hold-metrics", str(HOLD_SECONDS), "--log-format", "json", "--log-file", str(workdir / "templ.log"),
                # exemplars point at exported traces only: export them, so the exemplar panels have some
@@ -87,13 +87,9 @@ def _unix(line: dict) -> float:
     return datetime.fromisoformat(line["timestamp"]).timestamp()
 
 
-#: The call-level log events and the counters they stand for (the select_best span counts them as it ends).
-CALL_EVENTS = ("select_best.done", "select_best.failed")
 #: Telemetry's own troubles: logged once per component (and each failed push), counted every time; a
 #: stress run on this machine has none, so the log's count is the counter's.
 DEGRADED_EVENTS = ("telemetry.degraded", "telemetry.push_failed")
-#: A conformer generation's end (its span counts it).
-GENERATION_EVENTS = ("conformers.done", "conformers.failed")
 
 
 def logged_counts(lines: list[dict]) -> Counter:
@@ -101,20 +97,19 @@ def logged_counts(lines: list[dict]) -> Counter:
     counts: Counter = Counter()
     for line in lines:
         event = line.get("event")
-        if event in CALL_EVENTS:
-            counts["select_best_calls"] += 1
-            counts["conformers_failed"] += line.get("failed") or 0
         counts["telemetry_degraded"] += event in DEGRADED_EVENTS
-        counts["conformer_generations"] += event in GENERATION_EVENTS
         for spec in EVENT_SPECS:
-            if spec.name != event:
+            if event not in (spec.name, spec.failure):
                 continue
             if spec.counter is not None:
                 counts[spec.counter] += 1
             for name, short in spec.flags:
                 counts[short] += bool(line.get(name))
-            for name, short, _label in spec.tallies:
-                counts[short] += len(line.get(name) or ())
+            for name, short in spec.amounts:
+                counts[short] += line.get(name) or 0
+            for name, short, _label in spec.tallies:  # a mapping counts its values, a list each item
+                values = line.get(name) or ()
+                counts[short] += sum(values.values()) if isinstance(values, dict) else len(values)
             for mapped in spec.mapped:
                 counts[mapped.counter] += line.get(mapped.field) in mapped.mapping
     return counts
@@ -188,8 +183,9 @@ def test_dashboard_queries_and_alerts_on_a_scraped_stress_run(prometheus, tmp_pa
     counted_by_events = ({spec.counter for spec in EVENT_SPECS if spec.counter}
                          | {short for spec in EVENT_SPECS for _name, short in spec.flags}
                          | {short for spec in EVENT_SPECS for _name, short, _label in spec.tallies}
+                         | {short for spec in EVENT_SPECS for _name, short in spec.amounts}
                          | {mapped.counter for spec in EVENT_SPECS for mapped in spec.mapped}
-                         | {"select_best_calls", "conformers_failed", "telemetry_degraded", "conformer_generations"})
+                         | {"telemetry_degraded"})
     by_title = defaultdict(list)
     for query in panel_queries(dashboard):
         by_title[query.panel].append(query.expr)
@@ -203,7 +199,7 @@ def test_dashboard_queries_and_alerts_on_a_scraped_stress_run(prometheus, tmp_pa
             miscounted.append(f"{title}: bars add up to {shown:g}, the run counted {expected:g}")
     assert not miscounted, "\n".join(miscounted) + f"\nlogged {dict(logged)}\nsummary {summary}"
 
-    binding = [expr for expr in by_title[BINDING_LIMIT_TITLE]]
+    binding = list(by_title[BINDING_LIMIT_TITLE])
     assert binding, f"no panel {BINDING_LIMIT_TITLE!r}"
     # the healthy phase: from the start to the first reduced grant (or the first round's end without the cgroup)
     normal_done = [_unix(line) for line in lines if line.get("event") == "select_best.done"]

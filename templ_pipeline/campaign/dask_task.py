@@ -23,7 +23,6 @@ import os
 from distributed import Worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-
 from templ_pipeline.campaign.task import CampaignSettings, QueryOutcome, QueryRunner, QueryTask
 from templ_pipeline.core.conformers import EmbeddingThreads, embed_conformers
 from templ_pipeline.core.events import Fallback, WorkersReduced

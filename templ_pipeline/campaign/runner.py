@@ -26,12 +26,10 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rdkit import Chem
 
-from templ_pipeline import telemetry
-from templ_pipeline.telemetry.observer import observe as observe_telemetry
 from templ_pipeline.campaign.pool import NoWorkers, QueryPool, retry_first
 from templ_pipeline.campaign.queries import QueryRecord
 from templ_pipeline.campaign.task import (
@@ -63,6 +61,7 @@ from templ_pipeline.core.events import (
     TemplatesChosen,
     cause_of,
     no_room_reason,
+    process_observers,
 )
 from templ_pipeline.core.executor import validate_executor
 from templ_pipeline.core.grants import Grant, grant_for_work, observe_limits, release_grant
@@ -203,7 +202,7 @@ def screen(
     """
     if not len(templates):
         raise ValueError("screen needs at least one template")
-    emit = Emitter((observe_telemetry, *observers))
+    emit = Emitter((*process_observers(), *observers))
     library = as_library(templates)
     settings = CampaignSettings(tuple(mol_to_bytes(mol) for mol in library.mols), tuple(library.names),
                                 options.num_conformers, options.seed, options.metric, options.use_input_conformers,
@@ -212,15 +211,18 @@ def screen(
                                 prune_rms=options.prune_rms)
     campaign = _Campaign(settings, options, emit)
     whole = None if total is None else total + skipped  # the input's size, as progress and alerts count it
-    with telemetry.campaign_span(total=whole, templates=len(templates), workers_requested=options.workers) as stats:
-        emit(CampaignStarted(whole, skipped, len(templates)))
-        try:
-            yield from campaign.run(as_records(queries), total)
-        finally:
-            stats.workers_granted, stats.done = campaign.workers, campaign.done
-            stats.ok, stats.failed, stats.interrupted = campaign.ok, campaign.done - campaign.ok, not campaign.finished
-            emit(CampaignDone(campaign.done, campaign.ok, campaign.done - campaign.ok,
-                              time.monotonic() - campaign.started, not campaign.finished))
+    emit(CampaignStarted(whole, skipped, len(templates), options.workers))
+    error: BaseException | None = None
+    try:
+        yield from campaign.run(as_records(queries), total)
+    except GeneratorExit:
+        raise  # the caller stopped reading: an early end, not an error
+    except BaseException as escaped:
+        error = escaped if isinstance(escaped, Exception) else None  # a signal is an interruption, not an error
+        raise
+    finally:
+        emit(CampaignDone(campaign.done, campaign.ok, campaign.done - campaign.ok,
+                          time.monotonic() - campaign.started, not campaign.finished, campaign.workers, error))
 
 
 class _Campaign:
@@ -231,7 +233,7 @@ class _Campaign:
         self._options = options
         self._emit = emit
         self._retry: deque[QueryTask] = deque()
-        self._in_flight: dict[int, tuple[QueryRecord, Any]] = {}  # index -> (record, query span)
+        self._in_flight: dict[int, tuple[QueryRecord, dict[str, str]]] = {}  # index -> (record, trace carrier)
         self._records: Iterator[QueryRecord] | None = None
         self._index = 0
         self.workers = 0
@@ -343,9 +345,7 @@ class _Campaign:
             task = self._next_task()
             if task is None:
                 break
-            if pool.dispatch(worker, task):
-                self._emit(QueryStarted(task.index, len(self._in_flight)))
-            else:
+            if not pool.dispatch(worker, task):
                 self._retry.appendleft(task)  # the worker is gone; wait() finds it and replaces it
         return bool(self._in_flight) or pool.starting()
 
@@ -373,7 +373,6 @@ class _Campaign:
         limit = self._options.query_timeout
         self.workers = max(self.workers, 1)
         while (task := self._next_task()) is not None:
-            self._emit(QueryStarted(task.index, len(self._in_flight)))
             outcome = call_interruptibly(lambda: runner.run(task), name="templ-query")
             if limit and outcome.seconds > limit:
                 # nothing can end a native embedding in this process; the outcome is still a timeout, as
@@ -399,22 +398,21 @@ class _Campaign:
         if record is None:
             return None
         index, self._index = self._index, self._index + 1
-        span = telemetry.start_query_span(index)
-        self._in_flight[index] = (record, span)
-        return self._task(index, record, span)
+        started = QueryStarted(index, len(self._in_flight) + 1)
+        self._emit(started)  # a tracing observer puts the query span's traceparent in started.carrier
+        self._in_flight[index] = (record, started.carrier)
+        return self._task(index, record, started.carrier)
 
-    def _task(self, index: int, record: QueryRecord, span: Any) -> QueryTask:
-        return QueryTask(index, record.query_id, record.smiles, record.molblocks, span.carrier)
+    def _task(self, index: int, record: QueryRecord, carrier: dict[str, str]) -> QueryTask:
+        return QueryTask(index, record.query_id, record.smiles, record.molblocks, carrier)
 
     def _finish(self, index: int, outcome: QueryOutcome, kind: ExecutorKind) -> QueryResult:
-        record, span = self._in_flight.pop(index)
+        record, _carrier = self._in_flight.pop(index)
         options = self._options
         chosen_isomer, best = outcome.best_isomer(options.metric)
         scored = sum(result.scored for result in outcome.templates)
         failures = sum(result.failed for result in outcome.templates)
-        span.end(status=outcome.status, reason=outcome.reason, conformers=outcome.conformers, scored=scored,
-                 failed=failures, worker_spans=outcome.spans, query_id=record.query_id)
-        outcome.spans = []
+        stages, outcome.stages = tuple(outcome.stages), []
         self.done += 1
         self.ok += outcome.status == QueryStatus.OK
         requested = self._settings.conformers_requested(record.molblocks)
@@ -434,6 +432,6 @@ class _Campaign:
         self._emit(QueryFinished(record.query_id, kind, outcome.status, outcome.reason, outcome.seconds,
                                  requested * max(1, len(outcome.isomers)), outcome.conformers,
                                  best.scored if best else scored,
-                                 best.failed if best else failures, len(self._in_flight), outcome.detail))
+                                 best.failed if best else failures, len(self._in_flight), outcome.detail, index, stages))
         return QueryResult(record, outcome, kind, requested)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from rdkit import Chem, rdBase
 
-from templ_pipeline.telemetry.worker_spans import WorkerSpan, start_worker_span
+from templ_pipeline.core.trace_context import start_worker_span
 from templ_pipeline.campaign.poses import aligned_pose, pose_record
 from templ_pipeline.core.batch import (
     BatchTask,
@@ -40,11 +40,15 @@ from templ_pipeline.core.batch import (
 )
 from templ_pipeline.core.embedding import DEFAULT_PRUNE_RMS, Embed, embed_on_this_thread
 from templ_pipeline.core.events import (
+    ConformersTimed,
     FailureReason,
     PoseMethod,
     PreparationAction,
     QueryFailureReason,
     QueryStatus,
+    ScoringTimed,
+    StageTiming,
+    TemplatesChoiceTimed,
 )
 from templ_pipeline.core.preparation import (
     Preparation,
@@ -62,8 +66,6 @@ from templ_pipeline.core.template_poses import (
     given_conformers,
     template_conformers,
 )
-
-SpanRecord = tuple[str, WorkerSpan, dict[str, object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +198,7 @@ class QueryOutcome:
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
     pid: int = 0
-    spans: list[SpanRecord] = field(default_factory=list)
+    stages: list[StageTiming] = field(default_factory=list)  # timed under the query's carrier, for its trace
     events: list[object] = field(default_factory=list)  # reductions and fallbacks where it ran, for the driver
 
     @property
@@ -306,12 +308,8 @@ class QueryRunner:
         choice = choose_templates(mol, self.library, settings.choice)
         isomer.choice_seconds, isomer.mcs_timeouts = choice.seconds, choice.mcs_timeouts
         if clock is not None:
-            outcome.spans.append(("templates.choose", clock.finish(),
-                                  {"templ.templates.library": len(self.library),
-                                   "templ.templates.chosen": len(choice.chosen),
-                                   "templ.templates.mcs_searched": choice.searched,
-                                   "templ.templates.mcs_timeouts": choice.mcs_timeouts,
-                                   "templ.isomer": isomer.index}))
+            outcome.stages.append(TemplatesChoiceTimed(clock.finish(), isomer.index, len(self.library),
+                                                       len(choice.chosen), choice.searched, choice.mcs_timeouts))
         clock = start_worker_span(task.carrier, outcome.pid)
         if given:
             posed = given_conformers(mol, choice)
@@ -320,11 +318,9 @@ class QueryRunner:
                                         self.embed, settings.choice)
         isomer.conformers = distinct_conformers(posed)
         if clock is not None:
-            outcome.spans.append(("conformers.generate", clock.finish(),
-                                  {"templ.conformers.requested": settings.conformers_requested(task.molblocks),
-                                   "templ.conformers.generated": isomer.conformers,
-                                   "templ.conformers.threads": 1 if given else self.threads(),
-                                   "templ.isomer": isomer.index}))
+            outcome.stages.append(ConformersTimed(clock.finish(), isomer.index,
+                                                  settings.conformers_requested(task.molblocks), isomer.conformers,
+                                                  1 if given else self.threads()))
         if isomer.conformers == 0:
             isomer.status, isomer.reason = QueryStatus.FAILED, QueryFailureReason.EMBEDDING_FAILED
             isomer.detail = f"ETKDG embedded no conformer for {isomer.smiles or task.query_id!r}"
@@ -334,11 +330,9 @@ class QueryRunner:
         isomer.templates = self._score(posed, name, isomer.smiles, outcome, isomer,
                                        settings.conformers_requested(task.molblocks))
         if clock is not None:
-            outcome.spans.append(("screen.score", clock.finish(),
-                                  {"templ.templates": len(posed),
-                                   "templ.conformers.scored": sum(r.scored for r in isomer.templates),
-                                   "templ.conformers.failed": sum(r.failed for r in isomer.templates),
-                                   "templ.isomer": isomer.index}))
+            outcome.stages.append(ScoringTimed(clock.finish(), isomer.index, len(posed),
+                                               sum(r.scored for r in isomer.templates),
+                                               sum(r.failed for r in isomer.templates)))
         if isomer.best(settings.metric) is None:
             first = next((r.failure for r in isomer.templates if r.failure), "")
             isomer.status, isomer.reason = QueryStatus.FAILED, QueryFailureReason.NO_CONFORMER_SCORED

@@ -1,7 +1,7 @@
 """One batch of conformers scored against a template: the unit of work a pool runs.
 
 This module is what worker processes import, so it stays small: RDKit, numpy, the
-standard library and OpenTelemetry's API (:mod:`telemetry.worker_spans` times the
+standard library and OpenTelemetry's API (:mod:`core.trace_context` times the
 batch span; importing it loads no other part of ``telemetry``). Metrics, logs and
 span export live in the parent, which counts what the workers send back (each
 batch result is counted exactly once, where it arrives).
@@ -20,7 +20,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdShapeAlign
 
-from templ_pipeline.telemetry.worker_spans import WorkerSpan, start_worker_span
+from templ_pipeline.core.trace_context import WorkerSpan, start_worker_span
 from templ_pipeline.core.events import FailureReason, values
 
 # Full-precision pickles: RDKit stores coordinates as 32-bit floats in a pickle by

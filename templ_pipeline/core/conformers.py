@@ -18,13 +18,15 @@ from contextlib import contextmanager
 
 from rdkit import Chem, rdBase
 
-from templ_pipeline import telemetry
-from templ_pipeline.telemetry.observer import observe as observe_telemetry
 from templ_pipeline.core.canonical import canonical_molecule
 from templ_pipeline.core.embedding import DEFAULT_PRUNE_RMS, Embed, Pins, embed
 from templ_pipeline.core.events import (
     ConformersEmbedded,
+    ConformersFinished,
+    ConformersStarted,
+    EmbeddingInline,
     Emitter,
+    ExecutorEvent,
     ExecutorKind,
     Fallback,
     FallbackReason,
@@ -32,6 +34,7 @@ from templ_pipeline.core.events import (
     TaskType,
     cause_of,
     no_room_reason,
+    process_observers,
 )
 from templ_pipeline.core.grants import Grant, classify_failure, grant_workers, pids_refusals, release_grant
 from templ_pipeline.core.limits.classify import is_start_refusal
@@ -40,8 +43,6 @@ from templ_pipeline.core.sizing import insists_on_workers, plan_workers
 
 DEFAULT_SEED = 42
 TASK_TYPE = TaskType.CONFORMERS
-
-_log = telemetry.get_logger("templ.conformers")
 
 
 def molecule_from_smiles(smiles: str) -> Chem.Mol:
@@ -72,14 +73,18 @@ def generate_conformers(
     number of RDKit threads asked for; the thread manager may grant fewer, and a
     refused thread start is retried with fewer, and no more threads start than the
     CPUs this process may use unless ``exact_workers``. The conformers are the same either way.
-    Reductions and fallbacks go to telemetry and to ``observers``.
+    Its start and end, reductions and fallbacks go to the process's observers and to ``observers``.
     """
     if num_conformers < 1:
         raise ValueError(f"num_conformers must be at least 1, got {num_conformers}")
     mol = canonical_molecule(molecule_from_smiles(query) if isinstance(query, str) else query)
     with_hs = Chem.AddHs(mol)
-    with telemetry.conformers_span(num_conformers, n_workers) as stats:
-        threads = EmbeddingThreads(n_workers, Emitter((observe_telemetry, *observers)), exact_workers=exact_workers)
+    emit = Emitter((*process_observers(), *observers))
+    emit(ConformersStarted(num_conformers, n_workers))
+    started, generated, threads_used = time.perf_counter(), 0, n_workers
+    error: BaseException | None = None
+    try:
+        threads = EmbeddingThreads(n_workers, emit, exact_workers=exact_workers)
         try:
             embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=False,
                                         prune_rms=prune_rms)
@@ -89,9 +94,15 @@ def generate_conformers(
                                             prune_rms=prune_rms)
         finally:
             threads.release()
-        stats.generated, stats.threads = embedded.GetNumConformers(), threads.count
-        if embedded.GetNumConformers() == 0:
+        generated, threads_used = embedded.GetNumConformers(), threads.count
+        if generated == 0:
             raise ValueError(f"could not embed any conformer for {Chem.MolToSmiles(mol)!r}")
+    except BaseException as escaped:
+        error = escaped
+        raise
+    finally:
+        emit(ConformersFinished(num_conformers, n_workers, generated, threads_used, time.perf_counter() - started,
+                                error))
     return Chem.RemoveHs(embedded)
 
 
@@ -101,7 +112,7 @@ def granted_embedding(n_workers: int = 1, *, observers: tuple[Observer, ...] = (
     """An :class:`~templ_pipeline.core.embedding.Embed` on the RDKit threads granted for ``n_workers`` (fewer
     after a refused start, as :func:`generate_conformers`), pruning at ``prune_rms``, and the threads; the grant
     is released on exit."""
-    threads = EmbeddingThreads(n_workers, Emitter((observe_telemetry, *observers)), exact_workers=exact_workers)
+    threads = EmbeddingThreads(n_workers, Emitter((*process_observers(), *observers)), exact_workers=exact_workers)
 
     def run(with_hs: Chem.Mol, num_conformers: int, seed: int, random_coords: bool,
             pins: Pins | None = None) -> Chem.Mol:
@@ -149,6 +160,10 @@ class EmbeddingThreads:
             emit(Fallback(ExecutorKind.THREAD, ExecutorKind.SEQUENTIAL, no_room_reason(grant.reason),
                           cause_of(grant.reason), grant.detail))
 
+    def emit(self, event: ExecutorEvent) -> None:
+        """Report ``event`` where this embedding's reductions and fallbacks go."""
+        self._emit(event)
+
     def release(self) -> None:
         """Give back the grant's shared-ledger reservation: RDKit's threads are gone again."""
         release_grant(self._grant)
@@ -173,14 +188,10 @@ def embed_conformers(with_hs: Chem.Mol, num_conformers: int, seed: int, threads:
         try:
             return call_interruptibly(lambda: embed(with_hs, num_conformers, seed, count, random_coords=random_coords,
                                                     pins=pins, prune_rms=prune_rms),
-                                      name="templ-embed", on_inline=_warn_inline)
+                                      name="templ-embed",
+                                      on_inline=lambda error: threads.emit(EmbeddingInline(str(error))))
         except (RuntimeError, OSError) as error:
             if threads.count == 1 or not is_start_refusal(error):
                 raise
             threads.step_down(error, before)
 
-
-def _warn_inline(error: BaseException) -> None:
-    _log.warning("conformers.embedding_inline", error=str(error),
-                 note="no thread for the embedding: it runs in the main thread, and SIGTERM or Ctrl-C "
-                      "take effect when it returns")

@@ -14,10 +14,13 @@ reasons from it): standard library only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from templ_pipeline.core.trace_context import WorkerSpan
 
 
 class ExecutorKind(StrEnum):
@@ -324,14 +327,20 @@ class CampaignStarted:
     total: int | None
     skipped: int
     templates: int
+    workers_requested: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class QueryStarted:
-    """A query was handed to a worker (or to this process); ``in_flight`` counts it."""
+    """A query was taken from the input for a worker (or for this process); ``in_flight`` counts it.
+
+    ``carrier`` starts empty: an observer that traces fills it with the W3C ``traceparent`` of the query's
+    span, and the query carries it to its worker, which times its stages under it.
+    """
 
     index: int
     in_flight: int
+    carrier: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +362,13 @@ class QueryFinished:
     failed: int
     in_flight: int
     detail: str = ""
+    index: int = -1
+    stages: tuple[StageTiming, ...] = ()  # the stages its worker timed under the query's carrier
+
+    @property
+    def shortfall(self) -> bool:
+        """Some, but not all, of the conformers asked for were embedded."""
+        return 0 < self.conformers < self.conformers_requested
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +388,20 @@ class QueryPrepared:
     conformers_requested: int
     conformers: int
     warning: str = ""
+
+    @property
+    def isomers(self) -> int:
+        """The prepared molecules scored."""
+        return len(self.smiles)
+
+    def __post_init__(self) -> None:
+        if not self.actions:  # nothing done is ``unchanged``, so every query counts once at least
+            object.__setattr__(self, "actions", (PreparationAction.UNCHANGED,))
+
+    @property
+    def warned(self) -> str:
+        """Whether preparation warned, as a bounded value."""
+        return "true" if self.warning else "false"
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,15 +445,167 @@ class CampaignDone:
     failed: int
     seconds: float
     interrupted: bool
+    workers_granted: int = 0
+    error: BaseException | None = None  # what ended it early, if anything (a signal is not an error)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingInline:
+    """No thread could start to run an embedding off the main thread, so it runs there: a signal takes effect
+    only when it returns. Once per process."""
+
+    error: str
+    note: str = ("no thread for the embedding: it runs in the main thread, and SIGTERM or Ctrl-C take effect "
+                 "when it returns")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Spans are events too: a call's start and end, and the stages a worker timed (data in a result)
+# ---------------------------------------------------------------------------------------------------------
+def outcome_of(error: BaseException | None) -> str:
+    """``ok``, or ``error`` when something escaped (an interrupt included)."""
+    return "ok" if error is None else "error"
+
+
+@dataclass(frozen=True, slots=True)
+class SelectBestStarted:
+    """A ``select_best`` call starts scoring ``n_conformers`` conformers on up to ``workers_requested``."""
+
+    n_conformers: int
+    workers_requested: int
+
+
+@dataclass(frozen=True, slots=True)
+class SelectBestFinished:
+    """A ``select_best`` call ended: what was scored and failed (by reason), or the ``error`` that ended it."""
+
+    n_conformers: int
+    workers_requested: int
+    workers_granted: int | None
+    executor_kind: ExecutorKind | None
+    scored: int
+    failed_by_reason: Mapping[str, int]
+    seconds: float
+    error: BaseException | None = None
+
+    @property
+    def failed(self) -> int:
+        """Conformers that could not be scored."""
+        return sum(self.failed_by_reason.values())
+
+    @property
+    def outcome(self) -> str:
+        return outcome_of(self.error)
+
+
+@dataclass(frozen=True, slots=True)
+class ConformersStarted:
+    """Conformer generation for one query starts: ``requested`` conformers on up to ``threads_requested``."""
+
+    requested: int
+    threads_requested: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConformersFinished:
+    """Conformer generation ended: ``generated`` conformers on ``threads`` RDKit threads, or the ``error``."""
+
+    requested: int
+    threads_requested: int
+    generated: int
+    threads: int
+    seconds: float
+    error: BaseException | None = None
+
+    @property
+    def outcome(self) -> str:
+        return outcome_of(self.error)
+
+
+@dataclass(frozen=True, slots=True)
+class TemplatesChoosing:
+    """Choosing one query's templates from a library of ``library`` starts (select-best, in this process)."""
+
+    library: int
+
+
+@dataclass(frozen=True, slots=True)
+class TemplatesChoiceDone:
+    """Choosing the templates ended: ``chosen`` kept, ``mcs_searched`` searched, ``mcs_timeouts`` out of time."""
+
+    chosen: int
+    mcs_searched: int
+    mcs_timeouts: int
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TemplatesChoiceTimed:
+    """A worker chose one isomer's templates (the stage ``templates.choose``), timed under its query's span."""
+
+    span: WorkerSpan
+    isomer: int
+    library: int
+    chosen: int
+    mcs_searched: int
+    mcs_timeouts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConformersTimed:
+    """A worker embedded one isomer's conformers (the stage ``conformers.generate``), timed under its query's
+    span."""
+
+    span: WorkerSpan
+    isomer: int
+    requested: int
+    generated: int
+    threads: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringTimed:
+    """A worker scored one isomer's conformers against its templates (the stage ``screen.score``)."""
+
+    span: WorkerSpan
+    isomer: int
+    templates: int
+    scored: int
+    failed: int
+
+
+StageTiming = TemplatesChoiceTimed | ConformersTimed | ScoringTimed
+"""A stage a worker timed: data in its result, turned into a span of the query's trace by the parent."""
 
 
 ExecutorEvent = (WorkersGranted | WorkersReduced | ExecutorCreated | Fallback | PoolRestarted | BatchResubmitted
                  | LimitsObserved | BatchDone | CallDone | CampaignStarted | QueryStarted | QueryFinished
                  | WorkerReplaced | QueryResubmitted | CampaignDone | QueryPrepared | TemplatesChosen
-                 | ConformersEmbedded)
+                 | ConformersEmbedded | SelectBestStarted | SelectBestFinished | ConformersStarted
+                 | ConformersFinished | TemplatesChoosing | TemplatesChoiceDone | EmbeddingInline)
 
 Observer = Callable[[ExecutorEvent], None]
 """Anything that wants to hear of events: called in the emitting thread, in order."""
+
+_process_observers: list[Observer] = []
+
+
+def subscribe_process(observer: Observer) -> None:
+    """Let ``observer`` hear every event of this process's calls, besides their own observers: how the CLI
+    wires telemetry in (the chemistry imports none), and how a library user can."""
+    if observer not in _process_observers:
+        _process_observers.append(observer)
+
+
+def unsubscribe_process(observer: Observer) -> None:
+    """Stop ``observer`` hearing this process's events."""
+    if observer in _process_observers:
+        _process_observers.remove(observer)
+
+
+def process_observers() -> tuple[Observer, ...]:
+    """The observers every call's events go to, in subscription order."""
+    return tuple(_process_observers)
 
 
 class Emitter:

@@ -21,9 +21,7 @@ from typing import Any
 from rdkit import Chem
 from rdkit.Chem import rdShapeAlign
 
-from templ_pipeline import telemetry
-from templ_pipeline.telemetry.observer import observe as observe_telemetry
-from templ_pipeline.telemetry.worker_spans import current_carrier
+from templ_pipeline.core.trace_context import current_carrier
 from templ_pipeline.core.batch import (
     BatchResult,
     BatchTask,
@@ -37,13 +35,17 @@ from templ_pipeline.core.batch import (
 from templ_pipeline.core.events import (
     BatchResubmitted,
     CallDone,
+    Emitter,
     ExecutorCreated,
     ExecutorEvent,
     ExecutorKind,
     FailureReason,
     Fallback,
     Observer,
+    SelectBestFinished,
+    SelectBestStarted,
     WorkersReduced,
+    process_observers,
     values,
 )
 from templ_pipeline.core.executor import get_executor, validate_executor
@@ -224,7 +226,8 @@ def select_best_with_report(
     align: bool = True,
 ) -> Selection:
     """``select_best`` with a ``SelectionReport``; ``on_batch`` sees each finished batch and
-    ``observers`` every executor event (after telemetry and the report have).
+    ``observers`` every executor event (after the process's observers and the report have), and the call's
+    start and end (``SelectBestStarted``, ``SelectBestFinished``).
 
     Work too small to repay a cold pool is scored here, and no more workers start
     than the CPUs this process may use (each a recorded reduction), unless
@@ -240,7 +243,11 @@ def select_best_with_report(
     report = SelectionReport(n_conformers=len(conf_ids), workers_requested=n_workers)
     scored: dict[int, ConformerScore] = {}
 
-    with telemetry.select_best_span(len(conf_ids), n_workers) as call:
+    listeners = (*process_observers(), *observers)
+    emit = Emitter(listeners)
+    emit(SelectBestStarted(len(conf_ids), n_workers))
+    error: BaseException | None = None
+    try:
         base = sanitized_copy_without_conformers(confs)
         if base is None:
             report.failures = [ConformerFailure(cid, FailureReason.SANITIZATION_FAILED,
@@ -251,7 +258,7 @@ def select_best_with_report(
             template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
             with get_executor(n_workers, executor=executor, scheduler=scheduler, conformers=len(conf_ids),
                               exact_workers=exact_workers, worker_timeout=worker_timeout) as runner:
-                for observer in (observe_telemetry, report, *observers):
+                for observer in (report, *listeners):
                     runner.subscribe(observer)
                 batch_size = choose_batch_size(len(conf_ids), runner.workers)
                 carrier = current_carrier()  # workers time their batch spans under this call's trace
@@ -271,12 +278,15 @@ def select_best_with_report(
                         if on_batch is not None:
                             on_batch(result)
                 finally:
-                    for observer in (observe_telemetry, report, *observers):
+                    for observer in (report, *listeners):
                         runner.unsubscribe(observer)
-        call.workers_granted = report.workers_granted
-        call.executor_kind = report.executor_kinds[-1] if report.executor_kinds else None
-        call.scored = len(scored)
-        call.failed_by_reason = report.failed_by_reason
+    except BaseException as escaped:
+        error = escaped
+        raise
+    finally:
+        emit(SelectBestFinished(len(conf_ids), n_workers, report.workers_granted,
+                                report.executor_kinds[-1] if report.executor_kinds else None, len(scored),
+                                dict(report.failed_by_reason), time.perf_counter() - started, error))
 
     report.n_scored = len(scored)
     report.failures.sort(key=lambda failure: failure.conf_id)

@@ -1,0 +1,80 @@
+"""Every span, span attribute and span event a real run exports is declared in the catalog and documented.
+
+Operators query span attributes by name: one set by the code but missing from the catalog (and so from
+docs/telemetry.md) is an attribute nobody can find, and one documented but never set is a query that
+returns nothing. The spans are read back from what real ``templ screen`` and ``templ select-best`` runs
+wrote with ``--traces-file``, never built from the catalog's own names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from templ_runs import run_templ
+
+from templ_pipeline.telemetry import catalog as c
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "telemetry.md"
+DATA = Path(__file__).resolve().parents[1] / "templ_pipeline" / "data"
+
+
+def _spans(traces: Path) -> list[dict]:
+    return [span for line in traces.read_text().splitlines() for rs in json.loads(line)["resourceSpans"]
+            for ss in rs["scopeSpans"] for span in ss["spans"]]
+
+
+def _keys(item: dict) -> set[str]:
+    return {attribute["key"] for attribute in item.get("attributes", [])}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> list[dict]:
+    """The spans of a two-worker screen of three queries (one that cannot be read) and of a select-best."""
+    tmp = tmp_path_factory.mktemp("spans")
+    queries = tmp / "queries.smi"
+    queries.write_text("CC(=O)Nc1ccc(O)cc1 paracetamol\nnot_a_smiles broken\nOC(=O)c1ccccc1OC(C)=O aspirin\n")
+    traces = tmp / "traces.jsonl"
+    screen = run_templ("screen", "--queries", queries, "--template", DATA / "mpro_template.sdf", "--output-dir",
+                       tmp / "out", "--workers", "2", "--exact-workers", "--num-conformers", "8",
+                       "--traces-file", traces, "--no-metrics-server")
+    assert screen.returncode == 0, screen.stderr[-3000:]
+    best = run_templ("select-best", "--query", "CC(=O)Nc1ccc(O)cc1", "--template", DATA / "mpro_template.sdf",
+                     "--num-conformers", "8", "--workers", "2", "--exact-workers", "--output", tmp / "best.sdf",
+                     "--traces-file", traces,
+                     "--no-metrics-server")
+    assert best.returncode == 0, best.stderr[-3000:]
+    return _spans(traces)
+
+
+def test_the_runs_export_the_spans_of_every_stage(exported):
+    names = {span["name"] for span in exported}
+    assert {"templ.screen", "screen.campaign", "screen.query", "templates.choose", "conformers.generate",
+            "screen.score", "templ.select_best", "select_best", "select_best.batch"} <= names
+
+
+def test_every_span_and_attribute_a_run_sets_is_in_the_catalog(exported):
+    undeclared = {(span["name"], key) for span in exported
+                  for key in _keys(span) - set(c.SPANS_BY_NAME.get(span["name"], c.SpanSpec("", "", (), ())).attributes)}
+    assert {span["name"] for span in exported} <= set(c.SPANS_BY_NAME)
+    assert undeclared == set()
+
+
+def test_every_span_event_a_run_records_is_in_the_catalog(exported):
+    events = [(span["name"], event) for span in exported for event in span.get("events", [])]
+    assert events, "the runs recorded no span event (a worker grant or the executor's creation at least)"
+    for span_name, event in events:
+        assert event["name"] in c.SPANS_BY_NAME[span_name].events, (span_name, event["name"])
+        declared = set(c.SPAN_EVENT_ATTRIBUTES.get(event["name"], ()))
+        if event["name"] == "exception":
+            declared = {"exception.type", "exception.message", "exception.stacktrace", "exception.escaped",
+                        c.ATTR_REASON, c.ATTR_CAUSE}
+        assert _keys(event) <= declared, (event["name"], _keys(event) - declared)
+
+
+def test_every_attribute_a_run_sets_is_documented(exported):
+    text = DOCS.read_text(encoding="utf-8")
+    keys = {key for span in exported for key in _keys(span)} | {
+        key for span in exported for event in span.get("events", []) for key in _keys(event)}
+    assert {key for key in keys if f"`{key}`" not in text} == set()
