@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from enum import StrEnum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from enum import StrEnum
+from typing import Any, Literal
 
 from templ_pipeline.core import events as ev
 from templ_pipeline.core.events import (
+    REFUSED_STARTS,
     ExecutorKind,
     FailureReason,
     FallbackCause,
@@ -33,7 +35,6 @@ from templ_pipeline.core.events import (
     QueryStatus,
     ReductionReason,
     ReplacementReason,
-    REFUSED_STARTS,
     ResubmissionReason,
     StartKind,
     TaskType,
@@ -113,7 +114,7 @@ def normalize_label(value: object, allowed: tuple[str, ...]) -> str:
     else ``"other"``. Callers log the raw value next to the normalized one.
     """
     if value in allowed:
-        return value  # type: ignore[return-value]
+        return str(value)
     return UNKNOWN if UNKNOWN in allowed else OTHER
 
 
@@ -275,7 +276,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "templ_pids_cgroup_refused_forks_total", "counter",
         "Forks (new threads and processes) the pids cgroup controller has refused in this process's cgroup, from "
         "any process in it: the kernel's own count (pids.events max, summed over every pids level this process has "
-        "been in, so it never goes down when the process moves to another cgroup), read at scrape time. It outlives the pressure: a refused pool start frees its tasks at once. No sample where no pids "
+        "been in, so it never goes down when the process moves to another cgroup), read at scrape time. It "
+        "outlives the pressure: a refused pool start frees its tasks at once. No sample where no pids "
         "level is visible (root cgroup, no pids controller).",
         (), "", short="pids_refused_forks", scraped=True,
     ),
@@ -661,7 +663,8 @@ SPANS: tuple[SpanSpec, ...] = (
         "One query of a campaign, from its hand-off to a worker to its result (child of screen.campaign; queries "
         f"overlap). Status ERROR when the query failed; status attribute {QUERY_ABANDONED} when the campaign ended "
         "before its result arrived. Only made when spans are exported.",
-        (ATTR_QUERY_INDEX, ATTR_QUERY_ID, ATTR_QUERY_STATUS, ATTR_QUERY_REASON, ATTR_QUERY_CONFORMERS, ATTR_QUERY_SCORED,
+        (ATTR_QUERY_INDEX, ATTR_QUERY_ID, ATTR_QUERY_STATUS, ATTR_QUERY_REASON, ATTR_QUERY_CONFORMERS,
+         ATTR_QUERY_SCORED,
          ATTR_QUERY_FAILED),
         (),
     ),
@@ -1071,8 +1074,8 @@ class RenderedEvent:
     """An event's values as its counter's labels, its span attributes and its log fields."""
 
     labels: dict[str, str]
-    attributes: dict[str, object]
-    log_fields: dict[str, object]
+    attributes: dict[str, Any]
+    log_fields: dict[str, Any]
 
 
 def render(spec: EventSpec | StageSpec, event: object) -> RenderedEvent:
@@ -1085,8 +1088,8 @@ def render(spec: EventSpec | StageSpec, event: object) -> RenderedEvent:
     log, as are mappings and fields without an attribute; other sequences become one space-separated string.
     """
     labels: dict[str, str] = {}
-    attributes: dict[str, object] = {}
-    log_fields: dict[str, object] = {}
+    attributes: dict[str, Any] = {}
+    log_fields: dict[str, Any] = {}
     for f in spec.fields:
         value = f.read(event)
         if isinstance(value, Mapping):
@@ -1127,7 +1130,8 @@ def _log_specs(event: EventSpec) -> tuple[LogEventSpec, ...]:
         return ()
     fields = tuple(f.name for f in event.fields)
     errors = ("error_type", "error") if event.has_error and not event.failure else ()
-    specs = (LogEventSpec(event.name, event.level, event.help, fields + errors + _TRACE_FIELDS),)
+    specs: tuple[LogEventSpec, ...] = (
+        LogEventSpec(event.name, event.level, event.help, fields + errors + _TRACE_FIELDS),)
     if event.failure:
         specs += (LogEventSpec(event.failure, "error", f"An exception escaped: the {event.name} line of a failure.",
                                fields + ("error_type", "error") + _TRACE_FIELDS),)

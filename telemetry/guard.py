@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import errno
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from templ_pipeline.telemetry import state
 from templ_pipeline.telemetry.catalog import DEGRADED_COMPONENTS, DEGRADED_REASONS, normalize_label

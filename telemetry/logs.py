@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
-from collections.abc import Mapping
-from typing import IO, Any, Literal, MutableMapping
+from collections.abc import Mapping, MutableMapping
+from typing import IO, Any, Literal
 
 import structlog
 from opentelemetry import trace
@@ -110,7 +110,7 @@ def _console_fields(fields: Mapping[str, tuple[str, ...]]) -> Any:
     return processor
 
 
-class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+class _CurrentStderr(logging.StreamHandler):
     """A handler writing to ``sys.stderr`` as it is at each write, not as it was when configured.
 
     rich's progress display (``Live``) replaces ``sys.stderr`` while it runs with a proxy that
@@ -120,7 +120,7 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,11 +18,11 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from templ_pipeline.telemetry import state
-from templ_pipeline.telemetry.catalog import LIMIT_NAMES, METRICS, MetricSpec, normalize_label
 from templ_pipeline.core.limits.cgroup import read_pids_peak
 from templ_pipeline.core.limits.model import PIDS_CGROUP, Snapshot
 from templ_pipeline.core.limits.procfs import parse_status, read_bytes
+from templ_pipeline.telemetry import state
+from templ_pipeline.telemetry.catalog import LIMIT_NAMES, METRICS, MetricSpec, normalize_label
 
 __all__ = [
     "LimitsCollector",
@@ -246,9 +246,8 @@ class TemplMetrics:
             PlatformCollector(registry=self.registry)
         self._by_name: dict[str, Any] = {}
         scraped = {spec.short: spec for spec in METRICS if spec.scraped}
-        limits = LimitsCollector(*(scraped.pop(short) for short in ("thread_limit", "thread_headroom",
-                                                                      "pids_refused_forks", "pids_peak_tasks")),
-                                 snapshot=snapshot)
+        limits = LimitsCollector(scraped.pop("thread_limit"), scraped.pop("thread_headroom"),
+                                 scraped.pop("pids_refused_forks"), scraped.pop("pids_peak_tasks"), snapshot=snapshot)
         if scraped:
             raise ValueError(f"no scrape-time collector reads {sorted(scraped)}")
         for spec in METRICS:

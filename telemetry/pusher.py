@@ -71,7 +71,12 @@ class PeriodicPusher:
     def start(self) -> bool:
         """Start the thread; False (and a degraded count) where the kernel refuses it."""
         thread = threading.Thread(target=self._run, name="templ-pusher", daemon=True)
-        return start_guarded(COMPONENT, lambda: (thread.start(), thread)[1]) is not None
+
+        def started() -> threading.Thread:
+            thread.start()
+            return thread
+
+        return start_guarded(COMPONENT, started) is not None
 
     def _run(self) -> None:
         while not self._stopped.wait(self.interval):

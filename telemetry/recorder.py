@@ -23,10 +23,12 @@ import math
 import threading
 import time
 from collections.abc import Mapping
+from contextvars import Token
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode, TraceFlags
 
 from templ_pipeline.core import events as ev
@@ -84,7 +86,7 @@ class Recorder:
         self._loggers["templ.select_best"] = get_logger("templ.select_best")
         self._std_loggers = {name: logging.getLogger(name) for name in self._loggers}
         self._lock = threading.Lock()
-        self._current: list[tuple[str, Span, object]] = []  # spans opened by events, innermost last
+        self._current: list[tuple[str, Span, Token[Context]]] = []  # spans opened by events, innermost last
         self._queries: dict[int, Span] = {}  # query spans by index: started, not yet ended
 
     @property
@@ -92,7 +94,7 @@ class Recorder:
         """The metrics it updates: its own, else the process's."""
         return self._metrics if self._metrics is not None else get_metrics()
 
-    def __call__(self, event: object) -> None:
+    def __call__(self, event: Any) -> None:
         if isinstance(event, ev.BatchDone):
             if state.is_enabled():
                 self._batch(event)
@@ -116,7 +118,7 @@ class Recorder:
                     key: rendered.attributes[key] for key in (c.ATTR_REASON, c.ATTR_CAUSE)
                     if key in rendered.attributes})
         if role == "closes_detached":
-            query = self._queries.pop(getattr(event, "index"), None)
+            query = self._queries.pop(event.index, None)
             ids = None if query is None else span_ids(query)
         self._log(spec, rendered.log_fields, error, ids)
         exemplar = _span_exemplar(span) if role in ("event", "closes") else None

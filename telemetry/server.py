@@ -125,7 +125,7 @@ def _call(app: WSGIApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, s
 class _Handler(WSGIRequestHandler):
     timeout = REQUEST_TIMEOUT_SECONDS  # StreamRequestHandler applies it to the connection's socket
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base class signature)
+    def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not logged: they would drown the job's own events."""
 
 

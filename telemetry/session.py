@@ -25,15 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from templ_pipeline.core.events import subscribe_process, unsubscribe_process
 from templ_pipeline.errors import InputError
 from templ_pipeline.safe_files import check_target, remove_quietly
 from templ_pipeline.telemetry.catalog import CONSOLE_FIELDS, JOB_LABEL
-
-from templ_pipeline.core.events import subscribe_process, unsubscribe_process
 from templ_pipeline.telemetry.command_span import CommandSpan
-from templ_pipeline.telemetry.recorder import Recorder
-from templ_pipeline.telemetry.state import TelemetryState
-from templ_pipeline.telemetry.state import begin as begin_state
 from templ_pipeline.telemetry.exporters import ExporterConfigError, build_exporters
 from templ_pipeline.telemetry.logs import configure_logging, get_logger, get_run_id, unconfigure_logging
 from templ_pipeline.telemetry.metrics import get_metrics
@@ -44,6 +40,7 @@ from templ_pipeline.telemetry.pusher import (
     PeriodicPusher,
     push_once,
 )
+from templ_pipeline.telemetry.recorder import Recorder
 from templ_pipeline.telemetry.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -52,6 +49,8 @@ from templ_pipeline.telemetry.server import (
     MetricsServerError,
     parse_address,
 )
+from templ_pipeline.telemetry.state import TelemetryState
+from templ_pipeline.telemetry.state import begin as begin_state
 from templ_pipeline.telemetry.tracing import configure_tracing, shutdown_tracing
 
 _log = get_logger("templ.telemetry")

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import atexit
 import threading
-from collections.abc import Sequence
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, TraceFlags
 from opentelemetry.sdk.resources import (
     SERVICE_INSTANCE_ID,
     SERVICE_NAME,
@@ -26,15 +24,17 @@ from opentelemetry.sdk.resources import (
     OTELResourceDetector,
     Resource,
 )
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.sdk.version import __version__ as _SDK_VERSION
+from opentelemetry.trace import SpanContext, TraceFlags
 
 from templ_pipeline import __version__
-from templ_pipeline.telemetry import state
-from templ_pipeline.telemetry.logs import get_run_id
-from templ_pipeline.telemetry.guard import start_guarded
 from templ_pipeline.core.trace_context import WorkerSpan
+from templ_pipeline.telemetry import state
+from templ_pipeline.telemetry.guard import start_guarded
+from templ_pipeline.telemetry.logs import get_run_id
 
 __all__ = [
     "FanOutExporter", "configure_tracing", "current_trace_ids", "export_worker_span", "get_provider", "get_tracer",

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from templ_pipeline import __version__
-from templ_pipeline.cli_dashboards import deployed_files, export
+from templ_pipeline.cli.dashboards import deployed_files, export
 from templ_pipeline.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -191,7 +191,8 @@ def test_event_specs_name_metrics_whose_labels_are_their_label_fields():
                 assert counter.label_values[label] == f.values, (event.name, label)
         for name, short in event.gauges:
             spec = c.METRICS_BY_SHORT[short]
-            assert name in fields and spec.kind == "gauge" and set(spec.labels) <= set(label_fields), (event.name, short)
+            assert name in fields and spec.kind == "gauge", (event.name, short)
+            assert set(spec.labels) <= set(label_fields), (event.name, short)
         if event.histogram is not None:
             name, short = event.histogram
             spec = c.METRICS_BY_SHORT[short]
@@ -275,7 +276,7 @@ def test_initial_combinations_use_declared_values_only():
         assert len(set(combos)) == len(combos), m.name
         for combo in combos:
             assert len(combo) == len(m.labels), m.name
-            for label, value in zip(m.labels, combo):
+            for label, value in zip(m.labels, combo, strict=True):
                 assert value in m.label_values[label] and value != c.OTHER, (m.name, label, value)
         if m.combinations is not None and len(m.combinations) > 20:  # too many to list in the docs
             assert m.combinations_rule, f"{m.name}: say how its {len(m.combinations)} combinations are chosen"

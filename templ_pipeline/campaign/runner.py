@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rdkit import Chem
 
@@ -51,8 +51,8 @@ from templ_pipeline.core.events import (
     ExecutorKind,
     Fallback,
     Observer,
-    QueryFailureReason,
     PreparationAction,
+    QueryFailureReason,
     QueryFinished,
     QueryPrepared,
     QueryStarted,
@@ -225,6 +225,19 @@ def screen(
                           time.monotonic() - campaign.started, not campaign.finished, campaign.workers, error))
 
 
+_Slot = TypeVar("_Slot")
+
+
+class _Dispatching(Protocol[_Slot]):
+    """What the dispatch loop needs of a pool: its idle places (workers, or Dask slots) and a hand-off."""
+
+    def idle(self) -> list[_Slot]: ...
+
+    def dispatch(self, slot: _Slot, task: QueryTask) -> bool: ...
+
+    def starting(self) -> bool: ...
+
+
 class _Campaign:
     """The dispatch loop of one campaign: its pool (or this process), queries in flight, counts."""
 
@@ -339,7 +352,7 @@ class _Campaign:
         self._emit(ExecutorCreated(ExecutorKind.DASK, pool.workers, TASK_TYPE, pool.reused))
         return pool
 
-    def _fill(self, pool: QueryPool | DaskQueryPool) -> bool:
+    def _fill(self, pool: _Dispatching[Any]) -> bool:
         """Give each idle worker (or free Dask slot) a query; False when nothing is left to run or to wait for."""
         for worker in pool.idle():
             task = self._next_task()
@@ -419,8 +432,9 @@ class _Campaign:
         if outcome.isomers or outcome.actions:  # it was read and prepared (or refused by preparation)
             self._emit(QueryPrepared(record.query_id, outcome.smiles, tuple(i.smiles for i in outcome.isomers),
                                      outcome.stereoisomers_possible, outcome.removed,
-                                     tuple(PreparationAction(a) for a in outcome.actions), requested * len(outcome.isomers),
-                                     outcome.conformers, "; ".join(outcome.warnings)))
+                                     tuple(PreparationAction(a) for a in outcome.actions),
+                                     requested * len(outcome.isomers), outcome.conformers,
+                                     "; ".join(outcome.warnings)))
         if chosen_isomer is not None and best is not None and best.choice is not None:
             choice = best.choice
             self._emit(TemplatesChosen(record.query_id, len(self._settings.templates), len(chosen_isomer.templates),
@@ -432,6 +446,7 @@ class _Campaign:
         self._emit(QueryFinished(record.query_id, kind, outcome.status, outcome.reason, outcome.seconds,
                                  requested * max(1, len(outcome.isomers)), outcome.conformers,
                                  best.scored if best else scored,
-                                 best.failed if best else failures, len(self._in_flight), outcome.detail, index, stages))
+                                 best.failed if best else failures, len(self._in_flight), outcome.detail, index,
+                                 stages))
         return QueryResult(record, outcome, kind, requested)
 

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from templ_pipeline.cli_help import TemplTyper
+from templ_pipeline.cli.help import TemplTyper
 from templ_pipeline.errors import InputError
 from templ_pipeline.safe_files import check_target, write_atomically
 

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
@@ -33,13 +34,60 @@ from templ_pipeline.campaign.outputs import (
 from templ_pipeline.campaign.queries import QueryRecord, count_queries, data_columns, read_queries
 from templ_pipeline.campaign.report import CampaignTally, rows_and_poses, with_rmsd
 from templ_pipeline.campaign.runner import ScreenOptions, screen, templates_digest
+from templ_pipeline.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_ERROR,
+    PROGRESS,
+    default_workers,
+    fail,
+    observed,
+    print_json,
+    start_progress,
+    stderr,
+    stdout,
+    warn_left_out,
+)
+from templ_pipeline.cli.options import (
+    AllowLargeTemplatesOption,
+    ExactWorkersOption,
+    ExcludeIdenticalOption,
+    FragmentsOption,
+    JsonOption,
+    KeepPinnedPoseOption,
+    MaxIsomersOption,
+    McsTimeoutOption,
+    MetricOption,
+    PinOption,
+    PruneRmsOption,
+    SchedulerOption,
+    StereoOption,
+    TautomerOption,
+    TopTemplatesOption,
+    WorkersOption,
+    WorkerTimeoutOption,
+    check_dask_options,
+    choice_options,
+    require_dask,
+)
+from templ_pipeline.cli.telemetry import with_telemetry
+from templ_pipeline.core.conformers import DEFAULT_SEED
 from templ_pipeline.core.embedding import DEFAULT_PRUNE_RMS
 from templ_pipeline.core.events import Fallback, WorkersReduced
-from templ_pipeline.core.preparation import PreparationOptions
-from templ_pipeline.core.template_choice import ChoiceOptions
+from templ_pipeline.core.executor import ExecutorChoice
+from templ_pipeline.core.preparation import (
+    DEFAULT_MAX_ISOMERS,
+    FragmentPolicy,
+    PreparationOptions,
+    StereoPolicy,
+    TautomerPolicy,
+)
+from templ_pipeline.core.scoring import Metric
+from templ_pipeline.core.template_choice import DEFAULT_MCS_TIMEOUT, ChoiceOptions
+from templ_pipeline.core.template_choice import DEFAULT_TOP as DEFAULT_TOP_TEMPLATES
 from templ_pipeline.core.template_library import TemplateLibrary
 from templ_pipeline.io import InputError, read_template_library
 from templ_pipeline.reference import ReferencePoses
+from templ_pipeline.telemetry.session import TelemetrySession
 
 
 @dataclass(frozen=True)
@@ -275,3 +323,89 @@ def _summary(out: Console, summary: CampaignSummary) -> None:
     for fallback in fallbacks:
         out.print(f"fallback {fallback.from_kind} -> {fallback.to_kind}: {fallback.reason} (cause {fallback.cause})",
                   style="yellow", highlight=False)
+
+
+@with_telemetry
+def screen_command(
+    template: Annotated[Path, typer.Option(
+        "--template", "-t", help="SDF with the template ligand's 3D pose; several records: each query is scored "
+                                 "against each, and its row names the best.")],
+    queries: Annotated[Path, typer.Option(
+        "--queries", "-q", help="Query ligands: .smi (SMILES, whitespace, id), .csv/.tsv (smiles and id columns) "
+                                "or .sdf (one record per query); any of them .gz.")],
+    output_dir: Annotated[Path, typer.Option(
+        "--output-dir", "-o", help="Directory for scores.csv, poses.sdf, hits.csv, hits.sdf and campaign.json "
+                                   "(created; an existing non-empty one needs --resume).")],
+    num_conformers: Annotated[int, typer.Option("--num-conformers", "-n", min=1, help="Conformers per query.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed for conformer generation.")] = DEFAULT_SEED,
+    workers: WorkersOption = None,
+    metric: MetricOption = Metric.COMBO,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the campaign in --output-dir: skip the queries already in scores.csv.")] = False,
+    per_template: Annotated[bool, typer.Option(
+        "--per-template", help="One row and pose per query and template, instead of the best template's.")] = False,
+    use_input_conformers: Annotated[bool, typer.Option(
+        "--use-input-conformers", help="SDF queries: score the records' own coordinates (consecutive records "
+                                       "with one name are one query's conformers) instead of generating "
+                                       "conformers.")] = False,
+    query_timeout: Annotated[float, typer.Option(
+        "--query-timeout", min=0, help="Seconds one query may take before it is a timeout row (0: no limit).")] = 600.0,
+    smiles_column: Annotated[str | None, typer.Option(
+        "--smiles-column", help="CSV/TSV column holding the SMILES (default: smiles, canonical_smiles, ...).")] = None,
+    id_column: Annotated[str | None, typer.Option(
+        "--id-column",
+        help="CSV/TSV column holding the query id (default: id, name, title, compound_id, ...).")] = None,
+    top: Annotated[int, typer.Option(
+        "--top", min=0, help="Poses of the best-ranked queries in hits.sdf (0: all).")] = 100,
+    poses_per_query: Annotated[int, typer.Option(
+        "--poses-per-query", min=1, help="Distinct poses kept per query molecule (heavy-atom RMSD over 0.5 A).")] = 1,
+    executor: Annotated[ExecutorChoice, typer.Option(
+        "--executor", help="auto or process: local worker processes (fewer when some cannot start, this process "
+                           "when none can); dask: each query a task on a Dask cluster (without --scheduler or "
+                           "DASK_SCHEDULER_ADDRESS a LocalCluster sized from headroom), going on locally when "
+                           "the cluster is unreachable, lost or without workers.")] = ExecutorChoice.AUTO,
+    scheduler: SchedulerOption = None,
+    worker_timeout: WorkerTimeoutOption = None,
+    exact_workers: ExactWorkersOption = False,
+    json_output: JsonOption = False,
+    fragments: FragmentsOption = FragmentPolicy.LARGEST,
+    stereo: StereoOption = StereoPolicy.ENUMERATE,
+    max_isomers: MaxIsomersOption = DEFAULT_MAX_ISOMERS,
+    tautomer: TautomerOption = TautomerPolicy.AS_IS,
+    top_templates: TopTemplatesOption = str(DEFAULT_TOP_TEMPLATES),
+    mcs_timeout: McsTimeoutOption = DEFAULT_MCS_TIMEOUT,
+    exclude_identical: ExcludeIdenticalOption = False,
+    pin: PinOption = True,
+    keep_pinned_pose: KeepPinnedPoseOption = False,
+    reference: Annotated[Path | None, typer.Option(
+        "--reference", help="SDF of known poses (matched by query id, or by being the same molecule): each row and "
+                            "pose gets its heavy-atom RMSD in place (symmetry-aware, no superposition).")] = None,
+    prune_rms: PruneRmsOption = DEFAULT_PRUNE_RMS,
+    allow_large_templates: AllowLargeTemplatesOption = False,
+    session: TelemetrySession | None = None,
+) -> None:
+    """Screen a library of query ligands against the template(s): one row and best pose per query (per
+    stereoisomer, when its stereo is enumerated)."""
+    check_dask_options(executor, scheduler, worker_timeout)
+    if executor == ExecutorChoice.DASK:
+        require_dask()
+    try:
+        request = ScreenRequest(
+            template=template, queries=queries, output_dir=output_dir, num_conformers=num_conformers, seed=seed,
+            workers=workers or default_workers(), metric=metric, resume=resume, per_template=per_template,
+            use_input_conformers=use_input_conformers, query_timeout=query_timeout or None,
+            smiles_column=smiles_column, id_column=id_column, exact_workers=exact_workers,
+            preparation=PreparationOptions(fragments, stereo, max_isomers, tautomer),
+            executor=str(executor), scheduler=scheduler, worker_timeout=worker_timeout,
+            choice=choice_options(top_templates, mcs_timeout, exclude_identical, pin), align=not keep_pinned_pose,
+            reference=reference, top=top or None, poses_per_query=poses_per_query, prune_rms=prune_rms,
+            allow_large_templates=allow_large_templates)
+        prepared = prepare(request)
+        warn_left_out(template, prepared.library)
+        with observed(session):
+            tally = run(prepared, console=stderr, out=stdout, progress=PROGRESS, start_progress=start_progress,
+                        on_summary=(lambda summary: print_json(summary_json(summary))) if json_output else None)
+            if tally.done and not tally.ok:  # inside the session: the run is recorded (and pushed) as failed
+                raise fail(f"no query could be scored: {tally.failure_summary()}", EXIT_ERROR)
+    except InputError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None

@@ -15,13 +15,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdShapeAlign
 
-from templ_pipeline.core.trace_context import WorkerSpan, start_worker_span
 from templ_pipeline.core.events import FailureReason, values
+from templ_pipeline.core.trace_context import WorkerSpan, start_worker_span
 
 # Full-precision pickles: RDKit stores coordinates as 32-bit floats in a pickle by
 # default, which moved scores by up to 4e-4 between process-pool and in-process runs.
@@ -32,7 +33,8 @@ FAILURE_REASONS: tuple[str, ...] = values(FailureReason)
 
 def mol_to_bytes(mol: Chem.Mol) -> bytes:
     """Serialise a molecule with double-precision coordinates and all properties."""
-    return mol.ToBinary(_PICKLE_FLAGS)
+    binary: bytes = mol.ToBinary(_PICKLE_FLAGS)
+    return binary
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +104,7 @@ class BatchTask:
         self.conf_ids = conf_ids
         self.carrier = carrier or {}  # W3C trace context for spans made in a worker
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "template": mol_to_bytes(self.template),
@@ -113,7 +115,7 @@ class BatchTask:
             "align": self.align,
         }
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.index = state["index"]
         self.template = Chem.Mol(state["template"])
         self.template_key = state["template_key"]

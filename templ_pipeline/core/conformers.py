@@ -186,8 +186,9 @@ def embed_conformers(with_hs: Chem.Mol, num_conformers: int, seed: int, threads:
         count = threads.count
         before = pids_refusals() if count > 1 else None
         try:
-            return call_interruptibly(lambda: embed(with_hs, num_conformers, seed, count, random_coords=random_coords,
-                                                    pins=pins, prune_rms=prune_rms),
+            return call_interruptibly(lambda count=count: embed(with_hs, num_conformers, seed, count,  # type: ignore[misc]
+                                                                random_coords=random_coords, pins=pins,
+                                                                prune_rms=prune_rms),
                                       name="templ-embed",
                                       on_inline=lambda error: threads.emit(EmbeddingInline(str(error))))
         except (RuntimeError, OSError) as error:

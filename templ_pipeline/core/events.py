@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from templ_pipeline.core.trace_context import WorkerSpan
@@ -51,19 +51,37 @@ class LimitName(StrEnum):
     STACK_MEMORY = "stack_memory"
 
 
-def _limits_and(name: str, *more: tuple[str, str]) -> type[StrEnum]:
-    """A vocabulary of every LimitName member followed by ``more`` (StrEnums cannot be extended)."""
-    return StrEnum(name, [(limit.name, limit.value) for limit in LimitName] + list(more))  # type: ignore[return-value]
+_Vocabulary = TypeVar("_Vocabulary", bound=type[StrEnum])
 
 
-ReductionReason = _limits_and("ReductionReason", ("MANAGER_UNAVAILABLE", "manager_unavailable"),
-                              ("MANAGER_FAILED", "manager_failed"), ("RESERVED_BY_OTHERS", "reserved_by_others"),
-                              ("SECCOMP", "seccomp"), ("CPU_LIMIT", "cpu_limit"), ("SMALL_WORK", "small_work"))
-"""Why fewer workers were granted than requested: a limit, a thread manager that could not answer,
-other processes sharing the limit that reserved its headroom (the shared ledger), a seccomp
-profile under which no thread can start, fewer CPUs than workers for CPU-bound work
-(``cpu_limit``: affinity or the cgroup CPU quota), or work too small to repay starting them
-(``small_work``)."""
+def _extends_limits(vocabulary: _Vocabulary) -> _Vocabulary:
+    """Check that ``vocabulary`` starts with every LimitName member, in order (a StrEnum cannot be extended,
+    and a type checker cannot see members made at run time, so the limits are listed again and checked)."""
+    limits = [(limit.name, limit.value) for limit in LimitName]
+    if [(member.name, member.value) for member in vocabulary][:len(limits)] != limits:
+        raise TypeError(f"{vocabulary.__name__} must start with the members of LimitName")
+    return vocabulary
+
+
+@_extends_limits
+class ReductionReason(StrEnum):
+    """Why fewer workers were granted than requested: a limit, a thread manager that could not answer,
+    other processes sharing the limit that reserved its headroom (the shared ledger), a seccomp
+    profile under which no thread can start, fewer CPUs than workers for CPU-bound work
+    (``cpu_limit``: affinity or the cgroup CPU quota), or work too small to repay starting them
+    (``small_work``)."""
+
+    PIDS_CGROUP = "pids_cgroup"
+    RLIMIT_NPROC = "rlimit_nproc"
+    THREADS_MAX = "threads_max"
+    PID_MAX = "pid_max"
+    STACK_MEMORY = "stack_memory"
+    MANAGER_UNAVAILABLE = "manager_unavailable"
+    MANAGER_FAILED = "manager_failed"
+    RESERVED_BY_OTHERS = "reserved_by_others"
+    SECCOMP = "seccomp"
+    CPU_LIMIT = "cpu_limit"
+    SMALL_WORK = "small_work"
 
 
 class FallbackReason(StrEnum):
@@ -95,8 +113,18 @@ REFUSED_STARTS: dict[FallbackReason, StartKind] = {
 }
 
 
-FallbackCause = _limits_and("FallbackCause", ("SECCOMP", "seccomp"), ("UNKNOWN", "unknown"), ("NONE", "none"))
-"""Which limit (or filter) refused a start; ``none`` when the fallback is not about a start."""
+@_extends_limits
+class FallbackCause(StrEnum):
+    """Which limit (or filter) refused a start; ``none`` when the fallback is not about a start."""
+
+    PIDS_CGROUP = "pids_cgroup"
+    RLIMIT_NPROC = "rlimit_nproc"
+    THREADS_MAX = "threads_max"
+    PID_MAX = "pid_max"
+    STACK_MEMORY = "stack_memory"
+    SECCOMP = "seccomp"
+    UNKNOWN = "unknown"
+    NONE = "none"
 
 
 class ResubmissionReason(StrEnum):
@@ -631,5 +659,5 @@ class Emitter:
         for observer in self._observers:
             try:
                 observer(event)
-            except Exception:  # noqa: BLE001 - see the class docstring
+            except Exception:
                 pass

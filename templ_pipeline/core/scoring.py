@@ -21,7 +21,6 @@ from typing import Any
 from rdkit import Chem
 from rdkit.Chem import rdShapeAlign
 
-from templ_pipeline.core.trace_context import current_carrier
 from templ_pipeline.core.batch import (
     BatchResult,
     BatchTask,
@@ -49,6 +48,8 @@ from templ_pipeline.core.events import (
     values,
 )
 from templ_pipeline.core.executor import get_executor, validate_executor
+from templ_pipeline.core.trace_context import current_carrier
+
 
 class Metric(StrEnum):
     """What poses are ranked by (``align_metric``, ``--metric``): shape or colour Tanimoto, or their mean."""
@@ -243,7 +244,8 @@ def select_best_with_report(
     report = SelectionReport(n_conformers=len(conf_ids), workers_requested=n_workers)
     scored: dict[int, ConformerScore] = {}
 
-    listeners = (*process_observers(), *observers)
+    listeners: tuple[Observer, ...] = (*process_observers(), *observers)
+    everyone: tuple[Observer, ...] = (report, *listeners)
     emit = Emitter(listeners)
     emit(SelectBestStarted(len(conf_ids), n_workers))
     error: BaseException | None = None
@@ -258,7 +260,7 @@ def select_best_with_report(
             template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
             with get_executor(n_workers, executor=executor, scheduler=scheduler, conformers=len(conf_ids),
                               exact_workers=exact_workers, worker_timeout=worker_timeout) as runner:
-                for observer in (report, *listeners):
+                for observer in everyone:
                     runner.subscribe(observer)
                 batch_size = choose_batch_size(len(conf_ids), runner.workers)
                 carrier = current_carrier()  # workers time their batch spans under this call's trace
@@ -278,7 +280,7 @@ def select_best_with_report(
                         if on_batch is not None:
                             on_batch(result)
                 finally:
-                    for observer in (report, *listeners):
+                    for observer in everyone:
                         runner.unsubscribe(observer)
     except BaseException as escaped:
         error = escaped

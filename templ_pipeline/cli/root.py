@@ -1,0 +1,135 @@
+"""The ``templ`` app: its commands, ``--version``, and the entry point that turns every ending into an exit code.
+
+Exit codes: 0 done, 2 bad input (one line naming the file or argument), 1 a failed run,
+130/143 stopped by SIGINT/SIGTERM. Standard output carries only results (tables, the
+SDF of ``-o -``, the JSON of ``--json``); progress, warnings and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from templ_pipeline import __version__
+from templ_pipeline.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, PROGRESS, stderr, stdout
+from templ_pipeline.cli.dashboards import app as dashboards_app
+from templ_pipeline.cli.demo import demo
+from templ_pipeline.cli.doctor import doctor
+from templ_pipeline.cli.help import TemplTyper
+from templ_pipeline.cli.screen import screen_command
+from templ_pipeline.cli.select_best import select_best_command
+from templ_pipeline.cli.stress import stress
+from templ_pipeline.core import native_call
+from templ_pipeline.core.executor import shutdown_dask, shutdown_pools
+from templ_pipeline.interrupts import Interrupted, signals_raise
+from templ_pipeline.stdout_pipe import StdoutPipe, silence_stdout
+from templ_pipeline.telemetry.session import TelemetrySetupError
+
+__all__ = ["PROG_NAME", "app", "main"]
+
+app = TemplTyper(
+    name="templ",
+    help="Template-based pose selection: score ligand conformers against a template ligand.",
+    no_args_is_help=True,
+    add_completion=True,  # --install-completion / --show-completion; completion offers the enums' values
+    pretty_exceptions_enable=False,
+)
+PROG_NAME = "templ"  # also when run as ``python -m templ_pipeline.cli``: usage lines, and _TEMPL_COMPLETE
+
+app.command("select-best")(select_best_command)
+app.command("screen")(screen_command)
+app.command()(demo)
+app.command()(stress)
+app.command()(doctor)
+app.add_typer(dashboards_app)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{PROG_NAME} {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Template-based pose selection: score ligand conformers against a template ligand."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit code.
+
+    SIGTERM and SIGINT stop the run cleanly: no new batches, the workers are ended
+    and reaped, nothing half-written, one line saying what was done, and the
+    shell's exit status for the signal (143, 130). A reader of stdout that closes
+    it early (``templ doctor | head -1``) ends the command quietly with 0.
+    """
+    PROGRESS.started = time.monotonic()
+    pipe = StdoutPipe.current()
+    with signals_raise():
+        try:
+            code = _run(argv, pipe)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:  # the reader of stdout left (``| head``): it has what it wanted
+            silence_stdout()
+            return EXIT_OK
+        except Interrupted as stop:
+            return _stopped(stop)
+
+
+def _stopped(stop: Interrupted) -> int:
+    """End every worker, say what was done, and leave with the signal's exit status."""
+    shutdown_pools(terminate=True)
+    shutdown_dask()
+    stderr.print(f"interrupted by {stop.name}: {PROGRESS.describe()}", highlight=False, soft_wrap=True)
+    if native_call.busy():
+        # RDKit is still embedding in a helper thread that cannot be stopped: leave without
+        # running interpreter finalization underneath it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(stop.exit_code)
+    return stop.exit_code
+
+
+def _run(argv: list[str] | None, pipe: StdoutPipe | None = None) -> int:
+    try:
+        code = app(args=argv, prog_name=PROG_NAME, standalone_mode=False)
+    except typer.Abort as abort:
+        if isinstance(abort.__context__, KeyboardInterrupt):  # click's name for a KeyboardInterrupt
+            raise Interrupted(signal.SIGINT) from None
+        stderr.print("aborted")
+        return EXIT_ERROR
+    except typer.TyperException as exc:  # usage errors: one line, exit 2
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # a bare ``templ`` (or ``templ dashboards``): the help, already printed on stdout by typer's rich
+            # formatter when the error was made, is the answer, not an error. typer exports no name for this
+            # class and checks it by name itself (typer/rich_utils.py).
+            if exc.format_message().strip():
+                stdout.print(exc.format_message(), highlight=False, markup=False)
+            return EXIT_OK
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        return int(getattr(exc, "exit_code", EXIT_BAD_INPUT))
+    except TelemetrySetupError as exc:  # a telemetry option the session cannot set up: bad input
+        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # raised by a native call that took SIGINT itself (RDKit): the same stop
+        raise Interrupted(signal.SIGINT) from None
+    except BrokenPipeError:
+        raise
+    except SystemExit as exit_:  # rich and typer end a write into a closed pipe so: see stdout_pipe
+        if exit_.code == EXIT_ERROR and pipe is not None and pipe.reader_left():
+            raise BrokenPipeError from None
+        raise
+    except Exception as exc:  # the last line of defence: one line, exit 1
+        stderr.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        return EXIT_ERROR
+    return code if isinstance(code, int) else EXIT_OK
