@@ -81,7 +81,7 @@ def test_the_wheel_installs_one_import_package_with_its_data_and_license(wheel):
         top_level = {name.split("/", 1)[0] for name in names} - {dist_info}
         metadata = email.message_from_bytes(archive.read(f"{dist_info}/METADATA"))
     assert top_level == {"templ_pipeline"}  # no generic `telemetry` or `dashboards` package in users' environments
-    assert {"templ_pipeline/telemetry/catalog.py", "templ_pipeline/dashboards/alerts.py",
+    assert {"templ_pipeline/telemetry/catalog.py",
             "templ_pipeline/data/examples.csv", "templ_pipeline/data/screen_library.smi",
             "templ_pipeline/dashboards/grafana/dashboards/templ-executor.json",
             "templ_pipeline/dashboards/prometheus/alerts.yml", "templ_pipeline/py.typed",
@@ -91,6 +91,15 @@ def test_the_wheel_installs_one_import_package_with_its_data_and_license(wheel):
     assert metadata["Requires-Python"] == ">=3.11"
     assert "Topic :: Scientific/Engineering :: Chemistry" in metadata.get_all("Classifier")
     assert not any(req.startswith("psutil") for req in metadata.get_all("Requires-Dist") if "extra ==" not in req)
+
+
+def test_the_wheel_ships_the_generated_dashboard_files_and_none_of_their_generators(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name.removeprefix("templ_pipeline/dashboards/") for name in archive.namelist()
+                   if name.startswith("templ_pipeline/dashboards/")}
+    # the generators import grafana-foundation-sdk, a test-only dependency: installed, they could not be imported
+    assert sorted(name for name in shipped if name.endswith(".py")) == []
+    assert shipped == {str(relative) for relative in _committed_deployed_files()}
 
 
 @pytest.mark.slow
@@ -114,8 +123,13 @@ def test_demo_doctor_and_dashboards_run_from_a_fresh_venv(fresh_venv, tmp_path):
 
     exported = _run([templ, "dashboards", "export", "deploy"], cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
-    for relative in ("grafana/dashboards/templ-executor.json", "prometheus/alerts.yml"):
-        assert (tmp_path / "deploy" / relative).read_bytes() == (REPO / "dashboards" / relative).read_bytes()
+    deploy = tmp_path / "deploy"
+    written = {path.relative_to(deploy) for path in deploy.rglob("*") if path.is_file()}
+    assert written == _committed_deployed_files()
+    for relative in written:
+        assert (deploy / relative).read_bytes() == (REPO / "dashboards" / relative).read_bytes()
+    generators = _run([python, "-c", "import templ_pipeline.dashboards.generate"], cwd=tmp_path)
+    assert "No module named 'templ_pipeline.dashboards.generate'" in generators.stderr
 
 
 # --- the import names ------------------------------------------------------------------------------
@@ -141,10 +155,15 @@ def test_nothing_imports_telemetry_or_dashboards_by_their_folder_names():
 
 # --- templ dashboards export ------------------------------------------------------------------------
 
+def _committed_deployed_files() -> set[Path]:
+    """The files under dashboards/grafana, prometheus and compose, relative to dashboards/."""
+    return {path.relative_to(REPO / "dashboards") for base in ("grafana", "prometheus", "compose")
+            for path in (REPO / "dashboards" / base).rglob("*") if path.is_file()}
+
+
 def test_export_writes_every_deployed_file_as_committed(tmp_path):
     written = export(tmp_path / "deploy")
-    committed = {path.relative_to(REPO / "dashboards") for base in ("grafana", "prometheus", "compose")
-                 for path in (REPO / "dashboards" / base).rglob("*") if path.is_file()}
+    committed = _committed_deployed_files()
     assert {path.relative_to(tmp_path / "deploy") for path in written} == committed == {
         Path(*relative.parts) for relative in deployed_files()}
     for path in written:
@@ -185,7 +204,7 @@ def test_the_compose_image_copies_everything_the_build_reads():
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    needed = {"pyproject.toml", project["project"]["readme"], *project["project"]["license-files"],
+    needed = {"pyproject.toml", "setup.py", project["project"]["readme"], *project["project"]["license-files"],
               "templ_pipeline", *project["tool"]["setuptools"]["package-dir"].values()}
     copied = set()
     for line in (REPO / "dashboards" / "compose" / "templ.Dockerfile").read_text().splitlines():
