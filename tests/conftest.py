@@ -10,14 +10,15 @@ would rightly run sequentially or on fewer workers. The sizing tests
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from rdkit import Chem
+from sdf_files import write_sdf
 
 from templ_pipeline.core.conformers import generate_conformers
 from templ_pipeline.io import examples
-from sdf_files import write_sdf  # isort: skip
 
 QUERY_SMILES = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 
@@ -34,6 +35,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         count[item.path] = count.get(item.path, 0) + 1
     items.sort(key=lambda item: (item.path not in slow, -count[item.path], str(item.path)))  # stable in a file
+
+
+@pytest.fixture(autouse=True)
+def no_recorder_left_subscribed():
+    """A test that subscribes an observer to every call of the process unsubscribes it: one left behind would
+    record the next tests' calls (on a recorder whose spans and metrics they never see). It is removed here
+    so that the next test starts clean, and the test that left it fails."""
+    from templ_pipeline.core import events
+
+    yield
+    left = events.process_observers()
+    for observer in left:
+        events.unsubscribe_process(observer)
+    assert not left, f"observers left subscribed to the process: {left}"
 
 
 @pytest.fixture(scope="session")
@@ -54,9 +69,25 @@ def query_confs() -> Chem.Mol:
     return generate_conformers(QUERY_SMILES, 24, seed=11)
 
 
+@contextmanager
+def _recording(metrics):
+    """A recorder on ``metrics`` that hears every call of the process while the test runs, as a run's telemetry
+    session subscribes its own."""
+    from templ_pipeline.core import events
+    from templ_pipeline.telemetry.recorder import Recorder
+
+    recorder = Recorder(metrics)
+    events.subscribe_process(recorder)
+    try:
+        yield recorder
+    finally:
+        events.unsubscribe_process(recorder)
+
+
 @pytest.fixture
 def tel_json():
-    """Telemetry on real libraries with logs rendered: in-memory spans, fresh metrics, JSON log lines in ``stream``."""
+    """Telemetry on real libraries with logs rendered: in-memory spans, fresh metrics, JSON log lines in ``stream``,
+    every call of the process recorded."""
     import io
     from types import SimpleNamespace
 
@@ -70,13 +101,16 @@ def tel_json():
     telemetry.configure(span_exporter=exporter, synchronous=True, log_format="json", log_stream=stream,
                         run_id="test-run", log_level="DEBUG")
     metrics = telemetry.testing.reset_metrics()
-    yield SimpleNamespace(exporter=exporter, stream=stream, metrics=metrics, registry=metrics.registry)
+    with _recording(metrics) as recorder:
+        yield SimpleNamespace(exporter=exporter, stream=stream, metrics=metrics, registry=metrics.registry,
+                              recorder=recorder)
     telemetry.testing.reset()
 
 
 @pytest.fixture
 def tel():
-    """Telemetry on real libraries: in-memory spans (synchronous export), fresh metrics, captured logs."""
+    """Telemetry on real libraries: in-memory spans (synchronous export), fresh metrics, captured logs, every call
+    of the process recorded."""
     from types import SimpleNamespace
 
     import structlog
@@ -88,8 +122,8 @@ def tel():
     telemetry.testing.reset()
     telemetry.configure(span_exporter=exporter, synchronous=True, log_format="json", run_id="test")
     metrics = telemetry.testing.reset_metrics()
-    with structlog.testing.capture_logs() as logs:
-        yield SimpleNamespace(exporter=exporter, registry=metrics.registry, logs=logs)
+    with structlog.testing.capture_logs() as logs, _recording(metrics) as recorder:
+        yield SimpleNamespace(exporter=exporter, registry=metrics.registry, logs=logs, recorder=recorder)
     telemetry.testing.reset()
 
 

@@ -112,8 +112,8 @@ def test_a_campaign_on_a_scheduler_is_one_trace_counted_once_in_the_driver(dask_
     assert {s.attributes["process.pid"] for s in worker_spans} <= pids
     # each worker sized ETKDG from its machine: the CPUs this process may use, per task thread of the worker
     cpus = read_cpu_budget().cpus
-    assert {s.attributes["templ.conformers.threads"] for s in worker_spans if s.name == "conformers.generate"} == {
-        max(1, cpus)}
+    threads = {s.attributes["templ.executor.workers_granted"] for s in worker_spans if s.name == "conformers.generate"}
+    assert threads == {max(1, cpus)}
 
 
 def _holds_settings(key: str) -> bool:

@@ -21,6 +21,7 @@ SCENARIO = textwrap.dedent(
     import structlog
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from templ_pipeline import telemetry
+    from templ_pipeline.core import events
     from templ_pipeline.core.conformers import generate_conformers
     from templ_pipeline.core.events import WorkersGranted, WorkersReduced, as_fields
     from templ_pipeline.core.scoring import select_best_with_report
@@ -28,6 +29,7 @@ SCENARIO = textwrap.dedent(
 
     exporter = InMemorySpanExporter()
     telemetry.configure(span_exporter=exporter, synchronous=True, log_format="json", log_stream=sys.stderr)
+    events.subscribe_process(telemetry.observe)  # every call recorded, as the CLI wires it
     template = next(e.template for e in examples() if e.name == "mpro")
     confs = generate_conformers(%(query)r, 40, seed=3)
     mode = sys.argv[1]

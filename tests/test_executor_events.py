@@ -47,8 +47,9 @@ SCENARIO = textwrap.dedent("""
         "events": [[type(e).__name__, {k: v for k, v in as_fields(e).items() if k != "result"}]
                    for e in events if type(e).__name__ != "LimitsObserved"],
         "errors": [type(e.error).__name__ for e in events if getattr(e, "error", None) is not None],
-        "telemetry": sorted(m for m in sys.modules if (m.split(".")[0] in ("prometheus_client", "structlog") or m.startswith("templ_pipeline.telemetry"))
-                            and m not in ("templ_pipeline.telemetry.worker_spans", "templ_pipeline.telemetry")),
+        "telemetry": sorted(m for m in sys.modules
+                            if m.split(".")[0] in ("prometheus_client", "structlog")
+                            or m.startswith("templ_pipeline.telemetry")),
     }))
 """)
 

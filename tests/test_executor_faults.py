@@ -111,11 +111,13 @@ def test_thread_manager_import_failure_caps_at_four_workers():
     code = SCENARIO_PRELUDE.format(
         block="sys.modules['templ_pipeline.core.thread_manager'] = None  # the manager cannot be imported"
     ) + """
+from templ_pipeline import telemetry
+from templ_pipeline.core import events
 from templ_pipeline.core.events import as_fields
 from templ_pipeline.core.executor import get_executor
+events.subscribe_process(telemetry.observe)  # every call recorded, as the CLI wires it
 ex = get_executor(8)
 sel = select_best_with_report(confs, template, n_workers=8)
-from templ_pipeline import telemetry
 counted = telemetry.get_metrics().registry.get_sample_value(
     "templ_executor_worker_reductions_total", {"task_type": "scoring", "reason": "manager_unavailable"})
 print(json.dumps({"granted": ex.workers, "grant_reason": ex.grant.reason, "reductions": [as_fields(r) for r in sel.report.reductions],

@@ -193,7 +193,7 @@ CONFORMERS = textwrap.dedent("""
     from templ_pipeline import telemetry
     from templ_pipeline.core.canonical import canonical_molecule
     from templ_pipeline.core.conformers import EmbeddingThreads, embed_conformers
-    from templ_pipeline.telemetry.observer import observe
+    from templ_pipeline.telemetry import observe
 
     telemetry.configure(synchronous=True, log_format="json", log_stream=sys.stderr)
     with_hs = Chem.AddHs(canonical_molecule(Chem.MolFromSmiles(%(query)r)))

@@ -12,11 +12,13 @@ import urllib.request
 
 import pytest
 from ports import free_port
-from pushgateway_server import pushgateway  # noqa: F401 - the fixture
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from pushgateway_server import pushgateway  # noqa: F401 - the fixture
+from recorder_events import batch_done, worker_span
 
 from templ_pipeline import telemetry
+from templ_pipeline.core import events as ev
 from templ_pipeline.telemetry.export import PushError, push_metrics, write_textfile
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -25,40 +27,35 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 def _run_events() -> None:
     """A realistic run: a reduction, a fallback, batches in and out of process, a pool restart (the limits
     are this machine's, read at each collection)."""
-    telemetry.events.record_workers("scoring", 8, 8)
-    with telemetry.select_best_span(n_conformers=35, workers_requested=8) as call:
-        telemetry.events.record_worker_reduction("conformers", 8, 3, "pids_cgroup", "pids.max=40", headroom=3)
-        call.workers_granted = 3
-        for i in range(3):
-            with telemetry.batch_span(i, 10, "process") as batch:
-                if i == 1:
-                    telemetry.events.record_fallback("process", "thread", "process_start_failed", "rlimit_nproc",
-                                              error=OSError(11, "Resource temporarily unavailable"))
-                    batch.executor_kind = "thread"
-                batch.scored, batch.failed = 9, 1
-        telemetry.events.record_batch(3, 5, "process", 5, 0, 0.02, pid=4242)
-        telemetry.events.record_pool_restart("process")
-        telemetry.events.record_fallback("thread", "sequential", "no_headroom")
-        call.executor_kind = "sequential"
-        call.scored = 32
-        call.fail("no_coordinates", 3)
+    process, thread, sequential = ev.ExecutorKind.PROCESS, ev.ExecutorKind.THREAD, ev.ExecutorKind.SEQUENTIAL
+    observe = telemetry.observe
+    observe(ev.WorkersGranted(ev.TaskType.SCORING, 8, 8))
+    observe(ev.SelectBestStarted(35, 8))
+    observe(ev.WorkersReduced(ev.TaskType.CONFORMERS, 8, 3, ev.ReductionReason.PIDS_CGROUP, "pids.max=40", 3))
+    observe(batch_done(0, 10, failed=1, span=worker_span()))
+    observe(ev.Fallback(process, thread, ev.FallbackReason.PROCESS_START_FAILED, ev.FallbackCause.RLIMIT_NPROC,
+                        error=OSError(11, "Resource temporarily unavailable")))
+    observe(batch_done(1, 10, thread, failed=1, span=worker_span()))
+    observe(batch_done(2, 10, failed=1, span=worker_span()))
+    observe(batch_done(3, 5, seconds=0.02))  # a task that carried no trace
+    observe(ev.PoolRestarted(process, ev.FallbackReason.BROKEN_POOL))
+    observe(ev.Fallback(thread, sequential, ev.FallbackReason.NO_HEADROOM))
+    observe(ev.SelectBestFinished(35, 8, 3, sequential, 32, {"no_coordinates": 3}, 0.5))
     _campaign_events()
 
 
 def _campaign_events() -> None:
     """A short campaign: ok, failed and short queries, a worker replaced, the end (in_flight back to 0)."""
-    from templ_pipeline.core import events as ev
-
-    with telemetry.campaign_span(total=5, templates=1, workers_requested=2):
-        for event in (
-            ev.CampaignStarted(total=5, skipped=1, templates=1), ev.QueryStarted(0, 1), ev.QueryStarted(1, 2),
-            ev.QueryFinished("q0", ev.ExecutorKind.PROCESS, ev.QueryStatus.OK, None, 1.5, 10, 7, 7, 0, 1),
-            ev.QueryFinished("q1", ev.ExecutorKind.PROCESS, ev.QueryStatus.FAILED, ev.QueryFailureReason.TIMEOUT,
-                             600.0, 10, 0, 0, 0, 0, "ran over 600 s"),
-            ev.WorkerReplaced(ev.ExecutorKind.PROCESS, ev.ReplacementReason.TIMEOUT, "q1"),
-            ev.CampaignDone(done=2, ok=1, failed=1, seconds=602.0, interrupted=False),
-        ):
-            telemetry.observe(event)
+    for event in (
+        ev.CampaignStarted(total=5, skipped=1, templates=1, workers_requested=2), ev.QueryStarted(0, 1),
+        ev.QueryStarted(1, 2),
+        ev.QueryFinished("q0", ev.ExecutorKind.PROCESS, ev.QueryStatus.OK, None, 1.5, 10, 7, 7, 0, 1, index=0),
+        ev.QueryFinished("q1", ev.ExecutorKind.PROCESS, ev.QueryStatus.FAILED, ev.QueryFailureReason.TIMEOUT,
+                         600.0, 10, 0, 0, 0, 0, "ran over 600 s", index=1),
+        ev.WorkerReplaced(ev.ExecutorKind.PROCESS, ev.ReplacementReason.TIMEOUT, "q1"),
+        ev.CampaignDone(done=2, ok=1, failed=1, seconds=602.0, interrupted=False, workers_granted=2),
+    ):
+        telemetry.observe(event)
 
 
 def _key(name: str, labels: dict[str, str], drop=()) -> tuple[str, frozenset]:

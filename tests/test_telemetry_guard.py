@@ -24,6 +24,9 @@ CHILD = textwrap.dedent(
     """
     import json, resource, sys, threading
     from templ_pipeline import telemetry
+    from templ_pipeline.core.batch import BatchResult
+    from templ_pipeline.core.events import BatchDone, ExecutorKind, SelectBestFinished, SelectBestStarted
+    from templ_pipeline.telemetry.recorder import Recorder
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -46,10 +49,10 @@ CHILD = textwrap.dedent(
     exporter = InMemorySpanExporter()
     provider = telemetry.tracing.configure_tracing(exporter)  # asks for a BatchSpanProcessor
     processors = provider._active_span_processor._span_processors
-    with telemetry.select_best_span(10, 2) as call:
-        with telemetry.batch_span(0, 10, "sequential") as b:
-            b.scored = 10
-        call.scored = 10
+    rec = Recorder()
+    rec(SelectBestStarted(10, 2))
+    rec(BatchDone(ExecutorKind.SEQUENTIAL, 10, BatchResult(0, duration_seconds=0.01)))
+    rec(SelectBestFinished(10, 2, 1, ExecutorKind.SEQUENTIAL, 0, {}, 0.02))
     exported = len(exporter.get_finished_spans())  # synchronous export: visible immediately
     server = telemetry.server.start_metrics_server(0, addr="127.0.0.1")  # another thread: also degraded
     reg = metrics.registry

@@ -9,10 +9,28 @@ from datetime import datetime, timedelta
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from recorder_events import batch_done, worker_span
 from structlog.testing import capture_logs
 
 from templ_pipeline import telemetry
+from templ_pipeline.core.events import (
+    ExecutorKind,
+    Fallback,
+    FallbackCause,
+    FallbackReason,
+    QueryFailureReason,
+    QueryFinished,
+    QueryStatus,
+    ReductionReason,
+    SelectBestFinished,
+    SelectBestStarted,
+    TaskType,
+    WorkersReduced,
+)
 from templ_pipeline.telemetry.logs import get_logger
+from templ_pipeline.telemetry.recorder import Recorder
+
+PROCESS, THREAD, SEQUENTIAL = ExecutorKind.PROCESS, ExecutorKind.THREAD, ExecutorKind.SEQUENTIAL
 
 
 @pytest.fixture
@@ -28,29 +46,48 @@ def _json_lines(stream: io.StringIO) -> list[dict]:
     return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
 
 
+def _ids(span) -> tuple[str, str]:
+    return format(span.context.trace_id, "032x"), format(span.context.span_id, "016x")
+
+
 def test_capture_logs_sees_fallback_with_trace_id(exporter):
     telemetry.logs.configure_logging(fmt="json", stream=io.StringIO(), run_id="cap")
+    rec = Recorder()
     with capture_logs() as logs:
-        with telemetry.batch_span(3, 10, "process"):
-            telemetry.events.record_fallback("process", "thread", "process_start_failed", "rlimit_nproc", detail="EAGAIN")
+        rec(SelectBestStarted(10, 2))
+        rec(Fallback(PROCESS, THREAD, FallbackReason.PROCESS_START_FAILED, FallbackCause.RLIMIT_NPROC, "EAGAIN"))
+        rec(batch_done(3, 10, THREAD, span=worker_span()))
+        rec(SelectBestFinished(10, 2, 2, THREAD, 10, {}, 0.1))
     (fb,) = [e for e in logs if e["event"] == "executor.fallback"]
     assert fb["log_level"] == "warning"
     assert fb["reason"] == "process_start_failed" and fb["cause"] == "rlimit_nproc" and fb["detail"] == "EAGAIN"
-    (span,) = exporter.get_finished_spans()
-    assert fb["trace_id"] == format(span.context.trace_id, "032x")
-    assert fb["span_id"] == format(span.context.span_id, "016x")
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert (fb["trace_id"], fb["span_id"]) == _ids(spans["select_best"])
     (done,) = [e for e in logs if e["event"] == "select_best.batch_done"]
-    assert done["index"] == 3 and done["size"] == 10 and done["executor_kind"] == "process"
+    assert done["index"] == 3 and done["size"] == 10 and done["executor_kind"] == "thread"
+    assert (done["trace_id"], done["span_id"]) == _ids(spans["select_best.batch"])  # the span its worker timed
     assert done["trace_id"] == fb["trace_id"] and done["duration_seconds"] >= 0
+
+
+def test_a_batch_without_a_worker_span_is_given_one_ending_as_it_arrives(exporter):
+    telemetry.logs.configure_logging(fmt="json", stream=io.StringIO(), run_id="cap")
+    rec = Recorder()
+    with capture_logs() as logs:
+        rec(batch_done(0, 5, PROCESS, seconds=0.25))
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "select_best.batch" and span.parent is None
+    assert span.end_time - span.start_time == 250_000_000  # its worker's time, ending now
+    (done,) = [e for e in logs if e["event"] == "select_best.batch_done"]
+    assert (done["trace_id"], done["span_id"]) == _ids(span) and done["duration_seconds"] == 0.25
 
 
 def test_capture_logs_sees_reduction_and_select_best_done(exporter):
     telemetry.logs.configure_logging(fmt="json", stream=io.StringIO())
+    rec = Recorder()
     with capture_logs() as logs:
-        with telemetry.select_best_span(8, 4) as call:
-            telemetry.events.record_worker_reduction("scoring", 4, 1, "threads_max", "threads-max 500", headroom=1)
-            call.scored = 6
-            call.fail("invalid_molecule", 2)
+        rec(SelectBestStarted(8, 4))
+        rec(WorkersReduced(TaskType.SCORING, 4, 1, ReductionReason.THREADS_MAX, "threads-max 500", headroom=1))
+        rec(SelectBestFinished(8, 4, 1, SEQUENTIAL, 6, {"invalid_molecule": 2}, 0.1))
     red = next(e for e in logs if e["event"] == "executor.workers_reduced")
     assert (red["workers_requested"], red["workers_granted"], red["reason"], red["headroom"]) == (4, 1, "threads_max", 1)
     assert red["log_level"] == "warning" and len(red["trace_id"]) == 32
@@ -62,7 +99,7 @@ def test_capture_logs_sees_reduction_and_select_best_done(exporter):
 def test_fallback_outside_span_has_no_trace_id(exporter):
     telemetry.logs.configure_logging(fmt="json", stream=io.StringIO())
     with capture_logs() as logs:
-        telemetry.events.record_fallback("thread", "sequential", "thread_start_failed", "stack_memory")
+        Recorder()(Fallback(THREAD, SEQUENTIAL, FallbackReason.THREAD_START_FAILED, FallbackCause.STACK_MEMORY))
     assert logs[0]["event"] == "executor.fallback" and "trace_id" not in logs[0]
 
 
@@ -104,8 +141,7 @@ def test_json_output_fields(exporter):
 def test_level_filter_and_exceptions(exporter):
     stream = io.StringIO()
     telemetry.logs.configure_logging(level="WARNING", fmt="json", stream=stream, run_id="r")
-    with telemetry.batch_span(0, 5, "thread"):
-        pass  # batch_done is info: filtered
+    Recorder()(batch_done(0, 5, THREAD))  # batch_done is debug: filtered
     try:
         raise ValueError("bad mol")
     except ValueError:
@@ -150,8 +186,8 @@ def test_a_console_line_of_a_failed_query_is_one_line_of_its_own_fields(exporter
     console = io.StringIO()
     telemetry.logs.configure_logging(fmt="console", stream=console, run_id="c2", console_fields=CONSOLE_FIELDS)
     with telemetry.tracing.get_tracer().start_as_current_span("query"):
-        telemetry.campaign.record_query_finished("broken", "process", "failed", "invalid_smiles", 0.01, 4, 0, 0, 0,
-                                                 1, "cannot parse SMILES 'C1CC('")
+        Recorder()(QueryFinished("broken", PROCESS, QueryStatus.FAILED, QueryFailureReason.INVALID_SMILES, 0.01, 4, 0,
+                                 0, 0, 1, "cannot parse SMILES 'C1CC('"))
     (line,) = console.getvalue().splitlines()
     assert line.index("query_id=broken") < line.index("reason=invalid_smiles") < line.index("detail=")
     assert "trace_id" not in line and "in_flight" not in line and "duration_seconds" not in line

@@ -12,11 +12,28 @@ from cgroup_fixtures import child_pids_cgroup  # noqa: F401 - the fixture
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from recorder_events import batch_done, worker_span
 
 from templ_pipeline import telemetry
-from templ_pipeline.telemetry import catalog
+from templ_pipeline.core.events import (
+    ExecutorKind,
+    Fallback,
+    FallbackCause,
+    FallbackReason,
+    PoolRestarted,
+    ReductionReason,
+    SelectBestFinished,
+    SelectBestStarted,
+    TaskType,
+    WorkersGranted,
+    WorkersReduced,
+)
 from templ_pipeline.core.limits.model import Limit, Snapshot, StackInfo
+from templ_pipeline.telemetry import catalog
 from templ_pipeline.telemetry.metrics import TemplMetrics, count_threads
+from templ_pipeline.telemetry.recorder import Recorder
+
+PROCESS, THREAD, SEQUENTIAL = ExecutorKind.PROCESS, ExecutorKind.THREAD, ExecutorKind.SEQUENTIAL
 
 
 @pytest.fixture
@@ -60,21 +77,16 @@ def test_small_label_sets_initialized_to_zero(tel):
 
 def test_sample_values_after_events(tel):
     r = tel.registry
-    telemetry.events.record_workers("scoring", 8, 8)
-    with telemetry.select_best_span(n_conformers=30, workers_requested=8) as call:
-        telemetry.events.record_worker_reduction("conformers", 8, 3, "pids_cgroup", "pids.max=40", headroom=3)
-        call.workers_granted = 3
-        for i in range(3):
-            with telemetry.batch_span(i, 10, "process") as batch:
-                if i == 1:
-                    telemetry.events.record_fallback("process", "thread", "process_start_failed", "rlimit_nproc")
-                    batch.executor_kind = "thread"
-                batch.scored, batch.failed = 9, 1
-        call.executor_kind = "thread"
-        call.scored = 27
-        call.failed_by_reason = {"no_coordinates": 2}
-        call.fail("alignment_failed")
-    telemetry.events.record_pool_restart("process", "broken_pool", "worker died")
+    rec = Recorder()
+    rec(WorkersGranted(TaskType.SCORING, 8, 8))
+    rec(SelectBestStarted(30, 8))
+    rec(WorkersReduced(TaskType.CONFORMERS, 8, 3, ReductionReason.PIDS_CGROUP, "pids.max=40", headroom=3))
+    rec(batch_done(0, 10, failed=1))
+    rec(Fallback(PROCESS, THREAD, FallbackReason.PROCESS_START_FAILED, FallbackCause.RLIMIT_NPROC))
+    rec(batch_done(1, 10, THREAD, failed=1))
+    rec(batch_done(2, 10, failed=1))
+    rec(SelectBestFinished(30, 8, 3, THREAD, 27, {"no_coordinates": 2, "alignment_failed": 1}, 0.2))
+    rec(PoolRestarted(PROCESS, FallbackReason.BROKEN_POOL, "worker died"))
 
     assert r.get_sample_value("templ_executor_workers_requested", {"task_type": "scoring"}) == 8
     assert r.get_sample_value("templ_executor_workers_requested", {"task_type": "conformers"}) == 8
@@ -83,7 +95,7 @@ def test_sample_values_after_events(tel):
                               {"task_type": "conformers", "reason": "pids_cgroup"}) == 1
     assert r.get_sample_value("templ_executor_fallbacks_total", {
         "from_kind": "process", "to_kind": "thread", "reason": "process_start_failed", "cause": "rlimit_nproc"}) == 1
-    # the final executor kind labels the batch
+    # each batch is labelled with the kind that ran it
     assert r.get_sample_value("templ_select_best_batches_total", {"executor_kind": "process"}) == 2
     assert r.get_sample_value("templ_select_best_batches_total", {"executor_kind": "thread"}) == 1
     assert r.get_sample_value("templ_select_best_batch_duration_seconds_count", {"executor_kind": "process"}) == 2
@@ -96,10 +108,10 @@ def test_sample_values_after_events(tel):
 
 
 def test_error_outcome_counted(tel):
-    with pytest.raises(ValueError):
-        with telemetry.select_best_span(5, 1):
-            with telemetry.batch_span(0, 5, "sequential"):
-                raise ValueError("boom")
+    rec = Recorder()
+    rec(SelectBestStarted(5, 1))
+    rec(batch_done(0, 5, SEQUENTIAL))
+    rec(SelectBestFinished(5, 1, 1, SEQUENTIAL, 5, {}, 0.1, ValueError("boom")))
     r = tel.registry
     assert r.get_sample_value("templ_select_best_calls_total", {"outcome": "error"}) == 1
     assert r.get_sample_value("templ_select_best_calls_total", {"outcome": "ok"}) == 0
@@ -108,10 +120,11 @@ def test_error_outcome_counted(tel):
 
 def test_unknown_label_values_are_folded(tel):
     r = tel.registry
-    telemetry.events.record_fallback("gpu", "thread", "cosmic_ray", "solar_flare")
-    telemetry.events.record_worker_reduction("mystery_task", 4, 1, "moon_phase")
-    with telemetry.select_best_span(3, 1) as call:
-        call.fail("not_a_reason", 3)
+    rec = Recorder()
+    rec(Fallback("gpu", "thread", "cosmic_ray", "solar_flare"))  # type: ignore[arg-type]
+    rec(WorkersReduced("mystery_task", 4, 1, "moon_phase"))  # type: ignore[arg-type]
+    rec(SelectBestStarted(3, 1))
+    rec(SelectBestFinished(3, 1, 1, None, 0, {"not_a_reason": 3}, 0.01))
     assert r.get_sample_value("templ_executor_fallbacks_total", {
         "from_kind": "other", "to_kind": "thread", "reason": "other", "cause": "unknown"}) == 1
     assert r.get_sample_value("templ_executor_worker_reductions_total",
@@ -222,9 +235,10 @@ def test_live_thread_count(tel):
 
 
 def test_openmetrics_exemplar_carries_batch_trace_id(tel):
-    with telemetry.select_best_span(10, 2):
-        with telemetry.batch_span(0, 10, "thread") as batch:
-            batch.scored = 10
+    rec = Recorder()
+    rec(SelectBestStarted(10, 2))
+    rec(batch_done(0, 10, PROCESS, span=worker_span()))
+    rec(SelectBestFinished(10, 2, 2, PROCESS, 10, {}, 0.05))
     spans = {s.name: s for s in tel.exporter.get_finished_spans()}
     batch_ctx = spans["select_best.batch"].context
     trace_id, span_id = format(batch_ctx.trace_id, "032x"), format(batch_ctx.span_id, "016x")
@@ -247,14 +261,13 @@ def test_disabled_skips_per_batch_work_but_keeps_safety_events(tel):
     r = tel.registry
     with telemetry.disabled():
         assert not telemetry.state.is_enabled()
-        with telemetry.select_best_span(10, 2) as call:
-            with telemetry.batch_span(0, 10, "process") as batch:
-                batch.scored = 10
-                telemetry.events.record_fallback("process", "sequential", "broken_pool", "none")
-            call.scored = 10
-            call.fail("no_coordinates")
+        rec = Recorder()
+        rec(SelectBestStarted(10, 2))
+        rec(Fallback(PROCESS, SEQUENTIAL, FallbackReason.BROKEN_POOL))
+        rec(batch_done(0, 10, SEQUENTIAL, failed=1, span=worker_span()))
+        rec(SelectBestFinished(10, 2, 2, SEQUENTIAL, 9, {"no_coordinates": 1}, 0.05))
     assert telemetry.state.is_enabled()
-    assert r.get_sample_value("templ_select_best_batches_total", {"executor_kind": "process"}) == 0
+    assert r.get_sample_value("templ_select_best_batches_total", {"executor_kind": "sequential"}) == 0
     assert r.get_sample_value("templ_conformers_scored_total") == 0
     assert r.get_sample_value("templ_executor_fallbacks_total", {
         "from_kind": "process", "to_kind": "sequential", "reason": "broken_pool", "cause": "none"}) == 1
@@ -268,9 +281,10 @@ def test_a_refused_start_counts_by_kind_and_cause_from_zero(tel):
     kinds, causes = catalog.START_KINDS, catalog.METRICS_BY_SHORT["start_refusals"].label_values["cause"]
     assert all(r.get_sample_value("templ_start_refusals_total", {"kind": k, "cause": c}) == 0
                for k in kinds for c in causes)  # every series is there before the first refusal
-    telemetry.events.record_fallback("thread", "thread", "thread_start_failed", "pids_cgroup")
-    telemetry.events.record_fallback("process", "sequential", "process_start_failed", "rlimit_nproc")
-    telemetry.events.record_fallback("process", "sequential", "broken_pool", "none")  # not a refused start
+    rec = Recorder()
+    rec(Fallback(THREAD, THREAD, FallbackReason.THREAD_START_FAILED, FallbackCause.PIDS_CGROUP))
+    rec(Fallback(PROCESS, SEQUENTIAL, FallbackReason.PROCESS_START_FAILED, FallbackCause.RLIMIT_NPROC))
+    rec(Fallback(PROCESS, SEQUENTIAL, FallbackReason.BROKEN_POOL))  # not a refused start
     counts = {(k, c): r.get_sample_value("templ_start_refusals_total", {"kind": k, "cause": c})
               for k in kinds for c in causes}
     assert {key: n for key, n in counts.items() if n} == {("thread", "pids_cgroup"): 1, ("process", "rlimit_nproc"): 1}

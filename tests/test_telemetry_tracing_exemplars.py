@@ -10,10 +10,13 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import TraceFlags
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from recorder_events import batch_done, worker_span
 
 from templ_pipeline import telemetry
+from templ_pipeline.core.events import ExecutorKind, SelectBestFinished, SelectBestStarted
+from templ_pipeline.core.trace_context import WorkerSpan
+from templ_pipeline.telemetry.recorder import Recorder
 from templ_pipeline.telemetry.server import Address, serve_metrics
-from templ_pipeline.telemetry.worker_spans import WorkerSpan
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 HISTOGRAMS = ("templ_select_best_duration_seconds", "templ_select_best_batch_duration_seconds")
@@ -34,10 +37,11 @@ def reset():
 
 
 def _select_best() -> None:
-    with telemetry.select_best_span(n_conformers=10, workers_requested=1) as call:
-        with telemetry.batch_span(0, 10, "sequential") as batch:
-            batch.scored = 10
-        call.scored = 10
+    """A call of one in-process batch, timed under the call's span as ``select_best`` times it."""
+    rec = Recorder()
+    rec(SelectBestStarted(10, 1))
+    rec(batch_done(0, 10, ExecutorKind.SEQUENTIAL, span=worker_span()))
+    rec(SelectBestFinished(10, 1, 1, ExecutorKind.SEQUENTIAL, 10, {}, 0.05))
 
 
 def _exemplars(registry) -> dict[str, list[dict[str, str]]]:
@@ -80,7 +84,7 @@ def test_worker_span_exemplar_follows_its_sampled_flag(reset, flags, expected):
     _, metrics = _configure(exporter)
     record = WorkerSpan(trace_id=0x1234, span_id=0x99, parent_span_id=0x42, trace_flags=int(flags),
                         start_ns=1_000, end_ns=2_000, pid=7)
-    telemetry.events.record_batch(0, 4, "process", 4, 0, 0.5, pid=7, span=record)
+    Recorder()(batch_done(0, 4, seconds=0.5, pid=7, span=record))
     batch = _exemplars(metrics.registry)["templ_select_best_batch_duration_seconds"]
     assert len(batch) == expected
     if expected:

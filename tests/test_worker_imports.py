@@ -64,9 +64,9 @@ def test_a_campaign_worker_imports_only_what_a_query_needs():
     assert report["handlers"] == 0, "importing the campaign worker configured logging"
 
 
-def test_worker_spans_loads_only_opentelemetry_api():
-    modules = json.loads(_python("-c", _REPORT.format(imports="import templ_pipeline.telemetry.worker_spans")))["modules"]
-    assert [m for m in modules if m.startswith(TELEMETRY)] == [TELEMETRY, f"{TELEMETRY}.worker_spans"]
+def test_the_trace_context_workers_use_loads_only_opentelemetry_api():
+    modules = json.loads(_python("-c", _REPORT.format(imports="import templ_pipeline.core.trace_context")))["modules"]
+    assert [m for m in modules if m.startswith(TELEMETRY)] == []
     assert _forbidden(modules) == []
 
 
@@ -180,11 +180,10 @@ def test_a_worker_of_an_ordinary_script_does_not_run_it(parent_script):
 # --- the telemetry package -------------------------------------------------------------------------
 
 def test_every_exported_name_resolves_to_its_submodule():
-    from templ_pipeline.telemetry import catalog, events, observer, state
+    from templ_pipeline.telemetry import catalog, recorder, state
 
     assert telemetry.catalog is catalog
-    assert telemetry.select_best_span is events.select_best_span
-    assert telemetry.observe is observer.observe
+    assert telemetry.observe is recorder.observe and isinstance(telemetry.observe, recorder.Recorder)
     assert telemetry.disabled is state.disabled
     assert {name for name in telemetry.__all__ if getattr(telemetry, name) is None} == set()
     with pytest.raises(AttributeError):
