@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from templ_pipeline import __version__
+from templ_pipeline.core.best_pose import best_pair
 from templ_pipeline.core.events import Fallback, WorkersReduced
 from templ_pipeline.core.preparation import Preparation
 from templ_pipeline.core.scoring import METRICS, Selection
@@ -146,9 +147,7 @@ class RunOutcome:
 def best_template(results: Sequence[TemplateSelection], metric: str) -> TemplateSelection | None:
     """The (isomer, template) pair whose best pose scores highest by ``metric`` (the first isomer, then the
     first record, on a tie); None when none scored."""
-    scored = [result for result in results if result.best_score(metric) is not None]
-    return min(scored, key=lambda result: (-(result.best_score(metric) or 0.0), result.isomer, result.record),
-               default=None)
+    return best_pair((result.best_score(metric), result.isomer, result.record, result) for result in results)
 
 
 def pose_records(chosen: TemplateSelection, query: QueryIdentity, metric: str, all_ranked: bool,

@@ -38,6 +38,7 @@ from templ_pipeline.core.batch import (
     sanitized_copy_without_conformers,
     score_batch,
 )
+from templ_pipeline.core.best_pose import best_conformer, best_pair
 from templ_pipeline.core.embedding import DEFAULT_PRUNE_RMS, Embed, embed_on_this_thread
 from templ_pipeline.core.events import (
     ConformersTimed,
@@ -176,8 +177,8 @@ class IsomerOutcome:
 
     def best(self, metric: str) -> TemplateResult | None:
         """The template that scored this isomer best (the first one on a tie), None when none scored."""
-        scored = [result for result in self.templates if result.conf_id is not None]
-        return min(scored, key=lambda result: (-result.value(metric), result.template), default=None)
+        return best_pair((None if result.conf_id is None else result.value(metric), self.index, result.template,
+                          result) for result in self.templates)
 
 
 @dataclass(slots=True)
@@ -217,10 +218,9 @@ class QueryOutcome:
 
     def best_isomer(self, metric: str) -> tuple[IsomerOutcome | None, TemplateResult | None]:
         """The isomer that scored best and its best template result."""
-        found = [(isomer, isomer.best(metric)) for isomer in self.isomers]
-        scored = [(isomer, best) for isomer, best in found if best is not None]
-        return min(scored, key=lambda pair: (-pair[1].value(metric), pair[0].index, pair[1].template),
-                   default=(None, None))
+        pair = best_pair((best.value(metric), isomer.index, best.template, (isomer, best))
+                         for isomer in self.isomers if (best := isomer.best(metric)) is not None)
+        return (None, None) if pair is None else pair
 
 
 def failed(index: int, reason: QueryFailureReason, detail: str, **fields: object) -> QueryOutcome:
@@ -386,8 +386,7 @@ class QueryRunner:
             batch = score_batch(BatchTask(poses.index, library.mols[poses.index], self._keys[poses.index],
                                           batch_query(base, confs, conf_ids), conf_ids, align=align))
             found.append((poses, batch.scored, batch.failed))
-        tops = [min(scored, key=lambda item: (-getattr(item, metric), item.conf_id), default=None)
-                for _, scored, _ in found]
+        tops = [best_conformer(scored, metric) for _, scored, _ in found]
         results = []
         for position, ((poses, scored, failed_), top) in enumerate(zip(found, tops, strict=True)):
             failure = failed_[0].detail if failed_ else ""
