@@ -28,7 +28,7 @@ PROBE = textwrap.dedent('''
 
         def find_spec(self, name, path=None, target=None):
             if name == "numpy" and not seen:
-                seen.update({key: os.environ.get(key) for key in %r})
+                seen.update({key: os.environ.get(key) for key in VARIABLES})
             return None
 
     sys.meta_path.insert(0, NumpyWatch())
@@ -45,9 +45,9 @@ PROBE = textwrap.dedent('''
             import templ_pipeline.cli.root
     except SystemExit:
         pass
-    after = {key: os.environ.get(key) for key in %r}
+    after = {key: os.environ.get(key) for key in VARIABLES}
     print(json.dumps({"at_numpy": seen, "after": after}))
-''' % (PARENT_POOL_VARIABLES, PARENT_POOL_VARIABLES))
+''').replace("VARIABLES", repr(PARENT_POOL_VARIABLES))
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -24,7 +24,8 @@ def stress(
 
     workers = workers or max(4, default_workers())
     if workers < 2:
-        raise typer.BadParameter("stress needs at least 2 workers to have something to reduce", param_hint="'--workers'")
+        raise typer.BadParameter("stress needs at least 2 workers to have something to reduce",
+                                 param_hint="'--workers'")
     with observed(session):
         summary = stress_module.run(duration, workers, log=lambda message: stderr.print(message, highlight=False))
     stdout.print_json(data=summary)
