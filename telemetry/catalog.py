@@ -225,26 +225,25 @@ _DASK, _PROCESS, _THREAD, _SEQUENTIAL = (ExecutorKind.DASK.value, ExecutorKind.P
                                          ExecutorKind.THREAD.value, ExecutorKind.SEQUENTIAL.value)
 #: The fallbacks the executor, the conformer generator and the campaign pool emit, as
 #: (from kinds, to kinds, reasons, causes): each product is pre-created at 0. A step goes down the
-#: ladder (dask -> process -> thread -> sequential) or to fewer workers of the same kind; start
+#: ladder (dask -> process -> sequential; embedding threads -> one) or to fewer workers of the same kind; start
 #: failures carry the limit that refused the start, the other reasons carry none. The full product
 #: of the four label sets (1296 series) is mostly impossible steps; reasons no code path emits
 #: (submit_failed, manager_unavailable) are left to appear when used.
 FALLBACK_PATHS: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
-    ((_PROCESS,), (_PROCESS, _THREAD, _SEQUENTIAL), (FallbackReason.PROCESS_START_FAILED.value,), _START_CAUSES),
+    ((_PROCESS,), (_PROCESS, _SEQUENTIAL), (FallbackReason.PROCESS_START_FAILED.value,), _START_CAUSES),
     ((_THREAD,), (_THREAD, _SEQUENTIAL), (FallbackReason.THREAD_START_FAILED.value,), _START_CAUSES),
     ((_DASK, _PROCESS, _THREAD), (_SEQUENTIAL,), (FallbackReason.NO_HEADROOM.value,), LIMIT_NAMES + _NO_CAUSE),
     ((_DASK,), (_PROCESS,), (FallbackReason.NO_HEADROOM.value,), LIMIT_NAMES + _NO_CAUSE),  # no LocalCluster fits
-    ((_PROCESS,), (_THREAD, _SEQUENTIAL), (FallbackReason.BROKEN_POOL.value,), _NO_CAUSE),
-    ((_THREAD,), (_SEQUENTIAL,), (FallbackReason.BROKEN_POOL.value,), _NO_CAUSE),
+    ((_PROCESS,), (_PROCESS, _SEQUENTIAL), (FallbackReason.BROKEN_POOL.value,), _NO_CAUSE),
     ((_DASK, _PROCESS), (_SEQUENTIAL,), (FallbackReason.DAEMON_PROCESS.value,), _NO_CAUSE),
-    ((_DASK,), (_PROCESS, _THREAD, _SEQUENTIAL), (FallbackReason.SCHEDULER_UNREACHABLE.value,
+    ((_DASK,), (_PROCESS, _SEQUENTIAL), (FallbackReason.SCHEDULER_UNREACHABLE.value,
                                                 FallbackReason.SCHEDULER_LOST.value, FallbackReason.NO_WORKERS.value,
                                                 FallbackReason.BROKEN_POOL.value), _NO_CAUSE),
 )
 FALLBACK_COMBINATIONS: tuple[tuple[str, str, str, str], ...] = tuple(
     combo for path in FALLBACK_PATHS for combo in itertools.product(*path))
-#: Pool kinds that can be found broken and replaced (the process and thread pool backends).
-RESTARTED_KINDS: tuple[tuple[str], ...] = ((_PROCESS,), (_THREAD,))
+#: Pool kinds that can be found broken and replaced (the process pool backend).
+RESTARTED_KINDS: tuple[tuple[str], ...] = ((_PROCESS,),)
 #: Only Dask reschedules a batch whose worker was lost.
 RESUBMISSION_COMBINATIONS: tuple[tuple[str, str], ...] = tuple((_DASK, r) for r in RESUBMISSION_REASONS)
 
@@ -306,7 +305,8 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec(
         "templ_executor_fallbacks_total", "counter",
-        "Executor fallbacks down the ladder (dask -> process -> thread -> fewer workers -> sequential).",
+        "Executor fallbacks down the ladder (dask -> process -> fewer processes -> sequential; embedding threads "
+        "-> fewer -> one).",
         ("from_kind", "to_kind", "reason", "cause"), "", short="fallbacks",
         label_values={
             "from_kind": _open(EXECUTOR_KINDS),
@@ -316,12 +316,12 @@ METRICS: tuple[MetricSpec, ...] = (
         },
         initialize=True, combinations=FALLBACK_COMBINATIONS,
         combinations_rule="The steps the executor can take start at 0: a process start refused by a limit "
-                          "(process -> process, thread or sequential) or a thread start (thread -> thread or "
+                          "(process -> process or sequential) or an embedding thread start (thread -> thread or "
                           "sequential), each with every limit, seccomp and unknown as the cause; no headroom "
                           "(dask, process or thread -> sequential; dask -> process for a campaign) with each "
-                          "limit or none; a broken pool, a "
-                          "daemon process, and a Dask scheduler that is unreachable, lost or without workers, "
-                          "with cause none.",
+                          "limit or none; a broken pool (process -> process or sequential), a "
+                          "daemon process, and a Dask scheduler that is unreachable, lost or without workers "
+                          "(dask -> process or sequential), with cause none.",
     ),
     MetricSpec(
         "templ_select_best_batches_total", "counter",
@@ -637,10 +637,11 @@ SPANS: tuple[SpanSpec, ...] = (
     ),
     SpanSpec(
         SPAN_BATCH,
-        "One conformer batch scored on the worker pool (child of select_best).",
+        "One conformer batch scored on the worker pool (child of select_best), timed where it ran; its "
+        "executor events are the call's.",
         (ATTR_BATCH_INDEX, ATTR_BATCH_SIZE, ATTR_EXECUTOR_KIND, ATTR_BATCH_SCORED, ATTR_BATCH_FAILED,
          ATTR_PROCESS_PID),
-        _EXECUTOR_EVENTS,
+        (),
     ),
     SpanSpec(
         SPAN_CONFORMERS,
@@ -1143,11 +1144,6 @@ LOG_EVENTS: tuple[LogEventSpec, ...] = tuple(spec for event in EVENT_SPECS for s
         "select_best.batch_done", "debug",
         "One conformer batch finished.",
         ("index", "size", "scored", "failed", "duration_seconds", "executor_kind") + _TRACE_FIELDS,
-    ),
-    LogEventSpec(
-        "select_best.batch_failed", "error",
-        "An exception escaped a conformer batch.",
-        ("index", "size", "duration_seconds", "executor_kind", "error_type", "error") + _TRACE_FIELDS,
     ),
     LogEventSpec(
         "telemetry.degraded", "warning",

@@ -39,7 +39,7 @@ from templ_pipeline.telemetry.logs import get_logger
 from templ_pipeline.telemetry.metrics import TemplMetrics, get_metrics
 from templ_pipeline.telemetry.tracing import export_worker_span, get_tracer, is_exporting
 
-__all__ = ["Recorder", "observe"]
+__all__ = ["Recorder", "observe", "process_recorder"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
            "critical": logging.CRITICAL}
@@ -86,7 +86,8 @@ class Recorder:
         self._loggers["templ.select_best"] = get_logger("templ.select_best")
         self._std_loggers = {name: logging.getLogger(name) for name in self._loggers}
         self._lock = threading.Lock()
-        self._current: list[tuple[str, Span, Token[Context]]] = []  # spans opened by events, innermost last
+        self._threads = threading.local()  # each thread's spans opened by events, innermost last: calls in two
+        # threads each end their own (a context attached in one thread is detached in it)
         self._queries: dict[int, Span] = {}  # query spans by index: started, not yet ended
 
     @property
@@ -189,21 +190,28 @@ class Recorder:
 
     # --- spans opened and closed by events ---------------------------------------------------------
 
+    def _current(self) -> list[tuple[str, Span, Token[Context]]]:
+        """This thread's open spans, innermost last."""
+        stack: list[tuple[str, Span, Token[Context]]] | None = getattr(self._threads, "stack", None)
+        if stack is None:
+            stack = self._threads.stack = []
+        return stack
+
     def _open(self, name: str, attributes: Mapping[str, Any]) -> None:
         """Start span ``name`` as the current span of this thread's context."""
         span = get_tracer().start_span(name, attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
-        with self._lock:
-            self._current.append((name, span, token))
+        self._current().append((name, span, token))
 
     def _close(self, name: str, attributes: Mapping[str, Any], error: BaseException | None, *,
                abandon_queries: bool = False) -> None:
         """End the innermost open span ``name`` with these attributes (status ERROR after ``error``)."""
+        stack = self._current()
+        at = next((i for i in range(len(stack) - 1, -1, -1) if stack[i][0] == name), None)
+        if at is None:
+            return
+        _name, span, token = stack.pop(at)
         with self._lock:
-            at = next((i for i in range(len(self._current) - 1, -1, -1) if self._current[i][0] == name), None)
-            if at is None:
-                return
-            _name, span, token = self._current.pop(at)
             abandoned = list(self._queries.values()) if abandon_queries else []
             if abandon_queries:
                 self._queries.clear()
@@ -224,8 +232,8 @@ class Recorder:
         """A query's span, a child of the open campaign's, not made current; its carrier goes to the worker."""
         if not is_exporting():
             return
-        with self._lock:
-            parent = self._current[-1][1] if self._current else None
+        stack = self._current()
+        parent = stack[-1][1] if stack else None
         context = None if parent is None else trace.set_span_in_context(parent)
         span = get_tracer().start_span(c.SPAN_QUERY, context=context, attributes=attributes)
         event.carrier.update(span_carrier(span))
@@ -279,5 +287,17 @@ class Recorder:
             "duration_seconds": result.duration_seconds, "executor_kind": kind, **fields}, ids))
 
 
-observe = Recorder()
-"""The process's recorder, on the process's metrics (``telemetry.get_metrics()``)."""
+def process_recorder() -> Recorder:
+    """The recorder of the process's telemetry state (made on first use, on its metrics)."""
+    current = state.current()
+    with current.lock:
+        if current.recorder is None:
+            current.recorder = Recorder()
+        recorder: Recorder = current.recorder
+    return recorder
+
+
+def observe(event: Any) -> None:
+    """Record ``event`` with the process's recorder: the observer to subscribe
+    (``core.events.subscribe_process(telemetry.observe)``) or pass to a call."""
+    process_recorder()(event)

@@ -40,7 +40,7 @@ from templ_pipeline.telemetry.pusher import (
     PeriodicPusher,
     push_once,
 )
-from templ_pipeline.telemetry.recorder import Recorder
+from templ_pipeline.telemetry.recorder import Recorder, observe, process_recorder
 from templ_pipeline.telemetry.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -247,8 +247,8 @@ class TelemetrySession:
         if options.command is not None:
             self._command_span = CommandSpan(options.command)
         metrics = get_metrics()
-        self.recorder = Recorder(metrics)
-        subscribe_process(self.recorder)
+        self.recorder = process_recorder()
+        subscribe_process(observe)
         metrics.run_info.labels(run_id=get_run_id() or "", job_id=self.job_id, host=socket.gethostname()).set(1)
         metrics.run_start.set(time.time())
         self._start_server()
@@ -323,7 +323,7 @@ class TelemetrySession:
                                  error="a periodic push is still hung; it may land after the final one")
                 self._pusher = None
             if self.recorder is not None:
-                unsubscribe_process(self.recorder)
+                unsubscribe_process(observe)
                 self.recorder = None
             if self._command_span is not None:
                 self._command_span.end(success and delivered)

@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
-    from templ_pipeline.telemetry.metrics import TemplMetrics
-
 __all__ = ["TelemetryState", "begin", "current", "disabled", "is_enabled", "set_enabled"]
 
 
@@ -31,13 +29,14 @@ class TelemetryState:
     hands out a no-op tracer; the safety events (reductions, fallbacks, degraded telemetry) are still recorded."""
 
     enabled: bool = True
-    metrics: TemplMetrics | None = None  # made on first use
+    metrics: Any = None  # telemetry.metrics.TemplMetrics, made on first use (typed loosely: metrics reads this)
     provider: TracerProvider | None = None
     processor: SpanProcessor | None = None  # where finished spans go; None: spans are recorded, not exported
     tracer: Any = None  # the provider's tracer; None: a no-op tracer
     run_id: str | None = None  # on every log line, the resource's service.instance.id
     log_handler: logging.Handler | None = None  # the root handler this configuration installed
     degraded_warned: set[str] = field(default_factory=set)  # components whose degradation was logged
+    recorder: Any = None  # telemetry.recorder.Recorder: the spans events opened, made on first use
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
 

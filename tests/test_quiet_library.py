@@ -1,4 +1,5 @@
-"""TEMPL used as a library prints nothing unless the application configures logging (the Python convention).
+"""TEMPL used as a library prints nothing unless the application configures logging (the Python convention)
+and wires telemetry's recorder in (the chemistry emits typed events and imports no telemetry).
 
 Real scripts in subprocesses, real RDKit, sizing as a user's script gets it (``TEMPL_EXACT_WORKERS``
 cleared, so asking 4 workers for a few conformers is a reduction, as it is outside the test suite).
@@ -19,8 +20,12 @@ LOOP = textwrap.dedent("""
     from templ_pipeline.core.scoring import select_best
     from templ_pipeline.io import examples
 
-    if sys.argv[1:] == ["configured"]:
+    if "configured" in sys.argv[1:]:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    if "recorded" in sys.argv[1:]:
+        from templ_pipeline import telemetry
+        from templ_pipeline.core import events
+        events.subscribe_process(telemetry.observe)
     template = next(pair.template for pair in examples() if pair.name == "mpro")
     for seed in range(3):
         confs = generate_conformers("O=C(Nc1cccnc1)c1ccc(F)cc1OC", 6, seed=seed, n_workers=2)
@@ -40,8 +45,14 @@ def test_a_script_that_configured_no_logging_prints_nothing_in_a_select_best_loo
     assert (done.stdout, done.stderr) == ("", "")
 
 
-def test_a_script_that_configured_logging_hears_the_sizing_decisions_at_info():
+def test_logging_alone_hears_nothing_the_recorder_is_what_turns_events_into_lines():
     done = _run("configured")
+    assert done.returncode == 0, done.stderr
+    assert "executor.workers_reduced" not in done.stderr
+
+
+def test_a_script_that_wired_the_recorder_and_configured_logging_hears_the_sizing_decisions_at_info():
+    done = _run("configured", "recorded")
     assert done.returncode == 0, done.stderr
     reductions = [line for line in done.stderr.splitlines() if "executor.workers_reduced" in line]
     assert len(reductions) >= 3, done.stderr  # one call at least per loop turn

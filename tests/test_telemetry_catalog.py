@@ -292,5 +292,7 @@ def test_fallback_combinations_are_steps_down_the_ladder():
         start = reason in ("process_start_failed", "thread_start_failed")
         assert (cause != "none") == start or reason == "no_headroom", (reason, cause)
     # the first fallback a pids cgroup causes is counted from 0
-    assert ("process", "thread", "process_start_failed", "pids_cgroup") in combos
+    assert ("process", "process", "process_start_failed", "pids_cgroup") in combos
+    # no rung is a thread pool: only embedding threads step from thread, and nothing steps to thread from another kind
+    assert all(to_kind != "thread" or from_kind == "thread" for from_kind, to_kind, _r, _c in combos)
     assert len(combos) < 100  # not the 1296 of the full product

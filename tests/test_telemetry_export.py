@@ -144,7 +144,7 @@ def test_counters_with_bounded_labels_start_at_zero(tel):
     text = generate_latest(tel.registry).decode()
     for name, labels in (
         ("templ_executor_fallbacks_total",
-         {"from_kind": "process", "to_kind": "thread", "reason": "process_start_failed", "cause": "rlimit_nproc"}),
+         {"from_kind": "process", "to_kind": "process", "reason": "process_start_failed", "cause": "rlimit_nproc"}),
         ("templ_executor_worker_reductions_total", {"task_type": "scoring", "reason": "pids_cgroup"}),
         ("templ_executor_pool_restarts_total", {"executor_kind": "process"}),
         ("templ_executor_batch_resubmissions_total", {"executor_kind": "dask", "reason": "worker_lost"}),

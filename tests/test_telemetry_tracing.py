@@ -241,8 +241,6 @@ def test_one_select_best_run_is_one_trace_under_its_command_span(template_sdf, t
     assert {a["key"]: a["value"]["stringValue"] for a in root["attributes"]} == {c.ATTR_OUTCOME: "ok"}
 
 
-@pytest.mark.xfail(strict=True, reason="Recorder._close ends the innermost open span of that name, whatever thread "
-                                       "opened it: a call in another thread ends the other's span")
 def test_calls_in_two_threads_each_end_their_own_span(tel):
     rec, ids, order = Recorder(), {}, [threading.Event() for _ in range(3)]
 

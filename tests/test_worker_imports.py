@@ -183,7 +183,8 @@ def test_every_exported_name_resolves_to_its_submodule():
     from templ_pipeline.telemetry import catalog, recorder, state
 
     assert telemetry.catalog is catalog
-    assert telemetry.observe is recorder.observe and isinstance(telemetry.observe, recorder.Recorder)
+    assert telemetry.observe is recorder.observe
+    assert isinstance(recorder.process_recorder(), recorder.Recorder)
     assert telemetry.disabled is state.disabled
     assert {name for name in telemetry.__all__ if getattr(telemetry, name) is None} == set()
     with pytest.raises(AttributeError):
