@@ -31,6 +31,7 @@ from templ_pipeline.core.batch import (
     mol_to_bytes,
     sanitized_copy_without_conformers,
 )
+from templ_pipeline.core.best_pose import best_conformer
 from templ_pipeline.core.events import (
     BatchResubmitted,
     CallDone,
@@ -151,8 +152,8 @@ class Selection:
         """The TEMPL API's shape: the best pose per metric; (None, -1 scores) when nothing scored."""
         best: BestPoses = {m: (None, {"shape": -1.0, "color": -1.0, "combo": -1.0}) for m in METRICS}
         for metric in METRICS:
-            if self.ordered:
-                top = min(self.ordered, key=lambda item: (-getattr(item, metric), item.conf_id))
+            top = best_conformer(self.ordered, metric)
+            if top is not None:
                 best[metric] = (self._pose(top), top.scores())
         return best
 
