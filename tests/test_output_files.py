@@ -16,7 +16,9 @@ from rdkit import Chem
 from templ_runs import run_templ
 
 from templ_pipeline.core.conformers import generate_conformers
+from templ_pipeline.errors import InputError
 from templ_pipeline.io import examples
+from templ_pipeline.safe_files import write_atomically
 
 QUIET = ("--no-metrics-server",)
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
@@ -112,6 +114,31 @@ def test_the_pose_file_mode_follows_the_umask(template_sdf, tmp_path, umask, mod
     done = select_best(template_sdf, out, "-q", QUERY, "-n", "4", umask=umask)
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE(os.stat(out).st_mode) == mode
+
+
+def test_a_pose_file_that_is_replaced_keeps_its_mode(template_sdf, tmp_path):
+    out = tmp_path / "best.sdf"
+    out.write_text("an earlier run\n")
+    out.chmod(0o640)
+    done = select_best(template_sdf, out, "-q", QUERY, "-n", "4", umask=0o022)
+    assert done.returncode == 0, done.stderr
+    assert len(_poses(out)) == 1 and stat.S_IMODE(os.stat(out).st_mode) == 0o640
+
+
+def test_a_file_written_in_chunks_holds_them_in_order_and_a_failing_source_leaves_the_old_file(tmp_path):
+    target = tmp_path / "big.sdf"
+    chunks = [bytes([65 + number % 26]) * (1 << 16) for number in range(40)]
+    write_atomically(target, (chunk for chunk in chunks))
+    assert target.read_bytes() == b"".join(chunks)
+
+    def broken():
+        yield b"half of it\n"
+        raise InputError(f"{target}: the source broke off")
+
+    with pytest.raises(InputError, match="the source broke off"):
+        write_atomically(target, broken())
+    assert target.read_bytes() == b"".join(chunks)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["big.sdf"]  # no temporary left behind
 
 
 def test_a_failed_run_leaves_an_earlier_good_file_byte_for_byte(template_sdf, collapsed_conformers, tmp_path):

@@ -25,15 +25,16 @@ scores.csv always has its pose on disk; a pose without a row is dropped on resum
 
 The campaign's files must be regular files: a symlink (even to a regular file), FIFO,
 device or directory in their place is refused, never opened, followed or
-replaced (``lstat`` first, then ``O_NOFOLLOW``/``O_NONBLOCK`` opens checked with
-``fstat``). Nothing is written outside DIR; files are created with mode 0666
-less the umask.
+replaced (:func:`~templ_pipeline.safe_files.open_regular`: ``lstat`` first, then
+``O_NOFOLLOW``/``O_NONBLOCK`` opens checked with ``fstat``). Files replaced whole
+(campaign.json, the hit lists, a poses.sdf repaired on resume) go through
+:func:`~templ_pipeline.safe_files.write_atomically`. Nothing is written outside DIR;
+files are created with mode 0666 less the umask, and a repaired poses.sdf keeps its mode.
 """
 
 from __future__ import annotations
 
 import csv
-import errno
 import fcntl
 import hashlib
 import io
@@ -41,7 +42,6 @@ import json
 import os
 import platform
 import re
-import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -53,19 +53,18 @@ from templ_pipeline import __version__
 from templ_pipeline.campaign.poses import pose_record, with_properties
 from templ_pipeline.core.vocabulary import Field, format_value, input_name
 from templ_pipeline.io import InputError
-from templ_pipeline.safe_files import describe_mode, write_atomically
+from templ_pipeline.safe_files import is_regular_file, open_regular, write_all, write_atomically
 
 CAMPAIGN_FILE = "campaign.json"
 SCORES_FILE = "scores.csv"
 POSES_FILE = "poses.sdf"
 HITS_FILE = "hits.csv"
 HIT_POSES_FILE = "hits.sdf"
-_TEMPORARY = (f".{POSES_FILE}.tmp",)  # our own, left behind only by a crash
 # write_atomically's temporary files (".NAME.<8 hex>.tmp"), left behind only by a crash
-_ATOMIC_TEMPORARY = re.compile(r"\.(%s)\.[0-9a-f]{8}\.tmp" % "|".join(
-    re.escape(name) for name in (CAMPAIGN_FILE, HITS_FILE, HIT_POSES_FILE)))
-_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO swapped in must not hang us
-_FILE_MODE = 0o666  # less the umask
+_ATOMIC_TEMPORARY = re.compile(r"\.(" + "|".join(
+    re.escape(name) for name in (CAMPAIGN_FILE, POSES_FILE, HITS_FILE, HIT_POSES_FILE)) + r")\.[0-9a-f]{8}\.tmp")
+_NOT_REGULAR_ADVICE = "move it away or choose another directory"
+_CHUNK_BYTES = 1 << 20  # a repaired poses.sdf is copied in chunks of about this size
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,30 +159,28 @@ class CampaignFiles:
         directory = Path(directory)
         _make_directory(directory)
         campaign, scores, poses = (directory / name for name in (CAMPAIGN_FILE, SCORES_FILE, POSES_FILE))
-        for name in (HITS_FILE, HIT_POSES_FILE):
-            _is_regular_file(directory / name)  # rewritten at the end of the run: refused before any work
+        for name in (HITS_FILE, HIT_POSES_FILE):  # rewritten at the end of the run: refused before any work
+            is_regular_file(directory / name, _NOT_REGULAR_ADVICE)
         if _has_entries(directory):
             if not resume:
                 raise InputError(
                     f"{directory}: exists and is not empty; pass --resume to continue the campaign in it, "
                     "or choose another directory"
                 )
-            existing = [path for path in (campaign, scores, poses) if _is_regular_file(path)]
+            existing = [path for path in (campaign, scores, poses) if is_regular_file(path, _NOT_REGULAR_ADVICE)]
             if campaign not in existing:
                 raise InputError(f"{campaign}: no such file; {directory} is not empty and holds no campaign to resume")
             stored = _check_campaign(campaign, parameters, inputs)
             columns = tuple(stored.get("input_columns", ()))
         else:
-            for name in _TEMPORARY:
-                _remove_temporary(directory / name)
             columns = inputs.columns if inputs is not None else ()
             write_atomically(campaign, (json.dumps(_campaign_record(parameters, inputs), indent=2) + "\n").encode())
         header = (*SCORES_COLUMNS, *(input_name(column) for column in columns))
-        scores_fd = _open_regular(scores, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        scores_fd = open_regular(scores, os.O_RDWR | os.O_APPEND | os.O_CREAT, _NOT_REGULAR_ADVICE)
         try:
             _lock(scores, scores_fd)
             done, row_ids, rows = _repair_scores(scores, scores_fd, rows_per_query, header)
-            poses_fd = _open_regular(poses, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+            poses_fd = open_regular(poses, os.O_RDWR | os.O_APPEND | os.O_CREAT, _NOT_REGULAR_ADVICE)
             try:
                 poses_fd = _repair_poses(poses, poses_fd, row_ids)
             except BaseException:
@@ -289,7 +286,7 @@ def _pose_records(rows: Sequence[ScoreRow], poses: Sequence[Chem.Mol | str | Non
     """The SDF text of a query's poses: records made by the workers as they are, molecules written here; each
     with the query's input data."""
     records = []
-    for row, pose in zip(rows, poses):
+    for row, pose in zip(rows, poses, strict=True):
         if pose is None:
             continue
         if not isinstance(pose, str):
@@ -314,7 +311,7 @@ class _Appender:
 
     def append(self, data: bytes) -> None:
         self._pending = len(data)
-        _write_all(self.fd, data)
+        write_all(self.fd, data)
 
     def commit(self) -> None:
         self._size += self._pending
@@ -327,13 +324,6 @@ class _Appender:
                 os.ftruncate(self.fd, self._size)
             except OSError:  # left to the repair on resume
                 pass
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """One write(2) as a rule; it loops only on a short write (a full disk, a signal)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 # --- the directory and its files -------------------------------------------------------
@@ -358,53 +348,9 @@ def _has_entries(directory: Path) -> bool:
     """Whether ``directory`` holds anything but temporary files a crash of ours left."""
     try:
         with os.scandir(directory) as entries:
-            return any(entry.name not in _TEMPORARY and not _ATOMIC_TEMPORARY.fullmatch(entry.name)
-                       for entry in entries)
+            return any(not _ATOMIC_TEMPORARY.fullmatch(entry.name) for entry in entries)
     except OSError as exc:
         raise InputError(f"{directory}: cannot list the campaign directory ({exc.strerror})") from None
-
-
-def _is_regular_file(path: Path) -> bool:
-    """Whether ``path`` exists; ``InputError`` when it is anything but a regular file (symlinks not followed)."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise InputError(f"{path}: cannot inspect ({exc.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise _not_regular(path, info.st_mode)
-    return True
-
-
-def _not_regular(path: Path, mode: int) -> InputError:
-    return InputError(f"{path}: is {describe_mode(mode)}, not a regular file; move it away or choose another "
-                      "directory")
-
-
-def _open_regular(path: Path, flags: int) -> int:
-    """A file descriptor on the regular file ``path``, never through a symlink, never blocking on a FIFO."""
-    _is_regular_file(path)
-    try:
-        fd = os.open(path, flags | _OPEN_FLAGS, _FILE_MODE)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink created since the lstat
-            raise InputError(f"{path}: is a symbolic link, not a regular file") from None
-        raise InputError(f"{path}: cannot open ({exc.strerror})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise _not_regular(path, mode)
-    return fd
-
-
-def _remove_temporary(path: Path) -> None:
-    try:
-        os.unlink(path)  # a symlink is removed, not followed
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise InputError(f"{path}: cannot remove this leftover temporary file ({exc.strerror})") from None
 
 
 def _sync_directory(directory: Path) -> None:
@@ -434,7 +380,7 @@ def _lock(path: Path, fd: int) -> None:
 def read_campaign(path: str | os.PathLike[str]) -> dict:
     """campaign.json as stored; ``InputError`` when it is not one."""
     path = Path(path)
-    fd = _open_regular(path, os.O_RDONLY)
+    fd = open_regular(path, os.O_RDONLY, _NOT_REGULAR_ADVICE)
     try:
         with open(fd, "rb", closefd=False) as handle:
             text = handle.read()
@@ -502,7 +448,7 @@ def _repair_scores(path: Path, fd: int, rows_per_query: int,
     if end == 0:
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerow(header)
-        _write_all(fd, buffer.getvalue().encode())
+        write_all(fd, buffer.getvalue().encode())
     return done, row_ids, rows
 
 
@@ -609,9 +555,9 @@ def _repair_poses(path: Path, fd: int, done: set[str]) -> int:
             if kept_end < os.fstat(fd).st_size:
                 os.ftruncate(fd, kept_end)
             return fd
-        replacement = _rewrite_poses(path, handle, done, stat.S_IMODE(os.fstat(fd).st_mode))
+        write_atomically(path, _kept_records(handle, done))  # keeps the file's mode
     os.close(fd)
-    return replacement
+    return open_regular(path, os.O_RDWR | os.O_APPEND, _NOT_REGULAR_ADVICE)
 
 
 def _scan_poses(handle: BinaryIO, done: set[str]) -> tuple[int, bool]:
@@ -641,26 +587,20 @@ def _scan_poses(handle: BinaryIO, done: set[str]) -> tuple[int, bool]:
     return kept_end, rewrite
 
 
-def _rewrite_poses(path: Path, handle: BinaryIO, done: set[str], mode: int) -> int:
-    """Copy the records to keep to a temporary file, rename it over ``path``; a descriptor on it."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    _remove_temporary(temporary)
-    fd = _open_regular(temporary, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL)
-    try:
-        os.fchmod(fd, mode)  # the mode poses.sdf had
-        handle.seek(0)
-        with open(fd, "wb", closefd=False) as sink:
-            record: list[bytes] = []
-            for line in handle:
-                record.append(line)
-                if _is_separator(line):
-                    if _record_name(record[0]) in done:
-                        sink.writelines(record)
-                    record = []
-        os.fsync(fd)
-        os.replace(temporary, path)
-    except BaseException:
-        os.close(fd)
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return fd
+def _kept_records(handle: BinaryIO, done: set[str]) -> Iterator[bytes]:
+    """The complete records of ``handle`` named by an id in ``done``, in order, in chunks of about
+    ``_CHUNK_BYTES`` (a large poses.sdf is never read into memory whole)."""
+    handle.seek(0)
+    chunk = bytearray()
+    record: list[bytes] = []
+    for line in handle:
+        record.append(line)
+        if _is_separator(line):
+            if _record_name(record[0]) in done:
+                chunk += b"".join(record)
+                if len(chunk) >= _CHUNK_BYTES:
+                    yield bytes(chunk)
+                    chunk = bytearray()
+            record = []
+    if chunk:
+        yield bytes(chunk)
