@@ -55,6 +55,14 @@ lint: $(TEST_STAMP)
 	ln -s $(CURDIR)/templ_pipeline/* $(CURDIR)/telemetry $(CURDIR)/dashboards $(MYPY_TREE)/templ_pipeline/
 	cd $(MYPY_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p templ_pipeline
 
+# The edit loop's tier, under a minute: the tests marked `fast` (a file's `pytestmark`, or one test), less
+# those marked `slow` in such a file. Fast means about a second or less each (measured with
+# `pytest --durations=0`) and no external server (Prometheus, Pushgateway, node_exporter), so it needs no
+# `system-deps`; a test that wants a writable cgroup or promtool skips without one. It leaves out the
+# end-to-end runs (campaigns, signals, servers) that make up most of `make test`'s five minutes.
+test-fast: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q -m "fast and not slow"
+
 docs: $(TEST_STAMP)
 	$(BIN)/python -m templ_pipeline.telemetry.docs
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ports import free_port
 from processes import stop
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, start_http_server
 from prometheus_client.core import Metric
 
-from ports import free_port
 from templ_pipeline.dashboards import dashboard_exporters, dask_metrics
 from templ_pipeline.dashboards.executor_dashboard import UID
 from templ_pipeline.dashboards.generate import ALERTS, OUTPUT_DIR
@@ -161,7 +161,7 @@ def seconds(duration: str) -> float:
     return float(number) * {"s": 1, "m": 60, "h": 3600}[unit]
 
 
-def sum_of_bars(server: "Prometheus", expr: str, start: float, end: float, *, job: str, instance: str,
+def sum_of_bars(server: Prometheus, expr: str, start: float, end: float, *, job: str, instance: str,
                 interval: str = "1s") -> float:
     """The sum of every bar of a panel query over ``[start, end]``, as Grafana draws it (step = interval)."""
     filled = fill_variables(expr, job=job, instance=instance, interval=interval)

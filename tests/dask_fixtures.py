@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ports import free_port
 from distributed import Client, LocalCluster
+from ports import free_port
 
 from templ_pipeline.core.dask_backend import DaskFailure, check_reachable
 from templ_pipeline.core.executor import shutdown_dask

@@ -24,7 +24,8 @@ def work(pids_dir: str) -> tuple[int, int]:
 
     numpy.ones((256, 256)) @ numpy.ones((256, 256))
     BARRIER.wait(30)
-    peak = int(open(os.path.join(pids_dir, "pids.current")).read())
+    with open(os.path.join(pids_dir, "pids.current")) as current:
+        peak = int(current.read())
     BARRIER.wait(30)
     return os.getpid(), peak
 

@@ -8,7 +8,6 @@ import subprocess
 
 import pytest
 import yaml
-
 from dashboard_queries import (
     ALERTS,
     PROMETHEUS_DIR,
@@ -19,6 +18,7 @@ from dashboard_queries import (
     load_dashboard,
     metric_names,
 )
+
 from templ_pipeline.campaign.runner import DEFAULT_QUERY_TIMEOUT
 from templ_pipeline.core.limits.grant import RESERVE_TASKS, compute_grant
 from templ_pipeline.core.limits.model import PIDS_CGROUP, Limit, Snapshot, StackInfo
@@ -27,8 +27,8 @@ from templ_pipeline.core.thread_manager import CRITICAL_PRESSURE, WARNING_PRESSU
 from templ_pipeline.dashboards import alert_queries, alert_tests, alerts
 from templ_pipeline.dashboards.alert_tests import Kind
 from templ_pipeline.dashboards.alerts import Severity
-from templ_pipeline.dashboards.generate import ALERT_TESTS
 from templ_pipeline.dashboards.dashboard_exporters import CADVISOR_JOB, NODE_JOB, RULE_METRICS
+from templ_pipeline.dashboards.generate import ALERT_TESTS
 from templ_pipeline.dashboards.names import JOB, metric
 from templ_pipeline.dashboards.thresholds import (
     CAMPAIGN_FAILURE_MINUTES,
@@ -41,7 +41,15 @@ from templ_pipeline.dashboards.thresholds import (
     PUSH_SLACK_SECONDS,
     thresholds,
 )
-from templ_pipeline.telemetry.catalog import EVENT_QUERY_FINISHED, EVENT_WORKER_REPLACED, FAILURE_REASONS, LIMIT_NAMES, QUERY_REASONS
+from templ_pipeline.telemetry.catalog import (
+    EVENT_QUERY_FINISHED,
+    EVENT_WORKER_REPLACED,
+    FAILURE_REASONS,
+    LIMIT_NAMES,
+    QUERY_REASONS,
+)
+
+pytestmark = pytest.mark.fast
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian package prometheus)")
@@ -67,6 +75,7 @@ def test_promtool_accepts_the_rules_and_the_scrape_config():
     assert "SUCCESS" in _promtool("check", "config", "prometheus.yml")
 
 
+@pytest.mark.slow
 @needs_promtool
 def test_promtool_unit_tests_pass():
     assert "SUCCESS" in _promtool("test", "rules", ALERT_TESTS.name)
@@ -100,7 +109,7 @@ def test_every_alert_has_all_five_kinds_of_test():
     tests = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
     cases = alert_tests.cases()
     assert len(tests) == len(cases)
-    for case, test in zip(cases, tests):
+    for case, test in zip(cases, tests, strict=True):
         assert {check["alertname"] for check in test["alert_rule_test"]} == {case.alert}
         fired = [bool(check["exp_alerts"]) for check in test["alert_rule_test"]]
         if case.kind is Kind.HEALTHY:

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
+
 from templ_pipeline.campaign.task import IsomerOutcome, QueryOutcome, QueryStatus, TemplateResult
 from templ_pipeline.core.best_pose import best_conformer, best_pair
+
+pytestmark = pytest.mark.fast
 
 
 @dataclass

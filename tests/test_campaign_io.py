@@ -24,6 +24,8 @@ from templ_pipeline.campaign.outputs import SCORES_COLUMNS, CampaignFiles, Score
 from templ_pipeline.campaign.queries import QUERY_FORMATS, QueryRecord, count_queries, read_queries
 from templ_pipeline.io import InputError
 
+pytestmark = pytest.mark.fast
+
 PARAMETERS = {"template": "template.sdf", "num_conformers": 50, "seed": 1}
 
 
@@ -658,9 +660,10 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_kill_9_loses_at_most_the_query_being_written(tmp_path):
     directory = tmp_path / "run"
-    for round_ in range(2):
+    for _ in range(2):
         process = subprocess.Popen([sys.executable, "-c", _WRITER, str(directory)], stdout=subprocess.PIPE, text=True)
         process.stdout.readline()  # opened: writing from now on
         time.sleep(0.2)

@@ -30,6 +30,8 @@ from templ_pipeline.core.trace_context import start_worker_span
 from templ_pipeline.telemetry import catalog as c
 from templ_pipeline.telemetry.recorder import Recorder
 
+pytestmark = pytest.mark.fast
+
 PROCESS = ExecutorKind.PROCESS
 
 

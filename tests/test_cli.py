@@ -26,7 +26,7 @@ def files(tmp_path_factory, template, query_confs):
 
 
 def _read(path: Path) -> list[Chem.Mol]:
-    return [mol for mol in Chem.SDMolSupplier(str(path))]
+    return list(Chem.SDMolSupplier(str(path)))
 
 
 def test_select_best_from_conformer_file_writes_best_pose(files):
@@ -43,9 +43,8 @@ def test_select_best_from_conformer_file_writes_best_pose(files):
 
 def test_all_ranked_writes_every_pose_best_first(files):
     out = files["root"] / "ranked.sdf"
-    result = run_templ(
-        "select-best", "-t", files["template"], "-c", files["conformers"], "-o", out, "--all-ranked", "--metric", "shape"
-    )
+    result = run_templ("select-best", "-t", files["template"], "-c", files["conformers"], "-o", out, "--all-ranked",
+                       "--metric", "shape")
     assert result.returncode == 0, result.stderr
     poses = _read(out)
     assert len(poses) == 24

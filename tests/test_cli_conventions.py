@@ -21,6 +21,8 @@ from templ_pipeline.core.executor import EXECUTOR_CHOICES, ExecutorChoice
 from templ_pipeline.core.scoring import METRICS, Metric
 from templ_pipeline.io import ExampleName, example_names, examples
 
+pytestmark = pytest.mark.fast
+
 QUIET = ("--no-metrics-server",)
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 
@@ -62,6 +64,7 @@ def test_the_example_enum_is_the_bundled_pairs():
         assert tuple(row["name"] for row in csv.DictReader(handle)) == example_names()
 
 
+@pytest.mark.slow
 def test_help_lists_the_choices():
     done = run_templ("select-best", "--help", env=templ_env(COLUMNS="200"))
     assert done.returncode == 0, done.stderr
@@ -70,6 +73,7 @@ def test_help_lists_the_choices():
     assert "|".join(example_names()) in done.stdout
 
 
+@pytest.mark.slow
 def test_an_unknown_choice_is_a_usage_error_naming_the_option():
     _usage_error(run_templ("demo", "--example", "nope", "-o", "x.sdf"), "--example")
     _usage_error(run_templ("select-best", "-t", "t.sdf", "-q", "CCO", "-o", "x.sdf", "--executor", "ray"),
@@ -89,6 +93,7 @@ def test_show_completion_prints_a_bash_script_for_templ():
     ("templ demo --example ", list(example_names())),
     ("templ screen --metric ", list(METRICS)),
 ])
+@pytest.mark.slow
 def test_bash_completion_offers_the_values(words, offered):
     env = {**os.environ, "_TEMPL_COMPLETE": "complete_bash", "COMP_WORDS": words,
            "COMP_CWORD": str(len(words.split()))}
@@ -161,6 +166,7 @@ def test_json_with_dash_output_is_a_usage_error(template_sdf):
                  "--json")
 
 
+@pytest.mark.slow
 def test_screen_json_is_the_only_thing_on_stdout(template_sdf, tmp_path):
     queries = tmp_path / "q.smi"
     queries.write_text(f"{QUERY} good\nCC(=O)Oc1ccccc1C(=O)O aspirin\nC1CC( broken\n")
@@ -202,6 +208,7 @@ def test_a_closed_stdout_pipe_ends_the_command_quietly_with_0(args):
     assert "Traceback" not in stderr and "error" not in stderr.lower(), stderr
 
 
+@pytest.mark.slow
 def test_a_big_output_into_a_closed_pipe_still_ends_with_0(template_sdf):
     """``templ select-best -o - --all-ranked | head -1``: the SDF is far larger than a pipe's buffer."""
     command = [*TEMPL, "select-best", "-t", str(template_sdf), "-q", QUERY, "-n", "60", "-w", "1", "-o", "-",

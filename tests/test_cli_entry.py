@@ -18,6 +18,8 @@ import pytest
 
 from templ_pipeline.parent_threads import PARENT_POOL_VARIABLES
 
+pytestmark = pytest.mark.fast
+
 PROBE = textwrap.dedent('''
     import json, os, sys
 

@@ -86,7 +86,8 @@ def _log_events(path: Path) -> list[dict]:
 
 
 def _executor_events(events: list[dict]) -> list[dict]:
-    keys = ("event", "task_type", "workers_requested", "workers_granted", "from_kind", "to_kind", "reason", "cause", "detail")
+    keys = ("event", "task_type", "workers_requested", "workers_granted", "from_kind", "to_kind", "reason", "cause",
+            "detail")
     return [{k: e[k] for k in keys if k in e} for e in events if str(e.get("event", "")).startswith("executor.")]
 
 
@@ -214,7 +215,7 @@ def test_herd_of_six_runs_in_one_cgroup_all_finish_with_the_reference_pose(child
                         stdout=so, stderr=se, stdin=subprocess.DEVNULL, env=env)
                 procs.append((proc, out, stdout_path, stderr_path))
             deadline = time.monotonic() + HERD_ROUND_TIMEOUT
-            for job, (proc, out, stdout_path, stderr_path) in enumerate(procs):
+            for job, (proc, out, _stdout_path, stderr_path) in enumerate(procs):
                 try:
                     proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:

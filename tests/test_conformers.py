@@ -7,20 +7,22 @@ import pytest
 
 from templ_pipeline.core.conformers import generate_conformers
 
+pytestmark = pytest.mark.fast
+
 
 def test_seeded_generation_is_reproducible_and_hydrogens_removed():
     first = generate_conformers("CC(=O)Nc1ccc(O)cc1", 5, seed=3)
     second = generate_conformers("CC(=O)Nc1ccc(O)cc1", 5, seed=3)
     assert first.GetNumConformers() == 5
     assert all(atom.GetAtomicNum() != 1 for atom in first.GetAtoms())
-    for a, b in zip(first.GetConformers(), second.GetConformers()):
+    for a, b in zip(first.GetConformers(), second.GetConformers(), strict=True):
         assert np.array_equal(a.GetPositions(), b.GetPositions())
 
 
 def test_worker_count_does_not_change_the_conformers():
     one = generate_conformers("CC(=O)Nc1ccc(O)cc1", 6, seed=5, n_workers=1)
     two = generate_conformers("CC(=O)Nc1ccc(O)cc1", 6, seed=5, n_workers=2)
-    for a, b in zip(one.GetConformers(), two.GetConformers()):
+    for a, b in zip(one.GetConformers(), two.GetConformers(), strict=True):
         assert np.allclose(a.GetPositions(), b.GetPositions())
 
 

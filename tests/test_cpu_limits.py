@@ -31,6 +31,8 @@ from templ_pipeline.core.limits.cpu import (
     read_cpu_budget,
 )
 
+pytestmark = pytest.mark.fast
+
 REPO = Path(__file__).resolve().parents[1]
 AFFINITY_NOW = len(os.sched_getaffinity(0))
 PRINT_BUDGET = ("import dataclasses, json\n"

@@ -7,26 +7,29 @@ import re
 import time
 
 import pytest
-from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.cog.plugins import register_default_plugins
-from grafana_foundation_sdk.models.dashboard import Dashboard
-
 from dashboard_queries import (
     ROWS,
     Prometheus,
     ScrapeTarget,
-    fill_variables,
-    scraped_target,
-    sum_of_bars,
-    annotation_queries,
     allowed_label_names,
     allowed_metric_names,
+    annotation_queries,
+    fill_variables,
     label_names,
     load_dashboard,
     metric_names,
     panel_queries,
+    scraped_target,
+    sum_of_bars,
     variable_queries,
 )
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.plugins import register_default_plugins
+from grafana_foundation_sdk.models.dashboard import Dashboard
+
+from templ_pipeline.core.grants import CAP_MANAGER_FAILED, CAP_MANAGER_UNAVAILABLE
+from templ_pipeline.core.limits.grant import RESERVE_TASKS
+from templ_pipeline.core.limits.worker_cost import worker_cost
 from templ_pipeline.dashboards import alerts, dashboard_exporters, generate, names
 from templ_pipeline.dashboards.annotations import EXTRA_KEYS
 from templ_pipeline.dashboards.executor_dashboard import (
@@ -45,20 +48,16 @@ from templ_pipeline.dashboards.thresholds import (
     thresholds,
 )
 from templ_pipeline.telemetry.catalog import (
-    METRICS,
-    METRICS_BY_SHORT,
-    START_KINDS,
     FAILURE_REASONS,
     FALLBACK_CAUSES,
     FALLBACK_REASONS,
+    METRICS,
+    METRICS_BY_SHORT,
     QUERY_REASONS,
     REDUCTION_REASONS,
     REPLACEMENT_REASONS,
+    START_KINDS,
 )
-from templ_pipeline.core.grants import CAP_MANAGER_FAILED, CAP_MANAGER_UNAVAILABLE
-from templ_pipeline.core.limits.grant import RESERVE_TASKS
-from templ_pipeline.core.limits.worker_cost import worker_cost
-
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import pytest
 
 pytest.importorskip("distributed", reason="dask distributed is not installed (the dask extra)")
 
-from dashboard_queries import (  # noqa: E402
+from dashboard_queries import (
     PROMETHEUS,
     Prometheus,
     fill_variables,
@@ -39,16 +39,16 @@ from dashboard_queries import (  # noqa: E402
     sum_of_bars,
     tail,
 )
-from dask_fixtures import QueryKiller, wait_for_scheduler  # noqa: E402
-from ports import free_port  # noqa: E402
-from processes import stop  # noqa: E402
-from templ_runs import TEMPL  # noqa: E402
-from test_screen import SERIES, write_smi  # noqa: E402
+from dask_fixtures import QueryKiller, wait_for_scheduler
+from ports import free_port
+from processes import stop
+from templ_runs import TEMPL
+from test_screen import SERIES, write_smi
 
-from templ_pipeline.campaign.dask_pool import IN_FLIGHT_PER_THREAD  # noqa: E402
-from templ_pipeline.dashboards import dask_metrics  # noqa: E402
-from templ_pipeline.dashboards.executor_dashboard import QUERY_RESUBMISSIONS, RESUBMISSIONS  # noqa: E402
-from templ_pipeline.telemetry.catalog import EVENT_SPECS  # noqa: E402
+from templ_pipeline.campaign.dask_pool import IN_FLIGHT_PER_THREAD
+from templ_pipeline.dashboards import dask_metrics
+from templ_pipeline.dashboards.executor_dashboard import QUERY_RESUBMISSIONS, RESUBMISSIONS
+from templ_pipeline.telemetry.catalog import EVENT_SPECS
 
 pytestmark = pytest.mark.slow
 
@@ -107,12 +107,12 @@ def _dask_cluster(workdir: Path, port: int, scheduler_http: int, worker_http: li
     processes: list[subprocess.Popen] = []
     logs = [workdir / f"{name}.log" for name in commands]
     try:
-        for (name, command), log in zip(commands.items(), logs):
+        for (name, command), log in zip(commands.items(), logs, strict=True):
             with open(log, "w") as out:
                 processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
                                                   stderr=subprocess.STDOUT, start_new_session=True))
             if name == "scheduler":
-                wait_for_scheduler(address, processes[0], READY_TIMEOUT, lambda: tail(log))
+                wait_for_scheduler(address, processes[0], READY_TIMEOUT, lambda log=log: tail(log))
         yield logs
     finally:
         for process in reversed(processes):

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
-
 from dashboard_queries import PROMETHEUS_DIR, ROOT
+
 from templ_pipeline.cli import app
+
+pytestmark = pytest.mark.fast
 
 DASHBOARDS = ROOT / "dashboards"
 COMPOSE_DIR = DASHBOARDS / "compose"

@@ -8,10 +8,10 @@ import sys
 import textwrap
 
 import pytest
+from cgroup_fixtures import child_pids_cgroup  # noqa: F401  (fixture)
 
 from templ_pipeline.core.conformers import generate_conformers
 from templ_pipeline.core.scoring import select_best_with_report
-from cgroup_fixtures import child_pids_cgroup  # noqa: F401  (fixture)
 
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 

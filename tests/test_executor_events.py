@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from templ_pipeline.core.events import (
     BatchDone,
     CallDone,
@@ -21,6 +23,8 @@ from templ_pipeline.core.events import (
     as_fields,
     cause_of,
 )
+
+pytestmark = pytest.mark.fast
 
 # A fresh interpreter: the thread manager cannot be imported (a reduction to 4 workers, reason
 # manager_unavailable), and every pool start is refused as the kernel refuses it (EAGAIN).

@@ -100,8 +100,11 @@ def test_works_without_psutil():
 from templ_pipeline.core import thread_manager
 ref = select_best_with_report(confs, template, n_workers=1)
 sel = select_best_with_report(confs, template, n_workers=2)
-print(json.dumps({"psutil": "psutil" in sys.modules and sys.modules["psutil"] is not None, "same": [(i.conf_id, i.shape, i.color) for i in sel.ordered] == [(i.conf_id, i.shape, i.color) for i in ref.ordered],
-                  "kinds": sel.report.executor_kinds, "scored": sel.report.n_scored}))
+def scores(result):
+    return [(i.conf_id, i.shape, i.color) for i in result.ordered]
+print(json.dumps({"psutil": "psutil" in sys.modules and sys.modules["psutil"] is not None,
+                  "same": scores(sel) == scores(ref), "kinds": sel.report.executor_kinds,
+                  "scored": sel.report.n_scored}))
 """
     out = _run_python(code)
     assert out == {"psutil": False, "same": True, "kinds": ["process"], "scored": 40}
@@ -120,7 +123,8 @@ ex = get_executor(8)
 sel = select_best_with_report(confs, template, n_workers=8)
 counted = telemetry.get_metrics().registry.get_sample_value(
     "templ_executor_worker_reductions_total", {"task_type": "scoring", "reason": "manager_unavailable"})
-print(json.dumps({"granted": ex.workers, "grant_reason": ex.grant.reason, "reductions": [as_fields(r) for r in sel.report.reductions],
+print(json.dumps({"granted": ex.workers, "grant_reason": ex.grant.reason,
+                  "reductions": [as_fields(r) for r in sel.report.reductions],
                   "report_granted": sel.report.workers_granted,
                   "scored": sel.report.n_scored, "counted": counted}))
 """

@@ -14,6 +14,8 @@ from templ_pipeline.campaign.hits import write_hits
 from templ_pipeline.campaign.outputs import SCORES_COLUMNS, CampaignFiles, ScoreRow
 from templ_pipeline.errors import InputError
 
+pytestmark = pytest.mark.fast
+
 PARAMETERS = {"seed": 1}
 
 

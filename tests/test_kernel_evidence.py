@@ -21,6 +21,8 @@ from templ_pipeline.core.limits import cgroup
 from templ_pipeline.core.thread_manager import ThreadResourceManager
 from templ_pipeline.telemetry.metrics import TemplMetrics
 
+pytestmark = pytest.mark.fast
+
 REFUSED = "templ_pids_cgroup_refused_forks_total"
 PEAK = "templ_pids_cgroup_peak_tasks"
 LEAF = "sys/fs/cgroup/pids/jobs/job42"

@@ -25,6 +25,8 @@ from templ_pipeline.core.limits.ledger import (
 )
 from templ_pipeline.core.thread_manager import ThreadResourceManager
 
+pytestmark = pytest.mark.fast
+
 NOBODY = 65534
 KEY = "pids:test"
 

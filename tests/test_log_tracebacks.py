@@ -13,6 +13,8 @@ import pytest
 from templ_pipeline import telemetry
 from templ_pipeline.telemetry.logs import configure_logging, get_logger
 
+pytestmark = pytest.mark.fast
+
 
 class TerminalStream(io.StringIO):
     """A stream that says it is a terminal, so the console renderer takes its colour path."""

@@ -65,7 +65,7 @@ def _by_job_id(prometheus: Prometheus, query: str) -> dict[str, float]:
 def _wait_for(predicate, what: str, procs: list[subprocess.Popen], logs: list[Path]) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while not predicate():
-        for proc, log in zip(procs, logs):
+        for proc, log in zip(procs, logs, strict=True):
             assert proc.poll() is None, f"a job ended early ({proc.returncode}): {tail(log)}"
         assert time.monotonic() < deadline, f"{what} within {WAIT_SECONDS} s; logs: " + " | ".join(map(tail, logs))
         time.sleep(0.5)
@@ -116,8 +116,8 @@ def test_target_file_goes_on_a_normal_exit_and_on_exit_1(template_sdf, unscorabl
     logs = [tmp_path / "ok.log", tmp_path / "fail.log"]
     sd = ("--metrics-addr", "127.0.0.1:0", "--metrics-sd-file")
     ok = (select_best_argv(template_sdf, tmp_path / "ok.sdf", *sd, targets / "ok.json"), job_env(), logs[0])
-    fail = (select_best_argv(template_sdf, tmp_path / "x.sdf", *sd, targets / "fail.json", conformers=unscorable_conformers), job_env(),
-            logs[1])
+    fail = (select_best_argv(template_sdf, tmp_path / "x.sdf", *sd, targets / "fail.json",
+                             conformers=unscorable_conformers), job_env(), logs[1])
     with _jobs(ok, fail) as procs:
         codes = [proc.wait(timeout=240) for proc in procs]
     assert codes == [0, 1], [tail(log) for log in logs]

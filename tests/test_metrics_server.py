@@ -15,12 +15,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import stop
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from processes import stop
 from templ_pipeline.telemetry.server import Address, MetricsServer, serve_metrics
+
+pytestmark = pytest.mark.fast
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"

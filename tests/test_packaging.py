@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from templ_runs import run_templ
 
 from templ_pipeline import __version__
 from templ_pipeline.cli.dashboards import deployed_files, export
@@ -106,9 +107,9 @@ def test_the_wheel_ships_the_generated_dashboard_files_and_none_of_their_generat
 def test_demo_doctor_and_dashboards_run_from_a_fresh_venv(fresh_venv, tmp_path):
     templ = str(fresh_venv / "bin" / "templ")
     python = str(fresh_venv / "bin" / "python")
-    where = _run([python, "-c", "import templ_pipeline, sys; print(templ_pipeline.__file__); "
-                                "import importlib.util as u; print(u.find_spec('telemetry'), u.find_spec('dashboards'))"],
-                 cwd=tmp_path)
+    probe = ("import templ_pipeline, sys; print(templ_pipeline.__file__); import importlib.util as u; "
+             "print(u.find_spec('telemetry'), u.find_spec('dashboards'))")
+    where = _run([python, "-c", probe], cwd=tmp_path)
     assert where.returncode == 0, where.stderr
     location, specs = where.stdout.splitlines()
     assert Path(location).is_relative_to(fresh_venv) and specs == "None None"
@@ -192,8 +193,7 @@ def test_export_replaces_files_only_when_asked_and_never_a_symlink(tmp_path):
 
 def test_export_command_says_what_is_in_the_way(tmp_path):
     (tmp_path / "deploy").write_text("a file\n")
-    done = subprocess.run([sys.executable, "-m", "templ_pipeline.cli", "dashboards", "export", str(tmp_path / "deploy")],
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    done = run_templ("dashboards", "export", tmp_path / "deploy", timeout=RUN_TIMEOUT)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'deploy'}: exists and is not a directory"]
 

@@ -11,6 +11,8 @@ import pytest
 
 from templ_pipeline.pids_cgroup import PREFIX, CgroupUnavailable, find_hierarchy
 
+pytestmark = pytest.mark.fast
+
 SCENARIO = textwrap.dedent(
     """
     import json, os, subprocess, threading

@@ -17,6 +17,8 @@ from templ_pipeline.core.preparation import (
     prepare,
 )
 
+pytestmark = pytest.mark.fast
+
 IBUPROFEN = "CC(C)Cc1ccc(C(C)C(=O)[O-])cc1"
 TWO_CENTRES = "CC(N)c1ccc(C(O)CC)cc1"
 

@@ -45,7 +45,7 @@ def _run_all(*jobs: tuple[list[str], dict[str, str]]) -> list[tuple[int, str]]:
         for argv, env in jobs:
             procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         outputs = [proc.communicate(timeout=240)[0] for proc in procs]
-        return [(proc.returncode, output) for proc, output in zip(procs, outputs)]
+        return [(proc.returncode, output) for proc, output in zip(procs, outputs, strict=True)]
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -57,7 +57,8 @@ def test_two_jobs_push_two_groups_and_a_failure_says_so(template_sdf, unscorable
     results = _run_all(
         (_select_best_argv(template_sdf, tmp_path / "a.sdf", *push), job_env(SLURM_JOB_ID="71")),
         (_select_best_argv(template_sdf, tmp_path / "b.sdf", *push), job_env(SLURM_JOB_ID="72")),
-        (_select_best_argv(template_sdf, tmp_path / "c.sdf", *push, conformers=unscorable_conformers), job_env(SLURM_JOB_ID="73")),
+        (_select_best_argv(template_sdf, tmp_path / "c.sdf", *push, conformers=unscorable_conformers),
+         job_env(SLURM_JOB_ID="73")),
     )
     assert [code for code, _ in results] == [0, 0, 1], [output[-2000:] for _, output in results]
     assert not [out for _, out in results if "telemetry.push_failed" in out]
@@ -121,8 +122,8 @@ def test_grouping_key_from_the_command_line(template_sdf, tmp_path, pushgateway)
     (("--push-grouping-key", "site="), "must not be empty"),
 ])
 def test_bad_grouping_keys_are_one_line_exit_2(template_sdf, tmp_path, pushgateway, args, message):
-    done = subprocess.run(_select_best_argv(template_sdf, tmp_path / "o.sdf", "--pushgateway", pushgateway, *args), env=job_env(),
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run(_select_best_argv(template_sdf, tmp_path / "o.sdf", "--pushgateway", pushgateway, *args),
+                          env=job_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
@@ -172,8 +173,9 @@ def test_a_failed_push_is_counted_where_it_can_be_seen(template_sdf, tmp_path):
     and its textfile, written after the final push, counts the failure."""
     closed = free_port()
     textfile = tmp_path / "job.prom"
-    (code, output), = _run_all((_select_best_argv(template_sdf, tmp_path / "a.sdf", "--pushgateway", f"http://127.0.0.1:{closed}",
-                                      "--push-interval", "0", "--metrics-textfile", textfile), job_env(TEMPL_JOB_ID="7")))
+    argv = _select_best_argv(template_sdf, tmp_path / "a.sdf", "--pushgateway", f"http://127.0.0.1:{closed}",
+                             "--push-interval", "0", "--metrics-textfile", textfile)
+    (code, output), = _run_all((argv, job_env(TEMPL_JOB_ID="7")))
     assert code == 0, output[-3000:]
     assert output.count('"event": "telemetry.push_failed"') == 1, output[-3000:]
     samples = textfile.read_text().splitlines()

@@ -12,7 +12,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from templ_runs import templ_env
+
+pytestmark = pytest.mark.fast
 
 LOOP = textwrap.dedent("""
     import logging, sys

@@ -7,6 +7,7 @@ to SDF. Real Polaris Mpro ligands as the ligand templates; the real ``templ`` in
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ def with_3d_coordinates(mol: Chem.Mol) -> Chem.Mol:
 
 
 def ligand_records(count: int) -> list[Chem.Mol]:
-    return [mol for _, mol in zip(range(count), Chem.SDMolSupplier(str(LIBRARY)))]
+    return list(itertools.islice(Chem.SDMolSupplier(str(LIBRARY)), count))
 
 
 def write_records(path: Path, mols: list[Chem.Mol]) -> Path:

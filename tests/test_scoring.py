@@ -19,6 +19,8 @@ from templ_pipeline.core.scoring import (
     select_best_with_report,
 )
 
+pytestmark = pytest.mark.fast
+
 
 def _ranked_signature(ranked):
     return [(cid, scores["shape"], scores["color"], scores["combo"]) for cid, scores, _ in ranked]
@@ -129,7 +131,8 @@ def test_input_molecules_are_not_modified(query_confs, template):
     before = [conf.GetPositions().copy() for conf in query_confs.GetConformers()]
     template_before = template.GetConformer().GetPositions().copy()
     select_best(query_confs, template, n_workers=1)
-    assert all(np.array_equal(a, conf.GetPositions()) for a, conf in zip(before, query_confs.GetConformers()))
+    after = query_confs.GetConformers()
+    assert all(np.array_equal(a, conf.GetPositions()) for a, conf in zip(before, after, strict=True))
     assert np.array_equal(template_before, template.GetConformer().GetPositions())
 
 

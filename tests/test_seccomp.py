@@ -56,7 +56,8 @@ def _best(path: Path) -> tuple:
 
 def _fallbacks(log: Path) -> list[tuple[str, str, str, str]]:
     events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    return [(e["from_kind"], e["to_kind"], e["reason"], e["cause"]) for e in events if e["event"] == "executor.fallback"]
+    return [(e["from_kind"], e["to_kind"], e["reason"], e["cause"])
+            for e in events if e["event"] == "executor.fallback"]
 
 
 def _select(files: dict, out: Path, *source: str, filtered: bool = True) -> subprocess.CompletedProcess:

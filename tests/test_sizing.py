@@ -22,6 +22,8 @@ from templ_pipeline.core.sizing import (
     plan_workers,
 )
 
+pytestmark = pytest.mark.fast
+
 CPUS = read_cpu_budget().cpus
 
 

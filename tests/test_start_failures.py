@@ -15,6 +15,8 @@ from templ_pipeline.core.limits import cgroup
 from templ_pipeline.core.limits.classify import errno_of, is_start_refusal, refusal_evidence
 from templ_pipeline.core.native_call import call_interruptibly
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize("text, count", [
     ("max 0\n", 0),

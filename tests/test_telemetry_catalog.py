@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from templ_pipeline.telemetry import catalog as c
+
+pytestmark = pytest.mark.fast
 
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*[a-z0-9]$")
 CONTRACT_METRICS = {

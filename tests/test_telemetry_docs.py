@@ -11,6 +11,8 @@ import pytest
 
 from templ_pipeline.telemetry import catalog, docs
 
+pytestmark = pytest.mark.fast
+
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 

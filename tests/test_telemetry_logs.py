@@ -30,6 +30,8 @@ from templ_pipeline.core.events import (
 from templ_pipeline.telemetry.logs import get_logger
 from templ_pipeline.telemetry.recorder import Recorder
 
+pytestmark = pytest.mark.fast
+
 PROCESS, THREAD, SEQUENTIAL = ExecutorKind.PROCESS, ExecutorKind.THREAD, ExecutorKind.SEQUENTIAL
 
 
@@ -89,7 +91,8 @@ def test_capture_logs_sees_reduction_and_select_best_done(exporter):
         rec(WorkersReduced(TaskType.SCORING, 4, 1, ReductionReason.THREADS_MAX, "threads-max 500", headroom=1))
         rec(SelectBestFinished(8, 4, 1, SEQUENTIAL, 6, {"invalid_molecule": 2}, 0.1))
     red = next(e for e in logs if e["event"] == "executor.workers_reduced")
-    assert (red["workers_requested"], red["workers_granted"], red["reason"], red["headroom"]) == (4, 1, "threads_max", 1)
+    reduced = (red["workers_requested"], red["workers_granted"], red["reason"], red["headroom"])
+    assert reduced == (4, 1, "threads_max", 1)
     assert red["log_level"] == "warning" and len(red["trace_id"]) == 32
     done = next(e for e in logs if e["event"] == "select_best.done")
     assert done["scored"] == 6 and done["failed"] == 2 and done["failed_by_reason"] == {"invalid_molecule": 2}

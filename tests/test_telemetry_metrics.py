@@ -33,6 +33,8 @@ from templ_pipeline.telemetry import catalog
 from templ_pipeline.telemetry.metrics import TemplMetrics, count_threads
 from templ_pipeline.telemetry.recorder import Recorder
 
+pytestmark = pytest.mark.fast
+
 PROCESS, THREAD, SEQUENTIAL = ExecutorKind.PROCESS, ExecutorKind.THREAD, ExecutorKind.SEQUENTIAL
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -13,6 +11,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from recorder_events import WORKER_PID, batch_done, worker_span
+from templ_runs import run_templ
 
 from templ_pipeline import telemetry
 from templ_pipeline.core.conformers import generate_conformers
@@ -31,6 +30,8 @@ from templ_pipeline.core.events import (
 from templ_pipeline.core.scoring import select_best_with_report
 from templ_pipeline.telemetry import catalog as c
 from templ_pipeline.telemetry.recorder import Recorder
+
+pytestmark = pytest.mark.fast
 
 PROCESS, SEQUENTIAL = ExecutorKind.PROCESS, ExecutorKind.SEQUENTIAL
 
@@ -223,12 +224,11 @@ def _exported_spans(path) -> list[dict]:
             for scope in resource["scopeSpans"] for span in scope["spans"]]
 
 
+@pytest.mark.slow
 def test_one_select_best_run_is_one_trace_under_its_command_span(template_sdf, tmp_path):
     traces = tmp_path / "traces.jsonl"
-    done = subprocess.run([sys.executable, "-m", "templ_pipeline.cli", "select-best", "-t", str(template_sdf),
-                           "-q", "O=C(Nc1cccnc1)c1ccc(F)cc1OC", "-n", "8", "-w", "2", "-o", str(tmp_path / "o.sdf"),
-                           "--no-metrics-server", "--traces-file", str(traces)],
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    done = run_templ("select-best", "-t", template_sdf, "-q", "O=C(Nc1cccnc1)c1ccc(F)cc1OC", "-n", "8", "-w", "2",
+                     "-o", tmp_path / "o.sdf", "--no-metrics-server", "--traces-file", traces)
     assert done.returncode == 0, done.stderr
     spans = _exported_spans(traces)
     (root,) = [span for span in spans if "parentSpanId" not in span or not span["parentSpanId"]]

@@ -18,6 +18,8 @@ from templ_pipeline.core.trace_context import WorkerSpan
 from templ_pipeline.telemetry.recorder import Recorder
 from templ_pipeline.telemetry.server import Address, serve_metrics
 
+pytestmark = pytest.mark.fast
+
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 HISTOGRAMS = ("templ_select_best_duration_seconds", "templ_select_best_batch_duration_seconds")
 

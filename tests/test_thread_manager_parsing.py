@@ -27,6 +27,8 @@ from proc_samples import (  # isort: skip
     INF, MIB, PER_THREAD, STACK, V1_CGROUP, V1_MOUNTINFO, V2_CGROUP, V2_MOUNTINFO, collector,
     make_tree, rlimits, status_text, write)
 
+pytestmark = pytest.mark.fast
+
 # -- /proc/self/cgroup and mountinfo -------------------------------------------------------
 
 
@@ -80,6 +82,7 @@ def test_parse_max_reads_max_and_rejects_garbage():
         assert procfs.parse_max(bad) is None
 
 
+@pytest.mark.slow
 @given(st.one_of(st.binary(max_size=200), st.text(max_size=200)))
 def test_parsers_never_raise(data):
     procfs.parse_max(data)

@@ -20,6 +20,8 @@ from templ_runs import templ_env
 
 from templ_pipeline import telemetry
 
+pytestmark = pytest.mark.fast
+
 REPO = Path(__file__).resolve().parents[1]
 TELEMETRY = "templ_pipeline.telemetry"
 FORBIDDEN = ("rich", "structlog", "prometheus_client", "opentelemetry.sdk", "typer")
@@ -59,7 +61,8 @@ def test_a_campaign_worker_imports_only_what_a_query_needs():
     report = json.loads(_python("-c", _REPORT.format(imports="import templ_pipeline.campaign.worker")))
     assert _forbidden(report["modules"]) == []
     heavy = {"templ_pipeline.campaign.runner", "templ_pipeline.campaign.queries", "templ_pipeline.campaign.outputs",
-             "templ_pipeline.core.pools", "templ_pipeline.core.executor", "templ_pipeline.cli", "templ_pipeline.telemetry.metrics"}
+             "templ_pipeline.core.pools", "templ_pipeline.core.executor", "templ_pipeline.cli",
+             "templ_pipeline.telemetry.metrics"}
     assert heavy.isdisjoint(report["modules"]), sorted(heavy & set(report["modules"]))
     assert report["handlers"] == 0, "importing the campaign worker configured logging"
 
@@ -153,6 +156,7 @@ def _workers(parent_script: Path, mode: str) -> dict:
     return json.loads(_python(str(parent_script), mode, cwd=parent_script.parent))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["module", "script"])
 def test_a_worker_of_the_cli_loads_neither_the_cli_nor_its_stack(parent_script, mode):
     report = _workers(parent_script, mode)
@@ -166,6 +170,7 @@ def test_a_worker_of_the_cli_loads_neither_the_cli_nor_its_stack(parent_script, 
     assert lean["handlers"] == 0
 
 
+@pytest.mark.slow
 def test_a_worker_of_an_ordinary_script_does_not_run_it(parent_script):
     report = _workers(parent_script, "other")
     lean, stock = report["lean"], report["stock"]
@@ -212,7 +217,8 @@ def telemetry_import_graph(root: Path = REPO / "telemetry") -> dict[str, set[str
                 deps |= {alias.name for alias in node.names if alias.name.startswith(TELEMETRY)}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == TELEMETRY:
                 deps |= {f"{TELEMETRY}.{a.name}" if a.name in submodules else TELEMETRY for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(f"{TELEMETRY}."):
+            elif (isinstance(node, ast.ImportFrom) and node.level == 0
+                  and (node.module or "").startswith(f"{TELEMETRY}.")):
                 deps.add(node.module)
         graph[name] = deps - {name}
     return graph
@@ -242,7 +248,7 @@ def test_import_cycles_are_found():
 
 def test_the_telemetry_modules_import_without_a_cycle():
     graph = telemetry_import_graph()
-    assert {"templ_pipeline.telemetry.guard", "templ_pipeline.telemetry.metrics", "templ_pipeline.telemetry.server"} <= set(graph)
+    assert {f"{TELEMETRY}.guard", f"{TELEMETRY}.metrics", f"{TELEMETRY}.server"} <= set(graph)
     assert import_cycles(graph) == []
 
 
