@@ -60,8 +60,9 @@ lint: $(TEST_STAMP)
 # `pytest --durations=0`) and no external server (Prometheus, Pushgateway, node_exporter), so it needs no
 # `system-deps`; a test that wants a writable cgroup or promtool skips without one. It leaves out the
 # end-to-end runs (campaigns, signals, servers) that make up most of `make test`'s five minutes.
+# `exec`: pytest's parent is make, as in `make test`, not a /bin/sh that `templ --show-completion` would detect.
 test-fast: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q -m "fast and not slow"
+	exec $(BIN)/python -m pytest -q -m "fast and not slow"
 
 docs: $(TEST_STAMP)
 	$(BIN)/python -m templ_pipeline.telemetry.docs
