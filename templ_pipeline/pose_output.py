@@ -11,17 +11,14 @@ rename, mode from the umask).
 from __future__ import annotations
 
 import gzip
-import io
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from rdkit import Chem
-
-from templ_pipeline.core.vocabulary import format_value
 from templ_pipeline.errors import InputError
+from templ_pipeline.pose_records import PoseRecord, sd_text
 from templ_pipeline.safe_files import check_target, write_atomically
 
 __all__ = ["STDOUT", "PoseFormat", "PoseRecord", "PoseTarget", "render_sdf"]
@@ -35,15 +32,6 @@ class PoseFormat(StrEnum):
 
     SDF = ".sdf"
     SDF_GZ = ".sdf.gz"
-
-
-@dataclass(frozen=True, slots=True)
-class PoseRecord:
-    """One SD record: a single-conformer molecule, its record name and its SD properties."""
-
-    mol: Chem.Mol
-    name: str
-    properties: dict[str, str | int | float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,21 +80,6 @@ class PoseTarget:
 
 
 def render_sdf(records: Iterable[PoseRecord]) -> tuple[bytes, int]:
-    """The SDF text of ``records`` (UTF-8) and their count."""
-    text = io.StringIO()
-    writer = Chem.SDWriter(text)
-    count = 0
-    for record in records:
-        mol = record.mol
-        mol.SetProp("_Name", record.name)
-        for name, value in record.properties.items():
-            _set_prop(mol, name, value)
-        writer.write(mol, confId=mol.GetConformer().GetId())
-        count += 1
-    writer.close()
-    return text.getvalue().encode(), count
-
-
-def _set_prop(mol: Chem.Mol, name: str, value: str | int | float) -> None:
-    """A property as text: scores with the decimals :mod:`~templ_pipeline.core.vocabulary` fixes."""
-    mol.SetProp(name, format_value(name, float(value) if isinstance(value, float) else value))
+    """The SDF text of ``records`` (UTF-8, :func:`~templ_pipeline.pose_records.sd_text`) and their count."""
+    listed = list(records)
+    return sd_text(listed).encode(), len(listed)

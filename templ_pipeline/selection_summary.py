@@ -33,10 +33,11 @@ from templ_pipeline.core.template_choice import TemplateChoice
 from templ_pipeline.core.template_poses import TemplateChoiceRecord, TemplatePoses, distinct_conformers
 from templ_pipeline.core.vocabulary import Field, rounded
 from templ_pipeline.io import record_properties
-from templ_pipeline.pose_output import PoseRecord, PoseTarget
+from templ_pipeline.pose_output import PoseTarget
+from templ_pipeline.pose_records import PoseRecord, PropertyValue, isomer_name
 
-__all__ = ["Candidate", "Hydrogens", "QueryIdentity", "RunOutcome", "TemplateSelection", "best_template", "pose_records",
-           "print_summary", "runner_up_text", "summary_json"]
+__all__ = ["Candidate", "Hydrogens", "QueryIdentity", "RunOutcome", "TemplateSelection", "best_template",
+           "pose_records", "print_summary", "runner_up_text", "summary_json"]
 
 
 class Hydrogens(StrEnum):
@@ -160,7 +161,7 @@ def pose_records(chosen: TemplateSelection, query: QueryIdentity, metric: str, a
     else:
         mol, scores = selection.best[metric]
         ranked = [] if mol is None else [(mol.GetConformer().GetId(), scores, mol)]
-    prepared: dict[str, str | int | float] = {} if preparation is None else {
+    prepared: dict[str, PropertyValue] = {} if preparation is None else {
         "input_smiles": preparation.input_smiles, "isomer": chosen.isomer, "isomers": len(preparation.isomers),
         "removed": ".".join(preparation.removed),
         "preparation": ",".join(sorted(preparation.actions)) or "unchanged",
@@ -173,7 +174,7 @@ def pose_records(chosen: TemplateSelection, query: QueryIdentity, metric: str, a
 
 def _record(chosen: TemplateSelection, query: QueryIdentity, source: Chem.Mol, metric: str, rank: int,
             conf_id: int, scores: dict[str, float], pose: Chem.Mol,
-            prepared: dict[str, str | int | float] | None = None) -> PoseRecord:
+            prepared: dict[str, PropertyValue] | None = None) -> PoseRecord:
     record_name, properties = record_properties(source, conf_id)
     pose = Chem.Mol(pose)
     for name in pose.GetPropNames():  # the molecule-level properties are record 1's: each pose gets its own
@@ -182,13 +183,12 @@ def _record(chosen: TemplateSelection, query: QueryIdentity, source: Chem.Mol, m
         pose = Chem.RemoveHs(pose)
     elif query.hydrogens == Hydrogens.ADD:
         pose = Chem.AddHs(pose, addCoords=True)
-    ours: dict[str, str | int | float] = {
+    ours: dict[str, PropertyValue] = {
         **scores, Field.CONFORMER_ID: conf_id, Field.RANK: rank, Field.POSE_RANK: rank, Field.METRIC: metric,
         Field.QUERY_SMILES: chosen.smiles or query.smiles, **(prepared or {}),
         Field.TEMPLATE_NAME: chosen.name, Field.TEMPLATE_RECORD: chosen.record,
     }
-    name = record_name or (f"{query.name}#{chosen.isomer}" if chosen.isomer else query.name)
-    return PoseRecord(pose, name, {**properties, **ours})
+    return PoseRecord(pose, record_name or isomer_name(query.name, chosen.isomer), {**properties, **ours})
 
 
 def _best_json(result: TemplateSelection, query: QueryIdentity) -> dict[str, Any]:
@@ -200,7 +200,7 @@ def _best_json(result: TemplateSelection, query: QueryIdentity) -> dict[str, Any
             continue
         conf_id = mol.GetConformer().GetId()
         record_name, _ = record_properties(result.selection.query, conf_id)
-        name = record_name or (f"{query.name}#{result.isomer}" if result.isomer else query.name)
+        name = record_name or isomer_name(query.name, result.isomer)
         best[metric] = {"conformer_id": conf_id, "name": name,
                         **{key: rounded(key, value) for key, value in scores.items()}}
     return best

@@ -290,7 +290,8 @@ def _pose_records(rows: Sequence[ScoreRow], poses: Sequence[Chem.Mol | str | Non
         if pose is None:
             continue
         if not isinstance(pose, str):
-            record = {} if row.template_record is None else {Field.TEMPLATE_RECORD: row.template_record}
+            record: dict[str, int] = {} if row.template_record is None else {
+                Field.TEMPLATE_RECORD: row.template_record}
             pose = pose_record(pose, name=row.query_id, query_smiles=row.query_smiles,
                                template_name=row.template_name, metric=row.metric, shape=row.shape,
                                color=row.color, combo=row.combo, conformer_id=row.conformer_id,

@@ -3,18 +3,19 @@
 
 Campaign workers build their queries' records (RDKit only, so they import this
 module), which keeps the parent's cost per query to a write: one parent can then
-keep many workers busy.
+keep many workers busy. The record itself is made by
+:func:`~templ_pipeline.pose_records.sd_text`, as ``select-best`` makes its own.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 from rdkit import Chem
 
 from templ_pipeline.core.vocabulary import Field, format_value
+from templ_pipeline.pose_records import PoseRecord, PropertyValue, sd_text
 
 
 def aligned_pose(topology: Chem.Mol, conf_id: int, positions: np.ndarray) -> Chem.Mol:
@@ -30,27 +31,19 @@ def aligned_pose(topology: Chem.Mol, conf_id: int, positions: np.ndarray) -> Che
 
 def pose_record(pose: Chem.Mol, *, name: str, query_smiles: str, template_name: str, metric: str,
                 shape: float | None, color: float | None, combo: float | None, conformer_id: int | None,
-                pose_rank: int | None = 1, preparation: Mapping[str, str | int | float] | None = None) -> str:
+                pose_rank: int | None = 1, preparation: Mapping[str, PropertyValue] | None = None) -> str:
     """The SDF record of ``pose`` (modified: it gets the name and properties), ending with ``$$$$``.
 
     ``preparation`` (input SMILES, isomer, removed fragments, what was done, the template choice) is
-    written after ``query_smiles`` and ``template_name``, before the metric and scores.
+    written after ``query_smiles`` and ``template_name``, before the metric and scores; scores, conformer
+    id and pose rank that are None are left out.
     """
-    pose.SetProp("_Name", name)
-    pose.SetProp(Field.QUERY_SMILES, query_smiles)
-    pose.SetProp(Field.TEMPLATE_NAME, template_name)
-    for prop, value in (preparation or {}).items():
-        pose.SetProp(prop, format_value(prop, value))
-    pose.SetProp(Field.METRIC, metric)
-    for prop, value in ((Field.SHAPE, shape), (Field.COLOR, color), (Field.COMBO, combo),
-                        (Field.CONFORMER_ID, conformer_id), (Field.POSE_RANK, pose_rank)):
-        if value is not None:
-            pose.SetProp(prop, format_value(prop, value))
-    buffer = io.StringIO()
-    writer = Chem.SDWriter(buffer)
-    writer.write(pose, confId=pose.GetConformer().GetId())
-    writer.close()  # flushes into the StringIO (which stays open)
-    return buffer.getvalue()
+    scores: dict[str, PropertyValue] = {Field.SHAPE: shape, Field.COLOR: color, Field.COMBO: combo,
+                                        Field.CONFORMER_ID: conformer_id, Field.POSE_RANK: pose_rank}
+    properties: dict[str, PropertyValue] = {
+        Field.QUERY_SMILES: query_smiles, Field.TEMPLATE_NAME: template_name, **(preparation or {}),
+        Field.METRIC: metric, **{prop: value for prop, value in scores.items() if value is not None}}
+    return sd_text([PoseRecord(pose, name, properties)])
 
 
 def with_properties(record: str, items: Iterable[tuple[str, object]]) -> str:
