@@ -67,6 +67,7 @@ from templ_pipeline.core.template_poses import (
     given_conformers,
     template_conformers,
 )
+from templ_pipeline.pose_records import isomer_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +433,7 @@ def _refused(error: PreparationError, outcome: QueryOutcome) -> QueryError:
 
 def isomer_id(query_id: str, isomer: int) -> str:
     """The id of one stereoisomer's row and pose: ``query_id#isomer`` (the query id itself when not enumerated)."""
-    return f"{query_id}#{isomer}" if isomer else query_id
+    return isomer_name(query_id, isomer)
 
 
 def preparation_properties(outcome: QueryOutcome, isomer: IsomerOutcome, requested: int) -> dict[str, str | int]:
