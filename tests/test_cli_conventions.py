@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import select
 import subprocess
 from importlib import resources
@@ -95,9 +94,8 @@ def test_show_completion_prints_a_bash_script_for_templ():
 ])
 @pytest.mark.slow
 def test_bash_completion_offers_the_values(words, offered):
-    env = {**os.environ, "_TEMPL_COMPLETE": "complete_bash", "COMP_WORDS": words,
-           "COMP_CWORD": str(len(words.split()))}
-    done = run_templ(env=env)
+    done = run_templ(env=templ_env(_TEMPL_COMPLETE="complete_bash", COMP_WORDS=words,
+                                   COMP_CWORD=str(len(words.split()))))
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == offered
 

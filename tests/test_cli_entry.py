@@ -9,12 +9,12 @@ them then, and only then).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from templ_runs import templ_env
 
 from templ_pipeline.parent_threads import PARENT_POOL_VARIABLES
 
@@ -52,14 +52,9 @@ PROBE = textwrap.dedent('''
 ''').replace("VARIABLES", repr(PARENT_POOL_VARIABLES))
 
 
-def _env(**extra: str) -> dict[str, str]:
-    """This environment without the pool variables, plus ``extra``."""
-    return {**{key: value for key, value in os.environ.items() if key not in PARENT_POOL_VARIABLES}, **extra}
-
-
 def _probe(start: str, **extra: str) -> dict:
     done = subprocess.run([sys.executable, "-c", PROBE, start], capture_output=True, text=True, timeout=120,
-                          env=_env(**extra))
+                          env=templ_env(PARENT_POOL_VARIABLES, **extra))
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 

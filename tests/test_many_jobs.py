@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from dashboard_queries import PROMETHEUS, Prometheus, prometheus_with, tail
 from job_runs import job_env, select_best_argv
+from ports import silent_listener
 from processes import stop
 
 from templ_pipeline.telemetry.export import scheduler_job_id
@@ -127,9 +128,7 @@ def test_target_file_goes_on_a_normal_exit_and_on_exit_1(template_sdf, unscorabl
 
 
 def test_a_taken_port_says_how_to_run_several_jobs(template_sdf, tmp_path):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
+    with silent_listener() as taken:
         port = taken.getsockname()[1]
         done = subprocess.run(select_best_argv(template_sdf, tmp_path / "o.sdf", "--metrics-addr", f"127.0.0.1:{port}"),
                               env=job_env(), capture_output=True, text=True, timeout=240)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import email
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from templ_runs import run_templ
+from templ_runs import run_templ, templ_env
 
 from templ_pipeline import __version__
 from templ_pipeline.cli.dashboards import deployed_files, export
@@ -31,9 +30,8 @@ INSTALL_TIMEOUT = 600
 RUN_TIMEOUT = 300
 
 
-def _clean_env() -> dict[str, str]:
-    """The environment without anything that points Python at the checkout."""
-    return {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+#: What points Python at the checkout, left out of the fresh venv's environment.
+CHECKOUT_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
 
 
 def _working_files() -> list[str]:
@@ -44,7 +42,8 @@ def _working_files() -> list[str]:
 
 
 def _run(argv: list[str], cwd: Path, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(argv, cwd=cwd, env=templ_env(CHECKOUT_VARIABLES), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")

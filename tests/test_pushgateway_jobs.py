@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 from job_runs import job_env, select_best_argv
-from ports import free_port
+from ports import free_port, silent_listener
 from processes import stop, wait_until_catches
 from pushgateway_server import pushgateway  # noqa: F401 - the fixture
 
@@ -198,9 +198,7 @@ def test_which_endings_are_a_success():
 def test_sigterm_with_a_hung_pushgateway_exits_within_seconds(template_sdf, tmp_path):
     """A Pushgateway that takes connections and never answers: a signal still ends the run promptly (the
     periodic push in flight is not waited for, the last push and nothing else get a short timeout)."""
-    with socket.socket() as hung:
-        hung.bind(("127.0.0.1", 0))
-        hung.listen(64)  # connections complete in the backlog; nothing ever reads or answers them
+    with silent_listener() as hung:
         url = f"http://127.0.0.1:{hung.getsockname()[1]}"
         argv = _select_best_argv(template_sdf, tmp_path / "o.sdf", "--log-file", tmp_path / "run.jsonl",
                                  "--pushgateway", url, "--push-interval", "0.2", "--push-delete-on-exit",

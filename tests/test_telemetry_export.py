@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from ports import free_port
+from ports import free_port, silent_listener
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pushgateway_server import pushgateway  # noqa: F401 - the fixture
@@ -252,9 +252,7 @@ def test_push_unreachable_fails_fast(tel):
 
 
 def test_push_silent_gateway_times_out(tel):
-    with socket.socket() as silent:  # accepts connections (kernel backlog) but never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(1)
+    with silent_listener() as silent:
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         t0 = time.monotonic()
         with pytest.raises(PushError, match="0.5 s"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.json_format import ParseDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from ports import free_port
+from ports import free_port, silent_listener
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from templ_runs import TEMPL, templ_env
@@ -279,9 +279,7 @@ def test_default_endpoint_listens_on_loopback_only(tmp_path, template_file):
 
 
 def test_port_in_use(tmp_path, template_file):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
+    with silent_listener() as taken:
         port = taken.getsockname()[1]
         explicit = subprocess.run(
             [*TEMPL, "select-best", "-t", str(template_file), "-q", "CCOc1ccccc1", "-n", "4",
@@ -293,8 +291,8 @@ def test_port_in_use(tmp_path, template_file):
 
 
 def test_unreachable_otlp_endpoint_costs_one_warning(tmp_path, template_file):
-    env = {**__import__("os").environ, "OTEL_TRACES_EXPORTER": "otlp",
-           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}", "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+    env = templ_env(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+                    OTEL_EXPORTER_OTLP_TIMEOUT="1")
     result = subprocess.run(
         [*TEMPL, "select-best", "-t", str(template_file), "-q", "CCOc1ccccc1", "-n", "12", "-w", "2",
          "-o", str(tmp_path / "x.sdf"), "--no-metrics-server", "--log-format", "json"],
