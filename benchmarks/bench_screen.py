@@ -118,7 +118,6 @@ def parent_cpu(workers: int, root: Path, queries: list[tuple[str, str]]) -> dict
     """
     from benchmarks.bench_telemetry_overhead import DropSpans
     from templ_pipeline import telemetry
-
     from templ_pipeline.core import events
 
     with open(os.devnull, "w") as devnull:

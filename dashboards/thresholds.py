@@ -22,13 +22,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from templ_pipeline.dashboards.names import MANAGER_REASONS, SEQUENTIAL, value
 from templ_pipeline.campaign.runner import DEFAULT_QUERY_TIMEOUT
 from templ_pipeline.core import executor, grants, pools
 from templ_pipeline.core.limits.grant import RESERVE_TASKS, max_workers
 from templ_pipeline.core.limits.model import PIDS_CGROUP, Limit, Snapshot, StackInfo
 from templ_pipeline.core.limits.worker_cost import START_METHOD_HELPER_TASKS, WorkerCost, worker_cost
 from templ_pipeline.core.thread_manager import CRITICAL_PRESSURE, WARNING_PRESSURE
+from templ_pipeline.dashboards.names import MANAGER_REASONS, SEQUENTIAL, value
 
 WARNING_HEADROOM = 32
 """Tasks of headroom below which the warning fires: a pool of a few dozen workers no longer fits."""
