@@ -36,10 +36,9 @@ from templ_pipeline.core.events import (
     no_room_reason,
     process_observers,
 )
-from templ_pipeline.core.grants import Grant, classify_failure, grant_workers, pids_refusals, release_grant
+from templ_pipeline.core.grants import classify_failure, grant_for_work, pids_refusals, release_grant
 from templ_pipeline.core.limits.classify import is_start_refusal
 from templ_pipeline.core.native_call import call_interruptibly
-from templ_pipeline.core.sizing import insists_on_workers, plan_workers
 
 DEFAULT_SEED = 42
 TASK_TYPE = TaskType.CONFORMERS
@@ -148,15 +147,12 @@ class EmbeddingThreads:
     def __init__(self, requested: int, emit: Observer, *, exact_workers: bool = False) -> None:
         self.requested = max(1, requested)
         self._emit = emit
-        work = plan_workers(self.requested, TASK_TYPE, exact=insists_on_workers(exact_workers))
-        for reduction in work.reductions:
-            emit(reduction)
-        wanted = work.workers
-        grant = grant_workers(wanted, TASK_TYPE, "thread") if wanted > 1 else Grant(1, 1)
-        self._grant = grant
+        work = grant_for_work(self.requested, TASK_TYPE, "thread", exact_workers=exact_workers)
+        for event in work.events:
+            emit(event)
+        grant = self._grant = work.grant
         self.count = max(1, grant.granted)
-        emit(grant.event(TASK_TYPE))
-        if wanted > 1 and self.count == 1:
+        if grant.requested > 1 and self.count == 1:
             emit(Fallback(ExecutorKind.THREAD, ExecutorKind.SEQUENTIAL, no_room_reason(grant.reason),
                           cause_of(grant.reason), grant.detail))
 
