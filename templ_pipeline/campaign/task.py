@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from rdkit import Chem, rdBase
 
-from templ_pipeline.core.trace_context import start_worker_span
 from templ_pipeline.campaign.poses import aligned_pose, pose_record
 from templ_pipeline.core.batch import (
     BatchTask,
@@ -67,6 +66,7 @@ from templ_pipeline.core.template_poses import (
     given_conformers,
     template_conformers,
 )
+from templ_pipeline.core.trace_context import start_worker_span
 from templ_pipeline.pose_records import isomer_name
 
 
@@ -261,7 +261,7 @@ class QueryRunner:
             self._run(task, outcome)
         except QueryError as error:
             outcome.status, outcome.reason, outcome.detail = QueryStatus.FAILED, error.reason, error.detail
-        except Exception as error:  # noqa: BLE001 - one broken query must not end the worker
+        except Exception as error:  # one broken query must not end the worker
             outcome.status, outcome.reason = QueryStatus.FAILED, QueryFailureReason.ERROR
             outcome.detail = f"{type(error).__name__}: {error}"
         outcome.seconds = time.perf_counter() - started
