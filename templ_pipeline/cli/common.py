@@ -110,8 +110,12 @@ def print_json(data: dict[str, Any]) -> None:
 
 
 @contextmanager
-def observed(session: TelemetrySession) -> Iterator[TelemetrySession]:
-    """Run inside ``session``; say where the metrics are."""
+def observed(session: TelemetrySession | None) -> Iterator[TelemetrySession | None]:
+    """Run inside ``session``; say where the metrics are. None (the command called without the telemetry
+    options, as a function) runs without telemetry."""
+    if session is None:
+        yield None
+        return
     try:
         with session:
             if session.server is not None:

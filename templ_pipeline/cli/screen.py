@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from templ_pipeline import __version__
@@ -156,9 +156,8 @@ def prepare(request: ScreenRequest) -> PreparedCampaign:
     """Read the templates, open the query stream and the campaign's files; ``InputError`` when unusable."""
     library = read_template_library(request.template, allow_large=request.allow_large_templates)
     references = ReferencePoses.read(request.reference) if request.reference is not None else None
-    reading = {"smiles_column": request.smiles_column, "id_column": request.id_column,
-               "group_conformers": request.use_input_conformers}
-    stream = read_queries(request.queries, **reading)
+    stream = read_queries(request.queries, smiles_column=request.smiles_column, id_column=request.id_column,
+                          group_conformers=request.use_input_conformers)
     first = next(stream, None)
     if first is None:
         raise InputError(f"{request.queries}: no query records")
@@ -168,7 +167,8 @@ def prepare(request: ScreenRequest) -> PreparedCampaign:
     files = CampaignFiles.open(request.output_dir, parameters(request, library), resume=request.resume,
                                rows_per_query=rows_per_isomer(request, library) if request.per_template else 1,
                                inputs=CampaignInputs(request.template, request.queries, columns))
-    total = count_queries(request.queries, **reading)
+    total = count_queries(request.queries, smiles_column=request.smiles_column, id_column=request.id_column,
+                          group_conformers=request.use_input_conformers)
     done = files.done
     records = (record for record in itertools.chain((first,), stream) if record.query_id not in done)
     options = ScreenOptions(num_conformers=request.num_conformers, seed=request.seed, workers=request.workers,
@@ -191,7 +191,7 @@ def rows_per_isomer(request: ScreenRequest, library: TemplateLibrary) -> int:
 class QueryRate(ProgressColumn):
     """Queries per second so far, and failures."""
 
-    def render(self, task) -> Text:  # type: ignore[override]
+    def render(self, task: Task) -> Text:
         rate = task.completed / task.elapsed if task.elapsed else 0.0
         return Text(f"{rate:,.2f} queries/s, {task.fields.get('failed', 0)} failed", style="progress.data.speed")
 

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 from rdkit import Chem
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from templ_pipeline.cli.common import (
@@ -111,7 +111,7 @@ CONFORMER_EVENTS: list[Fallback | WorkersReduced] = []  # the conformer threads'
 class ConformerRate(ProgressColumn):
     """Conformers per second so far."""
 
-    def render(self, task) -> Text:  # type: ignore[override]
+    def render(self, task: Task) -> Text:
         rate = task.fields.get("conformers", 0) / task.elapsed if task.elapsed else 0.0
         return Text(f"{rate:,.0f} conformers/s", style="progress.data.speed")
 
@@ -286,8 +286,8 @@ def select_best_command(
                              workers=workers, metric=metric, all_ranked=all_ranked, executor=executor,
                              scheduler=scheduler, worker_timeout=worker_timeout, exact_workers=exact_workers,
                              preparation=preparation,
-                             conformers_requested=num_conformers if preparation is not None
-                             else confs.GetNumConformers(), align=not keep_pinned_pose,
+                             conformers_requested=num_conformers if confs is None else confs.GetNumConformers(),
+                             align=not keep_pinned_pose,
                              prune_rms=prune_rms if preparation is not None else DEFAULT_PRUNE_RMS)
     except InputError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None

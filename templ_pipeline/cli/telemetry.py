@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +18,7 @@ import typer
 from templ_pipeline.telemetry.session import TelemetryOptions, TelemetrySession
 
 
-class LogFormatChoice(str, Enum):
+class LogFormatChoice(StrEnum):
     """``--log-format``: typer lists the members in the help and offers them for completion."""
 
     AUTO = "auto"  # console on a terminal, else JSON (JSON always with --log-file)
@@ -26,7 +26,7 @@ class LogFormatChoice(str, Enum):
     CONSOLE = "console"
 
 
-class LogLevelChoice(str, Enum):
+class LogLevelChoice(StrEnum):
     """``--log-level`` (case-insensitive); none given: info, warning on a terminal."""
 
     DEBUG = "debug"
@@ -95,7 +95,8 @@ def _telemetry(
     options = TelemetryOptions(
         metrics_addr=metrics_addr, metrics_server=not no_metrics_server, metrics_textfile=metrics_textfile,
         metrics_sd_file=metrics_sd_file, pushgateway=pushgateway, push_grouping_key=_grouping_key(push_grouping_key),
-        push_delete_on_exit=push_delete_on_exit, push_interval=push_interval, hold_metrics=hold_metrics, traces_file=traces_file,
+        push_delete_on_exit=push_delete_on_exit, push_interval=push_interval, hold_metrics=hold_metrics,
+        traces_file=traces_file,
         log_format=LogFormatChoice(log_format).value, log_file=log_file,
         log_level=None if log_level is None else LogLevelChoice(log_level).value, command=command,
     )
