@@ -120,7 +120,7 @@ class PoolLease:
         backend, pool = self._backend, self._pool
         if backend.kind == ExecutorKind.PROCESS:
             refuse_main_references(fn)
-        futures: dict[Future, BatchTask] = {}
+        futures: dict[Future[BatchResult], BatchTask] = {}
         try:
             for task in tasks:
                 futures[pool.submit(fn, task)] = task

@@ -25,8 +25,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
+from typing import Any
 
-from distributed import Client, KilledWorker, LocalCluster, as_completed
+from distributed import Client, Future, KilledWorker, LocalCluster, as_completed
 from distributed.comm import connect
 from distributed.core import Status
 from distributed.security import Security
@@ -60,6 +61,9 @@ RESUBMIT_REASONS = {"processing-tasks": ResubmissionReason.WORKER_LOST,
 """Keys of the scheduler's ``remove-worker`` event, and the resubmission reason each stands for."""
 
 OnResubmit = Callable[[int, ResubmissionReason, str], None]  # (batch index, reason, worker address)
+
+EventMessage = dict[str, Any]
+"""A scheduler event's message: a dict decoded from the wire, its values whatever the sender put."""
 
 
 class DaskFailure(RungFailure):
@@ -109,38 +113,38 @@ def _in_event_loop() -> bool:
 
 
 class TopicRelay:
-    """Relays the messages of one scheduler event topic that ``accept`` keeps to the runs listening."""
+    """Relays the dict messages of one scheduler event topic that ``accept`` keeps to the runs listening."""
 
-    def __init__(self, client: Client, topic: str, accept: Callable[[object], bool]) -> None:
+    def __init__(self, client: Client, topic: str, accept: Callable[[EventMessage], bool]) -> None:
         self._lock = threading.Lock()
-        self._listeners: set[queue.SimpleQueue] = set()
+        self._listeners: set[queue.SimpleQueue[EventMessage]] = set()
         self._accept = accept
         client.subscribe_topic(topic, self._on_event)
 
     def _on_event(self, event: tuple[float, object]) -> None:
         # Called on the client's event loop; a loss is announced before the results of the rescheduled tasks.
         message = event[1]
-        if self._accept(message):
+        if isinstance(message, dict) and self._accept(message):
             with self._lock:
                 for listener in self._listeners:
                     listener.put(message)
 
-    def listen(self) -> queue.SimpleQueue:
-        listener: queue.SimpleQueue = queue.SimpleQueue()
+    def listen(self) -> queue.SimpleQueue[EventMessage]:
+        listener: queue.SimpleQueue[EventMessage] = queue.SimpleQueue()
         with self._lock:
             self._listeners.add(listener)
         return listener
 
-    def forget(self, listener: queue.SimpleQueue) -> None:
+    def forget(self, listener: queue.SimpleQueue[EventMessage]) -> None:
         with self._lock:
             self._listeners.discard(listener)
 
 
-def _worker_removed(message: object) -> bool:
-    return isinstance(message, dict) and message.get("action") == "remove-worker"
+def _worker_removed(message: EventMessage) -> bool:
+    return message.get("action") == "remove-worker"
 
 
-def drain(listener: queue.SimpleQueue) -> list:
+def drain(listener: queue.SimpleQueue[EventMessage]) -> list[EventMessage]:
     """Every message waiting in ``listener``, without waiting."""
     messages = []
     while not listener.empty():
@@ -148,14 +152,14 @@ def drain(listener: queue.SimpleQueue) -> list:
     return messages
 
 
-def arrived(stream: as_completed, timeout: float) -> list:
+def arrived(stream: as_completed, timeout: float) -> list[Any]:
     """The futures of ``stream`` that finished, waiting up to ``timeout`` seconds for the first.
 
     ``as_completed``'s iterator waits until a future finishes, however long; its ``queue``
     (a ``queue.Queue`` of finished futures) is what the iterator reads, so a bounded ``get``
     on it is the same stream with a bound.
     """
-    found = []
+    found: list[Any] = []  # distributed.Futures of each caller's own result type, keyed by the str keys it gave
     try:
         found.append(stream.queue.get(timeout=max(0.0, timeout)))
         while True:
@@ -180,7 +184,7 @@ class DaskSession:
         """The relay of the worker event ``topic`` (``Worker.log_event``), subscribed on first use."""
         with self._relay_lock:
             if topic not in self._relays:
-                self._relays[topic] = TopicRelay(self.client, topic, lambda message: isinstance(message, dict))
+                self._relays[topic] = TopicRelay(self.client, topic, lambda message: True)
             return self._relays[topic]
 
     @classmethod
@@ -210,7 +214,11 @@ class DaskSession:
 
     @property
     def address(self) -> str:
-        return self.cluster.scheduler_address if self.cluster is not None else str(self.client.scheduler.address)
+        """The scheduler's address, for messages (empty while the client has no scheduler connection)."""
+        if self.cluster is not None:
+            return str(self.cluster.scheduler_address)
+        scheduler = self.client.scheduler
+        return "" if scheduler is None else str(scheduler.address)
 
     def nthreads(self) -> int:
         """Worker threads the scheduler has now: one round trip, ``scheduler_lost`` when it does not answer."""
@@ -251,7 +259,7 @@ class DaskSession:
                 self.client.cancel([future for future in futures if not future.done()])
 
     @staticmethod
-    def _result(future) -> BatchResult:
+    def _result(future: Future[BatchResult]) -> BatchResult:
         try:
             return future.result(timeout=CLOSE_TIMEOUT)  # as_completed yielded it: it is done
         except KilledWorker as error:
@@ -262,7 +270,9 @@ class DaskSession:
             raise DaskFailure(FallbackReason.SCHEDULER_LOST, error) from error
 
     @staticmethod
-    def _report_losses(listener: queue.SimpleQueue, waiting: dict[str, BatchTask], on_resubmit: OnResubmit) -> None:
+    def _report_losses(
+        listener: queue.SimpleQueue[EventMessage], waiting: dict[str, BatchTask], on_resubmit: OnResubmit
+    ) -> None:
         for message in drain(listener):
             for field, reason in RESUBMIT_REASONS.items():
                 for key in sorted(map(str, message.get(field, ()))):
@@ -431,7 +441,7 @@ class DaskLease:
         """Sessions stay open for the next call; ``DaskSessions`` closes them at exit."""
 
 
-def run_on_workers(address: str, fn: Callable[[], dict]) -> list[dict]:
+def run_on_workers(address: str, fn: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
     """``fn()`` on every worker of the cluster at ``address``, with the worker's address and thread count."""
     check_reachable(address)
     with Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False) as client:

@@ -53,8 +53,9 @@ class Grant:
         """The grant as an event: a reduction when fewer were granted than requested."""
         if self.granted >= self.requested:
             return WorkersGranted(task_type, self.requested, self.granted)
-        reason = ReductionReason(self.reason) if self.reason in ReductionReason._value2member_map_ else (
-            ReductionReason.MANAGER_FAILED)
+        reason = ReductionReason.MANAGER_FAILED
+        if self.reason is not None and self.reason in ReductionReason._value2member_map_:
+            reason = ReductionReason(self.reason)
         return WorkersReduced(task_type, self.requested, self.granted, reason, self.detail, self.headroom)
 
 

@@ -118,7 +118,7 @@ def start_process_pool(workers: int) -> ProcessPoolExecutor:
         with worker_environment():
             pool._launch_processes()  # type: ignore[attr-defined]  # first: fork must not copy a live feeder
             pool._call_queue._start_thread()  # type: ignore[attr-defined]
-            pool._start_executor_manager_thread()  # type: ignore[attr-defined]
+            pool._start_executor_manager_thread()
     except BaseException:
         _shutdown(pool, terminate=True)
         raise
@@ -185,7 +185,7 @@ class PoolRegistry:
             self._forget_if_forked()
             entry = self._current.get(kind)
             reused = entry is not None and entry.workers == workers and not is_broken(entry.pool)
-            if not reused:
+            if entry is None or not reused:
                 if entry is not None:
                     entry.retired = True
                     idle = entry if entry.users == 0 else None
@@ -266,7 +266,7 @@ def _shutdown(pool: Executor, *, terminate: bool = False, grace: float = SHUTDOW
     call queue's feeder thread is stopped by hand when the manager cannot do it.
     """
     processes = list((getattr(pool, "_processes", None) or {}).values())
-    manager = getattr(pool, "_executor_manager_thread", None)
+    manager: threading.Thread | None = getattr(pool, "_executor_manager_thread", None)
     call_queue = getattr(pool, "_call_queue", None)
     # Queued work is cancelled by the pool's own manager thread: a future cancelled from
     # outside and then failed by the manager when a worker dies raises InvalidStateError there.
@@ -277,14 +277,14 @@ def _shutdown(pool: Executor, *, terminate: bool = False, grace: float = SHUTDOW
         for process in processes:
             end_process(process, 0)
     deadline = time.monotonic() + grace
-    manager_ran = manager is not None and manager.ident is not None
-    if manager_ran:
-        manager.join(max(0.0, deadline - time.monotonic()))
+    started = manager if manager is not None and manager.ident is not None else None
+    if started is not None:
+        started.join(max(0.0, deadline - time.monotonic()))
     for process in processes:
         end_process(process, max(0.0, deadline - time.monotonic()))
-    if manager_ran:
-        manager.join(1.0)  # with its workers gone it returns at once
-    if call_queue is not None and not (manager_ran and not manager.is_alive()):
+    if started is not None:
+        started.join(1.0)  # with its workers gone it returns at once
+    if call_queue is not None and not (started is not None and not started.is_alive()):
         _stop_feeder(call_queue)
 
 
@@ -300,7 +300,7 @@ def end_process(process: multiprocessing.process.BaseProcess, grace: float) -> N
         process.join(1.0)
 
 
-def _stop_feeder(call_queue: multiprocessing.queues.Queue) -> None:
+def _stop_feeder(call_queue: multiprocessing.queues.Queue[object]) -> None:
     """Stop a call queue's feeder thread when the manager thread that would have is gone.
 
     Its workers are gone, so closing the reader first makes a feeder blocked on a

@@ -345,7 +345,8 @@ def thread_status(snapshot: Snapshot, reserve: int = RESERVE_TASKS) -> str:
     "warning" from pressure 0.80, else "ok"."""
     binding = snapshot.binding
     ratio = pressure(binding)
-    if binding is not None and (binding.headroom <= reserve or ratio >= CRITICAL_PRESSURE):
+    headroom = None if binding is None else binding.enforced_headroom
+    if headroom is not None and (headroom <= reserve or ratio >= CRITICAL_PRESSURE):
         return "critical"
     return "warning" if ratio >= WARNING_PRESSURE else "ok"
 

@@ -148,10 +148,10 @@ def read_memory_limit(path: str) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class PidsReading:
-    """The tightest pids level. ``limit`` None with ``used`` set means every level is ``max``."""
+    """The tightest pids level. ``limit`` None means every level is ``max``."""
 
     limit: int | None
-    used: int | None
+    used: int
     source: str
 
 

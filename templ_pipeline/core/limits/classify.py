@@ -50,7 +50,8 @@ def refusal_evidence(before: int | None, after: int | None) -> Classification | 
 def exhausted_limit(snapshot: Snapshot) -> Limit | None:
     """The binding limit when its headroom is at most EXHAUSTED_HEADROOM."""
     binding = snapshot.binding
-    return binding if binding is not None and binding.headroom <= EXHAUSTED_HEADROOM else None
+    headroom = None if binding is None else binding.enforced_headroom
+    return binding if headroom is not None and headroom <= EXHAUSTED_HEADROOM else None
 
 
 def describe(lim: Limit) -> str:

@@ -51,12 +51,13 @@ GetRlimit = Callable[[int], tuple[int, int]]
 
 def fmt_bytes(n: float) -> str:
     """``8388608`` -> ``"8.0 MiB"``."""
-    unit = "B"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024:
-            break
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} TiB"
 
 
 class Collector:
@@ -216,7 +217,8 @@ class Collector:
             fits.append((stack.as_fit,
                          f"RLIMIT_AS {fmt_bytes(stack.rlimit_as)} - VmSize, {per}{arenas}"))
         if stack.memory_fit is not None:
-            unit = per if memory_source.startswith("CommitLimit") else f"{fmt_bytes(THREAD_TOUCH_BYTES)} touched per thread"
+            touched = f"{fmt_bytes(THREAD_TOUCH_BYTES)} touched per thread"
+            unit = per if memory_source.startswith("CommitLimit") else touched
             fits.append((stack.memory_fit, f"{memory_source}, {unit}"))
         if not fits:
             return Limit(STACK_MEMORY, None, threads, None, False, per,

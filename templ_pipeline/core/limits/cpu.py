@@ -193,8 +193,7 @@ def cpu_budget(affinity: int, reading: QuotaReading | None) -> CpuBudget:
     """
     affinity = max(1, affinity)
     mask = f"{_count(affinity, 'CPU')} in the affinity mask"
-    quota = reading.quota if reading else None
-    if quota is None:
+    if reading is None or reading.quota is None:
         if reading is None:
             why = "cgroup CPU quota unknown (no cpu cgroup found)"
         elif reading.unreadable:
@@ -202,6 +201,7 @@ def cpu_budget(affinity: int, reading: QuotaReading | None) -> CpuBudget:
         else:
             why = "no cgroup CPU quota"
         return CpuBudget(affinity, affinity, None, AFFINITY, f"{mask}; {why} -> {_count(affinity, 'worker')}")
+    quota = reading.quota
     cpus = max(1, min(affinity, quota.whole_cpus))
     source = CPU_QUOTA if quota.whole_cpus < affinity else AFFINITY
     unknown = f", {reading.unreadable} level(s) unreadable" if reading.unreadable else ""

@@ -24,22 +24,23 @@ def _fit(room: int, fixed: int, per_worker: int) -> int | None:
 
 
 def _allowance(
-    snapshot: Snapshot, lim: Limit, cost: WorkerCost, reserve: int
+    snapshot: Snapshot, lim: Limit, headroom: int, cost: WorkerCost, reserve: int
 ) -> tuple[int | None, int, int]:
-    """(workers allowed by ``lim``, fixed cost, cost per worker) in the limit's own unit.
+    """(workers allowed by ``lim`` with ``headroom``, fixed cost, cost per worker) in the limit's own unit.
 
     Thread workers cost one task and one stack each. Process workers cost their tasks
     under every task limit, plus the pool's helper threads and processes once; under
-    ``stack_memory`` the parent needs stacks for the pool's helper threads, each worker has its own address space (inherited ``RLIMIT_AS`` and VmSize)
-    for its extra native threads, and only those extra stacks draw on shared memory.
+    ``stack_memory`` the parent needs stacks for the pool's helper threads, each worker has its own
+    address space (inherited ``RLIMIT_AS`` and VmSize) for its extra native threads, and only those
+    extra stacks draw on shared memory.
     """
     if cost.kind == "thread" or lim.name in TASK_LIMITS:
         fixed = cost.fixed_tasks
-        return _fit(lim.headroom - reserve, fixed, cost.per_worker), fixed, cost.per_worker
+        return _fit(headroom - reserve, fixed, cost.per_worker), fixed, cost.per_worker
     fixed = cost.pool_helpers  # helper processes have their own address space
     extra = cost.per_worker - 1
     as_fit, memory_fit = snapshot.stack.as_fit, snapshot.stack.memory_fit
-    if lim.headroom - reserve < fixed or (as_fit is not None and as_fit < extra):
+    if headroom - reserve < fixed or (as_fit is not None and as_fit < extra):
         return 0, fixed, extra
     if memory_fit is None:
         return None, fixed, extra
@@ -52,9 +53,10 @@ def _tightest(
     """(allowed, limit, fixed, per worker) of the limit that allows the fewest workers."""
     best = None
     for lim in snapshot.limits:
-        if not lim.constrains:
+        headroom = lim.enforced_headroom
+        if headroom is None:
             continue
-        allowed, fixed, per_worker = _allowance(snapshot, lim, cost, reserve)
+        allowed, fixed, per_worker = _allowance(snapshot, lim, headroom, cost, reserve)
         if allowed is not None and (best is None or allowed < best[0]):
             best = (allowed, lim, fixed, per_worker)
     return best

@@ -33,7 +33,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -89,7 +89,7 @@ def process_start_time(pid: int, proc_root: str = "/proc") -> int | None:
     return parse_start_time(read_bytes(f"{proc_root}/{pid}/stat"))
 
 
-def default_root(uid: int, environ: dict[str, str] | os._Environ = os.environ) -> str:
+def default_root(uid: int, environ: Mapping[str, str] = os.environ) -> str:
     """Where the ledger of ``uid`` lives (see the module docstring)."""
     if environ.get("TEMPL_LEDGER_DIR"):
         return environ["TEMPL_LEDGER_DIR"]

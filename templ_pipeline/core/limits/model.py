@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 PIDS_CGROUP = "pids_cgroup"
 RLIMIT_NPROC = "rlimit_nproc"
@@ -17,6 +18,19 @@ LIMIT_NAMES: tuple[str, ...] = (PIDS_CGROUP, RLIMIT_NPROC, THREADS_MAX, PID_MAX,
 
 TASK_LIMITS: frozenset[str] = frozenset({PIDS_CGROUP, RLIMIT_NPROC, THREADS_MAX, PID_MAX})
 """Limits counted in kernel tasks: every thread and every process costs one."""
+
+
+class LimitJSON(TypedDict):
+    """One entry of ``limits`` in ``templ doctor --json``."""
+
+    name: str
+    limit: int | None
+    used: int | None
+    headroom: int | None
+    binding: bool
+    enforced: bool | None
+    source: str
+    note: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +51,16 @@ class Limit:
     note: str = ""
 
     @property
+    def enforced_headroom(self) -> int | None:
+        """The headroom when this limit is known, enforced and finite, else None."""
+        return self.headroom if self.enforced is True else None
+
+    @property
     def constrains(self) -> bool:
         """Whether this limit is known, enforced and finite."""
-        return self.enforced is True and self.headroom is not None
+        return self.enforced_headroom is not None
 
-    def as_dict(self, binding: bool) -> dict:
+    def as_dict(self, binding: bool) -> LimitJSON:
         """The JSON form used by ``templ doctor --json``."""
         return {
             "name": self.name,
@@ -86,10 +105,12 @@ class Snapshot:
     @property
     def binding(self) -> Limit | None:
         """The enforced, known limit with the least headroom (ties: first in LIMIT_NAMES)."""
-        best = None
+        best: Limit | None = None
+        best_headroom = 0
         for lim in self.limits:
-            if lim.constrains and (best is None or lim.headroom < best.headroom):
-                best = lim
+            headroom = lim.enforced_headroom
+            if headroom is not None and (best is None or headroom < best_headroom):
+                best, best_headroom = lim, headroom
         return best
 
 

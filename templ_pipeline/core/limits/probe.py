@@ -47,7 +47,7 @@ def probe_native_thread() -> int:
         libc.pthread_attr_setstacksize(attr, stack_size)
     tid = ctypes.c_ulong()
     try:
-        rc = libc.pthread_create(ctypes.byref(tid), attr, _NOOP, None)
+        rc: int = libc.pthread_create(ctypes.byref(tid), attr, _NOOP, None)  # restype: the default c_int
     finally:
         if attr is not None:
             libc.pthread_attr_destroy(attr)

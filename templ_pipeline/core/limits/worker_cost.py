@@ -27,6 +27,7 @@ resource tracker: 10 tasks for one worker, 16 for two, 28 for four.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
@@ -64,11 +65,11 @@ def worker_blas_threads() -> int:
     return blas_threads({**os.environ, **pools.worker_env()})
 
 
-def blas_threads(env: dict[str, str] | None = None) -> int:
+def blas_threads(env: Mapping[str, str] | None = None) -> int:
     """Threads OpenBLAS starts in a fresh process with ``env`` (default: this process's environment)."""
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     for var in _BLAS_THREAD_VARS:
-        value = env.get(var, "").strip()
+        value = environ.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
             return int(value)
     return len(os.sched_getaffinity(0)) or 1
@@ -128,7 +129,7 @@ def measure_local_cluster_tasks(workers: int) -> int:
             client.gather([client.submit(_worker_tasks, workers=[address], pure=False)
                            for address in client.nthreads()])
             driver = parse_status(read_bytes("/proc/self/status")).threads or 1
-            children = sum(child.num_threads() for child in psutil.Process().children(recursive=True))
+            children: int = sum(child.num_threads() for child in psutil.Process().children(recursive=True))
     finally:
         cluster.close(timeout=10)
     return driver - before + children
