@@ -41,7 +41,8 @@ system-deps:
 # `make test PYTEST_WORKERS=0` runs everything in one process.
 PYTEST_WORKERS ?= 2
 
-test: $(TEST_STAMP) system-deps
+# The linters first (a minute's edit loop: make lint, make test-fast), then every test.
+test: lint system-deps
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # ruff over the whole tree, then mypy over the package as it installs (see [tool.mypy] in pyproject.toml):

@@ -2,7 +2,7 @@
 
 Every metric, span, span attribute and log event the pipeline emits is declared
 here. ``telemetry.metrics`` builds the Prometheus collectors by looping over
-:data:`METRICS`; ``telemetry.events`` uses the attribute/event constants below.
+:data:`METRICS`; ``telemetry.recorder`` renders every event through its spec below.
 
 Label values are bounded: each labelled metric declares, per label, the tuple of
 values it may take (:attr:`MetricSpec.label_values`), taken from the executor's
