@@ -653,17 +653,20 @@ SPANS: tuple[SpanSpec, ...] = (
     ),
     SpanSpec(
         SPAN_CAMPAIGN,
-        "One screening campaign (templ screen): parent of the query spans; the executor's and the campaign's "
-        "events are its span events.",
+        "One screening campaign (templ screen), with its summary as attributes; the executor's and the "
+        "campaign's events are its span events. Its trace stays a few spans long: each query is a trace of its "
+        "own, linked to this span.",
         (ATTR_CAMPAIGN_TOTAL, ATTR_CAMPAIGN_TEMPLATES, ATTR_WORKERS_REQUESTED, ATTR_WORKERS_GRANTED, ATTR_CAMPAIGN_DONE,
          ATTR_CAMPAIGN_OK, ATTR_CAMPAIGN_FAILED, ATTR_CAMPAIGN_INTERRUPTED),
         _CAMPAIGN_EVENTS + _EXECUTOR_EVENTS,
     ),
     SpanSpec(
         SPAN_QUERY,
-        "One query of a campaign, from its hand-off to a worker to its result (child of screen.campaign; queries "
-        f"overlap). Status ERROR when the query failed; status attribute {QUERY_ABANDONED} when the campaign ended "
-        "before its result arrived. Only made when spans are exported.",
+        "One query of a campaign, from its hand-off to a worker to its result: the root of a trace of its own "
+        "(with the stages its worker timed), linked to the screen.campaign span, so no trace grows with the "
+        f"campaign; queries overlap. Status ERROR when the query failed; status attribute {QUERY_ABANDONED} when "
+        "the campaign ended before its result arrived. Only made when spans are exported; the standard "
+        "OTEL_TRACES_SAMPLER decides which queries are traced.",
         (ATTR_QUERY_INDEX, ATTR_QUERY_ID, ATTR_QUERY_STATUS, ATTR_QUERY_REASON, ATTR_QUERY_CONFORMERS,
          ATTR_QUERY_SCORED,
          ATTR_QUERY_FAILED),
@@ -964,9 +967,11 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
         resets=("campaign_in_flight",), logger="templ.campaign",
     ),
     EventSpec(
-        "executor.workers_granted", "debug", "The grant met the request (no reduction).",
+        "executor.workers_granted", "debug",
+        "The grant met the request (no reduction); the detail says why when recent calls made small work "
+        "worth a pool.",
         (_TASK_TYPE, _field("workers_requested", ATTR_WORKERS_REQUESTED, source="requested"),
-         _field("workers_granted", ATTR_WORKERS_GRANTED, source="granted")),
+         _field("workers_granted", ATTR_WORKERS_GRANTED, source="granted"), _DETAIL),
         event=ev.WorkersGranted, gauges=(("workers_requested", "workers_requested"),
                                          ("workers_granted", "workers_granted")),
         span_role="", logged=False, always=False,

@@ -29,7 +29,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, Span, Status, StatusCode, TraceFlags
 
 from templ_pipeline.core import events as ev
 from templ_pipeline.core.trace_context import span_carrier
@@ -122,7 +122,8 @@ class Recorder:
             query = self._queries.pop(event.index, None)
             ids = None if query is None else span_ids(query)
         self._log(spec, rendered.log_fields, error, ids)
-        exemplar = _span_exemplar(span) if role in ("event", "closes") else None
+        exemplar = (_span_exemplar(span) if role in ("event", "closes")
+                    else _span_exemplar(query) if role == "closes_detached" and query is not None else None)
         self._update_metrics(spec, rendered, exemplar)
         if role == "closes":
             self._close(spec.span, rendered.attributes, error, abandon_queries=spec.span == c.SPAN_CAMPAIGN)
@@ -229,13 +230,15 @@ class Recorder:
             span.end()
 
     def _open_query(self, event: Any, attributes: Mapping[str, Any]) -> None:
-        """A query's span, a child of the open campaign's, not made current; its carrier goes to the worker."""
+        """A query's span, the root of a trace of its own linked to the open campaign's span (a campaign's trace
+        stays a few spans long however many queries it runs), not made current; its carrier goes to the worker,
+        and a query the sampler drops (``OTEL_TRACES_SAMPLER``) has none, so its worker times nothing."""
         if not is_exporting():
             return
         stack = self._current()
-        parent = stack[-1][1] if stack else None
-        context = None if parent is None else trace.set_span_in_context(parent)
-        span = get_tracer().start_span(c.SPAN_QUERY, context=context, attributes=attributes)
+        campaign = (stack[-1][1] if stack else trace.get_current_span()).get_span_context()
+        links = [Link(campaign)] if campaign.is_valid else []
+        span = get_tracer().start_span(c.SPAN_QUERY, context=Context(), links=links, attributes=attributes)
         event.carrier.update(span_carrier(span))
         with self._lock:
             self._queries[event.index] = span

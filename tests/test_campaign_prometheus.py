@@ -200,7 +200,10 @@ def test_campaign_row_on_a_scraped_screen(templ_screen, prometheus, template_sdf
     (root,) = [s for s in spans if s["name"] == c.SPAN_CAMPAIGN]
     queries = {s["spanId"]: s for s in spans if s["name"] == c.SPAN_QUERY}
     assert len(queries) == N_QUERIES
-    assert all(s["parentSpanId"] == root["spanId"] and s["traceId"] == root["traceId"] for s in queries.values())
+    # each query is the root of its own trace, linked to the campaign's span
+    assert all(not s.get("parentSpanId") and s["traceId"] != root["traceId"] for s in queries.values())
+    assert all([(link["traceId"], link["spanId"]) for link in s["links"]] == [(root["traceId"], root["spanId"])]
+               for s in queries.values())
     for name in (c.SPAN_CONFORMERS, c.SPAN_SCREEN_SCORE):
         children = [s for s in spans if s["name"] == name]
         assert len(children) >= N_QUERIES - N_INVALID, name

@@ -199,7 +199,7 @@ def _stages(carrier: dict[str, str], pid: int = 4242) -> tuple[StageTiming, ...]
             ScoringTimed(score, isomer=0, templates=1, scored=10, failed=0))
 
 
-def test_query_spans_are_children_of_the_campaign_with_the_workers_spans_below(tel):
+def test_query_spans_are_traces_of_their_own_linked_to_the_campaign_with_the_workers_spans_below(tel):
     rec = Recorder()
     rec(CampaignStarted(total=2, skipped=0, templates=1, workers_requested=4))
     first, second = QueryStarted(0, 1), QueryStarted(1, 2)
@@ -231,7 +231,8 @@ def test_query_spans_are_children_of_the_campaign_with_the_workers_spans_below(t
 
     ok, bad = spans[(c.SPAN_QUERY, 0)], spans[(c.SPAN_QUERY, 1)]
     for query in (ok, bad):
-        assert query.parent.span_id == root.context.span_id and query.context.trace_id == root.context.trace_id
+        assert query.parent is None and query.context.trace_id != root.context.trace_id
+        assert [link.context for link in query.links] == [root.context]
         assert set(query.attributes) <= set(c.SPANS_BY_NAME[c.SPAN_QUERY].attributes)
     assert ok.attributes[c.ATTR_QUERY_STATUS] == "ok" and ok.attributes[c.ATTR_QUERY_REASON] == c.NO_REASON
     assert ok.status.status_code is StatusCode.UNSET
@@ -297,13 +298,13 @@ def test_an_exception_marks_the_campaign_span_and_is_logged(tel_json):
     assert not trace.get_current_span().is_recording()
 
 
-def test_query_spans_outside_a_campaign_are_children_of_the_current_span(tel):
+def test_query_spans_outside_a_campaign_are_linked_to_the_current_span(tel):
     rec = Recorder()
     with telemetry.tracing.get_tracer().start_as_current_span("outer") as outer:
         rec(QueryStarted(7, 1))
     rec(_finished("q7", index=7))
     (span,) = [s for s in tel.exporter.get_finished_spans() if s.name == c.SPAN_QUERY]
-    assert span.parent.span_id == outer.get_span_context().span_id
+    assert span.parent is None and [link.context for link in span.links] == [outer.get_span_context()]
 
 
 @pytest.mark.parametrize("setup", ["unconfigured", "no_exporter", "disabled"])

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from templ_runs import run_templ
+from templ_runs import run_templ, templ_env
 
 from templ_pipeline.telemetry import catalog as c
 
@@ -29,17 +29,22 @@ def _keys(item: dict) -> set[str]:
     return {attribute["key"] for attribute in item.get("attributes", [])}
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> list[dict]:
-    """The spans of a two-worker screen of three queries (one that cannot be read) and of a select-best."""
-    tmp = tmp_path_factory.mktemp("spans")
+def _screen(tmp: Path, traces: Path, *, env: dict[str, str] | None = None) -> None:
     queries = tmp / "queries.smi"
-    queries.write_text("CC(=O)Nc1ccc(O)cc1 paracetamol\nnot_a_smiles broken\nOC(=O)c1ccccc1OC(C)=O aspirin\n")
-    traces = tmp / "traces.jsonl"
+    queries.write_text("CC(=O)Nc1ccc(O)cc1 paracetamol\nnot_a_smiles broken\nOC(=O)c1ccccc1OC(C)=O aspirin\n"
+                       "CCO ethanol\n")
     screen = run_templ("screen", "--queries", queries, "--template", DATA / "mpro_template.sdf", "--output-dir",
                        tmp / "out", "--workers", "2", "--exact-workers", "--num-conformers", "8",
-                       "--traces-file", traces, "--no-metrics-server")
+                       "--traces-file", traces, "--no-metrics-server", env=env)
     assert screen.returncode == 0, screen.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> list[dict]:
+    """The spans of a two-worker screen of four queries (one that cannot be read) and of a select-best."""
+    tmp = tmp_path_factory.mktemp("spans")
+    traces = tmp / "traces.jsonl"
+    _screen(tmp, traces)
     best = run_templ("select-best", "--query", "CC(=O)Nc1ccc(O)cc1", "--template", DATA / "mpro_template.sdf",
                      "--num-conformers", "8", "--workers", "2", "--exact-workers", "--output", tmp / "best.sdf",
                      "--traces-file", traces,
@@ -78,3 +83,28 @@ def test_every_attribute_a_run_sets_is_documented(exported):
     keys = {key for span in exported for key in _keys(span)} | {
         key for span in exported for event in span.get("events", []) for key in _keys(event)}
     assert {key for key in keys if f"`{key}`" not in text} == set()
+
+
+def test_each_query_is_a_trace_of_its_own_linked_to_the_campaign(exported):
+    by_trace: dict[str, list[dict]] = {}
+    for span in exported:
+        by_trace.setdefault(span["traceId"], []).append(span)
+    (campaign,) = [span for span in exported if span["name"] == "screen.campaign"]
+    queries = [span for span in exported if span["name"] == "screen.query"]
+    assert len(queries) == 4
+    for query in queries:
+        assert "parentSpanId" not in query or not query["parentSpanId"]  # the root of its trace
+        assert [(link["traceId"], link["spanId"]) for link in query["links"]] == [
+            (campaign["traceId"], campaign["spanId"])]
+        names = sorted(span["name"] for span in by_trace[query["traceId"]])
+        assert names.count("screen.query") == 1
+        assert set(names) <= {"screen.query", "templates.choose", "conformers.generate", "screen.score"}
+    # the campaign's own trace holds the run's root and the campaign, however many queries ran
+    assert sorted(span["name"] for span in by_trace[campaign["traceId"]]) == ["screen.campaign", "templ.screen"]
+
+
+def test_the_standard_sampler_decides_which_queries_are_traced(tmp_path):
+    traces = tmp_path / "traces.jsonl"
+    _screen(tmp_path, traces, env=templ_env(OTEL_TRACES_SAMPLER="always_off"))
+    assert not traces.exists() or _spans(traces) == []
+    assert (tmp_path / "out" / "scores.csv").read_text().count("\n") == 5  # the rows do not depend on it
