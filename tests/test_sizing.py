@@ -14,6 +14,7 @@ from templ_pipeline.core.conformers import generate_conformers
 from templ_pipeline.core.events import ReductionReason, TaskType, WorkersReduced
 from templ_pipeline.core.executor import shutdown_pools
 from templ_pipeline.core.limits.cpu import read_cpu_budget
+from templ_pipeline.core.recent_work import SCORING_HISTORY
 from templ_pipeline.core.scoring import select_best_with_report
 from templ_pipeline.core.sizing import (
     ALIGN_SECONDS_PER_CONFORMER,
@@ -29,8 +30,10 @@ CPUS = read_cpu_budget().cpus
 
 @pytest.fixture
 def sized(monkeypatch):
-    """Sizing on: the suite insists on its worker counts (conftest), these tests do not."""
+    """Sizing on: the suite insists on its worker counts (conftest), these tests do not; each call is sized
+    without the calls of earlier tests (a loop's history is tests/test_warm_pools.py's)."""
     monkeypatch.delenv(EXACT_WORKERS_ENV, raising=False)
+    SCORING_HISTORY.forget()
 
 
 def test_plan_caps_cpu_bound_work_at_the_cpus():

@@ -234,11 +234,13 @@ def no_room_reason(limit: str | None) -> FallbackReason:
 
 @dataclass(frozen=True, slots=True)
 class WorkersGranted:
-    """The grant met the request."""
+    """The grant met the request; ``detail`` says why when the work alone would have been cut
+    (recent calls made it worth a pool)."""
 
     task_type: TaskType
     requested: int
     granted: int
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

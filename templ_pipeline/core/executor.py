@@ -44,6 +44,7 @@ from templ_pipeline.core.events import (
 )
 from templ_pipeline.core.grants import classify_failure, grant_for_work, observe_limits, pids_refusals, release_grant
 from templ_pipeline.core.pools import POOLS, PoolRegistry
+from templ_pipeline.core.recent_work import NO_RECENT_WORK, SCORING_HISTORY, WorkHistory
 
 
 class ExecutorChoice(StrEnum):
@@ -100,7 +101,9 @@ class MonitoredExecutor:
 
     Construction asks for the grant and plans the ladder (``workers`` is known at
     once); nothing is started, connected or reported until :meth:`run`, so
-    observers subscribed before it (:meth:`subscribe`) hear every event.
+    observers subscribed before it (:meth:`subscribe`) hear every event. A scoring
+    call's ``conformers`` are noted in ``history``, whose recent calls count with
+    them in the sizing (a loop of small calls gets its pool).
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class MonitoredExecutor:
         conformers: int | None = None,
         exact_workers: bool = False,
         worker_timeout: float | None = None,
+        history: WorkHistory = SCORING_HISTORY,
     ) -> None:
         self.requested = requested
         self.task_type = TaskType(task_type)
@@ -125,10 +129,13 @@ class MonitoredExecutor:
         self._refusals_before: int | None = None
         in_daemon = bool(multiprocessing.current_process().daemon)
         dask = executor == "dask"
+        recent = NO_RECENT_WORK
+        if self.task_type == TaskType.SCORING and conformers is not None:
+            recent = history.record(conformers)
         # a Dask cluster's size is the cluster's: work-aware sizing is for the local ladder
         work = grant_for_work(requested, self.task_type, _grant_kind(dask, scheduler, in_daemon),
                               exact_workers=dask or exact_workers, conformers=conformers,
-                              warm=registry.warm_sizes(ExecutorKind.PROCESS))
+                              warm=registry.warm_sizes(ExecutorKind.PROCESS), recent=recent)
         wanted = work.grant.requested
         self.grant = work.grant
         self._rungs = plan_ladder(self.grant.granted, in_daemon)
@@ -260,13 +267,14 @@ def validate_executor(executor: str, scheduler: str | None) -> None:
 def get_executor(
     n_workers: int, task_type: str = TaskType.SCORING, *, executor: str = "auto", scheduler: str | None = None,
     observers: Sequence[Observer] = (), conformers: int | None = None, exact_workers: bool = False,
-    worker_timeout: float | None = None,
+    worker_timeout: float | None = None, history: WorkHistory = SCORING_HISTORY,
 ) -> MonitoredExecutor:
     """A monitored executor for one call: sized for the work and from headroom, with its fallback ladder.
 
     ``conformers`` is the size of the work: with no warm pool, work too small to
-    repay a cold one runs here (:mod:`templ_pipeline.core.sizing`), and no more
-    workers start than the CPUs this process may use, unless ``exact_workers``.
+    repay a cold one runs here (:mod:`templ_pipeline.core.sizing`), counting the
+    recent calls noted in ``history`` with it (a loop of small calls gets its pool),
+    and no more workers start than the CPUs this process may use, unless ``exact_workers``.
     ``executor="dask"`` runs on the Dask scheduler at ``scheduler`` (default
     ``$DASK_SCHEDULER_ADDRESS``), else on a LocalCluster of the granted size; a scheduler
     without a worker for ``worker_timeout`` seconds (default ``$TEMPL_DASK_WORKER_TIMEOUT``,
@@ -275,7 +283,8 @@ def get_executor(
     """
     validate_executor(executor, scheduler)
     return MonitoredExecutor(n_workers, task_type, executor=executor, scheduler=scheduler, observers=observers,
-                             conformers=conformers, exact_workers=exact_workers, worker_timeout=worker_timeout)
+                             conformers=conformers, exact_workers=exact_workers, worker_timeout=worker_timeout,
+                             history=history)
 
 
 def shutdown_pools(*, terminate: bool = False) -> None:

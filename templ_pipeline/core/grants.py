@@ -13,7 +13,7 @@ reduction like any other.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from templ_pipeline.core.events import (
     FallbackCause,
@@ -25,6 +25,7 @@ from templ_pipeline.core.events import (
     WorkersReduced,
 )
 from templ_pipeline.core.limits.model import WorkerGrant
+from templ_pipeline.core.recent_work import NO_RECENT_WORK, RecentWork
 from templ_pipeline.core.sizing import insists_on_workers, plan_workers
 
 CAP_MANAGER_UNAVAILABLE = 4
@@ -76,23 +77,28 @@ def grant_for_work(
     conformers: int | None = None,
     queries: int | None = None,
     warm: Sequence[int] = (),
+    recent: RecentWork = NO_RECENT_WORK,
     one_starts_a_worker: bool = False,
 ) -> WorkGrant:
     """The workers to start for ``requested``: sized for the work, then granted from the limits.
 
-    The work's cuts (CPUs, ``conformers`` to score or ``queries`` left, ``warm`` pool
-    sizes) are skipped when the user insists (``exact_workers`` or
-    ``TEMPL_EXACT_WORKERS``). The limits are asked at what an ``executor_kind``
-    worker costs, and only when a worker starts: for one worker that is this thread,
-    unless ``one_starts_a_worker`` (a campaign's single query process). The caller
+    The work's cuts (CPUs, ``conformers`` to score with the ``recent`` calls' or
+    ``queries`` left, ``warm`` pool sizes) are skipped when the user insists
+    (``exact_workers`` or ``TEMPL_EXACT_WORKERS``). The limits are asked at what an
+    ``executor_kind`` worker costs, and only when a worker starts: for one worker
+    that is this thread, unless ``one_starts_a_worker`` (a campaign's single query
+    process). A grant that recent calls earned says so in its detail. The caller
     releases the grant (:func:`release_grant`).
     """
     work = plan_workers(requested, task_type, exact=insists_on_workers(exact_workers), conformers=conformers,
-                        queries=queries, warm=warm)
+                        queries=queries, warm=warm, recent=recent)
     wanted = work.workers
     starts = wanted > 1 or (one_starts_a_worker and wanted == 1)
     grant = grant_workers(wanted, task_type, executor_kind) if starts else Grant(wanted, wanted)
-    return WorkGrant(grant, (*work.reductions, grant.event(task_type)))
+    granted = grant.event(task_type)
+    if work.note and isinstance(granted, WorkersGranted):
+        granted = replace(granted, detail=work.note)
+    return WorkGrant(grant, (*work.reductions, granted))
 
 
 def grant_workers(requested: int, task_type: str, executor_kind: str) -> Grant:

@@ -11,7 +11,11 @@ with its own reason, so a run that used fewer workers than asked says why:
   :func:`~templ_pipeline.core.limits.cpu.read_cpu_budget`) only take turns, each
   costing a process, memory and tasks of the shared budget;
 - ``small_work``: a cold process pool costs its start-up before the first result,
-  and work shorter than that start-up gains nothing from it.
+  and work shorter than that start-up gains nothing from it. The scoring work is
+  the call's own and that of the process's recent calls
+  (:mod:`templ_pipeline.core.recent_work`): a loop of small calls is one large piece
+  of work, so its pool starts by the second or third call, and the grant says so
+  in its detail.
 
 The user who knows better insists with ``exact_workers`` (``--exact-workers``, or
 ``TEMPL_EXACT_WORKERS=1``): then only the kernel's limits cut the request.
@@ -24,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from templ_pipeline.core.events import ReductionReason, TaskType, WorkersReduced
+from templ_pipeline.core.recent_work import NO_RECENT_WORK, RecentWork
 
 EXACT_WORKERS_ENV = "TEMPL_EXACT_WORKERS"
 
@@ -39,10 +44,12 @@ ALIGN_SECONDS_PER_CONFORMER = 0.002
 
 @dataclass(frozen=True, slots=True)
 class WorkPlan:
-    """Workers worth starting for some work, and the reductions that led there (in order)."""
+    """Workers worth starting for some work, the reductions that led there (in order), and ``note``:
+    why no ``small_work`` cut was made where the call alone would have had one (empty otherwise)."""
 
     workers: int
     reductions: tuple[WorkersReduced, ...] = ()
+    note: str = ""
 
 
 def insists_on_workers(explicit: bool = False) -> bool:
@@ -58,23 +65,50 @@ def cpu_cap(requested: int, task_type: TaskType, cpus: int, detail: str) -> Work
                           f"{requested} CPU-bound workers requested, this process may use {cpus} CPUs: {detail}")
 
 
-def small_scoring_cap(requested: int, conformers: int, *, warm: bool) -> WorkersReduced | None:
-    """A ``small_work`` reduction to 1 when scoring ``conformers`` on a cold pool gains less than its start-up.
+def _scoring_saves(requested: int, conformers: int) -> tuple[float, float]:
+    """``(work, saved)``: the seconds of scoring ``conformers``, and what ``requested`` workers save of them."""
+    work = conformers * ALIGN_SECONDS_PER_CONFORMER
+    return work, work * (1.0 - 1.0 / requested)
+
+
+def _recent(recent: RecentWork) -> str:
+    """The recent calls, in words, for a decision's detail."""
+    if not recent.calls:
+        return f"no other call in the last {recent.window:g} s"
+    return f"{recent.calls} call(s) in the last {recent.window:g} s asked for {recent.conformers} more"
+
+
+def small_scoring_cap(requested: int, conformers: int, *, warm: bool,
+                      recent: RecentWork = NO_RECENT_WORK) -> WorkersReduced | None:
+    """A ``small_work`` reduction to 1 when scoring on a cold pool gains less than its start-up.
 
     With ``w`` workers the work's wall time falls by ``work * (1 - 1/w)``; a cold
-    pool first costs :data:`COLD_POOL_SECONDS`. A warm pool costs nothing more, so
-    it is used whatever the size of the work.
+    pool first costs :data:`COLD_POOL_SECONDS`. The work is the call's
+    ``conformers`` and the ``recent`` calls' (a stream of calls is one piece of
+    work). A warm pool costs nothing more, so it is used whatever the size of the work.
     """
     if requested < 2 or warm:
         return None
-    work = conformers * ALIGN_SECONDS_PER_CONFORMER
-    saved = work * (1.0 - 1.0 / requested)
+    work, saved = _scoring_saves(requested, conformers + recent.conformers)
     if saved >= COLD_POOL_SECONDS:
         return None
     return WorkersReduced(
         TaskType.SCORING, requested, 1, ReductionReason.SMALL_WORK,
-        f"{conformers} conformers are about {work:.2f} s of scoring; {requested} workers would save "
-        f"{saved:.2f} s, less than the {COLD_POOL_SECONDS:.2f} s a cold pool takes to start: scoring here")
+        f"{conformers} conformers, and {_recent(recent)}: about {work:.2f} s of scoring; {requested} workers "
+        f"would save {saved:.2f} s, less than the {COLD_POOL_SECONDS:.2f} s a cold pool takes to start: scoring here")
+
+
+def stream_note(requested: int, conformers: int, recent: RecentWork) -> str:
+    """Why ``requested`` workers start for ``conformers`` that alone would be scored here: the recent calls'
+    work repays the pool (empty when the call alone repays it, or the stream does not)."""
+    if requested < 2 or small_scoring_cap(requested, conformers, warm=False) is None:
+        return ""
+    if small_scoring_cap(requested, conformers, warm=False, recent=recent) is not None:
+        return ""
+    work, saved = _scoring_saves(requested, conformers + recent.conformers)
+    return (f"{conformers} conformers alone would be scored here, but {_recent(recent)}: as one stream, about "
+            f"{work:.2f} s of scoring, {requested} workers save {saved:.2f} s, more than the "
+            f"{COLD_POOL_SECONDS:.2f} s a cold pool takes to start: starting the pool, which later calls reuse")
 
 
 def few_queries_cap(requested: int, queries: int) -> WorkersReduced | None:
@@ -94,13 +128,15 @@ def plan_workers(
     conformers: int | None = None,
     queries: int | None = None,
     warm: Sequence[int] = (),
+    recent: RecentWork = NO_RECENT_WORK,
     cpu_budget: tuple[int, str] | None = None,
 ) -> WorkPlan:
     """The workers worth starting for ``requested``: capped by the CPUs, then by the work.
 
     ``cpu_budget`` is ``(cpus, detail)`` (read from the system when None);
-    ``conformers`` sizes scoring work and ``queries`` a campaign's; ``warm`` lists
-    the sizes of pools already running. ``exact`` skips every cut.
+    ``conformers`` sizes scoring work, with the ``recent`` calls' added, and
+    ``queries`` a campaign's; ``warm`` lists the sizes of pools already running.
+    ``exact`` skips every cut.
     """
     if exact or requested < 2:
         return WorkPlan(requested)
@@ -112,12 +148,15 @@ def plan_workers(
         if cut is not None:
             reductions.append(cut)
             workers = cut.granted
+    note = ""
     if task_type == TaskType.SCORING and conformers is not None:
-        cut = small_scoring_cap(workers, conformers, warm=workers in warm)
+        cut = small_scoring_cap(workers, conformers, warm=workers in warm, recent=recent)
         if cut is not None:
             reductions.append(cut)
             workers = cut.granted
-    return WorkPlan(workers, tuple(reductions))
+        elif workers not in warm:
+            note = stream_note(workers, conformers, recent)
+    return WorkPlan(workers, tuple(reductions), note)
 
 
 def _cpu_budget() -> tuple[int, str]:
