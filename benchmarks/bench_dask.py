@@ -17,7 +17,8 @@ import time
 
 from distributed import LocalCluster
 
-from benchmarks.common import pairs
+from benchmarks.common import pairs, sized
+from benchmarks.goals import Goal
 from templ_pipeline.core.executor import shutdown_dask
 from templ_pipeline.core.scoring import choose_batch_size, select_best
 
@@ -28,7 +29,10 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(n_pairs: int = 5, n_conformers: int = 200, repeats: int = 3) -> dict:
+def run(n_pairs: int | None = None, n_conformers: int | None = None, repeats: int | None = None) -> dict:
+    n_pairs = n_pairs or sized(5, 1)
+    n_conformers = n_conformers or sized(200, 20)
+    repeats = repeats or sized(3, 1)
     inputs = pairs(n_pairs, n_conformers)
     total = sum(pair.confs.GetNumConformers() for pair in inputs)
     batches = sum(-(-pair.confs.GetNumConformers() // choose_batch_size(pair.confs.GetNumConformers(), 2))
@@ -74,6 +78,9 @@ def run(n_pairs: int = 5, n_conformers: int = 200, repeats: int = 3) -> dict:
         "driver_cpu_ms_per_batch": {name: round(1000 * sorted(values)[len(values) // 2] / batches, 2)
                                     for name, values in cpu.items()},
         "cold_start_local_cluster_seconds": round(cold_local_cluster, 3),
+        "goals": [Goal("dask_2_vs_process_2", f"select_best on a 2-worker LocalCluster vs the 2-worker process pool, "
+                       f"both warm: the same {total} conformers of {len(inputs)} pairs, median of {repeats}",
+                       round(rate["dask_2"] / rate["process_2"], 3)).as_dict()],
     }
 
 

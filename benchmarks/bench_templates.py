@@ -40,6 +40,8 @@ from pathlib import Path
 
 from rdkit import Chem
 
+from benchmarks.common import quick
+from benchmarks.goals import Comparison, Goal
 from templ_pipeline.core.template_choice import ChoiceOptions, choose_templates
 from templ_pipeline.core.template_library import TemplateLibrary, identity_key
 
@@ -122,57 +124,69 @@ def selection_seconds(records: list[Chem.Mol], chosen: list[int]) -> dict[str, f
     return {"median_seconds": round(statistics.median(times), 3), "max_seconds": round(max(times), 3)}
 
 
-def select_best_seconds(records: list[Chem.Mol], chosen: list[int], count: int = 3) -> float:
+def select_best_seconds(records: list[Chem.Mol], chosen: list[int], count: int = 3,
+                        conformers: int = DEFAULT_CONFORMERS) -> float:
     """Median wall time of ``templ select-best`` (the command, start-up included) against the whole library."""
     times = []
     with tempfile.TemporaryDirectory() as directory:
         for index in chosen[:count]:
             started = time.perf_counter()
             subprocess.run([*TEMPL, "select-best", "-t", str(LIBRARY), "-q", Chem.MolToSmiles(records[index]),
-                            "--exclude-identical", "-n", str(DEFAULT_CONFORMERS), "-w", "2", "--stereo", "as-is",
+                            "--exclude-identical", "-n", str(conformers), "-w", "2", "--stereo", "as-is",
                             "-o", str(Path(directory) / "pose.sdf"), *_QUIET],
                            check=True, capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
             times.append(time.perf_counter() - started)
     return round(statistics.median(times), 2)
 
 
-def run(size: int = SUBSET) -> dict[str, object]:
+def run(size: int | None = None) -> dict[str, object]:
+    """Run the benchmark; at the quick size 2 queries, 10 conformers and only the configurations the goals
+    need (``free`` and the default)."""
+    size = size or (2 if quick() else SUBSET)
+    conformers, counts = (10, (10,)) if quick() else (DEFAULT_CONFORMERS, CONFORMER_COUNTS)
     records = _records()
     chosen = subset(records, size)
-    results: dict[str, object] = {"library": len(records), "queries": len(chosen)}
+    results: dict[str, object] = {"library": len(records), "queries": len(chosen), "conformers": conformers}
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         queries, reference = _inputs(records, chosen, directory)
         configs: dict[str, list[str]] = {
-            "free": ["--no-pin", "--top-templates", "5", "-n", str(DEFAULT_CONFORMERS)],
-            f"free_prune{PRUNE_RMS}": ["--no-pin", "--top-templates", "5", "-n", str(DEFAULT_CONFORMERS),
+            "free": ["--no-pin", "--top-templates", "5", "-n", str(conformers)],
+            f"free_prune{PRUNE_RMS}": ["--no-pin", "--top-templates", "5", "-n", str(conformers),
                                        "--prune-rms", str(PRUNE_RMS)],
-            "pinned_k1": ["--top-templates", "1", "-n", str(DEFAULT_CONFORMERS)],
-            **{f"pinned_k5_n{n}": ["--top-templates", "5", "-n", str(n)] for n in CONFORMER_COUNTS},
-            f"pinned_k5_n{DEFAULT_CONFORMERS}_prune{PRUNE_RMS}": ["--top-templates", "5", "-n",
-                                                                   str(DEFAULT_CONFORMERS), "--prune-rms",
-                                                                   str(PRUNE_RMS)],
+            "pinned_k1": ["--top-templates", "1", "-n", str(conformers)],
+            **{f"pinned_k5_n{n}": ["--top-templates", "5", "-n", str(n)] for n in counts},
+            f"pinned_k5_n{conformers}_prune{PRUNE_RMS}": ["--top-templates", "5", "-n", str(conformers),
+                                                           "--prune-rms", str(PRUNE_RMS)],
         }
+        if quick():
+            configs = {name: configs[name] for name in ("free", f"pinned_k5_n{conformers}")}
         for name, options in configs.items():
             print(f"  {name} ...", file=sys.stderr, flush=True)
             results[name] = _campaign(queries, reference, directory / name, *options)
     selection = selection_seconds(records, chosen)
     results["template_selection"] = selection
-    results["select_best_wall_seconds_two_workers"] = select_best_seconds(records, chosen)
-    default = results[f"pinned_k5_n{DEFAULT_CONFORMERS}"]
+    wall = select_best_seconds(records, chosen, 1 if quick() else 3, conformers)
+    results["select_best_wall_seconds_two_workers"] = wall
+    default = results[f"pinned_k5_n{conformers}"]
     free = results["free"]
     assert isinstance(default, dict) and isinstance(free, dict)
-    results["goals"] = {
-        "success_rate_default": {"value": default["success_rate"], "goal": ">= 0.80",
-                                 "met": default["success_rate"] >= 0.80},
-        "success_vs_free": {"value": round(default["success_rate"] - free["success_rate"], 4), "goal": "> 0"},
-        "template_selection_median_seconds": {"value": selection["median_seconds"], "goal": "< 1"},
-        "select_best_wall_seconds": {"value": results["select_best_wall_seconds_two_workers"], "goal": "< 15"},
-    }
+    ligands = (f"{len(chosen)} Polaris Mpro ligands, leave-one-out against the other {len(records) - 1}, "
+               f"{conformers} conformers")
+    results["goals"] = [goal.as_dict() for goal in (
+        Goal("success_rate_default", f"share under 2 A RMSD, the default (5 templates, core pinned): {ligands}",
+             default["success_rate"], Comparison.AT_LEAST, 0.80, ""),
+        Goal("success_vs_free", f"the default's success rate minus free ETKDG's (5 templates, no pin): {ligands}",
+             round(default["success_rate"] - free["success_rate"], 4), Comparison.ABOVE, 0.0, ""),
+        Goal("template_selection_median", f"choosing a query's 5 templates from all {len(records)} (absolute)",
+             selection["median_seconds"], Comparison.BELOW, 1.0, "s"),
+        Goal("select_best_wall", "one templ select-best -w 2 against the whole library, start-up included "
+             "(absolute)", wall, Comparison.BELOW, 15.0, "s"),
+    )]
     return results
 
 
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else SUBSET), indent=2))
+    print(json.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else None), indent=2))

@@ -9,6 +9,7 @@ target as stated; a row without a target is reported, not judged.
 from __future__ import annotations
 
 import operator
+import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -74,11 +75,15 @@ def rows(benchmark: str, goals: Iterable[Mapping[str, object]]) -> list[tuple[st
              str(goal["goal"]), _met_text(goal["met"])) for goal in goals]
 
 
-def table(lines: list[tuple[str, ...]]) -> str:
-    """:data:`COLUMNS` and ``lines`` as aligned plain text."""
-    everything = [COLUMNS, *lines]
-    widths = [max(len(line[column]) for line in everything) for column in range(len(COLUMNS))]
+def table(lines: list[tuple[str, ...]], compared_width: int = 64) -> str:
+    """:data:`COLUMNS` and ``lines`` as aligned plain text, the ``compared`` column wrapped at ``compared_width``."""
+    wrapped: list[tuple[str, ...]] = [COLUMNS]
+    for line in lines:
+        parts = textwrap.wrap(line[2], compared_width) or [""]
+        wrapped.append((*line[:2], parts[0], *line[3:]))
+        wrapped.extend(("", "", part, "", "", "") for part in parts[1:])
+    widths = [max(len(line[column]) for line in wrapped) for column in range(len(COLUMNS))]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-            for line in everything]
+            for line in wrapped]
     text.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(text)
