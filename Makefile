@@ -78,6 +78,8 @@ dashboards: $(TEST_STAMP)
 dist: $(STAMP)
 	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
 
+# Every benchmark, ending with one table of goals (also in bench_report.json). TEMPL_BENCH_QUICK=1 make bench
+# runs them at tiny sizes to check the code paths; see docs/development.md#benchmarks.
 bench: $(TEST_STAMP)
 	$(BIN)/python -m benchmarks.run --output bench_report.json
 

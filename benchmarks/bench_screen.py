@@ -179,6 +179,7 @@ def parent_cpu(workers: int, root: Path, queries: list[tuple[str, str]], conform
     from benchmarks.bench_telemetry_overhead import DropSpans
     from templ_pipeline import telemetry
     from templ_pipeline.core import events
+    from templ_pipeline.telemetry.logs import unconfigure_logging
 
     with open(os.devnull, "w") as devnull:
         # spans are made and handed to a batch processor, as in a traced run, then dropped
@@ -200,6 +201,7 @@ def parent_cpu(workers: int, root: Path, queries: list[tuple[str, str]], conform
                                 "us_per_conformer": round(1e6 * cpu / work.conformers, 2)}
         finally:
             events.unsubscribe_process(telemetry.observe)
+            unconfigure_logging()  # the benchmarks after this one log to stderr, not to a closed file
     return report
 
 
@@ -234,11 +236,11 @@ def run(n_queries: int | None = None, conformers: int | None = None, repeats: in
         best = {name: _best(found) for name, found in samples.items()}
         for workers in (1, 2):
             best[f"loop_b_{workers}"] = loop_b(queries, workers, root, conformers)
-        work = {name: work for name, (_, work) in best.items()}
+        works = {name: done for name, (_, done) in best.items()}
         print(f"  equal work (molecules, conformers embedded, conformers scored): "
-              f"{', '.join(f'{name} {astuple(done)}' for name, done in work.items())}", file=sys.stderr, flush=True)
-        if len(set(work.values())) != 1:
-            raise RuntimeError(f"unequal work: {work}")
+              f"{', '.join(f'{name} {astuple(done)}' for name, done in works.items())}", file=sys.stderr, flush=True)
+        if len(set(works.values())) != 1:
+            raise RuntimeError(f"unequal work: {works}")
         seconds = {name: seconds for name, (seconds, _) in best.items()}
         parent = parent_cpu(2, root, queries, conformers, busy=sized(300, 20))
     per_query_cpu = parent["busy"]["ms_per_query"] / 1e3
@@ -249,14 +251,14 @@ def run(n_queries: int | None = None, conformers: int | None = None, repeats: in
         "screen_1_vs_loop_a": round(seconds["loop_a"] / seconds["screen_1"], 3),
         "screen_1_vs_loop_b_1": round(seconds["loop_b_1"] / seconds["screen_1"], 3),
     }
-    done = work["loop_a"]
+    done = works["loop_a"]
     same = (f"the same {len(queries)} queries prepared into {done.molecules} molecules, {done.conformers} "
             f"conformers embedded and aligned on both sides")
     worst_parent = max(regime["us_per_conformer"] for regime in parent.values())
     return {
         "queries": len(queries),
         "conformers_per_query": conformers,
-        "equal_work": {name: asdict(done) for name, done in work.items()},
+        "equal_work": {name: asdict(found) for name, found in works.items()},
         "repeats": repeats,
         "seconds": {name: round(value, 2) for name, value in seconds.items()},
         "seconds_each_repeat": {name: [round(value, 2) for value, _ in found] for name, found in samples.items()},

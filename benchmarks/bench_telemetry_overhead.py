@@ -26,6 +26,7 @@ from benchmarks.goals import Comparison, Goal
 from templ_pipeline import telemetry
 from templ_pipeline.core import events
 from templ_pipeline.core.scoring import select_best
+from templ_pipeline.telemetry.logs import unconfigure_logging
 
 
 class DropSpans(SpanExporter):
@@ -63,6 +64,7 @@ def run(n_pairs: int | None = None, n_conformers: int | None = None, repeats: in
             events.unsubscribe_process(telemetry.observe)
         off.append(timed())
     telemetry.tracing.shutdown_tracing()
+    unconfigure_logging()  # the benchmarks after this one log to stderr, not to a closed file
     devnull.close()
     on_s, off_s = statistics.median(w for w, _ in on), statistics.median(w for w, _ in off)
     cpu_on, cpu_off = statistics.median(c for _, c in on), statistics.median(c for _, c in off)
