@@ -13,9 +13,16 @@ from rdkit import Chem
 from templ_pipeline.core.events import ExecutorCreated, ReductionReason, TaskType, WorkersGranted, WorkersReduced
 from templ_pipeline.core.executor import get_executor, shutdown_pools
 from templ_pipeline.core.limits.cpu import read_cpu_budget
-from templ_pipeline.core.recent_work import SCORING_HISTORY, RecentWork, WorkHistory
+from templ_pipeline.core.recent_work import NO_RECENT_WORK, SCORING_HISTORY, RecentWork, WorkHistory
 from templ_pipeline.core.scoring import select_best_with_report
-from templ_pipeline.core.sizing import EXACT_WORKERS_ENV, plan_workers
+from templ_pipeline.core.sizing import (
+    ALIGN_SECONDS_PER_CONFORMER,
+    COLD_POOL_SECONDS,
+    EXACT_WORKERS_ENV,
+    plan_workers,
+    pool_serves,
+    small_scoring_cap,
+)
 
 pytestmark = [pytest.mark.fast,
               pytest.mark.skipif(read_cpu_budget().cpus < 2, reason="a pool of 2 needs 2 CPUs for this process")]
@@ -64,10 +71,10 @@ def _small_work(events: list) -> list[WorkersReduced]:
             if isinstance(event, WorkersReduced) and event.reason == ReductionReason.SMALL_WORK]
 
 
-def test_a_loop_of_small_calls_starts_its_pool_by_the_third_call_and_reuses_it(sized, call_confs, template):
+def test_a_loop_of_small_calls_starts_its_pool_at_the_second_call_and_reuses_it(sized, call_confs, template):
     calls = [_call(call_confs, template) for _ in range(5)]
     started = next(turn for turn, (events, _) in enumerate(calls) if _created(events))
-    assert started <= 2
+    assert started == 1
     for events, _ in calls[:started]:
         assert not _created(events) and len(_small_work(events)) == 1  # scored in the caller, and why
     events, _ = calls[started]
@@ -112,16 +119,24 @@ def test_calls_further_apart_than_the_window_are_each_sized_alone(sized):
     for _ in range(3):
         with get_executor(2, conformers=CALL, history=close) as executor:
             workers.append(executor.workers)
-    assert workers == [1, 1, 2]  # planned only: building an executor starts nothing
+    assert workers == [1, 2, 2]  # planned only: building an executor starts nothing
+
+
+def test_a_stream_is_forecast_to_ask_for_as_much_again_and_a_call_alone_for_nothing_more():
+    assert pool_serves(CALL, NO_RECENT_WORK) == CALL
+    assert pool_serves(CALL, RecentWork(1, 200)) == CALL + 200 + CALL
+    # twenty small calls are not yet worth a pool; the stream's forecast grows with it until it is
+    assert small_scoring_cap(2, 20, warm=False, recent=RecentWork(1, 20)) is not None
+    break_even = int(2 * COLD_POOL_SECONDS / ALIGN_SECONDS_PER_CONFORMER)
+    assert small_scoring_cap(2, 20, warm=False, recent=RecentWork(23, break_even)) is None
 
 
 def test_a_stream_that_repays_a_pool_is_planned_one_with_the_reason_in_its_note():
     alone = plan_workers(2, TaskType.SCORING, conformers=CALL, cpu_budget=(2, ""))
     assert alone.workers == 1 and not alone.note
-    stream = plan_workers(2, TaskType.SCORING, conformers=CALL, recent=RecentWork(2, 2 * CALL),
-                          cpu_budget=(2, ""))
+    stream = plan_workers(2, TaskType.SCORING, conformers=CALL, recent=RecentWork(1, CALL), cpu_budget=(2, ""))
     assert stream.workers == 2 and not stream.reductions
-    assert "2 call(s) in the last 30 s asked for 432 more" in stream.note
+    assert "1 call(s) in the last 30 s asked for 216 more" in stream.note
     # a call that repays a pool alone, or finds one warm, needs no note
     assert not plan_workers(2, TaskType.SCORING, conformers=5000, recent=RecentWork(2, 2 * CALL),
                             cpu_budget=(2, "")).note

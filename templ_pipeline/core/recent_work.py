@@ -3,10 +3,11 @@
 A program that calls ``select_best`` in a loop asks for a few hundred conformers a
 call: alone, each is too small to repay a cold pool (:mod:`templ_pipeline.core.sizing`),
 so judged one by one the pool never starts. Calls that keep coming are the best
-forecast of the calls still to come, so the sizing counts the work of the calls of
-the last :data:`RECENT_WORK_SECONDS` with the call being sized: the second or third
-call of a loop starts the pool, which is then kept and reused (:mod:`templ_pipeline.core.pools`),
-while a single call, with nothing before it, still runs in the caller.
+forecast of the calls still to come, so a call is sized with the calls of the last
+:data:`RECENT_WORK_SECONDS` (:func:`templ_pipeline.core.sizing.pool_serves`): a loop
+of 200-conformer calls starts its pool at the second call and then reuses it
+(:mod:`templ_pipeline.core.pools`), while a single call, with nothing before it,
+still runs in the caller.
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ with its own reason, so a run that used fewer workers than asked says why:
   :func:`~templ_pipeline.core.limits.cpu.read_cpu_budget`) only take turns, each
   costing a process, memory and tasks of the shared budget;
 - ``small_work``: a cold process pool costs its start-up before the first result,
-  and work shorter than that start-up gains nothing from it. The scoring work is
-  the call's own and that of the process's recent calls
-  (:mod:`templ_pipeline.core.recent_work`): a loop of small calls is one large piece
-  of work, so its pool starts by the second or third call, and the grant says so
-  in its detail.
+  and work shorter than that start-up gains nothing from it. A call alone is
+  judged by its own work; a call that follows others of this process
+  (:mod:`templ_pipeline.core.recent_work`) is part of a stream, judged by the
+  stream's forecast, so a loop of 200-conformer calls starts its pool at its
+  second call, and the grant says so in its detail.
 
 The user who knows better insists with ``exact_workers`` (``--exact-workers``, or
 ``TEMPL_EXACT_WORKERS=1``): then only the kernel's limits cut the request.
@@ -71,11 +71,22 @@ def _scoring_saves(requested: int, conformers: int) -> tuple[float, float]:
     return work, work * (1.0 - 1.0 / requested)
 
 
+def pool_serves(conformers: int, recent: RecentWork) -> int:
+    """The conformers a pool started now would score: this call's, and the calls forecast after it.
+
+    A call alone forecasts nothing. A call that follows others shows a stream, and
+    a stream is forecast to ask for as much again as it has so far, this call
+    included (the best guess of a loop's length from how long it has run).
+    """
+    return conformers + (recent.conformers + conformers if recent.calls else 0)
+
+
 def _recent(recent: RecentWork) -> str:
     """The recent calls, in words, for a decision's detail."""
     if not recent.calls:
         return f"no other call in the last {recent.window:g} s"
-    return f"{recent.calls} call(s) in the last {recent.window:g} s asked for {recent.conformers} more"
+    return (f"{recent.calls} call(s) in the last {recent.window:g} s asked for {recent.conformers} more, "
+            "a stream forecast to ask for as much again")
 
 
 def small_scoring_cap(requested: int, conformers: int, *, warm: bool,
@@ -83,13 +94,14 @@ def small_scoring_cap(requested: int, conformers: int, *, warm: bool,
     """A ``small_work`` reduction to 1 when scoring on a cold pool gains less than its start-up.
 
     With ``w`` workers the work's wall time falls by ``work * (1 - 1/w)``; a cold
-    pool first costs :data:`COLD_POOL_SECONDS`. The work is the call's
-    ``conformers`` and the ``recent`` calls' (a stream of calls is one piece of
-    work). A warm pool costs nothing more, so it is used whatever the size of the work.
+    pool first costs :data:`COLD_POOL_SECONDS`. The work is what the pool would
+    serve (:func:`pool_serves`): the call's ``conformers``, and after ``recent``
+    calls the stream's forecast. A warm pool costs nothing more, so it is used
+    whatever the size of the work.
     """
     if requested < 2 or warm:
         return None
-    work, saved = _scoring_saves(requested, conformers + recent.conformers)
+    work, saved = _scoring_saves(requested, pool_serves(conformers, recent))
     if saved >= COLD_POOL_SECONDS:
         return None
     return WorkersReduced(
@@ -99,13 +111,13 @@ def small_scoring_cap(requested: int, conformers: int, *, warm: bool,
 
 
 def stream_note(requested: int, conformers: int, recent: RecentWork) -> str:
-    """Why ``requested`` workers start for ``conformers`` that alone would be scored here: the recent calls'
-    work repays the pool (empty when the call alone repays it, or the stream does not)."""
+    """Why ``requested`` workers start for ``conformers`` that alone would be scored here: the stream of
+    recent calls repays the pool (empty when the call alone repays it, or the stream does not)."""
     if requested < 2 or small_scoring_cap(requested, conformers, warm=False) is None:
         return ""
     if small_scoring_cap(requested, conformers, warm=False, recent=recent) is not None:
         return ""
-    work, saved = _scoring_saves(requested, conformers + recent.conformers)
+    work, saved = _scoring_saves(requested, pool_serves(conformers, recent))
     return (f"{conformers} conformers alone would be scored here, but {_recent(recent)}: as one stream, about "
             f"{work:.2f} s of scoring, {requested} workers save {saved:.2f} s, more than the "
             f"{COLD_POOL_SECONDS:.2f} s a cold pool takes to start: starting the pool, which later calls reuse")
