@@ -417,7 +417,8 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec(
         "templ_campaign_worker_replacements_total", "counter",
-        "Campaign workers ended (their query ran over the time limit) or found dead, and replaced, by reason.",
+        "Campaign workers ended (their query ran over the time limit), found dead, or recycled between queries "
+        "(their memory grew, or they ran their quota of queries), and replaced, by reason.",
         ("reason",), "", short="campaign_worker_replacements",
         label_values={"reason": _open(REPLACEMENT_REASONS)}, initialize=True,
     ),
@@ -913,8 +914,8 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
     ),
     EventSpec(
         EVENT_WORKER_REPLACED, "warning",
-        "A campaign worker was ended (its query ran over the time limit) or found dead, and another started in "
-        "its place.",
+        "A campaign worker was ended (its query ran over the time limit), found dead, or recycled between queries "
+        "(its memory grew, or it ran its quota of queries), and another started in its place.",
         (_field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS, source="kind"),
          _field("reason", ATTR_REASON, REPLACEMENT_REASONS, label=True), _DETAIL),
         event=ev.WorkerReplaced, counter="campaign_worker_replacements", logger="templ.campaign",

@@ -131,7 +131,7 @@ def test_contract_label_sets():
     assert c.QUERY_STATUSES == ("ok", "failed")
     assert c.QUERY_REASONS == ("invalid_smiles", "invalid_record", "unsupported_element", "too_small",
                                "embedding_failed", "no_conformer_scored", "timeout", "worker_lost", "error", "none")
-    assert c.REPLACEMENT_REASONS == ("timeout", "worker_lost")
+    assert c.REPLACEMENT_REASONS == ("timeout", "worker_lost", "recycled")
     fb = c.METRICS_BY_SHORT["fallbacks"].label_values
     assert set(fb["reason"]) == set(c.FALLBACK_REASONS) | {c.OTHER}
     assert fb["cause"] == c.FALLBACK_CAUSES  # "unknown" is already the catch-all

@@ -12,7 +12,9 @@ fewer workers (the pool goes on with those it has; with none at the start it rai
 :class:`NoWorkers`, later it sets :attr:`QueryPool.gone`, and the campaign goes on
 in-process), a query over its limit ends its
 worker and becomes a ``timeout`` outcome, a worker that dies mid-query has its
-query run once more by another worker, then a ``worker_lost`` outcome. Each
+query run once more by another worker, then a ``worker_lost`` outcome, and a
+worker whose memory grew or that ran its quota of queries is ended between two
+queries and replaced (:mod:`~templ_pipeline.campaign.recycling`). Each
 replacement is a :class:`~templ_pipeline.core.events.WorkerReplaced` event.
 """
 
@@ -26,8 +28,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
+from templ_pipeline.campaign.recycling import RecyclePolicy
 from templ_pipeline.campaign.task import CampaignSettings, QueryOutcome, QueryTask, failed
-from templ_pipeline.campaign.worker import READY, serve
+from templ_pipeline.campaign.worker import READY, Finished, serve
 from templ_pipeline.core.backend import start_failure_reason
 from templ_pipeline.core.events import (
     ExecutorKind,
@@ -72,6 +75,8 @@ class _Worker:
     ready: bool = False
     task: QueryTask | None = None
     since: float = 0.0  # when it was handed ``task``
+    queries: int = 0  # queries it finished
+    baseline: int = 0  # bytes resident after its first query
 
     @property
     def pid(self) -> int:
@@ -92,8 +97,10 @@ class QueryPool:
     kind = ExecutorKind.PROCESS
 
     def __init__(self, size: int, settings: CampaignSettings, emit: Observer, *,
-                 query_timeout: float | None, start_timeout: float = START_SECONDS) -> None:
+                 query_timeout: float | None, start_timeout: float = START_SECONDS,
+                 recycle: RecyclePolicy | None = None) -> None:
         self.size = size
+        self._recycle = RecyclePolicy.from_environment() if recycle is None else recycle
         self._settings = settings
         self._emit = emit
         self._timeout = query_timeout if query_timeout and query_timeout > 0 else None
@@ -234,16 +241,33 @@ class QueryPool:
             # a second message waiting makes the next select return at once
             while not drain or worker.connection.poll(0):
                 message = worker.connection.recv()
-                if isinstance(message, QueryOutcome) and worker.task is not None:
-                    arrivals.finished.append((worker.task, message))
+                if isinstance(message, Finished) and worker.task is not None:
+                    arrivals.finished.append((worker.task, message.outcome))
                     self._attempts.pop(worker.task.index, None)
                     worker.task = None
+                    if not drain:
+                        self._count(worker, message.resident)
                 elif isinstance(message, tuple) and message and message[0] == READY:
                     worker.ready = True
                 if not drain:
                     return
         except (EOFError, OSError):
             pass  # the worker is gone: its sentinel says so, and _lost handles it
+
+    def _count(self, worker: _Worker, resident: int) -> None:
+        """A query finished on ``worker``, which now holds ``resident`` bytes: recycle it if the policy says so."""
+        worker.queries += 1
+        if worker.queries == 1:
+            worker.baseline = resident
+        why = self._recycle.reason(worker.queries, worker.baseline, resident)
+        if why is None:
+            return
+        try:
+            worker.connection.send(None)  # idle: it returns from serve at once
+        except OSError:
+            pass
+        self._drop(worker)
+        self._emit_replaced(ReplacementReason.RECYCLED, f"worker {worker.pid} recycled: {why}")
 
     def _lost(self, worker: _Worker, arrivals: Arrivals) -> None:
         """A worker exited on its own: run its query again (or fail it), and start another worker."""

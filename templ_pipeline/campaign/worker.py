@@ -3,7 +3,9 @@
 A worker talks to its parent over one duplex pipe of its own. The protocol is
 three messages: the worker sends ``READY`` once its imports are done and its
 templates are prepared, then, for every ``QueryTask`` it receives, one
-``QueryOutcome``; ``None`` from the parent means stop. One pipe per worker
+:class:`Finished` (the ``QueryOutcome`` and the worker's resident memory after it,
+which the pool's :mod:`~templ_pipeline.campaign.recycling` policy reads);
+``None`` from the parent means stop. One pipe per worker
 (rather than a shared queue) is what lets the parent know which query each
 worker holds, since when, and end exactly that worker when the query runs over
 its time limit. It also starts no thread in either process: the pool needs no
@@ -20,14 +22,23 @@ from __future__ import annotations
 
 import os
 from multiprocessing.connection import Connection
+from typing import NamedTuple
 
-from templ_pipeline.campaign.task import CampaignSettings, QueryRunner
+from templ_pipeline.campaign.recycling import resident_bytes
+from templ_pipeline.campaign.task import CampaignSettings, QueryOutcome, QueryRunner
 from templ_pipeline.core.worker_init import init_worker
 
 READY = "ready"
 
 POLL_SECONDS = 1.0
 """How long a worker waits for its next query before it checks that its parent is still there."""
+
+
+class Finished(NamedTuple):
+    """One query's outcome, and the bytes its worker holds resident once it is done."""
+
+    outcome: QueryOutcome
+    resident: int
 
 
 def serve(connection: Connection, parent_pid: int, settings: CampaignSettings) -> None:
@@ -48,6 +59,6 @@ def serve(connection: Connection, parent_pid: int, settings: CampaignSettings) -
             return
         outcome = runner.run(task)
         try:
-            connection.send(outcome)
+            connection.send(Finished(outcome, resident_bytes()))
         except (BrokenPipeError, OSError):
             return

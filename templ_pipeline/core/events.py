@@ -204,10 +204,12 @@ class PinFallback(StrEnum):
 
 
 class ReplacementReason(StrEnum):
-    """Why a campaign worker was ended and replaced: its query ran over the time limit, or it died."""
+    """Why a campaign worker was ended and replaced: its query ran over the time limit, it died, or it was
+    recycled between queries (its memory grew, or it ran its quota of queries)."""
 
     TIMEOUT = "timeout"
     WORKER_LOST = "worker_lost"
+    RECYCLED = "recycled"
 
 
 def values(vocabulary: type[StrEnum]) -> tuple[str, ...]:
