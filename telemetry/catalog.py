@@ -915,10 +915,11 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
     EventSpec(
         EVENT_WORKER_REPLACED, "warning",
         "A campaign worker was ended (its query ran over the time limit), found dead, or recycled between queries "
-        "(its memory grew, or it ran its quota of queries), and another started in its place.",
+        "(its memory grew, or it ran its quota of queries: routine, so info), and another started in its place.",
         (_field("executor_kind", ATTR_EXECUTOR_KIND, EXECUTOR_KINDS, source="kind"),
          _field("reason", ATTR_REASON, REPLACEMENT_REASONS, label=True), _DETAIL),
         event=ev.WorkerReplaced, counter="campaign_worker_replacements", logger="templ.campaign",
+        levels_by_value=(("reason", ReplacementReason.RECYCLED.value, "info"),),
     ),
     EventSpec(
         EVENT_QUERY_RESUBMITTED, "warning",

@@ -356,8 +356,8 @@ class _Campaign:
         """Give each idle worker (or free Dask slot) a query; False when nothing is left to run or to wait for."""
         for worker in pool.idle():
             task = self._next_task()
-            if task is None:
-                break
+            if task is None:  # nothing left to hand out: wait for what is in flight, not for a worker starting
+                return bool(self._in_flight)
             if not pool.dispatch(worker, task):
                 self._retry.appendleft(task)  # the worker is gone; wait() finds it and replaces it
         return bool(self._in_flight) or pool.starting()
