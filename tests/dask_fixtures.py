@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
 from ports import free_port
 
 from templ_pipeline.core.dask_backend import DaskFailure, check_reachable
@@ -147,3 +149,51 @@ def dask_workers(address: str, count: int, *flags: str) -> Iterator[list[subproc
             if worker.poll() is None:
                 os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(timeout=15)
+
+
+class TaskSizes(SchedulerPlugin):
+    """On the scheduler: the pickled size of every task it takes in (its function and arguments), by key."""
+
+    name = "templ-test-task-sizes"
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, int] = {}
+
+    def update_graph(self, scheduler, *, tasks, **kwargs) -> None:
+        for key in tasks:
+            self.sizes[str(key)] = len(pickle.dumps(scheduler.tasks[key].run_spec))
+
+
+def task_sizes(client: Client) -> dict[str, int]:
+    """What the scheduler's :class:`TaskSizes` recorded so far."""
+    return client.run_on_scheduler(lambda dask_scheduler: dict(dask_scheduler.plugins[TaskSizes.name].sizes))
+
+
+GATE_PRELOAD = """
+import asyncio
+import os
+
+async def dask_setup(worker):
+    while not os.path.exists({gate!r}):
+        await asyncio.sleep(0.1)
+"""
+
+
+@contextlib.contextmanager
+def gated_cluster(gate: Path) -> Iterator[Cluster]:
+    """A LocalCluster of two single-threaded process workers, each of which starts (and joins the scheduler)
+    only while the file ``gate`` exists: removing it holds every worker started later (a restarted one) at
+    its start, until the file is there again."""
+    preload = gate.with_suffix(".py")
+    preload.write_text(GATE_PRELOAD.format(gate=str(gate)))
+    gate.touch()
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address="127.0.0.1:0", preload=[str(preload)])
+    client = Client(cluster, set_as_default=False)
+    try:
+        yield Cluster(cluster.scheduler_address, client)
+    finally:
+        gate.touch()
+        shutdown_dask()
+        client.close()
+        cluster.close()

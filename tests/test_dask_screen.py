@@ -7,12 +7,22 @@ Clusters are real: LocalClusters of process workers (the fixture's, or one ``tem
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import signal
 import time
 
 import psutil
 import pytest
-from dask_fixtures import QueryKiller, bare_scheduler, dask_cluster, dask_workers  # noqa: F401  (fixture)
+from dask_fixtures import (  # noqa: F401  (fixture)
+    QueryKiller,
+    TaskSizes,
+    bare_scheduler,
+    dask_cluster,
+    dask_workers,
+    gated_cluster,
+    task_sizes,
+)
 from distributed import LocalCluster
 from templ_runs import run_templ
 from test_screen import (
@@ -27,7 +37,7 @@ from test_screen import (
     write_smi,
 )
 
-from templ_pipeline.campaign.dask_task import CampaignSettingsPlugin, run_query
+from templ_pipeline.campaign.dask_task import TASK_PREFIX, CampaignSettingsPlugin, run_query
 from templ_pipeline.campaign.queries import read_queries
 from templ_pipeline.campaign.runner import ScreenOptions, screen
 from templ_pipeline.campaign.task import CampaignSettings, QueryTask
@@ -102,12 +112,11 @@ def test_a_campaign_on_a_scheduler_is_one_trace_counted_once_in_the_driver(dask_
     (campaign,) = [s for s in spans if s.name == "screen.campaign"]
     query_spans = [s for s in spans if s.name == "screen.query"]
     assert len(query_spans) == len(QUERIES)
-    assert all(s.parent.span_id == campaign.context.span_id for s in query_spans)
-    by_id = {s.context.span_id for s in query_spans}
+    # each query is the root of a trace of its own, linked to the campaign span; its worker spans are in it
+    assert all(s.parent is None and [link.context for link in s.links] == [campaign.context] for s in query_spans)
+    by_id = {s.context.span_id: s.context.trace_id for s in query_spans}
     worker_spans = [s for s in spans if s.name in ("conformers.generate", "screen.score")]
-    assert worker_spans and all(s.parent.span_id in by_id for s in worker_spans)
-    assert {s.context.trace_id for s in spans if s.name.startswith(("screen.", "conformers."))} == {
-        campaign.context.trace_id}
+    assert worker_spans and all(by_id.get(s.parent.span_id) == s.context.trace_id for s in worker_spans)
     pids = set(dask_cluster.worker_pids().values())
     assert {s.attributes["process.pid"] for s in worker_spans} <= pids
     # each worker sized ETKDG from its machine: the CPUs this process may use, per task thread of the worker
@@ -136,6 +145,63 @@ def test_the_campaign_settings_reach_each_worker_once_as_a_plugin(dask_cluster, 
     finally:
         client.unregister_worker_plugin(plugin.name)
     assert not any(client.run(_holds_settings, plugin.key).values())  # gone with the campaign
+
+
+def test_a_task_carries_the_same_few_bytes_whatever_the_size_of_the_template_library(dask_cluster, template):
+    """The library goes to each worker once, as the campaign's plugin: a task is the query and the campaign key."""
+    client = dask_cluster.client
+    client.register_plugin(TaskSizes(), name=TaskSizes.name)
+    sizes: dict[int, int] = {}
+    try:
+        for count in (1, 50):
+            before = set(task_sizes(client))
+            results = list(screen(["CC(=O)Nc1ccc(O)cc1", "CC(C)Cc1ccc(cc1)C(C)C(=O)O"], [template] * count,
+                                  ScreenOptions(num_conformers=2, workers=2, executor="dask",
+                                                scheduler=dask_cluster.address)))
+            assert [result.kind for result in results] == [ExecutorKind.DASK] * 2
+            assert all(result.ok for result in results), [result.outcome.detail for result in results]
+            tasks = {key: size for key, size in task_sizes(client).items()
+                     if key not in before and key.startswith(TASK_PREFIX)}
+            assert len(tasks) == 2, tasks
+            sizes[count] = max(tasks.values())
+    finally:
+        client.unregister_scheduler_plugin(TaskSizes.name)
+    library = len(pickle.dumps(CampaignSettings(tuple(mol_to_bytes(template) for _ in range(50)), ("mpro",) * 50,
+                                                2, 42, "combo")))
+    assert abs(sizes[50] - sizes[1]) <= 16, sizes  # the key's digits and the query's own text, nothing more
+    assert sizes[50] < 4096 and library > 10 * sizes[50], (sizes, library)
+
+
+def test_workers_that_replace_killed_ones_get_the_settings_and_run_the_campaign(dask_cluster, template, queries,
+                                                                                 local_results):
+    """Every worker is killed once the campaign's settings are installed, before its first query: the
+    nannies' new workers receive the settings from the scheduler and run every query."""
+    client = dask_cluster.client
+    held: list[list[str]] = []
+
+    def kill_every_worker_once_started(event: object) -> None:
+        if isinstance(event, ExecutorCreated):
+            old = set(dask_cluster.worker_pids().values())
+            for pid in old:
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 120
+            while not (len(pids := set(dask_cluster.worker_pids().values())) == 2 and not pids & old):
+                assert time.monotonic() < deadline, "the nannies did not start new workers"
+                time.sleep(0.2)
+        elif type(event).__name__ == "QueryFinished" and not held:
+            held.extend(client.run(_campaign_keys).values())
+
+    results = list(screen(read_queries(queries), [template], _options(scheduler=dask_cluster.address),
+                          observers=(kill_every_worker_once_started,)))
+    assert _signatures(results) == local_results
+    assert {result.kind for result in results} == {ExecutorKind.DASK}
+    assert len(held) == 2 and all(len(keys) == 1 for keys in held) and held[0] == held[1], held
+
+
+def _campaign_keys() -> list[str]:
+    from templ_pipeline.campaign import dask_task
+
+    return sorted(dask_task._settings)
 
 
 def test_a_worker_killed_under_a_query_runs_it_once_more(dask_cluster, template, queries, local_results, tel):
@@ -261,6 +327,32 @@ def test_a_query_over_its_time_limit_on_a_worker_is_a_timeout_row(dask_cluster, 
     assert seconds < 100, f"{seconds:.0f} s: ETKDG takes 148 s here for this chain, the 3 s limit did not cut it"
     gone = before - {child.pid for child in psutil.Process().children(recursive=True) if child.is_running()}
     assert gone, "the worker stuck in ETKDG was not restarted"
+
+
+def test_the_other_queries_results_arrive_while_a_timed_out_querys_worker_restarts(template, tmp_path):
+    """The worker stuck past the time limit is restarted without the driver waiting for it: the gate holds
+    the new worker at its start until every other row is in, so the rows cannot have waited for the restart."""
+    gate = tmp_path / "gate"
+    others = SERIES[:24]
+    library = write_smi(tmp_path / "slow_first.smi", [SLOW, *others])
+    order: list[str] = []
+    with gated_cluster(gate) as cluster:
+        def hold_new_workers(event: object) -> None:
+            if isinstance(event, ExecutorCreated):
+                gate.unlink()  # the two workers are in; a restarted one waits at its start
+
+        for result in screen(read_queries(library), [template],
+                             _options(scheduler=cluster.address, query_timeout=3.0), observers=(hold_new_workers,)):
+            order.append(result.query_id)
+            assert result.query_id == SLOW[0] or result.ok, result.outcome.detail
+            if result.query_id == SLOW[0]:
+                assert result.outcome.reason == QueryFailureReason.TIMEOUT, result.outcome
+        # every row is in, and the restarted worker is still held at its start: the restart has not finished
+        assert sorted(order) == sorted([SLOW[0], *(name for name, _ in others)])
+        assert len(cluster.client.nthreads()) == 1
+        assert order.index(SLOW[0]) < len(order) - 1, f"no row came after the timeout row: {order}"
+        gate.touch()
+        cluster.client.wait_for_workers(2, timeout=120)  # the restart completes once its worker may start
 
 
 def test_resume_after_the_driver_is_killed_completes_the_local_rows(dask_cluster, template_sdf, queries, local_rows,

@@ -9,6 +9,12 @@ the size of the input. Each query is one task
 (:func:`~templ_pipeline.campaign.dask_task.run_query`): conformer generation and
 scoring on the worker, the outcome back to the driver, which writes it and counts it.
 
+What travels, and how often: the campaign's settings (its template library) once per worker, as a
+worker plugin the scheduler also gives every worker that joins later; per query, the task (the
+query's text, its trace context and the campaign's key: the same few hundred bytes whatever the
+library) and its outcome. The queries dispatched between two waits go to the scheduler in one
+message, and the outcomes that finished together come back in one request.
+
 What can go wrong, and what the campaign sees:
 
 - a worker dies under a query: Dask runs it again elsewhere; the driver hears it from
@@ -16,9 +22,10 @@ What can go wrong, and what the campaign sees:
   :class:`~templ_pipeline.core.events.QueryResubmitted`. A second loss under the same
   query (or Dask's ``KilledWorker``) makes it a ``worker_lost`` row, as on the local pool;
 - a query runs over its time limit (counted from its start on a worker, which the worker
-  announces): a ``timeout`` row, its task is cancelled and its worker restarted (a
-  native embedding cannot be stopped otherwise; a worker without a nanny cannot be
-  restarted and finishes the query for nothing);
+  announces): a ``timeout`` row, its task is cancelled and the scheduler is asked to restart
+  its worker (a native embedding cannot be stopped otherwise). The driver does not wait for
+  the restart: the other queries' results keep arriving and are written while the worker
+  process is killed and its nanny starts a new one (a worker without a nanny is removed);
 - the scheduler is lost, or has no worker for the worker timeout (at the start, or after
   every worker left): a fallback (``scheduler_lost``, ``no_workers``) and ``gone``; the
   campaign runs the queries in flight again on the local ladder.
@@ -26,6 +33,7 @@ What can go wrong, and what the campaign sees:
 
 from __future__ import annotations
 
+import concurrent.futures
 import queue
 import time
 import uuid
@@ -58,13 +66,15 @@ from templ_pipeline.core.events import (
     QueryFailureReason,
     QueryResubmitted,
     ResubmissionReason,
+    WorkersReduced,
 )
 
 IN_FLIGHT_PER_THREAD = 2
 """Queries handed to the cluster per worker thread: one running, one waiting for the thread."""
 
 RESTART_SECONDS = 30.0
-"""How long the restart of a worker whose query ran over its time limit may take."""
+"""How long the scheduler may take to kill a worker whose query ran over its time limit, and how long a
+campaign that finished waits, at most, for the kills it asked for."""
 
 
 @dataclass(eq=False)
@@ -101,6 +111,8 @@ class DaskQueryPool:
         self._starts: queue.SimpleQueue | None = None
         self._settings_ref: CampaignSettings | str = settings  # the plugin's key once installed
         self._plugin: str | None = None
+        self._outbox: list[tuple[str, QueryTask]] = []  # dispatched, sent with the next wait
+        self._restarts: list[concurrent.futures.Future[object]] = []  # restarts asked of the scheduler
         self.gone: Fallback | None = None
         self.reused = False
 
@@ -140,36 +152,52 @@ class DaskQueryPool:
         if self.gone is not None:
             return []
         capacity = max(1, self.workers) * IN_FLIGHT_PER_THREAD
-        return [None] * max(0, capacity - len(self._submitted))
+        return [None] * max(0, capacity - len(self._submitted) - len(self._outbox))
 
     def starting(self) -> bool:
         """Workers come and go on their own; the campaign never waits for one to start here."""
         return False
 
     def dispatch(self, slot: None, task: QueryTask) -> bool:
-        """Submit ``task``; False when the scheduler is gone (``wait`` finds out and says so)."""
-        assert self._session is not None and self._stream is not None
-        self._submissions += 1  # a key per submission: a query dropped by the scheduler is submitted anew
-        key = f"{TASK_PREFIX}-{task.index}-{self._run_id}-{self._submissions}"
-        try:
-            future = self._session.client.submit(run_query, self._settings_ref, task, key=key, pure=False)
-        except Exception:  # a closed client: the next wait's check names the loss
+        """Queue ``task`` for the scheduler (sent with the others at the next ``wait``); False when the client
+        is closed (``wait`` finds out and says so)."""
+        assert self._session is not None
+        if self._session.client.status != "running":
             return False
-        self._submitted[key] = _Submitted(task, future)
-        self._stream.add(future)
+        self._submissions += 1  # a key per submission: a query dropped by the scheduler is submitted anew
+        self._outbox.append((f"{TASK_PREFIX}-{task.index}-{self._run_id}-{self._submissions}", task))
         return True
+
+    def _send(self) -> None:
+        """The queued tasks to the scheduler, in one message; kept for the next wait when it cannot be sent."""
+        assert self._session is not None and self._stream is not None
+        if not self._outbox:
+            return
+        keys, tasks = zip(*self._outbox, strict=True)
+        try:
+            futures = self._session.client.map(run_query, [self._settings_ref] * len(tasks), list(tasks),
+                                               key=list(keys), pure=False)
+        except Exception:  # a closed client: the cluster check names the loss, the campaign runs them again
+            return
+        self._outbox.clear()
+        for key, task, future in zip(keys, tasks, futures, strict=True):
+            self._submitted[key] = _Submitted(task, future)
+            self._stream.add(future)
 
     def wait(self, timeout: float) -> Arrivals:
         """Up to ``timeout`` seconds for finished queries; handle lost workers, late queries, a lost cluster."""
         arrivals = Arrivals()
         if self.gone is not None or self._stream is None:
             return arrivals
+        self._send()
         done = arrived(self._stream, min(timeout, WAIT_SECONDS, self._next_deadline()))
         self._take_announcements(arrivals)  # a loss is announced before the rerun's result
+        results = self._session.gather(  # type: ignore[union-attr]
+            future for future in done if future.key in self._submitted and future.status == "finished")
         fetched: dict[str, _Submitted] = {}
         for future in done:
             entry = self._submitted.pop(future.key, None)
-            outcome = self._outcome(entry) if entry is not None else None
+            outcome = self._outcome(entry, results.get(future.key)) if entry is not None else None
             if outcome is not None:
                 arrivals.finished.append((entry.task, outcome))  # type: ignore[union-attr]
                 fetched[future.key] = entry  # type: ignore[assignment]
@@ -178,6 +206,7 @@ class DaskQueryPool:
         # its finished result was being fetched means Dask computed that result again
         self._take_announcements(arrivals, fetched)
         self._enforce_deadlines(arrivals)
+        self._restarts = [restart for restart in self._restarts if not restart.done()]
         try:
             self._watch.check()  # type: ignore[union-attr]
         except DaskFailure as failure:
@@ -193,8 +222,12 @@ class DaskQueryPool:
         """Cancel what is still in flight and stop listening; the session stays for the next campaign."""
         session, submitted = self._session, list(self._submitted.values())
         self._submitted.clear()
+        self._outbox.clear()
         if session is None:
             return
+        if not terminate and session.client.status == "running":  # the stuck workers are down before it ends
+            concurrent.futures.wait(self._restarts, timeout=RESTART_SECONDS)
+        self._restarts.clear()
         if self._losses is not None:
             session.losses.forget(self._losses)
         if self._starts is not None:
@@ -215,12 +248,13 @@ class DaskQueryPool:
 
     # --- inside ---------------------------------------------------------------------------------
 
-    def _outcome(self, entry: _Submitted) -> QueryOutcome | None:
-        """The finished query's outcome (a failed task is a failed outcome, never an exception); None when
-        the scheduler dropped the task: it runs again, here or, when the cluster is gone, on the local ladder."""
+    def _outcome(self, entry: _Submitted, fetched: QueryOutcome | None) -> QueryOutcome | None:
+        """The finished query's outcome, ``fetched`` or asked for now (a failed task is a failed outcome,
+        never an exception); None when the scheduler dropped the task: it runs again, here or, when the
+        cluster is gone, on the local ladder."""
         task, future = entry.task, entry.future
         try:
-            outcome = future.result(timeout=CLOSE_TIMEOUT)  # type: ignore[attr-defined]
+            outcome = fetched or future.result(timeout=CLOSE_TIMEOUT)  # type: ignore[attr-defined]
         except KilledWorker as error:
             # Dask counts every loss of a worker the task was assigned to, also while it only waited there
             # behind another query: a query that never started on a lost worker is submitted again
@@ -235,7 +269,8 @@ class DaskQueryPool:
             return failed(task.index, QueryFailureReason.ERROR, f"{type(error).__name__} on its Dask worker: {error}",
                           smiles=task.smiles or "")
         for event in outcome.events:
-            self._emit(event)  # the worker's thread reductions and fallbacks, counted here, once
+            if isinstance(event, (WorkersReduced, Fallback)):
+                self._emit(event)  # the worker's thread reductions and fallbacks, counted here, once
         outcome.events = []
         return outcome
 
@@ -324,13 +359,12 @@ class DaskQueryPool:
             pass
 
     def _restart(self, worker: str) -> None:
-        """Restart the worker stuck in a query (bounded); a worker without a nanny stays as it is."""
+        """Ask the scheduler to restart the worker stuck in a query, without waiting: the campaign goes on."""
         if not worker or self._session is None:
             return
-        try:
-            self._session.client.restart_workers([worker], timeout=RESTART_SECONDS, raise_for_error=False)
-        except Exception:  # not restartable (no nanny), or already gone: the cluster goes on without it
-            pass
+        restart = self._session.restart([worker], RESTART_SECONDS)
+        if restart is not None:
+            self._restarts.append(restart)
 
     def _give_up(self, failure: DaskFailure) -> None:
         """The cluster cannot run the campaign: a fallback to the local ladder, and ``gone``."""

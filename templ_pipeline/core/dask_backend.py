@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import os
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import CancelledError
 from typing import Any
 
@@ -31,6 +32,7 @@ from distributed import Client, Future, KilledWorker, LocalCluster, as_completed
 from distributed.comm import connect
 from distributed.core import Status
 from distributed.security import Security
+from tornado.platform.asyncio import BaseAsyncIOLoop
 
 from templ_pipeline.core.backend import BatchFn, RungFailure
 from templ_pipeline.core.batch import BatchResult, BatchTask
@@ -219,6 +221,48 @@ class DaskSession:
             return str(self.cluster.scheduler_address)
         scheduler = self.client.scheduler
         return "" if scheduler is None else str(scheduler.address)
+
+    def gather(self, futures: Iterable[Future[Any]], timeout: float = CLOSE_TIMEOUT) -> dict[str, Any]:
+        """The results of finished ``futures`` by key, in one request however many there are; a future that
+        failed is left out, and so are all when they do not come within ``timeout`` (a result lost with its
+        worker is being computed again): the caller asks for those one by one, with their errors."""
+        wanted = {str(future.key): future for future in futures}
+        if not wanted:
+            return {}
+        pending: concurrent.futures.Future[dict[str, Any]] | None = None
+        try:
+            pending = self._on_loop(self.client.gather(wanted, errors="skip", asynchronous=True))
+            found = pending.result(timeout=timeout)
+        except Exception:  # timed out, or the client is closing: nothing is lost, the caller asks again
+            if pending is not None:
+                pending.cancel()
+            return {}
+        return {key: value for key, value in found.items() if value is not None}
+
+    def restart(self, workers: list[str], timeout: float) -> concurrent.futures.Future[Any] | None:
+        """Ask the scheduler to restart ``workers`` and return at once; the future is done when they are down.
+
+        The scheduler's own restart, without waiting for the new workers: it kills each worker process
+        (within ``timeout``) and its nanny starts a new one; a worker without a nanny is removed, for its
+        deployment to start again. None when the request could not be made (a closed client).
+        """
+        scheduler = self.client.scheduler
+        if scheduler is None:  # no scheduler connection: the worker goes with the cluster
+            return None
+        try:
+            return self._on_loop(scheduler.restart_workers(
+                workers=workers, timeout=timeout, wait_for_workers=False, on_error="return",
+                stimulus_id=f"templ-restart-{time.time()}"))
+        except RuntimeError:  # the client's event loop is closed: so is the cluster, for this driver
+            return None
+
+    def _on_loop(self, work: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        """Run ``work`` on the client's event loop; the caller's thread goes on."""
+        loop = self.client.loop
+        if not isinstance(loop, BaseAsyncIOLoop):
+            work.close()
+            raise RuntimeError("the Dask client has no running event loop")
+        return asyncio.run_coroutine_threadsafe(work, loop.asyncio_loop)
 
     def nthreads(self) -> int:
         """Worker threads the scheduler has now: one round trip, ``scheduler_lost`` when it does not answer."""
