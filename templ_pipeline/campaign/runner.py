@@ -366,7 +366,7 @@ class _Campaign:
         arrivals = pool.wait(WAIT_SECONDS)
         retry_first(arrivals.retry, self._retry)
         if arrivals.finished and pool.gone is None:
-            self._fill(pool)  # the freed workers get their next query before the results are written
+            self._fill(pool)  # the freed workers get their next query first (a Dask one leaves at the next wait)
         for task, outcome in arrivals.finished:
             yield self._finish(task.index, outcome, pool.kind)
         if arrivals.finished:
