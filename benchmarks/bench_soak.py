@@ -234,7 +234,7 @@ def run(n_queries: int | None = None, interval: float | None = None, recycle: bo
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=env) as process:
             samples = _watch(process, log, interval)
-            stdout, stderr = process.communicate()
+            stdout, stderr = process.communicate(timeout=600)  # it has ended: _watch waits for it
         seconds = time.perf_counter() - started
         if process.returncode != 0:
             raise RuntimeError(f"templ screen exited with {process.returncode}: {stderr.decode()[-2000:]}")
@@ -242,7 +242,7 @@ def run(n_queries: int | None = None, interval: float | None = None, recycle: bo
         started = time.perf_counter()
         resumed = subprocess.run([*command, "--resume", "--no-metrics-server", "--log-format", "json",
                                   "--log-file", str(root / "resume.log.jsonl")],
-                                 stdin=subprocess.DEVNULL, capture_output=True, env=env)
+                                 stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=3600)
         resume_seconds = time.perf_counter() - started
         if resumed.returncode != 0:
             raise RuntimeError(f"templ screen --resume exited with {resumed.returncode}: {resumed.stderr[-2000:]!r}")

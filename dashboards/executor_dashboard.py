@@ -355,7 +355,8 @@ REPLACEMENTS = EventPanel(
     "Campaign workers ended because their query ran over --query-timeout "
     f"({value('timeout', REPLACEMENT_REASONS)}) or found dead ({value('worker_lost', REPLACEMENT_REASONS)}: the "
     "OOM killer, a crash in native code), and replaced. Their query is a failed row; the rest of the campaign "
-    "goes on. Click a series for the log lines.",
+    f"goes on. Workers recycled between queries ({value('recycled', REPLACEMENT_REASONS)}: memory grown past "
+    "TEMPL_RECYCLE_GROWTH, or TEMPL_RECYCLE_QUERIES run) lose no query. Click a series for the log lines.",
     "no campaign worker replaced in this range", hide_zero=False, width=9)
 PREPARATIONS = EventPanel(
     "Query preparations per interval by action", "query_preparations", "action", "{{action}}",
