@@ -40,7 +40,7 @@ from templ_pipeline.telemetry.pusher import (
     PeriodicPusher,
     push_once,
 )
-from templ_pipeline.telemetry.recorder import Recorder, observe, process_recorder
+from templ_pipeline.telemetry.recorder import observe
 from templ_pipeline.telemetry.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -141,7 +141,6 @@ class TelemetrySession:
         self._pusher: PeriodicPusher | None = None
         self._command_span: CommandSpan | None = None
         self.state: TelemetryState | None = None  # made when the session starts: everything telemetry holds
-        self.recorder: Recorder | None = None  # hears every event of the run's calls while the session is open
         self._log_stream: IO[str] | None = None
         self._interactive = sys.stderr.isatty() if interactive is None else interactive
         self._address = self._check(options)
@@ -247,8 +246,7 @@ class TelemetrySession:
         if options.command is not None:
             self._command_span = CommandSpan(options.command)
         metrics = get_metrics()
-        self.recorder = process_recorder()
-        subscribe_process(observe)
+        subscribe_process(observe)  # the state's recorder hears every event of the run's calls
         metrics.run_info.labels(run_id=get_run_id() or "", job_id=self.job_id, host=socket.gethostname()).set(1)
         metrics.run_start.set(time.time())
         self._start_server()
@@ -322,9 +320,7 @@ class TelemetrySession:
                     _log.warning("telemetry.push_failed", url=self.options.pushgateway,
                                  error="a periodic push is still hung; it may land after the final one")
                 self._pusher = None
-            if self.recorder is not None:
-                unsubscribe_process(observe)
-                self.recorder = None
+            unsubscribe_process(observe)
             if self._command_span is not None:
                 self._command_span.end(success and delivered)
                 self._command_span = None

@@ -62,6 +62,7 @@ from templ_pipeline.core.events import (
     cause_of,
     no_room_reason,
     process_observers,
+    reported,
 )
 from templ_pipeline.core.executor import validate_executor
 from templ_pipeline.core.grants import Grant, grant_for_work, observe_limits, release_grant
@@ -211,18 +212,15 @@ def screen(
                                 prune_rms=options.prune_rms)
     campaign = _Campaign(settings, options, emit)
     whole = None if total is None else total + skipped  # the input's size, as progress and alerts count it
-    emit(CampaignStarted(whole, skipped, len(templates), options.workers))
-    error: BaseException | None = None
-    try:
+
+    def done(error: BaseException | None) -> CampaignDone:
+        # a signal, or the caller that stopped reading (GeneratorExit), ends it early: not an error
+        return CampaignDone(campaign.done, campaign.ok, campaign.done - campaign.ok,
+                            time.monotonic() - campaign.started, not campaign.finished, campaign.workers,
+                            error if isinstance(error, Exception) else None)
+
+    with reported(emit, CampaignStarted(whole, skipped, len(templates), options.workers), done):
         yield from campaign.run(as_records(queries), total)
-    except GeneratorExit:
-        raise  # the caller stopped reading: an early end, not an error
-    except BaseException as escaped:
-        error = escaped if isinstance(escaped, Exception) else None  # a signal is an interruption, not an error
-        raise
-    finally:
-        emit(CampaignDone(campaign.done, campaign.ok, campaign.done - campaign.ok,
-                          time.monotonic() - campaign.started, not campaign.finished, campaign.workers, error))
 
 
 _Slot = TypeVar("_Slot")

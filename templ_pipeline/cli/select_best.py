@@ -72,6 +72,7 @@ from templ_pipeline.core.events import (
     TemplatesChosen,
     WorkersReduced,
     process_observers,
+    reported,
 )
 from templ_pipeline.core.executor import ExecutorChoice
 from templ_pipeline.core.preparation import (
@@ -86,7 +87,13 @@ from templ_pipeline.core.preparation import (
     refuse_unscorable,
 )
 from templ_pipeline.core.scoring import Metric, Selection, select_best_with_report
-from templ_pipeline.core.template_choice import DEFAULT_MCS_TIMEOUT, DEFAULT_TOP, ChoiceOptions, choose_templates
+from templ_pipeline.core.template_choice import (
+    DEFAULT_MCS_TIMEOUT,
+    DEFAULT_TOP,
+    ChoiceOptions,
+    TemplateChoice,
+    choose_templates,
+)
 from templ_pipeline.core.template_library import TemplateLibrary
 from templ_pipeline.core.template_poses import distinct_conformers, given_conformers, template_conformers
 from templ_pipeline.io import InputError, read_conformers
@@ -336,13 +343,11 @@ def _candidate(isomer: int, smiles: str, mol: Chem.Mol, library: TemplateLibrary
     observers hear each stage's start and end."""
     emit = Emitter(process_observers())
     stage("choosing templates")
-    emit(TemplatesChoosing(len(library)))
-    try:
-        choice = choose_templates(mol, library, options)
-    except BaseException as error:
-        emit(TemplatesChoiceDone(0, 0, 0, error))
-        raise
-    emit(TemplatesChoiceDone(len(choice.chosen), choice.searched, choice.mcs_timeouts))
+    chosen: TemplateChoice | None = None
+    with reported(emit, TemplatesChoosing(len(library)),
+                  lambda error: TemplatesChoiceDone(0, 0, 0, error) if chosen is None
+                  else TemplatesChoiceDone(len(chosen.chosen), chosen.searched, chosen.mcs_timeouts)):
+        chosen = choice = choose_templates(mol, library, options)
     if given is not None:
         return Candidate(isomer, smiles, choice, tuple(given_conformers(given, choice)))
     stage(f"generating {num_conformers} conformers")
@@ -353,19 +358,15 @@ def _candidate(isomer: int, smiles: str, mol: Chem.Mol, library: TemplateLibrary
             CONFORMER_EVENTS.append(event)
 
     label = f"isomer {isomer}: embedding" if isomer else "embedding"
-    emit(ConformersStarted(num_conformers, workers))
     started, generated, threads_used = time.perf_counter(), 0, workers
-    try:
-        with embedding_progress(stderr, label, num_conformers, start_progress) as shown, \
-                granted_embedding(workers, observers=(keep,), exact_workers=exact_workers,
-                                  prune_rms=prune_rms) as (run, threads):
-            posed = template_conformers(mol, library, choice, num_conformers, seed, run, options)
-            generated, threads_used = distinct_conformers(posed), threads.count
-    except BaseException as error:
-        emit(ConformersFinished(num_conformers, workers, generated, threads_used, time.perf_counter() - started,
-                                error))
-        raise
-    emit(ConformersFinished(num_conformers, workers, generated, threads_used, time.perf_counter() - started))
+    with reported(emit, ConformersStarted(num_conformers, workers),
+                  lambda error: ConformersFinished(num_conformers, workers, generated, threads_used,
+                                                   time.perf_counter() - started, error)), \
+            embedding_progress(stderr, label, num_conformers, start_progress) as shown, \
+            granted_embedding(workers, observers=(keep,), exact_workers=exact_workers,
+                              prune_rms=prune_rms) as (run, threads):
+        posed = template_conformers(mol, library, choice, num_conformers, seed, run, options)
+        generated, threads_used = distinct_conformers(posed), threads.count
     return Candidate(isomer, smiles, choice, tuple(posed), embedding_seconds=shown.seconds)
 
 

@@ -35,6 +35,7 @@ from templ_pipeline.core.events import (
     cause_of,
     no_room_reason,
     process_observers,
+    reported,
 )
 from templ_pipeline.core.grants import classify_failure, grant_for_work, pids_refusals, release_grant
 from templ_pipeline.core.limits.classify import is_start_refusal
@@ -79,10 +80,10 @@ def generate_conformers(
     mol = canonical_molecule(molecule_from_smiles(query) if isinstance(query, str) else query)
     with_hs = Chem.AddHs(mol)
     emit = Emitter((*process_observers(), *observers))
-    emit(ConformersStarted(num_conformers, n_workers))
     started, generated, threads_used = time.perf_counter(), 0, n_workers
-    error: BaseException | None = None
-    try:
+    with reported(emit, ConformersStarted(num_conformers, n_workers),
+                  lambda error: ConformersFinished(num_conformers, n_workers, generated, threads_used,
+                                                   time.perf_counter() - started, error)):
         threads = EmbeddingThreads(n_workers, emit, exact_workers=exact_workers)
         try:
             embedded = embed_conformers(with_hs, num_conformers, seed, threads, random_coords=False,
@@ -96,12 +97,6 @@ def generate_conformers(
         generated, threads_used = embedded.GetNumConformers(), threads.count
         if generated == 0:
             raise ValueError(f"could not embed any conformer for {Chem.MolToSmiles(mol)!r}")
-    except BaseException as escaped:
-        error = escaped
-        raise
-    finally:
-        emit(ConformersFinished(num_conformers, n_workers, generated, threads_used, time.perf_counter() - started,
-                                error))
     return Chem.RemoveHs(embedded)
 
 

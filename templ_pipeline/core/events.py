@@ -14,7 +14,8 @@ reasons from it): standard library only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -638,6 +639,23 @@ def unsubscribe_process(observer: Observer) -> None:
 def process_observers() -> tuple[Observer, ...]:
     """The observers every call's events go to, in subscription order."""
     return tuple(_process_observers)
+
+
+@contextmanager
+def reported(emit: Observer, started: ExecutorEvent,
+             finished: Callable[[BaseException | None], ExecutorEvent]) -> Iterator[None]:
+    """Emit ``started``, run the block, then emit ``finished(error)``: ``error`` is None when the block ended,
+    else what escaped it (re-raised). How a call's start and end become events, so a span opened by the first
+    is always closed by the second; ``finished`` reads the block's results when it is called (a closure)."""
+    emit(started)
+    error: BaseException | None = None
+    try:
+        yield
+    except BaseException as escaped:
+        error = escaped
+        raise
+    finally:
+        emit(finished(error))
 
 
 class Emitter:

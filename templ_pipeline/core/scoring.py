@@ -46,6 +46,7 @@ from templ_pipeline.core.events import (
     SelectBestStarted,
     WorkersReduced,
     process_observers,
+    reported,
     values,
 )
 from templ_pipeline.core.executor import get_executor, validate_executor
@@ -248,9 +249,12 @@ def select_best_with_report(
     listeners: tuple[Observer, ...] = (*process_observers(), *observers)
     everyone: tuple[Observer, ...] = (report, *listeners)
     emit = Emitter(listeners)
-    emit(SelectBestStarted(len(conf_ids), n_workers))
-    error: BaseException | None = None
-    try:
+    def finished(error: BaseException | None) -> SelectBestFinished:
+        return SelectBestFinished(len(conf_ids), n_workers, report.workers_granted,
+                                  report.executor_kinds[-1] if report.executor_kinds else None, len(scored),
+                                  dict(report.failed_by_reason), time.perf_counter() - started, error)
+
+    with reported(emit, SelectBestStarted(len(conf_ids), n_workers), finished):
         base = sanitized_copy_without_conformers(confs)
         if base is None:
             report.failures = [ConformerFailure(cid, FailureReason.SANITIZATION_FAILED,
@@ -283,13 +287,6 @@ def select_best_with_report(
                 finally:
                     for observer in everyone:
                         runner.unsubscribe(observer)
-    except BaseException as escaped:
-        error = escaped
-        raise
-    finally:
-        emit(SelectBestFinished(len(conf_ids), n_workers, report.workers_granted,
-                                report.executor_kinds[-1] if report.executor_kinds else None, len(scored),
-                                dict(report.failed_by_reason), time.perf_counter() - started, error))
 
     report.n_scored = len(scored)
     report.failures.sort(key=lambda failure: failure.conf_id)
