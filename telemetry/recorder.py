@@ -293,10 +293,12 @@ class Recorder:
 def process_recorder() -> Recorder:
     """The recorder of the process's telemetry state (made on first use, on its metrics)."""
     current = state.current()
-    with current.lock:
-        if current.recorder is None:
-            current.recorder = Recorder()
-        recorder: Recorder = current.recorder
+    recorder: Recorder | None = current.recorder
+    if recorder is None:  # the lock only for the first event of a state, not for every event
+        with current.lock:
+            if current.recorder is None:
+                current.recorder = Recorder()
+            recorder = current.recorder
     return recorder
 
 
