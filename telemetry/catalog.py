@@ -720,7 +720,7 @@ class EventField:
         value = getattr(event, self.source or self.name)
         if value is None:
             return self.none_as
-        return round(value, self.digits) if self.digits is not None and isinstance(value, float) else value
+        return round(value, self.digits) if self.digits is not None and type(value) is float else value
 
 
 @dataclass(frozen=True)
@@ -1077,6 +1077,10 @@ SPAN_EVENT_ATTRIBUTES: Mapping[str, tuple[str, ...]] = {
 }
 
 
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+"""Value types :func:`render` passes through as they are (``StrEnum`` members and sequences are not)."""
+
+
 @dataclass(frozen=True)
 class RenderedEvent:
     """An event's values as its counter's labels, its span attributes and its log fields."""
@@ -1100,6 +1104,11 @@ def render(spec: EventSpec | StageSpec, event: object) -> RenderedEvent:
     log_fields: dict[str, Any] = {}
     for f in spec.fields:
         value = f.read(event)
+        if type(value) in _PLAIN and f.values is None:  # most fields of a per-query event: nothing to normalise
+            if value is not None and f.attribute:
+                attributes[f.attribute] = value
+            log_fields[f.name] = value
+            continue
         if isinstance(value, Mapping):
             if f.values is not None:
                 merged: dict[str, int] = {}

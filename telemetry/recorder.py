@@ -32,12 +32,18 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, Status, StatusCode, TraceFlags
 
 from templ_pipeline.core import events as ev
-from templ_pipeline.core.trace_context import span_carrier
+from templ_pipeline.core.trace_context import context_carrier
 from templ_pipeline.telemetry import catalog as c
 from templ_pipeline.telemetry import state
 from templ_pipeline.telemetry.logs import get_logger
 from templ_pipeline.telemetry.metrics import TemplMetrics, get_metrics
-from templ_pipeline.telemetry.tracing import export_worker_span, get_tracer, is_exporting
+from templ_pipeline.telemetry.tracing import (
+    DetachedSpan,
+    export_worker_span,
+    get_tracer,
+    is_exporting,
+    start_detached_span,
+)
 
 __all__ = ["Recorder", "observe", "process_recorder"]
 
@@ -88,7 +94,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._threads = threading.local()  # each thread's spans opened by events, innermost last: calls in two
         # threads each end their own (a context attached in one thread is detached in it)
-        self._queries: dict[int, Span] = {}  # query spans by index: started, not yet ended
+        self._queries: dict[int, DetachedSpan] = {}  # query spans by index: started, not yet ended
 
     @property
     def metrics(self) -> TemplMetrics:
@@ -120,10 +126,10 @@ class Recorder:
                     if key in rendered.attributes})
         if role == "closes_detached":
             query = self._queries.pop(event.index, None)
-            ids = None if query is None else span_ids(query)
+            ids = None if query is None else query.ids()
         self._log(spec, rendered.log_fields, error, ids)
         exemplar = (_span_exemplar(span) if role in ("event", "closes")
-                    else _span_exemplar(query) if role == "closes_detached" and query is not None else None)
+                    else _exemplar(ids, True) if role == "closes_detached" else None)
         self._update_metrics(spec, rendered, exemplar)
         if role == "closes":
             self._close(spec.span, rendered.attributes, error, abandon_queries=spec.span == c.SPAN_CAMPAIGN)
@@ -217,7 +223,7 @@ class Recorder:
             if abandon_queries:
                 self._queries.clear()
         for query in abandoned:  # the runner never ended them: a signal ended the campaign first
-            query.set_attribute(c.ATTR_QUERY_STATUS, c.QUERY_ABANDONED)
+            query.attributes[c.ATTR_QUERY_STATUS] = c.QUERY_ABANDONED
             query.end()
         try:
             if span.is_recording():
@@ -237,18 +243,17 @@ class Recorder:
             return
         stack = self._current()
         campaign = (stack[-1][1] if stack else trace.get_current_span()).get_span_context()
-        links = [Link(campaign)] if campaign.is_valid else []
-        span = get_tracer().start_span(c.SPAN_QUERY, context=Context(), links=links, attributes=attributes)
-        event.carrier.update(span_carrier(span))
+        span = start_detached_span(c.SPAN_QUERY, attributes, [Link(campaign)] if campaign.is_valid else [])
+        if span is None:
+            return
+        event.carrier.update(context_carrier(span.context))
         with self._lock:
             self._queries[event.index] = span
 
-    def _close_query(self, span: Span, event: Any, attributes: Mapping[str, Any]) -> None:
+    def _close_query(self, span: DetachedSpan, event: Any, attributes: Mapping[str, Any]) -> None:
         """End a query's span and export the stages its worker timed under it."""
-        span.set_attributes(dict(attributes))
-        if event.status == _FAILED:
-            span.set_status(Status(StatusCode.ERROR, str(event.reason)))
-        span.end()
+        span.attributes.update(attributes)
+        span.end(Status(StatusCode.ERROR, str(event.reason)) if event.status == _FAILED else None)
         for stage in event.stages:
             spec = c.STAGE_SPECS_BY_TYPE[type(stage)]
             stage_attributes = c.render(spec, stage).attributes

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import logging
 
-    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
 
 __all__ = ["TelemetryState", "begin", "current", "disabled", "is_enabled", "set_enabled"]
 
@@ -33,6 +33,7 @@ class TelemetryState:
     provider: TracerProvider | None = None
     processor: SpanProcessor | None = None  # where finished spans go; None: spans are recorded, not exported
     tracer: Any = None  # the provider's tracer; None: a no-op tracer
+    span_limits: SpanLimits | None = None  # the provider's limits (OTEL_*_LIMIT), for spans made without its tracer
     run_id: str | None = None  # on every log line, the resource's service.instance.id
     log_handler: logging.Handler | None = None  # the root handler this configuration installed
     degraded_warned: set[str] = field(default_factory=set)  # components whose degradation was logged

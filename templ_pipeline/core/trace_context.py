@@ -39,6 +39,13 @@ def span_carrier(span: trace.Span) -> dict[str, str]:
     return carrier
 
 
+def context_carrier(context: trace.SpanContext) -> dict[str, str]:
+    """``{"traceparent": ...}`` for a span known by its context alone (a span that is not a live SDK span)."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(trace.NonRecordingSpan(context)))
+    return carrier
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSpan:
     """Ids and times of a span made in a worker process."""
