@@ -91,3 +91,20 @@ def test_worker_span_exemplar_follows_its_sampled_flag(reset, flags, expected):
     assert len(batch) == expected
     if expected:
         assert batch[0] == {"trace_id": format(0x1234, "032x"), "span_id": format(0x99, "016x")}
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("flags", [0, 1])
+@pytest.mark.parametrize("state", [None, [("vendor", "v1"), ("other", "x")]])
+def test_a_query_span_carrier_is_what_the_w3c_propagator_writes(flags, state):
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanContext, TraceState
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from templ_pipeline.core.trace_context import context_carrier
+
+    context = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0x00F067AA0BA902B7, is_remote=False,
+                          trace_flags=TraceFlags(flags), trace_state=None if state is None else TraceState(state))
+    expected: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(expected, context=trace.set_span_in_context(trace.NonRecordingSpan(context)))
+    assert context_carrier(context) == expected

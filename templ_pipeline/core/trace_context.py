@@ -40,9 +40,15 @@ def span_carrier(span: trace.Span) -> dict[str, str]:
 
 
 def context_carrier(context: trace.SpanContext) -> dict[str, str]:
-    """``{"traceparent": ...}`` for a span known by its context alone (a span that is not a live SDK span)."""
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(trace.NonRecordingSpan(context)))
+    """``{"traceparent": ...}`` (and ``tracestate``) for a span known by its context alone, not a live SDK span.
+
+    Written directly in the W3C format the propagator writes: through the propagator it takes a
+    context made for the purpose and a current-span lookup, a quarter of what opening a campaign's
+    query span cost the parent.
+    """
+    carrier = {"traceparent": f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"}
+    if context.trace_state:
+        carrier["tracestate"] = context.trace_state.to_header()
     return carrier
 
 
