@@ -95,6 +95,8 @@ class Recorder:
         self._threads = threading.local()  # each thread's spans opened by events, innermost last: calls in two
         # threads each end their own (a context attached in one thread is detached in it)
         self._queries: dict[int, DetachedSpan] = {}  # query spans by index: started, not yet ended
+        self._children: dict[tuple[str, ...], Any] = {}  # labelled metrics by short name and label values
+        self._children_of: TemplMetrics | None = None  # the metrics those children belong to
 
     @property
     def metrics(self) -> TemplMetrics:
@@ -158,10 +160,20 @@ class Recorder:
         """The metrics ``spec`` names, from the rendered values; each gets the event's labels it has."""
         m = self.metrics
         labels, fields = rendered.labels, rendered.log_fields
+        if m is not self._children_of:  # a new registry: its children are new
+            self._children.clear()
+            self._children_of = m
+        children = self._children
 
         def labelled(short: str) -> Any:
-            metric, own = getattr(m, short), c.METRICS_BY_SHORT[short].labels
-            return metric.labels(**{label: labels[label] for label in own}) if own else metric
+            own = c.METRICS_BY_SHORT[short].labels
+            if not own:
+                return getattr(m, short)
+            key = (short, *(labels[label] for label in own))
+            child = children.get(key)
+            if child is None:  # labels() validates and locks on every call: once per label set is enough
+                child = children[key] = getattr(m, short).labels(*key[1:])
+            return child
 
         if spec.counter is not None:
             labelled(spec.counter).inc(exemplar=exemplar)
