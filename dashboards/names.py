@@ -52,6 +52,7 @@ OTHER_REDUCTIONS: dict[str, str] = {
         ("seccomp", "a seccomp profile lets no thread start"),
         ("cpu_limit", "fewer CPUs than workers for CPU-bound work (affinity or the cgroup CPU quota)"),
         ("small_work", "too little work to repay starting the workers"),
+        ("pool_starting", "the pool was starting in the background, so the call ran in the caller"),
     ) if reason in catalog.REDUCTION_REASONS
 }
 FAILED = value("failed", catalog.QUERY_STATUSES)

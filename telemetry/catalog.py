@@ -54,7 +54,8 @@ FAILURE_REASONS: tuple[str, ...] = values(FailureReason)
 LIMIT_NAMES: tuple[str, ...] = values(LimitName)
 REDUCTION_REASONS: tuple[str, ...] = values(ReductionReason)
 #: Reductions that are sizing decisions, not refusals: routine, so logged at info.
-SIZING_REASONS: tuple[str, ...] = (ReductionReason.SMALL_WORK.value, ReductionReason.CPU_LIMIT.value)
+SIZING_REASONS: tuple[str, ...] = (ReductionReason.SMALL_WORK.value, ReductionReason.CPU_LIMIT.value,
+                                   ReductionReason.POOL_STARTING.value)
 #: Why a batch was run again: its worker died while running it, or died holding its result.
 RESUBMISSION_REASONS: tuple[str, ...] = values(ResubmissionReason)
 
@@ -844,7 +845,7 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
         EVENT_WORKERS_REDUCED, "warning",
         "The executor factory granted fewer workers than requested: a warning when a limit or the thread "
         "manager refused them (the user may act on it), info when sizing chose fewer (work too small to repay "
-        "a pool, fewer CPUs than workers).",
+        "a pool, fewer CPUs than workers, or a pool starting in the background while the call ran in the caller).",
         (_TASK_TYPE, _field("workers_requested", ATTR_WORKERS_REQUESTED, source="requested"),
          _field("workers_granted", ATTR_WORKERS_GRANTED, source="granted"),
          _field("reason", ATTR_REASON, REDUCTION_REASONS, label=True), _DETAIL, _field("headroom", ATTR_HEADROOM)),

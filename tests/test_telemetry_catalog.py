@@ -126,7 +126,7 @@ def test_contract_label_sets():
     assert c.FAILURE_REASONS == ("no_coordinates", "sanitization_failed", "alignment_failed", "invalid_molecule")
     assert c.LIMIT_NAMES == ("pids_cgroup", "rlimit_nproc", "threads_max", "pid_max", "stack_memory")
     assert c.REDUCTION_REASONS == c.LIMIT_NAMES + ("manager_unavailable", "manager_failed", "reserved_by_others",
-                                                   "seccomp", "cpu_limit", "small_work")
+                                                   "seccomp", "cpu_limit", "small_work", "pool_starting")
     assert c.TASK_TYPES == ("scoring", "conformers", "screening")
     assert c.QUERY_STATUSES == ("ok", "failed")
     assert c.QUERY_REASONS == ("invalid_smiles", "invalid_record", "unsupported_element", "too_small",

@@ -1,18 +1,23 @@
 """A loop of small scoring calls gets its pool and keeps it; one small call alone still runs in the caller.
 
-Real pools, real RDKit: the events each call reports (``observers=``) say where it ran.
+The stream's pool starts in the background: the call that starts it runs in the caller, and the
+first call that finds it ready leases it. Real pools, real RDKit: the events each call reports
+(``observers=``) and the pool registry say where it ran, never a clock.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 
 import pytest
 from rdkit import Chem
 
+from templ_pipeline.core.batch import score_batch
 from templ_pipeline.core.events import ExecutorCreated, ReductionReason, TaskType, WorkersGranted, WorkersReduced
 from templ_pipeline.core.executor import get_executor, shutdown_pools
 from templ_pipeline.core.limits.cpu import read_cpu_budget
+from templ_pipeline.core.pools import POOLS, READY_SECONDS, BackgroundStart, PoolRegistry
 from templ_pipeline.core.recent_work import NO_RECENT_WORK, SCORING_HISTORY, RecentWork, WorkHistory
 from templ_pipeline.core.scoring import select_best_with_report
 from templ_pipeline.core.sizing import (
@@ -71,25 +76,74 @@ def _small_work(events: list) -> list[WorkersReduced]:
             if isinstance(event, WorkersReduced) and event.reason == ReductionReason.SMALL_WORK]
 
 
-def test_a_loop_of_small_calls_starts_its_pool_at_the_second_call_and_reuses_it(sized, call_confs, template):
-    calls = [_call(call_confs, template) for _ in range(5)]
-    started = next(turn for turn, (events, _) in enumerate(calls) if _created(events))
-    assert started == 1
-    for events, _ in calls[:started]:
-        assert not _created(events) and len(_small_work(events)) == 1  # scored in the caller, and why
-    events, _ = calls[started]
-    assert [(e.kind, e.workers, e.reused) for e in _created(events)] == [("process", 2, False)]
+def _pool_starting(events: list) -> list[WorkersReduced]:
+    return [event for event in events
+            if isinstance(event, WorkersReduced) and event.reason == ReductionReason.POOL_STARTING]
+
+
+def test_a_loop_starts_its_pool_in_the_background_at_the_second_call_which_runs_in_the_caller(
+        sized, call_confs, template):
+    first, second = _call(call_confs, template), _call(call_confs, template)
+    assert not _created(first[0]) and len(_small_work(first[0])) == 1  # alone: scored in the caller, and why
+    events, _ = second
+    assert not _created(events) and not _small_work(events)  # the stream wants the pool; the call did not wait
     granted = [event for event in events if isinstance(event, WorkersGranted)]
-    assert len(granted) == 1 and "as one stream" in granted[0].detail and not _small_work(events)
-    for events, _ in calls[started + 1:]:
-        assert [(e.kind, e.workers, e.reused) for e in _created(events)] == [("process", 2, True)]
-        assert not _small_work(events)
-    assert all(scored == calls[0][1] for _, scored in calls)  # the same rows and pose, wherever they ran
+    assert len(granted) == 1 and "as one stream" in granted[0].detail
+    (starting,) = _pool_starting(events)
+    assert (starting.requested, starting.granted) == (2, 1)
+    assert "is starting in the background; this call ran in the caller" in starting.detail
+    assert POOLS.settle(READY_SECONDS) and POOLS.warm_sizes("process") == (2,)
+    later = [_call(call_confs, template) for _ in range(2)]
+    assert [[(e.kind, e.workers, e.reused) for e in _created(events)] for events, _ in later] == [
+        [("process", 2, False)], [("process", 2, True)]]  # the first call that finds it ready leases it
+    assert not any(_small_work(events) or _pool_starting(events) for events, _ in later)
+    assert all(scored == first[1] for _, scored in [second, *later])  # the same rows and pose, wherever they ran
+
+
+def test_a_call_that_finds_the_pool_still_starting_runs_in_the_caller_and_says_so(sized, call_confs, template):
+    _call(call_confs, template)
+    assert POOLS.start_in_background("process", 2) == BackgroundStart.STARTED  # as a call before this one did
+    events, scored = _call(call_confs, template)
+    assert not _created(events)
+    (starting,) = _pool_starting(events)
+    assert "is still starting in the background" in starting.detail
+    assert scored == _call(call_confs, template)[1]
+
+
+def test_a_big_call_waits_for_the_pool_starting_in_the_background_and_starts_no_second_one(sized):
+    registry = PoolRegistry()
+    try:
+        assert registry.start_in_background("process", 2) == BackgroundStart.STARTED
+        assert registry.start_in_background("process", 2) == BackgroundStart.STARTING
+        pool, reused = registry.acquire("process", 2)
+        assert not reused and len(pool._processes) == 2  # the background pool, leased for the first time
+        assert registry.start_in_background("process", 2) == BackgroundStart.READY
+        registry.release(pool)
+        assert registry.acquire("process", 2) == (pool, True)
+        registry.release(pool)
+    finally:
+        registry.shutdown_all()
+    assert not multiprocessing.active_children()
+
+
+def test_shutdown_ends_a_pool_still_starting_and_reports_no_failure(sized, call_confs, template):
+    registry = PoolRegistry()
+    assert registry.start_in_background("process", 2, preload=score_batch) == BackgroundStart.STARTED
+    registry.shutdown_all()  # at once: the pool is still starting
+    assert registry.settle(0) and not registry.warm_sizes("process")
+    assert registry.take_start_failure("process") is None  # ended on purpose: nothing to report
+    assert not multiprocessing.active_children()
+    _call(call_confs, template)
+    events, _ = _call(call_confs, template)  # through the process registry: the same, by shutdown_pools
+    assert _pool_starting(events)
+    shutdown_pools()
+    assert POOLS.settle(0) and not POOLS.warm_sizes("process") and not multiprocessing.active_children()
 
 
 def test_a_single_small_call_runs_in_the_caller_and_scores_as_a_pool_does(sized, call_confs, template):
     events, alone = _call(call_confs, template)
-    assert not _created(events)
+    assert not _created(events) and not _pool_starting(events)
+    assert POOLS.settle(0) and not multiprocessing.active_children()  # no pool, not even one starting
     (cut,) = _small_work(events)
     assert (cut.requested, cut.granted) == (2, 1) and "no other call in the last 30 s" in cut.detail
     pooled = select_best_with_report(call_confs, template, n_workers=2, exact_workers=True)
@@ -112,14 +166,16 @@ def test_calls_further_apart_than_the_window_are_each_sized_alone(sized):
     spaced = WorkHistory(window=0.2)
     for _ in range(3):
         with get_executor(2, conformers=CALL, history=spaced) as executor:
-            assert executor.workers == 1
+            assert executor.grant.granted == executor.workers == 1
         time.sleep(0.3)
     close = WorkHistory(window=0.2)
-    workers = []
+    granted = []
     for _ in range(3):
         with get_executor(2, conformers=CALL, history=close) as executor:
-            workers.append(executor.workers)
-    assert workers == [1, 2, 2]  # planned only: building an executor starts nothing
+            granted.append((executor.grant.granted, executor.workers))
+    # the stream's pool is granted from the second call; the call itself, too small to wait for it, runs here
+    assert granted == [(1, 1), (2, 1), (2, 1)]
+    assert POOLS.settle(0) and not multiprocessing.active_children()  # planned only: building one starts nothing
 
 
 def test_a_stream_is_forecast_to_ask_for_as_much_again_and_a_call_alone_for_nothing_more():

@@ -69,8 +69,9 @@ class ReductionReason(StrEnum):
     """Why fewer workers were granted than requested: a limit, a thread manager that could not answer,
     other processes sharing the limit that reserved its headroom (the shared ledger), a seccomp
     profile under which no thread can start, fewer CPUs than workers for CPU-bound work
-    (``cpu_limit``: affinity or the cgroup CPU quota), or work too small to repay starting them
-    (``small_work``)."""
+    (``cpu_limit``: affinity or the cgroup CPU quota), work too small to repay starting them
+    (``small_work``), or a pool that is starting in the background while the call runs in the caller
+    (``pool_starting``)."""
 
     PIDS_CGROUP = "pids_cgroup"
     RLIMIT_NPROC = "rlimit_nproc"
@@ -83,6 +84,7 @@ class ReductionReason(StrEnum):
     SECCOMP = "seccomp"
     CPU_LIMIT = "cpu_limit"
     SMALL_WORK = "small_work"
+    POOL_STARTING = "pool_starting"
 
 
 class FallbackReason(StrEnum):

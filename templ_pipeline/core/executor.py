@@ -11,6 +11,13 @@ so nothing is lost and nothing is counted twice, whichever rung ran them.
 a scheduler you name, or a LocalCluster sized by the same grant, connected when
 the rung first runs. An unreachable scheduler is a fallback to the local ladder.
 
+A scoring call too small to repay a cold pool alone, that the recent calls say is part of
+a stream (:mod:`templ_pipeline.core.sizing`), does not wait for the pool: the pool starts
+in the background (:meth:`~templ_pipeline.core.pools.PoolRegistry.start_in_background`)
+and the call scores in the caller, a ``pool_starting`` reduction saying so; the first
+call that finds the pool ready leases it. A background start that fails is a
+``Fallback`` of the next call, as a refused start of its own would be.
+
 The executor reports what it decides and what happens as typed events
 (``templ_pipeline.core.events``) to the observers it is given; it knows nothing
 of metrics, spans or logs. Building one does no process or network I/O.
@@ -23,8 +30,9 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 
-from templ_pipeline.core.backend import STALL_SECONDS, Backend, PoolBackend, RungFailure
+from templ_pipeline.core.backend import STALL_SECONDS, Backend, PoolBackend, RungFailure, start_failure_reason
 from templ_pipeline.core.batch import BatchResult, BatchTask, score_batch
 from templ_pipeline.core.events import (
     BatchDone,
@@ -37,14 +45,17 @@ from templ_pipeline.core.events import (
     FallbackCause,
     FallbackReason,
     Observer,
+    ReductionReason,
     TaskType,
+    WorkersReduced,
     cause_of,
     no_room_reason,
     values,
 )
 from templ_pipeline.core.grants import classify_failure, grant_for_work, observe_limits, pids_refusals, release_grant
-from templ_pipeline.core.pools import POOLS, PoolRegistry
+from templ_pipeline.core.pools import POOLS, BackgroundStart, PoolRegistry
 from templ_pipeline.core.recent_work import NO_RECENT_WORK, SCORING_HISTORY, WorkHistory
+from templ_pipeline.core.sizing import insists_on_workers, repays_cold_pool, stream_note
 
 
 class ExecutorChoice(StrEnum):
@@ -103,7 +114,9 @@ class MonitoredExecutor:
     once); nothing is started, connected or reported until :meth:`run`, so
     observers subscribed before it (:meth:`subscribe`) hear every event. A scoring
     call's ``conformers`` are noted in ``history``, whose recent calls count with
-    them in the sizing (a loop of small calls gets its pool).
+    them in the sizing (a loop of small calls gets its pool); when the pool is cold and
+    the call alone would not repay its start, the pool starts in the background and the
+    call runs in the caller.
     """
 
     def __init__(
@@ -133,11 +146,13 @@ class MonitoredExecutor:
         if self.task_type == TaskType.SCORING and conformers is not None:
             recent = history.record(conformers)
         # a Dask cluster's size is the cluster's: work-aware sizing is for the local ladder
+        warm = registry.warm_sizes(ExecutorKind.PROCESS)
         work = grant_for_work(requested, self.task_type, _grant_kind(dask, scheduler, in_daemon),
-                              exact_workers=dask or exact_workers, conformers=conformers,
-                              warm=registry.warm_sizes(ExecutorKind.PROCESS), recent=recent)
+                              exact_workers=dask or exact_workers, conformers=conformers, warm=warm, recent=recent)
         wanted = work.grant.requested
         self.grant = work.grant
+        self._grant_held = True  # False once a background start owns the grant (it releases it when done)
+        self._registry = registry
         self._rungs = plan_ladder(self.grant.granted, in_daemon)
         self._backends: dict[ExecutorKind, Backend] = {
             ExecutorKind.PROCESS: PoolBackend(ExecutorKind.PROCESS, registry, self._emit, stall_timeout)}
@@ -150,6 +165,15 @@ class MonitoredExecutor:
             cause = FallbackCause.NONE if daemon_bound else cause_of(self.grant.reason)
             from_kind = ExecutorKind.DASK if dask else ExecutorKind.PROCESS
             self._planned.append(Fallback(from_kind, ExecutorKind.SEQUENTIAL, reason, cause, self.grant.detail))
+        self._background: Rung | None = None
+        self._why_background = ""
+        top = self._rungs[0]
+        if (top.kind == ExecutorKind.PROCESS and self.task_type == TaskType.SCORING and not dask
+                and conformers is not None and top.workers not in warm and not insists_on_workers(exact_workers)
+                and not repays_cold_pool(top.workers, conformers)):
+            self._background = top  # the stream's pool: started in the background, this call runs here
+            self._rungs = [Rung(ExecutorKind.SEQUENTIAL, 1)]
+            self._why_background = stream_note(top.workers, conformers, recent)
         self._position = 0
         self.kinds_used: list[ExecutorKind] = []
 
@@ -173,21 +197,24 @@ class MonitoredExecutor:
 
     def __exit__(self, *exc_info: object) -> None:
         """Pools stay alive for the next call (``PoolRegistry`` shuts them down at exit); the grant's
-        ledger reservation is given back."""
-        release_grant(self.grant)
+        ledger reservation is given back (a pool starting in the background gives it back when started)."""
+        self._release_grant()
 
     def run(self, tasks: Iterable[BatchTask]) -> Iterator[BatchResult]:
         """Yield each batch's result once, walking down the ladder on failure."""
         for event in self._planned:
             self._emit(event)
         self._planned = []
+        self._report_background_failure()
+        if self._background is not None:
+            self._start_in_background(self._background)
         pending = {task.index: task for task in tasks}
         batches = len(pending)
         try:
             while pending:
                 rung = self.rung
                 if rung.kind == ExecutorKind.SEQUENTIAL:
-                    release_grant(self.grant)
+                    self._release_grant()
                     self._note_kind(rung.kind)
                     for index in sorted(pending):
                         yield self._run_here(pending.pop(index))
@@ -197,8 +224,57 @@ class MonitoredExecutor:
                 except RungFailure as failure:
                     self._step_down(rung, failure)
         finally:
-            release_grant(self.grant)
+            self._release_grant()
         self._emit(CallDone(self.task_type, self.requested, self.grant.granted, tuple(self.kinds_used), batches))
+
+    def _release_grant(self) -> None:
+        if self._grant_held:
+            release_grant(self.grant)
+
+    def _start_in_background(self, pool: Rung) -> None:
+        """Start the stream's pool without waiting for it, and say so; this call runs in the caller.
+
+        A pool that became ready since the sizing is used at once. A thread that
+        cannot start is the ``thread_start_failed`` fallback a pool's own refused
+        thread would be: the call stays in the caller, and nothing was started.
+        """
+        refusals_before = pids_refusals()
+        self._grant_held = False
+        try:
+            found = self._registry.start_in_background(pool.kind, pool.workers, preload=self._fn,
+                                                       refusals_before=refusals_before,
+                                                       on_done=partial(release_grant, self.grant))
+        except RuntimeError as error:
+            self._grant_held = True
+            self._emit(Fallback(pool.kind, ExecutorKind.SEQUENTIAL, FallbackReason.THREAD_START_FAILED,
+                                classify_failure(error, refusals_before),
+                                f"the thread that would start the pool of {pool.workers} {pool.kind} workers in the "
+                                f"background could not start ({error}): this call ran in the caller", error))
+            return
+        if found != BackgroundStart.STARTED:
+            self._grant_held = True
+        if found == BackgroundStart.READY:
+            self._rungs = plan_ladder(pool.workers, in_daemon=False)
+            return
+        state = (f"the pool of {pool.workers} {pool.kind} workers is starting in the background"
+                 if found == BackgroundStart.STARTED
+                 else f"a pool of {pool.kind} workers is still starting in the background (an earlier call started it)")
+        self._emit(WorkersReduced(self.task_type, pool.workers, 1, ReductionReason.POOL_STARTING,
+                                  f"{state}; this call ran in the caller, and the first call that finds the pool "
+                                  f"ready uses it. {self._why_background}"))
+
+    def _report_background_failure(self) -> None:
+        """The ``Fallback`` of a pool that failed to start in the background since the last call."""
+        failure = self._registry.take_start_failure(ExecutorKind.PROCESS)
+        if failure is None:
+            return
+        kind = ExecutorKind(failure.kind)
+        reason = start_failure_reason(kind, failure.error)
+        cause = (FallbackCause.NONE if reason == FallbackReason.BROKEN_POOL
+                 else classify_failure(failure.error, failure.refusals_before))
+        self._emit(Fallback(kind, ExecutorKind.SEQUENTIAL, reason, cause,
+                            f"the pool of {failure.workers} {kind} workers started in the background could not "
+                            f"start ({failure.error}): the call that started it ran in the caller", failure.error))
 
     def _plan_dask(self, scheduler: str | None, in_daemon: bool, worker_timeout: float | None) -> None:
         """Put the dask rung first: a named scheduler, or a LocalCluster sized by the grant.
@@ -219,7 +295,7 @@ class MonitoredExecutor:
         try:
             lease = self._backends[rung.kind].lease(rung.workers)
         finally:
-            release_grant(self.grant)  # started (its tasks are counted by the kernel now), or failed
+            self._release_grant()  # started (its tasks are counted by the kernel now), or failed
         self._note_kind(rung.kind)  # the kinds that ran: a rung that could not start is only a fallback
         try:
             self._emit(ExecutorCreated(rung.kind, lease.workers, self.task_type, lease.reused))

@@ -6,6 +6,13 @@ so reuse is what makes many small ``select_best`` calls fast); asking for anothe
 size replaces it. Broken pools are discarded. A process pool is started with all
 its threads and processes (:func:`start_process_pool`), so that thread exhaustion
 shows as a start failure and never as a pool that silently stops moving.
+
+A pool can also be started in the background (:meth:`PoolRegistry.start_in_background`):
+a thread of its own starts it and waits until every worker has answered once, so the
+call that asked for it scores in the caller meanwhile and the first call that finds it
+ready leases it warm. A start that fails is kept for the next call to report
+(:meth:`PoolRegistry.take_start_failure`); shutting the registry down ends a pool that
+is still starting, so none is left half-started.
 """
 
 from __future__ import annotations
@@ -16,11 +23,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ALL_COMPLETED, BrokenExecutor, CancelledError, Executor, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 
-from templ_pipeline.core.worker_init import WorkerSpawnContext, init_worker
+from templ_pipeline.core.worker_init import MainModuleReference, WorkerSpawnContext, init_worker, refuse_main_references
 
 # Native thread pools that numeric libraries start at import, one thread per CPU
 # by default: on a 64-core node every process worker would cost 64 tasks more.
@@ -160,6 +168,48 @@ class _Entry:
     pool: Executor
     users: int = 0
     retired: bool = False  # replaced by a pool of another size; shut down when its last user leaves
+    leased: bool = False  # a call has used it: a pool started in the background has not, until the first
+
+
+READY_SECONDS = 120.0
+"""How long a pool started in the background may take until each worker has answered once (0.2-0.5 s
+measured here, ``benchmarks/bench_worker_start.py``); a pool slower than that is ended as broken."""
+
+_READY_POLL_SECONDS = 0.05
+"""How often a background start looks up from its wait to see whether it was cancelled."""
+
+
+class BackgroundStart(StrEnum):
+    """What :meth:`PoolRegistry.start_in_background` found: it started the pool, another start of the kind
+    was under way, or a pool of that size is running already."""
+
+    STARTED = "started"
+    STARTING = "starting"
+    READY = "ready"
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailure:
+    """A pool that could not start in the background: its size, the error, and the pids controller's
+    refusal count the starter read before it (so the limit that refused it can still be named)."""
+
+    kind: str
+    workers: int
+    error: BaseException
+    refusals_before: int | None = None
+
+
+@dataclass(eq=False)
+class _Start:
+    """A pool being started by a background thread; ``done`` is set once it is installed or ended."""
+
+    kind: str
+    workers: int
+    refusals_before: int | None
+    on_done: Callable[[], None]
+    preload: object = None
+    done: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False  # the registry is shutting down: the pool is ended, not installed
 
 
 class PoolRegistry:
@@ -176,26 +226,123 @@ class PoolRegistry:
         self._lock = threading.Lock()
         self._current: dict[str, _Entry] = {}
         self._leased: dict[int, _Entry] = {}  # id(pool) -> entry, for pools with users
+        self._starting: dict[str, _Start] = {}  # kind -> its start under way in the background
+        self._failed: dict[str, StartFailure] = {}  # kind -> a background start that failed, not yet reported
         self._pid = os.getpid()
 
     def acquire(self, kind: str, workers: int) -> tuple[Executor, bool]:
-        """Lease a pool of ``kind`` with ``workers`` workers; say whether it was reused."""
+        """Lease a pool of ``kind`` with ``workers`` workers; say whether a call used it before.
+
+        A start of ``kind`` under way in the background is waited for first (a bounded
+        wait: the start ends within :data:`READY_SECONDS`), so no second pool starts beside it.
+        """
+        self._await_start(kind)
         idle: _Entry | None = None
         with self._lock:
             self._forget_if_forked()
             entry = self._current.get(kind)
-            reused = entry is not None and entry.workers == workers and not is_broken(entry.pool)
-            if entry is None or not reused:
+            healthy = entry is not None and entry.workers == workers and not is_broken(entry.pool)
+            if entry is None or not healthy:
                 if entry is not None:
                     entry.retired = True
                     idle = entry if entry.users == 0 else None
                 entry = _Entry(kind, workers, self._factory(kind, workers))
                 self._current[kind] = entry
+            reused, entry.leased = entry.leased, True
             entry.users += 1
             self._leased[id(entry.pool)] = entry
         if idle is not None:
             _shutdown(idle.pool)
         return entry.pool, reused
+
+    def start_in_background(self, kind: str, workers: int, *, preload: object = None,
+                            refusals_before: int | None = None,
+                            on_done: Callable[[], None] = lambda: None) -> BackgroundStart:
+        """Start a pool of ``kind`` with ``workers`` workers in a thread of its own, and return at once.
+
+        Each worker unpickles ``preload`` (the batch function: its module's imports are
+        most of a cold start) before the pool counts as ready. One start of a kind runs at
+        a time. ``on_done`` runs in that thread once the pool is installed or ended (only
+        when this call started it). ``refusals_before`` is kept with a failure
+        (:class:`StartFailure`). A thread that cannot start raises the ``RuntimeError``
+        here, and nothing is left started.
+        """
+        try:
+            refuse_main_references(preload)
+        except MainModuleReference:
+            preload = None  # a worker cannot unpickle it: the first batch reports that, as it does today
+        with self._lock:
+            self._forget_if_forked()
+            if kind in self._starting:
+                return BackgroundStart.STARTING
+            entry = self._current.get(kind)
+            if entry is not None and entry.workers == workers and not is_broken(entry.pool):
+                return BackgroundStart.READY
+            start = _Start(kind, workers, refusals_before, on_done, preload)
+            thread = threading.Thread(target=self._start, args=(start,), name=f"templ-{kind}-pool-start",
+                                      daemon=True)  # not joined at exit: shutdown_all cancels and awaits it
+            self._starting[kind] = start
+            try:
+                thread.start()
+            except BaseException:
+                del self._starting[kind]
+                raise
+        return BackgroundStart.STARTED
+
+    def take_start_failure(self, kind: str) -> StartFailure | None:
+        """The background start of ``kind`` that failed since the last call asked, once; None if none did."""
+        with self._lock:
+            return self._failed.pop(kind, None)
+
+    def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the background starts under way; True when none is left."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            starts = list(self._starting.values())
+        return all(start.done.wait(max(0.0, deadline - time.monotonic())) for start in starts)
+
+    def _start(self, start: _Start) -> None:
+        """The background thread: start the pool, wait until it is ready, then install or end it."""
+        pool: Executor | None = None
+        error: BaseException | None = None
+        try:
+            try:
+                pool = self._factory(start.kind, start.workers)
+                _await_ready(pool, start.workers, start.preload, lambda: start.cancelled)
+            except BaseException as exc:  # kept for the next call to report: this thread has nobody to tell
+                error = exc
+            idle = self._install(start, pool, error)
+            if idle is not None:
+                _shutdown(idle)
+            start.on_done()
+        finally:
+            start.done.set()
+
+    def _install(self, start: _Start, pool: Executor | None, error: BaseException | None) -> Executor | None:
+        """Make a started ``pool`` the current one of its kind, or end it; return a pool to shut down."""
+        with self._lock:
+            if self._starting.get(start.kind) is start:
+                del self._starting[start.kind]
+            if error is None and not start.cancelled and pool is not None:
+                old = self._current.get(start.kind)
+                self._current[start.kind] = _Entry(start.kind, start.workers, pool)
+                if old is None:
+                    return None
+                old.retired = True
+                return old.pool if old.users == 0 else None
+            if error is not None and not start.cancelled:
+                self._failed[start.kind] = StartFailure(start.kind, start.workers, error, start.refusals_before)
+        if pool is not None:
+            _shutdown(pool, terminate=True)  # its workers only ever started: nothing of theirs to finish
+        return None
+
+    def _await_start(self, kind: str) -> None:
+        while True:
+            with self._lock:
+                start = self._starting.get(kind)
+            if start is None:
+                return
+            start.done.wait(READY_SECONDS)
 
     def warm_sizes(self, kind: str) -> tuple[int, ...]:
         """Sizes of the healthy pools of ``kind`` that a call of that size would reuse (at most one)."""
@@ -241,6 +388,10 @@ class PoolRegistry:
             pools = {id(e.pool): e.pool for e in (*self._current.values(), *self._leased.values())}
             self._current.clear()
             self._leased.clear()
+            self._failed.clear()
+            for start in self._starting.values():
+                start.cancelled = True  # its thread ends the pool instead of installing it
+        self.settle(SHUTDOWN_GRACE_SECONDS)
         for pool in pools.values():
             _shutdown(pool, terminate=terminate)
 
@@ -249,11 +400,40 @@ class PoolRegistry:
         if os.getpid() != self._pid:
             self._current.clear()
             self._leased.clear()
+            self._starting.clear()
+            self._failed.clear()
             self._pid = os.getpid()
 
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 """How long a shut-down pool's workers may take to finish their batch before they are ended."""
+
+
+def _answer(preload: object) -> int:
+    """A worker's answer to :func:`_await_ready`: unpickling ``preload`` has imported what it names."""
+    return os.getpid()
+
+
+def _await_ready(pool: Executor, workers: int, preload: object, cancelled: Callable[[], bool]) -> None:
+    """Return once ``pool`` has answered one task per worker; raise when it cannot or ``cancelled()``.
+
+    A task runs after its worker has started, run its initializer and unpickled the
+    task, ``preload`` with it (the imports that make a cold start cost), so an answer
+    means a worker that can score; the workers import side by side, so when the last
+    answer comes they all can, as a rule.
+    """
+    answers = [pool.submit(_answer, preload) for _ in range(workers)]
+    deadline = time.monotonic() + READY_SECONDS
+    while True:
+        _, waiting = wait(answers, timeout=_READY_POLL_SECONDS, return_when=ALL_COMPLETED)
+        if not waiting:
+            for answer in answers:
+                answer.result(timeout=0)  # a worker that died at start raises BrokenProcessPool here
+            return
+        if cancelled():
+            raise CancelledError("the registry shut down while the pool was starting")
+        if manager_died(pool) or time.monotonic() > deadline:
+            raise BrokenExecutor(f"the pool of {workers} workers was not ready within {READY_SECONDS:.0f} s")
 
 
 def _shutdown(pool: Executor, *, terminate: bool = False, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:

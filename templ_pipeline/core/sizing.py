@@ -15,7 +15,10 @@ with its own reason, so a run that used fewer workers than asked says why:
   judged by its own work; a call that follows others of this process
   (:mod:`templ_pipeline.core.recent_work`) is part of a stream, judged by the
   stream's forecast, so a loop of 200-conformer calls starts its pool at its
-  second call, and the grant says so in its detail.
+  second call, and the grant says so in its detail. That call alone does not repay
+  the start (:func:`repays_cold_pool`), so it does not wait for it: the pool starts in
+  the background and the call scores in the caller (``pool_starting``, emitted by
+  :mod:`templ_pipeline.core.executor`); later calls find the pool warm.
 
 The user who knows better insists with ``exact_workers`` (``--exact-workers``, or
 ``TEMPL_EXACT_WORKERS=1``): then only the kernel's limits cut the request.
@@ -108,6 +111,12 @@ def small_scoring_cap(requested: int, conformers: int, *, warm: bool,
         TaskType.SCORING, requested, 1, ReductionReason.SMALL_WORK,
         f"{conformers} conformers, and {_recent(recent)}: about {work:.2f} s of scoring; {requested} workers "
         f"would save {saved:.2f} s, less than the {COLD_POOL_SECONDS:.2f} s a cold pool takes to start: scoring here")
+
+
+def repays_cold_pool(workers: int, conformers: int) -> bool:
+    """Whether ``conformers`` alone are worth waiting for a cold pool of ``workers``: a call that is
+    waits for its pool to start; one that is not scores in the caller while the pool starts."""
+    return small_scoring_cap(workers, conformers, warm=False) is None
 
 
 def stream_note(requested: int, conformers: int, recent: RecentWork) -> str:
