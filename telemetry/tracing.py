@@ -236,7 +236,7 @@ def start_detached_span(name: str, attributes: Mapping[str, Any], links: Sequenc
         return None  # a span recorded but not sampled is never exported: nothing to make
     context = SpanContext(trace_id, provider.id_generator.generate_span_id(), is_remote=False,
                           trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=decision.trace_state)
-    return DetachedSpan(name, context, time.time_ns(), {**attributes, **(decision.attributes or {})}, tuple(links))
+    return DetachedSpan(name, context, time.time_ns(), {**attributes, **dict(decision.attributes or {})}, tuple(links))
 
 
 def is_exporting() -> bool:
