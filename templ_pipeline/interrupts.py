@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 HANDLED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
@@ -63,16 +63,19 @@ def signals_raise(signals: tuple[signal.Signals, ...] = HANDLED_SIGNALS) -> Iter
             signal.signal(signum, old)
 
 
-def exit_while_starting(signals: tuple[signal.Signals, ...] = HANDLED_SIGNALS) -> None:
+def exit_while_starting(signals: tuple[signal.Signals, ...] = HANDLED_SIGNALS,
+                        before_exit: Callable[[], object] | None = None) -> None:
     """Until :func:`signals_raise` takes over, the first of ``signals`` ends the process with one line.
 
     The command's imports (RDKit, numpy, OpenTelemetry) take a second or more; a
     Ctrl-C then was a ``KeyboardInterrupt`` traceback from inside an import. Nothing
-    has started or been written yet, so the process leaves at once with the shell's
-    status for the signal.
+    has been written yet, so the process leaves at once with the shell's status for
+    the signal, after ``before_exit`` (which ends what was started early).
     """
 
     def handler(signum: int, frame: object) -> None:
+        if before_exit is not None:
+            before_exit()
         name = signal.Signals(signum).name
         os.write(2, f"interrupted by {name}: stopped while starting; no output written\n".encode())
         os._exit(128 + signum)

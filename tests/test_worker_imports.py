@@ -97,6 +97,8 @@ PARENT = textwrap.dedent('''
         from templ_pipeline.cli import main  # noqa: F401  the templ launcher's import
     elif sys.argv[1] == "module":
         import templ_pipeline.cli.root  # noqa: F401
+    if CLI:
+        from templ_pipeline.cli import app  # noqa: F401  every command's module, as templ --help loads them
 
 
     def defined_in_main():
@@ -163,7 +165,7 @@ def test_a_worker_of_the_cli_loads_neither_the_cli_nor_its_stack(parent_script, 
     lean, stock = report["lean"], report["stock"]
     assert lean["scored"] == stock["scored"] == 1
     # the control: a stock spawn worker runs the CLI again, with everything it imports
-    assert set(_forbidden(stock["modules"])) >= {"rich", "typer", "structlog"}, "the parent is not set up as the CLI"
+    assert set(_forbidden(stock["modules"])) >= {"rich", "typer"}, "the parent is not set up as the CLI"
     assert _forbidden(lean["modules"]) == []
     assert not {"templ_pipeline.cli", "templ_pipeline.core.pools"} & set(lean["modules"])
     assert "templ_pipeline.core.batch" in lean["modules"]

@@ -20,7 +20,6 @@ replacement is a :class:`~templ_pipeline.core.events.WorkerReplaced` event.
 
 from __future__ import annotations
 
-import os
 import selectors
 import time
 from collections import deque
@@ -28,7 +27,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
+from templ_pipeline.campaign import spares
 from templ_pipeline.campaign.recycling import RecyclePolicy
+from templ_pipeline.campaign.spares import start_worker
 from templ_pipeline.campaign.task import CampaignSettings, QueryOutcome, QueryTask, failed
 from templ_pipeline.campaign.worker import READY, Finished, serve
 from templ_pipeline.core.backend import start_failure_reason
@@ -41,7 +42,7 @@ from templ_pipeline.core.events import (
     WorkerReplaced,
 )
 from templ_pipeline.core.grants import classify_failure, pids_refusals
-from templ_pipeline.core.pools import end_process, pool_context, worker_environment
+from templ_pipeline.core.pools import end_process, pool_context
 
 START_SECONDS = 120.0
 """How long a new worker may take to import RDKit and prepare the templates (0.2-0.5 s here;
@@ -120,8 +121,17 @@ class QueryPool:
         return len(self._workers)
 
     def start(self) -> None:
-        """Start the workers; those that cannot start are a fallback to fewer, none is ``NoWorkers``."""
-        self._grow(self.size, "starting the campaign's workers")
+        """Adopt spares and start the other workers; those that cannot start are a fallback to fewer, none is
+        ``NoWorkers``. Spares beyond ``size`` are ended (:mod:`~templ_pipeline.campaign.spares`)."""
+        for spare in spares.take(self.size):
+            try:
+                spare.connection.send(self._settings)  # waits, at most, for the spare's imports to end
+            except OSError:
+                _end(_Worker(spare.process, spare.connection, spare.started), 0.0)
+                continue
+            self._add(_Worker(spare.process, spare.connection, spare.started))
+        spares.end()
+        self._grow(self.size - len(self._workers), "starting the campaign's workers")
         if self.gone is not None:
             raise NoWorkers(self.gone)
 
@@ -193,27 +203,16 @@ class QueryPool:
         for _ in range(count):
             before = pids_refusals()
             try:
-                self._workers.append(self._spawn())
+                process, connection = start_worker(self._context, serve, self._settings)
             except (OSError, RuntimeError) as error:
                 self._refused(error, before, why)
                 return
+            self._add(_Worker(process, connection, time.monotonic()))
 
-    def _spawn(self) -> _Worker:
-        parent_end, child_end = self._context.Pipe(duplex=True)
-        process = self._context.Process(  # type: ignore[attr-defined]  # every concrete context has Process
-            target=serve, args=(child_end, os.getpid(), self._settings), name="templ-campaign-worker", daemon=True)
-        try:
-            with worker_environment():
-                process.start()
-        except BaseException:
-            parent_end.close()
-            raise
-        finally:
-            child_end.close()
-        worker = _Worker(process, parent_end, time.monotonic())
-        self._selector.register(parent_end, selectors.EVENT_READ, (worker, True))
-        self._selector.register(process.sentinel, selectors.EVENT_READ, (worker, False))
-        return worker
+    def _add(self, worker: _Worker) -> None:
+        self._workers.append(worker)
+        self._selector.register(worker.connection, selectors.EVENT_READ, (worker, True))
+        self._selector.register(worker.process.sentinel, selectors.EVENT_READ, (worker, False))  # type: ignore[attr-defined]
 
     def _unregister(self, worker: _Worker) -> None:
         for handle in (worker.connection, worker.process.sentinel):  # type: ignore[attr-defined]

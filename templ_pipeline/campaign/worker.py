@@ -2,7 +2,9 @@
 
 A worker talks to its parent over one duplex pipe of its own. The protocol is
 three messages: the worker sends ``READY`` once its imports are done and its
-templates are prepared, then, for every ``QueryTask`` it receives, one
+templates are prepared (a spare worker, started before the campaign knew its
+settings, :mod:`~templ_pipeline.campaign.spares`, first receives them as a
+message of their own), then, for every ``QueryTask`` it receives, one
 :class:`Finished` (the ``QueryOutcome`` and the worker's resident memory after it,
 which the pool's :mod:`~templ_pipeline.campaign.recycling` policy reads);
 ``None`` from the parent means stop. One pipe per worker
@@ -21,8 +23,9 @@ a worker exits once its parent is gone.
 from __future__ import annotations
 
 import os
+import sys
 from multiprocessing.connection import Connection
-from typing import NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from templ_pipeline.campaign.recycling import resident_bytes
 from templ_pipeline.campaign.task import CampaignSettings, QueryOutcome, QueryRunner
@@ -41,24 +44,50 @@ class Finished(NamedTuple):
     resident: int
 
 
-def serve(connection: Connection, parent_pid: int, settings: CampaignSettings) -> None:
-    """Run queries from ``connection`` until told to stop or the parent is gone."""
+def serve(connection: Connection, parent_pid: int, settings: CampaignSettings | None = None) -> NoReturn:
+    """Run queries from ``connection`` until told to stop or the parent is gone, then end the process.
+
+    Without ``settings`` (a spare), the first message is the settings.
+    """
     init_worker(parent_pid)
+    if settings is None:
+        settings = _next_message(connection, parent_pid)
+        if settings is None:
+            _leave()
     runner = QueryRunner(settings)
     connection.send((READY, os.getpid()))
-    while True:
-        try:
-            if not connection.poll(POLL_SECONDS):
-                if os.getppid() != parent_pid:
-                    return
-                continue
-            task = connection.recv()
-        except (EOFError, OSError):  # the parent closed its end, or is gone
-            return
-        if task is None:
-            return
+    while (task := _next_message(connection, parent_pid)) is not None:
         outcome = runner.run(task)
         try:
             connection.send(Finished(outcome, resident_bytes()))
         except (BrokenPipeError, OSError):
-            return
+            break
+    _leave()
+
+
+def _leave() -> NoReturn:
+    """End this worker process now, without the interpreter's teardown.
+
+    Its outcomes are sent (``send`` returns once the pipe has them), it writes no
+    file, has no child and configures no logging, so the teardown of RDKit's and
+    numpy's modules would only delay the exit, 40 ms here, and the parent waits for
+    the exit at the end of every campaign and whenever it recycles a worker.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or its reader is gone
+            pass
+    os._exit(0)
+
+
+def _next_message(connection: Connection, parent_pid: int) -> Any:
+    """The parent's next message; None when it says stop, closed its end or is gone."""
+    while True:
+        try:
+            if connection.poll(POLL_SECONDS):
+                return connection.recv()
+        except (EOFError, OSError):  # the parent closed its end, or is gone
+            return None
+        if os.getppid() != parent_pid:
+            return None

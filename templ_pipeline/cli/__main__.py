@@ -1,8 +1,7 @@
-"""``python -m templ_pipeline.cli``: the ``templ`` script (:func:`templ_pipeline.entry.main`)."""
+"""``python -m templ_pipeline.cli``: the ``templ`` script (:func:`templ_pipeline.entry.main`), left without the
+interpreter's teardown (:func:`templ_pipeline.entry.leave`)."""
 
-import sys
-
-from templ_pipeline.entry import main
+from templ_pipeline.entry import leave, main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

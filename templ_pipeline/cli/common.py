@@ -14,23 +14,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 
-from templ_pipeline.core.template_library import TemplateLibrary
-from templ_pipeline.io import read_template_library
-from templ_pipeline.pose_output import PoseTarget
-from templ_pipeline.telemetry.logs import get_logger, get_run_id
-from templ_pipeline.telemetry.session import TelemetrySession, TelemetrySetupError
+if TYPE_CHECKING:  # RDKit and the telemetry stack: imported by the commands that use them, when they run
+    from rich.progress import Progress
+
+    from templ_pipeline.core.template_library import TemplateLibrary
+    from templ_pipeline.pose_output import PoseTarget
+    from templ_pipeline.telemetry.session import TelemetrySession
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
 stdout = Console()
 stderr = Console(stderr=True)
-_log = get_logger("templ.cli")
 
 
 @dataclass
@@ -116,11 +115,14 @@ def observed(session: TelemetrySession | None) -> Iterator[TelemetrySession | No
     if session is None:
         yield None
         return
+    from templ_pipeline.telemetry.logs import get_logger, get_run_id
+    from templ_pipeline.telemetry.session import TelemetrySetupError
+
     try:
         with session:
             if session.server is not None:
-                _log.info("telemetry.metrics_serving", url=session.server.url,
-                          default_port_taken=session.default_port_taken)
+                get_logger("templ.cli").info("telemetry.metrics_serving", url=session.server.url,
+                                             default_port_taken=session.default_port_taken)
                 if stderr.is_terminal:
                     taken = "; the default port is another run's" if session.default_port_taken else ""
                     stderr.print(f"metrics: {session.server.url} (run {get_run_id()}{taken})", highlight=False)
@@ -131,6 +133,8 @@ def observed(session: TelemetrySession | None) -> Iterator[TelemetrySession | No
 
 def read_library(path: Path, allow_large: bool = False) -> TemplateLibrary:
     """The template library of ``path``, with one line on stderr for the records left out."""
+    from templ_pipeline.io import read_template_library
+
     library = read_template_library(path, allow_large=allow_large)
     warn_left_out(path, library)
     return library

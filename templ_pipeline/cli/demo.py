@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rdkit import Chem
@@ -18,7 +18,9 @@ from templ_pipeline.core.scoring import Metric
 from templ_pipeline.core.template_choice import ChoiceOptions
 from templ_pipeline.io import ExampleName, InputError, examples
 from templ_pipeline.selection_summary import QueryIdentity
-from templ_pipeline.telemetry.session import TelemetrySession
+
+if TYPE_CHECKING:
+    from templ_pipeline.telemetry.session import TelemetrySession
 
 
 @with_telemetry

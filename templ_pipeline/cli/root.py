@@ -7,46 +7,36 @@ SDF of ``-o -``, the JSON of ``--json``); progress, warnings and logs go to stde
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from templ_pipeline import __version__
 from templ_pipeline.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, PROGRESS, stderr, stdout
-from templ_pipeline.cli.dashboards import app as dashboards_app
-from templ_pipeline.cli.demo import demo
-from templ_pipeline.cli.doctor import doctor
 from templ_pipeline.cli.help import TemplTyper
-from templ_pipeline.cli.screen import screen_command
-from templ_pipeline.cli.select_best import select_best_command
-from templ_pipeline.cli.stress import stress
 from templ_pipeline.core import native_call
-from templ_pipeline.core.executor import shutdown_dask, shutdown_pools
 from templ_pipeline.interrupts import Interrupted, signals_raise
 from templ_pipeline.stdout_pipe import StdoutPipe, silence_stdout
-from templ_pipeline.telemetry.session import TelemetrySetupError
 
-__all__ = ["PROG_NAME", "app", "main"]
+__all__ = ["COMMANDS", "PROG_NAME", "app", "main", "make_app"]
 
-app = TemplTyper(
-    name="templ",
-    help="Template-based pose selection: score ligand conformers against a template ligand.",
-    no_args_is_help=True,
-    add_completion=True,  # --install-completion / --show-completion; completion offers the enums' values
-    pretty_exceptions_enable=False,
-)
 PROG_NAME = "templ"  # also when run as ``python -m templ_pipeline.cli``: usage lines, and _TEMPL_COMPLETE
 
-app.command("select-best")(select_best_command)
-app.command("screen")(screen_command)
-app.command()(demo)
-app.command()(stress)
-app.command()(doctor)
-app.add_typer(dashboards_app)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "select-best": ("templ_pipeline.cli.select_best", "select_best_command"),
+    "screen": ("templ_pipeline.cli.screen", "screen_command"),
+    "demo": ("templ_pipeline.cli.demo", "demo"),
+    "stress": ("templ_pipeline.cli.stress", "stress"),
+    "doctor": ("templ_pipeline.cli.doctor", "doctor"),
+    "dashboards": ("templ_pipeline.cli.dashboards", "app"),  # a group of its own
+}
+"""Each command's module and function (a Typer app for a group), in the order ``--help`` lists them. A run
+imports only its command's module: ``templ doctor`` needs neither RDKit nor the telemetry stack."""
 
 
 def _print_version(value: bool) -> None:
@@ -55,12 +45,45 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(EXIT_OK)
 
 
-@app.callback()
 def _root(
     version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     """Template-based pose selection: score ligand conformers against a template ligand."""
+
+
+def make_app(only: str | None = None) -> TemplTyper:
+    """The ``templ`` app with every command, or with the command ``only`` (whose module alone is imported)."""
+    application = TemplTyper(
+        name="templ",
+        help="Template-based pose selection: score ligand conformers against a template ligand.",
+        no_args_is_help=True,
+        add_completion=True,  # --install-completion / --show-completion; completion offers the enums' values
+        pretty_exceptions_enable=False,
+    )
+    application.callback()(_root)
+    for name, (module, attribute) in COMMANDS.items():
+        if only is None or only == name:
+            command = getattr(importlib.import_module(module), attribute)
+            if isinstance(command, typer.Typer):
+                application.add_typer(command)
+            else:
+                application.command(name)(command)
+    return application
+
+
+app: TemplTyper  # made when first asked for (__getattr__)
+_app: TemplTyper | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """``app``, with every command, made when first asked for (the CLI's tests and completion use it)."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = make_app()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     pipe = StdoutPipe.current()
     with signals_raise():
         try:
-            code = _run(argv, pipe)
+            args = sys.argv[1:] if argv is None else argv
+            application = make_app(args[0]) if args and args[0] in COMMANDS and not _completing() else _full_app()
+            code = _run(application, argv, pipe)
             sys.stdout.flush()
             return code
         except BrokenPipeError:  # the reader of stdout left (``| head``): it has what it wanted
@@ -87,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stopped(stop: Interrupted) -> int:
     """End every worker, say what was done, and leave with the signal's exit status."""
-    shutdown_pools(terminate=True)
-    shutdown_dask()
+    executor = sys.modules.get("templ_pipeline.core.executor")  # not imported: no pool was ever started
+    if executor is not None:
+        executor.shutdown_pools(terminate=True)
+        executor.shutdown_dask()
     stderr.print(f"interrupted by {stop.name}: {PROGRESS.describe()}", highlight=False, soft_wrap=True)
     if native_call.busy():
         # RDKit is still embedding in a helper thread that cannot be stopped: leave without
@@ -99,9 +126,19 @@ def _stopped(stop: Interrupted) -> int:
     return stop.exit_code
 
 
-def _run(argv: list[str] | None, pipe: StdoutPipe | None = None) -> int:
+def _full_app() -> TemplTyper:
+    application: TemplTyper = __getattr__("app")
+    return application
+
+
+def _completing() -> bool:
+    """Whether the shell asks for completions (``_TEMPL_COMPLETE``): they come from every command."""
+    return "_TEMPL_COMPLETE" in os.environ
+
+
+def _run(application: TemplTyper, argv: list[str] | None, pipe: StdoutPipe | None = None) -> int:
     try:
-        code = app(args=argv, prog_name=PROG_NAME, standalone_mode=False)
+        code = application(args=argv, prog_name=PROG_NAME, standalone_mode=False)
     except typer.Abort as abort:
         if isinstance(abort.__context__, KeyboardInterrupt):  # click's name for a KeyboardInterrupt
             raise Interrupted(signal.SIGINT) from None
@@ -118,9 +155,6 @@ def _run(argv: list[str] | None, pipe: StdoutPipe | None = None) -> int:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         return int(getattr(exc, "exit_code", EXIT_BAD_INPUT))
-    except TelemetrySetupError as exc:  # a telemetry option the session cannot set up: bad input
-        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # raised by a native call that took SIGINT itself (RDKit): the same stop
         raise Interrupted(signal.SIGINT) from None
     except BrokenPipeError:
@@ -130,6 +164,15 @@ def _run(argv: list[str] | None, pipe: StdoutPipe | None = None) -> int:
             raise BrokenPipeError from None
         raise
     except Exception as exc:  # the last line of defence: one line, exit 1
+        if _telemetry_setup_error(exc):  # a telemetry option the session cannot set up: bad input
+            stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            return EXIT_BAD_INPUT
         stderr.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
         return EXIT_ERROR
     return code if isinstance(code, int) else EXIT_OK
+
+
+def _telemetry_setup_error(error: Exception) -> bool:
+    """Whether ``error`` is the telemetry session's bad input (only a command that imported the session raises it)."""
+    session = sys.modules.get("templ_pipeline.telemetry.session")
+    return session is not None and isinstance(error, session.TelemetrySetupError)

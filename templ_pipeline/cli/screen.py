@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from templ_pipeline import __version__
+from templ_pipeline.campaign import spares
 from templ_pipeline.campaign.hits import DEFAULT_TOP, HitList, write_hits
 from templ_pipeline.campaign.outputs import (
     CAMPAIGN_FILE,
@@ -72,7 +73,7 @@ from templ_pipeline.cli.options import (
 from templ_pipeline.cli.telemetry import with_telemetry
 from templ_pipeline.core.conformers import DEFAULT_SEED
 from templ_pipeline.core.embedding import DEFAULT_PRUNE_RMS
-from templ_pipeline.core.events import Fallback, WorkersReduced
+from templ_pipeline.core.events import ExecutorCreated, Fallback, WorkersReduced
 from templ_pipeline.core.executor import ExecutorChoice
 from templ_pipeline.core.preparation import (
     DEFAULT_MAX_ISOMERS,
@@ -87,7 +88,9 @@ from templ_pipeline.core.template_choice import DEFAULT_TOP as DEFAULT_TOP_TEMPL
 from templ_pipeline.core.template_library import TemplateLibrary
 from templ_pipeline.io import InputError, read_template_library
 from templ_pipeline.reference import ReferencePoses
-from templ_pipeline.telemetry.session import TelemetrySession
+
+if TYPE_CHECKING:
+    from templ_pipeline.telemetry.session import TelemetrySession
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,8 @@ def run(prepared: PreparedCampaign, *, console: Console, out: Console, progress:
             reductions.append(event)
         elif isinstance(event, Fallback):
             fallbacks.append(event)
+        if isinstance(event, (ExecutorCreated, Fallback)):  # the campaign knows where it runs: the pool took its
+            spares.end()  # spares, and those left over (or all, on Dask or in this process) are not needed
 
     display = Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(), QueryRate(),
                        TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,

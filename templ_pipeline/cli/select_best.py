@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rdkit import Chem
@@ -110,7 +110,10 @@ from templ_pipeline.selection_summary import (
     runner_up_text,
     summary_json,
 )
-from templ_pipeline.telemetry.session import TelemetrySession
+
+if TYPE_CHECKING:
+    from templ_pipeline.telemetry.session import TelemetrySession
+
 
 CONFORMER_EVENTS: list[Fallback | WorkersReduced] = []  # the conformer threads' fallbacks and reductions
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from templ_pipeline.cli.common import default_workers, observed, stderr, stdout
 from templ_pipeline.cli.options import WorkersOption
 from templ_pipeline.cli.telemetry import with_telemetry
-from templ_pipeline.telemetry.session import TelemetrySession
+
+if TYPE_CHECKING:
+    from templ_pipeline.telemetry.session import TelemetrySession
 
 
 @with_telemetry

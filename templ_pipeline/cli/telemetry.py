@@ -11,11 +11,12 @@ import inspect
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from templ_pipeline.telemetry.session import TelemetryOptions, TelemetrySession
+if TYPE_CHECKING:  # the telemetry stack (the OpenTelemetry SDK) is imported when a run starts, not for --help
+    from templ_pipeline.telemetry.session import TelemetrySession
 
 
 class LogFormatChoice(StrEnum):
@@ -92,6 +93,8 @@ def _telemetry(
     command: str | None = None,
 ) -> TelemetrySession:
     """The telemetry session of a run; bad options raise ``typer.BadParameter`` or ``TelemetrySetupError`` (exit 2)."""
+    from templ_pipeline.telemetry.session import TelemetryOptions, TelemetrySession
+
     options = TelemetryOptions(
         metrics_addr=metrics_addr, metrics_server=not no_metrics_server, metrics_textfile=metrics_textfile,
         metrics_sd_file=metrics_sd_file, pushgateway=pushgateway, push_grouping_key=_grouping_key(push_grouping_key),
@@ -127,9 +130,11 @@ def with_telemetry(command: Callable[..., None]) -> Callable[..., None]:
 
     The options are declared once (``_TELEMETRY_OPTIONS``) and appended to the
     command's signature, which is what typer reads to build the CLI; so is the
-    command's context, whose name names the run's root span.
+    command's context, whose name names the run's root span. The command's own
+    ``session`` annotation is dropped, so its module may import ``TelemetrySession``
+    for type checking only.
     """
-    signature = inspect.signature(command, eval_str=True)
+    signature = inspect.signature(command, eval_str=True, locals={"TelemetrySession": object})
     own = [param for name, param in signature.parameters.items() if name != "session"]
     extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
              for name, (annotation, default) in _TELEMETRY_OPTIONS.items()]
