@@ -51,6 +51,11 @@ def main() -> int:
         spares.end()
 
 
+def run() -> NoReturn:
+    """The ``templ`` console script: :func:`main`, then :func:`leave` with its exit status."""
+    leave(main())
+
+
 def leave(code: int) -> NoReturn:
     """Exit with ``code`` as the interpreter would, less the teardown of its modules (60 ms here after a campaign).
 

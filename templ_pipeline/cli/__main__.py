@@ -1,7 +1,6 @@
-"""``python -m templ_pipeline.cli``: the ``templ`` script (:func:`templ_pipeline.entry.main`), left without the
-interpreter's teardown (:func:`templ_pipeline.entry.leave`)."""
+"""``python -m templ_pipeline.cli``: the ``templ`` script (:func:`templ_pipeline.entry.run`)."""
 
-from templ_pipeline.entry import leave, main
+from templ_pipeline.entry import run
 
 if __name__ == "__main__":
-    leave(main())
+    run()
