@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rdkit import Chem
 
+from templ_pipeline.campaign.dispatch_order import LargestFirst
 from templ_pipeline.campaign.pool import NoWorkers, QueryPool, retry_first
 from templ_pipeline.campaign.queries import QueryRecord
 from templ_pipeline.campaign.task import (
@@ -246,6 +247,7 @@ class _Campaign:
         self._retry: deque[QueryTask] = deque()
         self._in_flight: dict[int, tuple[QueryRecord, dict[str, str]]] = {}  # index -> (record, trace carrier)
         self._records: Iterator[QueryRecord] | None = None
+        self._order: LargestFirst | None = None  # with 2 workers or more: the largest of the next few first
         self._index = 0
         self.workers = 0
         self.done = self.ok = 0
@@ -260,6 +262,8 @@ class _Campaign:
             pool = self._start_dask(total)
         if pool is None:
             pool = self._start_pool(total)
+        if pool is not None and pool.workers > 1:
+            self._order = LargestFirst(records)
         try:
             while pool is not None:
                 if not self._fill(pool):
@@ -405,7 +409,10 @@ class _Campaign:
     def _next_task(self) -> QueryTask | None:
         if self._retry:
             return self._retry.popleft()
-        record = next(self._records, None) if self._records is not None else None
+        if self._order is not None:
+            record = self._order.next()
+        else:
+            record = next(self._records, None) if self._records is not None else None
         if record is None:
             return None
         index, self._index = self._index, self._index + 1

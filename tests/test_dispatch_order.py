@@ -1,0 +1,63 @@
+"""The order a campaign hands its queries out in: the largest of a bounded window first."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from rdkit import Chem
+
+from templ_pipeline.campaign.dispatch_order import LargestFirst, query_size
+from templ_pipeline.campaign.queries import QueryRecord
+
+pytestmark = pytest.mark.fast
+
+
+def _smiles(number: int, smiles: str) -> QueryRecord:
+    return QueryRecord(number, f"q{number}", smiles, ())
+
+
+@pytest.mark.parametrize("smiles", [
+    "CC(=O)Oc1ccccc1C(=O)O",  # aspirin: organic subset, aromatic
+    "C[C@@H](N)C(=O)[O-].[Na+]",  # bracket atoms with hydrogens and charges
+    "ClCBr",  # two-letter symbols
+    "[2H]C([2H])([2H])[2H]",  # deuterium written as bracket atoms
+    "c1cc[nH]c1",
+    "[H][H]",
+])
+def test_a_smiles_size_is_its_heavy_atom_count_as_rdkit_counts_it(smiles):
+    mol = Chem.MolFromSmiles(smiles)
+    heavy = sum(1 for atom in mol.GetAtoms() if atom.GetAtomicNum() > 1)
+    isotopic_hydrogens = sum(1 for atom in mol.GetAtoms() if atom.GetAtomicNum() == 1 and atom.GetIsotope())
+    assert query_size(_smiles(1, smiles)) == heavy + isotopic_hydrogens  # [2H] counts: it names an atom
+
+
+def test_an_sdf_query_size_is_its_first_molfile_atom_count():
+    block = Chem.MolToMolBlock(Chem.AddHs(Chem.MolFromSmiles("CCO")))
+    assert query_size(QueryRecord(1, "ethanol", None, (block,))) == 9
+    assert query_size(QueryRecord(2, "broken", None, ("no counts line",))) == 0
+
+
+def test_the_largest_of_the_window_goes_first_and_ties_keep_the_input_order():
+    records = [_smiles(n, smiles) for n, smiles in
+               enumerate(["CO", "CCCCCCCC", "CCO", "CCCCCCCC", "C"], start=1)]
+    order = LargestFirst(iter(records), window=10)
+    handed = [order.next() for _ in range(6)]
+    assert [r.number for r in handed[:5]] == [2, 4, 3, 1, 5]
+    assert handed[5] is None
+
+
+def test_the_window_bounds_how_far_the_input_is_read_ahead():
+    read = itertools.count()
+
+    def records():
+        for number in range(1, 1001):
+            next(read)
+            yield _smiles(number, "C" * (1 + number % 7))
+
+    order = LargestFirst(records(), window=8)
+    first = order.next()
+    assert next(read) == 8  # eight records read for the first choice, no more
+    assert first is not None and first.number <= 8
+    handed = [first, *iter(order.next, None)]
+    assert sorted(r.number for r in handed) == list(range(1, 1001))  # every record once
