@@ -215,3 +215,32 @@ def test_a_usage_error_after_the_spares_started_leaves_no_process_behind(templat
     assert done.returncode == 2 and "--no-such-option" in done.stderr, done.stderr
     survivors = [p for p in _survivors(GONE_TIMEOUT) if p.pid != os.getpid()]
     assert survivors == [], [" ".join(p.cmdline())[:160] for p in survivors]
+
+
+def _hold_a_turn(turns: spares.ImportTurns, name: str, log: object, seconds: float) -> None:
+    with turns:
+        log.send((name, "in", time.monotonic()))  # type: ignore[attr-defined]
+        time.sleep(seconds)
+        log.send((name, "out", time.monotonic()))  # type: ignore[attr-defined]
+
+
+def test_spares_importing_in_turns_hold_them_one_at_a_time():
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # as spares start: the turns travel to the child
+    turns = spares.ImportTurns(context, 1)
+    receive, send = context.Pipe(duplex=False)
+    children = [context.Process(target=_hold_a_turn, args=(turns, name, send, 0.3)) for name in "ab"]
+    try:
+        for child in children:
+            child.start()
+        turns.close()
+        send.close()
+        marks = [receive.recv() for _ in range(4)]
+    finally:
+        for child in children:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+    assert [step for _, step, _ in marks] == ["in", "out", "in", "out"]  # never both in at once
+    assert marks[0][0] == marks[1][0] != marks[2][0] == marks[3][0]
