@@ -1,8 +1,9 @@
 """A loop of small scoring calls gets its pool and keeps it; one small call alone still runs in the caller.
 
-The stream's pool starts in the background: the call that starts it runs in the caller, and the
-first call that finds it ready leases it. Real pools, real RDKit: the events each call reports
-(``observers=``) and the pool registry say where it ran, never a clock.
+The stream's pool starts in the background: the call that starts it runs in the caller until the pool
+is ready (the pool then takes its batches left), and the first call that finds it ready leases it.
+Real pools, real RDKit: the events each call reports (``observers=``) and the pool registry say where
+it ran, never a clock.
 """
 
 from __future__ import annotations
@@ -86,16 +87,18 @@ def test_a_loop_starts_its_pool_in_the_background_at_the_second_call_which_runs_
     first, second = _call(call_confs, template), _call(call_confs, template)
     assert not _created(first[0]) and len(_small_work(first[0])) == 1  # alone: scored in the caller, and why
     events, _ = second
-    assert not _created(events) and not _small_work(events)  # the stream wants the pool; the call did not wait
+    assert not _small_work(events)  # the stream wants the pool; the call did not wait for it
     granted = [event for event in events if isinstance(event, WorkersGranted)]
     assert len(granted) == 1 and "as one stream" in granted[0].detail
     (starting,) = _pool_starting(events)
     assert (starting.requested, starting.granted) == (2, 1)
-    assert "is starting in the background; this call ran in the caller" in starting.detail
+    assert "is starting in the background; this call runs in the caller until the pool is ready" in starting.detail
+    assert events.index(starting) < min((events.index(e) for e in _created(events)), default=len(events))
     assert POOLS.settle(READY_SECONDS) and POOLS.warm_sizes("process") == (2,)
     later = [_call(call_confs, template) for _ in range(2)]
+    leased = len(_created(events))  # the second call's last batches went to the pool if it was ready in time
     assert [[(e.kind, e.workers, e.reused) for e in _created(events)] for events, _ in later] == [
-        [("process", 2, False)], [("process", 2, True)]]  # the first call that finds it ready leases it
+        [("process", 2, bool(leased))], [("process", 2, True)]]  # the first call that finds it ready leases it
     assert not any(_small_work(events) or _pool_starting(events) for events, _ in later)
     assert all(scored == first[1] for _, scored in [second, *later])  # the same rows and pose, wherever they ran
 
@@ -104,10 +107,28 @@ def test_a_call_that_finds_the_pool_still_starting_runs_in_the_caller_and_says_s
     _call(call_confs, template)
     assert POOLS.start_in_background("process", 2) == BackgroundStart.STARTED  # as a call before this one did
     events, scored = _call(call_confs, template)
-    assert not _created(events)
     (starting,) = _pool_starting(events)
     assert "is still starting in the background" in starting.detail
     assert scored == _call(call_confs, template)[1]
+
+
+def test_a_pool_ready_during_a_call_in_the_caller_takes_the_batches_left(sized, call_confs, template):
+    _call(call_confs, template)
+    assert POOLS.start_in_background("process", 2) == BackgroundStart.STARTED  # as a call before this one did
+    events: list = []
+
+    def after_a_batch(result) -> None:
+        if not _created(events):  # still in the caller: wait here until the pool is up
+            assert POOLS.settle(READY_SECONDS)
+
+    selection = select_best_with_report(call_confs, template, n_workers=2, observers=(events.append,),
+                                        on_batch=after_a_batch)
+    (starting,) = _pool_starting(events)
+    assert [(e.kind, e.workers, e.reused) for e in _created(events)] == [("process", 2, False)]
+    assert events.index(starting) < events.index(_created(events)[0])
+    assert selection.report.executor_kinds == ["sequential", "process"]  # a batch here, the rest on the pool
+    best = selection.best["combo"][0].GetConformer().GetPositions().round(6).tolist()
+    assert [[s.conf_id, s.shape, s.color] for s in selection.ordered] + [best] == _call(call_confs, template)[1]
 
 
 def test_a_big_call_waits_for_the_pool_starting_in_the_background_and_starts_no_second_one(sized):

@@ -218,7 +218,13 @@ class MonitoredExecutor:
                     self._note_kind(rung.kind)
                     for index in sorted(pending):
                         yield self._run_here(pending.pop(index))
-                    break
+                        if pending and self._background_pool_ready():
+                            break  # the pool started for this stream is up: it takes the batches left
+                    else:
+                        break
+                    assert self._background is not None
+                    self._rungs, self._position = plan_ladder(self._background.workers, in_daemon=False), 0
+                    continue
                 try:
                     yield from self._run_on(rung, pending)
                 except RungFailure as failure:
@@ -226,6 +232,11 @@ class MonitoredExecutor:
         finally:
             self._release_grant()
         self._emit(CallDone(self.task_type, self.requested, self.grant.granted, tuple(self.kinds_used), batches))
+
+    def _background_pool_ready(self) -> bool:
+        """Whether the pool this call started (or found starting) in the background is ready now."""
+        pool = self._background
+        return pool is not None and pool.workers in self._registry.warm_sizes(pool.kind)
 
     def _release_grant(self) -> None:
         if self._grant_held:
@@ -260,8 +271,8 @@ class MonitoredExecutor:
                  if found == BackgroundStart.STARTED
                  else f"a pool of {pool.kind} workers is still starting in the background (an earlier call started it)")
         self._emit(WorkersReduced(self.task_type, pool.workers, 1, ReductionReason.POOL_STARTING,
-                                  f"{state}; this call ran in the caller, and the first call that finds the pool "
-                                  f"ready uses it. {self._why_background}"))
+                                  f"{state}; this call runs in the caller until the pool is ready, and the pool "
+                                  f"takes the batches left then. {self._why_background}"))
 
     def _report_background_failure(self) -> None:
         """The ``Fallback`` of a pool that failed to start in the background since the last call."""
