@@ -24,6 +24,7 @@ from templ_runs import TEMPL, templ_env
 from test_screen import GOOD, poses, rows_without_time, screen_args, write_smi
 
 from templ_pipeline.campaign import spares
+from templ_pipeline.campaign.import_turns import ImportTurns
 from templ_pipeline.campaign.pool import QueryPool
 from templ_pipeline.campaign.task import CampaignSettings, QueryRunner, QueryTask
 from templ_pipeline.core.batch import mol_to_bytes
@@ -217,7 +218,7 @@ def test_a_usage_error_after_the_spares_started_leaves_no_process_behind(templat
     assert survivors == [], [" ".join(p.cmdline())[:160] for p in survivors]
 
 
-def _hold_a_turn(turns: spares.ImportTurns, name: str, log: object, seconds: float) -> None:
+def _hold_a_turn(turns: ImportTurns, name: str, log: object, seconds: float) -> None:
     with turns:
         log.send((name, "in", time.monotonic()))  # type: ignore[attr-defined]
         time.sleep(seconds)
@@ -228,7 +229,7 @@ def test_spares_importing_in_turns_hold_them_one_at_a_time():
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # as spares start: the turns travel to the child
-    turns = spares.ImportTurns(context, 1)
+    turns = ImportTurns(context, 1)
     receive, send = context.Pipe(duplex=False)
     children = [context.Process(target=_hold_a_turn, args=(turns, name, send, 0.3)) for name in "ab"]
     try:

@@ -27,7 +27,6 @@ This module imports the standard library only (spares import it first).
 from __future__ import annotations
 
 import os
-import select
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,12 +35,11 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import NoReturn
 
+from templ_pipeline.campaign.import_turns import ImportTurns, turns_for
 from templ_pipeline.core.worker_init import init_worker
 
 WORKER_NAME = "templ-campaign-worker"
 
-TURN_SECONDS = 2.0
-"""The longest a spare waits for its turn to import (one import takes 0.2-0.3 s here)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -89,49 +87,6 @@ def serve_spare(connection: Connection, parent_pid: int, turns: ImportTurns | No
     serve(connection, parent_pid)
 
 
-class ImportTurns:
-    """At most ``size`` spares import at a time, so the parent keeps a CPU for its own imports.
-
-    Measured on 2 cores: two spares and the parent importing at once took the parent from
-    0.50 to 0.74 s to its first query, and the spares were ready long before it; one spare
-    at a time has both ready when the parent is. A turn is a byte in a pipe the spares share
-    (a named semaphore would start multiprocessing's resource tracker, a process of its own);
-    a spare that waits longer than :data:`TURN_SECONDS` imports anyway, so a spare ended in
-    its turn holds up no other for long.
-    """
-
-    def __init__(self, context: BaseContext, size: int) -> None:
-        self._take, self._give = context.Pipe(duplex=False)
-        os.set_blocking(self._take.fileno(), False)  # several spares wait on it: whoever reads first has the turn
-        for _ in range(size):
-            os.write(self._give.fileno(), b"t")
-        self._held = False
-
-    def __enter__(self) -> ImportTurns:
-        deadline = time.monotonic() + TURN_SECONDS
-        while (left := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([self._take.fileno()], [], [], left)
-            if not readable:
-                break
-            try:
-                self._held = os.read(self._take.fileno(), 1) == b"t"
-            except BlockingIOError:  # another spare took it first
-                continue
-            break
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._held:
-            self._held = False
-            os.write(self._give.fileno(), b"t")
-        self.close()
-
-    def close(self) -> None:
-        """Close this process's ends of the pipe (the parent's once every spare has its own)."""
-        self._take.close()
-        self._give.close()
-
-
 def start(count: int) -> int:
     """Start up to ``count`` spares (no more than the CPUs, and only with room under the limits); how many started."""
     count = min(count, _cpus())
@@ -140,11 +95,7 @@ def start(count: int) -> int:
     from templ_pipeline.core.pools import pool_context
 
     context = pool_context()
-    cpus = _cpus()
-    try:  # leave the parent a CPU while the spares import, where there is one to leave
-        turns = ImportTurns(context, cpus - 1) if 1 < cpus <= count else None
-    except OSError:
-        turns = None
+    turns = turns_for(context, count, _cpus())  # the parent keeps a CPU for its own imports
     try:
         for _ in range(count):
             try:
