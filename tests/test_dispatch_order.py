@@ -42,7 +42,7 @@ def test_the_largest_of_the_window_goes_first_and_ties_keep_the_input_order():
     records = [_smiles(n, smiles) for n, smiles in
                enumerate(["CO", "CCCCCCCC", "CCO", "CCCCCCCC", "C"], start=1)]
     order = LargestFirst(iter(records), window=10)
-    handed = [order.next() for _ in range(6)]
+    handed = [next(order, None) for _ in range(6)]
     assert [r.number for r in handed[:5]] == [2, 4, 3, 1, 5]
     assert handed[5] is None
 
@@ -56,8 +56,8 @@ def test_the_window_bounds_how_far_the_input_is_read_ahead():
             yield _smiles(number, "C" * (1 + number % 7))
 
     order = LargestFirst(records(), window=8)
-    first = order.next()
+    first = next(order)
     assert next(read) == 8  # eight records read for the first choice, no more
     assert first is not None and first.number <= 8
-    handed = [first, *iter(order.next, None)]
+    handed = [first, *order]
     assert sorted(r.number for r in handed) == list(range(1, 1001))  # every record once

@@ -40,8 +40,8 @@ def query_size(record: QueryRecord) -> int:
     return 0
 
 
-class LargestFirst:
-    """The records of ``records`` in windows of ``window``: each :meth:`next` the largest of the window
+class LargestFirst(Iterator[QueryRecord]):
+    """The records of ``records`` in windows of ``window``: each next one the largest of the window
     (the earliest in the input on a tie), the window refilled as it goes."""
 
     def __init__(self, records: Iterator[QueryRecord], window: int = WINDOW) -> None:
@@ -50,12 +50,13 @@ class LargestFirst:
         self._heap: list[tuple[int, int, QueryRecord]] = []
         self._read = 0
 
-    def next(self) -> QueryRecord | None:
-        """The next record to run; None when every record was handed out."""
+    def __next__(self) -> QueryRecord:
         while len(self._heap) < self._window:
             record = next(self._records, None)
             if record is None:
                 break
             heapq.heappush(self._heap, (-query_size(record), self._read, record))
             self._read += 1
-        return heapq.heappop(self._heap)[2] if self._heap else None
+        if not self._heap:
+            raise StopIteration
+        return heapq.heappop(self._heap)[2]

@@ -247,7 +247,6 @@ class _Campaign:
         self._retry: deque[QueryTask] = deque()
         self._in_flight: dict[int, tuple[QueryRecord, dict[str, str]]] = {}  # index -> (record, trace carrier)
         self._records: Iterator[QueryRecord] | None = None
-        self._order: LargestFirst | None = None  # with 2 workers or more: the largest of the next few first
         self._index = 0
         self.workers = 0
         self.done = self.ok = 0
@@ -263,7 +262,7 @@ class _Campaign:
         if pool is None:
             pool = self._start_pool(total)
         if pool is not None and pool.workers > 1:
-            self._order = LargestFirst(records)
+            self._records = LargestFirst(records)  # the largest of the next few first
         try:
             while pool is not None:
                 if not self._fill(pool):
@@ -409,10 +408,7 @@ class _Campaign:
     def _next_task(self) -> QueryTask | None:
         if self._retry:
             return self._retry.popleft()
-        if self._order is not None:
-            record = self._order.next()
-        else:
-            record = next(self._records, None) if self._records is not None else None
+        record = next(self._records, None) if self._records is not None else None
         if record is None:
             return None
         index, self._index = self._index, self._index + 1

@@ -89,13 +89,14 @@ def serve_spare(connection: Connection, parent_pid: int, turns: ImportTurns | No
 
 def start(count: int) -> int:
     """Start up to ``count`` spares (no more than the CPUs, and only with room under the limits); how many started."""
-    count = min(count, _cpus())
+    cpus = _cpus()
+    count = min(count, cpus)
     if count < 1 or not _room_for(2 * count):
         return 0
     from templ_pipeline.core.pools import pool_context
 
     context = pool_context()
-    turns = turns_for(context, count, _cpus())  # the parent keeps a CPU for its own imports
+    turns = turns_for(context, count, cpus)  # the parent keeps a CPU for its own imports
     try:
         for _ in range(count):
             try:
