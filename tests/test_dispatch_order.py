@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from functools import partial
 
 import pytest
 from rdkit import Chem
 
-from templ_pipeline.campaign.dispatch_order import LargestFirst, query_size
+from templ_pipeline.campaign.dispatch_order import LargestFirst, isomers_embedded, query_size
 from templ_pipeline.campaign.queries import QueryRecord
+from templ_pipeline.core.preparation import PreparationOptions, StereoPolicy
 
 pytestmark = pytest.mark.fast
 
@@ -61,3 +63,39 @@ def test_the_window_bounds_how_far_the_input_is_read_ahead():
     assert first is not None and first.number <= 8
     handed = [first, *order]
     assert sorted(r.number for r in handed) == list(range(1, 1001))  # every record once
+
+
+@pytest.mark.parametrize(("smiles", "options", "isomers"), [
+    ("CC(O)CC", PreparationOptions(), 2),  # one unassigned centre
+    ("C[C@H](O)CC", PreparationOptions(), 1),  # assigned: embedded as given
+    ("CC(O)C(N)CC", PreparationOptions(), 4),
+    ("CC(O)C(N)CC", PreparationOptions(max_isomers=2), 2),  # capped as preparation caps it
+    ("CC(O)CC", PreparationOptions(stereo=StereoPolicy.AS_IS), 1),
+    ("CC(O)CC", PreparationOptions(stereo=StereoPolicy.FIRST), 1),
+    ("C1CC", PreparationOptions(), 1),  # does not parse: the worker's to report
+])
+def test_the_isomers_a_query_is_embedded_as(smiles, options, isomers):
+    assert isomers_embedded(_smiles(1, smiles), options) == isomers
+
+
+def test_the_last_window_goes_largest_work_first():
+    # by heavy atoms alone the hexane goes first; the butanol is embedded twice (two stereoisomers)
+    records = [_smiles(1, "CCCCCC"), _smiles(2, "CC(O)CC"), _smiles(3, "C")]
+    by_size = LargestFirst(iter(records), window=10)
+    by_work = LargestFirst(iter(records), window=10, isomers=partial(isomers_embedded, options=PreparationOptions()))
+    assert [r.number for r in by_size] == [1, 2, 3]
+    assert [r.number for r in by_work] == [2, 1, 3]
+
+
+def test_only_the_last_window_is_parsed():
+    counted: list[int] = []
+
+    def isomers(record: QueryRecord) -> int:
+        counted.append(record.number)
+        return 1
+
+    records = (_smiles(number, "C" * (1 + number % 7)) for number in range(1, 1001))
+    handed = list(LargestFirst(records, window=8, isomers=isomers))
+    assert len(handed) == 1000
+    assert 1 <= len(counted) <= 8 and min(counted) > 900  # the records left when the input ended, once each
+    assert len(set(counted)) == len(counted)

@@ -26,11 +26,12 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rdkit import Chem
 
-from templ_pipeline.campaign.dispatch_order import LargestFirst
+from templ_pipeline.campaign.dispatch_order import LargestFirst, isomers_embedded
 from templ_pipeline.campaign.pool import NoWorkers, QueryPool, retry_first
 from templ_pipeline.campaign.queries import QueryRecord
 from templ_pipeline.campaign.task import (
@@ -262,7 +263,8 @@ class _Campaign:
         if pool is None:
             pool = self._start_pool(total)
         if pool is not None and pool.workers > 1:
-            self._records = LargestFirst(records)  # the largest of the next few first
+            # the largest of the next few first
+            self._records = LargestFirst(records, isomers=partial(isomers_embedded, options=self._options.preparation))
         try:
             while pool is not None:
                 if not self._fill(pool):
