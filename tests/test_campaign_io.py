@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
+from templ_pipeline.campaign import outputs
 from templ_pipeline.campaign.outputs import SCORES_COLUMNS, CampaignFiles, ScoreRow, read_scores
 from templ_pipeline.campaign.queries import QUERY_FORMATS, QueryRecord, count_queries, read_queries
 from templ_pipeline.io import InputError
@@ -588,6 +589,55 @@ def test_incomplete_last_query_of_several_templates_dropped(tmp_path, pose):
         assert files.done == {"q1", "q2"} and files.resumed_rows == 4
     assert scores.read_bytes() == complete
     assert _pose_names(directory / "poses.sdf") == ["q1", "q1", "q2", "q2"]
+
+
+def _poses_of(files: CampaignFiles, query_id: str, pose: Chem.Mol, ranks=(1, 2, 3)) -> None:
+    """A query of one molecule that kept a pose per rank (--poses-per-query)."""
+    files.write([_row(query_id, combo=1.0 - rank / 10, pose_rank=rank) for rank in ranks],
+                [Chem.Mol(pose) for _ in ranks])
+
+
+@pytest.mark.parametrize("tail_bytes", [None, 64])  # 64: the end of poses.sdf is read back in several steps
+def test_a_last_query_whose_rows_were_cut_between_two_poses_is_dropped_on_resume(tmp_path, pose, monkeypatch,
+                                                                                   tail_bytes):
+    # with several poses a molecule, a query's row count cannot tell a cut: its poses, written first, can
+    if tail_bytes is not None:
+        monkeypatch.setattr(outputs, "_TAIL_BYTES", tail_bytes)
+    directory = tmp_path / "run"
+    with CampaignFiles.open(directory, PARAMETERS, resume=False) as files:
+        _poses_of(files, "q1", pose)
+        _poses_of(files, "q2", pose)
+    scores, poses = directory / "scores.csv", directory / "poses.sdf"
+    complete = scores.read_bytes()
+    first_of_q2 = complete.index(b"\nq2,") + 1
+    with open(scores, "r+b") as handle:  # q2's one write cut after its second row
+        handle.truncate(complete.index(b"\n", complete.index(b"\nq2,", first_of_q2) + 1) + 1)
+    assert [row["query_id"] for row in read_scores(scores)] == ["q1"] * 3 + ["q2"] * 2
+    with CampaignFiles.open(directory, PARAMETERS, resume=True) as files:
+        assert files.done == {"q1"} and files.resumed_rows == 3
+        assert scores.read_bytes() == complete[:first_of_q2]
+        assert _pose_names(poses) == ["q1"] * 3  # q2's poses lost their rows
+        _poses_of(files, "q2", pose)
+    assert scores.read_bytes() == complete
+    assert [row["pose_rank"] for row in read_scores(scores)] == ["1", "2", "3"] * 2
+
+
+def test_a_whole_last_query_of_several_poses_is_kept_on_resume(tmp_path, pose):
+    directory = tmp_path / "run"
+    with CampaignFiles.open(directory, PARAMETERS, resume=False) as files:
+        _poses_of(files, "q1", pose)
+        _poses_of(files, "q2", pose, ranks=(1, 2))  # fewer distinct poses than asked: whole all the same
+        files.write([_row("q3", combo=None)], [None])  # a failed query: a row without a pose
+    scores, poses = directory / "scores.csv", directory / "poses.sdf"
+    written = scores.read_bytes(), poses.read_bytes()
+    with CampaignFiles.open(directory, PARAMETERS, resume=True) as files:
+        assert files.done == {"q1", "q2", "q3"} and files.resumed_rows == 6
+    assert (scores.read_bytes(), poses.read_bytes()) == written
+    with open(scores, "r+b") as handle:  # without q3's row, q2 is the last query: its rows and poses are whole
+        handle.truncate(written[0].index(b"\nq3,") + 1)
+    with CampaignFiles.open(directory, PARAMETERS, resume=True) as files:
+        assert files.done == {"q1", "q2"} and files.resumed_rows == 5
+    assert _pose_names(poses) == ["q1"] * 3 + ["q2"] * 2
 
 
 def test_foreign_scores_header_refused(tmp_path):

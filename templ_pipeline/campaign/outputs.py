@@ -20,8 +20,10 @@ on plain file descriptors (no user-space buffer). Once ``write`` returns, the da
 is in the page cache, which outlives the process (kill -9) though not the machine;
 ``close`` fsyncs. A crash therefore tears at most the query being written, and
 ``CampaignFiles.open(..., resume=True)`` cuts that query away again (see
-``_scan_scores`` and ``_scan_poses``). Writing poses first means a row in
-scores.csv always has its pose on disk; a pose without a row is dropped on resume.
+``_scan_scores``, ``_rows_cut`` and ``_scan_poses``). Writing poses first means a row in
+scores.csv always has its pose on disk; a pose without a row is dropped on resume, and
+so is a last query whose poses outnumber its rows (its rows' write was cut between two
+rows, which the row count alone cannot see when a molecule may keep several poses).
 
 The campaign's files must be regular files: a symlink (even to a regular file), FIFO,
 device or directory in their place is refused, never opened, followed or
@@ -51,6 +53,7 @@ from rdkit import Chem, rdBase
 
 from templ_pipeline import __version__
 from templ_pipeline.campaign.poses import pose_record, with_properties
+from templ_pipeline.campaign.queries import sd_tags
 from templ_pipeline.core.vocabulary import Field, format_value, input_name
 from templ_pipeline.io import InputError
 from templ_pipeline.safe_files import is_regular_file, open_regular, write_all, write_atomically
@@ -65,6 +68,7 @@ _ATOMIC_TEMPORARY = re.compile(r"\.(" + "|".join(
     re.escape(name) for name in (CAMPAIGN_FILE, POSES_FILE, HITS_FILE, HIT_POSES_FILE)) + r")\.[0-9a-f]{8}\.tmp")
 _NOT_REGULAR_ADVICE = "move it away or choose another directory"
 _CHUNK_BYTES = 1 << 20  # a repaired poses.sdf is copied in chunks of about this size
+_TAIL_BYTES = 1 << 16  # the end of poses.sdf first read for the last query's poses (a query's are a few kB each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +183,7 @@ class CampaignFiles:
         scores_fd = open_regular(scores, os.O_RDWR | os.O_APPEND | os.O_CREAT, _NOT_REGULAR_ADVICE)
         try:
             _lock(scores, scores_fd)
-            done, row_ids, rows = _repair_scores(scores, scores_fd, rows_per_query, header)
+            done, row_ids, rows = _repair_scores(scores, scores_fd, rows_per_query, header, poses)
             poses_fd = open_regular(poses, os.O_RDWR | os.O_APPEND | os.O_CREAT, _NOT_REGULAR_ADVICE)
             try:
                 poses_fd = _repair_poses(poses, poses_fd, row_ids)
@@ -438,12 +442,18 @@ def _shown(parameters: dict, key: str) -> str:
 # --- resume repairs -----------------------------------------------------------------
 
 
-def _repair_scores(path: Path, fd: int, rows_per_query: int,
-                   header: Sequence[str] = SCORES_COLUMNS) -> tuple[set[str], set[str], int]:
+def _repair_scores(path: Path, fd: int, rows_per_query: int, header: Sequence[str] = SCORES_COLUMNS,
+                   poses: Path | None = None) -> tuple[set[str], set[str], int]:
     """Cut scores.csv to its complete queries (writing the header when it has none): their input ids,
-    their rows' ids and their row count."""
+    their rows' ids and their row count. ``poses`` (poses.sdf) tells whether the last query's rows are all
+    there."""
     with open(os.dup(fd), "rb") as handle:
-        end, done, row_ids, rows = _scan_scores(path, handle, rows_per_query, header)
+        end, done, row_ids, rows, last = _scan_scores(path, handle, rows_per_query, header)
+    if last is not None and poses is not None and _rows_cut(poses, last):
+        end = last.start
+        done.discard(last.input_id)
+        row_ids.difference_update(last.row_ids)
+        rows -= len(last.row_ids)
     if end < os.fstat(fd).st_size:
         os.ftruncate(fd, end)
     if end == 0:
@@ -453,10 +463,21 @@ def _repair_scores(path: Path, fd: int, rows_per_query: int,
     return done, row_ids, rows
 
 
-def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int,
-                 columns: Sequence[str] = SCORES_COLUMNS) -> tuple[int, set[str], set[str], int]:
+@dataclass(frozen=True, slots=True)
+class _LastQuery:
+    """The last query scores.csv holds whole by its row count: where its rows start, their ids and the poses
+    they name, each as (query id, template record, pose rank), as its pose records name them."""
+
+    input_id: str
+    start: int
+    row_ids: tuple[str, ...]
+    poses: frozenset[tuple[str, str, str]]
+
+
+def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int, columns: Sequence[str] = SCORES_COLUMNS,
+                 ) -> tuple[int, set[str], set[str], int, _LastQuery | None]:
     """(byte offset after the last complete query, the input ids of complete queries, their rows' ids,
-    their row count).
+    their row count, the last of them).
 
     What a crash leaves, and what is cut:
     - a last line without its newline: a write(2) cut short (kill -9 mid-write, a full
@@ -497,7 +518,9 @@ def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int,
     group_expected = 0
     group_ids: list[str] = []
     group_start = 0
-    isomers_column = SCORES_COLUMNS.index("isomers")
+    group_poses: set[tuple[str, str, str]] = set()
+    isomers_column = SCORES_COLUMNS.index(Field.ISOMERS)
+    template_column, rank_column = SCORES_COLUMNS.index(Field.TEMPLATE_RECORD), SCORES_COLUMNS.index(Field.POSE_RANK)
     try:
         for row in reader:
             if not header:
@@ -522,20 +545,70 @@ def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int,
                     rows += group_rows
                 group_id, group_rows, group_ids, group_start = row[1], 0, [], end
                 group_expected = max(1, int(row[isomers_column]) if row[isomers_column].isdigit() else 1)
+                group_poses = set()
             group_rows += 1
             group_ids.append(row[0])
+            if row[rank_column]:
+                group_poses.add((row[0], row[template_column], row[rank_column]))
             end = consumed
     except csv.Error as exc:
         if not exhausted:
             raise InputError(f"{path}: line {reader.line_num}: {exc}") from None
+    last: _LastQuery | None = None
     if group_id is not None:
         if group_rows >= rows_per_query * group_expected:
             done.add(group_id)
             row_ids.update(group_ids)
             rows += group_rows
+            last = _LastQuery(group_id, group_start, tuple(group_ids), frozenset(group_poses))
         else:
             end = group_start
-    return end, done, row_ids, rows
+    return end, done, row_ids, rows, last
+
+
+def _rows_cut(poses: Path, last: _LastQuery) -> bool:
+    """Whether poses.sdf ends with a pose of ``last`` that has no row: the query's poses went out in one write
+    and its rows in the next, so its rows' write was cut between two rows."""
+    if not os.path.lexists(poses):  # no pose was ever written
+        return False
+    with open(open_regular(poses, os.O_RDONLY, _NOT_REGULAR_ADVICE), "rb") as handle:
+        return not _last_pose_keys(handle, set(last.row_ids)) <= last.poses
+
+
+def _last_pose_keys(handle: BinaryIO, names: set[str]) -> set[tuple[str, str, str]]:
+    """(name, template record, pose rank) of the complete records that end poses.sdf and are named in ``names``.
+
+    Read backwards in growing chunks, up to the first record of another name: a resume reads the last
+    query's few records, not the file.
+    """
+    size = handle.seek(0, os.SEEK_END)
+    length = _TAIL_BYTES
+    while True:
+        start = max(0, size - length)
+        handle.seek(start)
+        records = _complete_records(handle.read(size - start), whole=start == 0)
+        found: set[tuple[str, str, str]] = set()
+        for name, text in reversed(records):
+            if name not in names:
+                return found
+            tags = dict(sd_tags(text))
+            found.add((name, tags.get(Field.TEMPLATE_RECORD, ""), tags.get(Field.POSE_RANK, "")))
+        if start == 0:
+            return found
+        length *= 4
+
+
+def _complete_records(data: bytes, *, whole: bool) -> list[tuple[str, str]]:
+    """(name, text) of each complete record in ``data``, a tail of poses.sdf (``whole``: the file); the first
+    record of a tail may have lost its start and a last one without its ``$$$$`` line is torn: both are left out."""
+    records: list[tuple[str, str]] = []
+    record: list[bytes] = []
+    for line in data.splitlines(keepends=True):
+        record.append(line)
+        if _is_separator(line):
+            records.append((_record_name(record[0]), b"".join(record).decode("utf-8", "replace")))
+            record = []
+    return records if whole else records[1:]
 
 
 def _is_separator(line: bytes) -> bool:
