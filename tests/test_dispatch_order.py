@@ -78,6 +78,12 @@ def test_the_isomers_a_query_is_embedded_as(smiles, options, isomers):
     assert isomers_embedded(_smiles(1, smiles), options) == isomers
 
 
+def test_an_sdf_query_s_isomers_are_counted_from_its_first_molfile():
+    unassigned = Chem.MolToMolBlock(Chem.MolFromSmiles("CC(O)CC"))
+    assert isomers_embedded(QueryRecord(1, "butanol", None, (unassigned,)), PreparationOptions()) == 2
+    assert isomers_embedded(QueryRecord(2, "broken", None, ("no counts line",)), PreparationOptions()) == 1
+
+
 def test_the_last_window_goes_largest_work_first():
     # by heavy atoms alone the hexane goes first; the butanol is embedded twice (two stereoisomers)
     records = [_smiles(1, "CCCCCC"), _smiles(2, "CC(O)CC"), _smiles(3, "C")]

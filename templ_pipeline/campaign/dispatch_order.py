@@ -54,15 +54,20 @@ def isomers_embedded(record: QueryRecord, options: PreparationOptions) -> int:
     centres allow, capped as preparation caps it); 1 when it does not parse."""
     if options.stereo is not StereoPolicy.ENUMERATE:
         return 1
-    with rdBase.BlockLogs():  # a record that does not parse is the worker's to report, as a row
-        if record.smiles is not None:
-            mol = Chem.MolFromSmiles(record.smiles)
-        else:
-            mol = Chem.MolFromMolBlock(record.molblocks[0]) if record.molblocks else None
-        if mol is None:
+    # a record that does not parse (or that RDKit cannot count) is the worker's to report, as a row: the order
+    # never stops a campaign
+    with rdBase.BlockLogs():
+        try:
+            if record.smiles is not None:
+                mol = Chem.MolFromSmiles(record.smiles)
+            else:
+                mol = Chem.MolFromMolBlock(record.molblocks[0]) if record.molblocks else None
+            if mol is None:
+                return 1
+            enumeration = StereoEnumerationOptions(onlyUnassigned=True, unique=True, maxIsomers=options.max_isomers)
+            return max(1, min(GetStereoisomerCount(mol, options=enumeration), options.max_isomers))
+        except Exception:  # RDKit's own errors (a RuntimeError from a molecule it cannot perceive)
             return 1
-        enumeration = StereoEnumerationOptions(onlyUnassigned=True, unique=True, maxIsomers=options.max_isomers)
-        return max(1, min(GetStereoisomerCount(mol, options=enumeration), options.max_isomers))
 
 
 class LargestFirst(Iterator[QueryRecord]):
