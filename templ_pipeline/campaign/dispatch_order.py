@@ -10,13 +10,13 @@ embedded with its own seed (rows come in the order queries finish, as before).
 
 The size is what the record says without parsing it (the parent builds no molecule per query):
 a SMILES' atoms (bracket atoms and the organic subset, hydrogens not counted) or a molfile's
-atom count. Conformer generation, most of a query's time, grows with it. The window a
-campaign ends on is ordered by work, the size times the stereoisomers the query will be
-embedded as (:func:`isomers_embedded`): the last window is where a query of two isomers
-handed out after the small ones leaves a worker idle (0.3 s of a 10 s campaign over the
-bundled library), and it is read once per campaign, so the parse it needs (0.1 ms a query)
-does not grow with the campaign. What the order does not see (flexibility) makes it
-approximate, not wrong.
+atom count. Conformer generation, most of a query's time, grows with it. The last few
+queries of a campaign (``tail``: a few per worker) are ordered by work, the size times the
+stereoisomers the query will be embedded as (:func:`isomers_embedded`): that is where a
+query of two isomers handed out after the small ones leaves a worker idle (0.3 s of a 10 s
+campaign over the bundled library). Counting needs a parse (0.1-0.2 ms a query), done once
+per campaign for the tail only, so its cost does not grow with the campaign or the window.
+What the order does not see (flexibility) makes it approximate, not wrong.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ from templ_pipeline.core.preparation import PreparationOptions, StereoPolicy
 
 WINDOW = 64
 """Queries read ahead to choose from: a few seconds of work for 2-16 workers, a few hundred bytes each."""
+TAIL_PER_WORKER = 4
+TAIL = 2 * TAIL_PER_WORKER
+"""The last queries ordered by work: ``TAIL_PER_WORKER`` per worker (the campaign passes its own), enough
+that each worker's last few are small ones."""
 
 _SMILES_ATOM = re.compile(r"\[(?!H\d*[\]+\-@:])[^\]]*\]|Br|Cl|[BCNOSPFI]|[bcnosp]")
 """A heavy atom of a SMILES: a bracket atom other than hydrogen, or an organic-subset symbol."""
@@ -72,14 +76,15 @@ def isomers_embedded(record: QueryRecord, options: PreparationOptions) -> int:
 
 class LargestFirst(Iterator[QueryRecord]):
     """The records of ``records`` in windows of ``window``: each next one the largest of the window
-    (the earliest in the input on a tie), the window refilled as it goes. Once the input is read to its end,
-    the window left is ordered by size times ``isomers(record)`` (when given)."""
+    (the earliest in the input on a tie), the window refilled as it goes. Once the input is read to its end
+    and ``tail`` records are left, those are ordered by size times ``isomers(record)`` (when given)."""
 
     def __init__(self, records: Iterator[QueryRecord], window: int = WINDOW,
-                 isomers: Callable[[QueryRecord], int] | None = None) -> None:
+                 isomers: Callable[[QueryRecord], int] | None = None, tail: int = TAIL) -> None:
         self._records = records
         self._window = max(1, window)
         self._isomers = isomers
+        self._tail = max(1, tail)
         self._heap: list[tuple[int, int, QueryRecord]] = []
         self._read = 0
         self._ended = False
@@ -89,16 +94,16 @@ class LargestFirst(Iterator[QueryRecord]):
             record = next(self._records, None)
             if record is None:
                 self._ended = True
-                self._order_last_window()
                 break
             heapq.heappush(self._heap, (-query_size(record), self._read, record))
             self._read += 1
+        if self._ended and self._isomers is not None and len(self._heap) <= self._tail:
+            self._order_tail(self._isomers)
         if not self._heap:
             raise StopIteration
         return heapq.heappop(self._heap)[2]
 
-    def _order_last_window(self) -> None:
-        if self._isomers is not None:
-            isomers = self._isomers
-            self._heap = [(size * isomers(record), read, record) for size, read, record in self._heap]
-            heapq.heapify(self._heap)
+    def _order_tail(self, isomers: Callable[[QueryRecord], int]) -> None:
+        self._isomers = None  # once
+        self._heap = [(size * isomers(record), read, record) for size, read, record in self._heap]
+        heapq.heapify(self._heap)

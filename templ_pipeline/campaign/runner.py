@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rdkit import Chem
 
-from templ_pipeline.campaign.dispatch_order import LargestFirst, isomers_embedded
+from templ_pipeline.campaign.dispatch_order import TAIL_PER_WORKER, LargestFirst, isomers_embedded
 from templ_pipeline.campaign.pool import NoWorkers, QueryPool, retry_first
 from templ_pipeline.campaign.queries import QueryRecord
 from templ_pipeline.campaign.task import (
@@ -263,8 +263,9 @@ class _Campaign:
         if pool is None:
             pool = self._start_pool(total)
         if pool is not None and pool.workers > 1:
-            # the largest of the next few first
-            self._records = LargestFirst(records, isomers=partial(isomers_embedded, options=self._options.preparation))
+            # the largest of the next few first, the last few by work
+            self._records = LargestFirst(records, isomers=partial(isomers_embedded, options=self._options.preparation),
+                                         tail=TAIL_PER_WORKER * pool.workers)
         try:
             while pool is not None:
                 if not self._fill(pool):
