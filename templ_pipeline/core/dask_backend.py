@@ -6,7 +6,9 @@ call, like ``PoolRegistry`` does for pools; sessions are closed at exit.
 ``DaskSession.run`` submits one task per batch and yields each batch's result
 once, when it arrives. Dask reschedules a batch whose worker died (or died
 holding its result); the scheduler announces the loss on its ``all`` event topic,
-and the driver reports the batches concerned as resubmissions.
+and the driver reports the batches concerned as resubmissions. A result that was
+lost while it was fetched and does not come back within the fetch's bound (under
+load, distributed can lose track of one it recomputes) is submitted again, once.
 
 Every wait is bounded (:class:`ClusterWatch`): a scheduler without a worker for
 ``worker_timeout`` seconds (none came, or all left) is a ``no_workers`` failure, a
