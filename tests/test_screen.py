@@ -22,7 +22,13 @@ from templ_runs import TEMPL, run_templ, templ_env
 
 from templ_pipeline.campaign.outputs import read_scores
 from templ_pipeline.campaign.runner import ScreenOptions, screen
-from templ_pipeline.core.events import QueryFailureReason, ReplacementReason, WorkerReplaced
+from templ_pipeline.core.events import (
+    QueryFailureReason,
+    QueryFinished,
+    QueryStarted,
+    ReplacementReason,
+    WorkerReplaced,
+)
 from templ_pipeline.io import examples
 
 CONFORMERS = "12"
@@ -224,6 +230,18 @@ def test_python_api_yields_one_result_per_query_and_replaces_lost_workers(templa
     assert by_id["query_1"].outcome.reason == QueryFailureReason.TIMEOUT
     replaced = [event.reason for event in events if isinstance(event, WorkerReplaced)]
     assert killed and replaced == [ReplacementReason.WORKER_LOST, ReplacementReason.TIMEOUT], replaced
+
+
+def test_queries_in_flight_never_exceed_the_workers(template):
+    """A freed worker gets its next query before the finished one is written: the next one's count (the
+    in-flight gauge) leaves out the outcomes already here."""
+    events: list[object] = []
+    options = ScreenOptions(num_conformers=4, workers=2, exact_workers=True)
+    results = list(screen([smiles for _, smiles in GOOD] * 3, [template], options, observers=(events.append,)))
+    assert len(results) == 3 * len(GOOD) and all(result.ok for result in results)
+    started = [event.in_flight for event in events if isinstance(event, QueryStarted)]
+    finished = [event.in_flight for event in events if isinstance(event, QueryFinished)]
+    assert max(started) == 2 and max(finished) <= 2 and finished[-1] == 0, (started, finished)
 
 
 # --- interrupted campaigns --------------------------------------------------------------------------

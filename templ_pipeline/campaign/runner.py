@@ -247,6 +247,7 @@ class _Campaign:
         self._emit = emit
         self._retry: deque[QueryTask] = deque()
         self._in_flight: dict[int, tuple[QueryRecord, dict[str, str]]] = {}  # index -> (record, trace carrier)
+        self._arrived: set[int] = set()  # in flight until finished, but their outcomes are here: not running
         self._records: Iterator[QueryRecord] | None = None
         self._index = 0
         self.workers = 0
@@ -369,6 +370,7 @@ class _Campaign:
     def _collect(self, pool: QueryPool | DaskQueryPool) -> Iterator[QueryResult]:
         arrivals = pool.wait(WAIT_SECONDS)
         retry_first(arrivals.retry, self._retry)
+        self._arrived.update(task.index for task, _ in arrivals.finished)  # the queries started next count without them
         if arrivals.finished and pool.gone is None:
             self._fill(pool)  # the freed workers get their next query first (a Dask one leaves at the next wait)
         for task, outcome in arrivals.finished:
@@ -415,16 +417,21 @@ class _Campaign:
         if record is None:
             return None
         index, self._index = self._index, self._index + 1
-        started = QueryStarted(index, len(self._in_flight) + 1)
+        started = QueryStarted(index, self._running() + 1)
         self._emit(started)  # a tracing observer puts the query span's traceparent in started.carrier
         self._in_flight[index] = (record, started.carrier)
         return self._task(index, record, started.carrier)
+
+    def _running(self) -> int:
+        """Queries on workers now: in flight, less those whose outcome arrived and is being finished."""
+        return len(self._in_flight) - len(self._arrived)
 
     def _task(self, index: int, record: QueryRecord, carrier: dict[str, str]) -> QueryTask:
         return QueryTask(index, record.query_id, record.smiles, record.molblocks, carrier)
 
     def _finish(self, index: int, outcome: QueryOutcome, kind: ExecutorKind) -> QueryResult:
         record, _carrier = self._in_flight.pop(index)
+        self._arrived.discard(index)
         options = self._options
         chosen_isomer, best = outcome.best_isomer(options.metric)
         scored = sum(result.scored for result in outcome.templates)
@@ -450,7 +457,7 @@ class _Campaign:
         self._emit(QueryFinished(record.query_id, kind, outcome.status, outcome.reason, outcome.seconds,
                                  requested * max(1, len(outcome.isomers)), outcome.conformers,
                                  best.scored if best else scored,
-                                 best.failed if best else failures, len(self._in_flight), outcome.detail, index,
+                                 best.failed if best else failures, self._running(), outcome.detail, index,
                                  stages))
         return QueryResult(record, outcome, kind, requested)
 
