@@ -6,10 +6,12 @@ Import the ``child_pids_cgroup`` fixture into a test module to use it.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
@@ -42,6 +44,24 @@ class PidsCgroup:
     def wrap(self, argv: list[str]) -> list[str]:
         """``argv`` run by a shell that first moves itself into this cgroup, then execs."""
         return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.procs_file), *argv]
+
+    def run_loaded(self, argv: list[str], headroom: int, timeout: float,
+                   env: Mapping[str, str] | None = None) -> dict:
+        """Run ``argv`` in this cgroup: once it prints ``READY`` (loaded), cap ``pids.max`` at its tasks plus
+        ``headroom``, send it ``go``, and return the last line it prints, as JSON. It is killed if still
+        running when this returns or fails."""
+        process = subprocess.Popen(self.wrap(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            assert process.stdout.readline().strip() == "READY", process.stderr.read()[-3000:]
+            self.set_max(self.current() + headroom)
+            out, err = process.communicate("go\n", timeout=timeout)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+        assert process.returncode == 0, err[-3000:]
+        return json.loads(out.strip().splitlines()[-1])
 
 
 def _destroy(path: Path, timeout: float = 10.0) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import textwrap
 
@@ -92,18 +90,7 @@ def reference():
 
 def _run_in(cgroup, mode: str, headroom: int) -> dict:
     """Run the scenario in ``cgroup`` with pids.max = its tasks once loaded + ``headroom``."""
-    result = subprocess.Popen(cgroup.wrap([sys.executable, "-c", SCENARIO, mode]), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert result.stdout.readline().strip() == "READY", result.stderr.read()[-3000:]
-        cgroup.set_max(cgroup.current() + headroom)
-        out, err = result.communicate("go\n", timeout=240)
-    finally:
-        if result.poll() is None:
-            result.kill()
-            result.wait(timeout=30)
-    assert result.returncode == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1])
+    return cgroup.run_loaded([sys.executable, "-c", SCENARIO, mode], headroom, timeout=240)
 
 
 def _assert_visible(out: dict, reason: str) -> None:

@@ -7,7 +7,6 @@ pool in the background. Limits are a real child pids cgroup; the interrupt is a 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -96,18 +95,7 @@ def _sized_env() -> dict[str, str]:
 
 
 def _run_in(cgroup, mode: str, headroom: int) -> dict:
-    proc = subprocess.Popen(cgroup.wrap([sys.executable, "-c", _LOOP, mode]), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_sized_env())
-    try:
-        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()[-3000:]
-        cgroup.set_max(cgroup.current() + headroom)
-        out, err = proc.communicate("go\n", timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1])
+    return cgroup.run_loaded([sys.executable, "-c", _LOOP, mode], headroom, timeout=TIMEOUT, env=_sized_env())
 
 
 def _of(call: dict, event: str) -> list[dict]:

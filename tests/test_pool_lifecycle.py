@@ -228,15 +228,8 @@ CONFORMERS = textwrap.dedent("""
 
 def test_conformer_threads_refused_after_the_grant_are_retried_with_fewer(child_pids_cgroup):
     reference = generate_conformers(QUERY, 30, seed=42, n_workers=1)
-    scenario = _popen(child_pids_cgroup.wrap([sys.executable, "-c", CONFORMERS]))
-    try:
-        assert scenario.stdout.readline().strip() == "READY", scenario.stderr.read()[-3000:]
-        child_pids_cgroup.set_max(child_pids_cgroup.current() + 30)
-        out, err = scenario.communicate("go\n", timeout=180)
-    finally:
-        _stop(scenario)
-    assert scenario.returncode == 0, err[-3000:]
-    result = json.loads(out.strip().splitlines()[-1])
+    result = child_pids_cgroup.run_loaded([sys.executable, "-c", CONFORMERS], 30, timeout=180,
+                                          env=templ_env(tests_importable=True))
     assert result["granted"] == 4 and result["final"] == 1
     assert result["fallbacks"] == [
         {"from_kind": "thread", "to_kind": "thread", "reason": "thread_start_failed", "cause": "pids_cgroup"},
