@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from templ_pipeline.campaign.outputs import HIT_POSES_FILE, HITS_FILE, POSES_FILE, SCORES_FILE
+from templ_pipeline.campaign.outputs import HIT_POSES_FILE, HITS_FILE, POSES_FILE, SCORES_FILE, PoseKey
 from templ_pipeline.campaign.poses import with_properties
 from templ_pipeline.campaign.queries import sd_tags
 from templ_pipeline.core.vocabulary import Field
@@ -38,8 +38,6 @@ from templ_pipeline.safe_files import write_atomically
 
 DEFAULT_TOP = 100
 """Poses in hits.sdf by default: a shortlist a viewer opens at once (poses.sdf has them all)."""
-
-PoseKey = tuple[str, str, str]  # (query_id, template_record, pose_rank) as written: names one pose
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ import json
 import os
 import platform
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import BinaryIO
@@ -69,6 +69,9 @@ _ATOMIC_TEMPORARY = re.compile(r"\.(" + "|".join(
 _NOT_REGULAR_ADVICE = "move it away or choose another directory"
 _CHUNK_BYTES = 1 << 20  # a repaired poses.sdf is copied in chunks of about this size
 _TAIL_BYTES = 1 << 16  # the end of poses.sdf first read for the last query's poses (a query's are a few kB each)
+
+PoseKey = tuple[str, str, str]
+"""(query_id, template_record, pose_rank) as written: names one pose, in poses.sdf and in scores.csv."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,7 +474,7 @@ class _LastQuery:
     input_id: str
     start: int
     row_ids: tuple[str, ...]
-    poses: frozenset[tuple[str, str, str]]
+    poses: frozenset[PoseKey]
 
 
 def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int, columns: Sequence[str] = SCORES_COLUMNS,
@@ -518,7 +521,7 @@ def _scan_scores(path: Path, handle: BinaryIO, rows_per_query: int, columns: Seq
     group_expected = 0
     group_ids: list[str] = []
     group_start = 0
-    group_poses: set[tuple[str, str, str]] = set()
+    group_poses: set[PoseKey] = set()
     isomers_column = SCORES_COLUMNS.index(Field.ISOMERS)
     template_column, rank_column = SCORES_COLUMNS.index(Field.TEMPLATE_RECORD), SCORES_COLUMNS.index(Field.POSE_RANK)
     try:
@@ -575,7 +578,7 @@ def _rows_cut(poses: Path, last: _LastQuery) -> bool:
         return not _last_pose_keys(handle, set(last.row_ids)) <= last.poses
 
 
-def _last_pose_keys(handle: BinaryIO, names: set[str]) -> set[tuple[str, str, str]]:
+def _last_pose_keys(handle: BinaryIO, names: set[str]) -> set[PoseKey]:
     """(name, template record, pose rank) of the complete records that end poses.sdf and are named in ``names``.
 
     Read backwards in growing chunks, up to the first record of another name: a resume reads the last
@@ -586,29 +589,29 @@ def _last_pose_keys(handle: BinaryIO, names: set[str]) -> set[tuple[str, str, st
     while True:
         start = max(0, size - length)
         handle.seek(start)
-        records = _complete_records(handle.read(size - start), whole=start == 0)
-        found: set[tuple[str, str, str]] = set()
+        records = list(_complete_records(handle.read(size - start).splitlines(keepends=True)))
+        if start > 0:
+            records = records[1:]  # the first record of a tail may have lost its start
+        found: set[PoseKey] = set()
         for name, text in reversed(records):
             if name not in names:
                 return found
-            tags = dict(sd_tags(text))
+            tags = dict(sd_tags(text.decode("utf-8", "replace")))
             found.add((name, tags.get(Field.TEMPLATE_RECORD, ""), tags.get(Field.POSE_RANK, "")))
         if start == 0:
             return found
         length *= 4
 
 
-def _complete_records(data: bytes, *, whole: bool) -> list[tuple[str, str]]:
-    """(name, text) of each complete record in ``data``, a tail of poses.sdf (``whole``: the file); the first
-    record of a tail may have lost its start and a last one without its ``$$$$`` line is torn: both are left out."""
-    records: list[tuple[str, str]] = []
+def _complete_records(lines: Iterable[bytes]) -> Iterator[tuple[str, bytes]]:
+    """(name, text) of each complete record of poses.sdf's ``lines``, in order; a last record without its
+    ``$$$$`` line is torn and left out."""
     record: list[bytes] = []
-    for line in data.splitlines(keepends=True):
+    for line in lines:
         record.append(line)
         if _is_separator(line):
-            records.append((_record_name(record[0]), b"".join(record).decode("utf-8", "replace")))
+            yield _record_name(record[0]), b"".join(record)
             record = []
-    return records if whole else records[1:]
 
 
 def _is_separator(line: bytes) -> bool:
@@ -666,15 +669,11 @@ def _kept_records(handle: BinaryIO, done: set[str]) -> Iterator[bytes]:
     ``_CHUNK_BYTES`` (a large poses.sdf is never read into memory whole)."""
     handle.seek(0)
     chunk = bytearray()
-    record: list[bytes] = []
-    for line in handle:
-        record.append(line)
-        if _is_separator(line):
-            if _record_name(record[0]) in done:
-                chunk += b"".join(record)
-                if len(chunk) >= _CHUNK_BYTES:
-                    yield bytes(chunk)
-                    chunk = bytearray()
-            record = []
+    for name, text in _complete_records(handle):
+        if name in done:
+            chunk += text
+            if len(chunk) >= _CHUNK_BYTES:
+                yield bytes(chunk)
+                chunk = bytearray()
     if chunk:
         yield bytes(chunk)
