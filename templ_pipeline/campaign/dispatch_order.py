@@ -26,10 +26,10 @@ import re
 from collections.abc import Callable, Iterator
 
 from rdkit import Chem, rdBase
-from rdkit.Chem.EnumerateStereoisomers import GetStereoisomerCount, StereoEnumerationOptions
+from rdkit.Chem.EnumerateStereoisomers import GetStereoisomerCount
 
 from templ_pipeline.campaign.queries import QueryRecord
-from templ_pipeline.core.preparation import PreparationOptions, StereoPolicy
+from templ_pipeline.core.preparation import PreparationOptions, StereoPolicy, stereo_enumeration
 
 WINDOW = 64
 """Queries read ahead to choose from: a few seconds of work for 2-16 workers, a few hundred bytes each."""
@@ -55,7 +55,7 @@ def query_size(record: QueryRecord) -> int:
 
 def isomers_embedded(record: QueryRecord, options: PreparationOptions) -> int:
     """The stereoisomers ``record`` will be embedded as under ``options`` (RDKit's count of those its unassigned
-    centres allow, capped as preparation caps it); 1 when it does not parse."""
+    centres allow, enumerated and capped as preparation does); 1 when it does not parse."""
     if options.stereo is not StereoPolicy.ENUMERATE:
         return 1
     # a record that does not parse (or that RDKit cannot count) is the worker's to report, as a row: the order
@@ -68,8 +68,7 @@ def isomers_embedded(record: QueryRecord, options: PreparationOptions) -> int:
                 mol = Chem.MolFromMolBlock(record.molblocks[0]) if record.molblocks else None
             if mol is None:
                 return 1
-            enumeration = StereoEnumerationOptions(onlyUnassigned=True, unique=True, maxIsomers=options.max_isomers)
-            return max(1, min(GetStereoisomerCount(mol, options=enumeration), options.max_isomers))
+            return max(1, min(GetStereoisomerCount(mol, options=stereo_enumeration(options)), options.max_isomers))
         except Exception:  # RDKit's own errors (a RuntimeError from a molecule it cannot perceive)
             return 1
 

@@ -52,6 +52,7 @@ __all__ = [
     "element_supported",
     "prepare",
     "refuse_unscorable",
+    "stereo_enumeration",
 ]
 
 #: Fewer heavy atoms than this have no shape to align: ``O`` failed every conformer, ``CC``
@@ -275,10 +276,16 @@ def _canonical_tautomer(mol: Chem.Mol, actions: set[PreparationAction]) -> Chem.
     return canonical
 
 
+def stereo_enumeration(options: PreparationOptions) -> StereoEnumerationOptions:
+    """How a molecule's unassigned centres are enumerated, and counted: those only, each isomer once, at most
+    ``max_isomers`` of them, sampled with a fixed seed when there are more."""
+    return StereoEnumerationOptions(onlyUnassigned=True, unique=True, maxIsomers=options.max_isomers,
+                                    rand=_STEREO_SEED)
+
+
 def _stereoisomers(mol: Chem.Mol, options: PreparationOptions,
                    actions: set[PreparationAction]) -> tuple[tuple[PreparedIsomer, ...], int]:
-    enumeration = StereoEnumerationOptions(onlyUnassigned=True, unique=True, maxIsomers=options.max_isomers,
-                                           rand=_STEREO_SEED)
+    enumeration = stereo_enumeration(options)
     possible = GetStereoisomerCount(mol, options=enumeration)
     if possible <= 1:
         return (PreparedIsomer(mol, Chem.MolToSmiles(mol), 0, 1),), 1
