@@ -285,7 +285,7 @@ class DaskSession:
         waiting = {f"{TASK_PREFIX}-{task.index}-{run_id}": task for task in tasks}
         listener = self.losses.listen()
         futures = []
-        fetches_failed: dict[int, int] = {}  # batch index -> results of it that could not be fetched
+        fetched_again: set[int] = set()  # batches submitted again because their result could not be fetched
         stream = as_completed(loop=self.client.loop)
 
         def submit(key: str, task: BatchTask) -> None:
@@ -302,13 +302,15 @@ class DaskSession:
                     try:
                         result = self._result(future)
                     except DaskFailure as failure:
-                        lost = waiting.get(future.key)
-                        if lost is None or not self._fetch_again(failure, fetches_failed, lost.index):
-                            raise
-                        del waiting[future.key]
                         # Its worker died while the result was fetched, and Dask's rerun did not bring it back
-                        # in time (distributed can lose track of a result it recomputes): submit it again.
-                        key = f"{TASK_PREFIX}-{lost.index}-{run_id}-{fetches_failed[lost.index]}"
+                        # in time (distributed can lose track of a result it recomputes): while the client has
+                        # its scheduler, the batch is submitted again, once.
+                        lost = waiting.pop(future.key, None)
+                        if (lost is None or lost.index in fetched_again or not self.healthy
+                                or failure.reason != FallbackReason.SCHEDULER_LOST):
+                            raise
+                        fetched_again.add(lost.index)
+                        key = f"{TASK_PREFIX}-{lost.index}-{run_id}-again"
                         waiting[key] = lost
                         submit(key, lost)
                         continue
@@ -321,14 +323,6 @@ class DaskSession:
             self.losses.forget(listener)
             if self.client.status == "running":
                 self.client.cancel([future for future in futures if not future.done()])
-
-    def _fetch_again(self, failure: DaskFailure, fetches_failed: dict[int, int], index: int) -> bool:
-        """Whether a batch whose finished result could not be fetched runs again on the cluster (True, counted in
-        ``fetches_failed``): the client still has its scheduler, and the batch failed so at most once before."""
-        if failure.reason != FallbackReason.SCHEDULER_LOST or not self.healthy or fetches_failed.get(index, 0) >= 1:
-            return False
-        fetches_failed[index] = fetches_failed.get(index, 0) + 1
-        return True
 
     @staticmethod
     def _result(future: Future[BatchResult]) -> BatchResult:
