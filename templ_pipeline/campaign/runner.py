@@ -247,7 +247,6 @@ class _Campaign:
         self._emit = emit
         self._retry: deque[QueryTask] = deque()
         self._in_flight: dict[int, tuple[QueryRecord, dict[str, str]]] = {}  # index -> (record, trace carrier)
-        self._arrived: set[int] = set()  # in flight until finished, but their outcomes are here: not running
         self._records: Iterator[QueryRecord] | None = None
         self._index = 0
         self.workers = 0
@@ -370,11 +369,13 @@ class _Campaign:
     def _collect(self, pool: QueryPool | DaskQueryPool) -> Iterator[QueryResult]:
         arrivals = pool.wait(WAIT_SECONDS)
         retry_first(arrivals.retry, self._retry)
-        self._arrived.update(task.index for task, _ in arrivals.finished)  # the queries started next count without them
-        if arrivals.finished and pool.gone is None:
+        # no longer in flight: the queries started next (the freed workers get theirs before these are written)
+        # count without them
+        landed = [(task.index, self._in_flight.pop(task.index)[0], outcome) for task, outcome in arrivals.finished]
+        if landed and pool.gone is None:
             self._fill(pool)  # the freed workers get their next query first (a Dask one leaves at the next wait)
-        for task, outcome in arrivals.finished:
-            yield self._finish(task.index, outcome, pool.kind)
+        for index, record, outcome in landed:
+            yield self._finish(index, record, outcome, pool.kind)
         if arrivals.finished:
             self._observe_limits(f"{len(self._in_flight)} queries in flight on {pool.workers} workers")
 
@@ -399,7 +400,7 @@ class _Campaign:
                 outcome = failed(task.index, QueryFailureReason.TIMEOUT,
                                  f"took {outcome.seconds:.1f} s (limit {limit:g} s), in this process",
                                  smiles=outcome.smiles, seconds=outcome.seconds)
-            yield self._finish(task.index, outcome, ExecutorKind.SEQUENTIAL)
+            yield self._finish(task.index, self._in_flight.pop(task.index)[0], outcome, ExecutorKind.SEQUENTIAL)
             self._observe_limits("after a query run in this process")
 
     # --- shared -----------------------------------------------------------------------------------
@@ -417,21 +418,16 @@ class _Campaign:
         if record is None:
             return None
         index, self._index = self._index, self._index + 1
-        started = QueryStarted(index, self._running() + 1)
+        started = QueryStarted(index, len(self._in_flight) + 1)
         self._emit(started)  # a tracing observer puts the query span's traceparent in started.carrier
         self._in_flight[index] = (record, started.carrier)
         return self._task(index, record, started.carrier)
 
-    def _running(self) -> int:
-        """Queries on workers now: in flight, less those whose outcome arrived and is being finished."""
-        return len(self._in_flight) - len(self._arrived)
-
     def _task(self, index: int, record: QueryRecord, carrier: dict[str, str]) -> QueryTask:
         return QueryTask(index, record.query_id, record.smiles, record.molblocks, carrier)
 
-    def _finish(self, index: int, outcome: QueryOutcome, kind: ExecutorKind) -> QueryResult:
-        record, _carrier = self._in_flight.pop(index)
-        self._arrived.discard(index)
+    def _finish(self, index: int, record: QueryRecord, outcome: QueryOutcome, kind: ExecutorKind) -> QueryResult:
+        """The result of query ``index`` (no longer in flight), its events emitted."""
         options = self._options
         chosen_isomer, best = outcome.best_isomer(options.metric)
         scored = sum(result.scored for result in outcome.templates)
@@ -457,7 +453,7 @@ class _Campaign:
         self._emit(QueryFinished(record.query_id, kind, outcome.status, outcome.reason, outcome.seconds,
                                  requested * max(1, len(outcome.isomers)), outcome.conformers,
                                  best.scored if best else scored,
-                                 best.failed if best else failures, self._running(), outcome.detail, index,
+                                 best.failed if best else failures, len(self._in_flight), outcome.detail, index,
                                  stages))
         return QueryResult(record, outcome, kind, requested)
 
