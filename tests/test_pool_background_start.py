@@ -28,7 +28,7 @@ GONE_TIMEOUT = 30.0  # seconds for every process of the program to exit once it 
 
 _LOOP = textwrap.dedent(
     """
-    import json, multiprocessing, os, signal, sys, threading
+    import json, multiprocessing, os, signal, sys, threading, time
     from rdkit import Chem
     from templ_pipeline.core.conformers import generate_conformers
     from templ_pipeline.core.events import WorkersGranted, WorkersReduced, as_fields
@@ -44,6 +44,18 @@ _LOOP = textwrap.dedent(
     mode = sys.argv[1]
     blockers = []
 
+    def wait_until_free(tasks):
+        # a joined thread is uncharged from the pids cgroup a moment after join returns (the kernel wakes the
+        # joiner before it releases the task): wait until the cgroup counts it gone
+        cgroup = sys.argv[2]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            limit, current = (open(os.path.join(cgroup, name)).read().strip() for name in ("pids.max", "pids.current"))
+            if limit == "max" or int(limit) - int(current) >= tasks:
+                return
+            time.sleep(0.005)
+        raise SystemExit(f"the cgroup did not uncharge {tasks} joined threads")
+
     def use_up_the_headroom(event):
         # once the stream's pool is granted, other tasks of the cgroup take what is left ("process": but one)
         if isinstance(event, WorkersGranted) and event.granted == 2 and not blockers:
@@ -57,6 +69,7 @@ _LOOP = textwrap.dedent(
             if mode == "process":
                 t, release = blockers.pop()
                 release.set(); t.join(60)
+                wait_until_free(1)
 
     def interrupt(event):
         if isinstance(event, WorkersReduced) and event.reason == "pool_starting":
@@ -81,6 +94,7 @@ _LOOP = textwrap.dedent(
     POOLS.settle(READY_SECONDS)  # the background start has ended, one way or the other
     for t, release in blockers:
         release.set(); t.join(60)
+    wait_until_free(len(blockers))
     calls.append(call())
     POOLS.settle(READY_SECONDS)
     shutdown_pools()
@@ -95,7 +109,8 @@ def _sized_env() -> dict[str, str]:
 
 
 def _run_in(cgroup, mode: str, headroom: int) -> dict:
-    return cgroup.run_loaded([sys.executable, "-c", _LOOP, mode], headroom, timeout=TIMEOUT, env=_sized_env())
+    argv = [sys.executable, "-c", _LOOP, mode, str(cgroup.path)]
+    return cgroup.run_loaded(argv, headroom, timeout=TIMEOUT, env=_sized_env())
 
 
 def _of(call: dict, event: str) -> list[dict]:
