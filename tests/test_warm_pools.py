@@ -15,12 +15,19 @@ import pytest
 from rdkit import Chem
 
 from templ_pipeline.core.batch import score_batch
-from templ_pipeline.core.events import ExecutorCreated, ReductionReason, TaskType, WorkersGranted, WorkersReduced
+from templ_pipeline.core.events import (
+    BatchDone,
+    ExecutorCreated,
+    ReductionReason,
+    TaskType,
+    WorkersGranted,
+    WorkersReduced,
+)
 from templ_pipeline.core.executor import get_executor, shutdown_pools
 from templ_pipeline.core.limits.cpu import read_cpu_budget
 from templ_pipeline.core.pools import POOLS, READY_SECONDS, BackgroundStart, PoolRegistry
 from templ_pipeline.core.recent_work import NO_RECENT_WORK, SCORING_HISTORY, RecentWork, WorkHistory
-from templ_pipeline.core.scoring import select_best_with_report
+from templ_pipeline.core.scoring import choose_batch_size, select_best_with_report
 from templ_pipeline.core.sizing import (
     ALIGN_SECONDS_PER_CONFORMER,
     COLD_POOL_SECONDS,
@@ -127,6 +134,10 @@ def test_a_pool_ready_during_a_call_in_the_caller_takes_the_batches_left(sized, 
     assert [(e.kind, e.workers, e.reused) for e in _created(events)] == [("process", 2, False)]
     assert events.index(starting) < events.index(_created(events)[0])
     assert selection.report.executor_kinds == ["sequential", "process"]  # a batch here, the rest on the pool
+    # the batches are cut for the pool that takes them, not for the caller: enough left to keep both workers busy
+    assert selection.report.batch_size == choose_batch_size(CALL, 2)
+    done = [event.kind for event in events if isinstance(event, BatchDone)]
+    assert done == ["sequential"] + ["process"] * (selection.report.n_batches - 1) and len(done) >= 2 * 2 + 1
     best = selection.best["combo"][0].GetConformer().GetPositions().round(6).tolist()
     assert [[s.conf_id, s.shape, s.color] for s in selection.ordered] + [best] == _call(call_confs, template)[1]
 

@@ -1,4 +1,5 @@
-"""Lean workers: a pool worker loads RDKit, numpy, the batch code and OpenTelemetry's API, nothing more.
+"""Lean workers: a pool worker loads RDKit, numpy and the batch code, nothing more; OpenTelemetry's API only
+when a task carries a trace.
 
 Checked in fresh interpreters (what importing the worker modules loads), in real
 spawned workers of a ``PoolRegistry`` pool (whose workers do not run the parent's
@@ -49,10 +50,16 @@ print(json.dumps({{"modules": loaded_modules(), "handlers": root_log_handlers()}
 """
 
 
+def _opentelemetry(modules: list[str]) -> list[str]:
+    return [name for name in modules if name.split(".")[0] == "opentelemetry"]
+
+
 def test_importing_the_worker_modules_loads_no_cli_or_telemetry_stack():
     report = json.loads(_python("-c", _REPORT.format(
         imports="import templ_pipeline.core.batch, templ_pipeline.core.worker_init")))
     assert _forbidden(report["modules"]) == []
+    assert _opentelemetry(report["modules"]) == []  # until a task carries a trace
+    assert "templ_pipeline.core.events" not in report["modules"]  # the vocabularies (labels), not the events
     assert "templ_pipeline.core.pools" not in report["modules"]
     assert report["handlers"] == 0, "importing the worker modules configured logging"
 
@@ -64,13 +71,28 @@ def test_a_campaign_worker_imports_only_what_a_query_needs():
              "templ_pipeline.core.pools", "templ_pipeline.core.executor", "templ_pipeline.cli",
              "templ_pipeline.telemetry.metrics"}
     assert heavy.isdisjoint(report["modules"]), sorted(heavy & set(report["modules"]))
+    assert _opentelemetry(report["modules"]) == []
     assert report["handlers"] == 0, "importing the campaign worker configured logging"
 
 
-def test_the_trace_context_workers_use_loads_only_opentelemetry_api():
-    modules = json.loads(_python("-c", _REPORT.format(imports="import templ_pipeline.core.trace_context")))["modules"]
-    assert [m for m in modules if m.startswith(TELEMETRY)] == []
-    assert _forbidden(modules) == []
+_CARRIED = """
+import json, os
+from templ_pipeline.core.trace_context import start_worker_span
+from worker_probe import loaded_modules
+untraced = start_worker_span({}, os.getpid())
+before = loaded_modules()
+span = start_worker_span({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}, os.getpid())
+print(json.dumps({"untraced": untraced is None, "before": before, "after": loaded_modules(),
+                  "parent": span.finish().parent_span_id}))
+"""
+
+
+def test_the_trace_context_loads_opentelemetry_api_only_for_a_task_that_carries_a_trace():
+    report = json.loads(_python("-c", _CARRIED))
+    assert report["untraced"] and _opentelemetry(report["before"]) == []
+    assert "opentelemetry.trace" in report["after"] and report["parent"] == 0xB7AD6B7169203331
+    assert [m for m in report["after"] if m.startswith(TELEMETRY)] == []
+    assert _forbidden(report["after"]) == []
 
 
 # --- real pool workers -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdShapeAlign
 
-from templ_pipeline.core.events import FailureReason, values
+from templ_pipeline.core.labels import FailureReason, values
 from templ_pipeline.core.trace_context import WorkerSpan, start_worker_span
 
 # Full-precision pickles: RDKit stores coordinates as 32-bit floats in a pickle by

@@ -192,6 +192,12 @@ class MonitoredExecutor:
     def workers(self) -> int:
         return self.rung.workers
 
+    @property
+    def batch_workers(self) -> int:
+        """The workers to size the call's batches for: the rung's, or those of the pool starting in the background
+        (it takes the batches left once it is ready, and they must be enough to keep all its workers busy)."""
+        return self._background.workers if self._background is not None else self.rung.workers
+
     def __enter__(self) -> MonitoredExecutor:
         return self
 

@@ -267,7 +267,7 @@ def select_best_with_report(
                               exact_workers=exact_workers, worker_timeout=worker_timeout) as runner:
                 for observer in everyone:
                     runner.subscribe(observer)
-                batch_size = choose_batch_size(len(conf_ids), runner.workers)
+                batch_size = choose_batch_size(len(conf_ids), runner.batch_workers)
                 carrier = current_carrier()  # workers time their batch spans under this call's trace
                 tasks = [
                     BatchTask(index, template, template_key, batch_query(base, confs, chunk), tuple(chunk), carrier,
