@@ -10,8 +10,9 @@ thread count), and :func:`~templ_pipeline.core.batch.score_batch` scores them on
 the same sanitized topology. So a query gives the same best pose and scores in
 both commands, whichever worker, rung or worker count ran it.
 
-Campaign workers import this module: RDKit, numpy, the scoring core and
-OpenTelemetry's API (for the worker spans), nothing of the CLI or telemetry's SDK.
+Campaign workers import this module: RDKit, numpy and the scoring core, and
+OpenTelemetry's API once a query carries a trace (for the worker spans); nothing of
+the CLI or telemetry's SDK.
 A query never raises out of :meth:`QueryRunner.run`: every failure is an outcome
 with a bounded reason, and the detail for the log.
 """

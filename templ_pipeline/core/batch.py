@@ -1,8 +1,9 @@
 """One batch of conformers scored against a template: the unit of work a pool runs.
 
 This module is what worker processes import, so it stays small: RDKit, numpy, the
-standard library and OpenTelemetry's API (:mod:`core.trace_context` times the
-batch span; importing it loads no other part of ``telemetry``). Metrics, logs and
+standard library and the events' vocabularies (:mod:`core.labels`, not the events);
+OpenTelemetry's API only once a task carries a trace (:mod:`core.trace_context` times
+the batch span; it loads no part of ``telemetry``). Metrics, logs and
 span export live in the parent, which counts what the workers send back (each
 batch result is counted exactly once, where it arrives).
 """
