@@ -1,5 +1,5 @@
-"""Lean workers: a pool worker loads RDKit, numpy and the batch code, nothing more; OpenTelemetry's API only
-when a task carries a trace.
+"""Lean workers: a pool worker loads RDKit and the batch code, nothing more (not numpy: the parent reads the
+coordinates); OpenTelemetry's API only when a task carries a trace.
 
 Checked in fresh interpreters (what importing the worker modules loads), in real
 spawned workers of a ``PoolRegistry`` pool (whose workers do not run the parent's
@@ -138,13 +138,13 @@ PARENT = textwrap.dedent('''
 
 
     def report(registry, task):
-        from templ_pipeline.core.batch import score_batch
+        from templ_pipeline.core.batch import align_batch
         from worker_probe import loaded_modules, root_log_handlers
 
         pool, _ = registry.acquire("process", 1)
         try:
-            result = pool.submit(score_batch, task).result(timeout=120)
-            return {"scored": len(result.scored), "modules": pool.submit(loaded_modules).result(timeout=120),
+            result = pool.submit(align_batch, task).result(timeout=120)  # what the executor's pools run
+            return {"scored": len(result.aligned_scores), "modules": pool.submit(loaded_modules).result(timeout=120),
                     "handlers": pool.submit(root_log_handlers).result(timeout=120)}
         finally:
             registry.release(pool)
@@ -189,7 +189,7 @@ def test_a_worker_of_the_cli_loads_neither_the_cli_nor_its_stack(parent_script, 
     # the control: a stock spawn worker runs the CLI again, with everything it imports
     assert set(_forbidden(stock["modules"])) >= {"rich", "typer"}, "the parent is not set up as the CLI"
     assert _forbidden(lean["modules"]) == []
-    assert not {"templ_pipeline.cli", "templ_pipeline.core.pools"} & set(lean["modules"])
+    assert not {"templ_pipeline.cli", "templ_pipeline.core.pools", "numpy"} & set(lean["modules"])
     assert "templ_pipeline.core.batch" in lean["modules"]
     assert lean["handlers"] == 0
 

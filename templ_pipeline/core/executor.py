@@ -33,7 +33,7 @@ from enum import StrEnum
 from functools import partial
 
 from templ_pipeline.core.backend import STALL_SECONDS, Backend, PoolBackend, RungFailure, start_failure_reason
-from templ_pipeline.core.batch import BatchResult, BatchTask, score_batch
+from templ_pipeline.core.batch import BatchResult, BatchTask, align_batch, with_positions
 from templ_pipeline.core.events import (
     BatchDone,
     CallDone,
@@ -125,7 +125,7 @@ class MonitoredExecutor:
         task_type: str = TaskType.SCORING,
         *,
         registry: PoolRegistry = POOLS,
-        fn: Callable[[BatchTask], BatchResult] = score_batch,
+        fn: Callable[[BatchTask], BatchResult] = align_batch,
         executor: str = "auto",
         scheduler: str | None = None,
         stall_timeout: float = STALL_SECONDS,
@@ -328,6 +328,7 @@ class MonitoredExecutor:
         return self._arrived(ExecutorKind.SEQUENTIAL, task, self._fn(task))
 
     def _arrived(self, kind: ExecutorKind, task: BatchTask, result: BatchResult) -> BatchResult:
+        result = with_positions(result)  # the coordinates of an aligned batch are read here, not in the worker
         self._emit(BatchDone(kind, len(task.conf_ids), result))
         observe_limits(self._emit, f"after batch {task.index}")
         return result

@@ -30,6 +30,7 @@ from templ_pipeline.core.batch import (
     has_coordinates,
     mol_to_bytes,
     sanitized_copy_without_conformers,
+    unusable_conformers,
 )
 from templ_pipeline.core.best_pose import best_conformer
 from templ_pipeline.core.events import (
@@ -263,16 +264,19 @@ def select_best_with_report(
         else:
             template = Chem.Mol(tpl, confId=tpl.GetConformer().GetId())
             template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
-            with get_executor(n_workers, executor=executor, scheduler=scheduler, conformers=len(conf_ids),
+            report.failures = unusable_conformers(confs, conf_ids)  # checked here: workers never load numpy
+            unusable = {failure.conf_id for failure in report.failures}
+            usable = [conf_id for conf_id in conf_ids if conf_id not in unusable]
+            with get_executor(n_workers, executor=executor, scheduler=scheduler, conformers=len(usable),
                               exact_workers=exact_workers, worker_timeout=worker_timeout) as runner:
                 for observer in everyone:
                     runner.subscribe(observer)
-                batch_size = choose_batch_size(len(conf_ids), runner.batch_workers)
+                batch_size = choose_batch_size(len(usable), runner.batch_workers)
                 carrier = current_carrier()  # workers time their batch spans under this call's trace
                 tasks = [
                     BatchTask(index, template, template_key, batch_query(base, confs, chunk), tuple(chunk), carrier,
                               align=align)
-                    for index, chunk in enumerate(_chunks(conf_ids, batch_size))
+                    for index, chunk in enumerate(_chunks(usable, batch_size))
                 ]
                 report.batch_size = batch_size
                 report.n_batches = len(tasks)

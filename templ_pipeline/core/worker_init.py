@@ -57,7 +57,7 @@ def worker_preparation_data(name: str) -> dict[str, Any]:
     take an idle worker from 142 modules to 668 and cost 0.4-0.6 s on 2 cores.
 
     Nothing a TEMPL worker runs is defined in ``__main__`` (tasks are
-    ``templ_pipeline.core.batch.score_batch`` and
+    ``templ_pipeline.core.batch.align_batch`` and
     ``templ_pipeline.campaign.worker.serve``, the initializer is
     :func:`init_worker`), so every worker skips it. The path entries, working
     directory and ``sys.argv`` are still the parent's, so modules next to the
