@@ -4,10 +4,10 @@
 a pool worker imports (``templ_pipeline.core.batch`` and ``.worker_init``), less
 the median of empty ones (``python -c pass``); RDKit alone is reported next to
 it, as the floor (a pool worker aligns without numpy: the parent reads the
-coordinates), and numpy alone, what the worker no longer loads. A fresh interpreter also pays for the
-multiprocessing modules that ``worker_init`` needs for its process class (about
-20 ms on 2 cores); a spawned worker has loaded them before it imports anything
-of ours. ``cold_start_ms``: in a fresh parent, acquire a 2-worker process pool
+coordinates), and numpy alone, what the worker no longer loads. A fresh
+interpreter also pays for the multiprocessing modules that ``worker_init``
+needs for its process class (about 20 ms on 2 cores); a spawned worker has
+loaded them before it imports anything of ours. ``cold_start_ms``: in a fresh parent, acquire a 2-worker process pool
 from a new ``PoolRegistry`` and run a one-conformer batch on every worker;
 measured with a plain parent and with the ``templ`` CLI as the parent's main
 module (as ``python -m templ_pipeline.cli`` sets it), which spawn workers would
@@ -91,7 +91,7 @@ def _wall_ms(code: str) -> float:
 def import_times(repeats: int = 9) -> dict[str, float]:
     """Median interpreter wall times (ms): empty, with the worker imports, with RDKit only, with numpy only.
 
-    The three are interleaved so that load from elsewhere on the machine falls on all of them.
+    They are interleaved so that load from elsewhere on the machine falls on all of them.
     """
     samples: dict[str, list[float]] = {"empty": [], "worker": [], "floor": [], "numpy": []}
     for _ in range(repeats):

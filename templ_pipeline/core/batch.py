@@ -75,7 +75,8 @@ class ConformerFailure:
 
 @dataclass(slots=True)
 class BatchResult:
-    """What one batch produced; every conformer id of the task is in exactly one list.
+    """What one batch produced; every conformer id of the task is in exactly one of ``scored``, ``failed`` and
+    ``aligned_scores``.
 
     As :func:`align_batch` leaves it, the scored conformers are ``aligned_scores``
     (id, shape, colour) and their coordinates are in ``aligned``, the batch's
