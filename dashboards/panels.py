@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from grafana_foundation_sdk.builders import common as common_builders
-from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import common as common_builders, prometheus, stat, table, timeseries
 from grafana_foundation_sdk.builders.dashboard import DashboardLink, ThresholdsConfig
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.variants import Dataquery
-from grafana_foundation_sdk.models import common
-from grafana_foundation_sdk.models import prometheus as prometheus_models
+from grafana_foundation_sdk.models import common, prometheus as prometheus_models
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, DataTransformerConfig, Threshold, ThresholdsMode
 
 PROMETHEUS = DataSourceRef(type_val="prometheus", uid="${datasource}")

@@ -4,8 +4,7 @@ trace. The CLI opens it (the edge); the chemistry's and the campaign's spans com
 
 from __future__ import annotations
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import context as otel_context, trace
 from opentelemetry.trace import Status, StatusCode
 
 from templ_pipeline.telemetry import catalog as c

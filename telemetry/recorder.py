@@ -26,15 +26,13 @@ from collections.abc import Mapping
 from contextvars import Token
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, Status, StatusCode, TraceFlags
 
 from templ_pipeline.core import events as ev
 from templ_pipeline.core.trace_context import context_carrier
-from templ_pipeline.telemetry import catalog as c
-from templ_pipeline.telemetry import state
+from templ_pipeline.telemetry import catalog as c, state
 from templ_pipeline.telemetry.logs import get_logger
 from templ_pipeline.telemetry.metrics import TemplMetrics, get_metrics
 from templ_pipeline.telemetry.tracing import (

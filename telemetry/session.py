@@ -49,8 +49,7 @@ from templ_pipeline.telemetry.server import (
     MetricsServerError,
     parse_address,
 )
-from templ_pipeline.telemetry.state import TelemetryState
-from templ_pipeline.telemetry.state import begin as begin_state
+from templ_pipeline.telemetry.state import TelemetryState, begin as begin_state
 from templ_pipeline.telemetry.tracing import configure_tracing, shutdown_tracing
 
 _log = get_logger("templ.telemetry")

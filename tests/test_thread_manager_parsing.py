@@ -6,8 +6,7 @@ import errno
 import os
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from templ_pipeline.core.limits import cgroup, procfs
 from templ_pipeline.core.limits.classify import classify_errno, errno_of

@@ -83,8 +83,7 @@ from templ_pipeline.core.preparation import (
     TautomerPolicy,
 )
 from templ_pipeline.core.scoring import Metric
-from templ_pipeline.core.template_choice import DEFAULT_MCS_TIMEOUT, ChoiceOptions
-from templ_pipeline.core.template_choice import DEFAULT_TOP as DEFAULT_TOP_TEMPLATES
+from templ_pipeline.core.template_choice import DEFAULT_MCS_TIMEOUT, DEFAULT_TOP as DEFAULT_TOP_TEMPLATES, ChoiceOptions
 from templ_pipeline.core.template_library import TemplateLibrary
 from templ_pipeline.io import InputError, read_template_library
 from templ_pipeline.reference import ReferencePoses

@@ -31,8 +31,7 @@ import os
 import pickle
 import signal
 import sys
-from multiprocessing import context as mp_context
-from multiprocessing import popen_spawn_posix, reduction, spawn, util
+from multiprocessing import context as mp_context, popen_spawn_posix, reduction, spawn, util
 from typing import Any
 
 MAIN_KEYS = ("init_main_from_name", "init_main_from_path")
