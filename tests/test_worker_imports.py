@@ -72,6 +72,7 @@ def test_a_campaign_worker_imports_only_what_a_query_needs():
              "templ_pipeline.telemetry.metrics"}
     assert heavy.isdisjoint(report["modules"]), sorted(heavy & set(report["modules"]))
     assert _opentelemetry(report["modules"]) == []
+    assert "templ_pipeline.core.events" not in report["modules"]  # the vocabularies and stage timings alone
     assert report["handlers"] == 0, "importing the campaign worker configured logging"
 
 

@@ -40,17 +40,7 @@ from templ_pipeline.core.batch import (
 )
 from templ_pipeline.core.best_pose import best_conformer, best_pair
 from templ_pipeline.core.embedding import DEFAULT_PRUNE_RMS, Embed, embed_on_this_thread
-from templ_pipeline.core.events import (
-    ConformersTimed,
-    FailureReason,
-    PoseMethod,
-    PreparationAction,
-    QueryFailureReason,
-    QueryStatus,
-    ScoringTimed,
-    StageTiming,
-    TemplatesChoiceTimed,
-)
+from templ_pipeline.core.labels import FailureReason, PoseMethod, PreparationAction, QueryFailureReason, QueryStatus
 from templ_pipeline.core.preparation import (
     Preparation,
     PreparationError,
@@ -58,6 +48,7 @@ from templ_pipeline.core.preparation import (
     prepare,
     refuse_unscorable,
 )
+from templ_pipeline.core.stage_timings import ConformersTimed, ScoringTimed, StageTiming, TemplatesChoiceTimed
 from templ_pipeline.core.template_choice import ChoiceOptions, choose_templates
 from templ_pipeline.core.template_library import TemplateLibrary
 from templ_pipeline.core.template_poses import (

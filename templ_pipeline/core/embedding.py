@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from rdkit import Chem
-from rdkit.Chem import AllChem
+from rdkit.Chem import rdDistGeom  # not AllChem: its other modules cost every process 15 ms to import
 from rdkit.Geometry import Point3D
 
 from templ_pipeline.core.native_call import native_call_starting
@@ -40,12 +40,12 @@ conformer order: the same conformers are kept at 1 and 2 threads, pinned or free
 
 
 def etkdg_parameters(seed: int, threads: int, *, random_coords: bool, pins: Pins | None = None,
-                     prune_rms: float = DEFAULT_PRUNE_RMS) -> AllChem.EmbedParameters:
+                     prune_rms: float = DEFAULT_PRUNE_RMS) -> rdDistGeom.EmbedParameters:
     """ETKDGv3 with ``seed``, on ``threads`` RDKit threads (1 starts none); with ``pins``, the distances
     between the pinned atoms are the given coordinates' (RDKit's ``SetCoordMap``); with ``prune_rms``,
     conformers closer than that to an earlier one dropped (RDKit's ``pruneRmsThresh``). Chirality is always
     enforced: a pinned core never turns a stereocentre of the query."""
-    params = AllChem.ETKDGv3()
+    params = rdDistGeom.ETKDGv3()
     params.randomSeed = seed
     params.numThreads = threads
     params.useRandomCoords = random_coords
@@ -63,7 +63,7 @@ def embed(with_hs: Chem.Mol, num_conformers: int, seed: int, threads: int, *, ra
     attempt = Chem.Mol(with_hs)
     params = etkdg_parameters(seed, threads, random_coords=random_coords, pins=pins, prune_rms=prune_rms)
     native_call_starting()
-    AllChem.EmbedMultipleConfs(attempt, numConfs=num_conformers, params=params)
+    rdDistGeom.EmbedMultipleConfs(attempt, numConfs=num_conformers, params=params)
     return attempt
 
 

@@ -3,11 +3,9 @@
 The executor, the conformer threads and the Dask backend emit these events to the
 observers they are given (plain callables, ``Observer``); telemetry turns each into
 its metric samples, span event and log line, and the selection report collects
-them. Their bounded vocabularies are defined once in :mod:`templ_pipeline.core.labels`
-and re-exported here.
-
-This module is imported by campaign workers too (the stages they time are events):
-standard library only.
+them. Their bounded vocabularies are defined once in :mod:`templ_pipeline.core.labels`,
+and the stages a campaign worker times in :mod:`templ_pipeline.core.stage_timings`; both
+are re-exported here. Workers import those two, not this module.
 """
 
 from __future__ import annotations
@@ -16,68 +14,35 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from templ_pipeline.core.labels import (
     REFUSED_STARTS as REFUSED_STARTS,
-)
-from templ_pipeline.core.labels import (
     ExecutorKind as ExecutorKind,
-)
-from templ_pipeline.core.labels import (
     FailureReason as FailureReason,
-)
-from templ_pipeline.core.labels import (
     FallbackCause as FallbackCause,
-)
-from templ_pipeline.core.labels import (
     FallbackReason as FallbackReason,
-)
-from templ_pipeline.core.labels import (
     LimitName as LimitName,
-)
-from templ_pipeline.core.labels import (
     PinFallback as PinFallback,
-)
-from templ_pipeline.core.labels import (
     PoseMethod as PoseMethod,
-)
-from templ_pipeline.core.labels import (
     PreparationAction as PreparationAction,
-)
-from templ_pipeline.core.labels import (
     QueryFailureReason as QueryFailureReason,
-)
-from templ_pipeline.core.labels import (
     QueryStatus as QueryStatus,
-)
-from templ_pipeline.core.labels import (
     ReductionReason as ReductionReason,
-)
-from templ_pipeline.core.labels import (
     ReplacementReason as ReplacementReason,
-)
-from templ_pipeline.core.labels import (
     ResubmissionReason as ResubmissionReason,
-)
-from templ_pipeline.core.labels import (
     StartKind as StartKind,
-)
-from templ_pipeline.core.labels import (
     TaskType as TaskType,
-)
-from templ_pipeline.core.labels import (
     cause_of as cause_of,
-)
-from templ_pipeline.core.labels import (
     no_room_reason as no_room_reason,
-)
-from templ_pipeline.core.labels import (
     values as values,
 )
-
-if TYPE_CHECKING:
-    from templ_pipeline.core.trace_context import WorkerSpan
+from templ_pipeline.core.stage_timings import (
+    ConformersTimed as ConformersTimed,
+    ScoringTimed as ScoringTimed,
+    StageTiming as StageTiming,
+    TemplatesChoiceTimed as TemplatesChoiceTimed,
+)
 
 
 def as_fields(event: object) -> dict[str, object]:
@@ -424,43 +389,6 @@ class TemplatesChoiceDone:
     error: BaseException | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class TemplatesChoiceTimed:
-    """A worker chose one isomer's templates (the stage ``templates.choose``), timed under its query's span."""
-
-    span: WorkerSpan
-    isomer: int
-    library: int
-    chosen: int
-    mcs_searched: int
-    mcs_timeouts: int
-
-
-@dataclass(frozen=True, slots=True)
-class ConformersTimed:
-    """A worker embedded one isomer's conformers (the stage ``conformers.generate``), timed under its query's
-    span."""
-
-    span: WorkerSpan
-    isomer: int
-    requested: int
-    generated: int
-    threads: int
-
-
-@dataclass(frozen=True, slots=True)
-class ScoringTimed:
-    """A worker scored one isomer's conformers against its templates (the stage ``screen.score``)."""
-
-    span: WorkerSpan
-    isomer: int
-    templates: int
-    scored: int
-    failed: int
-
-
-StageTiming = TemplatesChoiceTimed | ConformersTimed | ScoringTimed
-"""A stage a worker timed: data in its result, turned into a span of the query's trace by the parent."""
 
 
 ExecutorEvent = (WorkersGranted | WorkersReduced | ExecutorCreated | Fallback | PoolRestarted | BatchResubmitted

@@ -5,9 +5,9 @@ is a value the metrics know (and export at 0 from the start). A ``StrEnum`` memb
 so ``Fallback.reason == "broken_pool"`` holds. :mod:`templ_pipeline.core.events` re-exports them
 beside the events.
 
-Apart from the events so that a pool worker, which names failure reasons (``batch.py``), imports these
-and not the 28 event classes (whose dataclasses take 10-15 ms of each worker's start):
-the standard library only.
+Apart from the events so that workers import these and not the 28 event classes (whose dataclasses
+take 10-19 ms of each worker's start): a pool worker names failure reasons (``batch.py``), a campaign
+worker preparation's actions and pose methods. The standard library only.
 """
 
 from __future__ import annotations

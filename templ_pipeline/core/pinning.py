@@ -43,7 +43,7 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import rdDistGeom, rdMolAlign
 
 from templ_pipeline.core.embedding import Embed, Pins, embed_on_this_thread, embed_prepared
-from templ_pipeline.core.events import PinFallback, PoseMethod
+from templ_pipeline.core.labels import PinFallback, PoseMethod
 from templ_pipeline.core.template_choice import TemplateMatch
 
 MIN_PINNED_ATOMS = 3

@@ -36,7 +36,7 @@ from rdkit.Chem.EnumerateStereoisomers import EnumerateStereoisomers, GetStereoi
 from rdkit.Chem.MolStandardize import rdMolStandardize
 
 from templ_pipeline.core.canonical import canonical_molecule
-from templ_pipeline.core.events import PreparationAction, QueryFailureReason
+from templ_pipeline.core.labels import PreparationAction, QueryFailureReason
 
 __all__ = [
     "DEFAULT_MAX_ISOMERS",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from rdkit import Chem
 
 from templ_pipeline.core.embedding import Embed, embed_on_this_thread
-from templ_pipeline.core.events import PinFallback, PoseMethod
+from templ_pipeline.core.labels import PinFallback, PoseMethod
 from templ_pipeline.core.pinning import PinnedConformers, pinned_conformers
 from templ_pipeline.core.template_choice import ChoiceOptions, TemplateChoice, TemplateMatch
 from templ_pipeline.core.template_library import TemplateLibrary
