@@ -38,17 +38,15 @@ def test_ladder_for_scoring_halves_the_processes_and_ends_sequential():
 
 def test_worker_killed_mid_batch_gives_identical_results(big_query, template, tel):
     reference = select_best_with_report(big_query, template, n_workers=1)
-    me = psutil.Process()
     killed: list[int] = []
 
     def kill_a_worker(result):
-        if killed:
+        # the worker that scored this batch: one of this call's pool (not the newest child, which after the
+        # kernel's pids wrap around may be multiprocessing's resource tracker), and never this process
+        if killed or result.pid == os.getpid():
             return
-        workers = [child for child in me.children() if child.is_running()]
-        assert workers, "expected process workers"
-        victim = workers[-1]
-        os.kill(victim.pid, signal.SIGKILL)
-        killed.append(victim.pid)
+        os.kill(result.pid, signal.SIGKILL)
+        killed.append(result.pid)
 
     selection = select_best_with_report(big_query, template, n_workers=2, on_batch=kill_a_worker)
     assert killed
