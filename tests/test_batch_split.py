@@ -7,7 +7,6 @@ Real RDKit, and a real pickle round trip (what crosses to and from a pool worker
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from templ_pipeline.core.batch import (
     mol_to_bytes,
     sanitized_copy_without_conformers,
     score_batch,
-    unusable_conformers,
+    split_usable,
     with_positions,
 )
 
@@ -42,38 +41,28 @@ def _signature(result) -> list:
             [(f.conf_id, str(f.reason), f.detail) for f in result.failed])
 
 
-def _broken(query_confs: Chem.Mol) -> tuple[Chem.Mol, list[int]]:
-    """The query with its second conformer at one point and its fifth holding a NaN."""
-    broken = Chem.Mol(query_confs)
+def test_a_worker_batch_pickled_both_ways_scores_and_poses_as_one_process_does(broken_confs, template):
+    broken, zero, nan = broken_confs
     ids = [conf.GetId() for conf in broken.GetConformers()]
-    broken.GetConformer(ids[1]).SetPositions(np.zeros((broken.GetNumAtoms(), 3)))
-    positions = broken.GetConformer(ids[4]).GetPositions()
-    positions[2, 1] = math.nan
-    broken.GetConformer(ids[4]).SetPositions(positions)
-    return broken, ids
-
-
-def test_a_worker_batch_pickled_both_ways_scores_and_poses_as_one_process_does(query_confs, template):
-    broken, ids = _broken(query_confs)
     whole = score_batch(_task(broken, template, tuple(ids)))
-    unusable = unusable_conformers(broken, ids)
-    assert [(f.conf_id, str(f.reason)) for f in unusable] == [(ids[1], "no_coordinates"), (ids[4], "no_coordinates")]
+    usable, unusable = split_usable(broken, ids)
+    assert [(f.conf_id, str(f.reason)) for f in unusable] == [(zero, "no_coordinates"), (nan, "no_coordinates")]
     # all at once, as the check of one conformer says one by one
-    assert [cid for cid in ids if not has_coordinates(broken.GetConformer(cid).GetPositions())] == [ids[1], ids[4]]
-    usable = tuple(cid for cid in ids if cid not in {f.conf_id for f in unusable})
-    sent = pickle.loads(pickle.dumps(_task(broken, template, usable)))  # to the worker
+    assert [cid for cid in ids if not has_coordinates(broken.GetConformer(cid).GetPositions())] == [zero, nan]
+    assert usable == [cid for cid in ids if cid not in (zero, nan)]
+    sent = pickle.loads(pickle.dumps(_task(broken, template, tuple(usable))))  # to the worker
     returned = pickle.loads(pickle.dumps(align_batch(sent)))  # and back
-    assert returned.scored == [] and [cid for cid, _, _ in returned.aligned_scores] == list(usable)
+    assert returned.scored == [] and [cid for cid, _, _ in returned.aligned_scores] == usable
     arrived = with_positions(returned)
     assert arrived.aligned is None and arrived.aligned_scores == []
     arrived.failed = sorted([*unusable, *arrived.failed], key=lambda failure: failure.conf_id)
     # the coordinates crossed in double precision: equal to the last bit, not approximately
     assert _signature(arrived) == _signature(whole)
-    assert [f.conf_id for f in whole.failed] == [ids[1], ids[4]]
+    assert [f.conf_id for f in whole.failed] == [zero, nan]
 
 
-def test_a_batch_with_nothing_aligned_sends_no_molecule_back(query_confs, template):
-    broken, ids = _broken(query_confs)
+def test_a_batch_with_nothing_aligned_sends_no_molecule_back(broken_confs, template):
+    broken, _, _ = broken_confs
     result = align_batch(_task(broken, template, ()))
     assert result.aligned is None and with_positions(result) is result
     assert pickle.loads(pickle.dumps(result)).aligned is None

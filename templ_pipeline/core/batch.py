@@ -11,7 +11,7 @@ A pool worker runs :func:`align_batch`, which never touches numpy: numpy is 63 m
 fresh worker's 118 ms of imports here (RDKit 42 ms), and RDKit loads it at the first
 ``GetPositions``. So the worker sends back its batch molecule, aligned, and the parent
 reads the coordinates (:func:`with_positions`, as each result arrives); the parent also
-checks the conformers' coordinates before it makes the batches (:func:`unusable_conformers`).
+checks the conformers' coordinates before it makes the batches (:func:`split_usable`).
 :func:`score_batch` does the three in one process.
 """
 
@@ -179,29 +179,34 @@ _IN_PLACE = rdShapeAlign.ShapeInputOptions()
 _IN_PLACE.useColors = True  # the colour (pharmacophore) score, as AlignMol's useColors=True
 
 
-def has_coordinates(positions: np.ndarray) -> bool:
-    """True when the conformer has usable coordinates (finite and not all at one point)."""
+def _usable(stacked: np.ndarray) -> np.ndarray:
+    """Which of the conformers ``stacked`` (conformers, atoms, 3) have usable coordinates: some atoms, all
+    finite, not all at one point."""
     import numpy as np  # the parent's: a pool worker never checks coordinates
 
-    if positions.size == 0 or not np.isfinite(positions).all():
-        return False
-    return bool(np.ptp(positions, axis=0).any())
+    if stacked.shape[1] == 0:
+        return np.zeros(len(stacked), dtype=bool)
+    usable: np.ndarray = np.isfinite(stacked).all(axis=(1, 2)) & np.ptp(stacked, axis=1).any(axis=1)
+    return usable
 
 
-def unusable_conformers(confs: Chem.Mol, conf_ids: Sequence[int]) -> list[ConformerFailure]:
-    """The conformers of ``conf_ids`` without usable coordinates (:func:`has_coordinates`), as failures: checked
-    before batching, all at once (a call's 200 conformers one by one cost its caller 1.5 ms here)."""
+def has_coordinates(positions: np.ndarray) -> bool:
+    """True when the conformer has usable coordinates (finite and not all at one point)."""
+    return bool(_usable(positions[None])[0])
+
+
+def split_usable(confs: Chem.Mol, conf_ids: Sequence[int]) -> tuple[list[int], list[ConformerFailure]]:
+    """``conf_ids`` whose conformers have usable coordinates (:func:`has_coordinates`), and the others as
+    failures: checked before batching, all at once (a call's 200 conformers one by one cost its caller 1.5 ms
+    here)."""
     import numpy as np
 
     if not conf_ids:
-        return []
-    if confs.GetNumAtoms() == 0:
-        usable = np.zeros(len(conf_ids), dtype=bool)
-    else:
-        positions = np.stack([confs.GetConformer(conf_id).GetPositions() for conf_id in conf_ids])
-        usable = np.isfinite(positions).all(axis=(1, 2)) & np.ptp(positions, axis=1).any(axis=1)
-    return [ConformerFailure(conf_id, FailureReason.NO_COORDINATES, "coordinates missing or not finite")
-            for conf_id, ok in zip(conf_ids, usable.tolist(), strict=True) if not ok]
+        return [], []
+    usable = _usable(np.stack([confs.GetConformer(conf_id).GetPositions() for conf_id in conf_ids])).tolist()
+    return ([conf_id for conf_id, ok in zip(conf_ids, usable, strict=True) if ok],
+            [ConformerFailure(conf_id, FailureReason.NO_COORDINATES, "coordinates missing or not finite")
+             for conf_id, ok in zip(conf_ids, usable, strict=True) if not ok])
 
 
 def sanitized_copy_without_conformers(confs: Chem.Mol) -> Chem.Mol | None:
@@ -224,17 +229,15 @@ def batch_query(base: Chem.Mol, confs: Chem.Mol, conf_ids: Sequence[int]) -> Che
 
 
 def score_batch(task: BatchTask) -> BatchResult:
-    """Check, align and score every conformer of ``task.query`` in this process: :func:`unusable_conformers`,
+    """Check, align and score every conformer of ``task.query`` in this process: :func:`split_usable`,
     :func:`align_batch` on the others, then :func:`with_positions`.
 
     Never raises for one conformer: a failure is recorded with its reason. The
     query is modified in place (it is the batch's own copy, made by the caller).
     """
-    unusable = unusable_conformers(task.query, task.conf_ids)
+    usable, unusable = split_usable(task.query, task.conf_ids)
     if unusable:
-        skipped = {failure.conf_id for failure in unusable}
-        task = BatchTask(task.index, task.template, task.template_key, task.query,
-                         tuple(conf_id for conf_id in task.conf_ids if conf_id not in skipped), task.carrier,
+        task = BatchTask(task.index, task.template, task.template_key, task.query, tuple(usable), task.carrier,
                          align=task.align)
     result = with_positions(align_batch(task))
     if unusable:
@@ -245,7 +248,7 @@ def score_batch(task: BatchTask) -> BatchResult:
 def align_batch(task: BatchTask) -> BatchResult:
     """Align every conformer of ``task.query`` onto the template and score it: what a pool worker runs.
 
-    The conformers' coordinates are the parent's to check (:func:`unusable_conformers`), and their aligned
+    The conformers' coordinates are the parent's to check (:func:`split_usable`), and their aligned
     coordinates the parent's to read (:func:`with_positions`): here they stay in the molecule, which goes
     back whole. Never raises for one conformer: a failure is recorded with its reason. The query is
     modified in place (it is the batch's own copy, made by the caller).

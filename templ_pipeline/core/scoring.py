@@ -30,7 +30,7 @@ from templ_pipeline.core.batch import (
     has_coordinates,
     mol_to_bytes,
     sanitized_copy_without_conformers,
-    unusable_conformers,
+    split_usable,
 )
 from templ_pipeline.core.best_pose import best_conformer
 from templ_pipeline.core.events import (
@@ -264,9 +264,7 @@ def select_best_with_report(
         else:
             template = Chem.Mol(tpl, confId=tpl.GetConformer().GetId())
             template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
-            report.failures = unusable_conformers(confs, conf_ids)  # checked here: workers never load numpy
-            unusable = {failure.conf_id for failure in report.failures}
-            usable = [conf_id for conf_id in conf_ids if conf_id not in unusable]
+            usable, report.failures = split_usable(confs, conf_ids)  # checked here: workers never load numpy
             with get_executor(n_workers, executor=executor, scheduler=scheduler, conformers=len(usable),
                               exact_workers=exact_workers, worker_timeout=worker_timeout) as runner:
                 for observer in everyone:
