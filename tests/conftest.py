@@ -69,6 +69,24 @@ def query_confs() -> Chem.Mol:
     return generate_conformers(QUERY_SMILES, 24, seed=11)
 
 
+@pytest.fixture(scope="session")
+def broken_confs(query_confs) -> tuple[Chem.Mol, int, int]:
+    """The query's conformers with the second one's atoms all at the origin and a NaN in the fifth: (the
+    molecule, the collapsed conformer's id, the NaN one's)."""
+    import math
+
+    import numpy as np
+
+    broken = Chem.Mol(query_confs)
+    ids = [conf.GetId() for conf in broken.GetConformers()]
+    zero, nan = ids[1], ids[4]
+    broken.GetConformer(zero).SetPositions(np.zeros((broken.GetNumAtoms(), 3)))
+    positions = broken.GetConformer(nan).GetPositions()
+    positions[2, 1] = math.nan
+    broken.GetConformer(nan).SetPositions(positions)
+    return broken, zero, nan
+
+
 @contextmanager
 def _recording(metrics):
     """A recorder on ``metrics`` that hears every call of the process while the test runs, as a run's telemetry

@@ -81,20 +81,10 @@ def test_conformer_ids_with_gaps_are_all_scored(query_confs, template):
         assert scores == by_position[(cid - 3) // 7]
 
 
-def _with_broken_conformers(query_confs):
-    broken = Chem.Mol(query_confs)
-    ids = [conf.GetId() for conf in broken.GetConformers()]
-    zero, nan = ids[1], ids[4]
-    broken.GetConformer(zero).SetPositions(np.zeros((broken.GetNumAtoms(), 3)))
-    positions = broken.GetConformer(nan).GetPositions()
-    positions[2, 1] = math.nan
-    broken.GetConformer(nan).SetPositions(positions)
-    return broken, {zero, nan}
-
-
 @pytest.mark.parametrize("n_workers", [1, 2])
-def test_every_conformer_is_scored_or_failed_with_reason(query_confs, template, n_workers):
-    broken, bad_ids = _with_broken_conformers(query_confs)
+def test_every_conformer_is_scored_or_failed_with_reason(broken_confs, template, n_workers):
+    broken, *bad = broken_confs
+    bad_ids = set(bad)
     selection = select_best_with_report(broken, template, n_workers=n_workers)
     report = selection.report
     assert report.n_scored + report.n_failed == broken.GetNumConformers()
