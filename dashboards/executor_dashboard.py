@@ -66,6 +66,7 @@ from templ_pipeline.dashboards.thresholds import (
 )
 from templ_pipeline.telemetry.catalog import (
     ATTR_EXECUTOR_KIND,
+    BATCH_RESUBMISSION_REASONS,
     DEGRADED_COMPONENTS,
     EVENT_FALLBACK,
     EVENT_QUERY_FINISHED,
@@ -381,16 +382,18 @@ DEGRADED = EventPanel(
     "telemetry healthy: nothing degraded in this range", width=8)
 RESUBMISSIONS = EventPanel(
     "Batch resubmissions per interval", "batch_resubmissions", "executor_kind, reason", "{{reason}}",
-    f"Batches sent again because the Dask worker running them ({value('worker_lost', RESUBMISSION_REASONS)}) or "
-    f"holding their result ({value('result_lost', RESUBMISSION_REASONS)}) left the cluster. Results are still "
+    f"Batches sent again because the Dask worker running them ({value('worker_lost', BATCH_RESUBMISSION_REASONS)}) or "
+    f"holding their result ({value('result_lost', BATCH_RESUBMISSION_REASONS)}) left the cluster. Results are still "
     "counted once.",
     "no batch resubmitted in this range", width=6)
 QUERY_RESUBMISSIONS = EventPanel(
     "Query resubmissions per interval", "campaign_query_resubmissions", "reason", "{{reason}}",
     f"Campaign queries (templ screen --executor dask) run again because the Dask worker running them "
     f"({value('worker_lost', RESUBMISSION_REASONS)}) or holding their result "
-    f"({value('result_lost', RESUBMISSION_REASONS)}) left the cluster. Dask runs a query again once; a second "
-    "loss makes it a worker_lost row. Each query still has one row.",
+    f"({value('result_lost', RESUBMISSION_REASONS)}) left the cluster, or because the task they shared with "
+    f"other queries was cancelled or given up ({value('task_cancelled', RESUBMISSION_REASONS)}: a query in it "
+    "timed out or was lost). Dask runs a query again once; a second loss makes it a worker_lost row. Each query "
+    "still has one row.",
     "no query resubmitted in this range", width=6)
 
 _EVENT_SPECS: tuple[EventPanel, ...] = (REDUCTIONS, FALLBACKS_BARS, START_REFUSALS, POOL_RESTARTS, REFUSED_FORKS,

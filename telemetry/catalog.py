@@ -56,8 +56,11 @@ REDUCTION_REASONS: tuple[str, ...] = values(ReductionReason)
 #: Reductions that are sizing decisions, not refusals: routine, so logged at info.
 SIZING_REASONS: tuple[str, ...] = (ReductionReason.SMALL_WORK.value, ReductionReason.CPU_LIMIT.value,
                                    ReductionReason.POOL_STARTING.value)
-#: Why a batch was run again: its worker died while running it, or died holding its result.
+#: Why a campaign query was run again (a Dask task of several queries can also be cancelled or given up).
 RESUBMISSION_REASONS: tuple[str, ...] = values(ResubmissionReason)
+#: Why a batch was run again: its worker died while running it, or died holding its result.
+BATCH_RESUBMISSION_REASONS: tuple[str, ...] = (ResubmissionReason.WORKER_LOST.value,
+                                               ResubmissionReason.RESULT_LOST.value)
 
 #: How a campaign query ended.
 QUERY_STATUSES: tuple[str, ...] = values(QueryStatus)
@@ -246,7 +249,7 @@ FALLBACK_COMBINATIONS: tuple[tuple[str, str, str, str], ...] = tuple(
 #: Pool kinds that can be found broken and replaced (the process pool backend).
 RESTARTED_KINDS: tuple[tuple[str], ...] = ((_PROCESS,),)
 #: Only Dask reschedules a batch whose worker was lost.
-RESUBMISSION_COMBINATIONS: tuple[tuple[str, str], ...] = tuple((_DASK, r) for r in RESUBMISSION_REASONS)
+RESUBMISSION_COMBINATIONS: tuple[tuple[str, str], ...] = tuple((_DASK, r) for r in BATCH_RESUBMISSION_REASONS)
 
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
@@ -383,7 +386,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "Batches run again because the worker running them (or holding their result) was lost; "
         "each batch is still counted once, when its result arrives.",
         ("executor_kind", "reason"), "", short="batch_resubmissions",
-        label_values={"executor_kind": _open(EXECUTOR_KINDS), "reason": _open(RESUBMISSION_REASONS)},
+        label_values={"executor_kind": _open(EXECUTOR_KINDS), "reason": _open(BATCH_RESUBMISSION_REASONS)},
         initialize=True, combinations=RESUBMISSION_COMBINATIONS,
     ),
     MetricSpec(
@@ -426,7 +429,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "templ_campaign_query_resubmissions_total", "counter",
         "Campaign queries run again because the Dask worker running them (worker_lost) or holding their result "
-        "(result_lost) left the cluster; each query still has one row, counted once in templ_campaign_queries_total.",
+        "(result_lost) left the cluster, or the Dask task they shared with other queries was cancelled or given up "
+        "(task_cancelled); each query still has one row, counted once in templ_campaign_queries_total.",
         ("reason",), "", short="campaign_query_resubmissions",
         label_values={"reason": _open(RESUBMISSION_REASONS)}, initialize=True,
     ),
@@ -876,8 +880,8 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
     EventSpec(
         EVENT_BATCH_RESUBMITTED, "warning",
         "A batch is run again because its worker was lost (Dask reschedules it; the driver counts it once).",
-        (_KIND, _field("index", ATTR_BATCH_INDEX), _field("reason", ATTR_REASON, RESUBMISSION_REASONS, label=True),
-         _field("worker", ATTR_WORKER)),
+        (_KIND, _field("index", ATTR_BATCH_INDEX),
+         _field("reason", ATTR_REASON, BATCH_RESUBMISSION_REASONS, label=True), _field("worker", ATTR_WORKER)),
         event=ev.BatchResubmitted, counter="batch_resubmissions",
     ),
     EventSpec(

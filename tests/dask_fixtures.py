@@ -121,7 +121,7 @@ class QueryKiller:
 
     def _on_start(self, event: tuple[float, dict]) -> None:
         message = event[1]
-        index = int(str(message["key"]).split("-")[2])  # templ-query-INDEX-RUN-SUBMISSION
+        index = int(message["index"])
         self._starts[index] = self._starts.get(index, 0) + 1
         if self._select(index, self._starts[index]):
             self.kills.append((index, int(message["pid"])))

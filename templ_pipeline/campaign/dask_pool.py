@@ -3,29 +3,33 @@
 :class:`DaskQueryPool` offers the campaign's dispatch loop what
 :class:`~templ_pipeline.campaign.pool.QueryPool` offers: free slots, ``dispatch``,
 a bounded ``wait`` that brings finished queries, ``gone`` when the rung is over. The
-queries in flight are bounded (twice the cluster's worker threads: each thread has
-its next query at hand while the driver writes a row), so memory stays flat whatever
-the size of the input. Each query is one task
-(:func:`~templ_pipeline.campaign.dask_task.run_query`): conformer generation and
-scoring on the worker, the outcome back to the driver, which writes it and counts it.
+queries in flight are bounded (two blocks per worker thread: each thread has its next
+block at hand while the driver writes rows), so memory stays flat whatever the size of
+the input. A task is a block of up to ``BLOCK_QUERIES`` queries
+(:func:`~templ_pipeline.campaign.dask_task.run_block`): conformer generation and
+scoring on the worker, the outcomes back to the driver, which writes and counts them.
 
 What travels, and how often: the campaign's settings (its template library) once per worker, as a
-worker plugin the scheduler also gives every worker that joins later; per query, the task (the
-query's text, its trace context and the campaign's key: the same few hundred bytes whatever the
-library) and its outcome. The queries dispatched between two waits go to the scheduler in one
-message, and the outcomes that finished together come back in one request.
+worker plugin the scheduler also gives every worker that joins later; per block, the task (the
+queries' text, their trace contexts and the campaign's key: a few hundred bytes a query whatever the
+library) and its outcomes. The blocks cut between two waits go to the scheduler in one
+message, and the outcomes that finished together come back in one request. Each task costs
+the driver about six messages whatever its size, so blocks, not queries, bound its CPU.
 
 What can go wrong, and what the campaign sees:
 
-- a worker dies under a query: Dask runs it again elsewhere; the driver hears it from
-  the scheduler's ``remove-worker`` event and emits
-  :class:`~templ_pipeline.core.events.QueryResubmitted`. A second loss under the same
-  query (or Dask's ``KilledWorker``) makes it a ``worker_lost`` row, as on the local pool;
-- a query runs over its time limit (counted from its start on a worker, which the worker
-  announces): a ``timeout`` row, its task is cancelled and the scheduler is asked to restart
-  its worker (a native embedding cannot be stopped otherwise). The driver does not wait for
-  the restart: the other queries' results keep arriving and are written while the worker
-  process is killed and its nanny starts a new one (a worker without a nanny is removed);
+- a worker dies under a block: Dask runs the block again elsewhere; the driver hears it from
+  the scheduler's ``remove-worker`` event, reads the lost worker's event log for the query that
+  was running and emits :class:`~templ_pipeline.core.events.QueryResubmitted` for it (and, as
+  ``result_lost``, for the block's queries that had finished there). A second loss under the same
+  query (or Dask's ``KilledWorker``) makes it a ``worker_lost`` row, as on the local pool; the rest
+  of its block runs again in a new task (``task_cancelled``);
+- a query runs over its time limit (counted from its start on a worker, which the worker itself
+  announces when the limit passes): a ``timeout`` row, its block is cancelled, the rest of the block
+  runs again in a new task, and the scheduler is asked to restart the worker (a native embedding cannot
+  be stopped otherwise). The driver does not wait for the restart: the other queries' results keep
+  arriving and are written while the worker process is killed and its nanny starts a new one (a
+  worker without a nanny is removed);
 - the scheduler is lost, or has no worker for the worker timeout (at the start, or after
   every worker left): a fallback (``scheduler_lost``, ``no_workers``) and ``gone``; the
   campaign runs the queries in flight again on the local ladder.
@@ -35,14 +39,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import queue
-import time
 import uuid
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
 from distributed import KilledWorker, as_completed
 
-from templ_pipeline.campaign.dask_task import START_TOPIC, TASK_PREFIX, CampaignSettingsPlugin, run_query
+from templ_pipeline.campaign.dask_task import OVERDUE_TOPIC, TASK_PREFIX, CampaignSettingsPlugin, run_block
 from templ_pipeline.campaign.pool import MAX_ATTEMPTS, Arrivals, NoWorkers
 from templ_pipeline.campaign.task import CampaignSettings, QueryOutcome, QueryTask, failed
 from templ_pipeline.core.dask_backend import (
@@ -70,7 +73,13 @@ from templ_pipeline.core.events import (
 )
 
 IN_FLIGHT_PER_THREAD = 2
-"""Queries handed to the cluster per worker thread: one running, one waiting for the thread."""
+"""Blocks handed to the cluster per worker thread: one running, one waiting for the thread."""
+
+BLOCK_QUERIES = 4
+"""The most queries one task carries. Each task costs the driver about six messages (2-3 ms of its CPU
+on a loaded 2-core machine), so four queries a task bring it under 2 ms a query; the queries go out
+largest first, so the last blocks, which decide how long the cluster's threads wait at the end, are
+the shortest. Fewer when there are fewer queries than threads to keep busy."""
 
 RESTART_SECONDS = 30.0
 """How long the scheduler may take to kill a worker whose query ran over its time limit, and how long a
@@ -78,12 +87,9 @@ campaign that finished waits, at most, for the kills it asked for."""
 
 
 @dataclass(eq=False)
-class _Submitted:
-    task: QueryTask
+class _Block:
+    tasks: tuple[QueryTask, ...]
     future: object  # distributed.Future
-    started: float | None = None  # driver clock, when its worker announced the start
-    worker: str = ""
-    losses: int = 0
 
 
 class DaskQueryPool:
@@ -101,17 +107,18 @@ class DaskQueryPool:
         self._local_workers = max(1, local_workers)
         self._run_id = uuid.uuid4().hex
         self._submissions = 0
-        self._submitted: dict[str, _Submitted] = {}
-        self._orphans: list[QueryTask] = []  # tasks the scheduler dropped or gave up on: submitted again
-        self._dropped: dict[int, int] = {}  # query index -> times the driver submitted it again
+        self._submitted: dict[str, _Block] = {}
+        self._orphans: list[QueryTask] = []  # queries to submit again in new blocks
+        self._dropped: dict[int, int] = {}  # query index -> times the scheduler dropped it
+        self._losses: dict[int, int] = {}  # query index -> workers lost while it ran
         self._session: DaskSession | None = None
         self._watch: ClusterWatch | None = None
         self._stream: as_completed | None = None
-        self._losses: queue.SimpleQueue | None = None
-        self._starts: queue.SimpleQueue | None = None
+        self._lost_workers: queue.SimpleQueue | None = None
+        self._overdue: queue.SimpleQueue | None = None
         self._settings_ref: CampaignSettings | str = settings  # the plugin's key once installed
         self._plugin: str | None = None
-        self._outbox: list[tuple[str, QueryTask]] = []  # dispatched, sent with the next wait
+        self._outbox: list[QueryTask] = []  # dispatched, sent in blocks with the next wait
         self._restarts: list[concurrent.futures.Future[object]] = []  # restarts asked of the scheduler
         self.gone: Fallback | None = None
         self.reused = False
@@ -132,8 +139,8 @@ class DaskQueryPool:
             raise NoWorkers(self.gone) from failure  # type: ignore[arg-type]
         self._install_settings()
         self._stream = as_completed(loop=self._session.client.loop)
-        self._losses = self._session.losses.listen()
-        self._starts = self._session.relay(START_TOPIC).listen()
+        self._lost_workers = self._session.losses.listen()
+        self._overdue = self._session.relay(OVERDUE_TOPIC).listen()
 
     def _install_settings(self) -> None:
         """Send the settings (the template library) to every worker once, as a worker plugin, so that each task
@@ -151,37 +158,42 @@ class DaskQueryPool:
         """One slot per query the cluster may take now (a slot is a place, not a worker)."""
         if self.gone is not None:
             return []
-        capacity = max(1, self.workers) * IN_FLIGHT_PER_THREAD
-        return [None] * max(0, capacity - len(self._submitted) - len(self._outbox))
+        capacity = max(1, self.workers) * IN_FLIGHT_PER_THREAD * BLOCK_QUERIES
+        in_flight = sum(len(block.tasks) for block in self._submitted.values()) + len(self._outbox)
+        return [None] * max(0, capacity - in_flight)
 
     def starting(self) -> bool:
         """Workers come and go on their own; the campaign never waits for one to start here."""
         return False
 
     def dispatch(self, slot: None, task: QueryTask) -> bool:
-        """Queue ``task`` for the scheduler (sent with the others at the next ``wait``); False when the client
+        """Queue ``task`` for the scheduler (sent in a block at the next ``wait``); False when the client
         is closed (``wait`` finds out and says so)."""
         assert self._session is not None
         if self._session.client.status != "running":
             return False
-        self._submissions += 1  # a key per submission: a query dropped by the scheduler is submitted anew
-        self._outbox.append((f"{TASK_PREFIX}-{task.index}-{self._run_id}-{self._submissions}", task))
+        self._outbox.append(task)
         return True
 
     def _send(self) -> None:
-        """The queued tasks to the scheduler, in one message; kept for the next wait when it cannot be sent."""
+        """The queued queries to the scheduler, in blocks, in one message; kept for the next wait when they
+        cannot be sent."""
         assert self._session is not None and self._stream is not None
         if not self._outbox:
             return
-        keys, tasks = zip(*self._outbox, strict=True)
+        blocks = cut_blocks(self._outbox, max(1, self.workers) * IN_FLIGHT_PER_THREAD - len(self._submitted))
+        keys = []
+        for block in blocks:
+            self._submissions += 1  # a key per submission: a block dropped by the scheduler is submitted anew
+            keys.append(f"{TASK_PREFIX}-{block[0].index}-{self._run_id}-{self._submissions}")
         try:
-            futures = self._session.client.map(run_query, [self._settings_ref] * len(tasks), list(tasks),
-                                               key=list(keys), pure=False)
+            futures = self._session.client.map(run_block, [self._settings_ref] * len(blocks), blocks,
+                                               [self._timeout] * len(blocks), key=keys, pure=False)
         except Exception:  # a closed client: the cluster check names the loss, the campaign runs them again
             return
         self._outbox.clear()
-        for key, task, future in zip(keys, tasks, futures, strict=True):
-            self._submitted[key] = _Submitted(task, future)
+        for key, block, future in zip(keys, blocks, futures, strict=True):
+            self._submitted[key] = _Block(block, future)
             self._stream.add(future)
 
     def wait(self, timeout: float) -> Arrivals:
@@ -190,22 +202,23 @@ class DaskQueryPool:
         if self.gone is not None or self._stream is None:
             return arrivals
         self._send()
-        done = arrived(self._stream, min(timeout, WAIT_SECONDS, self._next_deadline()))
-        self._take_announcements(arrivals)  # a loss is announced before the rerun's result
+        done = arrived(self._stream, min(timeout, WAIT_SECONDS))
+        self._handle_losses(arrivals)  # a loss is announced before the rerun's result
         results = self._session.gather(  # type: ignore[union-attr]
             future for future in done if future.key in self._submitted and future.status == "finished")
-        fetched: dict[str, _Submitted] = {}
+        fetched: dict[str, _Block] = {}
         for future in done:
-            entry = self._submitted.pop(future.key, None)
-            outcome = self._outcome(entry, results.get(future.key)) if entry is not None else None
-            if outcome is not None:
-                arrivals.finished.append((entry.task, outcome))  # type: ignore[union-attr]
-                fetched[future.key] = entry  # type: ignore[assignment]
+            block = self._submitted.pop(future.key, None)
+            if block is not None:
+                finished = self._outcomes(block, results.get(future.key))
+                arrivals.finished.extend(finished)
+                if finished:
+                    fetched[future.key] = block
             future.release()
         # fetching a result can take a while: what the scheduler announced meanwhile; a worker that died while
         # its finished result was being fetched means Dask computed that result again
-        self._take_announcements(arrivals, fetched)
-        self._enforce_deadlines(arrivals)
+        self._handle_losses(arrivals, fetched)
+        self._handle_overdue(arrivals)
         self._restarts = [restart for restart in self._restarts if not restart.done()]
         try:
             self._watch.check()  # type: ignore[union-attr]
@@ -228,13 +241,13 @@ class DaskQueryPool:
         if not terminate and session.client.status == "running":  # the stuck workers are down before it ends
             concurrent.futures.wait(self._restarts, timeout=RESTART_SECONDS)
         self._restarts.clear()
-        if self._losses is not None:
-            session.losses.forget(self._losses)
-        if self._starts is not None:
-            session.relay(START_TOPIC).forget(self._starts)
+        if self._lost_workers is not None:
+            session.losses.forget(self._lost_workers)
+        if self._overdue is not None:
+            session.relay(OVERDUE_TOPIC).forget(self._overdue)
         if submitted and session.client.status == "running":
             try:
-                session.client.cancel([entry.future for entry in submitted])
+                session.client.cancel([block.future for block in submitted])
             except Exception:  # the scheduler went away meanwhile: nothing is left to cancel
                 pass
         if self._plugin is not None and session.client.status == "running":
@@ -248,31 +261,33 @@ class DaskQueryPool:
 
     # --- inside ---------------------------------------------------------------------------------
 
-    def _outcome(self, entry: _Submitted, fetched: QueryOutcome | None) -> QueryOutcome | None:
-        """The finished query's outcome, ``fetched`` or asked for now (a failed task is a failed outcome,
-        never an exception); None when the scheduler dropped the task: it runs again, here or, when the
-        cluster is gone, on the local ladder."""
-        task, future = entry.task, entry.future
+    def _outcomes(self, block: _Block, fetched: list[QueryOutcome] | None) -> list[tuple[QueryTask, QueryOutcome]]:
+        """The finished block's outcomes, ``fetched`` or asked for now (a failed task is a failed outcome per
+        query, never an exception); the queries the scheduler dropped run again, here or, when the cluster is
+        gone, on the local ladder."""
         try:
-            outcome = fetched or future.result(timeout=CLOSE_TIMEOUT)  # type: ignore[attr-defined]
+            outcomes = fetched or block.future.result(timeout=CLOSE_TIMEOUT)  # type: ignore[attr-defined]
         except KilledWorker as error:
             # Dask counts every loss of a worker the task was assigned to, also while it only waited there
-            # behind another query: a query that never started on a lost worker is submitted again
-            if entry.losses == 0 and self._drop(task):
-                return None
-            return self._worker_lost(task, f"Dask gave up on it after losing workers under it ({error})")
+            # behind another block: a query that never ran on a lost worker is submitted again
+            given_up = [task for task in block.tasks if self._losses.get(task.index, 0) or not self._drop(task)]
+            self._resubmitted(tuple(task for task in block.tasks if task not in given_up),
+                              ResubmissionReason.TASK_CANCELLED, "")
+            return [(task, self._worker_lost(task, f"Dask gave up on it after losing workers under it ({error})"))
+                    for task in given_up]
         except (CancelledError, OSError, TimeoutError):
-            if self._drop(task):
-                return None
-            return self._worker_lost(task, f"its Dask task was dropped {MAX_ATTEMPTS} times")
+            return [(task, self._worker_lost(task, f"its Dask task was dropped {MAX_ATTEMPTS} times"))
+                    for task in block.tasks if not self._drop(task)]
         except Exception as error:  # the task itself raised on its worker (its arguments broke)
-            return failed(task.index, QueryFailureReason.ERROR, f"{type(error).__name__} on its Dask worker: {error}",
-                          smiles=task.smiles or "")
-        for event in outcome.events:
-            if isinstance(event, (WorkersReduced, Fallback)):
-                self._emit(event)  # the worker's thread reductions and fallbacks, counted here, once
-        outcome.events = []
-        return outcome
+            return [(task, failed(task.index, QueryFailureReason.ERROR,
+                                  f"{type(error).__name__} on its Dask worker: {error}", smiles=task.smiles or ""))
+                    for task in block.tasks]
+        for outcome in outcomes:
+            for event in outcome.events:
+                if isinstance(event, (WorkersReduced, Fallback)):
+                    self._emit(event)  # the worker's thread reductions and fallbacks, counted here, once
+            outcome.events = []
+        return list(zip(block.tasks, outcomes, strict=True))
 
     def _drop(self, task: QueryTask) -> bool:
         """Queue ``task`` to be submitted again (True), at most ``MAX_ATTEMPTS`` times per query."""
@@ -287,74 +302,88 @@ class DaskQueryPool:
         return failed(task.index, QueryFailureReason.WORKER_LOST, f"{why}, after {MAX_ATTEMPTS} runs",
                       smiles=task.smiles or "")
 
-    def _take_announcements(self, arrivals: Arrivals, fetched: dict[str, _Submitted] | None = None) -> None:
-        """The scheduler's news in the order it sent them: starts first, so a loss finds its query's worker."""
-        self._note_starts()
-        self._handle_losses(arrivals, fetched)
-
-    def _note_starts(self) -> None:
-        now = time.monotonic()
-        for message in drain(self._starts) if self._starts is not None else ():
-            entry = self._submitted.get(str(message.get("key")))
-            if entry is not None:
-                entry.started, entry.worker = now, str(message.get("worker", ""))
-
-    def _handle_losses(self, arrivals: Arrivals, fetched: dict[str, _Submitted] | None = None) -> None:
-        """The scheduler's worker losses: queries in flight run again (or fail); ``fetched`` ones (their
-        result arrived after Dask computed it again) are only counted."""
-        for message in drain(self._losses) if self._losses is not None else ():
+    def _handle_losses(self, arrivals: Arrivals, fetched: dict[str, _Block] | None = None) -> None:
+        """The scheduler's worker losses: blocks in flight run again (or their running query fails); ``fetched``
+        ones (their result arrived after Dask computed it again) are only counted."""
+        for message in drain(self._lost_workers) if self._lost_workers is not None else ():
             worker = str(message.get("worker", ""))
             for field, reason in RESUBMIT_REASONS.items():
                 for key in sorted(map(str, message.get(field, ()))):
-                    entry = self._submitted.get(key)
-                    if entry is not None:
-                        self._lost(key, entry, reason, worker, arrivals)
-                    elif fetched and key in fetched and reason == ResubmissionReason.RESULT_LOST:
-                        self._emit(QueryResubmitted(ExecutorKind.DASK, fetched[key].task.index, reason, worker))
+                    block = self._submitted.get(key)
+                    if block is not None and reason == ResubmissionReason.WORKER_LOST:
+                        self._lost(key, block, worker, arrivals)
+                    elif block is not None or (fetched and key in fetched and reason == ResubmissionReason.RESULT_LOST):
+                        self._resubmitted((block or fetched[key]).tasks, ResubmissionReason.RESULT_LOST,  # type: ignore[index]
+                                          worker)
 
-    def _lost(self, key: str, entry: _Submitted, reason: ResubmissionReason, worker: str, arrivals: Arrivals) -> None:
-        """The worker under (or holding) a query left: Dask runs it again once; a second loss fails it.
+    def _lost(self, key: str, block: _Block, worker: str, arrivals: Arrivals) -> None:
+        """The worker running ``block`` left: Dask runs the block again, and the query that was running there
+        has had one loss; a second fails it, and the rest of the block runs again in a new task.
 
-        A query only queued on that worker (the scheduler hands a one-thread worker two) never started
-        there: Dask gives it to another worker, and nothing is run again.
+        A block only queued on that worker (the scheduler hands a one-thread worker two) never started
+        there: Dask gives it to another worker, and nothing is counted.
         """
-        if reason == ResubmissionReason.WORKER_LOST and entry.worker != worker:
+        running = self._running_on(worker, key)
+        at = next((at for at, task in enumerate(block.tasks) if task.index == running), None)
+        if at is None:
             return
-        entry.losses += 1
-        entry.started, entry.worker = None, ""  # its time limit counts again from the rerun's start
-        if entry.losses < MAX_ATTEMPTS:
-            self._emit(QueryResubmitted(ExecutorKind.DASK, entry.task.index, reason, worker))
+        task = block.tasks[at]
+        self._losses[task.index] = self._losses.get(task.index, 0) + 1
+        if self._losses[task.index] < MAX_ATTEMPTS:
+            self._emit(QueryResubmitted(ExecutorKind.DASK, task.index, ResubmissionReason.WORKER_LOST, worker))
+            self._resubmitted(block.tasks[:at], ResubmissionReason.RESULT_LOST, worker)
             return
         del self._submitted[key]
-        self._cancel(entry)
-        arrivals.finished.append((entry.task, self._worker_lost(entry.task, f"Dask worker {worker} was lost under it")))
+        self._cancel(block)
+        arrivals.finished.append((task, self._worker_lost(task, f"Dask worker {worker} was lost under it")))
+        self._requeue(block, task, worker)
 
-    def _enforce_deadlines(self, arrivals: Arrivals) -> None:
-        if self._timeout is None:
-            return
-        now = time.monotonic()
-        for key, entry in list(self._submitted.items()):
-            if entry.started is not None and now - entry.started > self._timeout:
-                del self._submitted[key]
-                seconds = now - entry.started
-                self._cancel(entry)
-                self._restart(entry.worker)
-                arrivals.finished.append((entry.task, failed(
-                    entry.task.index, QueryFailureReason.TIMEOUT,
-                    f"still running after {seconds:.1f} s (limit {self._timeout:g} s) on Dask worker {entry.worker}; "
-                    "its task was cancelled and its worker restarted", smiles=entry.task.smiles or "",
-                    seconds=seconds)))
-
-    def _next_deadline(self) -> float:
-        if self._timeout is None:
-            return WAIT_SECONDS
-        now = time.monotonic()
-        left = [entry.started + self._timeout - now for entry in self._submitted.values() if entry.started is not None]
-        return max(0.0, min(left, default=WAIT_SECONDS))
-
-    def _cancel(self, entry: _Submitted) -> None:
+    def _running_on(self, worker: str, key: str) -> int | None:
+        """The query of block ``key`` that last started on ``worker``, from the worker's event log on the
+        scheduler (one round trip, only when a worker is lost); None when none started there."""
         try:
-            entry.future.cancel()  # type: ignore[attr-defined]
+            logged = self._session.client.get_events(worker)  # type: ignore[union-attr]
+        except Exception:  # the scheduler is going away: its loss is handled by the cluster check
+            return None
+        for _, message in reversed(logged):
+            if isinstance(message, dict) and message.get("key") == key and "index" in message:
+                return int(message["index"])
+        return None
+
+    def _handle_overdue(self, arrivals: Arrivals) -> None:
+        """Queries a worker announced still running at their time limit: a ``timeout`` row each, their block
+        cancelled and run again without them, their worker restarted."""
+        for message in drain(self._overdue) if self._overdue is not None else ():
+            key = str(message.get("key"))
+            block = self._submitted.get(key)
+            index = message.get("index")
+            task = next((task for task in block.tasks if task.index == index), None) if block is not None else None
+            if block is None or task is None:  # it finished, or was cancelled, meanwhile
+                continue
+            del self._submitted[key]
+            worker, seconds = str(message.get("worker", "")), float(message.get("seconds", 0.0))
+            self._cancel(block)
+            self._restart(worker)
+            arrivals.finished.append((task, failed(
+                task.index, QueryFailureReason.TIMEOUT,
+                f"still running after {seconds:.1f} s (limit {self._timeout or 0:g} s) on Dask worker {worker}; "
+                "its task was cancelled and its worker restarted", smiles=task.smiles or "", seconds=seconds)))
+            self._requeue(block, task, worker)
+
+    def _requeue(self, block: _Block, ended: QueryTask, worker: str) -> None:
+        """The rest of a cancelled block runs again in a new task (each cancellation ends one query for good,
+        so this repeats at most once per query)."""
+        rest = tuple(task for task in block.tasks if task is not ended)
+        self._resubmitted(rest, ResubmissionReason.TASK_CANCELLED, worker)
+        self._orphans.extend(rest)
+
+    def _resubmitted(self, tasks: tuple[QueryTask, ...], reason: ResubmissionReason, worker: str) -> None:
+        for task in tasks:
+            self._emit(QueryResubmitted(ExecutorKind.DASK, task.index, reason, worker))
+
+    def _cancel(self, block: _Block) -> None:
+        try:
+            block.future.cancel()  # type: ignore[attr-defined]
         except Exception:  # the client is closing: the task goes with it
             pass
 
@@ -373,3 +402,12 @@ class DaskQueryPool:
         self.gone = Fallback(ExecutorKind.DASK, ExecutorKind.PROCESS, failure.reason, FallbackCause.NONE, detail,
                              failure.error)
         self._emit(self.gone)
+
+
+def cut_blocks(tasks: list[QueryTask], free: int) -> list[tuple[QueryTask, ...]]:
+    """``tasks`` in order, cut into blocks of at most ``BLOCK_QUERIES``, of even sizes, and into at least
+    ``free`` blocks (the blocks the cluster's threads may take now) when there are that many tasks, so that
+    a few queries are spread over the threads rather than queued on one."""
+    count = max(-(-len(tasks) // BLOCK_QUERIES), min(len(tasks), free))
+    size = -(-len(tasks) // count) if count else 1
+    return [tuple(tasks[start:start + size]) for start in range(0, len(tasks), size)]

@@ -123,10 +123,12 @@ class FallbackCause(StrEnum):
 
 
 class ResubmissionReason(StrEnum):
-    """Why a batch ran again: its worker died while running it, or died holding its result."""
+    """Why a batch or query ran again: its worker died while running it, or died holding its result, or
+    (a Dask campaign's query) the task it shared with other queries was cancelled or given up."""
 
     WORKER_LOST = "worker_lost"
     RESULT_LOST = "result_lost"
+    TASK_CANCELLED = "task_cancelled"
 
 
 class FailureReason(StrEnum):
