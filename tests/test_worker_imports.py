@@ -96,6 +96,27 @@ def test_the_trace_context_loads_opentelemetry_api_only_for_a_task_that_carries_
     assert _forbidden(report["after"]) == []
 
 
+_UNTRACED_PROGRAM = """
+import json
+from rdkit import Chem
+from rdkit.Chem import rdDistGeom
+from templ_pipeline.core.scoring import select_best
+from worker_probe import loaded_modules
+mol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+rdDistGeom.EmbedMultipleConfs(mol, 4, randomSeed=7)
+best = select_best(mol, mol, n_workers=1)
+print(json.dumps({"modules": loaded_modules(), "scored": best is not None}))
+"""
+
+
+def test_a_program_that_does_not_trace_calls_select_best_without_loading_opentelemetry():
+    """No span can be current where OpenTelemetry's trace API was never imported: the call does not import
+    it to find out (8 ms of a loop's first call)."""
+    report = json.loads(_python("-c", _UNTRACED_PROGRAM))
+    assert report["scored"]
+    assert _opentelemetry(report["modules"]) == []
+
+
 # --- real pool workers -----------------------------------------------------------------------------
 
 # The parent of a one-worker pool. It runs a batch on the worker, then reports what the
