@@ -76,7 +76,7 @@ IN_FLIGHT_PER_THREAD = 2
 """Blocks handed to the cluster per worker thread: one running, one waiting for the thread."""
 
 BLOCK_QUERIES = 4
-"""The most queries one task carries. Each task costs the driver about six messages (2-3 ms of its CPU
+"""The most queries one task carries. Each task costs the driver about six messages (about 3 ms of its CPU
 on a loaded 2-core machine), so four queries a task bring it under 2 ms a query; the queries go out
 largest first, so the last blocks, which decide how long the cluster's threads wait at the end, are
 the shortest. Fewer when there are fewer queries than threads to keep busy."""
@@ -372,7 +372,7 @@ class DaskQueryPool:
 
     def _requeue(self, block: _Block, ended: QueryTask, worker: str) -> None:
         """The rest of a cancelled block runs again in a new task (each cancellation ends one query for good,
-        so this repeats at most once per query)."""
+        so requeueing cannot go on forever)."""
         rest = tuple(task for task in block.tasks if task is not ended)
         self._resubmitted(rest, ResubmissionReason.TASK_CANCELLED, worker)
         self._orphans.extend(rest)
