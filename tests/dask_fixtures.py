@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask
 import pytest
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -187,13 +188,16 @@ def gated_cluster(gate: Path) -> Iterator[Cluster]:
     preload = gate.with_suffix(".py")
     preload.write_text(GATE_PRELOAD.format(gate=str(gate)))
     gate.touch()
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0", preload=[str(preload)])
-    client = Client(cluster, set_as_default=False)
-    try:
-        yield Cluster(cluster.scheduler_address, client)
-    finally:
-        gate.touch()
-        shutdown_dask()
-        client.close()
-        cluster.close()
+    # a LocalCluster closes the nanny of a worker that has not come back 15 s after it left: the gate holds
+    # one on purpose, longer than that on a loaded machine
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "10 minutes"}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", preload=[str(preload)])
+        client = Client(cluster, set_as_default=False)
+        try:
+            yield Cluster(cluster.scheduler_address, client)
+        finally:
+            gate.touch()
+            shutdown_dask()
+            client.close()
+            cluster.close()

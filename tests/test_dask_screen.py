@@ -38,7 +38,7 @@ from test_screen import (
 )
 
 from templ_pipeline.campaign.dask_pool import cut_blocks
-from templ_pipeline.campaign.dask_task import TASK_PREFIX, CampaignSettingsPlugin, run_block
+from templ_pipeline.campaign.dask_task import START_TOPIC, TASK_PREFIX, CampaignSettingsPlugin, run_block
 from templ_pipeline.campaign.queries import read_queries
 from templ_pipeline.campaign.runner import ScreenOptions, screen
 from templ_pipeline.campaign.task import CampaignSettings, QueryTask
@@ -328,12 +328,19 @@ def test_a_query_over_its_time_limit_on_a_worker_is_a_timeout_row(dask_cluster, 
     others = QUERIES[:8]
     library = write_smi(tmp_path / "slow.smi", [SLOW, *others])
     before = {child.pid for child in psutil.Process().children(recursive=True)}
+    since = time.time()  # the scheduler stamps each logged event with its wall clock (the same machine)
     events: list = []
     started = time.monotonic()
     results = list(screen(read_queries(library), [template],
                           _options(scheduler=dask_cluster.address, query_timeout=3.0), observers=(events.append,)))
     seconds = time.monotonic() - started
     found = {result.query_id: result.outcome for result in results}
+    # the slow query (the largest, so the first handed out) started once: its cancelled task was let go before
+    # its worker was restarted, not handed to the other worker (a cancel can arrive after the restart request)
+    slow_index = next(event.index for event in events if type(event).__name__ == "QueryFinished"
+                      and event.query_id == SLOW[0])
+    starts = [message for stamp, message in dask_cluster.client.get_events(START_TOPIC) if stamp >= since]
+    assert [message["index"] for message in starts].count(slow_index) == 1, starts
     assert found[SLOW[0]].reason == QueryFailureReason.TIMEOUT, found[SLOW[0]]
     assert "worker restarted" in found[SLOW[0]].detail
     assert 3.0 <= found[SLOW[0]].seconds < 30, found[SLOW[0]].detail

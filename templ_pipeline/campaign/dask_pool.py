@@ -340,12 +340,9 @@ class DaskQueryPool:
 
     def _running_on(self, worker: str, key: str) -> int | None:
         """The query of block ``key`` that last started on ``worker``, from the worker's event log on the
-        scheduler (one round trip, only when a worker is lost); None when none started there."""
-        try:
-            logged = self._session.client.get_events(worker)  # type: ignore[union-attr]
-        except Exception:  # the scheduler is going away: its loss is handled by the cluster check
-            return None
-        for _, message in reversed(logged):
+        scheduler (one bounded round trip, only when a worker is lost); None when none started there, or
+        when the log does not come in time (the block then runs again without a loss counted)."""
+        for _, message in reversed(self._session.events(worker)):  # type: ignore[union-attr]
             if isinstance(message, dict) and message.get("key") == key and "index" in message:
                 return int(message["index"])
         return None
@@ -363,7 +360,7 @@ class DaskQueryPool:
             del self._submitted[key]
             worker, seconds = str(message.get("worker", "")), float(message.get("seconds", 0.0))
             self._cancel(block)
-            self._restart(worker)
+            self._restart(worker, str(block.future.key))  # type: ignore[attr-defined]
             arrivals.finished.append((task, failed(
                 task.index, QueryFailureReason.TIMEOUT,
                 f"still running after {seconds:.1f} s (limit {self._timeout or 0:g} s) on Dask worker {worker}; "
@@ -387,11 +384,12 @@ class DaskQueryPool:
         except Exception:  # the client is closing: the task goes with it
             pass
 
-    def _restart(self, worker: str) -> None:
-        """Ask the scheduler to restart the worker stuck in a query, without waiting: the campaign goes on."""
+    def _restart(self, worker: str, cancelled: str) -> None:
+        """Ask the scheduler to restart the worker stuck in a query, once it has let the query's cancelled
+        task go (else it would hand it to another worker), without waiting: the campaign goes on."""
         if not worker or self._session is None:
             return
-        restart = self._session.restart([worker], RESTART_SECONDS)
+        restart = self._session.restart([worker], RESTART_SECONDS, cancelled=[cancelled])
         if restart is not None:
             self._restarts.append(restart)
 

@@ -64,6 +64,9 @@ RESUBMIT_REASONS = {"processing-tasks": ResubmissionReason.WORKER_LOST,
                     "lost-computed-tasks": ResubmissionReason.RESULT_LOST}
 """Keys of the scheduler's ``remove-worker`` event, and the resubmission reason each stands for."""
 
+_HELD = frozenset({"waiting", "queued", "no-worker", "processing"})
+"""Scheduler task states in which a task still runs, or will, on some worker."""
+
 OnResubmit = Callable[[int, ResubmissionReason, str], None]  # (batch index, reason, worker address)
 
 EventMessage = dict[str, Any]
@@ -224,6 +227,17 @@ class DaskSession:
         scheduler = self.client.scheduler
         return "" if scheduler is None else str(scheduler.address)
 
+    def events(self, topic: str, timeout: float = CONNECT_TIMEOUT) -> list[Any]:
+        """The scheduler's event log of ``topic`` (Dask keeps its last 1,000), oldest first: one round trip,
+        bounded; empty when it does not come within ``timeout`` or the client is closing."""
+        scheduler = self.client.scheduler
+        if scheduler is None:  # no scheduler connection: no log to read
+            return []
+        try:
+            return list(self.client.sync(scheduler.events, topic=topic, callback_timeout=timeout))
+        except Exception:  # timed out, or the client is closing: the caller goes on without the log
+            return []
+
     def gather(self, futures: Iterable[Future[Any]], timeout: float = CLOSE_TIMEOUT) -> dict[str, Any]:
         """The results of finished ``futures`` by key, in one request however many there are; a future that
         failed is left out, and so are all when they do not come within ``timeout`` (a result lost with its
@@ -241,20 +255,36 @@ class DaskSession:
             return {}
         return {key: value for key, value in found.items() if value is not None}
 
-    def restart(self, workers: list[str], timeout: float) -> concurrent.futures.Future[Any] | None:
+    def restart(self, workers: list[str], timeout: float,
+                cancelled: Iterable[str] = ()) -> concurrent.futures.Future[Any] | None:
         """Ask the scheduler to restart ``workers`` and return at once; the future is done when they are down.
 
         The scheduler's own restart, without waiting for the new workers: it kills each worker process
         (within ``timeout``) and its nanny starts a new one; a worker without a nanny is removed, for its
-        deployment to start again. None when the request could not be made (a closed client).
+        deployment to start again. ``cancelled`` are keys just cancelled on those workers: a cancel travels
+        on the client's batched stream, which the restart's own request can overtake, and a task still held
+        when its worker goes is handed to another worker (a query stuck past its time limit would then
+        block that worker too). So the restart waits until the scheduler has let them go, at most
+        ``timeout``. None when the request could not be made (a closed client).
         """
         scheduler = self.client.scheduler
         if scheduler is None:  # no scheduler connection: the worker goes with the cluster
             return None
-        try:
-            return self._on_loop(scheduler.restart_workers(
+        keys = list(cancelled)
+
+        async def restart_once_released() -> Any:
+            deadline = time.monotonic() + timeout
+            while keys and time.monotonic() < deadline:
+                states = await scheduler.get_task_status(keys=keys)
+                if not _HELD.intersection(states.values()):
+                    break
+                await asyncio.sleep(0.05)
+            return await scheduler.restart_workers(
                 workers=workers, timeout=timeout, wait_for_workers=False, on_error="return",
-                stimulus_id=f"templ-restart-{time.time()}"))
+                stimulus_id=f"templ-restart-{time.time()}")
+
+        try:
+            return self._on_loop(restart_once_released())
         except RuntimeError:  # the client's event loop is closed: so is the cluster, for this driver
             return None
 
