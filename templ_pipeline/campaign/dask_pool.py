@@ -270,7 +270,10 @@ class DaskQueryPool:
         except KilledWorker as error:
             # Dask counts every loss of a worker the task was assigned to, also while it only waited there
             # behind another block: a query that never ran on a lost worker is submitted again
-            given_up = [task for task in block.tasks if self._losses.get(task.index, 0) or not self._drop(task)]
+            given_up = []
+            for task in block.tasks:
+                if self._losses.get(task.index, 0) or not self._drop(task):
+                    given_up.append(task)
             self._resubmitted(tuple(task for task in block.tasks if task not in given_up),
                               ResubmissionReason.TASK_CANCELLED, "")
             return [(task, self._worker_lost(task, f"Dask gave up on it after losing workers under it ({error})"))
@@ -312,9 +315,10 @@ class DaskQueryPool:
                     block = self._submitted.get(key)
                     if block is not None and reason == ResubmissionReason.WORKER_LOST:
                         self._lost(key, block, worker, arrivals)
-                    elif block is not None or (fetched and key in fetched and reason == ResubmissionReason.RESULT_LOST):
-                        self._resubmitted((block or fetched[key]).tasks, ResubmissionReason.RESULT_LOST,  # type: ignore[index]
-                                          worker)
+                    elif block is not None:  # its finished result went with the worker: Dask computes it again
+                        self._resubmitted(block.tasks, reason, worker)
+                    elif fetched and key in fetched and reason == ResubmissionReason.RESULT_LOST:
+                        self._resubmitted(fetched[key].tasks, reason, worker)
 
     def _lost(self, key: str, block: _Block, worker: str, arrivals: Arrivals) -> None:
         """The worker running ``block`` left: Dask runs the block again, and the query that was running there
@@ -333,10 +337,8 @@ class DaskQueryPool:
             self._emit(QueryResubmitted(ExecutorKind.DASK, task.index, ResubmissionReason.WORKER_LOST, worker))
             self._resubmitted(block.tasks[:at], ResubmissionReason.RESULT_LOST, worker)
             return
-        del self._submitted[key]
-        self._cancel(block)
-        arrivals.finished.append((task, self._worker_lost(task, f"Dask worker {worker} was lost under it")))
-        self._requeue(block, task, worker)
+        self._end_in_block(key, task, self._worker_lost(task, f"Dask worker {worker} was lost under it"), worker,
+                           arrivals)
 
     def _running_on(self, worker: str, key: str) -> int | None:
         """The query of block ``key`` that last started on ``worker``, from the worker's event log on the
@@ -357,19 +359,21 @@ class DaskQueryPool:
             task = next((task for task in block.tasks if task.index == index), None) if block is not None else None
             if block is None or task is None:  # it finished, or was cancelled, meanwhile
                 continue
-            del self._submitted[key]
             worker, seconds = str(message.get("worker", "")), float(message.get("seconds", 0.0))
-            self._cancel(block)
-            self._restart(worker, str(block.future.key))  # type: ignore[attr-defined]
-            arrivals.finished.append((task, failed(
+            self._end_in_block(key, task, failed(
                 task.index, QueryFailureReason.TIMEOUT,
                 f"still running after {seconds:.1f} s (limit {self._timeout or 0:g} s) on Dask worker {worker}; "
-                "its task was cancelled and its worker restarted", smiles=task.smiles or "", seconds=seconds)))
-            self._requeue(block, task, worker)
+                "its task was cancelled and its worker restarted", smiles=task.smiles or "", seconds=seconds),
+                worker, arrivals)
+            self._restart(worker, key)
 
-    def _requeue(self, block: _Block, ended: QueryTask, worker: str) -> None:
-        """The rest of a cancelled block runs again in a new task (each cancellation ends one query for good,
-        so requeueing cannot go on forever)."""
+    def _end_in_block(self, key: str, ended: QueryTask, outcome: QueryOutcome, worker: str,
+                      arrivals: Arrivals) -> None:
+        """``ended`` gets ``outcome``; its block ``key`` is cancelled and the rest of it runs again in a new task
+        (each such end ends one query for good, so requeueing cannot go on forever)."""
+        block = self._submitted.pop(key)
+        self._cancel(block)
+        arrivals.finished.append((ended, outcome))
         rest = tuple(task for task in block.tasks if task is not ended)
         self._resubmitted(rest, ResubmissionReason.TASK_CANCELLED, worker)
         self._orphans.extend(rest)
