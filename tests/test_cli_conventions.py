@@ -80,7 +80,11 @@ def test_an_unknown_choice_is_a_usage_error_naming_the_option():
 
 
 def test_show_completion_prints_a_bash_script_for_templ():
-    done = run_templ("--show-completion", "bash", env=templ_env(SHELL="/bin/bash"))
+    # --show-completion is for the shell the command runs in, which it finds among its parent processes: run it
+    # from bash (two commands, so that bash waits rather than exec the run), whatever started the tests
+    done = subprocess.run(["bash", "-c", '"$@"; exit $?', "bash", *TEMPL, "--show-completion"],
+                          capture_output=True, text=True, timeout=120, env=templ_env(SHELL="/bin/bash"),
+                          stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     assert "complete -o default -F _templ_completion templ" in done.stdout
     assert "_TEMPL_COMPLETE=complete_bash" in done.stdout
