@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from templ_pipeline.interrupts import exit_while_starting
+from templ_pipeline.interrupts import exit_while_starting, route_sigint
 from templ_pipeline.parent_threads import limit_parent_pools
 
 SCREEN = "screen"
@@ -36,8 +36,9 @@ HELP = ("--help", "-h")
 
 
 def main() -> int:
-    """Handle signals while starting, keep the parent's thread pools at one thread, start a campaign's spare
-    workers, then run :func:`templ_pipeline.cli.root.main`."""
+    """Route SIGINT past RDKit's handlers, handle signals while starting, keep the parent's thread pools at one
+    thread, start a campaign's spare workers, then run :func:`templ_pipeline.cli.root.main`."""
+    route_sigint()  # first: before any thread starts, so that every thread inherits the blocked SIGINT
     from templ_pipeline.campaign import spares
 
     exit_while_starting(before_exit=spares.end)

@@ -30,6 +30,8 @@ SLOW_CONFORMERS = "1500"
 FAST = ("aspirin", "CC(=O)Oc1ccccc1C(=O)O")
 START_TIMEOUT = 120.0  # imports and setup under the suite's load: "does not hang"
 EMBEDDING_SECONDS = 1.5  # after the handler is in place: the run is embedding
+ROUTED_CONFORMERS = 40  # about 2.5 s of single-threaded ETKDG for FLEXIBLE here
+ROUTED_SIGNAL_SECONDS = 0.5
 STOP_TIMEOUT = 5.0  # seconds from SIGINT to the exit (about 0.05 s idle; the suite's load adds to it)
 GONE_TIMEOUT = 5.0
 
@@ -154,6 +156,84 @@ def test_sigint_while_the_library_embeds_raises_keyboard_interrupt_at_once(tmp_p
     assert proc.returncode == 7
     assert took < STOP_TIMEOUT, f"{took:.1f} s from SIGINT to KeyboardInterrupt"
 
+
+
+def test_routed_sigint_never_reaches_rdkit_and_stops_the_program_after_the_call(tmp_path):
+    # RDKit's own SIGINT handler is in place for the whole of an EmbedMultipleConfs made in the main thread: a
+    # SIGINT that reached it would end the embedding early, with no error and no KeyboardInterrupt (the run went
+    # on). Routed as ``templ`` routes it, the signal waits for Python's handler, which stops the program as soon
+    # as the call returns, with every conformer embedded.
+    script = tmp_path / "embed.py"
+    script.write_text(textwrap.dedent(f"""
+        import os
+        from templ_pipeline.interrupts import route_sigint
+        assert route_sigint()  # first: numpy starts threads when RDKit imports it
+        from rdkit import Chem
+        from rdkit.Chem import AllChem
+        mol = Chem.AddHs(Chem.MolFromSmiles({FLEXIBLE!r}))
+        print("embedding", flush=True)
+        try:
+            AllChem.EmbedMultipleConfs(mol, {ROUTED_CONFORMERS}, randomSeed=7, numThreads=1)
+            print("finished with", mol.GetNumConformers(), flush=True)
+        except KeyboardInterrupt:
+            print("stopped with", mol.GetNumConformers(), flush=True)
+            os._exit(7)
+    """))
+    with open(tmp_path / "stdout.txt", "w") as stdout, open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=stdout, stderr=stderr,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "embedding" not in (tmp_path / "stdout.txt").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, _stderr(tmp_path)[-2000:]
+            time.sleep(0.05)
+        time.sleep(ROUTED_SIGNAL_SECONDS)
+        assert proc.poll() is None, "the embedding ended before the signal: make it longer"
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    lines = (tmp_path / "stdout.txt").read_text().splitlines()
+    assert lines == ["embedding", f"stopped with {ROUTED_CONFORMERS}"], (lines, _stderr(tmp_path)[-2000:])
+    assert proc.returncode == 7
+
+
+def _sigint_unblocked(pid: int) -> tuple[int, list[int]]:
+    """(threads of ``pid``, those whose signal mask lets SIGINT through)."""
+    open_to_sigint = []
+    tasks = os.listdir(f"/proc/{pid}/task")
+    for task in tasks:
+        try:
+            status = Path(f"/proc/{pid}/task/{task}/status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        blocked = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16)
+        if not blocked & (1 << (signal.SIGINT - 1)):
+            open_to_sigint.append(int(task))
+    return len(tasks), open_to_sigint
+
+
+def test_every_thread_of_templ_but_its_sigint_thread_blocks_sigint(template_sdf, tmp_path):
+    # mid-embedding: RDKit's own threads run, and its handler is installed; only the thread waiting in sigwait
+    # (the kernel lifts the block for the length of the wait) may take SIGINT
+    proc = _start(["select-best", "-t", template_sdf, "-q", FLEXIBLE, "-n", SLOW_CONFORMERS, "-w", 2,
+                   "-o", tmp_path / "pose.sdf"], tmp_path)
+    try:
+        if (problem := wait_until_catches(proc, signal.SIGINT, START_TIMEOUT)) is not None:
+            pytest.fail(f"{problem}; stderr {_stderr(tmp_path)[-2000:]!r}")
+        time.sleep(EMBEDDING_SECONDS)
+        threads, open_to_sigint = _sigint_unblocked(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert threads >= 3, f"{threads} threads: the run was not embedding in threads yet"
+    assert len(open_to_sigint) == 1, f"{len(open_to_sigint)} of {threads} threads let SIGINT through"
+    assert proc.returncode == 130, f"exit {proc.returncode}; {_stderr(tmp_path)[-2000:]!r}"
 
 LIBRARY = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "polaris" / "train_sarsmols.sdf.gz"
 

@@ -20,7 +20,11 @@ announces itself with :func:`native_call_starting`, and every :data:`POLL_SECOND
 otherwise (polling every millisecond throughout costs 3 % of a core). A SIGINT
 within that millisecond can still be taken by RDKit: a cancelled RascalMCES search
 raises, and :mod:`~templ_pipeline.core.template_choice` makes that the stop it is;
-a cancelled embedding still looks like no conformer.
+a cancelled embedding still looks like no conformer. The ``templ`` command closes
+that window: it blocks SIGINT in every thread and takes it in one of its own
+(:func:`templ_pipeline.interrupts.route_sigint`), so no RDKit handler ever receives
+it. Where the calling thread blocks SIGINT so, nothing needs keeping and the
+waiting thread only waits.
 
 The helper thread is optional: where it cannot start (no thread headroom) the call
 runs in the calling thread, with one warning per process, and signals wait for it.
@@ -149,7 +153,7 @@ def call_interruptibly(fn: Callable[[], T], *, name: str,
                 _running.discard(thread)
 
     thread = threading.Thread(target=run, name=name, daemon=True)
-    keeper = SigintKeeper.capture()
+    keeper = None if signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, ()) else SigintKeeper.capture()
     with _lock:
         _running.add(thread)
     try:
