@@ -20,6 +20,7 @@ from templ_pipeline.core.pools import PoolRegistry
 from templ_pipeline.core.scoring import select_best_with_report
 
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
+ORPHAN_TIMEOUT = 10.0  # seconds for a killed owner's workers to be gone
 
 
 def _signature(selection) -> list:
@@ -73,6 +74,58 @@ def test_workers_outlive_the_thread_that_started_their_pool(query_confs, templat
     finally:
         shutdown_pools()
 
+
+
+FORKSERVER_PROGRAM = textwrap.dedent("""
+    import json, sys, time
+    from rdkit import Chem
+    from templ_pipeline.core.conformers import generate_conformers
+    from templ_pipeline.core.scoring import select_best_with_report
+    template = Chem.MolFromMolBlock(sys.stdin.read())
+    confs = generate_conformers(sys.argv[1], 60, seed=3, n_workers=1)
+    signatures = []
+    for workers in (1, 2):
+        selection = select_best_with_report(confs, template, n_workers=workers, exact_workers=True)
+        signatures.append([[item.conf_id, item.shape, item.color] for item in selection.ordered])
+    print(json.dumps({"kinds": [str(kind) for kind in selection.report.executor_kinds],
+                      "fallbacks": len(selection.report.fallbacks), "same": signatures[0] == signatures[1]}),
+          flush=True)
+    time.sleep(600)  # killed by the test
+""")
+
+
+def test_forkserver_workers_score_and_end_with_their_owner(template):
+    """Opt-in forkserver: a worker's parent is the fork server, not the pool's owner; it is not an orphan at start
+    (every worker once ended itself there and no pool came up), and it ends once the owner is killed."""
+    from rdkit import Chem
+
+    proc = subprocess.Popen([sys.executable, "-c", FORKSERVER_PROGRAM, QUERY], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=templ_env(TEMPL_MP_START_METHOD="forkserver"))
+    workers: list[psutil.Process] = []
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(Chem.MolToMolBlock(template))
+        proc.stdin.close()
+        line = proc.stdout.readline()
+        assert line, f"the program ended: {proc.wait(timeout=30)}; {proc.stderr.read()[-2000:] if proc.stderr else ''}"
+        report = json.loads(line)
+        assert report == {"kinds": ["process"], "fallbacks": 0, "same": True}, report
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len(workers) >= 3, workers  # the fork server and two workers (and maybe the resource tracker)
+        proc.kill()
+        proc.wait(timeout=30)
+        gone, alive = psutil.wait_procs(workers, timeout=ORPHAN_TIMEOUT)
+        assert not alive, f"still running after their owner was killed: {[p.cmdline()[:3] for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        for worker in workers:
+            try:
+                worker.kill()
+            except psutil.Error:
+                pass
 
 FILLER = textwrap.dedent("""
     import sys

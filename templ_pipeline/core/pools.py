@@ -100,7 +100,14 @@ def pool_context(method: str | None = None) -> multiprocessing.context.BaseConte
     CLI) again; fork and forkserver (opt-in, ``TEMPL_MP_START_METHOD``) are the stdlib's.
     """
     method = method or start_method()
-    return _WORKER_SPAWN if method == "spawn" else multiprocessing.get_context(method)
+    if method == "spawn":
+        return _WORKER_SPAWN
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        from templ_pipeline.core import forkserver_guard
+
+        context.set_forkserver_preload(forkserver_guard.preload())
+    return context
 
 
 def start_process_pool(workers: int) -> ProcessPoolExecutor:

@@ -194,6 +194,25 @@ def _exit_if_orphaned(signum: int = 0, frame: object = None) -> None:
         os._exit(EXIT_PARENT_GONE)
 
 
+def _started_by(parent_pid: int) -> int:
+    """The process whose end orphans this worker: ``parent_pid``, or the fork server it started.
+
+    A forkserver worker (``TEMPL_MP_START_METHOD=forkserver``) is the child of the pool owner's fork server,
+    which ends when its owner does (:mod:`templ_pipeline.core.forkserver_guard`); taken for an orphan, every
+    such worker ended itself at start and no pool ever came up.
+    """
+    parent = os.getppid()
+    if parent == parent_pid:
+        return parent_pid
+    try:
+        with open(f"/proc/{parent}/stat") as handle:
+            stat = handle.read()
+    except OSError:  # the parent is gone already, or no /proc (then nothing checks for orphans)
+        return parent_pid
+    grandparent = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the name, which may hold spaces
+    return parent if grandparent == parent_pid else parent_pid
+
+
 def _arm_parent_death_signal() -> bool:
     """Ask the kernel for :func:`parent_death_signal` when the parent thread exits (Linux only)."""
     if not sys.platform.startswith("linux"):
@@ -217,10 +236,15 @@ def init_worker(parent_pid: int) -> None:
     Ctrl-C, returns no conformer as if embedding had failed. A blocked signal reaches
     no handler; the threads the worker starts later inherit the block.
     """
-    global _parent_pid
-    _parent_pid = parent_pid
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    exit_with_parent(_started_by(parent_pid))
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """End this process (exit 70) once ``parent_pid``, its parent process, is gone (Linux; nothing elsewhere)."""
+    global _parent_pid
+    _parent_pid = parent_pid
     signal.signal(parent_death_signal(), _exit_if_orphaned)
     if _arm_parent_death_signal():
         _exit_if_orphaned()  # the parent may have died before the signal was armed
