@@ -135,6 +135,15 @@ def test_sigint_while_the_library_embeds_raises_keyboard_interrupt_at_once(tmp_p
             os._exit(7)
         print("finished with", mol.GetNumConformers(), flush=True)
     """))
+    code, took = _interrupt_script(script, tmp_path, EMBEDDING_SECONDS)
+    assert (tmp_path / "stdout.txt").read_text().split() == ["embedding", "stopped"], _stderr(tmp_path)[-2000:]
+    assert code == 7
+    assert took < STOP_TIMEOUT, f"{took:.1f} s from SIGINT to KeyboardInterrupt"
+
+
+def _interrupt_script(script: Path, tmp_path: Path, delay: float) -> tuple[int, float]:
+    """Run ``script`` in a session of its own, SIGINT it ``delay`` s after it prints "embedding"; (its exit code,
+    seconds from the signal to the exit). Its stdout and stderr are left in ``tmp_path``."""
     with open(tmp_path / "stdout.txt", "w") as stdout, open(tmp_path / "stderr.txt", "w") as stderr:
         proc = subprocess.Popen([sys.executable, str(script)], stdout=stdout, stderr=stderr,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -143,19 +152,16 @@ def test_sigint_while_the_library_embeds_raises_keyboard_interrupt_at_once(tmp_p
         while "embedding" not in (tmp_path / "stdout.txt").read_text():
             assert proc.poll() is None and time.monotonic() < deadline, _stderr(tmp_path)[-2000:]
             time.sleep(0.05)
-        time.sleep(EMBEDDING_SECONDS)
+        time.sleep(delay)
+        assert proc.poll() is None, "the embedding ended before the signal: make it longer"
         os.killpg(proc.pid, signal.SIGINT)
         signalled = time.monotonic()
-        proc.wait(timeout=60)
-        took = time.monotonic() - signalled
+        proc.wait(timeout=120)
+        return proc.returncode, time.monotonic() - signalled
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-    assert (tmp_path / "stdout.txt").read_text().split() == ["embedding", "stopped"], _stderr(tmp_path)[-2000:]
-    assert proc.returncode == 7
-    assert took < STOP_TIMEOUT, f"{took:.1f} s from SIGINT to KeyboardInterrupt"
-
 
 
 def test_routed_sigint_never_reaches_rdkit_and_stops_the_program_after_the_call(tmp_path):
@@ -179,25 +185,10 @@ def test_routed_sigint_never_reaches_rdkit_and_stops_the_program_after_the_call(
             print("stopped with", mol.GetNumConformers(), flush=True)
             os._exit(7)
     """))
-    with open(tmp_path / "stdout.txt", "w") as stdout, open(tmp_path / "stderr.txt", "w") as stderr:
-        proc = subprocess.Popen([sys.executable, str(script)], stdout=stdout, stderr=stderr,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while "embedding" not in (tmp_path / "stdout.txt").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, _stderr(tmp_path)[-2000:]
-            time.sleep(0.05)
-        time.sleep(ROUTED_SIGNAL_SECONDS)
-        assert proc.poll() is None, "the embedding ended before the signal: make it longer"
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    code, _ = _interrupt_script(script, tmp_path, ROUTED_SIGNAL_SECONDS)
     lines = (tmp_path / "stdout.txt").read_text().splitlines()
     assert lines == ["embedding", f"stopped with {ROUTED_CONFORMERS}"], (lines, _stderr(tmp_path)[-2000:])
-    assert proc.returncode == 7
+    assert code == 7
 
 
 def _sigint_unblocked(pid: int) -> tuple[int, list[int]]:

@@ -127,6 +127,7 @@ def test_forkserver_workers_score_and_end_with_their_owner(template):
             except psutil.Error:
                 pass
 
+
 FILLER = textwrap.dedent("""
     import sys
     import grant_probe
