@@ -15,7 +15,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -211,20 +213,29 @@ def test_every_thread_of_templ_but_its_sigint_thread_blocks_sigint(template_sdf,
     # (the kernel lifts the block for the length of the wait) may take SIGINT
     proc = _start(["select-best", "-t", template_sdf, "-q", FLEXIBLE, "-n", SLOW_CONFORMERS, "-w", 2,
                    "-o", tmp_path / "pose.sdf"], tmp_path)
+    threads, open_to_sigint = _sigint_after(proc, tmp_path, EMBEDDING_SECONDS, lambda: _sigint_unblocked(proc.pid))
+    assert threads >= 3, f"{threads} threads: the run was not embedding in threads yet"
+    assert len(open_to_sigint) == 1, f"{len(open_to_sigint)} of {threads} threads let SIGINT through"
+    assert proc.returncode == 130, f"exit {proc.returncode}; {_stderr(tmp_path)[-2000:]!r}"
+
+
+def _sigint_after(proc: subprocess.Popen, tmp_path: Path, delay: float, look: Callable[[], Any] = lambda: None
+                  ) -> Any:
+    """SIGINT to ``proc``'s group ``delay`` s after it catches SIGINT, then its exit; what ``look()`` saw just
+    before the signal."""
     try:
         if (problem := wait_until_catches(proc, signal.SIGINT, START_TIMEOUT)) is not None:
             pytest.fail(f"{problem}; stderr {_stderr(tmp_path)[-2000:]!r}")
-        time.sleep(EMBEDDING_SECONDS)
-        threads, open_to_sigint = _sigint_unblocked(proc.pid)
+        time.sleep(delay)
+        seen = look()
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
+        return seen
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-    assert threads >= 3, f"{threads} threads: the run was not embedding in threads yet"
-    assert len(open_to_sigint) == 1, f"{len(open_to_sigint)} of {threads} threads let SIGINT through"
-    assert proc.returncode == 130, f"exit {proc.returncode}; {_stderr(tmp_path)[-2000:]!r}"
+
 
 LIBRARY = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "polaris" / "train_sarsmols.sdf.gz"
 
@@ -236,16 +247,7 @@ def test_sigint_at_any_point_of_a_library_run_exits_130_with_one_line_and_no_out
     out = tmp_path / "pose.sdf"
     out.write_text("the previous answer\n")
     proc = _start(["select-best", "-t", LIBRARY, "-q", FLEXIBLE, "-n", "200", "-w", "2", "-o", out], tmp_path)
-    try:
-        if (problem := wait_until_catches(proc, signal.SIGINT, START_TIMEOUT)) is not None:
-            pytest.fail(f"{problem}; stderr {_stderr(tmp_path)[-2000:]!r}")
-        time.sleep(delay)
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    _sigint_after(proc, tmp_path, delay)
     _one_interrupt_line(tmp_path)
     assert proc.returncode == 130, f"exit {proc.returncode}; {_stderr(tmp_path)[-2000:]!r}"
     assert out.read_text() == "the previous answer\n"
