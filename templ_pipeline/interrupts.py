@@ -97,7 +97,10 @@ def route_sigint() -> bool:
     def forward() -> None:
         while True:
             signal.sigwait({signal.SIGINT})
-            _thread.interrupt_main(signal.SIGINT)
+            handler = signal.getsignal(signal.SIGINT)
+            if handler in (signal.SIG_DFL, None):  # interrupt_main would do nothing: end as the default does
+                os._exit(128 + signal.SIGINT)
+            _thread.interrupt_main(signal.SIGINT)  # nothing when the handler is SIG_IGN, as for a real SIGINT
             with suppress(ProcessLookupError):  # the main thread has ended: the process is leaving anyway
                 signal.pthread_kill(main, WAKE_SIGNAL)
 
