@@ -115,7 +115,7 @@ def _stopped(stop: Interrupted) -> int:
     executor = sys.modules.get("templ_pipeline.core.executor")  # not imported: no pool was ever started
     if executor is not None:
         executor.shutdown_pools(terminate=True)
-        executor.shutdown_dask()
+        executor.shutdown_dask(terminate=True)
     stderr.print(f"interrupted by {stop.name}: {PROGRESS.describe()}", highlight=False, soft_wrap=True)
     if native_call.busy():
         # RDKit is still embedding in a helper thread that cannot be stopped: leave without

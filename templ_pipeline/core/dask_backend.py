@@ -58,6 +58,10 @@ ALLOWED_FAILURES = 1
 """Losses of a worker under one task that a LocalCluster's scheduler tolerates: a task is run again once
 elsewhere; a second loss is ``KilledWorker`` (a batch: ``broken_pool``; a query: a ``worker_lost`` row)."""
 CLOSE_TIMEOUT = 5.0
+TERMINATE_SECONDS = 0.5
+"""How long a LocalCluster's nannies give their workers to close when the run is stopped (SIGINT, SIGTERM):
+the nannies then kill them. Their own default is 5 s, and a worker inside a native embedding cannot close, so
+a stopped campaign waited 4 s for its workers."""
 LOCAL = "local"
 TASK_PREFIX = "templ-batch"
 RESUBMIT_REASONS = {"processing-tasks": ResubmissionReason.WORKER_LOST,
@@ -375,15 +379,32 @@ class DaskSession:
                     if key in waiting:
                         on_resubmit(waiting[key].index, reason, str(message.get("worker", "")))
 
-    def close(self) -> None:
-        """Close the client, then the LocalCluster (its worker processes exit)."""
+    def close(self, *, terminate: bool = False) -> None:
+        """Close the client, then the LocalCluster (its worker processes exit); ``terminate``: its workers get
+        :data:`TERMINATE_SECONDS` to close before they are killed."""
         try:
             if self.client.status == "running":
                 self.client.unsubscribe_topic("all")
             self.client.close(timeout=CLOSE_TIMEOUT)
         finally:
             if self.cluster is not None:
+                if terminate:
+                    self._close_workers(TERMINATE_SECONDS)
                 self.cluster.close(timeout=CLOSE_TIMEOUT)
+
+    def _close_workers(self, timeout: float) -> None:
+        """Close the LocalCluster's nannies, each killing its worker after ``timeout`` (or less)."""
+        cluster = self.cluster
+        assert cluster is not None
+
+        async def close_all() -> None:
+            await asyncio.gather(*(worker.close(timeout=timeout) for worker in list(cluster.workers.values())),
+                                 return_exceptions=True)
+
+        try:
+            cluster.sync(close_all, callback_timeout=CLOSE_TIMEOUT)
+        except Exception:  # the cluster's own close still ends them, in its own time
+            pass
 
 
 class ClusterWatch:
@@ -470,18 +491,18 @@ class DaskSessions:
                     del self._sessions[key]
         _close_quietly(session)
 
-    def shutdown_all(self) -> None:
-        """Close every session this process opened."""
+    def shutdown_all(self, *, terminate: bool = False) -> None:
+        """Close every session this process opened (``terminate``: :meth:`DaskSession.close`'s)."""
         with self._lock:
             sessions = list(self._sessions.values()) if os.getpid() == self._pid else []
             self._sessions.clear()
         for session in sessions:
-            _close_quietly(session)
+            _close_quietly(session, terminate=terminate)
 
 
-def _close_quietly(session: DaskSession) -> None:
+def _close_quietly(session: DaskSession, *, terminate: bool = False) -> None:
     try:
-        session.close()
+        session.close(terminate=terminate)
     except Exception:  # a lost scheduler cannot be told goodbye; its client is gone either way
         pass
 

@@ -386,8 +386,9 @@ def shutdown_pools(*, terminate: bool = False) -> None:
     POOLS.shutdown_all(terminate=terminate)
 
 
-def shutdown_dask() -> None:
-    """Close every Dask client and LocalCluster this process opened (also done at exit)."""
+def shutdown_dask(*, terminate: bool = False) -> None:
+    """Close every Dask client and LocalCluster this process opened (also done at exit); ``terminate``: a
+    LocalCluster's workers are killed unless they close at once."""
     backend = sys.modules.get("templ_pipeline.core.dask_backend")
     if backend is not None:
-        backend.SESSIONS.shutdown_all()
+        backend.SESSIONS.shutdown_all(terminate=terminate)
