@@ -216,7 +216,14 @@ def test_every_thread_of_templ_but_its_sigint_thread_blocks_sigint(template_sdf,
     # (the kernel lifts the block for the length of the wait) may take SIGINT
     proc = _start(["select-best", "-t", template_sdf, "-q", FLEXIBLE, "-n", SLOW_CONFORMERS, "-w", 2,
                    "-o", tmp_path / "pose.sdf"], tmp_path)
-    threads, open_to_sigint = _sigint_after(proc, tmp_path, EMBEDDING_SECONDS, lambda: _sigint_unblocked(proc.pid))
+
+    def once_threaded() -> tuple[int, list[int]]:  # under load the run may still be importing at first
+        deadline = time.monotonic() + START_TIMEOUT
+        while (seen := _sigint_unblocked(proc.pid))[0] < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        return seen
+
+    threads, open_to_sigint = _sigint_after(proc, tmp_path, EMBEDDING_SECONDS, once_threaded)
     assert threads >= 3, f"{threads} threads: the run was not embedding in threads yet"
     assert len(open_to_sigint) == 1, f"{len(open_to_sigint)} of {threads} threads let SIGINT through"
     assert proc.returncode == 130, f"exit {proc.returncode}; {_stderr(tmp_path)[-2000:]!r}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from templ_pipeline.core.scoring import select_best_with_report
 
 QUERY = "O=C(Nc1cccnc1)c1ccc(F)cc1OC"
 ORPHAN_TIMEOUT = 10.0  # seconds for a killed owner's workers to be gone
+REPORT_TIMEOUT = 120.0  # a fresh program embeds 60 conformers and starts a pool: "does not hang"
 
 
 def _signature(selection) -> list:
@@ -75,7 +77,6 @@ def test_workers_outlive_the_thread_that_started_their_pool(query_confs, templat
         shutdown_pools()
 
 
-
 FORKSERVER_PROGRAM = textwrap.dedent("""
     import json, sys, time
     from rdkit import Chem
@@ -107,6 +108,8 @@ def test_forkserver_workers_score_and_end_with_their_owner(template):
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(Chem.MolToMolBlock(template))
         proc.stdin.close()
+        ready, _, _ = select.select([proc.stdout], [], [], REPORT_TIMEOUT)
+        assert ready, f"no report within {REPORT_TIMEOUT:.0f} s"
         line = proc.stdout.readline()
         assert line, f"the program ended: {proc.wait(timeout=30)}; {proc.stderr.read()[-2000:] if proc.stderr else ''}"
         report = json.loads(line)
