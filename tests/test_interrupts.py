@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 from processes import descendants, wait_until_catches
-from templ_runs import TEMPL
+from templ_runs import TEMPL, templ_env
 
 from templ_pipeline.campaign.outputs import read_scores
 
@@ -195,6 +196,43 @@ def test_routed_sigint_never_reaches_rdkit_and_stops_the_program_after_the_call(
     assert lines == ["embedding", f"stopped with {ROUTED_CONFORMERS}"], (lines, _stderr(tmp_path)[-2000:])
     assert code == 7
 
+
+
+def test_sigint_after_the_poses_are_written_says_they_are(template_sdf, tmp_path):
+    # the run's last spans go to a collector that takes the connection and never answers: the run waits at its
+    # end (up to OTEL_EXPORTER_OTLP_TIMEOUT); a Ctrl-C then must not claim that no output was written
+    collector = socket.socket()
+    try:
+        collector.bind(("127.0.0.1", 0))
+        collector.listen(16)  # never accepted: the kernel completes the connection, nobody reads the request
+        out = tmp_path / "pose.sdf"
+        out.write_text("the previous answer\n")
+        with open(tmp_path / "stdout.txt", "w") as stdout, open(tmp_path / "stderr.txt", "w") as stderr:
+            proc = subprocess.Popen(
+                [*TEMPL, "select-best", "-t", str(template_sdf), "-q", FAST[1], "-n", "10", "-o", str(out),
+                 "--no-metrics-server"], stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                start_new_session=True,
+                env=templ_env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.getsockname()[1]}",
+                              OTEL_EXPORTER_OTLP_TIMEOUT="60"))
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while out.read_text() == "the previous answer\n":
+                assert proc.poll() is None and time.monotonic() < deadline, _stderr(tmp_path)[-2000:]
+                time.sleep(0.05)
+            time.sleep(EMBEDDING_SECONDS)  # into the export's wait
+            assert proc.poll() is None, f"the run ended without waiting for the collector: {proc.returncode}"
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+    finally:
+        collector.close()
+    line = _one_interrupt_line(tmp_path)
+    assert f"{out} was written in full" in line and "no output written" not in line, line
+    assert proc.returncode == 130
+    assert out.read_text().count("$$$$") >= 1
 
 def _sigint_unblocked(pid: int) -> tuple[int, list[int]]:
     """(threads of ``pid``, those whose signal mask lets SIGINT through)."""

@@ -41,12 +41,15 @@ class RunProgress:
     conformers_done: int = 0
     started: float = 0.0
     campaign: str = ""  # set while a campaign runs: what it has done and where its files are
+    written: str = ""  # the command's output, once complete: a signal after it stops only the finishing
 
     def describe(self) -> str:
         """What was done, and what was written, for the line printed when a signal stops the run."""
         elapsed = time.monotonic() - self.started if self.started else 0.0
         if self.campaign:
             return f"{self.campaign} in {elapsed:.1f} s"
+        if self.written:  # e.g. while the last spans are exported to a collector that does not answer
+            return f"stopped while finishing in {elapsed:.1f} s; {self.written} was written in full"
         if self.stage == "scoring":
             done = f"scored {self.conformers_done} of {self.conformers_total} conformers"
         else:
@@ -60,6 +63,11 @@ PROGRESS = RunProgress()
 def stage(name: str, total: int = 0) -> None:
     """Record the stage the run is in (for the line a signal prints), with its conformer count."""
     PROGRESS.stage, PROGRESS.conformers_total, PROGRESS.conformers_done = name, total, 0
+
+
+def wrote(what: str) -> None:
+    """Record that the command's output (``what``: its path, or where it went) is complete."""
+    PROGRESS.stage, PROGRESS.written = "finishing", what
 
 
 def fail(message: str, code: int) -> typer.Exit:

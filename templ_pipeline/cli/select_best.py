@@ -30,6 +30,7 @@ from templ_pipeline.cli.common import (
     stage,
     start_progress,
     stderr,
+    wrote,
 )
 from templ_pipeline.cli.options import (
     AllowLargeTemplatesOption,
@@ -194,6 +195,7 @@ def select_and_write(
         stage("writing the poses")
         outcome.written = target.write(pose_records(outcome.chosen, query, metric, all_ranked, preparation,
                                                     conformers_requested))
+        wrote(str(target.path) if target.path is not None else "the poses on standard output")
     outcome.wall_seconds = time.monotonic() - PROGRESS.started if PROGRESS.started else 0.0
     if reporting.json_output:
         print_json(summary_json(outcome, query))
