@@ -110,7 +110,37 @@ def route_sigint() -> bool:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         signal.signal(WAKE_SIGNAL, signal.SIG_DFL)
         return False
+    _keep_mask_across_tracker_start()
     return True
+
+
+def _keep_mask_across_tracker_start() -> None:
+    """Make multiprocessing's resource tracker leave the starting thread's signal mask as it found it.
+
+    Its start blocks SIGINT and SIGTERM around the spawn of its process and then *unblocks* them, whatever they
+    were before (CPython 3.9-3.13, ``ResourceTracker.ensure_running``). The first pool a campaign starts does
+    that from the main thread: SIGINT was open there again, and in every thread started after it, so RDKit could
+    take it (seen in ``templ screen``, and as a SIGTERM test that hung 1 run in 10 under load). The stdlib has
+    no option for this, so its start is wrapped, where the tracker is reached: the module's function and the
+    instance that ``getfd``, ``register`` and spawn's ``Popen`` call.
+    """
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    start = getattr(tracker, "ensure_running", None)
+    if tracker is None or start is None or getattr(start, "keeps_mask", False):
+        return
+
+    def ensure_running() -> None:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        try:
+            start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    ensure_running.keeps_mask = True  # type: ignore[attr-defined]
+    tracker.ensure_running = ensure_running
+    resource_tracker.ensure_running = ensure_running
 
 
 def _threads() -> int:
