@@ -43,6 +43,11 @@ class RunProgress:
     campaign: str = ""  # set while a campaign runs: what it has done and where its files are
     written: str = ""  # the command's output, once complete: a signal after it stops only the finishing
 
+    def begin(self) -> None:
+        """A new command: nothing done or written yet (a process may run several, as the CLI's tests do)."""
+        self.stage, self.conformers_total, self.conformers_done = "starting", 0, 0
+        self.campaign, self.written, self.started = "", "", time.monotonic()
+
     def describe(self) -> str:
         """What was done, and what was written, for the line printed when a signal stops the run."""
         elapsed = time.monotonic() - self.started if self.started else 0.0

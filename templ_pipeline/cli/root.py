@@ -11,7 +11,6 @@ import importlib
 import os
 import signal
 import sys
-import time
 from typing import Annotated, Any
 
 import typer
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     shell's exit status for the signal (143, 130). A reader of stdout that closes
     it early (``templ doctor | head -1``) ends the command quietly with 0.
     """
-    PROGRESS.started = time.monotonic()
+    PROGRESS.begin()
     pipe = StdoutPipe.current()
     with signals_raise():
         try:
@@ -117,9 +116,11 @@ def _stopped(stop: Interrupted) -> int:
         executor.shutdown_pools(terminate=True)
         executor.shutdown_dask(terminate=True)
     stderr.print(f"interrupted by {stop.name}: {PROGRESS.describe()}", highlight=False, soft_wrap=True)
-    if native_call.busy():
-        # RDKit is still embedding in a helper thread that cannot be stopped: leave without
-        # running interpreter finalization underneath it.
+    pools = sys.modules.get("templ_pipeline.core.pools")
+    if native_call.busy() or (pools is not None and pools.stuck_managers()):
+        # RDKit is still embedding in a helper thread that cannot be stopped, or a pool's manager thread waits
+        # for a result its ended worker never finished sending: leave without running interpreter
+        # finalization, which would wait for it.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(stop.exit_code)

@@ -414,6 +414,8 @@ class PoolRegistry:
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 """How long a shut-down pool's workers may take to finish their batch before they are ended."""
+TERMINATED_MANAGER_SECONDS = 0.5
+"""How long the manager thread of a pool whose workers were ended at once gets to return."""
 
 
 def _answer(preload: object) -> int:
@@ -463,6 +465,10 @@ def _shutdown(pool: Executor, *, terminate: bool = False, grace: float = SHUTDOW
     if terminate:
         for process in processes:
             end_process(process, 0)
+        # its workers are gone, so the manager returns at once, unless a worker was ended half-way through
+        # sending a result: the manager then waits for the rest of it for ever (measured: a SIGTERM that took
+        # the full 10 s of grace, and more), so it gets no grace
+        grace = min(grace, TERMINATED_MANAGER_SECONDS)
     deadline = time.monotonic() + grace
     started = manager if manager is not None and manager.ident is not None else None
     if started is not None:
@@ -471,8 +477,20 @@ def _shutdown(pool: Executor, *, terminate: bool = False, grace: float = SHUTDOW
         end_process(process, max(0.0, deadline - time.monotonic()))
     if started is not None:
         started.join(1.0)  # with its workers gone it returns at once
+        if started.is_alive():
+            _STUCK.append(started)
     if call_queue is not None and not (started is not None and not started.is_alive()):
         _stop_feeder(call_queue)
+
+
+_STUCK: list[threading.Thread] = []  # manager threads that outlived their pool's shutdown
+
+
+def stuck_managers() -> bool:
+    """Whether the manager thread of a pool shut down here still runs: interpreter finalization would wait for it
+    for ever (``concurrent.futures`` joins it without a timeout), so a process that must end leaves with
+    ``os._exit``."""
+    return any(thread.is_alive() for thread in _STUCK)
 
 
 def end_process(process: multiprocessing.process.BaseProcess, grace: float) -> None:
