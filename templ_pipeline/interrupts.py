@@ -120,9 +120,9 @@ def _keep_mask_across_tracker_start() -> None:
     Its start blocks SIGINT and SIGTERM around the spawn of its process and then *unblocks* them, whatever they
     were before (CPython 3.9-3.13, ``ResourceTracker.ensure_running``). The first pool a campaign starts does
     that from the main thread: SIGINT was open there again, and in every thread started after it, so RDKit could
-    take it (seen in ``templ screen``, and as a SIGTERM test that hung 1 run in 10 under load). The stdlib has
-    no option for this, so its start is wrapped, where the tracker is reached: the module's function and the
-    instance that ``getfd``, ``register`` and spawn's ``Popen`` call.
+    take it (seen in ``templ screen``). The stdlib has no option for this, so its start is wrapped, where the
+    tracker is reached: the module's function and the instance that ``getfd``, ``register`` and spawn's
+    ``Popen`` call.
     """
     from multiprocessing import resource_tracker
 
