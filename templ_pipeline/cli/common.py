@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +45,9 @@ class RunProgress:
 
     def begin(self) -> None:
         """A new command: nothing done or written yet (a process may run several, as the CLI's tests do)."""
-        self.stage, self.conformers_total, self.conformers_done = "starting", 0, 0
-        self.campaign, self.written, self.started = "", "", time.monotonic()
+        for field in fields(self):
+            setattr(self, field.name, field.default)
+        self.started = time.monotonic()
 
     def describe(self) -> str:
         """What was done, and what was written, for the line printed when a signal stops the run."""
