@@ -9,6 +9,7 @@ import signal
 import subprocess
 import termios
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -66,6 +67,15 @@ def wait_until_catches(proc: subprocess.Popen, signum: signal.Signals, timeout: 
             return f"the run did not catch {signum.name} within {timeout:.0f} s"
         time.sleep(0.05)
     return None
+
+
+def kill_quietly(processes: Iterable[psutil.Process]) -> None:
+    """Cleanup: SIGKILL each of ``processes``; those already gone are skipped."""
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
 
 
 def descendants(pid: int) -> list[psutil.Process]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 import pytest
-from processes import descendants, wait_until_catches
+from processes import descendants, kill_quietly, wait_until_catches
 from templ_runs import TEMPL, templ_env
 
 from templ_pipeline.campaign.outputs import read_scores
@@ -79,11 +79,7 @@ def _interrupt(proc: subprocess.Popen, directory: Path, *, ready: Path | None = 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-        for process in collected:
-            try:
-                process.kill()
-            except psutil.Error:
-                pass
+        kill_quietly(collected)
 
 
 def _one_interrupt_line(directory: Path) -> str:

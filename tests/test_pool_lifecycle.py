@@ -14,6 +14,7 @@ import time
 import psutil
 import pytest
 from cgroup_fixtures import child_pids_cgroup  # noqa: F401  (fixture)
+from processes import kill_quietly
 from templ_runs import templ_env
 
 from templ_pipeline.core.conformers import generate_conformers
@@ -124,11 +125,7 @@ def test_forkserver_workers_score_and_end_with_their_owner(template):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
-        for worker in workers:
-            try:
-                worker.kill()
-            except psutil.Error:
-                pass
+        kill_quietly(workers)
 
 
 FILLER = textwrap.dedent("""
