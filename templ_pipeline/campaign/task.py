@@ -41,6 +41,7 @@ from templ_pipeline.core.batch import (
 from templ_pipeline.core.best_pose import best_conformer, best_pair
 from templ_pipeline.core.embedding import DEFAULT_PRUNE_RMS, Embed, embed_on_this_thread
 from templ_pipeline.core.labels import FailureReason, PoseMethod, PreparationAction, QueryFailureReason, QueryStatus
+from templ_pipeline.core.pickled_by_fields import pickled_by_fields
 from templ_pipeline.core.preparation import (
     Preparation,
     PreparationError,
@@ -85,6 +86,7 @@ class CampaignSettings:
         return len(molblocks) if self.use_input_conformers and molblocks else self.num_conformers
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class QueryTask:
     """One query as the reader gave it (SMILES, or SDF record text), and its trace context."""
@@ -101,6 +103,7 @@ DISTINCT_RMSD = 0.5
 no superposition: the poses share the template's frame) to each of them is above this."""
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class AlternativePose:
     """A further distinct pose of a query against one template: its conformer, scores and SDF record."""
@@ -129,6 +132,7 @@ def distinct_poses(ranked: list[ConformerScore], heavy: np.ndarray, count: int) 
     return kept
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class TemplateResult:
     """The query against one template: how many conformers scored, and the best one (None if none)."""
@@ -154,6 +158,7 @@ class TemplateResult:
         return -1.0 if score is None else score
 
 
+@pickled_by_fields
 @dataclass(slots=True)
 class IsomerOutcome:
     """One prepared molecule of a query (its only one, or one of its stereoisomers), embedded and scored."""
@@ -174,6 +179,7 @@ class IsomerOutcome:
                           result) for result in self.templates)
 
 
+@pickled_by_fields
 @dataclass(slots=True)
 class QueryOutcome:
     """What one query produced: how it was prepared and each of its isomers; ``isomers`` is empty when it

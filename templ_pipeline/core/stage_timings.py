@@ -11,10 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from templ_pipeline.core.pickled_by_fields import pickled_by_fields
+
 if TYPE_CHECKING:
     from templ_pipeline.core.trace_context import WorkerSpan
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class TemplatesChoiceTimed:
     """A worker chose one isomer's templates (the stage ``templates.choose``), timed under its query's span."""
@@ -27,6 +30,7 @@ class TemplatesChoiceTimed:
     mcs_timeouts: int
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class ConformersTimed:
     """A worker embedded one isomer's conformers (the stage ``conformers.generate``), timed under its query's
@@ -39,6 +43,7 @@ class ConformersTimed:
     threads: int
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class ScoringTimed:
     """A worker scored one isomer's conformers against its templates (the stage ``screen.score``)."""

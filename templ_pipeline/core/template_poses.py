@@ -23,11 +23,13 @@ from rdkit import Chem
 
 from templ_pipeline.core.embedding import Embed, embed_on_this_thread
 from templ_pipeline.core.labels import PinFallback, PoseMethod
+from templ_pipeline.core.pickled_by_fields import pickled_by_fields
 from templ_pipeline.core.pinning import PinnedConformers, pinned_conformers
 from templ_pipeline.core.template_choice import ChoiceOptions, TemplateChoice, TemplateMatch
 from templ_pipeline.core.template_library import TemplateLibrary
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class TemplateChoiceRecord:
     """Why a template was scored for a query and how the query's conformers were made for it: the template's

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
+from templ_pipeline.core.pickled_by_fields import pickled_by_fields
+
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, SpanContext
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -73,6 +75,7 @@ def context_carrier(context: SpanContext) -> dict[str, str]:
     return carrier
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class WorkerSpan:
     """Ids and times of a span made in a worker process."""
