@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,18 @@ def test_a_hits_file_that_is_a_symlink_is_refused_before_the_campaign_opens(tmp_
     with pytest.raises(InputError, match="hits.csv: is a symbolic link"):
         CampaignFiles.open(directory, PARAMETERS, resume=True)
     assert target.read_text() == "keep\n"
+
+
+def test_each_hit_gets_its_own_pose_from_a_poses_file_with_crlf_padded_terminators_and_no_final_newline(
+        tmp_path, pose):
+    # two poses of q1 (its second is its best row) and one of q2; poses.sdf then rewritten as another tool
+    # might leave it: CRLF line ends, "$$$$" lines with trailing blanks, and no line end after the last one
+    first, second = _row("q1", 1, 0.3), replace(_row("q1", 1, 0.8), pose_rank=2)
+    directory = _campaign(tmp_path / "run", pose, [[first, second], [_row("q2", 2, 0.5)]])
+    poses = directory / "poses.sdf"
+    text = poses.read_bytes().replace(b"\n", b"\r\n").replace(b"$$$$\r\n", b"$$$$  \r\n")
+    poses.write_bytes(text.removesuffix(b"  \r\n"))
+    assert write_hits(directory, "combo").poses == 2
+    found = list(Chem.SDMolSupplier(str(directory / "hits.sdf"), removeHs=False))
+    assert [(mol.GetProp("_Name"), mol.GetProp("pose_rank"), mol.GetProp("rank")) for mol in found] == [
+        ("q1", "2", "1"), ("q2", "1", "2")]
