@@ -166,15 +166,17 @@ def _campaign_cpu(queries: Path, output_dir: Path, workers: int, conformers: int
 
 
 def parent_cpu(workers: int, root: Path, queries: list[tuple[str, str]], conformers: int = CONFORMERS,
-               busy: int = 300) -> dict:
+               busy: int = 300, runs: int = 3) -> dict:
     """The parent's CPU per query and per conformer, in two regimes.
 
     After a small campaign that loads every module, ``library``: the bundled library, whose
     queries take 0.2-1.5 s each, so the parent sleeps between results and wakes on cold caches
-    (2 workers on 2 cores); ``busy``: ``busy`` small alcohols, whose results arrive every 30 ms or
-    so, the rate at which 64 workers would deliver drug-like queries. The per-conformer figure
-    is the CPU over the conformers the campaign embedded (every stereoisomer's): the parent never
-    sees a conformer.
+    (2 workers on 2 cores: measured here, unpickling a query's outcome took 17 us in a loop and 190 us
+    just after a wait, opening its span 3 us and 85 us); ``busy``: ``busy`` small alcohols, whose
+    results arrive every 30 ms or so, the rate at which 64 workers would deliver drug-like queries.
+    The per-conformer figure is the CPU over the conformers the campaign embedded (every
+    stereoisomer's): the parent never sees a conformer. Each pace runs ``runs`` times and reports its
+    run of median CPU, with every run's figure.
     """
     from benchmarks.bench_telemetry_overhead import DropSpans
     from templ_pipeline import telemetry
@@ -193,12 +195,19 @@ def parent_cpu(workers: int, root: Path, queries: list[tuple[str, str]], conform
             _campaign_cpu(small, root / "cpu_warm", workers, conformers)
             report = {}
             for name, path in (("library", library), ("busy", alcohols)):
-                started = time.perf_counter()
-                cpu, done, work = _campaign_cpu(path, root / f"cpu_{name}", workers, conformers)
+                measured = []
+                for run_number in range(runs):
+                    started = time.perf_counter()
+                    cpu, done, work = _campaign_cpu(path, root / f"cpu_{name}_{run_number}", workers, conformers)
+                    measured.append((cpu, done, work, time.perf_counter() - started))
+                # the run of median CPU: one campaign's figure moved by 10-30 % from run to run here
+                cpu, done, work, seconds = sorted(measured, key=lambda run: run[0])[len(measured) // 2]
                 report[name] = {"queries": done, "molecules": work.molecules, "conformers": work.conformers,
-                                "queries_per_second": round(done / (time.perf_counter() - started), 2),
+                                "queries_per_second": round(done / seconds, 2),
                                 "ms_per_query": round(1e3 * cpu / done, 3),
-                                "us_per_conformer": round(1e6 * cpu / work.conformers, 2)}
+                                "us_per_conformer": round(1e6 * cpu / work.conformers, 2),
+                                "us_per_conformer_each_run": [round(1e6 * run[0] / run[2].conformers, 2)
+                                                              for run in measured]}
         finally:
             events.unsubscribe_process(telemetry.observe)
             unconfigure_logging()  # the benchmarks after this one log to stderr, not to a closed file
@@ -242,7 +251,8 @@ def run(n_queries: int | None = None, conformers: int | None = None, repeats: in
         if len(set(works.values())) != 1:
             raise RuntimeError(f"unequal work: {works}")
         seconds = {name: seconds for name, (seconds, _) in best.items()}
-        parent = parent_cpu(2, root, queries, conformers, busy=sized(300, 20))
+        cpu_runs = sized(3, 1)
+        parent = parent_cpu(2, root, queries, conformers, busy=sized(300, 20), runs=cpu_runs)
     per_query_cpu = parent["busy"]["ms_per_query"] / 1e3
     per_query_worker = seconds["loop_a"] / len(queries)  # a worker's time per query: the sequential loop's
     speedup = {
@@ -255,6 +265,7 @@ def run(n_queries: int | None = None, conformers: int | None = None, repeats: in
     same = (f"the same {len(queries)} queries prepared into {done.molecules} molecules, {done.conformers} "
             f"conformers embedded and aligned on both sides")
     worst_parent = max(regime["us_per_conformer"] for regime in parent.values())
+    campaigns = f"median of {cpu_runs} campaigns each" if cpu_runs > 1 else "one campaign each"
     return {
         "queries": len(queries),
         "conformers_per_query": conformers,
@@ -276,8 +287,8 @@ def run(n_queries: int | None = None, conformers: int | None = None, repeats: in
             Goal("screen_2_vs_loop_b_2", "templ screen -w 2 vs one templ select-best --query -w 2 per query "
                  "(once): " + same, speedup["screen_2_vs_loop_b_2"], Comparison.AT_LEAST, 2.5),
             Goal("parent_cpu_per_conformer", "the campaign parent's CPU over the conformers its workers embedded, "
-                 "the worse of the library and busy paces (2 workers)", worst_parent, Comparison.AT_MOST,
-                 PARENT_CPU_GOAL_US, "us"),
+                 "the worse of the library and busy paces (2 workers, " + campaigns + ")", worst_parent,
+                 Comparison.AT_MOST, PARENT_CPU_GOAL_US, "us"),
         )],
     }
 
