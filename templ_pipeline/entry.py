@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from templ_pipeline.interrupts import exit_while_starting, route_sigint
+from templ_pipeline.interrupts import exit_while_ending, exit_while_starting, route_sigint
 from templ_pipeline.parent_threads import limit_parent_pools
 
 SCREEN = "screen"
@@ -47,7 +47,9 @@ def main() -> int:
         spares.start(spares_wanted(sys.argv[1:], os.environ))
         from templ_pipeline.cli.root import main as run
 
-        return run()
+        status = run()
+        exit_while_ending(status)  # the exit handlers run next (leave): a signal there says what had happened
+        return status
     finally:
         spares.end()
 

@@ -164,12 +164,30 @@ def exit_while_starting(signals: tuple[signal.Signals, ...] = HANDLED_SIGNALS,
     has been written yet, so the process leaves at once with the shell's status for
     the signal, after ``before_exit`` (which ends what was started early).
     """
+    _exit_on(signals, "stopped while starting; no output written", before_exit)
+
+
+def exit_while_ending(status: int, signals: tuple[signal.Signals, ...] = HANDLED_SIGNALS) -> None:
+    """Once the command has ended with ``status``, the first of ``signals`` ends the process with one line.
+
+    The exit handlers still run after it (a Dask cluster's close, the pools' shutdown: a
+    few tenths of a second); a signal there met the start-up handler again, whose line said
+    no output was written when the command had written all of it. The line says the
+    command had ended, and with what status; the process leaves with the signal's.
+    """
+    _exit_on(signals, f"stopped while exiting, after the command ended with status {status}")
+
+
+def _exit_on(signals: tuple[signal.Signals, ...], what: str, before_exit: Callable[[], object] | None = None
+             ) -> None:
+    """The first of ``signals`` runs ``before_exit``, writes ``interrupted by <SIGNAL>: <what>`` to stderr and
+    ends the process with the shell's status for the signal, at once (no exit handler runs)."""
 
     def handler(signum: int, frame: object) -> None:
         if before_exit is not None:
             before_exit()
         name = signal.Signals(signum).name
-        os.write(2, f"interrupted by {name}: stopped while starting; no output written\n".encode())
+        os.write(2, f"interrupted by {name}: {what}\n".encode())
         os._exit(128 + signum)
 
     for signum in signals:

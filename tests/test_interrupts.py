@@ -230,6 +230,41 @@ def test_sigint_after_the_poses_are_written_says_they_are(template_sdf, tmp_path
     assert proc.returncode == 130
     assert out.read_text().count("$$$$") >= 1
 
+
+def test_sigint_while_the_process_exits_after_the_command_says_the_command_had_ended(template_sdf, tmp_path):
+    # an exit handler that takes its time, as a Dask cluster's close at exit does (a few tenths of a second there):
+    # registered before templ's own, it runs after them, the last thing before the process is gone
+    out = tmp_path / "pose.sdf"
+    script = textwrap.dedent(f"""
+        import atexit, sys, time
+        def slow_exit():
+            print("exiting", flush=True)
+            time.sleep(60)
+        atexit.register(slow_exit)
+        from templ_pipeline.entry import run
+        sys.argv = ["templ", "select-best", "-t", {str(template_sdf)!r}, "-q", {FAST[1]!r}, "-n", "10",
+                    "-o", {str(out)!r}, "--no-metrics-server"]
+        run()
+    """)
+    with open(tmp_path / "stdout.txt", "w") as stdout, open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=stderr, start_new_session=True, env=templ_env())
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "exiting" not in (tmp_path / "stdout.txt").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, _stderr(tmp_path)[-2000:]
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=STOP_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert _one_interrupt_line(tmp_path) == (
+        "interrupted by SIGINT: stopped while exiting, after the command ended with status 0")
+    assert proc.returncode == 130
+    assert out.read_text().count("$$$$") == 1
+
 def _sigint_unblocked(pid: int) -> tuple[int, list[int]]:
     """(threads of ``pid``, those whose signal mask lets SIGINT through)."""
     open_to_sigint = []
