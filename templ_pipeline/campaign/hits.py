@@ -37,7 +37,7 @@ from templ_pipeline.core.vocabulary import Field
 from templ_pipeline.errors import InputError
 from templ_pipeline.safe_files import write_atomically
 
-_TEMPLATE_RECORD, _POSE_RANK = (re.compile(rf"^>[^\n]*<{name}>[^\n]*\n([^\r\n]*)", re.MULTILINE)
+_TEMPLATE_RECORD, _POSE_RANK = (re.compile(rf"^>[^<\n]*<{name}>[^\n]*\n([^\r\n]*)", re.MULTILINE)
                                 for name in (Field.TEMPLATE_RECORD, Field.POSE_RANK))
 """A pose's data items that name it, as :func:`~templ_pipeline.campaign.queries.sd_tags` reads them (one line)."""
 
@@ -148,9 +148,9 @@ def _raw_rows(path: Path, handle: BinaryIO) -> Iterator[tuple[list[str], str]]:
 def _pose_texts(path: Path, wanted: list[PoseKey]) -> dict[PoseKey, str]:
     """The SDF records of poses.sdf named by ``wanted`` (query id, template record and pose rank).
 
-    The file is mapped and split on its ``$$$$`` lines, and only a
-    record whose name is wanted is decoded: poses.sdf grows with the campaign, and a loop over
-    its lines in Python was most of the time a finished campaign spent writing its hit list.
+    The file is mapped and split on its ``$$$$`` lines, and only a record whose name is wanted is
+    decoded: poses.sdf grows with the campaign, and a loop over its lines in Python was most of the
+    time a finished campaign spent writing its hit list.
     """
     names = {key[0].encode("utf-8") for key in wanted}
     keys = set(wanted)
@@ -180,7 +180,8 @@ def _pose_texts(path: Path, wanted: list[PoseKey]) -> dict[PoseKey, str]:
 def _tag(text: str, pattern: re.Pattern[str], default: str) -> str:
     """The first line of a data item of a pose's SDF record (``pattern``: one of the above), after its
     ``M  END``; ``default`` when it has none."""
-    match = pattern.search(text, text.find("M  END"))
+    end = text.find("M  END")
+    match = None if end < 0 else pattern.search(text, end)
     return default if match is None else match.group(1)
 
 
