@@ -265,6 +265,7 @@ def test_sigint_while_the_process_exits_after_the_command_says_the_command_had_e
     assert proc.returncode == 130
     assert out.read_text().count("$$$$") == 1
 
+
 def _sigint_unblocked(pid: int) -> tuple[int, list[int]]:
     """(threads of ``pid``, those whose signal mask lets SIGINT through)."""
     open_to_sigint = []
