@@ -165,10 +165,10 @@ def _pose_texts(path: Path, wanted: list[PoseKey]) -> dict[PoseKey, str]:
                 start = 0
                 for terminator, end in _record_ends(data):
                     line = data.find(b"\n", start, terminator)
-                    if data[start:line if line >= 0 else terminator].rstrip(b"\r") in names:
+                    name = data[start:line if line >= 0 else terminator].rstrip(b"\r")
+                    if name in names:
                         text = data[start:end].decode("utf-8", "replace")
-                        key = (text.partition("\n")[0].rstrip("\r"), _tag(text, _TEMPLATE_RECORD, ""),
-                               _tag(text, _POSE_RANK, "1"))
+                        key = (name.decode("utf-8"), _tag(text, _TEMPLATE_RECORD, ""), _tag(text, _POSE_RANK, "1"))
                         if key in keys:
                             found.setdefault(key, text)
                     start = end

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from rdkit import Chem
 
 from templ_pipeline.campaign.dispatch_order import TAIL_PER_WORKER, LargestFirst, isomers_embedded
-from templ_pipeline.campaign.pool import NoWorkers, QueryPool, retry_first
+from templ_pipeline.campaign.pool import SWEEP_SECONDS, NoWorkers, QueryPool, retry_first
 from templ_pipeline.campaign.queries import QueryRecord
 from templ_pipeline.campaign.task import (
     CampaignSettings,
@@ -79,10 +79,10 @@ DEFAULT_QUERY_TIMEOUT = 600.0
 here for 200 conformers (a PROTAC, an octapeptide, erythromycin); a query still running after
 ten minutes is stuck in ETKDG, and its worker is ended so that the campaign goes on."""
 
-WAIT_SECONDS = 5.0
+WAIT_SECONDS = SWEEP_SECONDS
 """The longest the campaign waits for results at a time. A wait ends at once on a result, a worker's exit
 (its sentinel), a query's or a start's deadline, or a signal (SIGINT and SIGTERM raise), so the bound only paces
-the pool's liveness sweep (``pool.SWEEP_SECONDS``). At 0.5 s, the wake-ups with nothing to do cost a
+the pool's liveness sweep, and is its period. At 0.5 s, the wake-ups with nothing to do cost a
 campaign's parent about 150 us of CPU each on its cold caches: 2 of the 38 ms the bench library's 24
 queries took it."""
 
