@@ -77,7 +77,14 @@ def _bad_input(result: subprocess.CompletedProcess, *fragments: str) -> None:
 
 def test_missing_template_file(files):
     _bad_input(run_templ("select-best", "-t", "/no/such.sdf", "-q", "CCO", "-o", files["root"] / "x.sdf"),
-               "/no/such.sdf")
+               "/no/such.sdf", "no such file")
+
+
+def test_a_directory_given_as_template_is_named_as_one(files):
+    folder = files["root"] / "library"
+    folder.mkdir()
+    _bad_input(run_templ("select-best", "-t", folder, "-q", "CCO", "-o", files["root"] / "x.sdf"),
+               str(folder), "is a directory")
 
 
 def test_unparseable_smiles(files):
