@@ -72,8 +72,10 @@ def _sdf_stream(path: Path) -> Iterator[BinaryIO]:
     cause (measured with a truncated ``.sdf.gz``), so corrupt data could not be named.
     """
     if not path.is_file():
-        what = "is a directory, expected an SDF file" if path.is_dir() else (
-            "is not a regular file, expected an SDF file" if path.exists() else "no such file")
+        what = ("is a directory, expected an SDF file" if path.is_dir()
+                else "is not a regular file, expected an SDF file" if path.exists()
+                else "standard input is not read here, give the SDF file" if str(path) == "-"
+                else "no such file")
         raise InputError(f"{path}: {what}")
     try:
         with open(path, "rb") as handle:

@@ -80,11 +80,13 @@ def test_missing_template_file(files):
                "/no/such.sdf", "no such file")
 
 
-def test_a_directory_given_as_template_is_named_as_one(files):
+def test_a_template_that_is_not_a_file_is_named_as_such(files):
     folder = files["root"] / "library"
     folder.mkdir()
-    _bad_input(run_templ("select-best", "-t", folder, "-q", "CCO", "-o", files["root"] / "x.sdf"),
-               str(folder), "is a directory")
+    for template, fragment in ((folder, "is a directory"), ("/dev/null", "is not a regular file"),
+                               ("-", "standard input")):
+        _bad_input(run_templ("select-best", "-t", template, "-q", "CCO", "-o", files["root"] / "x.sdf",
+                             cwd=files["root"]), str(template), fragment)
 
 
 def test_unparseable_smiles(files):

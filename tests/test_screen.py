@@ -194,6 +194,14 @@ def test_unusable_input_is_one_line_and_exit_2(template_sdf, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_queries_piped_on_standard_input_are_refused_with_the_reason(template_sdf, tmp_path):
+    done = run_templ(*screen_args(template_sdf, Path("-"), tmp_path / "out", "-w", "1"), input="CCO ethanol\n",
+                     cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "standard input" in done.stderr and "--resume" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_query_over_its_time_limit_is_a_timeout_row_and_the_campaign_goes_on(template_sdf, tmp_path):
     queries = write_smi(tmp_path / "slow.smi", [SLOW, *GOOD[:2]])
     out = tmp_path / "slow"

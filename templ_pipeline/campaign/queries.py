@@ -153,6 +153,9 @@ def _source(path: str | os.PathLike[str]) -> _Source:
     try:
         info = os.stat(path)
     except FileNotFoundError:
+        if str(path) == "-":  # the convention for standard input, which cannot be read twice
+            raise InputError("-: queries are read from a file, not from standard input (they are read once to "
+                             "count them and again on --resume)") from None
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
