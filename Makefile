@@ -11,7 +11,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # a real node_exporter.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast lint bench bytecode install system-deps dashboards docs dist clean
+.PHONY: demo test test-fast lint bench bench-upstream bytecode install system-deps dashboards docs dist clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -91,5 +91,15 @@ dist: $(STAMP)
 bench: $(TEST_STAMP) bytecode
 	$(BIN)/python -m benchmarks.run --output bench_report.json
 
+# Our defaults against upstream TEMPL's own code on the same leave-one-out ligands (benchmarks/bench_upstream.py).
+# UPSTREAM is a checkout of github.com/fulopjoz/templ-pipeline; its environment gets the RDKit it pins.
+UPSTREAM_VENV := .venv-upstream
+bench-upstream: $(TEST_STAMP) bytecode
+	@test -n "$(UPSTREAM)" || { echo "usage: make bench-upstream UPSTREAM=/path/to/templ-pipeline" >&2; exit 2; }
+	test -x $(UPSTREAM_VENV)/bin/python || $(PYTHON) -m venv $(UPSTREAM_VENV)
+	$(UPSTREAM_VENV)/bin/python -m pip install --quiet 'rdkit==2024.09.6' numpy spyrmsd
+	TEMPL_UPSTREAM="$(UPSTREAM)" TEMPL_UPSTREAM_PYTHON="$(CURDIR)/$(UPSTREAM_VENV)/bin/python" \
+		$(BIN)/python -m benchmarks.run --only bench_upstream --output bench_upstream.json
+
 clean:
-	rm -rf $(VENV) demo_poses.sdf bench_report.json .pytest_cache dist build
+	rm -rf $(VENV) $(UPSTREAM_VENV) demo_poses.sdf bench_report.json bench_upstream.json .pytest_cache dist build
