@@ -319,21 +319,14 @@ def print_summary(out: Console, outcome: RunOutcome) -> None:
         conformer = str(mol.GetConformer().GetId()) if mol is not None else "-"
         table.add_row(metric, conformer, *(f"{scores[m]:.4f}" for m in METRICS))
     out.print(table)
-    failed = ", ".join(f"{reason} {count}" for reason, count in sorted(report.failed_by_reason.items())) or "none"
     wrote = (f"wrote {outcome.written} pose(s) to {'standard output' if outcome.target.to_stdout else outcome.target}"
              if outcome.written else f"wrote nothing ({outcome.target} left as it was)")
-    out.print(
-        f"conformers {report.n_conformers}: scored {report.n_scored}, failed {report.n_failed} ({failed}); "
-        f"workers {report.workers_granted} of {report.workers_requested} requested, "
-        f"executor {' -> '.join(report.executor_kinds)}; "
-        f"scored {report.conformers_per_second:,.0f} conformers/s; {wrote}",
-        highlight=False, soft_wrap=True,
-    )
+    templates = outcome.of_isomer(chosen.isomer)
+    made = outcome.conformers_made.get(chosen.isomer, report.n_conformers)
+    out.print(f"{_conformers_text(templates, made)}; {wrote}", highlight=False, soft_wrap=True)
     if outcome.wall_seconds:
         out.print(f"time: {outcome.wall_seconds:.1f} s in all (embedding {outcome.embedding_seconds:.1f} s, "
                   f"scoring {outcome.scoring_seconds:.1f} s)", highlight=False, soft_wrap=True)
-    templates = outcome.of_isomer(chosen.isomer)
-    made = outcome.conformers_made.get(chosen.isomer, report.n_conformers)
     if 0 < made < outcome.conformers_requested and outcome.prune_rms:
         out.print(f"conformers: {made} of {outcome.conformers_requested} kept after pruning at "
                   f"{outcome.prune_rms:g} A RMSD", highlight=False, soft_wrap=True)
@@ -353,16 +346,47 @@ def print_summary(out: Console, outcome: RunOutcome) -> None:
         out.print(f"template: {outcome.chosen.name}", highlight=False, soft_wrap=True)
     if outcome.chosen is not None and outcome.chosen.choice is not None:
         out.print(_choice_text(outcome), highlight=False, soft_wrap=True)
-    lines: dict[str, int] = {}  # one line per distinct event, with how often it came (each template, isomer)
-    for event in _events(outcome):
+    for line in _event_lines(_events(outcome)):
+        out.print(line, style="yellow", highlight=False, soft_wrap=True)
+
+
+def _conformers_text(templates: Sequence[TemplateSelection], made: int) -> str:
+    """The conformers of the chosen molecule over every template it was scored against: made, scored, failed,
+    and the scoring's workers and pace (one template: that call's own figures)."""
+    reports = [result.selection.report for result in templates]
+    scored, failed = sum(r.n_scored for r in reports), sum(r.n_failed for r in reports)
+    reasons: dict[str, int] = {}
+    for report in reports:
+        for reason, count in report.failed_by_reason.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    kinds: list[str] = []
+    for report in reports:
+        kinds.extend(str(kind) for kind in report.executor_kinds if str(kind) not in kinds)
+    seconds = sum(r.duration_seconds for r in reports)
+    pace = sum(r.n_conformers for r in reports) / seconds if seconds > 0 else 0.0
+    against = f" against {len(reports)} templates" if len(reports) > 1 else ""
+    listed = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items())) or "none"
+    return (f"conformers {made}: scored {scored}{against}, failed {failed} ({listed}); "
+            f"workers {max(r.workers_granted for r in reports)} of {reports[0].workers_requested} requested, "
+            f"executor {' -> '.join(kinds)}; scored {pace:,.0f} conformers/s")
+
+
+def _event_lines(events: Sequence[Fallback | WorkersReduced]) -> list[str]:
+    """One line per kind of reduction or fallback, with how often it came (once per template and isomer scored:
+    the same decision for each, its detail differing only by the calls before it), the first one's detail."""
+    lines: dict[tuple[str, ...], tuple[str, int, bool]] = {}  # the first line, how many, whether all alike
+    for event in events:
         if isinstance(event, WorkersReduced):
-            line = (f"{event.task_type} workers {event.requested} -> {event.granted}: {event.reason} "
-                    f"({event.detail})")
+            key: tuple[str, ...] = ("workers", str(event.task_type), str(event.requested), str(event.granted),
+                                    str(event.reason))
+            line = f"{event.task_type} workers {event.requested} -> {event.granted}: {event.reason} ({event.detail})"
         else:
+            key = ("fallback", str(event.from_kind), str(event.to_kind), str(event.reason), str(event.cause))
             line = f"fallback {event.from_kind} -> {event.to_kind}: {event.reason} (cause {event.cause})"
-        lines[line] = lines.get(line, 0) + 1
-    for line, count in lines.items():
-        out.print(line + (f" (x{count})" if count > 1 else ""), style="yellow", highlight=False, soft_wrap=True)
+        first, count, alike = lines.get(key, (line, 0, True))
+        lines[key] = (first, count + 1, alike and line == first)
+    return [first if count == 1 else f"{first} (x{count}{'' if alike else '; the first shown'})"
+            for first, count, alike in lines.values()]
 
 
 def _print_preparation(out: Console, outcome: RunOutcome) -> None:

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rdkit import Chem
 from rdkit.Chem import AllChem, rdMolAlign
-from templ_runs import run_templ
+from templ_runs import run_templ, templ_env
 from test_screen import poses, screen_args, write_smi
 
 from templ_pipeline.campaign.outputs import read_scores
@@ -171,6 +171,19 @@ def test_exclude_identical_drops_the_template_that_is_the_query_itself(library, 
     names = [summary["template"]["name"], *(other["name"] for other in summary["template"]["runner_up"])]
     assert len(names) == 5 and "mpro_400" not in names
     assert summary["template_selection"]["0"]["excluded_identical"] == 1
+
+
+def test_the_summary_counts_the_conformers_of_every_template_and_says_a_repeated_decision_once(library, tmp_path):
+    """The query's conformers are spread over its 5 templates: the summary gives all of them, not the chosen
+    template's share, and the scoring of each template, too small for a pool, is one line, not five."""
+    smiles = Chem.MolToSmiles(library.mols[library.names.index("mpro_400")])
+    done = run_templ("select-best", "-t", LIBRARY, "-q", smiles, "-n", 10, "-w", 2, "-o", tmp_path / "out.sdf",
+                     "--exclude-identical", "--no-metrics-server", "--log-file", tmp_path / "log.jsonl",
+                     env=templ_env(without=("TEMPL_EXACT_WORKERS",)))  # the suite's exact sizing decides nothing
+    assert done.returncode == 0, done.stderr
+    assert "conformers 10: scored 10 against 5 templates, failed 0 (none)" in done.stdout, done.stdout
+    reduced = [line for line in done.stdout.splitlines() if line.startswith("scoring workers 2 -> 1: small_work")]
+    assert len(reduced) == 1 and reduced[0].endswith("(x5; the first shown)"), done.stdout
 
 
 # ---------------------------------------------------------------------------
