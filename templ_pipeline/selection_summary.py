@@ -231,7 +231,8 @@ def _events(outcome: RunOutcome) -> list[Fallback | WorkersReduced]:
 def summary_json(outcome: RunOutcome, query: QueryIdentity) -> dict[str, Any]:
     """The run's summary as one JSON-ready object (``select-best --json``)."""
     chosen = outcome.chosen or (outcome.templates[0] if outcome.templates else None)
-    report = chosen.selection.report if chosen is not None else None
+    tally = None if chosen is None else _Tally.of(outcome.of_isomer(chosen.isomer), outcome.conformers_made.get(
+        chosen.isomer, chosen.selection.report.n_conformers))
     kinds: list[str] = []
     for result in outcome.templates:
         for kind in result.selection.report.executor_kinds:
@@ -252,11 +253,11 @@ def summary_json(outcome: RunOutcome, query: QueryIdentity) -> dict[str, Any]:
         "template_selection": {str(isomer): _selection_json(choice) for isomer, choice in outcome.choices.items()},
         "best": (_best_json(outcome.chosen, query) if outcome.chosen is not None
                  else dict.fromkeys(METRICS)),
-        "conformers": _counts_json(chosen.selection) if chosen is not None else None,
-        "workers": None if report is None else {"requested": report.workers_requested,
-                                                "granted": report.workers_granted},
+        "conformers": None if tally is None else tally.as_json(),
+        "workers": None if tally is None else {"requested": tally.workers_requested,
+                                               "granted": tally.workers_granted},
         "executor_kinds": kinds,
-        "conformers_per_second": None if report is None else round(report.conformers_per_second, 1),
+        "conformers_per_second": None if tally is None else round(tally.per_second, 1),
         "seconds": {"total": round(outcome.wall_seconds, 3), "embedding": round(outcome.embedding_seconds, 3),
                     "scoring": round(outcome.scoring_seconds, 3)},
         "reductions": [_event_json(event) for event in events if isinstance(event, WorkersReduced)],
@@ -323,7 +324,7 @@ def print_summary(out: Console, outcome: RunOutcome) -> None:
              if outcome.written else f"wrote nothing ({outcome.target} left as it was)")
     templates = outcome.of_isomer(chosen.isomer)
     made = outcome.conformers_made.get(chosen.isomer, report.n_conformers)
-    out.print(f"{_conformers_text(templates, made)}; {wrote}", highlight=False, soft_wrap=True)
+    out.print(f"{_Tally.of(templates, made).text()}; {wrote}", highlight=False, soft_wrap=True)
     if outcome.wall_seconds:
         out.print(f"time: {outcome.wall_seconds:.1f} s in all (embedding {outcome.embedding_seconds:.1f} s, "
                   f"scoring {outcome.scoring_seconds:.1f} s)", highlight=False, soft_wrap=True)
@@ -350,25 +351,45 @@ def print_summary(out: Console, outcome: RunOutcome) -> None:
         out.print(line, style="yellow", highlight=False, soft_wrap=True)
 
 
-def _conformers_text(templates: Sequence[TemplateSelection], made: int) -> str:
-    """The conformers of the chosen molecule over every template it was scored against: made, scored, failed,
-    and the scoring's workers and pace (one template: that call's own figures)."""
-    reports = [result.selection.report for result in templates]
-    scored, failed = sum(r.n_scored for r in reports), sum(r.n_failed for r in reports)
-    reasons: dict[str, int] = {}
-    for report in reports:
-        for reason, count in report.failed_by_reason.items():
-            reasons[reason] = reasons.get(reason, 0) + count
-    kinds: list[str] = []
-    for report in reports:
-        kinds.extend(str(kind) for kind in report.executor_kinds if str(kind) not in kinds)
-    seconds = sum(r.duration_seconds for r in reports)
-    pace = sum(r.n_conformers for r in reports) / seconds if seconds > 0 else 0.0
-    against = f" against {len(reports)} templates" if len(reports) > 1 else ""
-    listed = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items())) or "none"
-    return (f"conformers {made}: scored {scored}{against}, failed {failed} ({listed}); "
-            f"workers {max(r.workers_granted for r in reports)} of {reports[0].workers_requested} requested, "
-            f"executor {' -> '.join(kinds)}; scored {pace:,.0f} conformers/s")
+@dataclass(frozen=True, slots=True)
+class _Tally:
+    """The chosen molecule's conformers over every template it was scored against (one template: that call's)."""
+
+    made: int  # conformers made (a free embedding scored against every template counts once)
+    scored: int  # conformer scorings that succeeded, over the templates
+    failed: int
+    failed_by_reason: dict[str, int]
+    templates: int
+    workers_requested: int
+    workers_granted: int  # the most any template's scoring had
+    kinds: list[str]
+    per_second: float
+
+    @classmethod
+    def of(cls, templates: Sequence[TemplateSelection], made: int) -> _Tally:
+        reports = [result.selection.report for result in templates]
+        reasons: dict[str, int] = {}
+        kinds: list[str] = []
+        for report in reports:
+            for reason, count in report.failed_by_reason.items():
+                reasons[reason] = reasons.get(reason, 0) + count
+            kinds.extend(str(kind) for kind in report.executor_kinds if str(kind) not in kinds)
+        seconds = sum(r.duration_seconds for r in reports)
+        return cls(made, sum(r.n_scored for r in reports),
+                   sum(r.n_failed for r in reports), dict(sorted(reasons.items())), len(reports),
+                   reports[0].workers_requested, max(r.workers_granted for r in reports), kinds,
+                   sum(r.n_conformers for r in reports) / seconds if seconds > 0 else 0.0)
+
+    def text(self) -> str:
+        against = f" against {self.templates} templates" if self.templates > 1 else ""
+        listed = ", ".join(f"{reason} {count}" for reason, count in self.failed_by_reason.items()) or "none"
+        return (f"conformers {self.made}: scored {self.scored}{against}, failed {self.failed} ({listed}); "
+                f"workers {self.workers_granted} of {self.workers_requested} requested, "
+                f"executor {' -> '.join(self.kinds)}; scored {self.per_second:,.0f} conformers/s")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"total": self.made, "scored": self.scored, "failed": self.failed,
+                "failed_by_reason": self.failed_by_reason, "templates": self.templates}
 
 
 def _event_lines(events: Sequence[Fallback | WorkersReduced]) -> list[str]:

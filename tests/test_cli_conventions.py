@@ -113,7 +113,7 @@ def test_select_best_json_is_the_only_thing_on_stdout(template_sdf, tmp_path):
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)  # the whole of stdout is one JSON document
     assert summary["output"] == str(out) and summary["written"] == 1
-    assert summary["conformers"] == {"total": 6, "scored": 6, "failed": 0, "failed_by_reason": {}}
+    assert summary["conformers"] == {"total": 6, "scored": 6, "failed": 0, "failed_by_reason": {}, "templates": 1}
     assert set(summary["best"]) == set(METRICS)
     (pose,) = Chem.SDMolSupplier(str(out))
     best = summary["best"]["combo"]

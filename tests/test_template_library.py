@@ -185,6 +185,14 @@ def test_the_summary_counts_the_conformers_of_every_template_and_says_a_repeated
     reduced = [line for line in done.stdout.splitlines() if line.startswith("scoring workers 2 -> 1: small_work")]
     assert len(reduced) == 1 and reduced[0].endswith("(x5; the first shown)"), done.stdout
 
+    done = run_templ("select-best", "-t", LIBRARY, "-q", smiles, "-n", 10, "-o", tmp_path / "again.sdf",
+                     "--exclude-identical", "--no-pin", "--json", "--no-metrics-server",
+                     "--log-file", tmp_path / "log.jsonl")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)  # free conformers: the same 10 scored against each template
+    assert summary["conformers"] == {"total": 10, "scored": 50, "failed": 0, "failed_by_reason": {}, "templates": 5}
+    assert [template["conformers"]["scored"] for template in summary["templates"]] == [10] * 5
+
 
 # ---------------------------------------------------------------------------
 # Pinning the core
