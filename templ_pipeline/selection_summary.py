@@ -27,6 +27,7 @@ from rich.table import Table
 from templ_pipeline import __version__
 from templ_pipeline.core.best_pose import best_pair
 from templ_pipeline.core.events import Fallback, WorkersReduced
+from templ_pipeline.core.labels import ReductionReason
 from templ_pipeline.core.preparation import Preparation
 from templ_pipeline.core.scoring import METRICS, Selection
 from templ_pipeline.core.template_choice import TemplateChoice
@@ -347,8 +348,11 @@ def print_summary(out: Console, outcome: RunOutcome) -> None:
         out.print(f"template: {outcome.chosen.name}", highlight=False, soft_wrap=True)
     if outcome.chosen is not None and outcome.chosen.choice is not None:
         out.print(_choice_text(outcome), highlight=False, soft_wrap=True)
-    for line in _event_lines(_events(outcome)):
-        out.print(line, style="yellow", highlight=False, soft_wrap=True)
+    for line, event in _event_lines(_events(outcome)):
+        # a warning when a limit or a failure made it; plain when the sizing chose fewer workers because the
+        # work runs faster so (every run of a small query says it)
+        chosen_for_speed = isinstance(event, WorkersReduced) and not ReductionReason(str(event.reason)).is_limit
+        out.print(line, style="" if chosen_for_speed else "yellow", highlight=False, soft_wrap=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,10 +396,11 @@ class _Tally:
                 "failed_by_reason": self.failed_by_reason, "templates": self.templates}
 
 
-def _event_lines(events: Sequence[Fallback | WorkersReduced]) -> list[str]:
+def _event_lines(events: Sequence[Fallback | WorkersReduced]) -> list[tuple[str, Fallback | WorkersReduced]]:
     """One line per kind of reduction or fallback, with how often it came (once per template and isomer scored:
     the same decision for each, its detail differing only by the calls before it), the first one's detail."""
-    lines: dict[tuple[str, ...], tuple[str, int, bool]] = {}  # the first line, how many, whether all alike
+    # the first line and event, how many, whether all lines were alike
+    lines: dict[tuple[str, ...], tuple[str, Fallback | WorkersReduced, int, bool]] = {}
     for event in events:
         if isinstance(event, WorkersReduced):
             key: tuple[str, ...] = ("workers", str(event.task_type), str(event.requested), str(event.granted),
@@ -404,10 +409,10 @@ def _event_lines(events: Sequence[Fallback | WorkersReduced]) -> list[str]:
         else:
             key = ("fallback", str(event.from_kind), str(event.to_kind), str(event.reason), str(event.cause))
             line = f"fallback {event.from_kind} -> {event.to_kind}: {event.reason} (cause {event.cause})"
-        first, count, alike = lines.get(key, (line, 0, True))
-        lines[key] = (first, count + 1, alike and line == first)
-    return [first if count == 1 else f"{first} (x{count}{'' if alike else '; the first shown'})"
-            for first, count, alike in lines.values()]
+        first, event, count, alike = lines.get(key, (line, event, 0, True))
+        lines[key] = (first, event, count + 1, alike and line == first)
+    return [(first if count == 1 else f"{first} (x{count}{'' if alike else '; the first shown'})", event)
+            for first, event, count, alike in lines.values()]
 
 
 def _print_preparation(out: Console, outcome: RunOutcome) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import select
 import subprocess
 from importlib import resources
@@ -128,6 +129,21 @@ def test_select_best_json_is_the_only_thing_on_stdout(template_sdf, tmp_path):
     assert summary["query"]["smiles"] == Chem.MolToSmiles(Chem.MolFromSmiles(QUERY))
     seconds = summary["seconds"]  # the whole run, and the parts of it spent embedding and scoring
     assert seconds["total"] >= seconds["embedding"] + seconds["scoring"] and seconds["embedding"] > 0
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) >= 8, reason="needs fewer than 8 CPUs, so that -w 8 meets the CPU limit")
+def test_a_limit_is_a_warning_and_a_choice_for_speed_is_not(template_sdf, tmp_path):
+    """Colours on: a reduction a limit made is yellow; the sizing's own choice for a small call is plain text, or
+    every small query would end in a warning."""
+    done = run_templ("select-best", "-t", template_sdf, "-q", QUERY, "-n", "6", "-w", "8", "-o", tmp_path / "o.sdf",
+                     *QUIET, env=templ_env(without=("TEMPL_EXACT_WORKERS",), FORCE_COLOR="1"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    limit = [line for line in lines if "scoring workers 8 -> " in line]
+    choice = [line for line in lines if ": small_work (" in line]
+    assert limit and choice, done.stdout
+    assert limit[0].startswith("\x1b[33m") and "cpu_limit" in limit[0]
+    assert "\x1b[33m" not in choice[0] and choice[0].startswith("scoring workers")
 
 
 def test_a_failed_run_with_json_still_prints_its_summary_and_exits_1(template_sdf, tmp_path):

@@ -78,6 +78,12 @@ class ReductionReason(StrEnum):
     SMALL_WORK = "small_work"
     POOL_STARTING = "pool_starting"
 
+    @property
+    def is_limit(self) -> bool:
+        """Whether a limit or a failure cut the workers (worth a warning), not the sizing's own choice for speed
+        (``small_work``, ``pool_starting``: the call runs faster as it is)."""
+        return self not in (ReductionReason.SMALL_WORK, ReductionReason.POOL_STARTING)
+
 
 class FallbackReason(StrEnum):
     """Why the executor stepped down a rung."""
