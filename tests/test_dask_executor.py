@@ -143,16 +143,17 @@ def test_worker_killed_mid_run_is_resubmitted_and_counted_once(dask_cluster, con
     killed: list[str] = []
 
     def kill_a_busy_worker(result):
-        if killed:
+        # only a worker with a batch in flight: killing an idle one (a loaded machine can deliver the first
+        # result after the others are done) would resubmit nothing; the next result tries again
+        busy = [worker for worker, keys in dask_cluster.client.processing().items() if keys and worker in pids]
+        if killed or not busy:
             return
-        busy = [worker for worker, keys in dask_cluster.client.processing().items() if keys]
-        victim = busy[0] if busy else next(iter(pids))
-        os.kill(pids[victim], signal.SIGKILL)
-        killed.append(victim)
+        os.kill(pids[busy[0]], signal.SIGKILL)
+        killed.append(busy[0])
 
     selection = select_best_with_report(confs, template, n_workers=2, executor="dask",
                                         scheduler=dask_cluster.address, on_batch=kill_a_busy_worker)
-    assert killed
+    assert killed, "no worker had a batch in flight at any batch's result: nothing was killed mid-run"
     assert _signature(selection) == _signature(local)
     report = selection.report
     assert report.n_scored + report.n_failed == N_CONFORMERS
