@@ -60,13 +60,17 @@ def upstream(queries: Path, directory: Path, conformers: int = 200) -> list[Chem
     for part, path in enumerate(parts):
         path.write_text("".join(lines[part::PARALLEL]))
     environment = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1"}
-    children = [subprocess.Popen([python, str(CHILD), str(path), str(LIBRARY), str(path.with_suffix(".sdf")),
-                                  str(conformers)], env=environment, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for path in parts]
-    for child in children:
-        _, errors = child.communicate(timeout=7200)
-        if child.returncode != 0:
-            raise RuntimeError(f"upstream TEMPL failed ({child.returncode}): {errors[-2000:]}")
+    children = []
+    for path in parts:
+        # its log to a file: a pipe read only after the other child ends could fill and stall this one's clock
+        with path.with_suffix(".log").open("w") as log:
+            children.append(subprocess.Popen([python, str(CHILD), str(path), str(LIBRARY),
+                                              str(path.with_suffix(".sdf")), str(conformers)], env=environment,
+                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log))
+    for child, path in zip(children, parts, strict=True):
+        if child.wait(timeout=7200) != 0:
+            errors = path.with_suffix(".log").read_text()[-2000:]
+            raise RuntimeError(f"upstream TEMPL failed ({child.returncode}): {errors}")
     return [mol for path in parts for mol in Chem.SDMolSupplier(str(path.with_suffix(".sdf"))) if mol is not None]
 
 
