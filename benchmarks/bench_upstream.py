@@ -67,10 +67,16 @@ def upstream(queries: Path, directory: Path, conformers: int = 200) -> list[Chem
             children.append(subprocess.Popen([python, str(CHILD), str(path), str(LIBRARY),
                                               str(path.with_suffix(".sdf")), str(conformers)], env=environment,
                                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log))
-    for child, path in zip(children, parts, strict=True):
-        if child.wait(timeout=7200) != 0:
-            errors = path.with_suffix(".log").read_text()[-2000:]
-            raise RuntimeError(f"upstream TEMPL failed ({child.returncode}): {errors}")
+    try:
+        for child, path in zip(children, parts, strict=True):
+            if child.wait(timeout=7200) != 0:
+                errors = path.with_suffix(".log").read_text()[-2000:]
+                raise RuntimeError(f"upstream TEMPL failed ({child.returncode}): {errors}")
+    finally:
+        for child in children:  # the other one, when one failed or ran out of time
+            if child.poll() is None:
+                child.kill()
+                child.wait()
     return [mol for path in parts for mol in Chem.SDMolSupplier(str(path.with_suffix(".sdf"))) if mol is not None]
 
 
