@@ -27,7 +27,6 @@ from rich.table import Table
 from templ_pipeline import __version__
 from templ_pipeline.core.best_pose import best_pair
 from templ_pipeline.core.events import Fallback, WorkersReduced
-from templ_pipeline.core.labels import ReductionReason
 from templ_pipeline.core.preparation import Preparation
 from templ_pipeline.core.scoring import METRICS, Selection
 from templ_pipeline.core.template_choice import TemplateChoice
@@ -351,7 +350,7 @@ def print_summary(out: Console, outcome: RunOutcome) -> None:
     for line, event in _event_lines(_events(outcome)):
         # a warning when a limit or a failure made it; plain when the sizing chose fewer workers because the
         # work runs faster so (every run of a small query says it)
-        chosen_for_speed = isinstance(event, WorkersReduced) and not ReductionReason(str(event.reason)).is_limit
+        chosen_for_speed = isinstance(event, WorkersReduced) and not event.reason.is_limit
         out.print(line, style="" if chosen_for_speed else "yellow", highlight=False, soft_wrap=True)
 
 

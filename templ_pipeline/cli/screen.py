@@ -75,7 +75,6 @@ from templ_pipeline.core.conformers import DEFAULT_SEED
 from templ_pipeline.core.embedding import DEFAULT_PRUNE_RMS
 from templ_pipeline.core.events import ExecutorCreated, Fallback, WorkersReduced
 from templ_pipeline.core.executor import ExecutorChoice
-from templ_pipeline.core.labels import ReductionReason
 from templ_pipeline.core.preparation import (
     DEFAULT_MAX_ISOMERS,
     FragmentPolicy,
@@ -324,8 +323,7 @@ def _summary(out: Console, summary: CampaignSummary) -> None:
                   style="yellow", highlight=False, soft_wrap=True)
     for reduction in reductions:
         out.print(f"workers {reduction.requested} -> {reduction.granted}: {reduction.reason} ({reduction.detail})",
-                  style="yellow" if ReductionReason(str(reduction.reason)).is_limit else "", highlight=False,
-                  soft_wrap=True)
+                  style="yellow" if reduction.reason.is_limit else "", highlight=False, soft_wrap=True)
     for fallback in fallbacks:
         out.print(f"fallback {fallback.from_kind} -> {fallback.to_kind}: {fallback.reason} (cause {fallback.cause})",
                   style="yellow", highlight=False)
