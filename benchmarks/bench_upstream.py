@@ -87,7 +87,8 @@ def upstream_figures(poses: list[Chem.Mol], reference: Path) -> dict[str, object
     outcomes: dict[str, int] = {}
     for pose in poses:
         outcome = pose.GetProp("upstream_outcome")
-        outcomes[outcome.split(":")[0]] = outcomes.get(outcome.split(":")[0], 0) + 1
+        kind = outcome.split(":")[0]  # "error: <the exception>" counts as "error"
+        outcomes[kind] = outcomes.get(kind, 0) + 1
         rmsd = rmsd_in_place(pose, crystal[pose.GetProp("_Name")]) if outcome == "ok" else None
         rmsds.append(float("inf") if rmsd is None else rmsd)
     return {
