@@ -76,7 +76,7 @@ def upstream(queries: Path, directory: Path, conformers: int = 200) -> list[Chem
         for child in children:  # the other one, when one failed or ran out of time
             if child.poll() is None:
                 child.kill()
-                child.wait()
+                child.wait(timeout=30)  # SIGKILL ends it; a bound all the same
     return [mol for path in parts for mol in Chem.SDMolSupplier(str(path.with_suffix(".sdf"))) if mol is not None]
 
 
