@@ -21,13 +21,15 @@ from templ_runs import run_templ, templ_env
 from test_screen import poses, screen_args, write_smi
 
 from templ_pipeline.campaign.outputs import read_scores
+from templ_pipeline.core.embedding import Pins, embed_on_this_thread
 from templ_pipeline.core.events import PinFallback, PoseMethod
 from templ_pipeline.core.pinning import (
     inverted_centres,
     pinned_conformers,
     stereo_safe_pairs,
 )
-from templ_pipeline.core.template_choice import ChoiceOptions, choose_templates
+from templ_pipeline.core.template_choice import ChoiceOptions, TemplateMatch, choose_templates
+from templ_pipeline.core.template_library import TemplateLibrary
 from templ_pipeline.errors import InputError
 from templ_pipeline.io import read_template_library
 
@@ -245,6 +247,69 @@ def test_a_stereocentre_the_template_would_invert_is_not_pinned(library):
         pose = Chem.Mol(made.confs, confId=conformer.GetId())
         Chem.AssignStereochemistryFrom3D(pose)
         assert Chem.FindMolChiralCenters(pose, useLegacyImplementation=False) == expected
+
+
+def polaris_pair(query_record: int, template_record: int) -> tuple[Chem.Mol, Chem.Mol, TemplateMatch]:
+    """A Polaris ligand as a user gives it (its SMILES), another one's crystal pose as its template, their core."""
+    with gzip.open(POLARIS) as handle:
+        records = dict(enumerate(Chem.ForwardSDMolSupplier(handle), start=1))
+    query = Chem.MolFromSmiles(Chem.MolToSmiles(records[query_record]))
+    template = Chem.RemoveHs(records[template_record])
+    (match,) = choose_templates(query, TemplateLibrary([template], [f"polaris_{template_record}"]),
+                                ChoiceOptions(top=1)).chosen
+    return query, template, match
+
+
+class RecordedEmbed:
+    """The real embedding on this thread, each call's conformer count and number of pinned atoms kept."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, with_hs: Chem.Mol, num_conformers: int, seed: int, random_coords: bool,
+                 pins: Pins | None = None) -> Chem.Mol:
+        self.calls.append((num_conformers, len(pins or {})))
+        return embed_on_this_thread(with_hs, num_conformers, seed, random_coords, pins)
+
+
+def test_pins_etkdg_cannot_meet_are_stepped_down_from_after_one_probe_conformer_each():
+    # Polaris 270 on 109: the core is the whole template (35 atoms), its geometry inside the query's bounds,
+    # yet ETKDG meets neither the core nor its 26 ring atoms (each took 3-12 s for 40 conformers)
+    query, template, match = polaris_pair(270, 109)
+    assert match.core_atoms == 35
+    embed = RecordedEmbed()
+    made = pinned_conformers(query, template, match, CONFORMERS, seed=42, run=embed)
+    assert (made.method, made.fallback, made.pinned) == (PoseMethod.FREE, PinFallback.CONSTRAINTS_UNMET, ())
+    assert made.detail == ("ETKDG embedded no conformer with 35 core atoms pinned; "
+                           "ETKDG embedded no conformer with 26 core atoms pinned")
+    assert embed.calls == [(1, 35), (1, 26), (CONFORMERS, 0)]  # a probe per pin set, then the free embedding
+    assert made.confs.GetNumConformers() == CONFORMERS
+
+
+def test_the_probe_embeds_the_run_s_first_conformer():
+    # so where the probe succeeds, the conformers are the run's alone (the probe changes no pose)
+    query, template, match = polaris_pair(364, 637)
+    embed = RecordedEmbed()
+    made = pinned_conformers(query, template, match, CONFORMERS, seed=42, run=embed)
+    assert (made.method, made.fallback) == (PoseMethod.PINNED, PinFallback.NONE), made.detail
+    assert embed.calls == [(1, match.core_atoms), (CONFORMERS, match.core_atoms)]
+    positions = template.GetConformer().GetPositions()
+    pins = {query_atom: tuple(positions[template_atom]) for query_atom, template_atom in match.atom_map}
+    with_hs = Chem.AddHs(query)
+    alone = embed_on_this_thread(with_hs, 1, 42, True, pins)
+    run = embed_on_this_thread(with_hs, CONFORMERS, 42, True, pins)
+    assert np.array_equal(alone.GetConformer().GetPositions(), run.GetConformer(0).GetPositions())
+
+
+def test_an_rdkit_failure_inside_pinned_embedding_steps_down_with_its_message():
+    # Polaris 159 (1,4-diacetylpiperazine) on 345: ETKDG's optimiser raises an invariant violation with the
+    # 12-atom core pinned; the query was a failed row. Its 6 ring atoms embed.
+    query, template, match = polaris_pair(159, 345)
+    made = pinned_conformers(query, template, match, CONFORMERS, seed=42)
+    assert (made.method, made.fallback) == (PoseMethod.PINNED_PARTIAL, PinFallback.CONSTRAINTS_UNMET), made.detail
+    assert made.detail == ("ETKDG failed with 12 core atoms pinned "
+                           "(Invariant Violation: bad direction in linearSearch)")
+    assert made.pinned_atoms == 6 and made.confs.GetNumConformers() == CONFORMERS
 
 
 def test_an_mcs_search_past_its_bound_leaves_the_query_free_with_the_reason(library, queries):
