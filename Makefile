@@ -93,12 +93,13 @@ bench: $(TEST_STAMP) bytecode
 
 # Our defaults against upstream TEMPL's own code on the same leave-one-out ligands (benchmarks/bench_upstream.py).
 # UPSTREAM is a checkout of github.com/fulopjoz/templ-pipeline; its environment gets the RDKit it pins.
+# LIGANDS=all predicts every distinct Polaris molecule (567; about an hour here), not the 80 of the subset.
 UPSTREAM_VENV := .venv-upstream
 bench-upstream: $(TEST_STAMP) bytecode
 	@test -n "$(UPSTREAM)" || { echo "usage: make bench-upstream UPSTREAM=/path/to/templ-pipeline" >&2; exit 2; }
 	test -x $(UPSTREAM_VENV)/bin/python || $(PYTHON) -m venv $(UPSTREAM_VENV)
 	$(UPSTREAM_VENV)/bin/python -m pip install --quiet 'rdkit==2024.09.6' numpy spyrmsd
-	TEMPL_UPSTREAM="$(UPSTREAM)" TEMPL_UPSTREAM_PYTHON="$(CURDIR)/$(UPSTREAM_VENV)/bin/python" \
+	TEMPL_UPSTREAM="$(UPSTREAM)" TEMPL_UPSTREAM_PYTHON="$(CURDIR)/$(UPSTREAM_VENV)/bin/python" TEMPL_BENCH_LIGANDS="$(LIGANDS)" \
 		$(BIN)/python -m benchmarks.run --only bench_upstream --output bench_upstream.json
 
 clean:

@@ -34,7 +34,7 @@ from pathlib import Path
 from rdkit import Chem
 
 from benchmarks.bench_templates import LIBRARY, SUCCESS_RMSD, _campaign, _inputs, _records, subset
-from benchmarks.common import sized
+from benchmarks.common import leave_one_out_ligands, quick
 from benchmarks.goals import Comparison, Goal
 from templ_pipeline.reference import rmsd_in_place
 
@@ -105,7 +105,7 @@ def run(size: int | None = None) -> dict[str, object]:
     """Upstream TEMPL and our defaults on the same leave-one-out ligands, in this order, same run."""
     _upstream_environment()  # before anything runs
     records = _records()
-    chosen = subset(records, size or sized(80, 4))
+    chosen = subset(records, size or (4 if quick() else leave_one_out_ligands(80)))
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         queries, reference = _inputs(records, chosen, root)

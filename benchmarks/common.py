@@ -22,6 +22,7 @@ from templ_pipeline.core.template_library import identity_key
 from templ_pipeline.io import examples
 
 QUICK_ENV = "TEMPL_BENCH_QUICK"
+LIGANDS_ENV = "TEMPL_BENCH_LIGANDS"
 POLARIS = Path(__file__).parent / "data" / "polaris" / "train_sarsmols.sdf.gz"
 T = TypeVar("T")
 
@@ -34,6 +35,19 @@ def quick() -> bool:
 def sized(full: T, small: T) -> T:
     """``small`` at the quick size, else ``full``."""
     return small if quick() else full
+
+
+def leave_one_out_ligands(default: int) -> int | None:
+    """How many Polaris ligands a leave-one-out benchmark predicts: ``TEMPL_BENCH_LIGANDS`` (a count, or ``all``:
+    every distinct molecule, None), else ``default``. ``ValueError`` names the variable when it is neither."""
+    value = os.environ.get(LIGANDS_ENV, "").strip()
+    if not value:
+        return default
+    if value == "all":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{LIGANDS_ENV}={value!r}: a count of ligands (at least 1) or 'all'")
+    return int(value)
 
 
 @dataclass(frozen=True)
