@@ -261,14 +261,15 @@ def polaris_pair(query_record: int, template_record: int) -> tuple[Chem.Mol, Che
 
 
 class RecordedEmbed:
-    """The real embedding on this thread, each call's conformer count and number of pinned atoms kept."""
+    """The real embedding on this thread, each call's conformer count, number of pinned atoms and whether it is
+    a probe kept."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
+        self.calls: list[tuple[int, int, bool]] = []
 
     def __call__(self, with_hs: Chem.Mol, num_conformers: int, seed: int, random_coords: bool,
-                 pins: Pins | None = None) -> Chem.Mol:
-        self.calls.append((num_conformers, len(pins or {})))
+                 pins: Pins | None = None, *, probe: bool = False) -> Chem.Mol:
+        self.calls.append((num_conformers, len(pins or {}), probe))
         return embed_on_this_thread(with_hs, num_conformers, seed, random_coords, pins)
 
 
@@ -282,7 +283,8 @@ def test_pins_etkdg_cannot_meet_are_stepped_down_from_after_one_probe_conformer_
     assert (made.method, made.fallback, made.pinned) == (PoseMethod.FREE, PinFallback.CONSTRAINTS_UNMET, ())
     assert made.detail == ("ETKDG embedded no conformer with 35 core atoms pinned; "
                            "ETKDG embedded no conformer with 26 core atoms pinned")
-    assert embed.calls == [(1, 35), (1, 26), (CONFORMERS, 0)]  # a probe per pin set, then the free embedding
+    # a probe per pin set, then the free embedding
+    assert embed.calls == [(1, 35, True), (1, 26, True), (CONFORMERS, 0, False)]
     assert made.confs.GetNumConformers() == CONFORMERS
 
 
@@ -292,7 +294,7 @@ def test_the_probe_embeds_the_run_s_first_conformer():
     embed = RecordedEmbed()
     made = pinned_conformers(query, template, match, CONFORMERS, seed=42, run=embed)
     assert (made.method, made.fallback) == (PoseMethod.PINNED, PinFallback.NONE), made.detail
-    assert embed.calls == [(1, match.core_atoms), (CONFORMERS, match.core_atoms)]
+    assert embed.calls == [(1, match.core_atoms, True), (CONFORMERS, match.core_atoms, False)]
     positions = template.GetConformer().GetPositions()
     pins = {query_atom: tuple(positions[template_atom]) for query_atom, template_atom in match.atom_map}
     with_hs = Chem.AddHs(query)

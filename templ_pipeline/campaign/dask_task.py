@@ -98,7 +98,7 @@ def _run(runner: QueryRunner, settings: CampaignSettings, task: QueryTask, nthre
     events: list[object] = []
     threads = EmbeddingThreads(_threads_wanted(nthreads, settings.query_threads), events.append)
     try:
-        runner.embed = lambda with_hs, count, seed, random_coords, pins=None: embed_conformers(
+        runner.embed = lambda with_hs, count, seed, random_coords, pins=None, *, probe=False: embed_conformers(
             with_hs, count, seed, threads, random_coords=random_coords, pins=pins, prune_rms=settings.prune_rms)
         runner.threads = lambda: threads.count
         outcome = runner.run(task)

@@ -109,7 +109,7 @@ def granted_embedding(n_workers: int = 1, *, observers: tuple[Observer, ...] = (
     threads = EmbeddingThreads(n_workers, Emitter((*process_observers(), *observers)), exact_workers=exact_workers)
 
     def run(with_hs: Chem.Mol, num_conformers: int, seed: int, random_coords: bool,
-            pins: Pins | None = None) -> Chem.Mol:
+            pins: Pins | None = None, *, probe: bool = False) -> Chem.Mol:
         return embed_conformers(with_hs, num_conformers, seed, threads, random_coords=random_coords, pins=pins,
                                 prune_rms=prune_rms)
 
@@ -120,14 +120,15 @@ def granted_embedding(n_workers: int = 1, *, observers: tuple[Observer, ...] = (
 
 
 def _reporting(run: Embed, emit: Observer) -> Embed:
-    """``run``, each call reported to ``emit`` as a :class:`ConformersEmbedded` (RDKit reports nothing while it
-    embeds: a display learns of progress only when a call returns)."""
+    """``run``, each call but a probe reported to ``emit`` as a :class:`ConformersEmbedded` (RDKit reports
+    nothing while it embeds: a display learns of progress only when a call returns)."""
 
     def reported(with_hs: Chem.Mol, num_conformers: int, seed: int, random_coords: bool,
-                 pins: Pins | None = None) -> Chem.Mol:
+                 pins: Pins | None = None, *, probe: bool = False) -> Chem.Mol:
         started = time.perf_counter()
-        embedded = run(with_hs, num_conformers, seed, random_coords, pins)
-        emit(ConformersEmbedded(num_conformers, embedded.GetNumConformers(), time.perf_counter() - started))
+        embedded = run(with_hs, num_conformers, seed, random_coords, pins, probe=probe)
+        if not probe:  # its conformer is thrown away: the call after it embeds it again
+            emit(ConformersEmbedded(num_conformers, embedded.GetNumConformers(), time.perf_counter() - started))
         return embedded
 
     return reported

@@ -69,15 +69,18 @@ def embed(with_hs: Chem.Mol, num_conformers: int, seed: int, threads: int, *, ra
 
 class Embed(Protocol):
     """How a caller runs :func:`embed`: on this thread, or on the threads it was granted, with the run's
-    pruning (``prune_rms``, bound when the caller makes it)."""
+    pruning (``prune_rms``, bound when the caller makes it). ``probe``: a call whose conformers are thrown
+    away (:mod:`~templ_pipeline.core.pinning` tries pins on one conformer first); it embeds as any call, and
+    progress does not count it."""
 
     def __call__(self, with_hs: Chem.Mol, num_conformers: int, seed: int, random_coords: bool,
-                 pins: Pins | None = None) -> Chem.Mol: ...
+                 pins: Pins | None = None, *, probe: bool = False) -> Chem.Mol: ...
 
 
 def embed_on_this_thread(with_hs: Chem.Mol, num_conformers: int, seed: int, random_coords: bool,
-                         pins: Pins | None = None, *, prune_rms: float = DEFAULT_PRUNE_RMS) -> Chem.Mol:
-    """:func:`embed` on this thread only (starts no RDKit thread)."""
+                         pins: Pins | None = None, *, probe: bool = False,
+                         prune_rms: float = DEFAULT_PRUNE_RMS) -> Chem.Mol:
+    """:func:`embed` on this thread only (starts no RDKit thread); ``probe`` changes nothing here."""
     return embed(with_hs, num_conformers, seed, 1, random_coords=random_coords, pins=pins, prune_rms=prune_rms)
 
 

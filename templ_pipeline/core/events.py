@@ -161,7 +161,8 @@ class ConformersEmbedded:
 
     RDKit's ``EmbedMultipleConfs`` reports nothing while it runs, and splitting a call would change the
     conformers, so a call is the finest step there is: one per prepared molecule, or one per template
-    share when the core is pinned (more when pinning steps down to fewer pins or to free embedding).
+    share when the core is pinned (more when pinning steps down to fewer pins or to free embedding). A
+    probe of the pins (one conformer, thrown away) is not reported: the share's call embeds it again.
     """
 
     requested: int

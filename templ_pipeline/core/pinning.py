@@ -31,11 +31,12 @@ What is pinned is decided here, and every step down is recorded (``PinFallback``
 - **A probe first**: each set of pins is tried on one conformer before the query's
   share is asked for. Pins ETKDG cannot meet fail every conformer, each after
   ``PINNED_ATTEMPTS`` attempts: measured on 33-36-atom Polaris ligands, 1.8-5.9 s
-  for a template's 40 conformers where the probe fails in 0.06-0.13 s. The probe is seeded as the run is and embeds the run's first conformer, so where it
-  succeeds the conformers are those of the run alone; only pins whose first
-  conformer fails are stepped down from. Measured on the leave-one-out over all 567
-  distinct Polaris molecules at the defaults: the workers' time fell by 21 % (the
-  slowest query from 86 to 41 s) and one pose of 567 changed (a failure either way).
+  for a template's 40 conformers where the probe fails in 0.06-0.13 s. The probe is
+  seeded as the run is and embeds the run's first conformer, so where it succeeds
+  the conformers are those of the run alone; only pins whose first conformer fails
+  are stepped down from. Measured on the leave-one-out over all 567 distinct Polaris
+  molecules at the defaults: the workers' time fell by 21 % (the slowest query from
+  86 to 41 s) and the probe changed one pose of 567 (over 2 A either way).
 
 Free embedding is what :func:`templ_pipeline.core.embedding.embed_prepared` does
 for a query without a template, so a fallback gives exactly today's conformers.
@@ -237,7 +238,7 @@ def _embed_pinned(mol: Chem.Mol, template: Chem.Mol, pairs: tuple[tuple[int, int
     # fallback's detail says; they would reach the terminal from every worker
     with rdBase.BlockLogs():
         if num_conformers > 1:  # the probe (module docstring): the run's first conformer alone
-            probe = run(with_hs, 1, seed, True, pins)
+            probe = run(with_hs, 1, seed, True, pins, probe=True)
             if probe.GetNumConformers() == 0:
                 return probe
         embedded = run(with_hs, num_conformers, seed, True, pins)
