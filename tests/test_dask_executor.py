@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -19,6 +20,8 @@ from templ_pipeline.core.executor import shutdown_dask
 from templ_pipeline.core.scoring import select_best_with_report
 
 N_CONFORMERS = 60
+KILLED_RUN_CONFORMERS = 240  # batches long enough that one is seen in flight on a loaded machine
+COUNTED = (("templ_select_best_batches_total", {"executor_kind": "dask"}), ("templ_conformers_scored_total", {}))
 
 
 def _signature(selection):
@@ -137,26 +140,39 @@ def test_scheduler_lost_mid_run_hands_unfinished_batches_to_local_run(confs, tem
     assert sorted(s.attributes["templ.batch.index"] for s in batches) == list(range(report.n_batches))
 
 
-def test_worker_killed_mid_run_is_resubmitted_and_counted_once(dask_cluster, confs, template, local, tel):
+def test_worker_killed_mid_run_is_resubmitted_and_counted_once(dask_cluster, template, tel):
     """Last in this module: it kills one of the cluster's workers (its nanny starts another)."""
+    confs = generate_conformers("O=C(Nc1cccnc1)c1ccc(F)cc1OC", KILLED_RUN_CONFORMERS, seed=3)
+    local = select_best_with_report(confs, template, n_workers=2)
+    tel.exporter.clear()  # the spans and counts below are the dask run's
     pids = dask_cluster.worker_pids()
     killed: list[str] = []
+    stop = threading.Event()
 
-    def kill_a_busy_worker(result):
-        # only a worker with a batch in flight: killing an idle one (a loaded machine can deliver the first
-        # result after the others are done) would resubmit nothing; the next result tries again
-        busy = [worker for worker, keys in dask_cluster.client.processing().items() if keys and worker in pids]
-        if killed or not busy:
-            return
-        os.kill(pids[busy[0]], signal.SIGKILL)
-        killed.append(busy[0])
+    def kill_the_first_busy_worker() -> None:
+        # watched from a thread, not at a batch's result: on a loaded machine every batch could be done before
+        # the first result reaches the driver, and killing an idle worker resubmits nothing
+        while not stop.is_set():
+            busy = [worker for worker, keys in dask_cluster.client.processing().items() if keys and worker in pids]
+            if busy:
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.append(busy[0])
+                return
+            stop.wait(0.002)
 
-    selection = select_best_with_report(confs, template, n_workers=2, executor="dask",
-                                        scheduler=dask_cluster.address, on_batch=kill_a_busy_worker)
-    assert killed, "no worker had a batch in flight at any batch's result: nothing was killed mid-run"
+    watcher = threading.Thread(target=kill_the_first_busy_worker, name="kill-busy-worker", daemon=True)
+    before = {name: tel.registry.get_sample_value(name, labels) or 0 for name, labels in COUNTED}
+    watcher.start()
+    try:
+        selection = select_best_with_report(confs, template, n_workers=2, executor="dask",
+                                            scheduler=dask_cluster.address)
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+    assert killed, "no worker was seen with a batch in flight: nothing was killed mid-run"
     assert _signature(selection) == _signature(local)
     report = selection.report
-    assert report.n_scored + report.n_failed == N_CONFORMERS
+    assert report.n_scored + report.n_failed == KILLED_RUN_CONFORMERS
     assert report.executor_kinds == ["dask"] and not report.fallbacks
     assert report.resubmissions and {r.worker for r in report.resubmissions} == set(killed)
     registry = tel.registry
@@ -166,9 +182,10 @@ def test_worker_killed_mid_run_is_resubmitted_and_counted_once(dask_cluster, con
         for reason in ("worker_lost", "result_lost")
     )
     assert resubmitted == len(report.resubmissions)
-    # counted once, in the driver, when each batch's result arrived
-    assert registry.get_sample_value("templ_select_best_batches_total", {"executor_kind": "dask"}) == report.n_batches
-    assert registry.get_sample_value("templ_conformers_scored_total") == local.report.n_scored
+    # counted once, in the driver, when each batch's result arrived (the local run before it counted its own)
+    after = {name: registry.get_sample_value(name, labels) or 0 for name, labels in COUNTED}
+    assert after["templ_select_best_batches_total"] - before["templ_select_best_batches_total"] == report.n_batches
+    assert after["templ_conformers_scored_total"] - before["templ_conformers_scored_total"] == local.report.n_scored
     events = [e for e in _call_span(tel).events if e.name == "executor.batch_resubmitted"]
     assert len(events) == len(report.resubmissions)
     assert events[0].attributes["templ.executor.worker"] == killed[0]
