@@ -93,7 +93,7 @@ bench: $(TEST_STAMP) bytecode
 
 # Our defaults against upstream TEMPL's own code on the same leave-one-out ligands (benchmarks/bench_upstream.py).
 # UPSTREAM is a checkout of github.com/fulopjoz/templ-pipeline; its environment gets the RDKit it pins.
-# LIGANDS=all predicts every distinct Polaris molecule (567; about an hour here), not the 80 of the subset.
+# LIGANDS=all predicts every distinct Polaris molecule (567; about 45 minutes here), not the 80 of the subset.
 UPSTREAM_VENV := .venv-upstream
 bench-upstream: $(TEST_STAMP) bytecode
 	@test -n "$(UPSTREAM)" || { echo "usage: make bench-upstream UPSTREAM=/path/to/templ-pipeline" >&2; exit 2; }

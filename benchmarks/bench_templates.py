@@ -5,7 +5,7 @@ one reference frame (see the README beside it for the source and licence).
 
 Protocol (the one upstream TEMPL reports 71.9-74.5 % on): each ligand of a fixed subset
 (``SUBSET`` distinct molecules, every k-th in file order: chosen by position, never by result;
-``TEMPL_BENCH_LIGANDS=all`` takes all 567 distinct molecules, about 30 minutes per configuration here)
+``TEMPL_BENCH_LIGANDS=all`` takes all 567 distinct molecules, about 20 minutes per configuration here)
 is predicted by ``templ screen`` with the whole file as its template library and
 ``--exclude-identical`` (the query itself, and its other crystal structures, are left out:
 leave-one-out). ``--reference`` gives each pose its heavy-atom RMSD in place to the crystal
