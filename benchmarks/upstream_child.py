@@ -1,6 +1,6 @@
 """Upstream TEMPL's leave-one-out steps on given ligands, run in upstream's own environment.
 
-Run by :mod:`benchmarks.upstream_templ` with upstream's checkout on ``PYTHONPATH`` and a Python that has
+Run by :mod:`benchmarks.bench_upstream` with upstream's checkout on ``PYTHONPATH`` and a Python that has
 its dependencies (``rdkit==2024.09.6`` as upstream pins, ``numpy``, ``spyrmsd``). Its package is also named
 ``templ_pipeline``, so this file imports nothing of ours.
 

@@ -231,8 +231,7 @@ def _events(outcome: RunOutcome) -> list[Fallback | WorkersReduced]:
 def summary_json(outcome: RunOutcome, query: QueryIdentity) -> dict[str, Any]:
     """The run's summary as one JSON-ready object (``select-best --json``)."""
     chosen = outcome.chosen or (outcome.templates[0] if outcome.templates else None)
-    tally = None if chosen is None else _Tally.of(outcome.of_isomer(chosen.isomer), outcome.conformers_made.get(
-        chosen.isomer, chosen.selection.report.n_conformers))
+    tally = None if chosen is None else _Tally.of(outcome, chosen)
     kinds: list[str] = []
     for result in outcome.templates:
         for kind in result.selection.report.executor_kinds:
@@ -311,7 +310,6 @@ def runner_up_text(outcome: RunOutcome) -> str:
 def print_summary(out: Console, outcome: RunOutcome) -> None:
     """The human summary: the best pose per metric, the counts, the template used, every reduction and fallback."""
     chosen = outcome.chosen or outcome.templates[0]
-    report = chosen.selection.report
     table = Table(title="Best pose per metric", title_justify="left")
     for column in ("metric", "conformer", "shape", "color", "combo"):
         table.add_column(column, justify="right" if column != "metric" else "left")
@@ -322,12 +320,12 @@ def print_summary(out: Console, outcome: RunOutcome) -> None:
     out.print(table)
     wrote = (f"wrote {outcome.written} pose(s) to {'standard output' if outcome.target.to_stdout else outcome.target}"
              if outcome.written else f"wrote nothing ({outcome.target} left as it was)")
-    templates = outcome.of_isomer(chosen.isomer)
-    made = outcome.conformers_made.get(chosen.isomer, report.n_conformers)
-    out.print(f"{_Tally.of(templates, made).text()}; {wrote}", highlight=False, soft_wrap=True)
+    tally = _Tally.of(outcome, chosen)
+    out.print(f"{tally.text()}; {wrote}", highlight=False, soft_wrap=True)
     if outcome.wall_seconds:
         out.print(f"time: {outcome.wall_seconds:.1f} s in all (embedding {outcome.embedding_seconds:.1f} s, "
                   f"scoring {outcome.scoring_seconds:.1f} s)", highlight=False, soft_wrap=True)
+    made, templates = tally.made, outcome.of_isomer(chosen.isomer)
     if 0 < made < outcome.conformers_requested and outcome.prune_rms:
         out.print(f"conformers: {made} of {outcome.conformers_requested} kept after pruning at "
                   f"{outcome.prune_rms:g} A RMSD", highlight=False, soft_wrap=True)
@@ -369,8 +367,10 @@ class _Tally:
     per_second: float
 
     @classmethod
-    def of(cls, templates: Sequence[TemplateSelection], made: int) -> _Tally:
-        reports = [result.selection.report for result in templates]
+    def of(cls, outcome: RunOutcome, chosen: TemplateSelection) -> _Tally:
+        """``chosen``'s molecule (its isomer) over every template it was scored against."""
+        reports = [result.selection.report for result in outcome.of_isomer(chosen.isomer)]
+        made = outcome.conformers_made.get(chosen.isomer, chosen.selection.report.n_conformers)
         reasons: dict[str, int] = {}
         kinds: list[str] = []
         for report in reports:
