@@ -336,7 +336,7 @@ def print_summary(out: Console, outcome: RunOutcome) -> None:
     if len(templates) > 1 and outcome.chosen is not None:
         others = ", ".join(f"record {result.record} {result.name} "
                            f"{_score_text(result.best_score(outcome.metric))}"
-                           for result in templates if result.record != outcome.chosen.record)
+                           for result in _runners_up(outcome))  # best first, as in --json and the pose
         out.print(f"template: {outcome.chosen.name} (record {outcome.chosen.record}) scored best of the "
                   f"{len(templates)} scored, by {outcome.metric} "
                   f"({_score_text(outcome.chosen.best_score(outcome.metric))}); others: {others}",

@@ -97,6 +97,14 @@ def answer(runner: QueryRunner, smiles: str | None = None, molblocks: tuple[str,
     return found
 
 
+def test_a_query_without_smiles_fails_saying_its_field_is_empty_not_that_it_cannot_be_parsed(runner):
+    for blank in ("", "   ", None):
+        outcome = runner.run(QueryTask(0, "query", blank))
+        assert (outcome.status, outcome.reason) == ("failed", "invalid_smiles")
+        assert outcome.detail == "no SMILES: the query's SMILES field is empty"
+    assert runner.run(QueryTask(0, "query", "C1CC(")).detail == "cannot parse SMILES 'C1CC('"
+
+
 def test_the_canonical_molecule_of_any_atom_order_or_sd_record_is_the_same_molecule_bit_for_bit():
     for smiles in SMALL.values():
         reference = canonical_molecule(Chem.MolFromSmiles(smiles)).ToBinary()

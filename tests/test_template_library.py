@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -186,6 +187,9 @@ def test_the_summary_counts_the_conformers_of_every_template_and_says_a_repeated
     assert "conformers 10: scored 10 against 5 templates, failed 0 (none)" in done.stdout, done.stdout
     reduced = [line for line in done.stdout.splitlines() if line.startswith("scoring workers 2 -> 1: small_work")]
     assert len(reduced) == 1 and reduced[0].endswith("(x5; the first shown)"), done.stdout
+    others = " ".join(done.stdout.split()).split("; others: ")[1].split(" template choice:")[0]
+    scores = [float(score) for score in re.findall(r"record \d+ \S+ (\d\.\d+)", others)]
+    assert len(scores) == 4 and scores == sorted(scores, reverse=True), others  # best first, as in --json
 
     done = run_templ("select-best", "-t", LIBRARY, "-q", smiles, "-n", 10, "-o", tmp_path / "again.sdf",
                      "--exclude-identical", "--no-pin", "--json", "--no-metrics-server",

@@ -345,7 +345,9 @@ class QueryRunner:
         """The query molecule from its SMILES or SDF record(s); a ``QueryError`` when unreadable."""
         with rdBase.BlockLogs():
             if not task.molblocks:
-                mol = Chem.MolFromSmiles(task.smiles) if task.smiles and task.smiles.strip() else None
+                if not (task.smiles and task.smiles.strip()):  # a CSV row whose SMILES cell is blank
+                    raise QueryError(QueryFailureReason.INVALID_SMILES, "no SMILES: the query's SMILES field is empty")
+                mol = Chem.MolFromSmiles(task.smiles)
                 if mol is None:
                     raise QueryError(QueryFailureReason.INVALID_SMILES, f"cannot parse SMILES {task.smiles!r}")
                 return mol
