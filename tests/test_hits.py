@@ -121,3 +121,26 @@ def test_each_hit_gets_its_own_pose_from_a_poses_file_with_crlf_padded_terminato
     found = list(Chem.SDMolSupplier(str(directory / "hits.sdf"), removeHs=False))
     assert [(mol.GetProp("_Name"), mol.GetProp("pose_rank"), mol.GetProp("rank")) for mol in found] == [
         ("q1", "2", "1"), ("q2", "1", "2")]
+
+
+def test_hit_rows_are_the_scores_rows_byte_for_byte_with_non_ascii_ids_multi_line_fields_and_no_final_newline(
+        tmp_path, pose):
+    """hits.csv copies each best row from scores.csv by its byte offsets: a multi-byte character before it, a
+    quoted field spanning lines in it, and a last row without its line end must not shift a single byte."""
+    failed = replace(_row("bad", 3, None), detail="RDKit said:\nline two, \"quoted\"")
+    directory = _campaign(tmp_path / "run", pose, [
+        [_row("β-lactam", 1, 0.4)], [failed], [_row("ü", 2, 0.9)], [_row("last", 4, 0.6)]])
+    scores = directory / "scores.csv"
+    scores.write_bytes(scores.read_bytes().removesuffix(b"\n"))
+    written = write_hits(directory, "combo")
+    lines = scores.read_bytes().split(b"\n")
+    header, rows = lines[0], lines[1:]
+    by_id = {row.split(b",")[0]: row for row in rows if row.startswith((b"\xce", b"\xc3", b"last"))}
+    bad = b"\n".join(rows[1:3])  # the failed row spans two lines
+    assert bad.startswith(b"bad,")
+    expected = b"\n".join([b"rank," + header, b"1," + by_id["ü".encode()], b"2," + by_id[b"last"],
+                           b"3," + by_id["β-lactam".encode()], b"," + bad]) + b"\n"
+    assert (directory / "hits.csv").read_bytes() == expected
+    assert (written.ranked, written.unranked, written.poses) == (3, 1, 3)
+    assert [mol.GetProp("_Name") for mol in Chem.SDMolSupplier(str(directory / "hits.sdf"))] == [
+        "ü", "last", "β-lactam"]
