@@ -82,11 +82,9 @@ def write_hits(directory: str | os.PathLike[str], metric: str, top: int | None =
     csv.writer(title, lineterminator="\n").writerow([Field.RANK, *header])
     with contextlib.ExitStack() as stack:
         try:
-            data = _mapped(stack.enter_context(open(scores, "rb")))
+            data = stack.enter_context(_mapped(scores))
         except OSError as exc:
             raise InputError(f"{scores}: cannot read ({exc.strerror or exc})") from None
-        if isinstance(data, mmap.mmap):
-            stack.callback(data.close)
         wanted = [_pose_key(_row_text(data, hit), index) for hit in shown]
         write_atomically(directory / HITS_FILE, _blocks(_hit_lines(title.getvalue(), data, ranked, unranked)))
     records = _pose_texts(directory / POSES_FILE, wanted)
@@ -96,11 +94,15 @@ def write_hits(directory: str | os.PathLike[str], metric: str, top: int | None =
     return HitList(len(ranked), len(unranked), len(poses))
 
 
-def _mapped(handle: BinaryIO) -> mmap.mmap | bytes:
+@contextlib.contextmanager
+def _mapped(path: Path) -> Iterator[mmap.mmap | bytes]:
     """The file read-only in memory (an empty file cannot be mapped: no bytes instead)."""
-    if not os.fstat(handle.fileno()).st_size:
-        return b""
-    return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    with open(path, "rb") as handle:
+        if not os.fstat(handle.fileno()).st_size:
+            yield b""
+            return
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield data
 
 
 def _row_text(data: mmap.mmap | bytes, hit: _Hit) -> bytes:
@@ -214,20 +216,17 @@ def _pose_texts(path: Path, wanted: list[PoseKey]) -> dict[PoseKey, str]:
     if not names:
         return found
     try:
-        with open(path, "rb") as handle:
-            if not os.fstat(handle.fileno()).st_size:
-                return found  # an empty file cannot be mapped
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                start = 0
-                for terminator, end in _record_ends(data):
-                    line = data.find(b"\n", start, terminator)
-                    name = data[start:line if line >= 0 else terminator].rstrip(b"\r")
-                    if name in names:
-                        text = data[start:end].decode("utf-8", "replace")
-                        key = (name.decode("utf-8"), _tag(text, _TEMPLATE_RECORD, ""), _tag(text, _POSE_RANK, "1"))
-                        if key in keys:
-                            found.setdefault(key, text)
-                    start = end
+        with _mapped(path) as data:
+            start = 0
+            for terminator, end in _record_ends(data):
+                line = data.find(b"\n", start, terminator)
+                name = data[start:line if line >= 0 else terminator].rstrip(b"\r")
+                if name in names:
+                    text = data[start:end].decode("utf-8", "replace")
+                    key = (name.decode("utf-8"), _tag(text, _TEMPLATE_RECORD, ""), _tag(text, _POSE_RANK, "1"))
+                    if key in keys:
+                        found.setdefault(key, text)
+                start = end
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return found
@@ -241,7 +240,7 @@ def _tag(text: str, pattern: re.Pattern[str], default: str) -> str:
     return default if match is None else match.group(1)
 
 
-def _record_ends(data: mmap.mmap) -> Iterator[tuple[int, int]]:
+def _record_ends(data: mmap.mmap | bytes) -> Iterator[tuple[int, int]]:
     """Where each SDF record's ``$$$$`` line starts and where the record ends (after that line's line end).
 
     ``bytes.find`` rather than a multi-line regular expression, which tries every position of the file and
