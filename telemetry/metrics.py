@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from importlib import metadata
 from typing import Any
 
 from prometheus_client import (
@@ -18,6 +17,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from templ_pipeline import __version__
 from templ_pipeline.core.limits.cgroup import read_pids_peak
 from templ_pipeline.core.limits.model import PIDS_CGROUP, Snapshot
 from templ_pipeline.core.limits.procfs import parse_status, read_bytes
@@ -184,13 +184,6 @@ class TemplRegistry(CollectorRegistry):
         return _RestrictedView(super().restricted_registry(names))
 
 
-def _version() -> str:
-    try:
-        return metadata.version("templ-pipeline")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 class TemplMetrics:
     """All TEMPL collectors, created by looping over the catalog.
 
@@ -257,7 +250,7 @@ class TemplMetrics:
         self.registry.register(limits)
         self.threads_active.set_function(count_threads)
         self.process_threads.set_function(lambda: math.nan if (threads := os_threads()) is None else threads)
-        self.build_info.labels(version=_version()).set(1)
+        self.build_info.labels(version=__version__).set(1)  # pyproject's version is read from there too
 
     def _build(self, spec: MetricSpec) -> Any:
         cls = _KIND_TO_CLASS[spec.kind]

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
+import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -136,13 +138,44 @@ class _MetricsHTTPServer(WSGIServer):
     # reset now and then while one scrape was being served; a backlog of 128 queues them instead
     request_queue_size = 128
 
+    # handle_request() waits for a connection at most this long: the loop below calls it only when the
+    # listening socket was readable, and a connection reset before it is accepted must not leave it waiting
+    timeout = 0
+
     def __init__(self, address: Address, app: WSGIApp) -> None:
         self.address_family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         super().__init__((address.host, address.port), _Handler)
         self.set_app(app)
+        self._wake_read, self._wake_write = os.pipe()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up or stalls mid-request is its own problem; keep serving."""
+
+    def serve_until_woken(self) -> None:
+        """Answer requests one at a time until :meth:`wake`.
+
+        socketserver's ``serve_forever`` notices a ``shutdown`` only at its next poll, so
+        stopping it waited half its poll interval on average: 0.1 s of every short
+        command's exit, a few percent of a small campaign. This loop waits on the
+        listening socket and a wake-up pipe together, so a stop takes effect at once.
+        """
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            while True:
+                ready = selector.select()
+                if any(key.fileobj == self._wake_read for key, _ in ready):
+                    return
+                self.handle_request()
+
+    def wake(self) -> None:
+        """End :meth:`serve_until_woken` (from another thread); its current request, if any, is answered first."""
+        os.write(self._wake_write, b"x")
+
+    def server_close(self) -> None:
+        super().server_close()
+        for fd in (self._wake_read, self._wake_write):
+            os.close(fd)
 
 
 class MetricsServer:
@@ -167,9 +200,9 @@ class MetricsServer:
         return f"http://{self.address}/metrics"
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        self._httpd.wake()
+        self._thread.join(timeout=REQUEST_TIMEOUT_SECONDS)
         self._httpd.server_close()
-        self._thread.join(timeout=5)
 
 
 def serve_metrics(address: Address, registry: CollectorRegistry) -> MetricsServer | None:
@@ -186,8 +219,7 @@ def serve_metrics(address: Address, registry: CollectorRegistry) -> MetricsServe
         reason = "address in use" if in_use else (exc.strerror or str(exc))
         raise MetricsServerError(f"cannot listen on {address}: {reason}", in_use=in_use) from exc
     bound = Address(address.host, httpd.server_address[1])
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                              name="templ-metrics", daemon=True)
+    thread = threading.Thread(target=httpd.serve_until_woken, name="templ-metrics", daemon=True)
 
     def start() -> threading.Thread:
         thread.start()

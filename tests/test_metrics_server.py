@@ -8,9 +8,11 @@ import http.client
 import json
 import select
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -65,6 +67,24 @@ def test_port_zero_binds_a_free_port_and_reports_it(server):
         pass
     status, _, body = request(server, "GET", "/healthz")
     assert (status, body) == (200, b"ok\n")
+
+
+def test_stop_ends_the_serving_thread_and_frees_the_port_after_a_client_reset_before_it_was_accepted():
+    running = serve_metrics(Address("127.0.0.1", 0), _registry())
+    assert running is not None
+    try:
+        for _ in range(3):  # connect and reset at once (SO_LINGER 0): the loop must not wait on such a client
+            with socket.create_connection(("127.0.0.1", running.port), timeout=10) as client:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert request(running, "GET", "/healthz")[0::2] == (200, b"ok\n")
+    finally:
+        running.stop()
+    assert "templ-metrics" not in [thread.name for thread in threading.enumerate()]
+    with socket.socket() as again:  # nothing listens on the port: a new server could bind it (as the next run's)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", running.port))
+    with pytest.raises(OSError):
+        request(running, "GET", "/healthz")
 
 
 def test_ipv6_loopback_with_port_zero():
