@@ -13,6 +13,11 @@ measured with a plain parent and with the ``templ`` CLI as the parent's main
 module (as ``python -m templ_pipeline.cli`` sets it), which spawn workers would
 import again.
 
+``command_ms``: what a user waits for a ``templ`` command that does almost nothing, in a fresh process
+as it is run (``/metrics`` served, as by default, on a free port): ``--version``, ``doctor --json``,
+``select-best`` of one conformer and ``screen`` of one query of one conformer at one worker on the bundled
+template. These are the fixed costs every run pays (start-up, workers, telemetry, exit); reported, no goal.
+
 ``python benchmarks/bench_worker_start.py`` prints JSON; :func:`run` returns the same dict.
 Everything runs in child interpreters, so ``PYTHONPATH`` chooses the tree measured.
 """
@@ -23,7 +28,9 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from benchmarks.common import sized
 from benchmarks.goals import Comparison, Goal
@@ -31,6 +38,9 @@ from benchmarks.goals import Comparison, Goal
 WORKER_IMPORT_GOAL_MS = 100.0
 FORBIDDEN = ("rich", "structlog", "prometheus_client", "opentelemetry.sdk", "typer")
 TIMEOUT_SECONDS = 120
+TEMPL = [sys.executable, "-m", "templ_pipeline.cli"]
+COMMAND_WORDS = {"version": "--version", "doctor": "doctor --json", "select_best": "select-best -n 1",
+                 "screen": "screen -n 1 -w 1, one query"}
 
 WORKER_IMPORTS = "import templ_pipeline.core.batch, templ_pipeline.core.worker_init"
 FLOOR_IMPORTS = "import rdkit.Chem, rdkit.Chem.rdShapeAlign"
@@ -117,12 +127,42 @@ def cold_start(parent: str, workers: int = 2, repeats: int = 3) -> dict:
     }
 
 
+def command_times(repeats: int = 5) -> dict[str, float]:
+    """Median wall times (ms) of fresh ``templ`` commands doing almost nothing (see the module's docstring)."""
+    from importlib import resources
+
+    template = str(resources.files("templ_pipeline.data") / "mpro_template.sdf")
+    serve = ("--metrics-addr", "127.0.0.1:0")
+    samples: dict[str, list[float]] = {"version": [], "doctor": [], "select_best": [], "screen": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        queries = root / "one.smi"
+        queries.write_text("CC(=O)Oc1ccccc1C(=O)O aspirin\n")
+        commands = {
+            "version": ["--version"],
+            "doctor": ["doctor", "--json"],
+            "select_best": ["select-best", "-t", template, "-q", "CC(=O)Oc1ccccc1C(=O)O", "-n", "1", "-w", "1",
+                            "-o", str(root / "pose.sdf"), *serve],
+            "screen": ["screen", "-t", template, "-q", str(queries), "-n", "1", "-w", "1", *serve],
+        }
+        for repeat in range(repeats):
+            for name, args in commands.items():
+                if name == "screen":
+                    args = [*args, "-o", str(root / f"screen_{repeat}")]
+                started = time.perf_counter()
+                subprocess.run([*TEMPL, *args], capture_output=True, timeout=TIMEOUT_SECONDS, check=True,
+                               stdin=subprocess.DEVNULL)
+                samples[name].append((time.perf_counter() - started) * 1000)
+    return {name: round(statistics.median(times), 1) for name, times in samples.items()}
+
+
 def run(repeats: int | None = None) -> dict:
-    """Run the benchmark (about 20 s on 2 cores)."""
+    """Run the benchmark (about 30 s on 2 cores)."""
     repeats = repeats or sized(9, 1)
     times = import_times(repeats)
     worker_import = times["worker"] - times["empty"]
     worker, floor = loaded(WORKER_IMPORTS), loaded(FLOOR_IMPORTS)
+    commands = command_times(sized(5, 1))
     return {
         "empty_interpreter_ms": round(times["empty"], 1),
         "worker_import_ms": round(worker_import, 1),
@@ -135,9 +175,14 @@ def run(repeats: int | None = None) -> dict:
         "pool_2_workers_cli_parent": cold_start("cli", repeats=sized(3, 1)),
         "goal": f"worker_import_ms < {WORKER_IMPORT_GOAL_MS:.0f}",
         "worker_import_ok": worker_import < WORKER_IMPORT_GOAL_MS,
+        "command_ms": commands,
         "goals": [Goal("worker_import", f"a fresh interpreter importing what a pool worker imports vs an empty one, "
                        f"median of {repeats}", round(worker_import, 1), Comparison.BELOW, WORKER_IMPORT_GOAL_MS,
-                       "ms").as_dict()],
+                       "ms").as_dict(),
+                  *(Goal(f"command_{name}", f"a fresh `templ {COMMAND_WORDS[name]}` doing almost nothing, as a user "
+                         f"runs it (a command that runs work serves /metrics), median of {sized(5, 1)}", ms,
+                         unit="ms").as_dict()
+                    for name, ms in commands.items())],
     }
 
 
