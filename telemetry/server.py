@@ -144,9 +144,9 @@ class _MetricsHTTPServer(WSGIServer):
 
     def __init__(self, address: Address, app: WSGIApp) -> None:
         self.address_family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        self._wake_read, self._wake_write = os.pipe()  # first: a bind that fails calls server_close, which closes it
         super().__init__((address.host, address.port), _Handler)
         self.set_app(app)
-        self._wake_read, self._wake_write = os.pipe()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up or stalls mid-request is its own problem; keep serving."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import os
 import select
 import socket
 import struct
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from templ_pipeline.telemetry.server import Address, MetricsServer, serve_metrics
+from templ_pipeline.telemetry.server import Address, MetricsServer, MetricsServerError, serve_metrics
 
 pytestmark = pytest.mark.fast
 
@@ -85,6 +86,15 @@ def test_stop_ends_the_serving_thread_and_frees_the_port_after_a_client_reset_be
         again.bind(("127.0.0.1", running.port))
     with pytest.raises(OSError):
         request(running, "GET", "/healthz")
+
+
+def test_a_taken_port_is_an_error_that_leaves_no_descriptor_open(server):
+    open_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(MetricsServerError) as taken:
+            serve_metrics(Address("127.0.0.1", server.port), _registry())
+        assert taken.value.in_use
+    assert len(os.listdir("/proc/self/fd")) == open_before
 
 
 def test_ipv6_loopback_with_port_zero():
