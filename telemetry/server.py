@@ -169,13 +169,19 @@ class _MetricsHTTPServer(WSGIServer):
                 self.handle_request()
 
     def wake(self) -> None:
-        """End :meth:`serve_until_woken` (from another thread); its current request, if any, is answered first."""
-        os.write(self._wake_write, b"x")
+        """End :meth:`serve_until_woken` (from another thread); its current request, if any, is answered first.
+        Once closed, nothing."""
+        if self._wake_write >= 0:
+            os.write(self._wake_write, b"x")
 
     def server_close(self) -> None:
+        """Close the listening socket and the wake-up pipe; again, nothing (a closed descriptor's number may
+        already be another file's)."""
         super().server_close()
         for fd in (self._wake_read, self._wake_write):
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
+        self._wake_read = self._wake_write = -1
 
 
 class MetricsServer:
