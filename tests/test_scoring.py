@@ -9,14 +9,18 @@ import pytest
 from hypothesis import given, strategies as st
 from rdkit import Chem
 
+from templ_pipeline.core.events import SelectBestFinished, SelectBestStarted
 from templ_pipeline.core.scoring import (
     MAX_BATCH,
     MIN_BATCH,
+    ScoringPart,
     choose_batch_size,
     score_and_align,
     select_best,
+    select_best_each,
     select_best_with_report,
 )
+from templ_pipeline.io import examples
 
 pytestmark = pytest.mark.fast
 
@@ -65,6 +69,31 @@ def test_results_identical_for_1_2_and_4_workers(query_confs, template):
             assert scores == ref_scores
             assert np.array_equal(mol.GetConformer().GetPositions(), ref_mol.GetConformer().GetPositions())
     assert "process" in runs[2].report.executor_kinds, "2 workers on this machine should use a process pool"
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_several_templates_scored_in_one_call_score_as_a_call_each_and_are_one_call_to_observers(
+        query_confs, broken_confs, template, n_workers):
+    other = next(example.template for example in examples() if example.name == "coxib")
+    broken = broken_confs[0]
+    parts = [ScoringPart(query_confs, template), ScoringPart(broken, other), ScoringPart(query_confs, other, False)]
+    heard: list[object] = []
+    together = select_best_each(parts, n_workers=n_workers, observers=[heard.append])
+    alone = [select_best_with_report(part.confs, part.template, align=part.align) for part in parts]
+    for one, each in zip(together, alone, strict=True):
+        assert _ranked_signature(one.ranked) == _ranked_signature(each.ranked)
+        assert (one.report.n_conformers, one.report.n_scored) == (each.report.n_conformers, each.report.n_scored)
+        assert one.report.failures == each.report.failures
+    assert together[1].report.failed_by_reason == {"no_coordinates": 2}
+    started = [event for event in heard if isinstance(event, SelectBestStarted)]
+    done = [event for event in heard if isinstance(event, SelectBestFinished)]
+    conformers = sum(part.confs.GetNumConformers() for part in parts)
+    assert [(event.n_conformers, event.workers_requested) for event in started] == [(conformers, n_workers)]
+    assert [(event.n_conformers, event.scored, dict(event.failed_by_reason)) for event in done] == [
+        (conformers, conformers - 2, {"no_coordinates": 2})]
+    assert all(not (one.report.reductions or one.report.fallbacks) for one in together[1:])  # the call's: once
+    assert sum(one.report.duration_seconds for one in together) == pytest.approx(done[0].seconds, rel=0.05)
+    assert sum(one.report.n_batches for one in together) >= len(parts)
 
 
 def test_conformer_ids_with_gaps_are_all_scored(query_confs, template):

@@ -176,9 +176,10 @@ def test_exclude_identical_drops_the_template_that_is_the_query_itself(library, 
     assert summary["template_selection"]["0"]["excluded_identical"] == 1
 
 
-def test_the_summary_counts_the_conformers_of_every_template_and_says_a_repeated_decision_once(library, tmp_path):
+def test_the_summary_counts_the_conformers_of_every_template_and_scoring_them_is_one_call(library, tmp_path):
     """The query's conformers are spread over its 5 templates: the summary gives all of them, not the chosen
-    template's share, and the scoring of each template, too small for a pool, is one line, not five."""
+    template's share, and scoring them against their templates is one call, sized for all of them: one
+    decision in the summary and one ``select_best.done`` in the log, not one per template."""
     smiles = Chem.MolToSmiles(library.mols[library.names.index("mpro_400")])
     done = run_templ("select-best", "-t", LIBRARY, "-q", smiles, "-n", 10, "-w", 2, "-o", tmp_path / "out.sdf",
                      "--exclude-identical", "--no-metrics-server", "--log-file", tmp_path / "log.jsonl",
@@ -186,7 +187,10 @@ def test_the_summary_counts_the_conformers_of_every_template_and_says_a_repeated
     assert done.returncode == 0, done.stderr
     assert "conformers 10: scored 10 against 5 templates, failed 0 (none)" in done.stdout, done.stdout
     reduced = [line for line in done.stdout.splitlines() if line.startswith("scoring workers 2 -> 1: small_work")]
-    assert len(reduced) == 1 and reduced[0].endswith("(x5; the first shown)"), done.stdout
+    assert len(reduced) == 1 and "(10 conformers, and no other call" in reduced[0], done.stdout
+    assert "(x" not in reduced[0], done.stdout
+    events = [json.loads(line)["event"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert events.count("select_best.done") == 1 and events.count("executor.workers_reduced") == 1, events
     others = " ".join(done.stdout.split()).split("; others: ")[1].split(" template choice:")[0]
     scores = [float(score) for score in re.findall(r"record \d+ \S+ (\d\.\d+)", others)]
     assert len(scores) == 4 and scores == sorted(scores, reverse=True), others  # best first, as in --json

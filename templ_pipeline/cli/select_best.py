@@ -87,7 +87,7 @@ from templ_pipeline.core.preparation import (
     prepare,
     refuse_unscorable,
 )
-from templ_pipeline.core.scoring import Metric, Selection, select_best_with_report
+from templ_pipeline.core.scoring import Metric, ScoringPart, Selection, select_best_each
 from templ_pipeline.core.template_choice import (
     DEFAULT_MCS_TIMEOUT,
     DEFAULT_TOP,
@@ -128,18 +128,19 @@ class ConformerRate(ProgressColumn):
 
 
 def _run_selection(
-    confs: Chem.Mol, template: Chem.Mol, workers: int, metric: str, executor: str, scheduler: str | None,
-    exact_workers: bool = False, label: str = "scoring", worker_timeout: float | None = None, align: bool = True,
-) -> Selection:
-    """Score with a progress bar over batches (on stderr, only on a terminal)."""
+    parts: list[ScoringPart], workers: int, metric: str, executor: str, scheduler: str | None,
+    exact_workers: bool = False, label: str = "scoring", worker_timeout: float | None = None,
+) -> list[Selection]:
+    """Score every part in one call, with a progress bar over its batches (on stderr, only on a terminal)."""
+    total = sum(part.confs.GetNumConformers() for part in parts)
     progress = Progress(
         TextColumn(label), BarColumn(), MofNCompleteColumn(), ConformerRate(), TimeElapsedColumn(),
         console=stderr, transient=True, disable=not stderr.is_terminal,
     )
-    stage("scoring", confs.GetNumConformers())
+    stage("scoring", total)
     start_progress(progress)
     try:
-        task = progress.add_task("scoring", total=confs.GetNumConformers(), conformers=0)
+        task = progress.add_task("scoring", total=total, conformers=0)
 
         def advance(result: BatchResult) -> None:
             done = len(result.scored) + len(result.failed)
@@ -148,9 +149,8 @@ def _run_selection(
             if not progress.live.auto_refresh:
                 progress.refresh()
 
-        return select_best_with_report(confs, template, n_workers=workers, align_metric=metric, on_batch=advance,
-                                       executor=executor, scheduler=scheduler, exact_workers=exact_workers,
-                                       worker_timeout=worker_timeout, align=align)
+        return select_best_each(parts, n_workers=workers, align_metric=metric, on_batch=advance, executor=executor,
+                                scheduler=scheduler, exact_workers=exact_workers, worker_timeout=worker_timeout)
     finally:
         progress.stop()
 
@@ -164,23 +164,22 @@ def select_and_write(
 ) -> None:
     """Score each prepared molecule against each template chosen for it, write the best pair's pose(s) when any
     conformer scored, summarise."""
-    results = []
-    for candidate in candidates:
-        for number, poses in enumerate(candidate.posed, start=1):
-            name, record = library.names[poses.index], library.records[poses.index]
-            label = "scoring" if len(candidate.posed) == 1 else f"scoring vs {name} ({number}/{len(candidate.posed)})"
-            if len(candidates) > 1:
-                label = f"isomer {candidate.isomer}/{len(candidates)} {label}"
-            made = poses.conformers
-            if made.confs.GetNumConformers() == 0:
-                continue
-            selection = _run_selection(made.confs, library.mols[poses.index], workers, metric, executor, scheduler,
-                                       exact_workers, label, worker_timeout,
-                                       align=align or made.method in (PoseMethod.FREE, PoseMethod.INPUT))
-            results.append(TemplateSelection(record, name, selection, candidate.isomer, candidate.smiles,
-                                             poses.record(selection.report.n_conformers)))
-    if not results:
+    # every (molecule, template) pair with conformers, scored in one call: telemetry per query, not per template
+    pairs = [(candidate, poses) for candidate in candidates for poses in candidate.posed
+             if poses.conformers.confs.GetNumConformers() > 0]
+    if not pairs:
         raise fail("no conformer could be embedded for the query", EXIT_ERROR)
+    templates = len({poses.index for _, poses in pairs})
+    label = "scoring" if templates == 1 else f"scoring vs {templates} templates"
+    if len(candidates) > 1:
+        label = f"{label}, {len(candidates)} isomers"
+    parts = [ScoringPart(poses.conformers.confs, library.mols[poses.index],
+                         align or poses.conformers.method in (PoseMethod.FREE, PoseMethod.INPUT))
+             for _, poses in pairs]
+    selections = _run_selection(parts, workers, metric, executor, scheduler, exact_workers, label, worker_timeout)
+    results = [TemplateSelection(library.records[poses.index], library.names[poses.index], selection,
+                                 candidate.isomer, candidate.smiles, poses.record(selection.report.n_conformers))
+               for (candidate, poses), selection in zip(pairs, selections, strict=True)]
     outcome = RunOutcome(results, metric, target, best_template(results, metric),
                          conformer_events=list(CONFORMER_EVENTS), preparation=preparation,
                          conformers_requested=conformers_requested, prune_rms=prune_rms, library=len(library),

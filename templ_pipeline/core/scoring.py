@@ -8,6 +8,7 @@ executor: every score is computed from double-precision coordinates and ranking 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -240,61 +241,121 @@ def select_best_with_report(
     fallback to the local ladder. ``align=False`` scores each conformer where it is (a pose pinned on the
     template's core, :mod:`templ_pipeline.core.pinning`) instead of aligning it onto the template.
     """
-    _validate(confs, tpl, align_metric, n_workers)
+    return select_best_each([ScoringPart(confs, tpl, align)], no_realign=no_realign, n_workers=n_workers,
+                            align_metric=align_metric, on_batch=on_batch, executor=executor, scheduler=scheduler,
+                            observers=observers, exact_workers=exact_workers, worker_timeout=worker_timeout)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringPart:
+    """One template's share of a call: conformers to score against it, aligned onto it first or not."""
+
+    confs: Chem.Mol
+    template: Chem.Mol
+    align: bool = True
+
+
+def select_best_each(
+    parts: Sequence[ScoringPart],
+    *,
+    no_realign: bool = False,
+    n_workers: int = 1,
+    align_metric: str = "combo",
+    on_batch: Callable[[BatchResult], Any] | None = None,
+    executor: str = "auto",
+    scheduler: str | None = None,
+    observers: Sequence[Observer] = (),
+    exact_workers: bool = False,
+    worker_timeout: float | None = None,
+) -> list[Selection]:
+    """:func:`select_best_with_report` of each part, as one call: one executor sized for all their conformers,
+    one ``SelectBestStarted`` and ``SelectBestFinished``, and the same scores as one call per part.
+
+    A query posed against its K templates is then one scoring call in the telemetry and the sizing, not
+    K (telemetry is per query, never per template). Each part's report has its own conformers, scores,
+    failures and batches, the call's workers and executor kinds, and its share of the call's time (by
+    conformers); the call's reductions, fallbacks and resubmissions are in the first part's report only,
+    so that summing the parts' reports counts each once.
+    """
+    if not parts:
+        raise ValueError("select_best_each needs at least one part")
+    for part in parts:
+        _validate(part.confs, part.template, align_metric, n_workers)
     validate_executor(executor, scheduler)
     started = time.perf_counter()
-    conf_ids = [conf.GetId() for conf in confs.GetConformers()]
-    report = SelectionReport(n_conformers=len(conf_ids), workers_requested=n_workers)
-    scored: dict[int, ConformerScore] = {}
+    conf_ids = [[conf.GetId() for conf in part.confs.GetConformers()] for part in parts]
+    total = sum(len(ids) for ids in conf_ids)
+    call = SelectionReport(n_conformers=total, workers_requested=n_workers)
+    scored: list[dict[int, ConformerScore]] = [{} for _ in parts]
+    failures: list[list[ConformerFailure]] = [[] for _ in parts]
+    batches = [0] * len(parts)
 
     listeners: tuple[Observer, ...] = (*process_observers(), *observers)
-    everyone: tuple[Observer, ...] = (report, *listeners)
+    everyone: tuple[Observer, ...] = (call, *listeners)
     emit = Emitter(listeners)
-    def finished(error: BaseException | None) -> SelectBestFinished:
-        return SelectBestFinished(len(conf_ids), n_workers, report.workers_granted,
-                                  report.executor_kinds[-1] if report.executor_kinds else None, len(scored),
-                                  dict(report.failed_by_reason), time.perf_counter() - started, error)
 
-    with reported(emit, SelectBestStarted(len(conf_ids), n_workers), finished):
-        base = sanitized_copy_without_conformers(confs)
-        if base is None:
-            report.failures = [ConformerFailure(cid, FailureReason.SANITIZATION_FAILED,
-                                                "query molecule failed sanitization")
-                               for cid in conf_ids]
-        else:
-            template = Chem.Mol(tpl, confId=tpl.GetConformer().GetId())
-            template_key = hashlib.sha1(mol_to_bytes(template)).hexdigest()
-            usable, report.failures = split_usable(confs, conf_ids)  # checked here: workers never load numpy
-            with get_executor(n_workers, executor=executor, scheduler=scheduler, conformers=len(usable),
+    def finished(error: BaseException | None) -> SelectBestFinished:
+        reasons: Counter[str] = Counter(failure.reason for found in failures for failure in found)
+        return SelectBestFinished(total, n_workers, call.workers_granted,
+                                  call.executor_kinds[-1] if call.executor_kinds else None,
+                                  sum(len(found) for found in scored), dict(reasons), time.perf_counter() - started,
+                                  error)
+
+    with reported(emit, SelectBestStarted(total, n_workers), finished):
+        planned: list[tuple[int, Chem.Mol, Chem.Mol, str, list[int]]] = []  # part, base, template, key, usable
+        for number, (part, ids) in enumerate(zip(parts, conf_ids, strict=True)):
+            base = sanitized_copy_without_conformers(part.confs)
+            if base is None:
+                failures[number] = [ConformerFailure(cid, FailureReason.SANITIZATION_FAILED,
+                                                     "query molecule failed sanitization") for cid in ids]
+                continue
+            template = Chem.Mol(part.template, confId=part.template.GetConformer().GetId())
+            usable, failures[number] = split_usable(part.confs, ids)  # checked here: workers never load numpy
+            planned.append((number, base, template, hashlib.sha1(mol_to_bytes(template)).hexdigest(), usable))
+        if planned:
+            with get_executor(n_workers, executor=executor, scheduler=scheduler,
+                              conformers=sum(len(usable) for *_, usable in planned),
                               exact_workers=exact_workers, worker_timeout=worker_timeout) as runner:
                 for observer in everyone:
                     runner.subscribe(observer)
-                batch_size = choose_batch_size(len(usable), runner.batch_workers)
+                call.batch_size = choose_batch_size(sum(len(usable) for *_, usable in planned), runner.batch_workers)
                 carrier = current_carrier()  # workers time their batch spans under this call's trace
-                tasks = [
-                    BatchTask(index, template, template_key, batch_query(base, confs, chunk), tuple(chunk), carrier,
-                              align=align)
-                    for index, chunk in enumerate(_chunks(usable, batch_size))
-                ]
-                report.batch_size = batch_size
-                report.n_batches = len(tasks)
-                report.workers_granted = runner.workers
+                tasks: list[BatchTask] = []
+                owner: list[int] = []  # the part of each task, by its index
+                for number, base, template, key, usable in planned:
+                    for chunk in _chunks(usable, call.batch_size):
+                        tasks.append(BatchTask(len(tasks), template, key, batch_query(base, parts[number].confs, chunk),
+                                               tuple(chunk), carrier, align=parts[number].align))
+                        owner.append(number)
+                        batches[number] += 1
+                call.n_batches = len(tasks)
+                call.workers_granted = runner.workers
                 try:
                     for result in runner.run(tasks):
+                        number = owner[result.index]
                         for item in result.scored:
-                            scored[item.conf_id] = item
-                        report.failures.extend(result.failed)
+                            scored[number][item.conf_id] = item
+                        failures[number].extend(result.failed)
                         if on_batch is not None:
                             on_batch(result)
                 finally:
                     for observer in everyone:
                         runner.unsubscribe(observer)
 
-    report.n_scored = len(scored)
-    report.failures.sort(key=lambda failure: failure.conf_id)
-    ordered = sorted(scored.values(), key=lambda item: (-getattr(item, align_metric), item.conf_id))
-    report.duration_seconds = time.perf_counter() - started
-    return Selection(ordered=ordered, report=report, query=confs, no_realign=no_realign)
+    call.duration_seconds = time.perf_counter() - started
+    selections = []
+    for number, part in enumerate(parts):
+        report = dataclasses.replace(
+            call, n_conformers=len(conf_ids[number]), n_scored=len(scored[number]),
+            failures=sorted(failures[number], key=lambda failure: failure.conf_id), n_batches=batches[number],
+            executor_kinds=list(call.executor_kinds),
+            fallbacks=list(call.fallbacks) if number == 0 else [],
+            reductions=list(call.reductions) if number == 0 else [],
+            resubmissions=list(call.resubmissions) if number == 0 else [],
+            duration_seconds=call.duration_seconds * len(conf_ids[number]) / total if total else 0.0)
+        ordered = sorted(scored[number].values(), key=lambda item: (-getattr(item, align_metric), item.conf_id))
+        selections.append(Selection(ordered=ordered, report=report, query=part.confs, no_realign=no_realign))
+    return selections
 
 
 def _validate(confs: Any, tpl: Any, align_metric: str, n_workers: int) -> None:
