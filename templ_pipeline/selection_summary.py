@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from templ_pipeline import __version__
+from templ_pipeline.core import template_poses
 from templ_pipeline.core.best_pose import best_pair
 from templ_pipeline.core.events import Fallback, WorkersReduced
 from templ_pipeline.core.preparation import Preparation
@@ -303,8 +304,10 @@ def _runners_up(outcome: RunOutcome) -> list[TemplateSelection]:
 
 
 def runner_up_text(outcome: RunOutcome) -> str:
-    """The runner-up templates as a pose property: ``name score; ...``, best first."""
-    return "; ".join(f"{r.name} {_score_text(r.best_score(outcome.metric))}" for r in _runners_up(outcome))
+    """The runner-up templates as a pose property: ``name score; ...``, best first, the first
+    :data:`~templ_pipeline.core.template_poses.RUNNERS_UP` of them (as a campaign's rows)."""
+    others = _runners_up(outcome)
+    return template_poses.runner_up_text(((r.name, r.best_score(outcome.metric)) for r in others), len(others))
 
 
 def print_summary(out: Console, outcome: RunOutcome) -> None:
@@ -334,9 +337,11 @@ def print_summary(out: Console, outcome: RunOutcome) -> None:
                   style="yellow", highlight=False, soft_wrap=True)
     _print_preparation(out, outcome)
     if len(templates) > 1 and outcome.chosen is not None:
-        others = ", ".join(f"record {result.record} {result.name} "
-                           f"{_score_text(result.best_score(outcome.metric))}"
-                           for result in _runners_up(outcome))  # best first, as in --json and the pose
+        runners_up = _runners_up(outcome)  # best first, as in --json and the pose
+        others = ", ".join(f"record {result.record} {result.name} {_score_text(result.best_score(outcome.metric))}"
+                           for result in runners_up[:template_poses.RUNNERS_UP])
+        if len(runners_up) > template_poses.RUNNERS_UP:
+            others += f" and {len(runners_up) - template_poses.RUNNERS_UP} more (--json lists them all)"
         out.print(f"template: {outcome.chosen.name} (record {outcome.chosen.record}) scored best of the "
                   f"{len(templates)} scored, by {outcome.metric} "
                   f"({_score_text(outcome.chosen.best_score(outcome.metric))}); others: {others}",

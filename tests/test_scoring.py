@@ -15,6 +15,7 @@ from templ_pipeline.core.scoring import (
     MIN_BATCH,
     ScoringPart,
     choose_batch_size,
+    part_groups,
     score_and_align,
     select_best,
     select_best_each,
@@ -94,6 +95,18 @@ def test_several_templates_scored_in_one_call_score_as_a_call_each_and_are_one_c
     assert all(not (one.report.reductions or one.report.fallbacks) for one in together[1:])  # the call's: once
     assert sum(one.report.duration_seconds for one in together) == pytest.approx(done[0].seconds, rel=0.05)
     assert sum(one.report.n_batches for one in together) >= len(parts)
+
+
+def test_part_groups_keep_the_order_and_hold_at_most_the_limit_unless_one_part_is_larger(query_confs, template):
+    sizes = [24, 10, 5, 24, 1]  # conformers per part
+    parts = [ScoringPart(Chem.Mol(query_confs), template) for _ in sizes]
+    for part, size in zip(parts, sizes, strict=True):
+        for conf_id in [conf.GetId() for conf in part.confs.GetConformers()][size:]:
+            part.confs.RemoveConformer(conf_id)
+    groups = part_groups(parts, limit=20)
+    assert [[part.confs.GetNumConformers() for part in group] for group in groups] == [[24], [10, 5], [24], [1]]
+    assert [part for group in groups for part in group] == parts
+    assert part_groups(parts) == [parts]  # a query's chosen templates: one call
 
 
 def test_conformer_ids_with_gaps_are_all_scored(query_confs, template):

@@ -405,6 +405,22 @@ def test_one_worker_and_two_give_the_same_rows(screens, queries):
         assert len(row["runner_up"].split("; ")) == 4  # the other four chosen templates
 
 
+def test_against_every_template_the_summary_and_pose_name_the_best_ten_others_and_the_json_all(library, tmp_path):
+    smiles = Chem.MolToSmiles(library.mols[library.names.index("mpro_400")])
+    args = ("select-best", "-t", LIBRARY, "-q", smiles, "-n", 5, "--top-templates", "all", "--no-metrics-server")
+    done = run_templ(*args, "-o", tmp_path / "out.sdf")
+    assert done.returncode == 0, done.stderr
+    others = " ".join(done.stdout.split()).split("; others: ")[1].split(" template choice:")[0]
+    assert others.count("record ") == 10 and others.endswith(" and 2 more (--json lists them all)"), others
+    named = Chem.SDMolSupplier(str(tmp_path / "out.sdf"))[0].GetProp("runner_up").split("; ")
+    assert len(named) == 11 and named[-1] == "and 2 more", named
+    done = run_templ(*args, "-o", tmp_path / "again.sdf", "--json")
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)["template"]["runner_up"]
+    assert len(listed) == len(library) - 1 == 12
+    assert [other["name"] for other in listed[:10]] == [part.split()[0] for part in named[:10]]
+
+
 def test_select_best_gives_the_pose_and_template_screen_gave(screens, queries, tmp_path):
     (row,) = [row for (query, _), row in rows_by_template(screens[2]).items() if query == "mpro_379"]
     done = run_templ("select-best", "-t", LIBRARY, "-q", queries["mpro_379"], "-n", 12, "-o", tmp_path / "out.sdf",
@@ -440,6 +456,12 @@ def test_top_templates_all_scores_every_template_with_free_conformers(per_templa
     for row in rows.values():
         assert (row["status"], row["pose_method"], row["pin_fallback"]) == ("ok", "free", "not_selected")
         assert (row["pinned_atoms"], row["template_similarity"]) == ("0", "")
+    for (query, template), row in rows.items():  # the best 10 of the 12 other templates, then how many more
+        others = sorted(((float(other["combo"]), int(other["template_record"]), name)
+                         for (same, name), other in rows.items() if same == query and name != template),
+                        key=lambda item: (-item[0], item[1]))
+        assert row["runner_up"].split("; ") == [f"{name} {combo:.4f}" for combo, _, name in others[:10]] + [
+            "and 2 more"]
 
 
 def test_a_reference_adds_the_rmsd_in_place(screens, crystal):

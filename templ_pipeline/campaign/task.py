@@ -57,6 +57,7 @@ from templ_pipeline.core.template_poses import (
     TemplatePoses,
     distinct_conformers,
     given_conformers,
+    runner_up_text,
     template_conformers,
 )
 from templ_pipeline.core.trace_context import start_worker_span
@@ -388,14 +389,14 @@ class QueryRunner:
                                           batch_query(base, confs, conf_ids), conf_ids, align=align))
             found.append((poses, batch.scored, batch.failed))
         tops = [best_conformer(scored, metric) for _, scored, _ in found]
+        # every scored template once, best first (then library order): each row names the best few of the others
+        by_score = sorted(((getattr(top, metric), found[number][0].index, number)
+                           for number, top in enumerate(tops) if top is not None), key=lambda item: (-item[0], item[1]))
         results = []
         for position, ((poses, scored, failed_), top) in enumerate(zip(found, tops, strict=True)):
             failure = failed_[0].detail if failed_ else ""
-            others = sorted(((getattr(other, metric), found[number][0].index)
-                             for number, other in enumerate(tops) if other is not None and number != position),
-                            key=lambda pair: (-pair[0], pair[1]))
-            record = poses.record(len(scored) + len(failed_),
-                                    "; ".join(f"{library.names[index]} {score:.4f}" for score, index in others))
+            others = ((library.names[index], score) for score, index, number in by_score if number != position)
+            record = poses.record(len(scored) + len(failed_), runner_up_text(others, len(by_score) - (top is not None)))
             if top is None:
                 alike = bool(failed_) and all(item.detail == failure for item in failed_)
                 results.append(TemplateResult(poses.index, 0, len(failed_), failure=failure, failures_alike=alike,

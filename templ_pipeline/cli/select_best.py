@@ -87,7 +87,7 @@ from templ_pipeline.core.preparation import (
     prepare,
     refuse_unscorable,
 )
-from templ_pipeline.core.scoring import Metric, ScoringPart, Selection, select_best_each
+from templ_pipeline.core.scoring import Metric, ScoringPart, Selection, part_groups, select_best_each
 from templ_pipeline.core.template_choice import (
     DEFAULT_MCS_TIMEOUT,
     DEFAULT_TOP,
@@ -131,7 +131,8 @@ def _run_selection(
     parts: list[ScoringPart], workers: int, metric: str, executor: str, scheduler: str | None,
     exact_workers: bool = False, label: str = "scoring", worker_timeout: float | None = None,
 ) -> list[Selection]:
-    """Score every part in one call, with a progress bar over its batches (on stderr, only on a terminal)."""
+    """Score the parts, one call per group of them (:func:`part_groups`: one call for a query's chosen templates),
+    with one progress bar over their batches (on stderr, only on a terminal)."""
     total = sum(part.confs.GetNumConformers() for part in parts)
     progress = Progress(
         TextColumn(label), BarColumn(), MofNCompleteColumn(), ConformerRate(), TimeElapsedColumn(),
@@ -149,8 +150,10 @@ def _run_selection(
             if not progress.live.auto_refresh:
                 progress.refresh()
 
-        return select_best_each(parts, n_workers=workers, align_metric=metric, on_batch=advance, executor=executor,
-                                scheduler=scheduler, exact_workers=exact_workers, worker_timeout=worker_timeout)
+        return [selection for group in part_groups(parts)
+                for selection in select_best_each(group, n_workers=workers, align_metric=metric, on_batch=advance,
+                                                  executor=executor, scheduler=scheduler, exact_workers=exact_workers,
+                                                  worker_timeout=worker_timeout)]
     finally:
         progress.stop()
 
@@ -164,7 +167,7 @@ def select_and_write(
 ) -> None:
     """Score each prepared molecule against each template chosen for it, write the best pair's pose(s) when any
     conformer scored, summarise."""
-    # every (molecule, template) pair with conformers, scored in one call: telemetry per query, not per template
+    # every (molecule, template) pair with conformers, scored together: telemetry per query, not per template
     pairs = [(candidate, poses) for candidate in candidates for poses in candidate.posed
              if poses.conformers.confs.GetNumConformers() > 0]
     if not pairs:

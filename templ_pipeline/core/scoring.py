@@ -246,6 +246,27 @@ def select_best_with_report(
                             observers=observers, exact_workers=exact_workers, worker_timeout=worker_timeout)[0]
 
 
+CALL_CONFORMERS = 20_000
+"""Conformers of one :func:`select_best_each` call at most, as :func:`part_groups` groups its parts: a call makes
+every batch's molecule before it runs (62 kB per 50 conformers of a drug-like ligand, measured here), so a
+query scored against every template of a library of 10,000 would hold 2.5 GB at once; in groups of 20,000
+conformers it holds about 25 MB, and each group's call reuses the pool the first one started."""
+
+
+def part_groups(parts: Sequence[ScoringPart], limit: int = CALL_CONFORMERS) -> list[list[ScoringPart]]:
+    """``parts`` in order, in groups of at most ``limit`` conformers (a larger part alone)."""
+    groups: list[list[ScoringPart]] = []
+    size = 0
+    for part in parts:
+        count = part.confs.GetNumConformers()
+        if not groups or size + count > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(part)
+        size += count
+    return groups
+
+
 @dataclass(frozen=True, slots=True)
 class ScoringPart:
     """One template's share of a call: conformers to score against it, aligned onto it first or not."""
@@ -272,7 +293,8 @@ def select_best_each(
     one ``SelectBestStarted`` and ``SelectBestFinished``, and the same scores as one call per part.
 
     A query posed against its K templates is then one scoring call in the telemetry and the sizing, not
-    K (telemetry is per query, never per template). Each part's report has its own conformers, scores,
+    K (telemetry is per query, never per template). Every batch is made before the call runs: for thousands of
+    templates, call it on :func:`part_groups`. Each part's report has its own conformers, scores,
     failures and batches, the call's workers and executor kinds, and its share of the call's time (by
     conformers); the call's reductions, fallbacks and resubmissions are in the first part's report only,
     so that summing the parts' reports counts each once.
