@@ -246,6 +246,15 @@ def select_best_with_report(
                             observers=observers, exact_workers=exact_workers, worker_timeout=worker_timeout)[0]
 
 
+@dataclass(frozen=True, slots=True)
+class ScoringPart:
+    """One template's share of a call: conformers to score against it, aligned onto it first or not."""
+
+    confs: Chem.Mol
+    template: Chem.Mol
+    align: bool = True
+
+
 CALL_CONFORMERS = 20_000
 """Conformers of one :func:`select_best_each` call at most, as :func:`part_groups` groups its parts: a call makes
 every batch's molecule before it runs (62 kB per 50 conformers of a drug-like ligand, measured here), so a
@@ -265,15 +274,6 @@ def part_groups(parts: Sequence[ScoringPart], limit: int = CALL_CONFORMERS) -> l
         groups[-1].append(part)
         size += count
     return groups
-
-
-@dataclass(frozen=True, slots=True)
-class ScoringPart:
-    """One template's share of a call: conformers to score against it, aligned onto it first or not."""
-
-    confs: Chem.Mol
-    template: Chem.Mol
-    align: bool = True
 
 
 def select_best_each(
