@@ -31,7 +31,7 @@ from templ_pipeline.core.events import Fallback, WorkersReduced
 from templ_pipeline.core.preparation import Preparation
 from templ_pipeline.core.scoring import METRICS, Selection
 from templ_pipeline.core.template_choice import TemplateChoice
-from templ_pipeline.core.template_poses import TemplateChoiceRecord, TemplatePoses, distinct_conformers
+from templ_pipeline.core.template_poses import TemplateChoiceRecord, TemplatePoses, distinct_conformers, score_text
 from templ_pipeline.core.vocabulary import Field, rounded
 from templ_pipeline.io import record_properties
 from templ_pipeline.pose_output import PoseTarget
@@ -338,13 +338,13 @@ def print_summary(out: Console, outcome: RunOutcome) -> None:
     _print_preparation(out, outcome)
     if len(templates) > 1 and outcome.chosen is not None:
         runners_up = _runners_up(outcome)  # best first, as in --json and the pose
-        others = ", ".join(f"record {result.record} {result.name} {_score_text(result.best_score(outcome.metric))}"
-                           for result in runners_up[:template_poses.RUNNERS_UP])
+        others = template_poses.runner_up_text(
+            ((f"record {r.record} {r.name}", r.best_score(outcome.metric)) for r in runners_up), len(runners_up), ", ")
         if len(runners_up) > template_poses.RUNNERS_UP:
-            others += f" and {len(runners_up) - template_poses.RUNNERS_UP} more (--json lists them all)"
+            others += " (--json lists them all)"
         out.print(f"template: {outcome.chosen.name} (record {outcome.chosen.record}) scored best of the "
                   f"{len(templates)} scored, by {outcome.metric} "
-                  f"({_score_text(outcome.chosen.best_score(outcome.metric))}); others: {others}",
+                  f"({score_text(outcome.chosen.best_score(outcome.metric))}); others: {others}",
                   highlight=False, soft_wrap=True)
     elif outcome.chosen is not None:
         out.print(f"template: {outcome.chosen.name}", highlight=False, soft_wrap=True)
@@ -433,7 +433,7 @@ def _print_preparation(out: Console, outcome: RunOutcome) -> None:
                 for isomer in isomers}
         cap = f", cut at --max-isomers {len(isomers)} of {preparation.unassigned_stereo} possible" \
             if preparation.capped else ""
-        listed = ", ".join(f"{isomer} {_score_text(score if score >= 0 else None)}" for isomer, score in best.items())
+        listed = ", ".join(f"{isomer} {score_text(score if score >= 0 else None)}" for isomer, score in best.items())
         chosen = outcome.chosen
         out.print(f"stereo: {len(isomers)} stereoisomers scored{cap} (by {outcome.metric}: {listed})"
                   + (f"; the pose is isomer {chosen.isomer}: {chosen.smiles}" if chosen is not None else ""),
@@ -457,7 +457,3 @@ def _choice_text(outcome: RunOutcome) -> str:
     return (f"template choice: {len(outcome.of_isomer(chosen.isomer))} of {outcome.library} by common core"
             f"{f' in {selection.seconds:.2f} s' if selection else ''}{timeouts}; this one: similarity "
             f"{choice.similarity:.2f}, core {choice.core_atoms} atoms; {made}")
-
-
-def _score_text(score: float | None) -> str:
-    return "none scored" if score is None else f"{score:.4f}"

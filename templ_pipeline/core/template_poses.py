@@ -35,14 +35,18 @@ RUNNERS_UP = 10
 the other 759 templates of a 760-template library took 16 kB in every row and pose."""
 
 
-def runner_up_text(others: Iterable[tuple[str, float | None]], count: int) -> str:
-    """``name score; ...`` of the first :data:`RUNNERS_UP` of ``others`` (best first, ``count`` of them in all; a
-    score of None is a template none of whose conformers scored), then ``and N more`` when there are more."""
-    shown = [f"{name} {'none scored' if score is None else f'{score:.4f}'}"
-             for name, score in islice(others, RUNNERS_UP)]
+def score_text(score: float | None) -> str:
+    """A template's best score as rows, poses and summaries write it (None: none of its conformers scored)."""
+    return "none scored" if score is None else f"{score:.4f}"
+
+
+def runner_up_text(others: Iterable[tuple[str, float | None]], count: int, separator: str = "; ") -> str:
+    """``name score; ...`` of the first :data:`RUNNERS_UP` of ``others`` (best first, ``count`` of them in all),
+    then ``and N more`` when there are more."""
+    shown = [f"{name} {score_text(score)}" for name, score in islice(others, RUNNERS_UP)]
     if count > len(shown):
         shown.append(f"and {count - len(shown)} more")
-    return "; ".join(shown)
+    return separator.join(shown)
 
 
 @pickled_by_fields
