@@ -177,6 +177,11 @@ def parent_cpu(workers: int, root: Path, queries: list[tuple[str, str]], conform
     The per-conformer figure is the CPU over the conformers the campaign embedded (every
     stereoisomer's): the parent never sees a conformer. Each pace runs ``runs`` times and reports its
     run of median CPU, with every run's figure.
+
+    Both figures include what a campaign costs the parent however short it is (template, campaign
+    files, hit list, grant, workers started and stopped): ``one_query`` is the median CPU of a campaign
+    of one small query, and each pace's ``us_per_conformer_beyond_one_query`` its CPU less that, over
+    its conformers less that one's: the rate a long campaign approaches (reported, not judged).
     """
     from benchmarks.bench_telemetry_overhead import DropSpans
     from templ_pipeline import telemetry
@@ -189,11 +194,16 @@ def parent_cpu(workers: int, root: Path, queries: list[tuple[str, str]], conform
         events.subscribe_process(telemetry.observe)  # as the CLI's session does
         try:
             small, library, alcohols = root / "small.smi", root / "library.smi", root / "busy.smi"
+            single = root / "single.smi"
             small.write_text("".join(f"{smiles} {name}\n" for smiles, name in queries[:2]))
             library.write_text("".join(f"{smiles} {name}\n" for smiles, name in queries))
             alcohols.write_text("".join(f"{'C' * (1 + number % 6)}O alcohol_{number}\n" for number in range(busy)))
+            single.write_text("CCO ethanol\n")
             _campaign_cpu(small, root / "cpu_warm", workers, conformers)
-            report = {}
+            one = sorted((_campaign_cpu(single, root / f"cpu_one_{run_number}", workers, conformers)
+                          for run_number in range(runs)), key=lambda run: run[0])[runs // 2]
+            one_cpu, one_conformers = one[0], one[2].conformers
+            report: dict = {"one_query": {"ms": round(1e3 * one_cpu, 2), "conformers": one_conformers}}
             for name, path in (("library", library), ("busy", alcohols)):
                 measured = []
                 for run_number in range(runs):
@@ -207,7 +217,9 @@ def parent_cpu(workers: int, root: Path, queries: list[tuple[str, str]], conform
                                 "ms_per_query": round(1e3 * cpu / done, 3),
                                 "us_per_conformer": round(1e6 * cpu / work.conformers, 2),
                                 "us_per_conformer_each_run": [round(1e6 * run[0] / run[2].conformers, 2)
-                                                              for run in measured]}
+                                                              for run in measured],
+                                "us_per_conformer_beyond_one_query": round(
+                                    1e6 * (cpu - one_cpu) / (work.conformers - one_conformers), 2)}
         finally:
             events.unsubscribe_process(telemetry.observe)
             unconfigure_logging()  # the benchmarks after this one log to stderr, not to a closed file
@@ -264,7 +276,9 @@ def run(n_queries: int | None = None, conformers: int | None = None, repeats: in
     done = works["loop_a"]
     same = (f"the same {len(queries)} queries prepared into {done.molecules} molecules, {done.conformers} "
             f"conformers embedded and aligned on both sides")
-    worst_parent = max(regime["us_per_conformer"] for regime in parent.values())
+    paces = [regime for name, regime in parent.items() if name != "one_query"]
+    worst_parent = max(regime["us_per_conformer"] for regime in paces)
+    worst_beyond = max(regime["us_per_conformer_beyond_one_query"] for regime in paces)
     campaigns = f"median of {cpu_runs} campaigns each" if cpu_runs > 1 else "one campaign each"
     return {
         "queries": len(queries),
@@ -289,6 +303,9 @@ def run(n_queries: int | None = None, conformers: int | None = None, repeats: in
             Goal("parent_cpu_per_conformer", "the campaign parent's CPU over the conformers its workers embedded, "
                  "the worse of the library and busy paces (2 workers, " + campaigns + ")", worst_parent,
                  Comparison.AT_MOST, PARENT_CPU_GOAL_US, "us"),
+            Goal("parent_cpu_per_conformer_beyond_one_query", "the same, less a one-query campaign's CPU "
+                 f"({parent['one_query']['ms']} ms: what any campaign costs the parent) over the conformers "
+                 "less its own: the rate a long campaign approaches", worst_beyond, unit="us"),
         )],
     }
 

@@ -163,11 +163,12 @@ class Recorder:
             self._children_of = m
         children = self._children
 
-        def labelled(short: str) -> Any:
+        def labelled(short: str, values: Mapping[str, str] = labels) -> Any:
+            """Metric ``short``'s child for its labels' ``values`` (the event's labels unless given)."""
             own = c.METRICS_BY_SHORT[short].labels
             if not own:
                 return getattr(m, short)
-            key = (short, *(labels[label] for label in own))
+            key = (short, *(values[label] for label in own))
             child = children.get(key)
             if child is None:  # labels() validates and locks on every call: once per label set is enough
                 child = children[key] = getattr(m, short).labels(*key[1:])
@@ -188,11 +189,11 @@ class Recorder:
             if fields[name]:
                 getattr(m, short).inc(fields[name])
         for name, short, label in spec.tallies:
-            counter, values = getattr(m, short), fields[name]
+            values = fields[name]
             counts = values.items() if isinstance(values, Mapping) else ((value, 1) for value in values)
             for value, count in counts:
                 if count:
-                    counter.labels(**{label: value}).inc(count)
+                    labelled(short, {label: value}).inc(count)
         for short in spec.resets:
             getattr(m, short).set(0)
         for short in spec.raises:
@@ -201,9 +202,7 @@ class Recorder:
             getattr(m, short).dec()
         for mapped in spec.mapped:
             if (kind := mapped.mapping.get(labels[mapped.field])) is not None:
-                own = c.METRICS_BY_SHORT[mapped.counter].labels
-                getattr(m, mapped.counter).labels(**{label: kind if label == mapped.label else labels[label]
-                                                     for label in own}).inc()
+                labelled(mapped.counter, {**labels, mapped.label: kind}).inc()
 
     # --- spans opened and closed by events ---------------------------------------------------------
 
