@@ -26,6 +26,7 @@ from templ_pipeline.core.batch import has_coordinates
 from templ_pipeline.core.canonical import canonical_order
 from templ_pipeline.core.template_library import LeftOut, LibraryProblem, TemplateLibrary, receptor_like, record_name
 from templ_pipeline.errors import InputError
+from templ_pipeline.safe_files import describe_mode
 
 __all__ = ["Example", "ExampleName", "InputError", "conformers_of_records", "example_names", "examples",
            "read_conformers", "read_sdf_records", "read_template", "read_template_library", "record_properties"]
@@ -72,8 +73,7 @@ def _sdf_stream(path: Path) -> Iterator[BinaryIO]:
     cause (measured with a truncated ``.sdf.gz``), so corrupt data could not be named.
     """
     if not path.is_file():
-        what = ("is a directory, expected an SDF file" if path.is_dir()
-                else "is not a regular file, expected an SDF file" if path.exists()
+        what = (f"is {describe_mode(path.stat().st_mode)}, expected an SDF file" if path.exists()
                 else "standard input is not read here, give the SDF file" if str(path) == "-"
                 else "no such file")
         raise InputError(f"{path}: {what}")

@@ -83,7 +83,7 @@ def test_missing_template_file(files):
 def test_a_template_that_is_not_a_file_is_named_as_such(files):
     folder = files["root"] / "library"
     folder.mkdir()
-    for template, fragment in ((folder, "is a directory"), ("/dev/null", "is not a regular file"),
+    for template, fragment in ((folder, "is a directory"), ("/dev/null", "is a device, expected an SDF file"),
                                ("-", "standard input")):
         _bad_input(run_templ("select-best", "-t", template, "-q", "CCO", "-o", files["root"] / "x.sdf",
                              cwd=files["root"]), str(template), fragment)

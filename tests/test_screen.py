@@ -202,6 +202,16 @@ def test_queries_piped_on_standard_input_are_refused_with_the_reason(template_sd
     assert not (tmp_path / "out").exists()
 
 
+def test_queries_in_a_fifo_or_a_device_are_refused_naming_what_they_are(template_sdf, tmp_path):
+    fifo = tmp_path / "queries.smi"
+    os.mkfifo(fifo)  # never opened: a writer-less FIFO would block a reader
+    for queries, what in ((fifo, "is a FIFO"), (Path("/dev/null"), "is a device")):
+        done = run_templ(*screen_args(template_sdf, queries, tmp_path / "out", "-w", "1"))
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert f"{queries}: {what}; queries must be in a regular file" in done.stderr, done.stderr
+        assert not (tmp_path / "out").exists()
+
+
 def test_a_query_over_its_time_limit_is_a_timeout_row_and_the_campaign_goes_on(template_sdf, tmp_path):
     queries = write_smi(tmp_path / "slow.smi", [SLOW, *GOOD[:2]])
     out = tmp_path / "slow"

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from templ_pipeline.io import InputError
+from templ_pipeline.safe_files import describe_mode
 
 _KINDS = {".smi": "smi", ".smiles": "smi", ".csv": "csv", ".tsv": "tsv", ".sdf": "sdf", ".sd": "sdf"}
 QUERY_FORMATS: tuple[str, ...] = tuple(_KINDS)
@@ -163,7 +164,8 @@ def _source(path: str | os.PathLike[str]) -> _Source:
         raise InputError(f"{path}: is a directory, expected a query file")
     if not stat.S_ISREG(info.st_mode):
         # A FIFO or device could be read once only: queries are read to count them and again on resume.
-        raise InputError(f"{path}: is not a regular file; queries must be in a file that can be read again")
+        raise InputError(f"{path}: is {describe_mode(info.st_mode)}; queries must be in a regular file, which "
+                         "can be read again (they are read once to count them and again on --resume)")
     name = path.name.lower()
     compressed = name.endswith(_GZIP_SUFFIX)
     if compressed:
