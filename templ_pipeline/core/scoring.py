@@ -335,12 +335,12 @@ def select_best_each(
             usable, failures[number] = split_usable(part.confs, ids)  # checked here: workers never load numpy
             planned.append((number, base, template, hashlib.sha1(mol_to_bytes(template)).hexdigest(), usable))
         if planned:
-            with get_executor(n_workers, executor=executor, scheduler=scheduler,
-                              conformers=sum(len(usable) for *_, usable in planned),
+            usable_total = sum(len(usable) for *_, usable in planned)
+            with get_executor(n_workers, executor=executor, scheduler=scheduler, conformers=usable_total,
                               exact_workers=exact_workers, worker_timeout=worker_timeout) as runner:
                 for observer in everyone:
                     runner.subscribe(observer)
-                call.batch_size = choose_batch_size(sum(len(usable) for *_, usable in planned), runner.batch_workers)
+                call.batch_size = choose_batch_size(usable_total, runner.batch_workers)
                 carrier = current_carrier()  # workers time their batch spans under this call's trace
                 tasks: list[BatchTask] = []
                 owner: list[int] = []  # the part of each task, by its index
