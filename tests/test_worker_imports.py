@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -74,6 +75,41 @@ def test_a_campaign_worker_imports_only_what_a_query_needs():
     assert _opentelemetry(report["modules"]) == []
     assert "templ_pipeline.core.events" not in report["modules"]  # the vocabularies and stage timings alone
     assert report["handlers"] == 0, "importing the campaign worker configured logging"
+
+
+_UNPICKLED = """
+import json, pickle, sys
+import templ_pipeline.campaign.worker
+from worker_probe import loaded_modules
+before = set(loaded_modules())
+pickle.loads(sys.stdin.buffer.read())
+print(json.dumps(sorted(set(loaded_modules()) - before)))
+"""
+
+
+def test_a_campaign_worker_unpickles_the_settings_the_cli_sends_without_importing_more(tmp_path):
+    """A worker unpickles its campaign's settings before its first query, and unpickling a value imports the
+    module of its class: the CLI's ``--metric`` member, defined beside the executor, made every campaign worker
+    import the executor's modules there (40-90 ms of a campaign's first query)."""
+    from templ_pipeline.campaign.runner import campaign_settings
+    from templ_pipeline.cli import screen as cli_screen
+    from templ_pipeline.core.scoring import Metric  # the enum of --metric
+    from templ_pipeline.core.template_choice import ChoiceOptions
+
+    queries = tmp_path / "queries.smi"
+    queries.write_text("CCO ethanol\n")
+    request = cli_screen.ScreenRequest(
+        template=REPO / "templ_pipeline" / "data" / "mpro_template.sdf", queries=queries,
+        output_dir=tmp_path / "campaign", num_conformers=2, seed=42, workers=1, metric=Metric.COMBO, resume=False,
+        per_template=False, use_input_conformers=False, query_timeout=None, smiles_column=None, id_column=None,
+        exact_workers=False, choice=ChoiceOptions())  # as typer parses the command line: enum members
+    prepared = cli_screen.prepare(request)
+    prepared.files.close()
+    sent = pickle.dumps(campaign_settings(prepared.library, prepared.options))
+    done = subprocess.run([sys.executable, "-c", _UNPICKLED], input=sent, capture_output=True,
+                          env=templ_env(tests_importable=True), timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout) == []
 
 
 _CARRIED = """

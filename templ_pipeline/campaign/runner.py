@@ -187,6 +187,16 @@ def as_records(queries: Iterable[QueryRecord | str | Chem.Mol]) -> Iterator[Quer
             yield QueryRecord(number, f"query_{number}", str(query), ())
 
 
+def campaign_settings(library: TemplateLibrary, options: ScreenOptions) -> CampaignSettings:
+    """What every worker of a campaign against ``library`` receives once: the templates and the options a query
+    needs."""
+    return CampaignSettings(tuple(mol_to_bytes(mol) for mol in library.mols), tuple(library.names),
+                            options.num_conformers, options.seed, options.metric, options.use_input_conformers,
+                            options.preparation, choice=options.choice, align=options.align,
+                            template_records=tuple(library.records), poses_per_query=options.poses_per_query,
+                            prune_rms=options.prune_rms)
+
+
 def screen(
     queries: Iterable[QueryRecord | str | Chem.Mol],
     templates: TemplateLibrary | Sequence[Chem.Mol],
@@ -211,12 +221,7 @@ def screen(
         raise ValueError("screen needs at least one template")
     emit = Emitter((*process_observers(), *observers))
     library = as_library(templates)
-    settings = CampaignSettings(tuple(mol_to_bytes(mol) for mol in library.mols), tuple(library.names),
-                                options.num_conformers, options.seed, options.metric, options.use_input_conformers,
-                                options.preparation, choice=options.choice, align=options.align,
-                                template_records=tuple(library.records), poses_per_query=options.poses_per_query,
-                                prune_rms=options.prune_rms)
-    campaign = _Campaign(settings, options, emit)
+    campaign = _Campaign(campaign_settings(library, options), options, emit)
     whole = None if total is None else total + skipped  # the input's size, as progress and alerts count it
 
     def done(error: BaseException | None) -> CampaignDone:

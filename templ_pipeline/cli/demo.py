@@ -14,8 +14,8 @@ from templ_pipeline.cli.select_best import parse_query, prepare_query, prepared_
 from templ_pipeline.cli.telemetry import with_telemetry
 from templ_pipeline.core.conformers import DEFAULT_SEED
 from templ_pipeline.core.preparation import PreparationOptions
-from templ_pipeline.core.scoring import Metric
 from templ_pipeline.core.template_choice import ChoiceOptions
+from templ_pipeline.core.vocabulary import Metric
 from templ_pipeline.io import ExampleName, InputError, examples
 from templ_pipeline.selection_summary import QueryIdentity
 

@@ -9,9 +9,9 @@ import typer
 
 from templ_pipeline.core.executor import ExecutorChoice, validate_executor
 from templ_pipeline.core.preparation import FragmentPolicy, StereoPolicy, TautomerPolicy
-from templ_pipeline.core.scoring import Metric
 from templ_pipeline.core.template_choice import DEFAULT_PREFILTER, ChoiceOptions
 from templ_pipeline.core.template_library import MAX_TEMPLATE_HEAVY_ATOMS, RECEPTOR_RESIDUES
+from templ_pipeline.core.vocabulary import Metric
 from templ_pipeline.pose_output import PoseTarget
 
 WorkersOption = Annotated[

@@ -82,9 +82,9 @@ from templ_pipeline.core.preparation import (
     StereoPolicy,
     TautomerPolicy,
 )
-from templ_pipeline.core.scoring import Metric
 from templ_pipeline.core.template_choice import DEFAULT_MCS_TIMEOUT, DEFAULT_TOP as DEFAULT_TOP_TEMPLATES, ChoiceOptions
 from templ_pipeline.core.template_library import TemplateLibrary
+from templ_pipeline.core.vocabulary import Metric
 from templ_pipeline.io import InputError, read_template_library
 from templ_pipeline.reference import ReferencePoses
 

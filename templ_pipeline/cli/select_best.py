@@ -87,7 +87,7 @@ from templ_pipeline.core.preparation import (
     prepare,
     refuse_unscorable,
 )
-from templ_pipeline.core.scoring import Metric, ScoringPart, Selection, part_groups, select_best_each
+from templ_pipeline.core.scoring import ScoringPart, Selection, part_groups, select_best_each
 from templ_pipeline.core.template_choice import (
     DEFAULT_MCS_TIMEOUT,
     DEFAULT_TOP,
@@ -97,6 +97,7 @@ from templ_pipeline.core.template_choice import (
 )
 from templ_pipeline.core.template_library import TemplateLibrary
 from templ_pipeline.core.template_poses import distinct_conformers, given_conformers, template_conformers
+from templ_pipeline.core.vocabulary import Metric
 from templ_pipeline.io import InputError, read_conformers
 from templ_pipeline.pose_output import PoseTarget
 from templ_pipeline.selection_summary import (

@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
@@ -53,15 +52,7 @@ from templ_pipeline.core.events import (
 )
 from templ_pipeline.core.executor import get_executor, validate_executor
 from templ_pipeline.core.trace_context import current_carrier
-
-
-class Metric(StrEnum):
-    """What poses are ranked by (``align_metric``, ``--metric``): shape or colour Tanimoto, or their mean."""
-
-    SHAPE = "shape"
-    COLOR = "color"
-    COMBO = "combo"
-
+from templ_pipeline.core.vocabulary import Metric
 
 METRICS: tuple[str, ...] = values(Metric)
 

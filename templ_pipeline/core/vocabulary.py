@@ -20,6 +20,18 @@ from __future__ import annotations
 from enum import StrEnum
 
 
+class Metric(StrEnum):
+    """What poses are ranked by (``align_metric``, ``--metric``): shape or colour Tanimoto, or their mean.
+
+    Here, not beside the scoring, because a campaign's settings carry it to every worker and
+    unpickling a member imports its class's module: from :mod:`core.scoring`, that was the
+    executor's modules too, 40 ms of a campaign worker's first query."""
+
+    SHAPE = "shape"
+    COLOR = "color"
+    COMBO = "combo"
+
+
 class Field(StrEnum):
     """A pose property or table column (the value is the name written)."""
 
