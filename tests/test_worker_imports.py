@@ -89,8 +89,8 @@ print(json.dumps(sorted(set(loaded_modules()) - before)))
 
 def test_a_campaign_worker_unpickles_the_settings_the_cli_sends_without_importing_more(tmp_path):
     """A worker unpickles its campaign's settings before its first query, and unpickling a value imports the
-    module of its class: the CLI's ``--metric`` member, defined beside the executor, made every campaign worker
-    import the executor's modules there (40-90 ms of a campaign's first query)."""
+    module of its class: a ``--metric`` member defined beside the executor would bring the executor's modules
+    into every campaign worker there (40-90 ms of a campaign's first query)."""
     from templ_pipeline.campaign.runner import campaign_settings
     from templ_pipeline.cli import screen as cli_screen
     from templ_pipeline.core.scoring import Metric  # the enum of --metric

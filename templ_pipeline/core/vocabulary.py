@@ -23,9 +23,9 @@ from enum import StrEnum
 class Metric(StrEnum):
     """What poses are ranked by (``align_metric``, ``--metric``): shape or colour Tanimoto, or their mean.
 
-    Here, not beside the scoring, because a campaign's settings carry it to every worker and
-    unpickling a member imports its class's module: from :mod:`core.scoring`, that was the
-    executor's modules too, 40 ms of a campaign worker's first query."""
+    Here, not beside the scoring: a campaign's settings carry a member to every worker, and unpickling
+    it imports its class's module; :mod:`core.scoring` would bring the executor's modules with it,
+    about 40 ms before each worker's first query."""
 
     SHAPE = "shape"
     COLOR = "color"
