@@ -586,7 +586,8 @@ def _campaign_panels() -> list:
         SHORTFALLS.build(),
         time_series(
             "Queries in flight vs workers",
-            "Queries handed to a worker whose result has not arrived, next to the campaign's workers. In flight "
+            "Queries handed to a worker whose result has not arrived, next to the campaign's workers: each worker "
+            "runs one and holds up to three waiting, one at the most in the campaign's last queries. In flight "
             "below the workers while queries remain means workers wait for input or output; 0 in flight with "
             "queries left is a stall.",
             "short",

@@ -399,7 +399,8 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec(
         "templ_campaign_queries_in_flight", "gauge",
-        "Queries of the campaign handed to a worker whose result has not arrived yet; 0 once the campaign is done.",
+        "Queries of the campaign handed to a worker whose result has not arrived yet: each worker runs one and "
+        "holds up to three waiting, one at the most in the campaign's last queries; 0 once the campaign is done.",
         (), "", short="campaign_in_flight", live=True,
     ),
     MetricSpec(

@@ -104,3 +104,15 @@ def test_only_the_last_few_are_counted_once_the_input_has_ended():
     handed = list(LargestFirst(records, window=8, isomers=isomers, tail=3))
     assert len(handed) == 1000
     assert len(counted) == 3 and {r.number for r in handed[-3:]} == set(counted)  # the last three, once each
+
+
+def test_the_tail_begins_when_the_input_has_ended_and_at_most_tail_records_are_left():
+    records = iter([_smiles(number, "C" * number) for number in range(1, 11)])
+    order = LargestFirst(records, window=4, tail=3)
+    assert not order.in_tail()  # read ahead as far as the window, no further: the input has not ended
+    left = 10
+    while left > 3:
+        next(order)
+        left -= 1
+        assert order.in_tail() == (left <= 3), left
+    assert len(list(order)) == 3 and order.in_tail()

@@ -154,8 +154,9 @@ class DaskQueryPool:
             return
         self._plugin, self._settings_ref = plugin.name, plugin.key
 
-    def idle(self) -> list[None]:
-        """One slot per query the cluster may take now (a slot is a place, not a worker)."""
+    def idle(self, ahead: bool = False) -> list[None]:
+        """One slot per query the cluster may take now (a slot is a place, not a worker); its blocks already
+        queue ahead, so ``ahead`` changes nothing."""
         if self.gone is not None:
             return []
         capacity = max(1, self.workers) * IN_FLIGHT_PER_THREAD * BLOCK_QUERIES

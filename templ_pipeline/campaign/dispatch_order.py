@@ -89,6 +89,19 @@ class LargestFirst(Iterator[QueryRecord]):
         self._ended = False
 
     def __next__(self) -> QueryRecord:
+        self._read_window()
+        if self._ended and self._isomers is not None and len(self._heap) <= self._tail:
+            self._order_tail(self._isomers)
+        if not self._heap:
+            raise StopIteration
+        return heapq.heappop(self._heap)[2]
+
+    def in_tail(self) -> bool:
+        """Whether at most ``tail`` records are left (the window read first, as the next record would)."""
+        self._read_window()
+        return self._ended and len(self._heap) <= self._tail
+
+    def _read_window(self) -> None:
         while not self._ended and len(self._heap) < self._window:
             record = next(self._records, None)
             if record is None:
@@ -96,11 +109,6 @@ class LargestFirst(Iterator[QueryRecord]):
                 break
             heapq.heappush(self._heap, (-query_size(record), self._read, record))
             self._read += 1
-        if self._ended and self._isomers is not None and len(self._heap) <= self._tail:
-            self._order_tail(self._isomers)
-        if not self._heap:
-            raise StopIteration
-        return heapq.heappop(self._heap)[2]
 
     def _order_tail(self, isomers: Callable[[QueryRecord], int]) -> None:
         self._isomers = None  # once

@@ -1,4 +1,5 @@
-"""The campaign's process workers: one query each at a time, a time limit per query, replaced when lost.
+"""The campaign's process workers: one query each at a time, the next few queued, a time limit per query,
+replaced when lost.
 
 ``concurrent.futures`` pools do not serve here: they cannot say which worker
 holds which query, nor end one worker whose query runs over its time limit (the
@@ -16,16 +17,27 @@ query run once more by another worker, then a ``worker_lost`` outcome, and a
 worker whose memory grew or that ran its quota of queries is ended between two
 queries and replaced (:mod:`~templ_pipeline.campaign.recycling`). Each
 replacement is a :class:`~templ_pipeline.core.events.WorkerReplaced` event.
+
+A worker may hold up to :data:`DEPTH` queries: the one it runs and the next, waiting in its pipe, so it
+starts its next query the moment it sends an outcome, and the parent need not wake for every outcome. While
+every worker has a query waiting, :meth:`QueryPool.wait` lingers after the first outcome arrives (a share
+of a query's time) and handles those that came meanwhile in one pass. Measured on 2 cores with 2 workers and
+results every 20 ms (``bench_screen``'s busy pace): 3-5 outcomes a pass, and the parent's CPU per query fell
+from 0.85-0.89 to 0.45-0.59 ms, as the Python code it runs per outcome stays in the caches for the outcomes
+after the first. The runner asks for queued
+places only outside a campaign's tail, so the last queries still go to whichever worker is free.
 """
 
 from __future__ import annotations
 
 import selectors
+import statistics
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 
 from templ_pipeline.campaign import spares
 from templ_pipeline.campaign.recycling import RecyclePolicy
@@ -38,6 +50,7 @@ from templ_pipeline.core.events import (
     Fallback,
     Observer,
     QueryFailureReason,
+    QueryStatus,
     ReplacementReason,
     WorkerReplaced,
 )
@@ -59,6 +72,28 @@ SWEEP_SECONDS = 5.0
 STOP_SECONDS = 5.0
 """How long stopped workers may take to exit before they are killed."""
 
+DEPTH = 4
+"""Queries a worker holds at most when the runner asks for places ahead: the one it runs and three waiting.
+Enough that the parent can linger over about one query's time and still find every worker busy."""
+
+QUEUE_BYTES = 32 * 1024
+"""Bytes of waiting queries sent ahead into one worker's pipe. A send into a full pipe would block the parent
+until the worker reads, that is for a whole query; a query over this (a large molfile) waits in the parent
+until its worker has nothing else waiting."""
+
+LINGER_SHARE = 0.5
+"""Share of the median recent query time, per query every worker has waiting, that the parent lingers after an
+outcome. The queries waiting may be shorter than those before (the largest go first); half of the median
+per query leaves room for that. Measured over the bundled library at 2 workers (0.2-1.5 s a query), the
+workers were idle 1.4-1.9 % of the campaign with it and 1.0-1.6 % without lingering, about the noise from
+run to run; the shortest recent time instead of the median left the busy pace's parent its old CPU."""
+
+RECENT = 8
+"""Scored queries whose times the linger looks at."""
+
+MAX_LINGER = 1.0
+"""Seconds the parent lingers at most: rows and progress are at most this late."""
+
 
 class NoWorkers(Exception):
     """No campaign worker could start; ``fallback`` says why (already emitted)."""
@@ -68,20 +103,36 @@ class NoWorkers(Exception):
         self.fallback = fallback
 
 
+@dataclass(slots=True)
+class _Held:
+    """A query given to a worker: its pickled form until it is sent, and its size."""
+
+    task: QueryTask
+    payload: bytes | None
+    size: int
+
+
 @dataclass(eq=False)
 class _Worker:
     process: object  # multiprocessing.process.BaseProcess
     connection: Connection
     started: float
     ready: bool = False
-    task: QueryTask | None = None
-    since: float = 0.0  # when it was handed ``task``
+    tasks: deque[_Held] = field(default_factory=deque)  # its queries in order, the first the one it runs
+    since: float = 0.0  # when it started its first query
+    waiting_bytes: int = 0  # bytes of the queries sent behind the one it runs
     queries: int = 0  # queries it finished
     baseline: int = 0  # bytes resident after its first query
+    retiring: str | None = None  # why it is recycled once its waiting queries are done
 
     @property
     def pid(self) -> int:
         return self.process.pid  # type: ignore[attr-defined]
+
+    @property
+    def task(self) -> QueryTask | None:
+        """The query it runs now."""
+        return self.tasks[0].task if self.tasks else None
 
 
 @dataclass
@@ -113,6 +164,7 @@ class QueryPool:
         # cost the parent a third of its time per query here
         self._selector = selectors.DefaultSelector()
         self._swept = time.monotonic()
+        self._recent: deque[float] = deque(maxlen=RECENT)  # the last query times, in seconds
         self.gone: Fallback | None = None  # set when no worker is left: the campaign goes on in-process
 
     @property
@@ -135,38 +187,54 @@ class QueryPool:
         if self.gone is not None:
             raise NoWorkers(self.gone)
 
-    def idle(self) -> list[_Worker]:
-        """Ready workers without a query."""
-        return [worker for worker in self._workers if worker.ready and worker.task is None]
+    def idle(self, ahead: bool = False) -> list[_Worker]:
+        """Ready workers without a query; with ``ahead``, a worker once per place it has for one more (up to
+        :data:`DEPTH`), the workers with the fewest first."""
+        depth = DEPTH if ahead else 1
+        open_ = [worker for worker in self._workers if worker.ready and worker.retiring is None]
+        return [worker for held in range(depth) for worker in open_ if len(worker.tasks) <= held]
 
     def starting(self) -> bool:
         """Whether some worker has not reported ready yet."""
         return any(not worker.ready for worker in self._workers)
 
     def dispatch(self, worker: _Worker, task: QueryTask) -> bool:
-        """Hand ``task`` to ``worker``; False when the worker is gone (it is dropped, the task is not sent)."""
-        try:
-            worker.connection.send(task)
-        except (BrokenPipeError, ConnectionResetError, OSError):
+        """Hand ``task`` to ``worker`` (to run now, or next when it has a query); False when the worker is gone
+        (the task is not its)."""
+        payload = bytes(ForkingPickler.dumps(task))
+        worker.tasks.append(_Held(task, payload, len(payload)))
+        if not self._send(worker):
+            worker.tasks.pop()
             return False
-        worker.task, worker.since = task, time.monotonic()
-        self._attempts[task.index] = self._attempts.get(task.index, 0) + 1
+        if len(worker.tasks) == 1:
+            worker.since = time.monotonic()
+            self._started(task)
         return True
 
     def wait(self, timeout: float) -> Arrivals:
-        """Wait up to ``timeout`` seconds for outcomes; handle dead, late and unready workers."""
+        """Wait up to ``timeout`` seconds for outcomes; handle dead, late and unready workers.
+
+        Once something arrived, it lingers while every worker has a query waiting (:meth:`_linger`)."""
         arrivals = Arrivals()
         if not self._workers:
             return arrivals
         exited: list[_Worker] = []
-        for key, _ in self._selector.select(timeout=min(timeout, self._next_deadline())):
-            worker, is_connection = key.data
-            if worker not in self._workers:
-                continue
-            if is_connection:
-                self._receive(worker, arrivals)
-            else:
-                exited.append(worker)  # its sentinel: the process has ended
+        ready = self._selector.select(timeout=min(timeout, self._next_deadline()))
+        rounds = 1
+        if ready and (linger := self._linger()) > 0:
+            time.sleep(linger)
+            ready, rounds = self._selector.select(timeout=0), DEPTH  # what came meanwhile, a message a round
+        for _ in range(rounds):
+            for key, _ in ready:
+                worker, is_connection = key.data
+                if worker not in self._workers:
+                    continue
+                if is_connection:
+                    self._receive(worker, arrivals)
+                elif worker not in exited:
+                    exited.append(worker)  # its sentinel: the process has ended
+            if rounds > 1 and not (ready := self._selector.select(timeout=0)):
+                break
         # Asking each worker (waitpid) on every wake-up cost the parent two system calls per worker
         # and query; the sentinels say who ended, and a sweep now and then is the safety net.
         now = time.monotonic()
@@ -178,6 +246,17 @@ class QueryPool:
                 self._lost(worker, arrivals)
         self._enforce_deadlines(arrivals)
         return arrivals
+
+    def _linger(self) -> float:
+        """Seconds to wait for more outcomes before handling those in: while every ready worker has a query
+        waiting behind the one it runs (none would idle), a share of the median recent scored query per waiting
+        query, never past a time limit; 0 otherwise (a worker starting, or one with nothing waiting)."""
+        if not self._recent or self.starting():
+            return 0.0
+        waiting = min((len(worker.tasks) - 1 for worker in self._workers), default=0)
+        if waiting < 1:
+            return 0.0
+        return min(MAX_LINGER, LINGER_SHARE * statistics.median(self._recent) * waiting, self._next_deadline())
 
     def shutdown(self, *, terminate: bool = False) -> None:
         """Stop every worker within a bounded time; ``terminate`` ends them at once (queries abandoned)."""
@@ -240,12 +319,14 @@ class QueryPool:
             # a second message waiting makes the next select return at once
             while not drain or worker.connection.poll(0):
                 message = worker.connection.recv()
-                if isinstance(message, Finished) and worker.task is not None:
-                    arrivals.finished.append((worker.task, message.outcome))
-                    self._attempts.pop(worker.task.index, None)
-                    worker.task = None
+                if isinstance(message, Finished) and worker.tasks:
+                    task = worker.tasks.popleft().task
+                    arrivals.finished.append((task, message.outcome))
+                    self._attempts.pop(task.index, None)
                     if not drain:
-                        self._count(worker, message.resident)
+                        self._next(worker, message, arrivals)
+                    elif worker.tasks:  # it started the next before it died, as far as anyone can tell
+                        self._started(worker.tasks[0].task)
                 elif isinstance(message, tuple) and message and message[0] == READY:
                     worker.ready = True
                 if not drain:
@@ -253,27 +334,75 @@ class QueryPool:
         except (EOFError, OSError):
             pass  # the worker is gone: its sentinel says so, and _lost handles it
 
-    def _count(self, worker: _Worker, resident: int) -> None:
-        """A query finished on ``worker``, which now holds ``resident`` bytes: recycle it if the policy says so."""
+    def _next(self, worker: _Worker, finished: Finished, arrivals: Arrivals) -> None:
+        """After an outcome of a live worker: its next query started when the outcome was sent; the rest of its
+        queries go into its pipe as they fit; it is recycled if the policy says so."""
+        if finished.outcome.status == QueryStatus.OK:  # a refused query takes no time: it says nothing of the next
+            self._recent.append(finished.outcome.seconds)
+        if worker.tasks:
+            first = worker.tasks[0]
+            worker.since = min(finished.ended, time.monotonic())
+            if first.payload is None:  # it was sent behind the last one: the worker has it
+                worker.waiting_bytes -= first.size
+            self._started(first.task)
+            self._send(worker)
+        self._count(worker, finished.resident, arrivals)
+
+    def _send(self, worker: _Worker) -> bool:
+        """Send ``worker`` its queries not sent yet, in order, while the ones waiting fit in its pipe; False when
+        the worker is gone."""
+        for position, held in enumerate(worker.tasks):
+            if held.payload is None:
+                continue
+            if position and worker.waiting_bytes + held.size > QUEUE_BYTES:
+                return True  # the rest are sent as the worker takes what waits
+            try:
+                worker.connection.send_bytes(held.payload)
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                return False
+            held.payload = None
+            if position:
+                worker.waiting_bytes += held.size
+        return True
+
+    def _started(self, task: QueryTask) -> None:
+        """``task`` is the one its worker runs now: one more run of it."""
+        self._attempts[task.index] = self._attempts.get(task.index, 0) + 1
+
+    def _count(self, worker: _Worker, resident: int, arrivals: Arrivals) -> None:
+        """A query finished on ``worker``, which now holds ``resident`` bytes: recycle it if the policy says so
+        (once the queries it has already been sent are done; those not sent yet run elsewhere)."""
         worker.queries += 1
         if worker.queries == 1:
             worker.baseline = resident
-        why = self._recycle.reason(worker.queries, worker.baseline, resident)
+        why = worker.retiring or self._recycle.reason(worker.queries, worker.baseline, resident)
         if why is None:
             return
-        try:
-            worker.connection.send(None)  # idle: it returns from serve at once
-        except OSError:
-            pass
+        if worker.retiring is None:
+            arrivals.retry.extend(held.task for held in worker.tasks if held.payload is not None)
+            worker.tasks = deque(held for held in worker.tasks if held.payload is None)
+            worker.retiring = why
+            try:
+                worker.connection.send(None)  # after what it was sent: it returns from serve once those are done
+            except OSError:
+                pass
+        if not worker.tasks:
+            self._retire(worker)
+
+    def _retire(self, worker: _Worker) -> None:
         self._drop(worker)
-        self._emit_replaced(ReplacementReason.RECYCLED, f"worker {worker.pid} recycled: {why}")
+        self._emit_replaced(ReplacementReason.RECYCLED, f"worker {worker.pid} recycled: {worker.retiring}")
 
     def _lost(self, worker: _Worker, arrivals: Arrivals) -> None:
         """A worker exited on its own: run its query again (or fail it), and start another worker."""
         self._receive(worker, arrivals, drain=True)  # an outcome sent just before it died still counts
+        if worker.retiring is not None and not worker.tasks:
+            self._retire(worker)  # it ended after its last query, as told
+            return
         code = worker.process.exitcode  # type: ignore[attr-defined]
         self._drop(worker)
         task = worker.task
+        arrivals.retry.extend(held.task for held in list(worker.tasks)[1:])  # never started: not a run
         if task is None and not worker.ready:
             self._refused(RuntimeError(f"worker {worker.pid} exited with code {code} while starting"), None,
                           "a new worker exited before it was ready")
@@ -299,6 +428,7 @@ class QueryPool:
                 seconds = now - worker.since
                 self._drop(worker, kill=True)
                 self._attempts.pop(task.index, None)
+                arrivals.retry.extend(held.task for held in list(worker.tasks)[1:])  # never started
                 arrivals.finished.append((task, failed(
                     task.index, QueryFailureReason.TIMEOUT,
                     f"still running after {seconds:.1f} s (limit {self._timeout:g} s); its worker was ended",

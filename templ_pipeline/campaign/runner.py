@@ -240,7 +240,7 @@ _Slot = TypeVar("_Slot")
 class _Dispatching(Protocol[_Slot]):
     """What the dispatch loop needs of a pool: its idle places (workers, or Dask slots) and a hand-off."""
 
-    def idle(self) -> list[_Slot]: ...
+    def idle(self, ahead: bool = False) -> list[_Slot]: ...
 
     def dispatch(self, slot: _Slot, task: QueryTask) -> bool: ...
 
@@ -366,13 +366,18 @@ class _Campaign:
         return pool
 
     def _fill(self, pool: _Dispatching[Any]) -> bool:
-        """Give each idle worker (or free Dask slot) a query; False when nothing is left to run or to wait for."""
-        for worker in pool.idle():
-            task = self._next_task()
-            if task is None:  # nothing left to hand out: wait for what is in flight, not for a worker starting
-                return bool(self._in_flight)
-            if not pool.dispatch(worker, task):
-                self._retry.appendleft(task)  # the worker is gone; wait() finds it and replaces it
+        """Give each idle worker (or free Dask slot) a query, and each process worker its next few outside the
+        campaign's tail (where the last queries go to whichever worker is free); False when nothing is left to
+        run or to wait for."""
+        for ahead in (False, True):
+            for worker in pool.idle(ahead=ahead):
+                if ahead and isinstance(self._records, LargestFirst) and self._records.in_tail():
+                    break
+                task = self._next_task()
+                if task is None:  # nothing left to hand out: wait for what is in flight, not for a worker starting
+                    return bool(self._in_flight)
+                if not pool.dispatch(worker, task):
+                    self._retry.appendleft(task)  # the worker is gone; wait() finds it and replaces it
         return bool(self._in_flight) or pool.starting()
 
     def _collect(self, pool: QueryPool | DaskQueryPool) -> Iterator[QueryResult]:

@@ -4,10 +4,11 @@ A worker talks to its parent over one duplex pipe of its own. The protocol is
 three messages: the worker sends ``READY`` once its imports are done and its
 templates are prepared (a spare worker, started before the campaign knew its
 settings, :mod:`~templ_pipeline.campaign.spares`, first receives them as a
-message of their own), then, for every ``QueryTask`` it receives, one
+message of their own), then, for every ``QueryTask`` it receives, in order, one
 :class:`Finished` (the ``QueryOutcome`` and the worker's resident memory after it,
-which the pool's :mod:`~templ_pipeline.campaign.recycling` policy reads);
-``None`` from the parent means stop. One pipe per worker
+which the pool's :mod:`~templ_pipeline.campaign.recycling` policy reads); the
+parent may send the next queries before one is done, and they wait in the pipe.
+``None`` from the parent means stop, once the queries before it are done. One pipe per worker
 (rather than a shared queue) is what lets the parent know which query each
 worker holds, since when, and end exactly that worker when the query runs over
 its time limit. It also starts no thread in either process: the pool needs no
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple, NoReturn
 
@@ -38,10 +40,12 @@ POLL_SECONDS = 1.0
 
 
 class Finished(NamedTuple):
-    """One query's outcome, and the bytes its worker holds resident once it is done."""
+    """One query's outcome, the bytes its worker holds resident once it is done, and when it was done
+    (``time.monotonic()``: the system's clock, so the parent knows when the query waiting behind it started)."""
 
     outcome: QueryOutcome
     resident: int
+    ended: float
 
 
 def serve(connection: Connection, parent_pid: int, settings: CampaignSettings | None = None) -> NoReturn:
@@ -59,7 +63,7 @@ def serve(connection: Connection, parent_pid: int, settings: CampaignSettings | 
     while (task := _next_message(connection, parent_pid)) is not None:
         outcome = runner.run(task)
         try:
-            connection.send(Finished(outcome, resident_bytes()))
+            connection.send(Finished(outcome, resident_bytes(), time.monotonic()))
         except (BrokenPipeError, OSError):
             break
     _leave()
