@@ -24,8 +24,8 @@ every worker has a query waiting, :meth:`QueryPool.wait` lingers after the first
 of a query's time) and handles those that came meanwhile in one pass. Measured on 2 cores with 2 workers and
 results every 20 ms (``bench_screen``'s busy pace): 3-5 outcomes a pass, and the parent's CPU per query fell
 from 0.85-0.89 to 0.45-0.59 ms, as the Python code it runs per outcome stays in the caches for the outcomes
-after the first. The runner asks for queued
-places only outside a campaign's tail, so the last queries still go to whichever worker is free.
+after the first. The runner asks for queued places only outside a campaign's tail, so the last queries still
+go to whichever worker is free.
 """
 
 from __future__ import annotations
@@ -120,7 +120,6 @@ class _Worker:
     ready: bool = False
     tasks: deque[_Held] = field(default_factory=deque)  # its queries in order, the first the one it runs
     since: float = 0.0  # when it started its first query
-    waiting_bytes: int = 0  # bytes of the queries sent behind the one it runs
     queries: int = 0  # queries it finished
     baseline: int = 0  # bytes resident after its first query
     retiring: str | None = None  # why it is recycled once its waiting queries are done
@@ -133,6 +132,10 @@ class _Worker:
     def task(self) -> QueryTask | None:
         """The query it runs now."""
         return self.tasks[0].task if self.tasks else None
+
+    def waiting(self) -> list[QueryTask]:
+        """The queries behind the one it runs: none of them has started."""
+        return [held.task for held in list(self.tasks)[1:]]
 
 
 @dataclass
@@ -340,29 +343,27 @@ class QueryPool:
         if finished.outcome.status == QueryStatus.OK:  # a refused query takes no time: it says nothing of the next
             self._recent.append(finished.outcome.seconds)
         if worker.tasks:
-            first = worker.tasks[0]
             worker.since = min(finished.ended, time.monotonic())
-            if first.payload is None:  # it was sent behind the last one: the worker has it
-                worker.waiting_bytes -= first.size
-            self._started(first.task)
+            self._started(worker.tasks[0].task)
             self._send(worker)
         self._count(worker, finished.resident, arrivals)
 
     def _send(self, worker: _Worker) -> bool:
         """Send ``worker`` its queries not sent yet, in order, while the ones waiting fit in its pipe; False when
         the worker is gone."""
+        waiting = 0  # bytes sent behind the query it runs, in its pipe
         for position, held in enumerate(worker.tasks):
             if held.payload is None:
+                waiting += held.size if position else 0
                 continue
-            if position and worker.waiting_bytes + held.size > QUEUE_BYTES:
+            if position and waiting + held.size > QUEUE_BYTES:
                 return True  # the rest are sent as the worker takes what waits
             try:
                 worker.connection.send_bytes(held.payload)
             except (BrokenPipeError, ConnectionResetError, OSError):
                 return False
             held.payload = None
-            if position:
-                worker.waiting_bytes += held.size
+            waiting += held.size if position else 0
         return True
 
     def _started(self, task: QueryTask) -> None:
@@ -402,7 +403,7 @@ class QueryPool:
         code = worker.process.exitcode  # type: ignore[attr-defined]
         self._drop(worker)
         task = worker.task
-        arrivals.retry.extend(held.task for held in list(worker.tasks)[1:])  # never started: not a run
+        arrivals.retry.extend(worker.waiting())  # never started: not a run
         if task is None and not worker.ready:
             self._refused(RuntimeError(f"worker {worker.pid} exited with code {code} while starting"), None,
                           "a new worker exited before it was ready")
@@ -428,7 +429,7 @@ class QueryPool:
                 seconds = now - worker.since
                 self._drop(worker, kill=True)
                 self._attempts.pop(task.index, None)
-                arrivals.retry.extend(held.task for held in list(worker.tasks)[1:])  # never started
+                arrivals.retry.extend(worker.waiting())  # never started: not a run
                 arrivals.finished.append((task, failed(
                     task.index, QueryFailureReason.TIMEOUT,
                     f"still running after {seconds:.1f} s (limit {self._timeout:g} s); its worker was ended",
